@@ -1,0 +1,184 @@
+"""Base model loading, the LoRA + prompt model, parameter counts and adapter files.
+
+An adapter directory holds only what was trained, never the frozen base::
+
+    adapter_config.json     base model (hub id or local dir) and AdapterSettings
+    adapter.safetensors     lora_A / lora_B of every wrapped layer, and the prompt
+    tokenizer files         so the directory alone is enough to tokenize
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+
+from components.lora import LoRALayer, inject_lora, merge_lora
+from components.prompt_tuning import attach_prompt
+from components.settings import TINY_MODEL, AdapterSettings
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+# ai-forever/ruT5-large's published config.json (T5 v1.0 layout; note eos_token_id 2).
+RUT5_LARGE_CONFIG = dict(
+    d_model=1024,
+    d_ff=4096,
+    d_kv=64,
+    num_layers=24,
+    num_decoder_layers=24,
+    num_heads=16,
+    vocab_size=32128,
+    feed_forward_proj="relu",
+    relative_attention_num_buckets=32,
+    pad_token_id=0,
+    decoder_start_token_id=0,
+    eos_token_id=2,
+    tie_word_embeddings=True,
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A base model or adapter that cannot be loaded; the message names the setting."""
+
+
+def rut5_large_config() -> T5Config:
+    return T5Config(**RUT5_LARGE_CONFIG)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``tiny`` stands for the tiny model built from the sample data; anything else is a hub id or a directory."""
+    if name_or_path == TINY_MODEL:
+        from components.tiny import build_tiny_model
+
+        return str(build_tiny_model())
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_load_failure(path, "tokenizer", error)) from None
+
+
+def load_base_model(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a seq2seq base model from a hub id or a ``save_pretrained`` directory."""
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_load_failure(path, "model", error)) from None
+
+
+def _load_failure(path: str, what: str, error: Exception) -> str:
+    if Path(path).exists():
+        return f"Cannot load the {what} from the directory {path} ({error}); set --model to a directory written by save_pretrained."
+    return (
+        f"Cannot load the {what} {path!r}: it is not a local directory and the Hugging Face Hub did not provide it "
+        f"({type(error).__name__}); set --model to a hub id you can reach or a local model directory."
+    )
+
+
+def apply_peft(
+    model: PreTrainedModel,
+    lora_rank: int = AdapterSettings.lora_rank,
+    lora_alpha: float = AdapterSettings.lora_alpha,
+    lora_dropout: float = AdapterSettings.lora_dropout,
+    prompt_length: int = AdapterSettings.prompt_length,
+    lora_targets: tuple[str, ...] = AdapterSettings.lora_targets,
+) -> PreTrainedModel:
+    """Freeze the base and add LoRA to every ``q``/``v`` linear plus an encoder prompt.
+
+    In a T5 that covers encoder self-attention, decoder self-attention and decoder
+    cross-attention (144 layers in ruT5-large). Only adapter parameters train.
+    """
+    model.requires_grad_(False)
+    inject_lora(model, lora_targets, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+    if prompt_length:
+        attach_prompt(model, prompt_length)
+    return model
+
+
+def apply_adapter_settings(model: PreTrainedModel, settings: AdapterSettings) -> PreTrainedModel:
+    return apply_peft(model, settings.lora_rank, settings.lora_alpha, settings.lora_dropout, settings.prompt_length, settings.lora_targets)
+
+
+def parameter_stats(model: nn.Module) -> dict:
+    """Total and trainable parameter counts (shared tensors counted once)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained tensors only: every LoRA A/B and the prompt."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings, tokenizer=None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.to("cpu").contiguous() for name, t in adapter_state_dict(model).items()}
+    if any(layer.merged for layer in model.modules() if isinstance(layer, LoRALayer)):
+        raise ValueError("Unmerge the LoRA layers before saving the adapter.")
+    save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    config = {"base_model": base_model, **settings.to_dict()}
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def load_adapter_weights(model: nn.Module, weights_path: str | Path) -> None:
+    """Copy saved adapter tensors into a model built with the same AdapterSettings."""
+    saved = load_file(str(weights_path))
+    expected = adapter_state_dict(model)
+    missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{weights_path} does not fit the model: {len(missing)} missing and {len(unexpected)} unexpected tensors "
+            f"(e.g. {sorted(missing or unexpected)[0]}); check lora_rank, prompt_length and the base model in {ADAPTER_CONFIG}."
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            if params[name].shape != tensor.shape:
+                raise ModelLoadError(f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}.")
+            params[name].copy_(tensor)
+
+
+def read_adapter_config(model_dir: str | Path) -> tuple[str, AdapterSettings]:
+    path = Path(model_dir) / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} not found; --model-dir must be a directory written by the train or register step.") from None
+    return config["base_model"], AdapterSettings.from_dict(config)
+
+
+def load_finetuned(model_dir: str | Path, *, merge: bool = True, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Base model + adapter from a directory written by :func:`save_adapter`, ready to generate.
+
+    With ``merge`` the LoRA updates are folded into the base weights (same outputs, faster).
+    """
+    base_model, settings = read_adapter_config(model_dir)
+    model = apply_adapter_settings(load_base_model(base_model, dtype=dtype), settings)
+    load_adapter_weights(model, Path(model_dir) / ADAPTER_WEIGHTS)
+    if merge:
+        merge_lora(model)
+    model.eval()
+    tokenizer_dir = model_dir if (Path(model_dir) / "tokenizer_config.json").exists() else base_model
+    return model, load_tokenizer(str(tokenizer_dir))
+
+
+def rut5_large_on_meta(settings: AdapterSettings = AdapterSettings()) -> PreTrainedModel:
+    """The ruT5-large architecture with adapters, on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(rut5_large_config())
+    return apply_adapter_settings(model, settings)

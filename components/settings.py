@@ -1,0 +1,90 @@
+"""The one place every default lives: the published configuration of the reference run.
+
+Steps, pipelines and the sweep read their argparse defaults from here, so a default is
+changed once. ``TINY`` swaps in the tiny local model and sample data for a CPU run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BASE_MODEL = "ai-forever/ruT5-large"
+DATASET_ID = "lksy/ru_instruct_gpt4"
+SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"
+CLEARML_PROJECT = "ruT5 LoRA+Prompt"
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """LoRA on the attention q and v projections plus an encoder prompt."""
+
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    prompt_length: int = 20
+    lora_targets: tuple[str, ...] = ("q", "v")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "lora_targets": list(self.lora_targets)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AdapterSettings":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "lora_targets" in kwargs:
+            kwargs["lora_targets"] = tuple(kwargs["lora_targets"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TokenizationSettings:
+    max_input_length: int = 100
+    max_target_length: int = 200
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Batch 8 x accumulation 4 = 32 examples per optimizer step, as published."""
+
+    batch_size: int = 8
+    grad_accum_steps: int = 4
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    epochs: float = 10.0
+    warmup_ratio: float = 0.0
+    gradient_checkpointing: bool = True
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a pipeline run trains on: model, data and the training length."""
+
+    model: str
+    train_tsv: str | None
+    test_tsv: str | None
+    validation_size: int
+    training: TrainingSettings
+
+
+PUBLISHED = Preset(
+    model=BASE_MODEL,
+    train_tsv=None,  # the dataset id is used when no TSV is given
+    test_tsv=None,
+    validation_size=1000,
+    training=TrainingSettings(),
+)
+
+TINY_MODEL = "tiny"  # resolved by components.modeling to the tiny model built from the sample data
+
+TINY = Preset(
+    model=TINY_MODEL,
+    train_tsv=str(SAMPLE_DATA_DIR / "train.tsv"),
+    test_tsv=str(SAMPLE_DATA_DIR / "test.tsv"),
+    validation_size=20,
+    training=TrainingSettings(batch_size=8, grad_accum_steps=1, learning_rate=3e-3, epochs=3.0, gradient_checkpointing=False),
+)
+
+PRESETS = {"published": PUBLISHED, "tiny": TINY}

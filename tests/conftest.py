@@ -1,0 +1,37 @@
+"""Shared fixtures: small T5 models built locally (no hub access anywhere in the suite)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RUT5_TINY_CACHE", str(ROOT / ".cache" / "tiny"))
+
+
+def small_t5_config(**overrides) -> T5Config:
+    """A T5 v1.0-shaped config small enough for exact comparisons in milliseconds."""
+    values = dict(
+        vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=3,
+        feed_forward_proj="relu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return T5Config(**{**values, **overrides})
+
+
+@pytest.fixture
+def small_t5() -> T5ForConditionalGeneration:
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(small_t5_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from components.tiny import build_tiny_model
+
+    return build_tiny_model()

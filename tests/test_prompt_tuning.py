@@ -1,0 +1,105 @@
+import copy
+
+import pytest
+import torch
+
+from components.collator import PTDataCollator
+from components.modeling import adapter_state_dict, apply_peft, parameter_stats
+from components.prompt_tuning import PromptTuningEmbedding, attach_prompt, extend_attention_mask, prompt_length_of
+
+
+def test_prompt_is_initialised_from_vocabulary_rows(small_t5):
+    prompt = PromptTuningEmbedding(small_t5.shared, prompt_length=5, init_vocab_size=40)
+    ids = prompt.init_token_ids
+    assert ids.min() >= 3 and ids.max() < 40
+    torch.testing.assert_close(prompt.prompt.detach(), small_t5.shared.weight[ids])
+    assert prompt.prompt.requires_grad
+
+
+def test_prompt_reaches_the_encoder_only(small_t5):
+    base = copy.deepcopy(small_t5)
+    attach_prompt(small_t5, prompt_length=3)
+    assert prompt_length_of(small_t5) == 3 and prompt_length_of(base) == 0
+    shared_weight = small_t5.shared.weight
+    assert small_t5.get_decoder().get_input_embeddings().weight is shared_weight
+    assert small_t5.get_encoder().get_input_embeddings().embedding.weight is shared_weight
+
+    input_ids = torch.randint(2, 64, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    labels = torch.randint(2, 64, (2, 4))
+    encoder_out = small_t5.get_encoder()(input_ids=input_ids, attention_mask=extend_attention_mask(mask, 3))
+    assert encoder_out.last_hidden_state.shape[1] == 6 + 3
+
+    # Reference: the untouched base, fed [prompt; embed(ids)] by hand.
+    prompt = small_t5.get_encoder().get_input_embeddings().prompt
+    embeds = torch.cat([prompt.expand(2, -1, -1), base.shared(input_ids)], dim=1)
+    expected = base(inputs_embeds=embeds, attention_mask=extend_attention_mask(mask, 3), labels=labels).logits
+    got = small_t5(input_ids=input_ids, attention_mask=extend_attention_mask(mask, 3), labels=labels).logits
+    torch.testing.assert_close(got, expected)
+    assert got.shape[1] == labels.shape[1]  # the decoder side keeps its own length
+
+
+def test_attaching_twice_is_refused(small_t5):
+    attach_prompt(small_t5, prompt_length=2)
+    with pytest.raises(ValueError, match="already"):
+        attach_prompt(small_t5, prompt_length=2)
+
+
+def test_collator_pads_labels_and_widens_the_encoder_mask_only(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    features = [
+        {"input_ids": [5, 6, 7, 1], "attention_mask": [1, 1, 1, 1], "labels": [8, 1]},
+        {"input_ids": [5, 1], "attention_mask": [1, 1], "labels": [8, 9, 10, 1]},
+    ]
+    batch = PTDataCollator(tokenizer, prompt_length=4)(features)
+    assert batch["input_ids"].shape == (2, 4)
+    assert batch["attention_mask"].shape == (2, 4 + 4)
+    assert batch["attention_mask"][:, :4].eq(1).all()
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+    assert batch["labels"].tolist() == [[8, 1, -100, -100], [8, 9, 10, 1]]
+    assert "decoder_attention_mask" not in batch
+
+
+def test_only_adapters_train_and_counts_add_up(small_t5):
+    base_total = parameter_stats(small_t5)["total"]
+    model = apply_peft(small_t5, lora_rank=2, lora_alpha=4, lora_dropout=0.0, prompt_length=5)
+    config = model.config
+    n_layers = 2 * (config.num_layers + 2 * config.num_decoder_layers)
+    inner = config.num_heads * config.d_kv
+    expected_trainable = n_layers * 2 * (config.d_model + inner) + 5 * config.d_model
+    stats = parameter_stats(model)
+    assert stats["trainable"] == expected_trainable
+    assert stats["total"] == base_total + expected_trainable
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(adapter_state_dict(model))
+    assert all(name.endswith(("lora_A", "lora_B", "prompt")) for name in trainable)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_every_adapter_gets_its_gradient(small_t5, checkpointing):
+    """With activation checkpointing on, decoder adapters included, gradients equal the plain ones."""
+
+    def gradients(use_checkpointing: bool) -> dict:
+        torch.manual_seed(0)
+        model = apply_peft(copy.deepcopy(small_t5), lora_rank=2, lora_alpha=4, lora_dropout=0.0, prompt_length=3)
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                torch.nn.init.normal_(p, std=0.1)  # B = 0 would zero A's gradient
+        model.train()
+        if use_checkpointing:
+            model.activation_checkpointing_enable()
+        input_ids = torch.randint(2, 64, (2, 6))
+        labels = torch.randint(2, 64, (2, 5))
+        mask = extend_attention_mask(torch.ones(2, 6, dtype=torch.long), 3)
+        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    grads = gradients(checkpointing)
+    assert any(".decoder." in f".{n}" and "EncDecAttention" in n for n in grads)
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+    if checkpointing:
+        for name, grad in gradients(False).items():
+            torch.testing.assert_close(grads[name], grad, msg=name)
