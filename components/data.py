@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.errors import UserError
 from components.settings import TokenizationSettings
 
 COLUMNS = ("instruction", "input", "output", "full_output")
@@ -21,7 +22,7 @@ REQUIRED_NONEMPTY = ("instruction", "output")
 MAX_LISTED_ROWS = 10
 
 
-class TsvError(ValueError):
+class TsvError(UserError, ValueError):
     """A TSV file the pipeline cannot use; the message names the file and line."""
 
 

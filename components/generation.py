@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 
+from components.errors import UserError
 from components.prompt_tuning import extend_attention_mask, prompt_length_of
 from components.settings import TokenizationSettings
 
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("texts", nargs="+", help="instructions (with their input on a new line)")
     args = parser.parse_args(argv)
     decoding = decoding_from_args(args)
-    model, tokenizer = load_finetuned(args.model_dir)
+    try:
+        model, tokenizer = load_finetuned(args.model_dir)
+    except UserError as error:
+        sys.exit(f"error: {error}")
     print(f"# {decoding.describe()}")
     predictions = generate_predictions(model, tokenizer, args.texts, batch_size=args.batch_size, **asdict(decoding))
     for text, prediction in zip(args.texts, predictions):

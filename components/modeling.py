@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
+from components.errors import UserError
 from components.lora import LoRALayer, inject_lora, merge_lora
 from components.prompt_tuning import attach_prompt
 from components.settings import TINY_MODEL, AdapterSettings
@@ -42,7 +43,7 @@ RUT5_LARGE_CONFIG = dict(
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A base model or adapter that cannot be loaded; the message names the setting."""
 
 

@@ -1,0 +1,122 @@
+"""Step 3, train: LoRA + prompt tuning on the frozen base model -> an adapter (a few MB).
+
+    python steps/train.py --local --preprocess-task-id offline-... --model tiny --epochs 3
+
+Defaults are the published configuration: rank 8 on q/v, a 20-token prompt, batch
+8 x accumulation 4, lr 3e-4, weight decay 0.01, 10 epochs, gradient checkpointing,
+mixed precision on a GPU. Training and validation loss are reported as scalars; the
+adapter (LoRA + prompt as safetensors, never the base) is the task's output model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
+from dataclasses import asdict
+
+import torch
+
+from components import tracking
+from components.errors import UserError
+from components.modeling import apply_adapter_settings, load_base_model, load_tokenizer, parameter_stats, save_adapter
+from components.settings import BASE_MODEL, AdapterSettings, TrainingSettings
+from components.training import PRECISIONS, TrainConfig, train_adapters
+
+TOKENIZATION_FILE = "tokenization.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preprocess-task-id", help="ClearML task id of the preprocess step (its tokenized artifact is used)")
+    parser.add_argument("--data-dir", help="instead of a task id: a folder of tokenized splits written by the preprocess step")
+    parser.add_argument("--model", default=BASE_MODEL, help="hub id or local directory of the base model")
+    adapter = parser.add_argument_group("adapter")
+    adapter.add_argument("--lora-rank", type=int, default=AdapterSettings.lora_rank)
+    adapter.add_argument("--lora-alpha", type=float, default=AdapterSettings.lora_alpha)
+    adapter.add_argument("--lora-dropout", type=float, default=AdapterSettings.lora_dropout)
+    adapter.add_argument("--prompt-length", type=int, default=AdapterSettings.prompt_length)
+    training = parser.add_argument_group("training")
+    training.add_argument("--batch-size", type=int, default=TrainingSettings.batch_size)
+    training.add_argument("--grad-accum-steps", type=int, default=TrainingSettings.grad_accum_steps)
+    training.add_argument("--learning-rate", type=float, default=TrainingSettings.learning_rate)
+    training.add_argument("--weight-decay", type=float, default=TrainingSettings.weight_decay)
+    training.add_argument("--epochs", type=float, default=TrainingSettings.epochs)
+    training.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
+    training.add_argument("--warmup-ratio", type=float, default=TrainingSettings.warmup_ratio)
+    training.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=TrainingSettings.gradient_checkpointing)
+    training.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
+    training.add_argument("--seed", type=int, default=TrainingSettings.seed)
+    tracking.add_common_arguments(parser)
+    return parser
+
+
+def tokenized_dir(args: argparse.Namespace) -> Path:
+    if args.preprocess_task_id:
+        return tracking.artifact_path(args.preprocess_task_id, "tokenized")
+    if args.data_dir:
+        return Path(args.data_dir)
+    raise UserError("Give --preprocess-task-id (a ClearML preprocess task) or --data-dir (a folder of tokenized splits).")
+
+
+def load_splits(directory: Path, model: str):
+    from datasets import load_from_disk
+
+    summary_path = directory / TOKENIZATION_FILE
+    if not summary_path.exists():
+        raise UserError(f"{directory} holds no {TOKENIZATION_FILE}; --data-dir must be the tokenized folder written by the preprocess step.")
+    tokenized_with = json.loads(summary_path.read_text(encoding="utf-8"))["model"]
+    if tokenized_with != model:
+        raise UserError(f"The data was tokenized for {tokenized_with!r} but --model is {model!r}; preprocess with the same --model.")
+    return load_from_disk(str(directory / "train")), load_from_disk(str(directory / "validation"))
+
+
+def run(args: argparse.Namespace, task) -> dict:
+    settings = AdapterSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.prompt_length)
+    config = TrainConfig(
+        batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio,
+        gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, seed=args.seed,
+    )
+    train_split, validation_split = load_splits(tokenized_dir(args), args.model)
+    tokenizer = load_tokenizer(args.model)
+    torch.manual_seed(args.seed)
+    model = apply_adapter_settings(load_base_model(args.model), settings)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    stats = parameter_stats(model)
+    print(f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%).")
+
+    result = train_adapters(model, tokenizer, train_split, validation_split, config, report=tracking.reporter(task))
+    adapter_dir = save_adapter(model, args.output_dir / "adapter", args.model, settings, tokenizer)
+    summary = {
+        "model": args.model,
+        "adapter": settings.to_dict(),
+        "training": asdict(config),
+        "parameters": stats,
+        "steps": result.steps,
+        "precision": result.precision,
+        "train_loss": result.train_loss,
+        "validation_loss": result.validation_loss,
+        "history": result.history,
+    }
+    tracking.upload_path(task, "adapter", adapter_dir)
+    tracking.upload_json(task, "training", summary, args.output_dir)
+    model_id = tracking.register_model(
+        task, f"ruT5 LoRA r{settings.lora_rank} + prompt {settings.prompt_length}", adapter_dir,
+        tags=["adapter", f"lora_rank={settings.lora_rank}", f"prompt_length={settings.prompt_length}"],
+        metadata={"config": {**settings.to_dict(), **asdict(config), "base_model": args.model}, "validation_loss": result.validation_loss},
+    )
+    print(f"Trained {result.steps} steps; validation loss {result.validation_loss}. Adapter in {adapter_dir}.")
+    return {"adapter_dir": str(adapter_dir), "model_id": model_id, "validation_loss": result.validation_loss, "steps": result.steps}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return tracking.run_step("train", "training", build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    main()
