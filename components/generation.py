@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
+from components.cli import parse_bool
 from components.errors import UserError
 from components.prompt_tuning import extend_attention_mask, prompt_length_of
-from components.settings import TokenizationSettings
+from components.settings import DECODING, TokenizationSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def generate_predictions(
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Decoding flags shared by the CLI and the evaluate step; a preset fills what is not given."""
-    parser.add_argument("--decoding", choices=sorted(DECODING_PRESETS), default="greedy", help="decoding preset (default greedy)")
+    parser.add_argument("--decoding", choices=sorted(DECODING_PRESETS), default=DECODING, help=f"decoding preset (default {DECODING})")
     parser.add_argument("--num-beams", type=int, help="beam count (overrides the preset)")
-    parser.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None, help="sample instead of searching")
+    parser.add_argument("--do-sample", type=parse_bool, default=None, metavar="true|false", help="sample instead of searching")
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)

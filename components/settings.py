@@ -14,6 +14,8 @@ BASE_MODEL = "ai-forever/ruT5-large"
 DATASET_ID = "lksy/ru_instruct_gpt4"
 SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"
 CLEARML_PROJECT = "ruT5 LoRA+Prompt"
+SELECTION_METRIC = "chrf"  # picks the model to register: character n-grams credit Russian inflections
+DECODING = "greedy"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Preset:
     test_tsv: str | None
     validation_size: int
     training: TrainingSettings
+    max_new_tokens: int = TokenizationSettings.max_target_length
 
 
 PUBLISHED = Preset(
@@ -79,12 +82,14 @@ PUBLISHED = Preset(
 
 TINY_MODEL = "tiny"  # resolved by components.modeling to the tiny model built from the sample data
 
+# Paths relative to the repository root: the working directory of every step, locally and on agents.
 TINY = Preset(
     model=TINY_MODEL,
-    train_tsv=str(SAMPLE_DATA_DIR / "train.tsv"),
-    test_tsv=str(SAMPLE_DATA_DIR / "test.tsv"),
+    train_tsv="data/sample/train.tsv",
+    test_tsv="data/sample/test.tsv",
     validation_size=20,
     training=TrainingSettings(batch_size=8, grad_accum_steps=1, learning_rate=3e-3, epochs=3.0, gradient_checkpointing=False),
+    max_new_tokens=48,
 )
 
 PRESETS = {"published": PUBLISHED, "tiny": TINY}

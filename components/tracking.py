@@ -134,6 +134,7 @@ def run_step(
     parser = build_parser()
     if any(a in ("-h", "--help") for a in argv):
         parser.parse_args(argv)  # prints help and exits, before any task exists
+    task = None
     try:
         prepare_clearml("--local" in argv)
         task = init_task(name, task_type)
@@ -142,11 +143,22 @@ def run_step(
         args.output_dir.mkdir(parents=True, exist_ok=True)
         outputs = run(args, task)
     except UserError as error:
+        if task is not None:
+            close_failed(task, str(error))
         sys.exit(f"error: {error}")
     result = {"step": name, "task_id": task.id, "offline": task.is_offline(), "outputs": outputs}
+    if task.is_offline():
+        result["offline_session"] = f"{task.get_offline_mode_folder()}.zip"  # written by close()
     (args.output_dir / RESULT_FILE).write_text(to_json(result), encoding="utf-8")
     task.close()
     return result
+
+
+def close_failed(task, reason: str) -> None:
+    """Close a task whose step failed, marked failed on a server, so its log ends with our message."""
+    if not task.is_offline():
+        task.mark_failed(status_reason=reason, status_message=reason, force=True)
+    task.close()
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,9 +170,13 @@ def get_task(task_id: str):
     from clearml import Task
 
     try:
-        return Task.get_task(task_id=task_id)
-    except Exception as error:  # ClearML raises ValueError offline and APIError online
-        raise StepInputError(f"No ClearML task with id {task_id!r} ({type(error).__name__}); check the *-task-id argument.") from None
+        task = Task.get_task(task_id=task_id)
+    except Exception:  # ClearML raises ValueError, APIError, ... depending on the mode
+        task = None
+    if task is None or not task.name:  # offline, an unknown id yields an empty task
+        where = "in the offline sessions of this machine" if Task.is_offline() else "on the ClearML server"
+        raise StepInputError(f"No ClearML task with id {task_id!r} {where}; check the *-task-id argument.")
+    return task
 
 
 def artifact_path(task_id: str, name: str) -> Path:

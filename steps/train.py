@@ -22,6 +22,7 @@ from dataclasses import asdict
 import torch
 
 from components import tracking
+from components.cli import parse_bool
 from components.errors import UserError
 from components.modeling import apply_adapter_settings, load_base_model, load_tokenizer, parameter_stats, save_adapter
 from components.settings import BASE_MODEL, AdapterSettings, TrainingSettings
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--epochs", type=float, default=TrainingSettings.epochs)
     training.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
     training.add_argument("--warmup-ratio", type=float, default=TrainingSettings.warmup_ratio)
-    training.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=TrainingSettings.gradient_checkpointing)
+    training.add_argument("--gradient-checkpointing", type=parse_bool, default=TrainingSettings.gradient_checkpointing, metavar="true|false")
     training.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
     training.add_argument("--seed", type=int, default=TrainingSettings.seed)
     tracking.add_common_arguments(parser)

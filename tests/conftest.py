@@ -35,3 +35,30 @@ def tiny_model_dir() -> Path:
     from components.tiny import build_tiny_model
 
     return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def clearml_home(tmp_path_factory) -> dict[str, str]:
+    """Environment for step subprocesses: no ClearML configuration at all, sessions in a temp dir."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_script(env: dict, *command: str, check: bool = True, timeout: int = 600):
+    """Run a project script the way a user does, from the repository root."""
+    import subprocess
+
+    completed = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and completed.returncode != 0:
+        raise AssertionError(f"{command} exited {completed.returncode}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+    return completed
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
+    """One local end-to-end run of the tiny pipeline, shared by the tests that inspect it."""
+    output_dir = tmp_path_factory.mktemp("pipeline")
+    run_script(clearml_home, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir), "--epochs", "1")
+    return output_dir

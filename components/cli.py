@@ -1,0 +1,18 @@
+"""Command-line helpers shared by the step scripts and the tools."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parse_bool(value: str | bool) -> bool:
+    """A boolean argument as ``true``/``false``: unambiguous when edited in the ClearML UI
+    or overridden by a pipeline, where a value always arrives as a string."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")

@@ -1,0 +1,106 @@
+"""The production wiring, checked without a server: steps, parents, queues and parameter names."""
+
+import json
+import time
+
+import pytest
+from conftest import run_script
+
+from pipelines.controller import step_parser
+from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, step_arguments
+from pipelines.run_pipeline import build_parser, pipeline_parameters
+from components.settings import PRESETS
+
+DAG_SCRIPT = """
+import json, sys
+sys.path.insert(0, ".")
+from components import tracking
+tracking.enter_offline_mode()
+from pipelines.controller import build_controller
+from pipelines.run_pipeline import build_parser, pipeline_parameters
+from components.settings import PRESETS
+parameters = pipeline_parameters(PRESETS["published"], build_parser().parse_args(["--lora-rank", "16"]))
+pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project="proj", name="pipe")
+dag = {name: {"parents": node.parents, "queue": node.queue, "parameters": node.parameters, "cache": node.cache_executed_step}
+       for name, node in pipe.get_pipeline_dag().items()}
+print("DAG=" + json.dumps({"dag": dag, "pipeline": pipe.get_parameters()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def controller(clearml_home):
+    out = run_script(clearml_home, "-c", DAG_SCRIPT).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("DAG="))[4:])
+
+
+def test_steps_parents_and_queues(controller):
+    dag = controller["dag"]
+    assert list(dag) == ["ingest", "preprocess", "train", "evaluate", "register"]
+    assert {name: node["parents"] for name, node in dag.items()} == {
+        "ingest": [], "preprocess": ["ingest"], "train": ["preprocess"], "evaluate": ["train"], "register": ["evaluate"],
+    }
+    assert {name: node["queue"] for name, node in dag.items()} == {
+        "ingest": "cpu-q", "preprocess": "cpu-q", "train": "gpu-q", "evaluate": "gpu-q", "register": "cpu-q",
+    }
+    assert [name for name, node in dag.items() if node["cache"]] == ["ingest", "preprocess", "train", "evaluate"]
+
+
+def test_pipeline_parameters_reach_the_steps(controller):
+    dag, pipeline = controller["dag"], controller["pipeline"]
+    assert pipeline["lora_rank"] == 16 and pipeline["prompt_length"] == 20 and pipeline["model"] == "ai-forever/ruT5-large"
+    assert dag["train"]["parameters"]["Args/lora_rank"] == "${pipeline.lora_rank}"
+    assert dag["train"]["parameters"]["Args/preprocess_task_id"] == "${preprocess.id}"
+    assert dag["evaluate"]["parameters"]["Args/ingest_task_id"] == "${ingest.id}"
+    assert dag["register"]["parameters"]["Args/candidates"] == "${evaluate.id}"
+    referenced = {v[len("${pipeline."):-1] for node in dag.values() for v in node["parameters"].values() if v.startswith("${pipeline.")}
+    assert referenced == set(pipeline)
+
+
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+def test_every_override_names_an_argument_of_its_step(step):
+    """A name that is not an argparse dest of the step would silently override nothing on an agent."""
+    dests = {action.dest for action in step_parser(step)._actions}
+    everything = {name: "x" for name in PARAMETER_STEPS}
+    arguments = step_arguments(step.name, everything, {s.name: "id" for s in STEPS})
+    assert set(arguments) <= dests, set(arguments) - dests
+    assert set(UPSTREAM_ARGUMENTS.get(step.name, {})) <= set(arguments)
+
+
+def test_presets_fill_every_parameter_the_steps_need():
+    for preset in PRESETS.values():
+        parameters = pipeline_parameters(preset, build_parser().parse_args([]))
+        assert set(parameters) == set(PARAMETER_STEPS)
+        assert parameters["model"] and parameters["lora_rank"] and parameters["prompt_length"]
+
+
+def test_unreachable_server_fails_in_seconds_with_a_clear_message(clearml_home, tmp_path):
+    env = {**clearml_home, "CLEARML_API_HOST": "http://127.0.0.1:9", "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}
+    started = time.monotonic()
+    completed = run_script(env, "steps/ingest.py", "--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv",
+                           "--output-dir", str(tmp_path), check=False, timeout=120)
+    assert time.monotonic() - started < 60  # ClearML alone would retry for hours
+    assert completed.returncode != 0
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert "http://127.0.0.1:9 did not answer" in last_line and "--local" in last_line
+
+
+def test_offline_mode_uses_the_fast_close_configuration(clearml_home):
+    script = (
+        "import sys; sys.path.insert(0, '.'); from components import tracking; print(tracking.prepare_clearml(False));"
+        "from clearml.config import config; print(config.get('development.report_use_subprocess'))"
+    )
+    assert run_script(clearml_home, "-c", script).stdout.split()[-2:] == ["True", "False"]
+
+
+def test_offline_decision(monkeypatch, tmp_path):
+    from components import tracking
+
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID", "TRAINS_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert tracking.use_offline_mode(local_flag=False)  # nothing configured
+    (tmp_path / "clearml.conf").write_text("api {}")
+    assert not tracking.use_offline_mode(local_flag=False)
+    assert tracking.use_offline_mode(local_flag=True)
+    monkeypatch.setenv("CLEARML_TASK_ID", "abc")  # under an agent: never offline
+    assert not tracking.use_offline_mode(local_flag=True)
