@@ -2,37 +2,61 @@
 
 Why not ``transformers.Trainer``: its checkpoints hold the whole model (3 GB of frozen
 ruT5-large per save) and its resume path expects that. Here every checkpoint and the
-final output hold only what trains (LoRA A/B and the prompt), as safetensors.
+final output hold only what trains (LoRA A/B and the prompt), as safetensors; see
+components/checkpoint.py.
 
-One optimizer step = ``grad_accum_steps`` micro-batches of ``batch_size`` examples.
-Mixed precision: bf16 autocast where the GPU supports it (T5 v1.0 overflows in fp16),
-fp16 autocast with a grad scaler on older GPUs, fp32 on CPU.
+- One optimizer step = ``grad_accum_steps`` micro-batches of ``batch_size`` examples;
+  an epoch's last partial group still makes a step.
+- Batches are grouped by length (less padding) and shuffled with ``seed + epoch``, so a
+  resumed run sees exactly the batches an uninterrupted one would.
+- Every ``eval_every`` steps (default: once per epoch) and at the end: validation loss,
+  optionally generation metrics on a validation subset, a checkpoint (``last``), the
+  adapter when the chosen metric improved (``best``), and early stopping after
+  ``early_stopping_patience`` evaluations without improvement.
+- Mixed precision: bf16 autocast where the GPU supports it (T5 v1.0 overflows in fp16),
+  fp16 autocast with a grad scaler on older GPUs, fp32 on CPU. A non-finite loss stops
+  the run (fp16: the step is skipped, and the run stops if it keeps happening); the last
+  good checkpoint stays.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from components.checkpoint import load_checkpoint, save_checkpoint
 from components.collator import PTDataCollator
 from components.errors import UserError
+from components.generation import generate_predictions
+from components.metrics import compute_metrics
+from components.modeling import adapter_state_dict
 from components.prompt_tuning import prompt_length_of
 from components.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+GENERATION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "meteor")
+BEST_METRICS = ("validation_loss", *(f"validation_{m}" for m in GENERATION_METRICS))
+MAX_SKIPPED_FP16_STEPS = 10
 # report(title, series, value, iteration): where scalars go (ClearML in the train step).
 Reporter = Callable[[str, str, float, int], None]
+# on_checkpoint("last", directory): called after each checkpoint; the train step uploads it.
+CheckpointHook = Callable[[str, Path], None]
+BEST_ADAPTER = "adapter.safetensors"
+BEST_IN_CHECKPOINT = "best_adapter.safetensors"
 
 
 class TrainingError(UserError):
@@ -66,16 +90,28 @@ class TrainConfig:
     seed: int = TrainingSettings.seed
     eval_batch_size: int = 16
     group_by_length: bool = True
+    eval_every: int | None = None  # optimizer steps between evaluations; None: once per epoch
+    best_metric: str = "validation_loss"
+    early_stopping_patience: int | None = None  # evaluations without improvement; None: never stop early
+    generation_eval_samples: int = 0  # validation rows to generate for text metrics at each evaluation
+    generation_max_new_tokens: int = 64
 
 
 @dataclass
 class TrainResult:
     steps: int
-    epochs_completed: float
-    train_loss: float
-    validation_loss: float | None
+    total_steps: int
     precision: str
+    best_metric: str
+    best_value: float | None
+    best_step: int | None
+    stopped_early: bool
+    skipped_steps: int
     history: list[dict] = field(default_factory=list)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric == "validation_loss"
 
 
 def _autocast(precision: str, device: torch.device):
@@ -84,15 +120,16 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _loader(dataset, collator, batch_size: int, *, shuffle_seed: int | None, group_by_length: bool) -> DataLoader:
-    if shuffle_seed is None:
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-    generator = torch.Generator().manual_seed(shuffle_seed)
-    if group_by_length:
-        sampler = LengthGroupedSampler(batch_size, dataset=dataset, lengths=[len(ids) for ids in dataset["input_ids"]], generator=generator)
+def _train_loader(dataset, collator, config: TrainConfig, epoch: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed + epoch)
+    if config.group_by_length:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        sampler = LengthGroupedSampler(config.batch_size, dataset=dataset, lengths=lengths, generator=generator)
     else:
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+    # The loader's own generator keeps it from drawing on the global RNG (dropout's), which
+    # a resumed run would otherwise see shifted.
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collator, generator=torch.Generator().manual_seed(config.seed))
 
 
 @torch.no_grad()
@@ -111,15 +148,48 @@ def validation_loss(model, loader: DataLoader, precision: str) -> float:
     return total / max(tokens, 1)
 
 
-def train_adapters(model, tokenizer, train_dataset, validation_dataset, config: TrainConfig, report: Reporter | None = None) -> TrainResult:
-    """Train the model's trainable parameters (the adapters) and return the loss history."""
+def validation_generation_metrics(model, tokenizer, dataset, config: TrainConfig) -> dict[str, float]:
+    """Text metrics on the first ``generation_eval_samples`` validation rows (texts decoded from the tokens)."""
+    subset = dataset.select(range(min(config.generation_eval_samples, len(dataset))))
+    sources = tokenizer.batch_decode(list(subset["input_ids"]), skip_special_tokens=True)
+    references = tokenizer.batch_decode([[t for t in ids if t != -100] for ids in subset["labels"]], skip_special_tokens=True)
+    predictions = generate_predictions(model, tokenizer, sources, max_new_tokens=config.generation_max_new_tokens, batch_size=config.eval_batch_size)
+    return {name: compute_metrics(predictions, references)[name] for name in GENERATION_METRICS}
+
+
+def train_adapters(
+    model,
+    tokenizer,
+    train_dataset,
+    validation_dataset,
+    config: TrainConfig,
+    *,
+    output_dir: Path,
+    report: Reporter | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+    resume_from: Path | None = None,
+) -> TrainResult:
+    """Train the model's trainable parameters (the adapters); see the module docstring.
+
+    Checkpoints go to ``output_dir/checkpoints/last`` and the best adapter to
+    ``output_dir/checkpoints/best/adapter.safetensors`` (and into each checkpoint). ``resume_from`` is a ``last``
+    checkpoint directory of an earlier run with the same configuration.
+    """
+    if config.best_metric not in BEST_METRICS:
+        raise UserError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, got {config.best_metric!r}.")
+    if config.best_metric != "validation_loss" and not config.generation_eval_samples:
+        raise UserError(f"--best-metric {config.best_metric} needs --generation-eval-samples above 0.")
     report = report or (lambda *args: None)
+    on_checkpoint = on_checkpoint or (lambda *args: None)
     device = model.device
     precision = resolve_precision(config.precision, device)
-    torch.manual_seed(config.seed)
+    last_dir, best_dir = output_dir / "checkpoints" / "last", output_dir / "checkpoints" / "best"
+
     collator = PTDataCollator(tokenizer, model=model, prompt_length=prompt_length_of(model))
-    steps_per_epoch = max(1, math.ceil(len(train_dataset) / config.batch_size) // config.grad_accum_steps)
+    batches_per_epoch = math.ceil(len(train_dataset) / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    eval_every = config.eval_every or steps_per_epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -127,57 +197,100 @@ def train_adapters(model, tokenizer, train_dataset, validation_dataset, config: 
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     model.config.use_cache = False
-    eval_loader = _loader(validation_dataset, collator, config.eval_batch_size, shuffle_seed=None, group_by_length=False) if validation_dataset else None
+    eval_loader = DataLoader(validation_dataset, batch_size=config.eval_batch_size, collate_fn=collator, generator=torch.Generator())
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "best_value": None, "best_step": None, "bad_evaluations": 0,
+             "skipped_steps": 0, "stopped_early": False, "history": []}
+    torch.manual_seed(config.seed)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+        if (resume_from / BEST_IN_CHECKPOINT).exists():
+            best_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(resume_from / BEST_IN_CHECKPOINT, best_dir / BEST_ADAPTER)
+        log.info("Resumed from %s at step %d (epoch %d, batch %d).", resume_from, state["step"], state["epoch"], state["batch"])
+
+    def evaluate_and_checkpoint() -> bool:
+        """Validate, checkpoint, keep the best; returns True when early stopping says stop."""
+        step = state["step"]
+        values = {"validation_loss": validation_loss(model, eval_loader, precision)}
+        if config.generation_eval_samples:
+            values.update({f"validation_{k}": v for k, v in validation_generation_metrics(model, tokenizer, validation_dataset, config).items()})
+        for name, value in values.items():
+            report(name.split("_", 1)[1] if name != "validation_loss" else "loss", "validation", value, step)
+        state["history"].append({"step": step, **values})
+        value = values[config.best_metric]
+        best = state["best_value"]
+        improved = best is None or (value < best if lower_is_better(config.best_metric) else value > best)
+        if improved:
+            state.update(best_value=value, best_step=step, bad_evaluations=0)
+            best_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.to("cpu").contiguous() for k, v in adapter_state_dict(model).items()}, str(best_dir / BEST_ADAPTER))
+        else:
+            state["bad_evaluations"] += 1
+        log.info("step %d: %s %.4f (best %.4f at step %d)", step, config.best_metric, value, state["best_value"], state["best_step"])
+        stop = config.early_stopping_patience is not None and state["bad_evaluations"] >= config.early_stopping_patience
+        state["stopped_early"] = stop
+        # The best adapter travels inside the checkpoint, so a run resumed on another machine keeps it.
+        save_checkpoint(last_dir, model, optimizer, scheduler, scaler, state, extra_files={BEST_IN_CHECKPOINT: best_dir / BEST_ADAPTER})
+        on_checkpoint("last", last_dir)
+        return stop
 
     log.info("Training %d steps (%d per epoch) in %s, %d trainable tensors.", total_steps, steps_per_epoch, precision, len(trainable))
     model.train()
-    history: list[dict] = []
-    step, epoch, running, micro = 0, 0, 0.0, 0
-    val_loss = None
-    progress = tqdm(total=total_steps, desc="train", unit="step", mininterval=2.0)
-    while step < total_steps:
-        loader = _loader(train_dataset, collator, config.batch_size, shuffle_seed=config.seed + epoch, group_by_length=config.group_by_length)
-        for batch in loader:
+    progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0)
+    stop = state.get("stopped_early", False) or state["step"] >= total_steps
+    while not stop:
+        loader = _train_loader(train_dataset, collator, config, state["epoch"])
+        micro, running, group_finite = 0, 0.0, True
+        for index, batch in enumerate(loader):
+            if index < state["batch"]:
+                continue  # consumed before the checkpoint this run resumed from
             with _autocast(precision, device):
                 loss = model(**batch.to(device)).loss
             if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"The loss became {loss.item()} at step {step + 1} ({precision}); lower --learning-rate or use --precision bf16/fp32."
-                )
-            scaler.scale(loss / config.grad_accum_steps).backward()
-            running += loss.item() / config.grad_accum_steps
+                if precision != "fp16":
+                    raise TrainingError(
+                        f"The loss became {loss.item()} at step {state['step'] + 1} ({precision}); the last good checkpoint is in "
+                        f"{last_dir}. Lower --learning-rate, then rerun with --resume."
+                    )
+                group_finite = False
+            else:
+                scaler.scale(loss / config.grad_accum_steps).backward()
+                running += loss.item() / config.grad_accum_steps
             micro += 1
-            if micro % config.grad_accum_steps:
+            last_batch = index + 1 == len(loader)
+            if micro < config.grad_accum_steps and not last_batch:
                 continue
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
+            if group_finite:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+            else:  # fp16 overflow: skip the step and halve the loss scale, as the scaler does for inf gradients
+                state["skipped_steps"] += 1
+                scaler.update(scaler.get_scale() / 2)
+                if state["skipped_steps"] > MAX_SKIPPED_FP16_STEPS:
+                    raise TrainingError(
+                        f"The fp16 loss was not finite in {state['skipped_steps']} steps (T5 overflows in fp16); the last good "
+                        f"checkpoint is in {last_dir}. Use --precision bf16 (or fp32), then rerun with --resume."
+                    )
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            step += 1
-            report("loss", "train", running, step)
-            report("learning_rate", "lr", scheduler.get_last_lr()[0], step)
-            history.append({"step": step, "train_loss": running})
+            # The data position after this step: where a resumed run continues.
+            state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "batch": 0} if last_batch else {"batch": index + 1}))
+            report("loss", "train", running, state["step"])
+            report("learning_rate", "lr", scheduler.get_last_lr()[0], state["step"])
             progress.update(1)
             progress.set_postfix(loss=f"{running:.4f}")
-            running = 0.0
-            if step % steps_per_epoch == 0 or step == total_steps:
-                if eval_loader is not None:
-                    val_loss = validation_loss(model, eval_loader, precision)
-                    report("loss", "validation", val_loss, step)
-                    history[-1]["validation_loss"] = val_loss
-                    log.info("step %d: validation loss %.4f", step, val_loss)
-            if step >= total_steps:
+            micro, running, group_finite = 0, 0.0, True
+            if state["step"] % eval_every == 0 or state["step"] >= total_steps:
+                stop = evaluate_and_checkpoint() or state["step"] >= total_steps
+            if stop:
                 break
-        epoch += 1
     progress.close()
     model.eval()
     return TrainResult(
-        steps=step,
-        epochs_completed=step / steps_per_epoch,
-        train_loss=history[-1]["train_loss"],
-        validation_loss=val_loss,
-        precision=precision,
-        history=history,
+        steps=state["step"], total_steps=total_steps, precision=precision, best_metric=config.best_metric,
+        best_value=state["best_value"], best_step=state["best_step"], stopped_early=bool(state.get("stopped_early")),
+        skipped_steps=state["skipped_steps"], history=state["history"],
     )

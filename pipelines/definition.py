@@ -53,6 +53,8 @@ PARAMETER_STEPS: dict[str, tuple[str, ...]] = {
     "max_steps": ("train",),
     "gradient_checkpointing": ("train",),
     "precision": ("train",),
+    "eval_every": ("train",),
+    "early_stopping_patience": ("train",),
     "seed": ("ingest", "train"),
     "decoding": ("evaluate",),
     "max_new_tokens": ("evaluate",),

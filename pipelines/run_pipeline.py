@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--prompt-length", int, None), ("--batch-size", int, None), ("--grad-accum-steps", int, None),
         ("--learning-rate", float, None), ("--weight-decay", float, None), ("--epochs", float, None),
         ("--max-steps", int, "stop training after this many optimizer steps"),
+        ("--eval-every", int, "optimizer steps between validations and checkpoints (default: once per epoch)"),
+        ("--early-stopping-patience", int, "stop training after this many validations without improvement"),
         ("--max-new-tokens", int, "generation length in evaluation"),
         ("--max-test-samples", int, "evaluate on the first N test rows only"),
         ("--seed", int, None),

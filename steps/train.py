@@ -4,31 +4,39 @@
 
 Defaults are the published configuration: rank 8 on q/v, a 20-token prompt, batch
 8 x accumulation 4, lr 3e-4, weight decay 0.01, 10 epochs, gradient checkpointing,
-mixed precision on a GPU. Training and validation loss are reported as scalars; the
-adapter (LoRA + prompt as safetensors, never the base) is the task's output model.
+mixed precision on a GPU. Training and validation loss are reported as scalars. The
+adapter of the best validation evaluation (LoRA + prompt as safetensors, never the
+base) is the task's output model.
+
+Checkpoints (adapters, optimizer, scheduler, RNG, step; no base weights) are uploaded
+as the ``checkpoint`` artifact at every evaluation. A train task that is aborted or
+preempted on an agent continues from its own checkpoint when enqueued again; locally,
+``--resume`` continues from ``--output-dir``; ``--resume-from-task-id`` continues another
+train task's run (clone it, set the id, enqueue).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import json
-from dataclasses import asdict
-
 import torch
 
 from components import tracking
+from components.checkpoint import is_checkpoint
 from components.cli import parse_bool
 from components.errors import UserError
-from components.modeling import apply_adapter_settings, load_base_model, load_tokenizer, parameter_stats, save_adapter
+from components.modeling import apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter
 from components.settings import BASE_MODEL, AdapterSettings, TrainingSettings
-from components.training import PRECISIONS, TrainConfig, train_adapters
+from components.training import BEST_METRICS, PRECISIONS, TrainConfig, train_adapters
 
 TOKENIZATION_FILE = "tokenization.json"
+CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--gradient-checkpointing", type=parse_bool, default=TrainingSettings.gradient_checkpointing, metavar="true|false")
     training.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
     training.add_argument("--seed", type=int, default=TrainingSettings.seed)
+    training.add_argument("--group-by-length", type=parse_bool, default=True, metavar="true|false", help="batch similar lengths together (less padding)")
+    validation = parser.add_argument_group("validation, best model and early stopping")
+    validation.add_argument("--eval-every", type=int, default=None, help="optimizer steps between evaluations and checkpoints (default: once per epoch)")
+    validation.add_argument("--best-metric", choices=BEST_METRICS, default="validation_loss", help="picks the final adapter among the evaluations")
+    validation.add_argument("--early-stopping-patience", type=int, default=None, help="stop after this many evaluations without improvement")
+    validation.add_argument("--generation-eval-samples", type=int, default=0, help="validation rows to generate at each evaluation for text metrics")
+    resume = parser.add_argument_group("resuming")
+    resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    resume.add_argument("--resume-from-task-id", help="continue from the checkpoint artifact of this train task")
     tracking.add_common_arguments(parser)
     return parser
 
@@ -82,6 +99,8 @@ def run(args: argparse.Namespace, task) -> dict:
         batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio,
         gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, seed=args.seed,
+        group_by_length=args.group_by_length, eval_every=args.eval_every, best_metric=args.best_metric,
+        early_stopping_patience=args.early_stopping_patience, generation_eval_samples=args.generation_eval_samples,
     )
     train_split, validation_split = load_splits(tokenized_dir(args), args.model)
     tokenizer = load_tokenizer(args.model)
@@ -91,28 +110,50 @@ def run(args: argparse.Namespace, task) -> dict:
     stats = parameter_stats(model)
     print(f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%).")
 
-    result = train_adapters(model, tokenizer, train_split, validation_split, config, report=tracking.reporter(task))
+    def upload_checkpoint(kind: str, directory: Path) -> None:
+        tracking.upload_path(task, CHECKPOINT_ARTIFACT, directory)
+
+    resume_from = checkpoint_to_resume(args, task)
+    result = train_adapters(model, tokenizer, train_split, validation_split, config, output_dir=args.output_dir,
+                            report=tracking.reporter(task), on_checkpoint=upload_checkpoint, resume_from=resume_from)
+    load_adapter_weights(model, args.output_dir / "checkpoints" / "best" / "adapter.safetensors")
     adapter_dir = save_adapter(model, args.output_dir / "adapter", args.model, settings, tokenizer)
     summary = {
         "model": args.model,
         "adapter": settings.to_dict(),
         "training": asdict(config),
         "parameters": stats,
-        "steps": result.steps,
-        "precision": result.precision,
-        "train_loss": result.train_loss,
-        "validation_loss": result.validation_loss,
-        "history": result.history,
+        "resumed_from": str(resume_from) if resume_from else None,
+        **asdict(result),
     }
     tracking.upload_path(task, "adapter", adapter_dir)
     tracking.upload_json(task, "training", summary, args.output_dir)
     model_id = tracking.register_model(
         task, f"ruT5 LoRA r{settings.lora_rank} + prompt {settings.prompt_length}", adapter_dir,
         tags=["adapter", f"lora_rank={settings.lora_rank}", f"prompt_length={settings.prompt_length}"],
-        metadata={"config": {**settings.to_dict(), **asdict(config), "base_model": args.model}, "validation_loss": result.validation_loss},
+        metadata={"config": {**settings.to_dict(), **asdict(config), "base_model": args.model},
+                  result.best_metric: result.best_value, "best_step": result.best_step},
     )
-    print(f"Trained {result.steps} steps; validation loss {result.validation_loss}. Adapter in {adapter_dir}.")
-    return {"adapter_dir": str(adapter_dir), "model_id": model_id, "validation_loss": result.validation_loss, "steps": result.steps}
+    stopped = " (stopped early)" if result.stopped_early else ""
+    print(f"Trained {result.steps} of {result.total_steps} steps{stopped}; best {result.best_metric} {result.best_value:.4f} "
+          f"at step {result.best_step}. Adapter in {adapter_dir}.")
+    return {"adapter_dir": str(adapter_dir), "model_id": model_id, "steps": result.steps, "best_metric": result.best_metric,
+            "best_value": result.best_value, "best_step": result.best_step, "stopped_early": result.stopped_early}
+
+
+def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
+    """This task's own checkpoint (an agent re-running it after an abort), another task's, or --output-dir's."""
+    if CHECKPOINT_ARTIFACT in task.artifacts:
+        print("This task already holds a checkpoint (it was aborted or preempted before): continuing from it.")
+        return tracking.artifact_path(task.id, CHECKPOINT_ARTIFACT)
+    if args.resume_from_task_id:
+        return tracking.artifact_path(args.resume_from_task_id, CHECKPOINT_ARTIFACT)
+    if args.resume:
+        local = args.output_dir / "checkpoints" / "last"
+        if not is_checkpoint(local):
+            raise UserError(f"--resume: no checkpoint in {local}; run without --resume to start, or point --output-dir at the interrupted run.")
+        return local
+    return None
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -44,15 +44,41 @@ def test_ingest_validation_is_scaled_down_for_small_data(clearml_home, tmp_path)
     assert rows["validation"] == (rows["train"] + rows["validation"]) // 10  # 1,000 requested, a tenth of train given
 
 
-def test_ingest_bad_tsv_fails_with_one_line_naming_the_file(clearml_home, tmp_path):
+HEADER = b"instruction\tinput\toutput\tfull_output\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"instruction\tinput\toutput\n\xd0\xb0\t\t\xd0\xb1\n", "line 1: missing column(s) full_output"),
+        (HEADER + "вопрос\t\t\t\n".encode(), "line 2: empty output"),
+        (HEADER + "вопрос\t\tответ\t\t\n".encode(), "line 2: expected 4 tab-separated fields, found 5"),
+        (HEADER, "the header has no rows under it"),
+        (HEADER + "вопрос\t\tответ\t\n".encode("cp1251"), "line 2: not valid UTF-8"),
+    ],
+    ids=["missing-column", "empty-output", "field-count", "header-only", "not-utf8"],
+)
+def test_ingest_bad_tsv_fails_with_one_line_naming_the_file(clearml_home, tmp_path, content, message):
     bad = tmp_path / "bad.tsv"
-    bad.write_text("instruction\tinput\toutput\tfull_output\nвопрос\t\t\t\n", encoding="utf-8")
+    bad.write_bytes(content)
     completed = run_script(clearml_home, "steps/ingest.py", "--local", "--train-tsv", str(bad), "--test-tsv", "data/sample/test.tsv",
                            "--output-dir", str(tmp_path / "out"), check=False)
     assert completed.returncode != 0
     last_line = completed.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: ") and str(bad) in last_line and "line 2: empty output" in last_line
+    assert last_line.startswith("error: ") and str(bad) in last_line and message in last_line
     assert "Traceback" not in completed.stderr
+
+
+def test_ingest_can_skip_invalid_rows_and_records_them(clearml_home, tmp_path):
+    train = tmp_path / "train.tsv"
+    good = Path("data/sample/train.tsv").read_bytes()
+    train.write_bytes(good + "вопрос без ответа\t\t\t\n".encode())
+    run_script(clearml_home, "steps/ingest.py", "--local", "--train-tsv", str(train), "--test-tsv", "data/sample/test.tsv",
+               "--skip-invalid-rows", "--output-dir", str(tmp_path / "out"))
+    outputs = result(tmp_path / "out")["outputs"]
+    assert outputs["invalid_rows_skipped"] == 1
+    [row] = json.loads((tmp_path / "out" / "invalid_rows.json").read_text())
+    assert row["path"] == str(train) and row["line"] == good.count(b"\n") + 1 and row["reason"] == "empty output"
 
 
 def test_preprocess_by_task_id_and_by_local_path_agree(ingested, clearml_home, tmp_path):
@@ -79,7 +105,13 @@ def test_train_then_evaluate_from_local_paths(ingested, clearml_home, tmp_path):
     assert (config["base_model"], config["lora_rank"], config["prompt_length"]) == ("tiny", 4, 5)
     training = json.loads((tmp_path / "train" / "training.json").read_text())
     assert training["precision"] == "fp32" and training["training"]["gradient_checkpointing"] is True
-    assert len(training["history"]) == 3 and training["validation_loss"] > 0
+    assert [entry["step"] for entry in training["history"]] == [3] and training["history"][0]["validation_loss"] > 0
+    assert training["best_step"] == 3 and training["total_steps"] == 3
+    from safetensors.torch import load_file
+
+    final = load_file(str(tmp_path / "train" / "adapter" / "adapter.safetensors"))
+    best = load_file(str(tmp_path / "train" / "checkpoints" / "best" / "adapter.safetensors"))
+    assert final.keys() == best.keys() and all((final[k] == best[k]).all() for k in final)
 
     run_script(clearml_home, "steps/evaluate.py", "--local", "--model-dir", trained["adapter_dir"], "--test-tsv", "data/sample/test.tsv",
                "--max-samples", "5", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "eval"))
@@ -118,3 +150,20 @@ def test_missing_artifact_is_named(ingested, clearml_home, tmp_path):
     completed = run_script(clearml_home, "steps/train.py", "--local", "--preprocess-task-id", result(ingested)["task_id"],
                            "--model", "tiny", "--output-dir", str(tmp_path), check=False)
     assert completed.returncode != 0 and "has no artifact 'tokenized'" in completed.stderr
+
+
+def test_train_resumes_another_tasks_checkpoint(ingested, clearml_home, tmp_path):
+    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(ingested / "splits"), "--model", "tiny",
+               "--output-dir", str(tmp_path / "pre"))
+    common = ["--local", "--data-dir", str(tmp_path / "pre" / "tokenized"), "--model", "tiny", "--eval-every", "2"]
+    run_script(clearml_home, "steps/train.py", *common, "--max-steps", "4", "--output-dir", str(tmp_path / "first"))
+    first = result(tmp_path / "first")
+    run_script(clearml_home, "steps/train.py", *common, "--max-steps", "6", "--resume-from-task-id", first["task_id"],
+               "--output-dir", str(tmp_path / "second"))
+    first_history = json.loads((tmp_path / "first" / "training.json").read_text())["history"]
+    second = json.loads((tmp_path / "second" / "training.json").read_text())
+    assert second["resumed_from"] and second["steps"] == 6
+    assert [e["step"] for e in second["history"]] == [2, 4, 6] and second["history"][:2] == first_history
+
+    completed = run_script(clearml_home, "steps/train.py", *common, "--resume", "--output-dir", str(tmp_path / "empty"), check=False)
+    assert completed.returncode != 0 and "--resume: no checkpoint in" in completed.stderr.strip().splitlines()[-1]
