@@ -13,8 +13,6 @@ own offline task, handed the upstream task ids exactly as the controller would.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -28,13 +26,10 @@ from components.settings import (
     CLEARML_PROJECT, DECODING, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
 )
 from components.training import PRECISIONS
-from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, StepSpec, script_path, step_arguments
+from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
+from pipelines.local import run_step_locally
 
 PROTOCOL_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "meteor")
-
-
-class PipelineError(UserError):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,22 +82,6 @@ def pipeline_parameters(preset: Preset, args: argparse.Namespace) -> dict:
         if getattr(args, name):
             parameters[name] = str(Path(getattr(args, name)).resolve())
     return parameters
-
-
-def as_flags(arguments: dict) -> list[str]:
-    flags = []
-    for name, value in arguments.items():
-        flags += [f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return flags
-
-
-def run_step_locally(step: StepSpec, arguments: dict, output_dir: Path) -> dict:
-    command = [sys.executable, script_path(step), "--local", "--output-dir", str(output_dir), *as_flags(arguments)]
-    print(f"\n=== {step.name}: {' '.join(command[1:])}", flush=True)
-    completed = subprocess.run(command, cwd=PROJECT_ROOT)
-    if completed.returncode != 0:
-        raise PipelineError(f"Step {step.name} failed with exit status {completed.returncode} (its output is above); rerun it alone with: {' '.join(command[1:])}")
-    return json.loads((output_dir / tracking.RESULT_FILE).read_text(encoding="utf-8"))
 
 
 def run_local(parameters: dict, output_dir: Path) -> dict:

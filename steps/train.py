@@ -94,6 +94,8 @@ def load_splits(directory: Path, model: str):
 
 
 def run(args: argparse.Namespace, task) -> dict:
+    if args.lora_rank < 1 or args.prompt_length < 0:
+        raise UserError(f"--lora-rank must be at least 1 and --prompt-length at least 0 (0: LoRA only); got {args.lora_rank} and {args.prompt_length}.")
     settings = AdapterSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.prompt_length)
     config = TrainConfig(
         batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, learning_rate=args.learning_rate,

@@ -1,0 +1,123 @@
+"""The sweep: local Optuna over the train step, resuming, failures, and the server optimizer's names."""
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_script
+from optuna.trial import TrialState
+
+from pipelines.controller import step_parser
+from pipelines.definition import STEPS
+from pipelines.hpo_local import OBJECTIVE, open_study
+from pipelines.run_hpo import SWEPT
+
+TRAIN = next(step for step in STEPS if step.name == "train")
+QUICK = ["--local", "--preset", "tiny", "--max-steps", "2", "--prompt-lengths", "4,8", "--lora-ranks", "2,4"]
+
+
+@pytest.fixture(scope="module")
+def sweep(clearml_home, tmp_path_factory) -> Path:
+    """Two trials, then the same sweep asked for three: the study continues with one more."""
+    out = tmp_path_factory.mktemp("hpo")
+    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "2", "--output-dir", str(out))
+    first = json.loads((out / "hpo_summary.json").read_text())
+    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "3", "--output-dir", str(out))
+    return out, first
+
+
+def test_local_sweep_summary(sweep):
+    out, _ = sweep
+    summary = json.loads((out / "hpo_summary.json").read_text())
+    assert summary["objective"] == {"title": "loss", "series": "validation", "sign": "min"}
+    assert len(summary["trials"]) == 3
+    pairs = {(t["params"]["lora_rank"], t["params"]["prompt_length"]) for t in summary["trials"]}
+    assert len(pairs) == 3  # the grid is enumerated without repeats
+    completed = [t for t in summary["trials"] if t["status"] == "completed"]
+    assert summary["best"]["value"] == min(t["value"] for t in completed)
+    assert summary["best"]["params"] == min(completed, key=lambda t: t["value"])["params"]
+    assert (Path(summary["best"]["model_dir"]) / "adapter.safetensors").exists()
+    config = json.loads((Path(summary["best"]["model_dir"]) / "adapter_config.json").read_text())
+    assert (config["lora_rank"], config["prompt_length"]) == (summary["best"]["params"]["lora_rank"], summary["best"]["params"]["prompt_length"])
+
+
+def test_an_interrupted_sweep_continues_where_it_stopped(sweep):
+    out, first = sweep
+    summary = json.loads((out / "hpo_summary.json").read_text())
+    assert summary["trials"][:2] == first["trials"]  # the first two trials were kept, not rerun
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial-0", "trial-1", "trial-2"]
+    assert summary["data_task_ids"] == first["data_task_ids"]
+
+
+def test_a_trial_left_running_is_failed_and_queued_again(tmp_path):
+    space = {"lora_rank": [2, 4], "prompt_length": [4]}
+    study = open_study(tmp_path, space, seed=0)
+    distributions = {name: optuna.distributions.CategoricalDistribution(v) for name, v in space.items()}
+    killed = study.ask(distributions)
+    reopened = open_study(tmp_path, space, seed=0)
+    states = {t.number: t.state for t in reopened.get_trials()}
+    assert states[killed.number] == TrialState.FAIL
+    assert reopened.ask(distributions).params == killed.params  # the next trial reruns it
+    with pytest.raises(Exception, match="made for the space"):
+        open_study(tmp_path, {"lora_rank": [8]}, seed=0)
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(sweep, clearml_home, tmp_path):
+    out, _ = sweep
+    preprocess_id = json.loads((out / "hpo_summary.json").read_text())["data_task_ids"]["preprocess"]
+    run_script(clearml_home, "pipelines/run_hpo.py", "--local", "--preset", "tiny", "--max-steps", "2", "--lora-ranks", "0,2",
+               "--prompt-lengths", "4", "--trials", "2", "--preprocess-task-id", preprocess_id, "--output-dir", str(tmp_path))
+    summary = json.loads((tmp_path / "hpo_summary.json").read_text())
+    status = {t["params"]["lora_rank"]: t["status"] for t in summary["trials"]}
+    assert status == {0: "failed", 2: "completed"}
+    failed = next(t for t in summary["trials"] if t["status"] == "failed")
+    assert failed["value"] is None and "exit status" in failed["error"]
+    assert summary["best"]["params"]["lora_rank"] == 2
+
+
+def test_swept_names_are_arguments_of_the_train_step():
+    dests = {action.dest for action in step_parser(TRAIN)._actions}
+    assert set(SWEPT) <= dests
+
+
+def test_the_objective_is_what_the_train_step_reports(tiny_model_dir, tmp_path):
+    from components.data import preprocess, read_tsv
+    from components.modeling import apply_peft, load_base_model, load_tokenizer
+    from components.training import TrainConfig, train_adapters
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = preprocess(read_tsv("data/sample/train.tsv").iloc[:16], tokenizer, 16, 16)
+    reported = set()
+    model = apply_peft(load_base_model(str(tiny_model_dir)), lora_rank=2, prompt_length=2)
+    train_adapters(model, tokenizer, data, data, TrainConfig(max_steps=1, gradient_checkpointing=False), output_dir=tmp_path,
+                   report=lambda title, series, value, step: reported.add((title, series)))
+    assert (OBJECTIVE["title"], OBJECTIVE["series"]) in reported
+
+
+OPTIMIZER_SCRIPT = """
+import sys
+sys.path.insert(0, ".")
+from components import tracking
+tracking.enter_offline_mode()
+from pipelines.hpo_server import build_optimizer
+from pipelines.run_hpo import build_parser, search_space
+args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "7"])
+optimizer = build_optimizer(sys.argv[1], args, search_space(args)).optimizer
+print("PARAMS=" + repr([(p.name, list(p.values)) for p in optimizer._hyper_parameters]))
+objective = optimizer._objective_metric
+print("OBJECTIVE=" + repr((objective.title, objective.series, objective.order, objective.extremum)))
+print("JOBS=" + repr((optimizer._execution_queue, optimizer._num_concurrent_workers, optimizer.total_max_jobs)))
+"""
+
+
+def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_home):
+    """Built offline around a real (offline) train task: ClearML finds every swept Args/ name on it."""
+    out, _ = sweep
+    train_task_id = json.loads((out / "hpo_summary.json").read_text())["best"]["task_id"]
+    completed = run_script(clearml_home, "-c", OPTIMIZER_SCRIPT, train_task_id)
+    lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}
+    assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4])]
+    assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
+    assert lines["JOBS"] == ("gpu-q", 3, 7)
+    assert "Could not find requested hyper-parameters" not in completed.stdout + completed.stderr
