@@ -45,7 +45,7 @@ PRETRAIN_BATCH = 32
 PRETRAIN_MAX_TOKENS = 48
 
 
-def _corpus(train_tsv: Path) -> list[str]:
+def sample_corpus(train_tsv: Path) -> list[str]:
     frame = read_tsv(train_tsv)
     sources = [source_text(i, x) for i, x in zip(frame["instruction"], frame["input"])]
     return sources + frame["output"].tolist() + [t for t in frame["full_output"] if t]
@@ -110,7 +110,7 @@ def build_tiny_model(train_tsv: str | Path = SAMPLE_DATA_DIR / "train.tsv") -> P
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        texts = _corpus(train_tsv)
+        texts = sample_corpus(train_tsv)
         tokenizer = build_tiny_tokenizer(texts)
         torch.manual_seed(SEED)
         model = T5ForConditionalGeneration(build_tiny_config(tokenizer))

@@ -22,9 +22,11 @@ import json
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,28 @@ class StepInputError(UserError):
 
 class ServerUnreachable(UserError):
     pass
+
+
+class _ClearMLClock:
+    """Seconds this process spent inside ClearML calls (nested calls counted once), for result.json."""
+
+    seconds = 0.0
+    depth = 0
+
+    @classmethod
+    def measure(cls, function):
+        @wraps(function)
+        def timed(*args, **kwargs):
+            cls.depth += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                cls.depth -= 1
+                if cls.depth == 0:
+                    cls.seconds += time.perf_counter() - start
+
+        return timed
 
 
 def running_on_agent() -> bool:
@@ -101,6 +125,7 @@ def prepare_clearml(local_flag: bool) -> bool:
     return offline
 
 
+@_ClearMLClock.measure
 def init_task(task_name: str, task_type: str, project: str = CLEARML_PROJECT):
     from clearml import Task
 
@@ -134,10 +159,11 @@ def run_step(
     parser = build_parser()
     if any(a in ("-h", "--help") for a in argv):
         parser.parse_args(argv)  # prints help and exits, before any task exists
+    started = time.perf_counter()
     task = None
     try:
         prepare_clearml("--local" in argv)
-        task = init_task(name, task_type)
+        task = init_task(name, task_type)  # imports clearml: counted as ClearML time
         args = parser.parse_args(argv)
         args.output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix=f"{name}-"))
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -149,11 +175,13 @@ def run_step(
     result = {"step": name, "task_id": task.id, "offline": task.is_offline(), "outputs": outputs}
     if task.is_offline():
         result["offline_session"] = f"{task.get_offline_mode_folder()}.zip"  # written by close()
+    _ClearMLClock.measure(task.close)()
+    result["seconds"] = {"step": round(time.perf_counter() - started, 3), "clearml": round(_ClearMLClock.seconds, 3)}
     (args.output_dir / RESULT_FILE).write_text(to_json(result), encoding="utf-8")
-    task.close()
     return result
 
 
+@_ClearMLClock.measure
 def close_failed(task, reason: str) -> None:
     """Close a task whose step failed, marked failed on a server, so its log ends with our message."""
     if not task.is_offline():
@@ -166,6 +194,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="where this step writes its local outputs (default: a temporary directory)")
 
 
+@_ClearMLClock.measure
 def get_task(task_id: str):
     from clearml import Task
 
@@ -179,6 +208,7 @@ def get_task(task_id: str):
     return task
 
 
+@_ClearMLClock.measure
 def artifact_path(task_id: str, name: str) -> Path:
     """Local copy of an upstream task's file or folder artifact."""
     task = get_task(task_id)
@@ -208,6 +238,7 @@ def upload_json(task, name: str, value: Any, output_dir: Path) -> Path:
     return path
 
 
+@_ClearMLClock.measure
 def upload_path(task, name: str, path: Path) -> None:
     task.upload_artifact(name, artifact_object=path, wait_on_upload=True)
 
@@ -215,12 +246,14 @@ def upload_path(task, name: str, path: Path) -> None:
 def reporter(task) -> Callable[[str, str, float, int], None]:
     logger = task.get_logger()
 
+    @_ClearMLClock.measure
     def report(title: str, series: str, value: float, iteration: int) -> None:
         logger.report_scalar(title=title, series=series, value=value, iteration=iteration)
 
     return report
 
 
+@_ClearMLClock.measure
 def report_metrics(task, metrics: dict[str, float], samples) -> None:
     """Test metrics as single values and as a ``test`` scalar series, plus a table of samples."""
     logger = task.get_logger()
@@ -235,6 +268,7 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items())
 
 
+@_ClearMLClock.measure
 def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False) -> str | None:
     """Register ``folder`` as an output model of ``task`` on the server (offline: skipped, returns None).
 
