@@ -220,6 +220,15 @@ def artifact_path(task_id: str, name: str) -> Path:
     return Path(local)
 
 
+def upstream_input(task_id: str | None, artifact: str, local_path: str | None, flags: tuple[str, str], what: str) -> Path:
+    """A step's input: an upstream task's artifact (by id, as on a server) or a local path."""
+    if task_id:
+        return artifact_path(task_id, artifact)
+    if local_path:
+        return Path(local_path)
+    raise StepInputError(f"Give {flags[0]} (a ClearML task id) or {flags[1]} ({what}).")
+
+
 def artifact_object(task_id: str, name: str) -> Any:
     """An upstream task's JSON-like artifact (a dict or list), read as JSON."""
     path = artifact_path(task_id, name)

@@ -21,7 +21,6 @@ import torch
 
 from components import tracking
 from components.data import read_tsv, source_text
-from components.errors import UserError
 from components.generation import add_decoding_arguments, decoding_from_args, generate_predictions
 from components.metrics import compute_metrics
 from components.modeling import load_finetuned
@@ -45,28 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_dir(args: argparse.Namespace) -> Path:
-    if args.train_task_id:
-        return tracking.artifact_path(args.train_task_id, "adapter")
-    if args.model_dir:
-        return Path(args.model_dir)
-    raise UserError("Give --train-task-id (a ClearML train task) or --model-dir (an adapter directory).")
-
-
 def test_split(args: argparse.Namespace) -> pd.DataFrame:
-    if args.ingest_task_id:
-        frame = read_tsv(tracking.artifact_path(args.ingest_task_id, "test"))
-    elif args.test_tsv:
-        frame = read_tsv(args.test_tsv)
-    else:
-        raise UserError("Give --ingest-task-id (a ClearML ingest task) or --test-tsv (a test TSV file).")
+    path = tracking.upstream_input(args.ingest_task_id, "test", args.test_tsv, ("--ingest-task-id", "--test-tsv"), "a test TSV file")
+    frame = read_tsv(path)
     return frame.head(args.max_samples) if args.max_samples else frame
 
 
 def run(args: argparse.Namespace, task) -> dict:
     decoding = decoding_from_args(args)
     frame = test_split(args)
-    model, tokenizer = load_finetuned(model_dir(args))
+    model_dir = tracking.upstream_input(args.train_task_id, "adapter", args.model_dir, ("--train-task-id", "--model-dir"), "an adapter directory")
+    model, tokenizer = load_finetuned(model_dir)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     print(f"Evaluating on {len(frame)} test rows with {decoding.describe()}.")
     sources = [source_text(i, x) for i, x in zip(frame["instruction"], frame["input"])]
@@ -81,7 +69,7 @@ def run(args: argparse.Namespace, task) -> dict:
     table.to_csv(predictions_path, sep="\t", index=False)
     tracking.upload_path(task, "predictions", predictions_path)
     evaluation = {"metrics": metrics, "decoding": {"preset": args.decoding, **asdict(decoding), "description": decoding.describe()},
-                  "rows": len(frame), "train_task_id": args.train_task_id, "model_dir": str(model_dir(args)) if not args.train_task_id else None}
+                  "rows": len(frame), "train_task_id": args.train_task_id, "model_dir": None if args.train_task_id else str(model_dir)}
     tracking.upload_json(task, "evaluation", evaluation, args.output_dir)
     tracking.report_metrics(task, metrics, table.head(SAMPLE_ROWS))
     print(tracking.metrics_table(metrics))

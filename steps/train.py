@@ -73,14 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tokenized_dir(args: argparse.Namespace) -> Path:
-    if args.preprocess_task_id:
-        return tracking.artifact_path(args.preprocess_task_id, "tokenized")
-    if args.data_dir:
-        return Path(args.data_dir)
-    raise UserError("Give --preprocess-task-id (a ClearML preprocess task) or --data-dir (a folder of tokenized splits).")
-
-
 def load_splits(directory: Path, model: str):
     from datasets import load_from_disk
 
@@ -104,7 +96,9 @@ def run(args: argparse.Namespace, task) -> dict:
         group_by_length=args.group_by_length, eval_every=args.eval_every, best_metric=args.best_metric,
         early_stopping_patience=args.early_stopping_patience, generation_eval_samples=args.generation_eval_samples,
     )
-    train_split, validation_split = load_splits(tokenized_dir(args), args.model)
+    tokenized = tracking.upstream_input(args.preprocess_task_id, "tokenized", args.data_dir,
+                                        ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits")
+    train_split, validation_split = load_splits(tokenized, args.model)
     tokenizer = load_tokenizer(args.model)
     torch.manual_seed(args.seed)
     model = apply_adapter_settings(load_base_model(args.model), settings)

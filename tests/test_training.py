@@ -1,7 +1,6 @@
 """The training loop: resume equivalence, early stopping, best checkpoint, NaN guard, precision."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
