@@ -98,7 +98,7 @@ def _cache_key(train_tsv: Path) -> str:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RUT5_TINY_CACHE", Path.home() / ".cache" / "rut5-peft"))
+    return Path(os.environ.get("RUT5_TINY_CACHE") or Path.home() / ".cache" / "rut5-peft")
 
 
 def build_tiny_model(train_tsv: str | Path = SAMPLE_DATA_DIR / "train.tsv") -> Path:
