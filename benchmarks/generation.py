@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     device, sync = device_and_sync()
-    model = apply_peft(build_model(args.size), prompt_length=20).to(device).eval()
+    model = apply_peft(build_model(args.size, device), prompt_length=20).eval()
     if args.dtype == "bf16":
         model.to(torch.bfloat16)
     model.generation_config.eos_token_id = None  # fixed-length outputs: equal work both ways

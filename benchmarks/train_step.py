@@ -133,7 +133,7 @@ def model_flops(base, args, prompt_length: int) -> float:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device, sync = device_and_sync()
-    base = build_model(args.size)
+    base = build_model(args.size, device)
     vocab = base.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(3, vocab, (args.batch_size, args.input_length), generator=generator).to(device)
