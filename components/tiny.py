@@ -18,6 +18,7 @@ keyed by the sample data and this spec, so it happens once per machine.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import string
@@ -25,9 +26,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers.models import Unigram
-from tokenizers.trainers import UnigramTrainer
+import sentencepiece as spm
 from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
 from components.data import read_tsv, source_text
@@ -39,6 +38,7 @@ TINY_VOCAB_SIZE = 1000
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2, the order T5Tokenizer expects
 ALPHABET = list("абвгдеёжзийклмнопрстуфхцчшщъыьэюяАБВГДЕЁЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯ«»—–…№") + list(string.printable.strip())
 SEED = 0
+BUILD_VERSION = 2  # bump when the build changes in a way the spec below does not show
 PRETRAIN_STEPS = 150
 PRETRAIN_BATCH = 32
 PRETRAIN_MAX_TOKENS = 48
@@ -51,16 +51,20 @@ def sample_corpus(train_tsv: Path) -> list[str]:
 
 
 def build_tiny_tokenizer(texts: list[str]) -> T5Tokenizer:
-    """A T5 (Unigram, metaspace) tokenizer trained on the sample texts."""
-    unigram = Tokenizer(Unigram())
-    unigram.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)]
+    """A T5 tokenizer (Unigram, metaspace) trained by SentencePiece on the sample texts.
+
+    SentencePiece with one thread trains the same vocabulary every time (the tokenizers
+    library's Unigram trainer does not), so the tiny model is reproducible.
+    """
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=TINY_VOCAB_SIZE, model_type="unigram",
+        character_coverage=1.0, normalization_rule_name="identity", required_chars="".join(ALPHABET),
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, minloglevel=2,
     )
-    trainer = UnigramTrainer(
-        vocab_size=TINY_VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", initial_alphabet=ALPHABET, show_progress=False
-    )
-    unigram.train_from_iterator(texts, trainer=trainer)
-    vocab = [tuple(entry) for entry in json.loads(unigram.to_str())["model"]["vocab"]]
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    assert [piece for piece, _ in vocab[:3]] == SPECIAL_TOKENS
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
@@ -93,7 +97,7 @@ def pretrain_to_copy(model: T5ForConditionalGeneration, tokenizer: T5Tokenizer, 
 
 
 def _cache_key(train_tsv: Path) -> str:
-    spec = json.dumps([TINY_ARCHITECTURE, TINY_VOCAB_SIZE, SPECIAL_TOKENS, ALPHABET, SEED, PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_MAX_TOKENS], ensure_ascii=False)
+    spec = json.dumps([BUILD_VERSION, TINY_ARCHITECTURE, TINY_VOCAB_SIZE, SPECIAL_TOKENS, ALPHABET, SEED, PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_MAX_TOKENS], ensure_ascii=False)
     return hashlib.sha256(spec.encode() + train_tsv.read_bytes()).hexdigest()[:12]
 
 

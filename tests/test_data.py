@@ -114,3 +114,14 @@ def test_preprocess_truncates_and_tokenizes_sources_and_labels(tiny_model_dir):
     expected = tokenizer(source_text(row["instruction"], row["input"]), max_length=12, truncation=True)["input_ids"]
     assert dataset[1]["input_ids"] == expected
     assert dataset[1]["labels"][-1] == tokenizer.eos_token_id
+
+
+def test_the_tiny_tokenizer_is_reproducible():
+    from components.settings import SAMPLE_DATA_DIR
+    from components.tiny import build_tiny_tokenizer, sample_corpus
+
+    texts = sample_corpus(SAMPLE_DATA_DIR / "train.tsv")
+    first, second = build_tiny_tokenizer(texts), build_tiny_tokenizer(texts)
+    assert first.get_vocab() == second.get_vocab() and len(first) == 1000
+    assert (first.pad_token_id, first.eos_token_id, first.unk_token_id) == (0, 1, 2)
+    assert first.decode(first("Ёжик в тумане.")["input_ids"], skip_special_tokens=True) == "Ёжик в тумане."

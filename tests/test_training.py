@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from components.data import preprocess, read_tsv
 from components.errors import UserError
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
+from components import training
 from components.training import TrainConfig, TrainingError, resolve_precision, train_adapters
 
 
@@ -74,21 +75,22 @@ def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
     assert result.best_step == 2 and len(result.history) == 3
 
 
-def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model_dir, splits, tmp_path):
+def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model_dir, splits, tmp_path, monkeypatch):
     tokenizer, train, validation = splits
+    scripted = iter([3.0, 1.0, 2.0, 2.5, 1.5])  # validation losses of the evaluations at steps 2, 4, 6, 8, 9
+    monkeypatch.setattr(training, "validation_loss", lambda *args: next(scripted))
     snapshots = {}
 
     def snapshot(kind, directory):
         state = json.loads((directory / "state.json").read_text())
         snapshots[state["step"]] = load_file(str(directory / "adapter.safetensors"))
 
-    config = TrainConfig(**{**CONFIG, "learning_rate": 0.5})  # large enough to get worse after a while
-    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path, on_checkpoint=snapshot)
-    losses = {entry["step"]: entry["validation_loss"] for entry in result.history}
-    assert result.best_step == min(losses, key=losses.get)
+    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(**CONFIG), output_dir=tmp_path, on_checkpoint=snapshot)
+    assert [entry["step"] for entry in result.history] == [2, 4, 6, 8, 9]
+    assert (result.best_step, result.best_value) == (4, 1.0)
     best = load_file(str(tmp_path / "checkpoints/best/adapter.safetensors"))
-    assert all(torch.equal(best[k], snapshots[result.best_step][k]) for k in best)
-    assert result.best_step != result.steps, "the test needs a run whose last evaluation is not its best"
+    assert all(torch.equal(best[k], snapshots[4][k]) for k in best)
+    assert not all(torch.equal(best[k], snapshots[9][k]) for k in best)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_dir, splits, tmp_path):
