@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.modeling import adapter_state_dict, load_adapter_weights
+from components.modeling import load_adapter_weights, save_adapter_weights
 
 STATE_FILE = "state.json"
 
@@ -67,7 +67,7 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, loop_s
     scratch = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    save_file({k: v.to("cpu").contiguous() for k, v in adapter_state_dict(model).items()}, str(scratch / "adapter.safetensors"))
+    save_adapter_weights(model, scratch / "adapter.safetensors")
     optimizer_meta = _save_optimizer(optimizer, scratch / "optimizer.safetensors")
     save_file(_rng_state(), str(scratch / "rng.safetensors"))
     state = {**loop_state, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}

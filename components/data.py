@@ -18,6 +18,8 @@ from components.errors import UserError
 from components.settings import TokenizationSettings
 
 COLUMNS = ("instruction", "input", "output", "full_output")
+SPLITS = ("train", "validation", "test")
+TOKENIZATION_FILE = "tokenization.json"  # written next to the tokenized splits: which tokenizer, which lengths
 REQUIRED_NONEMPTY = ("instruction", "output")
 MAX_LISTED_ROWS = 10
 

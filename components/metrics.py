@@ -27,6 +27,7 @@ from nltk.translate.meteor_score import single_meteor_score
 from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+PROTOCOL_METRICS = ("bleu", "chrf", *ROUGE_TYPES, "meteor")  # the keys every run is compared on
 _WORD = re.compile(r"\w+")
 _snowball = SnowballStemmer("russian")
 

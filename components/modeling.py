@@ -122,13 +122,18 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def save_adapter_weights(model: nn.Module, path: str | Path) -> None:
+    """The trained tensors alone, as safetensors (the file inside adapters and checkpoints)."""
+    if any(layer.merged for layer in model.modules() if isinstance(layer, LoRALayer)):
+        raise ValueError("Unmerge the LoRA layers before saving the adapter.")
+    tensors = {name: t.to("cpu").contiguous() for name, t in adapter_state_dict(model).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
 def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings, tokenizer=None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.to("cpu").contiguous() for name, t in adapter_state_dict(model).items()}
-    if any(layer.merged for layer in model.modules() if isinstance(layer, LoRALayer)):
-        raise ValueError("Unmerge the LoRA layers before saving the adapter.")
-    save_file(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    save_adapter_weights(model, directory / ADAPTER_WEIGHTS)
     config = {"base_model": base_model, **settings.to_dict()}
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if tokenizer is not None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -40,16 +39,15 @@ from components.checkpoint import load_checkpoint, save_checkpoint
 from components.collator import PTDataCollator
 from components.errors import UserError
 from components.generation import generate_predictions
-from components.metrics import compute_metrics
-from components.modeling import adapter_state_dict
+from components.metrics import PROTOCOL_METRICS, compute_metrics
+from components.modeling import save_adapter_weights
 from components.prompt_tuning import prompt_length_of
 from components.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-GENERATION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "meteor")
-BEST_METRICS = ("validation_loss", *(f"validation_{m}" for m in GENERATION_METRICS))
+BEST_METRICS = ("validation_loss", *(f"validation_{m}" for m in PROTOCOL_METRICS))
 MAX_SKIPPED_FP16_STEPS = 10
 # report(title, series, value, iteration): where scalars go (ClearML in the train step).
 Reporter = Callable[[str, str, float, int], None]
@@ -154,7 +152,8 @@ def validation_generation_metrics(model, tokenizer, dataset, config: TrainConfig
     sources = tokenizer.batch_decode(list(subset["input_ids"]), skip_special_tokens=True)
     references = tokenizer.batch_decode([[t for t in ids if t != -100] for ids in subset["labels"]], skip_special_tokens=True)
     predictions = generate_predictions(model, tokenizer, sources, max_new_tokens=config.generation_max_new_tokens, batch_size=config.eval_batch_size)
-    return {name: compute_metrics(predictions, references)[name] for name in GENERATION_METRICS}
+    metrics = compute_metrics(predictions, references)
+    return {name: metrics[name] for name in PROTOCOL_METRICS}
 
 
 def train_adapters(
@@ -224,7 +223,7 @@ def train_adapters(
         if improved:
             state.update(best_value=value, best_step=step, bad_evaluations=0)
             best_dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.to("cpu").contiguous() for k, v in adapter_state_dict(model).items()}, str(best_dir / BEST_ADAPTER))
+            save_adapter_weights(model, best_dir / BEST_ADAPTER)
         else:
             state["bad_evaluations"] += 1
         log.info("step %d: %s %.4f (best %.4f at step %d)", step, config.best_metric, value, state["best_value"], state["best_step"])

@@ -32,6 +32,10 @@ STEPS = (
     StepSpec("register", "steps/register.py", "custom", "cpu", ("evaluate",)),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
+STEP_BY_NAME = {step.name: step for step in STEPS}
+
+# What a sweep minimises: the validation loss scalar the train step reports (never the test split).
+OBJECTIVE = {"title": "loss", "series": "validation", "sign": "min"}
 
 # Pipeline parameter -> the steps whose argument of the same name it sets.
 PARAMETER_STEPS: dict[str, tuple[str, ...]] = {

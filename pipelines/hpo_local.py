@@ -16,12 +16,10 @@ from optuna.trial import TrialState
 
 from components import tracking
 from components.errors import UserError
-from pipelines.definition import STEPS, step_arguments
+from pipelines.definition import OBJECTIVE, STEP_BY_NAME, step_arguments
 from pipelines.local import StepFailed, run_step_locally
 
-OBJECTIVE = {"title": "loss", "series": "validation", "sign": "min"}
 STUDY_NAME = "hpo"
-STEP = {step.name: step for step in STEPS}
 
 
 def open_study(output_dir: Path, space: dict[str, list], seed: int) -> optuna.Study:
@@ -53,7 +51,7 @@ def prepare_data(args: argparse.Namespace, parameters: dict, output_dir: Path) -
         return {"ingest": ingest_id, "preprocess": args.preprocess_task_id}
     ids: dict[str, str] = {}
     for name in ("ingest", "preprocess"):
-        result = run_step_locally(STEP[name], step_arguments(name, parameters, ids), output_dir / "data" / name)
+        result = run_step_locally(STEP_BY_NAME[name], step_arguments(name, parameters, ids), output_dir / "data" / name)
         ids[name] = result["task_id"]
     return ids
 
@@ -77,7 +75,7 @@ def objective(study: optuna.Study, space: dict, parameters: dict, ids: dict, out
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
         print(f"\n### Trial {len(finished(study)) + 1} of {total}: {params} (best so far: {best_so_far(study)})", flush=True)
         try:
-            result = run_step_locally(STEP["train"], step_arguments("train", {**parameters, **params}, ids),
+            result = run_step_locally(STEP_BY_NAME["train"], step_arguments("train", {**parameters, **params}, ids),
                                       output_dir / "trials" / f"trial-{trial.number}")
         except StepFailed as error:
             trial.set_user_attr("error", str(error))
@@ -129,9 +127,9 @@ def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters
     if not complete:
         raise UserError(f"All {len(trials)} trials failed; their errors are in {output_dir / 'hpo_summary.json'} and above.")
     best = min(complete, key=lambda t: t["value"])
-    evaluate = run_step_locally(STEP["evaluate"], step_arguments("evaluate", parameters, {**ids, "train": best["task_id"]}),
+    evaluate = run_step_locally(STEP_BY_NAME["evaluate"], step_arguments("evaluate", parameters, {**ids, "train": best["task_id"]}),
                                 output_dir / "best" / "evaluate")
-    register = run_step_locally(STEP["register"], step_arguments("register", {**parameters, "metric": args.metric}, {"evaluate": evaluate["task_id"]}),
+    register = run_step_locally(STEP_BY_NAME["register"], step_arguments("register", {**parameters, "metric": args.metric}, {"evaluate": evaluate["task_id"]}),
                                 output_dir / "best" / "register")
     summary = {
         "objective": OBJECTIVE,

@@ -13,10 +13,8 @@ import argparse
 
 from components.errors import UserError
 from pipelines.controller import template_factory
-from pipelines.definition import STEPS
+from pipelines.definition import OBJECTIVE, STEP_BY_NAME
 
-OBJECTIVE = {"title": "loss", "series": "validation", "sign": "min"}
-STEP = {step.name: step for step in STEPS}
 MAX_TRIAL_STEPS = 10**9
 
 
@@ -61,7 +59,7 @@ def find_template(project: str) -> str:
     preprocess = newest("preprocess")
     if preprocess is None:
         raise UserError(f"No completed train or preprocess task in project {project!r}: run pipelines/run_pipeline.py first, or pass --template-task-id.")
-    template = template_factory(STEP["train"], project)(None)
+    template = template_factory(STEP_BY_NAME["train"], project)(None)
     template.set_parameters({"Args/preprocess_task_id": preprocess.id, "Args/model": preprocess.get_parameters()["Args/model"]})
     return template.id
 
@@ -70,7 +68,7 @@ def launch_step(name: str, arguments: dict, queue: str, project: str):
     """Clone a step's template, set its Args, enqueue it and wait for it to complete."""
     from clearml import Task
 
-    task = template_factory(STEP[name], project)(None)
+    task = template_factory(STEP_BY_NAME[name], project)(None)
     task.set_parameters({f"Args/{key}": value for key, value in arguments.items()})
     Task.enqueue(task, queue_name=queue)
     task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped))

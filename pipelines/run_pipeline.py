@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.errors import UserError
+from components.metrics import PROTOCOL_METRICS
 from components.settings import (
     CLEARML_PROJECT, DECODING, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
 )
@@ -29,7 +30,6 @@ from components.training import PRECISIONS
 from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
 from pipelines.local import run_step_locally
 
-PROTOCOL_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "meteor")
 
 
 def build_parser() -> argparse.ArgumentParser:

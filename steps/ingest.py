@@ -18,11 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd
 
 from components import tracking
-from components.data import COLUMNS, InvalidRow, TsvError, describe_invalid_rows, parse_tsv
+from components.data import COLUMNS, SPLITS, InvalidRow, TsvError, describe_invalid_rows, parse_tsv
 from components.errors import UserError
 from components.settings import DATASET_ID, PUBLISHED
 
-SPLITS = ("train", "validation", "test")
 HUB_TEST_SIZE = 1125  # the published test split size; the hub copy has a single split
 
 

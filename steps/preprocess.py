@@ -15,13 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
-from components.data import preprocess, read_tsv
+from components.data import SPLITS, TOKENIZATION_FILE, preprocess, read_tsv
 from components.errors import UserError
 from components.modeling import load_tokenizer
 from components.settings import BASE_MODEL, TokenizationSettings
 
-SPLITS = ("train", "validation", "test")
-TOKENIZATION_FILE = "tokenization.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
