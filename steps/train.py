@@ -141,9 +141,9 @@ def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
     """This task's own checkpoint (an agent re-running it after an abort), another task's, or --output-dir's."""
     if CHECKPOINT_ARTIFACT in task.artifacts:
         print("This task already holds a checkpoint (it was aborted or preempted before): continuing from it.")
-        return tracking.artifact_path(task.id, CHECKPOINT_ARTIFACT)
+        return tracking.artifact_path(task.id, CHECKPOINT_ARTIFACT, force_download=True)
     if args.resume_from_task_id:
-        return tracking.artifact_path(args.resume_from_task_id, CHECKPOINT_ARTIFACT)
+        return tracking.artifact_path(args.resume_from_task_id, CHECKPOINT_ARTIFACT, force_download=True)
     if args.resume:  # the newest complete checkpoint, passing over a damaged one
         local = newest_checkpoint(args.output_dir / "checkpoints")
         if local is None:
