@@ -10,6 +10,8 @@ An adapter directory holds only what was trained, never the frozen base::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +25,9 @@ from components.prompt_tuning import attach_prompt
 from components.settings import TINY_MODEL, AdapterSettings
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
+# Below this size a model computes faster on one CPU thread: its matrix products are too small
+# to share, and two threads waiting on each other are slow, the more so on a busy machine.
+ONE_THREAD_MAX_PARAMETERS = 10_000_000
 ADAPTER_CONFIG = "adapter_config.json"
 
 # ai-forever/ruT5-large's published config.json (T5 v1.0 layout; note eos_token_id 2).
@@ -183,8 +188,44 @@ def load_finetuned(model_dir: str | Path, *, merge: bool = True, dtype: torch.dt
     if merge:
         merge_lora(model)
     model.eval()
+    return model, _tokenizer_of(model_dir, base_model)
+
+
+def load_untuned(model_dir: str | Path, *, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model of an adapter directory with the adapters as training starts them: the untuned baseline.
+
+    Same shapes as :func:`load_finetuned` (same prompt length, so the same inputs), but LoRA's
+    ``B`` is zero (every wrapped layer computes exactly the base layer) and the prompt holds its
+    initial vectors: they are drawn with a fixed seed from the base's own embeddings
+    (:class:`~components.prompt_tuning.PromptTuningEmbedding`), so they are exactly the ones
+    the train step started from.
+    """
+    base_model, settings = read_adapter_config(model_dir)
+    model = apply_adapter_settings(load_base_model(base_model, dtype=dtype), settings).eval()
+    return model, _tokenizer_of(model_dir, base_model)
+
+
+def _tokenizer_of(model_dir: str | Path, base_model: str) -> PreTrainedTokenizerBase:
     tokenizer_dir = model_dir if (Path(model_dir) / "tokenizer_config.json").exists() else base_model
-    return model, load_tokenizer(str(tokenizer_dir))
+    return load_tokenizer(str(tokenizer_dir))
+
+
+@contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """torch computes on ``count`` CPU threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def use_cpu_threads_for(model: nn.Module) -> None:
+    """One CPU thread for a model under ONE_THREAD_MAX_PARAMETERS on the CPU (the tiny model); else unchanged."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu and sum(p.numel() for p in model.parameters()) < ONE_THREAD_MAX_PARAMETERS:
+        torch.set_num_threads(1)
 
 
 def rut5_large_on_meta(settings: AdapterSettings = AdapterSettings()) -> PreTrainedModel:

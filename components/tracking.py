@@ -220,12 +220,20 @@ def reporter(task) -> Callable[[str, str, float, int], None]:
 
 
 @_ClearMLClock.measure
-def report_metrics(task, metrics: dict[str, float], samples) -> None:
-    """Test metrics as single values and as a ``test`` scalar series, plus a table of samples."""
+def report_metrics(task, metrics: dict[str, float], samples, base_metrics: dict[str, float] | None = None) -> None:
+    """Test metrics as single values and as a ``test`` scalar series, plus a table of samples.
+
+    With ``base_metrics`` (the untuned base on the same rows) also ``base <name>`` and
+    ``<name> tuned - base`` single values, and a ``base`` series beside ``test`` in each plot.
+    """
     logger = task.get_logger()
     for name, value in metrics.items():
         logger.report_single_value(name, value)
         logger.report_scalar(title=name, series="test", value=value, iteration=0)
+        if base_metrics is not None and name in base_metrics:
+            logger.report_single_value(f"base {name}", base_metrics[name])
+            logger.report_single_value(f"{name} tuned - base", value - base_metrics[name])
+            logger.report_scalar(title=name, series="base", value=base_metrics[name], iteration=0)
     logger.report_table(title="predictions", series="samples", iteration=0, table_plot=samples)
 
 

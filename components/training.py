@@ -105,6 +105,7 @@ class TrainResult:
     stopped_early: bool
     skipped_steps: int
     history: list[dict] = field(default_factory=list)
+    train_losses: list[list[float]] = field(default_factory=list)  # [step, loss] of every optimizer step
 
 
 def lower_is_better(metric: str) -> bool:
@@ -127,6 +128,12 @@ def _train_loader(dataset, collator, config: TrainConfig, epoch: int) -> DataLoa
     # The loader's own generator keeps it from drawing on the global RNG (dropout's), which
     # a resumed run would otherwise see shifted.
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collator, generator=torch.Generator().manual_seed(config.seed))
+
+
+def evaluation_loader(model, tokenizer, dataset, batch_size: int) -> DataLoader:
+    """Batches of a tokenized split in order, with the prompt columns in the encoder mask."""
+    collator = PTDataCollator(tokenizer, model=model, prompt_length=prompt_length_of(model))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collator, generator=torch.Generator())
 
 
 @torch.no_grad()
@@ -197,10 +204,10 @@ def train_adapters(
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     model.config.use_cache = False
-    eval_loader = DataLoader(validation_dataset, batch_size=config.eval_batch_size, collate_fn=collator, generator=torch.Generator())
+    eval_loader = evaluation_loader(model, tokenizer, validation_dataset, config.eval_batch_size)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "best_value": None, "best_step": None, "bad_evaluations": 0,
-             "skipped_steps": 0, "stopped_early": False, "history": []}
+             "skipped_steps": 0, "stopped_early": False, "history": [], "train_losses": []}
     torch.manual_seed(config.seed)
     best_weights = None  # the best adapter so far, as written into each checkpoint
     if resume_from is not None:
@@ -281,6 +288,7 @@ def train_adapters(
             scheduler.step()
             # The data position after this step: where a resumed run continues.
             state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "batch": 0} if last_batch else {"batch": index + 1}))
+            state["train_losses"].append([state["step"], running])
             report("loss", "train", running, state["step"])
             report("learning_rate", "lr", scheduler.get_last_lr()[0], state["step"])
             progress.update(1)
@@ -295,5 +303,5 @@ def train_adapters(
     return TrainResult(
         steps=state["step"], total_steps=total_steps, precision=precision, best_metric=config.best_metric,
         best_value=state["best_value"], best_step=state["best_step"], stopped_early=bool(state.get("stopped_early")),
-        skipped_steps=state["skipped_steps"], history=state["history"],
+        skipped_steps=state["skipped_steps"], history=state["history"], train_losses=state["train_losses"],
     )

@@ -44,7 +44,7 @@ PARAMETER_STEPS: dict[str, tuple[str, ...]] = {
     "validation_size": ("ingest",),
     "model": ("preprocess", "train"),
     "max_input_length": ("preprocess", "evaluate"),
-    "max_target_length": ("preprocess",),
+    "max_target_length": ("preprocess", "evaluate"),
     "lora_rank": ("train",),
     "lora_alpha": ("train",),
     "lora_dropout": ("train",),
@@ -63,6 +63,7 @@ PARAMETER_STEPS: dict[str, tuple[str, ...]] = {
     "decoding": ("evaluate",),
     "max_new_tokens": ("evaluate",),
     "max_test_samples": ("evaluate",),
+    "compare_base": ("evaluate",),
     "metric": ("register",),
 }
 RENAMED = {("evaluate", "max_test_samples"): "max_samples"}

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
-from components.cli import exit_if_help_asked
+from components.cli import exit_if_help_asked, parse_bool
+from components.comparison import comparison_table
 from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.settings import (
@@ -33,6 +34,7 @@ from components.settings import (
 from components.training import PRECISIONS
 from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
 from pipelines.local import run_step_locally
+from pipelines.report import HEADLINE_METRICS, write_report
 from pipelines.repository import check_repository, repository_path
 
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--seed", int, None),
     ):
         overrides.add_argument(flag, type=kind, help=text)
+    overrides.add_argument("--compare-base", type=parse_bool, metavar="true|false",
+                           help="the evaluate step also scores the untuned base on the test rows (default true)")
     overrides.add_argument("--precision", choices=PRECISIONS)
     overrides.add_argument("--decoding", choices=("greedy", "beam", "sampling"), help="decoding preset of the evaluate step")
     overrides.add_argument("--metric", choices=PROTOCOL_METRICS, help="test metric that picks the model to register")
@@ -79,8 +83,8 @@ def pipeline_parameters(preset: Preset, args: argparse.Namespace) -> dict:
     defaults = {
         **asdict(AdapterSettings()), **asdict(TokenizationSettings()), **asdict(preset.training),
         "model": preset.model, "train_tsv": preset.train_tsv, "test_tsv": preset.test_tsv,
-        "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens,
-        "precision": "auto", "decoding": DECODING, "metric": SELECTION_METRIC,
+        "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens, "eval_every": preset.eval_every,
+        "precision": "auto", "decoding": DECODING, "metric": SELECTION_METRIC, "compare_base": True,
     }
     parameters = {name: defaults.get(name) for name in PARAMETER_STEPS}
     parameters.update({name: getattr(args, name) for name in PARAMETER_STEPS if getattr(args, name, None) is not None})
@@ -112,23 +116,34 @@ def run_local(parameters: dict, output_dir: Path) -> dict:
         timings[step.name] = round(time.perf_counter() - started, 2)
         task_ids[step.name] = results[step.name]["task_id"]
     registered = results["register"]["outputs"]
+    evaluation = results["evaluate"]["outputs"]
     summary = {
-        "metrics": {name: registered["metrics"][name] for name in PROTOCOL_METRICS},
+        "metrics": headline(registered["metrics"]),
+        "base_metrics": headline(evaluation["base_metrics"]),
         "all_metrics": registered["metrics"],
+        "decoding": evaluation["decoding"]["description"],
         "model_dir": registered["model_dir"],
         "task_ids": task_ids,
         "offline_sessions": [results[name].get("offline_session") for name in STEP_NAMES],
         "step_seconds": timings,
         "parameters": parameters,
     }
+    summary["report"] = str(write_report(output_dir, summary))
     (output_dir / "summary.json").write_text(tracking.to_json(summary), encoding="utf-8")
     return summary
 
 
+def headline(metrics: dict[str, float] | None) -> dict[str, float] | None:
+    """The protocol's metrics and the test loss, in that order (None stays None: no base was scored)."""
+    return None if metrics is None else {name: metrics[name] for name in HEADLINE_METRICS}
+
+
 def print_summary(summary: dict, output_dir: Path) -> None:
-    print("\nPipeline finished (offline). Test metrics:")
-    print(tracking.metrics_table(summary["metrics"]))
-    print(f"\nModel directory: {summary['model_dir']}")
+    compared = " (the untuned base beside the fine-tuned model)" if summary["base_metrics"] else ""
+    print(f"\nPipeline finished (offline). Test metrics{compared}, {summary['decoding']}:")
+    print(comparison_table(summary["metrics"], summary["base_metrics"]))
+    print(f"\nReport:   {summary['report']}")
+    print(f"Model directory: {summary['model_dir']}")
     print(f'  try it:  python -m components.generation --model-dir {summary["model_dir"]} "Назови столицу Франции."')
     print(f"Summary:  {output_dir / 'summary.json'}")
     print("Offline ClearML sessions, one per step; to import them into a server later:")

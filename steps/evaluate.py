@@ -6,6 +6,13 @@ through its Hugging Face ``evaluate`` module components/ru_text_metrics).
 Decoding presets: greedy (default), beam (4 beams), sampling (temperature 0.7,
 top-k 50, top-p 0.95); single flags override the preset. Metrics are reported as
 scalars, a sample of predictions as a table, and every prediction as an artifact.
+
+Beside the text metrics, the test loss (cross-entropy per target token) is computed.
+With ``--compare-base true`` (the default) the untuned base is scored on the same rows
+the same way: the same model with the adapters as training starts them (LoRA's B at
+zero, the prompt at its seeded initialisation; see ``load_untuned``). Both sets of
+numbers and their difference are reported, and the predictions get a base column; it
+costs one more generation pass.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import pandas as pd
 import torch
 
 from components import tracking
-from components.data import read_tsv, source_text
-from components.generation import add_decoding_arguments, decoding_from_args, generate_predictions
-from components.modeling import load_finetuned
+from components.cli import parse_bool
+from components.comparison import compare, comparison_table
+from components.data import preprocess, read_tsv, source_text
+from components.generation import Decoding, add_decoding_arguments, decoding_from_args, generate_predictions
+from components.modeling import load_finetuned, load_untuned, use_cpu_threads_for
 from components.settings import TokenizationSettings
+from components.training import evaluation_loader, validation_loss
 
 SAMPLE_ROWS = 20
 METRIC_MODULE = ROOT / "components" / "ru_text_metrics"
@@ -43,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-samples", type=int, default=None, help="score only the first N test rows")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length)
+    parser.add_argument("--max-target-length", type=int, default=TokenizationSettings.max_target_length, help="reference tokens in the test loss")
+    parser.add_argument("--compare-base", type=parse_bool, default=True, metavar="true|false",
+                        help="also score the untuned base (adapters at their initial values) on the same rows")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling")
     add_decoding_arguments(parser)
     tracking.add_common_arguments(parser)
@@ -55,29 +68,43 @@ def test_split(args: argparse.Namespace) -> pd.DataFrame:
     return frame.head(args.max_samples) if args.max_samples else frame
 
 
-def run(args: argparse.Namespace, task) -> dict:
-    decoding = decoding_from_args(args)
-    frame = test_split(args)
-    model_dir = tracking.upstream_input(args.train_task_id, "adapter", args.model_dir, ("--train-task-id", "--model-dir"), "an adapter directory")
-    model, tokenizer = load_finetuned(model_dir)
+def score(model, tokenizer, frame: pd.DataFrame, args: argparse.Namespace, decoding: Decoding) -> tuple[dict, list[str]]:
+    """Text metrics of the model's predictions for the rows, with the test loss; and the predictions."""
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"Evaluating on {len(frame)} test rows with {decoding.describe()}.")
+    use_cpu_threads_for(model)
     sources = [source_text(i, x) for i, x in zip(frame["instruction"], frame["input"])]
     predictions = generate_predictions(
         model, tokenizer, sources, batch_size=args.batch_size, max_input_length=args.max_input_length,
         seed=args.seed, show_progress=True, **asdict(decoding),
     )
     metrics = evaluate.load(str(METRIC_MODULE)).compute(predictions=predictions, references=frame["output"].tolist())
+    rows = preprocess(frame, tokenizer, args.max_input_length, args.max_target_length)
+    metrics["loss"] = validation_loss(model, evaluation_loader(model, tokenizer, rows, args.batch_size), "fp32")
+    return metrics, predictions
 
+
+def run(args: argparse.Namespace, task) -> dict:
+    decoding = decoding_from_args(args)
+    frame = test_split(args)
+    model_dir = tracking.upstream_input(args.train_task_id, "adapter", args.model_dir, ("--train-task-id", "--model-dir"), "an adapter directory")
+    print(f"Evaluating on {len(frame)} test rows with {decoding.describe()}.")
+    metrics, predictions = score(*load_finetuned(model_dir), frame, args, decoding)
     table = frame.assign(prediction=predictions)[["instruction", "input", "output", "prediction"]]
+    base_metrics = None
+    if args.compare_base:
+        print("The untuned base (adapters at their initial values) on the same rows:")
+        base_metrics, base_predictions = score(*load_untuned(model_dir), frame, args, decoding)
+        table = table.assign(base_prediction=base_predictions)
+
     predictions_path = args.output_dir / "predictions.tsv"
     table.to_csv(predictions_path, sep="\t", index=False)
     tracking.upload_path(task, "predictions", predictions_path)
-    evaluation = {"metrics": metrics, "decoding": {"preset": args.decoding, **asdict(decoding), "description": decoding.describe()},
+    evaluation = {"metrics": metrics, "base_metrics": base_metrics, "difference": compare(metrics, base_metrics),
+                  "decoding": {"preset": args.decoding, **asdict(decoding), "description": decoding.describe()},
                   "rows": len(frame), "train_task_id": args.train_task_id, "model_dir": None if args.train_task_id else str(model_dir)}
     tracking.upload_json(task, "evaluation", evaluation, args.output_dir)
-    tracking.report_metrics(task, metrics, table.head(SAMPLE_ROWS))
-    print(tracking.metrics_table(metrics))
+    tracking.report_metrics(task, metrics, table.head(SAMPLE_ROWS), base_metrics=base_metrics)
+    print(comparison_table(metrics, base_metrics))
     return evaluation
 
 

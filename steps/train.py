@@ -32,9 +32,13 @@ from components.checkpoint import newest_checkpoint
 from components.cli import parse_bool
 from components.data import TOKENIZATION_FILE
 from components.errors import UserError
-from components.modeling import apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter
+from components.modeling import (
+    apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter, use_cpu_threads_for,
+)
 from components.settings import BASE_MODEL, AdapterSettings, TrainingSettings
-from components.training import BEST_METRICS, PRECISIONS, TrainConfig, train_adapters
+from components.training import (
+    BEST_METRICS, PRECISIONS, TrainConfig, evaluation_loader, resolve_precision, train_adapters, validation_loss,
+)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -104,14 +108,20 @@ def run(args: argparse.Namespace, task) -> dict:
     torch.manual_seed(args.seed)
     model = apply_adapter_settings(load_base_model(args.model), settings)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
+    use_cpu_threads_for(model)
     stats = parameter_stats(model)
     print(f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%).")
+    report = tracking.reporter(task)
+    # The untuned model's validation loss (adapters as initialised): where the loss curve starts.
+    initial_loss = validation_loss(model, evaluation_loader(model, tokenizer, validation_split, config.eval_batch_size),
+                                   resolve_precision(config.precision, model.device))
+    report("loss", "validation", initial_loss, 0)
 
     def upload_checkpoint(kind: str, directory: Path) -> None:
         tracking.upload_path(task, CHECKPOINT_ARTIFACT, directory)
 
     result = train_adapters(model, tokenizer, train_split, validation_split, config, output_dir=args.output_dir,
-                            report=tracking.reporter(task), on_checkpoint=upload_checkpoint, resume_from=resume_from)
+                            report=report, on_checkpoint=upload_checkpoint, resume_from=resume_from)
     load_adapter_weights(model, args.output_dir / "checkpoints" / "best" / "adapter.safetensors")
     adapter_dir = save_adapter(model, args.output_dir / "adapter", args.model, settings, tokenizer)
     summary = {
@@ -120,6 +130,7 @@ def run(args: argparse.Namespace, task) -> dict:
         "training": asdict(config),
         "parameters": stats,
         "resumed_from": str(resume_from) if resume_from else None,
+        "initial_validation_loss": initial_loss,
         **asdict(result),
     }
     tracking.upload_path(task, "adapter", adapter_dir)
@@ -132,9 +143,10 @@ def run(args: argparse.Namespace, task) -> dict:
     )
     stopped = " (stopped early)" if result.stopped_early else ""
     print(f"Trained {result.steps} of {result.total_steps} steps{stopped}; best {result.best_metric} {result.best_value:.4f} "
-          f"at step {result.best_step}. Adapter in {adapter_dir}.")
+          f"at step {result.best_step} (validation loss untuned: {initial_loss:.4f}). Adapter in {adapter_dir}.")
     return {"adapter_dir": str(adapter_dir), "model_id": model_id, "steps": result.steps, "best_metric": result.best_metric,
-            "best_value": result.best_value, "best_step": result.best_step, "stopped_early": result.stopped_early}
+            "best_value": result.best_value, "best_step": result.best_step, "stopped_early": result.stopped_early,
+            "initial_validation_loss": initial_loss}
 
 
 def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:

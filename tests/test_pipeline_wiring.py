@@ -8,6 +8,7 @@ from conftest import run_script
 
 from pipelines.controller import step_parser
 from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, step_arguments
+from pipelines.local import as_flags
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
 
@@ -71,6 +72,16 @@ def test_presets_fill_every_parameter_the_steps_need():
         parameters = pipeline_parameters(preset, build_parser().parse_args([]))
         assert set(parameters) == set(PARAMETER_STEPS)
         assert parameters["model"] and parameters["lora_rank"] and parameters["prompt_length"]
+
+
+def test_compare_base_is_a_pipeline_parameter_the_evaluate_step_receives(controller):
+    assert controller["pipeline"]["compare_base"] is True
+    assert controller["dag"]["evaluate"]["parameters"]["Args/compare_base"] == "${pipeline.compare_base}"
+    parameters = pipeline_parameters(PRESETS["tiny"], build_parser().parse_args(["--compare-base", "false"]))
+    flags = as_flags(step_arguments("evaluate", parameters, {"train": "t", "ingest": "i"}))
+    assert flags[flags.index("--compare-base") + 1] == "false"
+    evaluate = next(step for step in STEPS if step.name == "evaluate")
+    assert step_parser(evaluate).parse_args(flags).compare_base is False
 
 
 def test_unreachable_server_fails_in_seconds_with_a_clear_message(clearml_home, tmp_path):

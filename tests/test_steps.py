@@ -114,11 +114,13 @@ def test_train_then_evaluate_from_local_paths(ingested, clearml_home, tmp_path):
     assert final.keys() == best.keys() and all((final[k] == best[k]).all() for k in final)
 
     run_script(clearml_home, "steps/evaluate.py", "--local", "--model-dir", trained["adapter_dir"], "--test-tsv", "data/sample/test.tsv",
-               "--max-samples", "5", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "eval"))
+               "--max-samples", "5", "--max-new-tokens", "4", "--compare-base", "false", "--output-dir", str(tmp_path / "eval"))
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["rows"] == 5 and evaluation["decoding"]["description"].startswith("greedy decoding")
+    assert evaluation["metrics"]["loss"] > 0  # the test loss, beside the text metrics
+    assert evaluation["base_metrics"] is None and evaluation["difference"] is None  # --compare-base false: no base pass
     predictions = (tmp_path / "eval" / "predictions.tsv").read_text(encoding="utf-8")
-    assert predictions.startswith("instruction\tinput\toutput\tprediction")
+    assert predictions.splitlines()[0] == "instruction\tinput\toutput\tprediction"
 
 
 def test_train_refuses_data_tokenized_for_another_model(ingested, clearml_home, tmp_path):
