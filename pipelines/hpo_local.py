@@ -8,6 +8,7 @@ SQLite; a trial left running by an interrupted sweep is marked failed and queued
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -107,6 +108,25 @@ def print_table(trials: list[dict], best_number: int | None) -> None:
         print("  ".join([*cells, value]))
 
 
+def seed_noise(params: dict, parameters: dict, ids: dict, output_dir: Path, seeds: list[int], first_value: float) -> dict:
+    """The objective of one pair trained with other seeds: the spread that trial differences must exceed to mean anything.
+
+    ``first_value`` is the pair's own trial (the first seed); each other seed is one more train step,
+    kept in ``noise/seed-<seed>`` (a continued sweep reuses the runs that finished).
+    """
+    values = [first_value]
+    for seed in seeds[1:]:
+        directory = output_dir / "noise" / f"seed-{seed}"
+        done = directory / tracking.RESULT_FILE
+        if done.exists():
+            result = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            print(f"\n### Seed-to-seed noise: {params} with seed {seed}", flush=True)
+            result = run_step_locally(STEP_BY_NAME["train"], step_arguments("train", {**parameters, **params, "seed": seed}, ids), directory)
+        values.append(result["outputs"]["best_value"])
+    return {"params": params, "seeds": seeds, "values": values, "spread": max(values) - min(values)}
+
+
 def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters: dict, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     grid_size = math.prod(len(values) for values in space.values())
@@ -127,6 +147,10 @@ def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters
     if not complete:
         raise UserError(f"All {len(trials)} trials failed; their errors are in {output_dir / 'hpo_summary.json'} and above.")
     best = min(complete, key=lambda t: t["value"])
+    noise = None
+    if args.noise_seeds > 1:
+        seeds = [parameters["seed"] + i for i in range(args.noise_seeds)]
+        noise = seed_noise(best["params"], parameters, ids, output_dir, seeds, best["value"])
     evaluate = run_step_locally(STEP_BY_NAME["evaluate"], step_arguments("evaluate", parameters, {**ids, "train": best["task_id"]}),
                                 output_dir / "best" / "evaluate")
     register = run_step_locally(STEP_BY_NAME["register"], step_arguments("register", {**parameters, "metric": args.metric}, {"evaluate": evaluate["task_id"]}),
@@ -138,9 +162,14 @@ def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters
         "best": {"params": best["params"], "value": best["value"], "task_id": best["task_id"],
                  "model_dir": register["outputs"]["model_dir"], "test_metrics": register["outputs"]["metrics"]},
         "data_task_ids": ids,
+        "noise": noise,
     }
     (output_dir / "hpo_summary.json").write_text(tracking.to_json(summary), encoding="utf-8")
     print_table(trials, best["number"])
+    if noise:
+        values = [t["value"] for t in complete]
+        print(f"\nSeed-to-seed spread of {noise['params']} over seeds {noise['seeds']}: {noise['spread']:.4f} "
+              f"({', '.join(f'{v:.4f}' for v in noise['values'])}); the trials span {max(values) - min(values):.4f}.")
     print(f"\nBest: {best['params']} (validation loss {best['value']:.4f}); registered model directory {summary['best']['model_dir']}.")
     print(f"Summary: {output_dir / 'hpo_summary.json'}")
     return summary

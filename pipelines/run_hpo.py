@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's, or the template's)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial")
     parser.add_argument("--metric", default=SELECTION_METRIC, help="test metric recorded with the registered model")
+    local.add_argument("--noise-seeds", type=int, default=3,
+                       help="train the best pair with this many seeds (its trial's and the next ones) and record the objective's "
+                            "spread as hpo_summary.json's noise; 1 or 0: do not")
     parser.add_argument("--preprocess-task-id", help="train every trial on this preprocess task's data (default: locally, run ingest and "
                                                      "preprocess first; on a server, the template's data)")
     server = parser.add_argument_group("ClearML server")

@@ -21,9 +21,9 @@ QUICK = ["--local", "--preset", "tiny", "--max-steps", "2", "--prompt-lengths", 
 def sweep(clearml_home, tmp_path_factory) -> Path:
     """Two trials, then the same sweep asked for three: the study continues with one more."""
     out = tmp_path_factory.mktemp("hpo")
-    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "2", "--output-dir", str(out))
+    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "2", "--noise-seeds", "1", "--output-dir", str(out))
     first = json.loads((out / "hpo_summary.json").read_text())
-    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "3", "--output-dir", str(out))
+    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "3", "--noise-seeds", "2", "--output-dir", str(out))
     return out, first
 
 
@@ -40,6 +40,21 @@ def test_local_sweep_summary(sweep):
     assert (Path(summary["best"]["model_dir"]) / "adapter.safetensors").exists()
     config = json.loads((Path(summary["best"]["model_dir"]) / "adapter_config.json").read_text())
     assert (config["lora_rank"], config["prompt_length"]) == (summary["best"]["params"]["lora_rank"], summary["best"]["params"]["prompt_length"])
+
+
+def test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds(sweep):
+    out, first = sweep
+    assert first["noise"] is None  # --noise-seeds 1: not measured
+    summary = json.loads((out / "hpo_summary.json").read_text())
+    noise = summary["noise"]
+    assert noise["params"] == summary["best"]["params"] and noise["seeds"] == [42, 43]
+    assert noise["values"][0] == summary["best"]["value"]
+    other = json.loads((out / "noise" / "seed-43" / "result.json").read_text())["outputs"]
+    assert noise["values"][1] == other["best_value"]
+    assert noise["spread"] == pytest.approx(max(noise["values"]) - min(noise["values"]))
+    args = json.loads((out / "noise" / "seed-43" / "training.json").read_text())
+    assert args["training"]["seed"] == 43 and (args["adapter"]["lora_rank"], args["adapter"]["prompt_length"]) == (
+        noise["params"]["lora_rank"], noise["params"]["prompt_length"])
 
 
 def test_an_interrupted_sweep_continues_where_it_stopped(sweep):
@@ -67,7 +82,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(sweep, clearml_home, 
     out, _ = sweep
     preprocess_id = json.loads((out / "hpo_summary.json").read_text())["data_task_ids"]["preprocess"]
     run_script(clearml_home, "pipelines/run_hpo.py", "--local", "--preset", "tiny", "--max-steps", "2", "--lora-ranks", "0,2",
-               "--prompt-lengths", "4", "--trials", "2", "--preprocess-task-id", preprocess_id, "--output-dir", str(tmp_path))
+               "--prompt-lengths", "4", "--trials", "2", "--noise-seeds", "0", "--preprocess-task-id", preprocess_id, "--output-dir", str(tmp_path))
     summary = json.loads((tmp_path / "hpo_summary.json").read_text())
     status = {t["params"]["lora_rank"]: t["status"] for t in summary["trials"]}
     assert status == {0: "failed", 2: "completed"}
