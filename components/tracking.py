@@ -237,11 +237,6 @@ def report_metrics(task, metrics: dict[str, float], samples, base_metrics: dict[
     logger.report_table(title="predictions", series="samples", iteration=0, table_plot=samples)
 
 
-def metrics_table(metrics: dict[str, float]) -> str:
-    width = max(map(len, metrics))
-    return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items())
-
-
 @_ClearMLClock.measure
 def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False) -> str | None:
     """Register ``folder`` as an output model of ``task`` on the server (offline: skipped, returns None).

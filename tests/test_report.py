@@ -38,7 +38,8 @@ def test_the_loss_curves_are_a_png_image(tiny_pipeline, report):
         assert image.format == "PNG"
         assert image.width >= 400 and image.height >= 300
         image.load()  # decodes every pixel: a truncated file fails here
-        assert len(set(image.convert("L").getdata())) > 10  # lines and text, not a blank canvas
+        darkest, lightest = image.convert("L").getextrema()
+        assert lightest - darkest > 100  # lines and text, not a blank canvas
 
 
 def test_the_metric_table_is_summary_json(tiny_pipeline, report):
