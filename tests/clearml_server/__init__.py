@@ -9,6 +9,6 @@ fields are refused and logged, never answered "ok".
 """
 
 from .server import ClearMLTestServer
-from .store import load_calls, load_state
+from .store import load_calls, load_state, unimplemented_calls
 
-__all__ = ["ClearMLTestServer", "load_calls", "load_state"]
+__all__ = ["ClearMLTestServer", "load_calls", "load_state", "unimplemented_calls"]

@@ -65,7 +65,8 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         match = PATH_RE.match(url.path)
         name = match.group("name") if match else url.path
         version = (match.group("version") if match else None) or API_VERSION
-        record: dict[str, Any] = {"endpoint": name, "version": version, "method": self.command}
+        record: dict[str, Any] = {"endpoint": name, "version": version, "method": self.command,
+                                  "client": self.headers.get("X-ClearML-Client") or self.headers.get("X-Trains-Client")}
         data: Any = None
         error_data: dict = {}
         try:

@@ -61,11 +61,11 @@ model_is_ready = _error(400, 203, "Model is ready")
 invalid_project_id = _error(400, 401, "Invalid project id")
 invalid_project_name = _error(400, 407, "Invalid project name")
 expected_unique_data = _error(400, 801, "Value combination already exists (unique field already contains this value)")
+data_validation_error = _error(400, 800, "Data validation error")
 invalid_queue_id = _error(400, 701, "Invalid queue id")
 invalid_queue_or_task_not_queued = _error(400, 703, "Invalid queue id or task not in queue")
 task_already_queued = _error(400, 706, "Failed adding task to queue since task is already queued")
 no_default_queue = _error(400, 707, "No queue is tagged as the default queue for this company")
-worker_not_registered = _error(400, 1004, "Worker is not registered")
 
 # 401 unauthorized
 no_credentials = _error(401, 20, "Unauthorized (missing credentials)")
@@ -75,6 +75,15 @@ bad_auth_type = _error(401, 10, "Unauthorized (bad authentication header type)")
 
 # 500 server_error
 internal_error = _error(500, 1, "Internal server error")
+
+
+def too_short(document: str, field: str, value: str, min_length: int = 3) -> APIError | None:
+    """mongoengine's ``min_length`` check on save, as ``database/errors.py:MongoEngineErrorsHandler``
+    reports it (task, model and queue names are ``StrippedStringField(min_length=3)``)."""
+    if len((value or "").strip()) >= min_length:
+        return None
+    return data_validation_error(f"ValidationError ({document}:None) (String value is too short: ['{field}'])",
+                                 **{field: "String value is too short"})
 
 
 def unknown_endpoint(name: str, version: str) -> APIError:

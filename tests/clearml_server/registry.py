@@ -2,7 +2,9 @@
 
 Each handler declares the request fields it implements; a call with any other field is
 refused with an error naming it (a test double must fail loudly, never ignore a filter).
-``fields=OWN_VALIDATION`` marks handlers that check their fields themselves (get_all queries).
+``ignored`` lists fields clients send that clearml-server's request model does not have
+(the server drops them); they are dropped here too. ``fields=OWN_VALIDATION`` marks
+handlers that check their fields themselves (get_all queries).
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ class Endpoint:
     authorize: bool = True
     batched: bool = False
     mutates: bool = True
+    ignored: frozenset[str] = frozenset()
 
     def validate(self, data: dict[str, Any]) -> None:
+        for key in self.ignored & set(data):
+            del data[key]
         if self.fields is not OWN_VALIDATION:
             for key in data:
                 if key not in self.fields:
@@ -69,12 +74,13 @@ def endpoint(
     authorize: bool = True,
     batched: bool = False,
     mutates: bool = True,
+    ignored: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Register ``name`` (``service.action``); ``required`` fields are accepted fields too."""
 
     def register(handler: Handler) -> Handler:
         accepted = None if fields is OWN_VALIDATION else frozenset(fields) | frozenset(required)
-        ENDPOINTS[name] = Endpoint(name, handler, accepted, tuple(required), authorize, batched, mutates)
+        ENDPOINTS[name] = Endpoint(name, handler, accepted, tuple(required), authorize, batched, mutates, frozenset(ignored))
         return handler
 
     return register

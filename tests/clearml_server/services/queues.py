@@ -16,8 +16,9 @@ def create_queue(store: Store, name: str, system_tags: list[str] | None = None, 
     """``QueueBLL.create``; the name is unique per company (``unique_with="company"``)."""
     if any(q["name"] == name for q in store.queues.values()):
         raise errors.expected_unique_data(name=name)
-    if len(name.strip()) < 3:
-        raise errors.validation_error(f"queue name must be at least 3 characters: {name!r}")
+    short = errors.too_short("Queue", "name", name)
+    if short:
+        raise short
     stamp = now()
     queue = {
         "id": new_id(), "company": COMPANY_ID, "name": name.strip(), "created": stamp, "tags": sorted(tags or []),

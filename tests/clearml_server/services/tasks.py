@@ -108,8 +108,9 @@ def _prepare_fields(data: dict, allowed: tuple[str, ...], endpoint_name: str, ou
             fields[name] = sorted(set(fields[name] or []))
     if "type" in fields and fields["type"] not in TASK_TYPES:
         raise errors.validation_error(f"type must be one of {list(TASK_TYPES)}", field="type", value=fields["type"])
-    if "name" in fields and len((fields["name"] or "").strip()) < 3:
-        raise errors.validation_error("name must be at least 3 characters long", field="name")
+    short = "name" in fields and errors.too_short("Task", "name", fields["name"])
+    if short:
+        raise short
     return fields
 
 

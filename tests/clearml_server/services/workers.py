@@ -17,38 +17,53 @@ def _key(call: Call, worker: str) -> str:
     return f"{COMPANY_ID}_{call.user['id']}_{worker}"
 
 
-@endpoint("workers.register", required=("worker",), fields=("timeout", "queues", "tags", "system_tags"))
-def register(call: Call) -> dict:
+def register_worker(call: Call, worker_id: str, queues: list[str], timeout: int | None = None) -> dict:
     """``WorkerBLL.register_worker``: every queue must exist."""
-    queues = call.get("queues", [])
     missing = [q for q in queues if q not in call.store.queues]
     if missing:
         raise errors.invalid_queue_id(ids=missing)
     stamp = now()
-    call.store.workers[_key(call, call.data["worker"])] = {
-        "id": call.data["worker"], "user": {"id": call.user["id"], "name": call.user["name"]},
+    worker = {
+        "id": worker_id, "user": {"id": call.user["id"], "name": call.user["name"]},
         "company": {"id": COMPANY_ID, "name": COMPANY_NAME}, "queues": queues, "register_time": stamp,
-        "register_timeout": call.get("timeout") or DEFAULT_TIMEOUT_S, "last_activity_time": stamp,
+        "register_timeout": timeout or DEFAULT_TIMEOUT_S, "last_activity_time": stamp,
         "tags": call.get("tags", []), "system_tags": call.get("system_tags", []), "task": None, "queue": None,
     }
+    call.store.workers[_key(call, worker_id)] = worker
+    return worker
+
+
+def _alive(worker: dict) -> bool:
+    """Worker entries expire ``register_timeout`` seconds after their last report (a Redis TTL)."""
+    last = datetime.fromisoformat(worker["last_activity_time"])
+    return datetime.now(timezone.utc) - last < timedelta(seconds=worker["register_timeout"])
+
+
+@endpoint("workers.register", required=("worker",), fields=("timeout", "queues", "tags", "system_tags"))
+def register(call: Call) -> dict:
+    register_worker(call, call.data["worker"], call.get("queues", []), call.get("timeout"))
     return {}
 
 
-@endpoint("workers.unregister", required=("worker",))
+# WorkerBLL.unregister_worker reads only the worker; the agent also sends "queues", which
+# apimodels/workers.py:WorkerRequest does not have
+@endpoint("workers.unregister", required=("worker",), ignored=("queues", "tags", "system_tags"))
 def unregister(call: Call) -> dict:
-    if call.store.workers.pop(_key(call, call.data["worker"]), None) is None:
-        raise errors.worker_not_registered(worker=call.data["worker"])
+    """``WorkerBLL.unregister_worker``; an unknown worker is fine (``apiserver.workers.auto_unregister``)."""
+    call.store.workers.pop(_key(call, call.data["worker"]), None)
     return {}
 
 
+# apimodels/workers.py: StatusReportRequest has no "is_daemon" (the agent sends it; the server drops it)
 @endpoint("workers.status_report", required=("worker", "timestamp"),
-          fields=("task", "queue", "queues", "machine_stats", "tags", "system_tags"))
+          fields=("task", "queue", "queues", "machine_stats", "tags", "system_tags"), ignored=("is_daemon",))
 def status_report(call: Call) -> dict:
     """``WorkerBLL.status_report``: the worker's current task and queue; the task records
-    ``last_worker``. Machine statistics go to Elasticsearch on the server and are not kept."""
+    ``last_worker``. An unknown worker is registered (``apiserver.workers.auto_register``).
+    Machine statistics go to Elasticsearch on the server and are not kept."""
     worker = call.store.workers.get(_key(call, call.data["worker"]))
-    if worker is None:
-        raise errors.worker_not_registered(worker=call.data["worker"])
+    if worker is None or not _alive(worker):
+        worker = register_worker(call, call.data["worker"], [])
     stamp = now()
     worker.update(last_activity_time=stamp, queue=call.get("queue"))
     for field in ("queues", "tags", "system_tags"):
@@ -72,7 +87,7 @@ def get_all(call: Call) -> dict:
     """``WorkerBLL.get_all``: workers active in the last ``last_seen`` seconds."""
     import re
 
-    workers = list(call.store.workers.values())
+    workers = [w for w in call.store.workers.values() if _alive(w)]
     if call.get("last_seen"):
         since = datetime.now(timezone.utc) - timedelta(seconds=max(1, call.data["last_seen"]))
         workers = [w for w in workers if datetime.fromisoformat(w["last_activity_time"]) >= since]
