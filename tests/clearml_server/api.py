@@ -66,7 +66,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         name = match.group("name") if match else url.path
         version = (match.group("version") if match else None) or API_VERSION
         record: dict[str, Any] = {"endpoint": name, "version": version, "method": self.command,
-                                  "client": self.headers.get("X-ClearML-Client") or self.headers.get("X-Trains-Client")}
+                                  "client": self.headers.get("X-ClearML-Client") or self.headers.get("X-ClearML-Agent")}
         data: Any = None
         error_data: dict = {}
         try:
@@ -111,7 +111,8 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
 
     def _parse(self, body: bytes, query: str) -> tuple[dict, list[dict] | None]:
         if self.headers.get("Content-Type", "").startswith("application/json-lines"):
-            batch = [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
+            # bytes.splitlines, as the server's req.data.splitlines(): only \n and \r end a line
+            batch = [json.loads(line) for line in body.splitlines() if line.strip()]
             if not all(isinstance(item, dict) for item in batch):
                 raise errors.APIError(400, 0, "json lines must contain objects")
             return {}, batch

@@ -297,11 +297,32 @@ def page(documents: list[dict], data: dict) -> list[dict]:
     return documents[start : start + size]
 
 
-def _set_path(target: dict, path: str, value: Any) -> None:
-    parts = path.split(".")
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-    target[parts[-1]] = value
+def _path_tree(paths: Iterable[str]) -> dict:
+    tree: dict = {}
+    for path in paths:
+        node = tree
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+    return tree
+
+
+def _include(value: Any, tree: dict) -> Any:
+    """MongoDB's inclusion projection: an embedded document on the way to a projected field is
+    kept even when the field itself is missing (``only("runtime.version")`` of a task whose
+    runtime has no version returns ``runtime: {}``); arrays are projected element by element."""
+    if not tree:
+        return copy.deepcopy(value)
+    if isinstance(value, list):
+        return [_include(item, tree) for item in value if isinstance(item, (dict, list))]
+    if not isinstance(value, dict):
+        return MISSING
+    result = {}
+    for key, subtree in tree.items():
+        if key in value:
+            projected = _include(value[key], subtree)
+            if projected is not MISSING:
+                result[key] = projected
+    return result
 
 
 def _delete_path(target: dict, path: str) -> None:
@@ -318,11 +339,7 @@ def project(document: dict, projection: Sequence[str], options: QueryOptions) ->
     exclude = {p.lstrip("-") for p in projection if p.startswith("-")}
     exclude = (set(options.exclude_by_default) | exclude) - set(include)
     if include:
-        result: dict = {"id": document["id"]}
-        for path in include:
-            value = get_path(document, path)
-            if value is not MISSING:
-                _set_path(result, path, copy.deepcopy(value))
+        result = _include(document, _path_tree([*include, "id"]))
     else:
         result = copy.deepcopy(document)
     for path in exclude:

@@ -97,7 +97,9 @@ def load_calls(state_dir: Path) -> list[dict[str, Any]]:
 
 # Calls clearml-server refuses as well, which the clients expect and handle.
 EXPECTED_UNKNOWN = {
-    "workers.get_runtime_properties",  # clearml-agent asks; only the enterprise server has it
+    # clearml-agent calls these; only the enterprise server has them
+    "workers.get_runtime_properties",
+    "workers.set_runtime_properties",
 }
 
 

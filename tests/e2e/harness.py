@@ -250,7 +250,12 @@ class ProjectRunner:
         argv = shlex.split(command)
         if argv[0] == "python":
             argv[0] = sys.executable
-        completed = subprocess.run(argv, cwd=self.clone, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+        try:
+            completed = subprocess.run(argv, cwd=self.clone, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as error:
+            output = "".join(part if isinstance(part, str) else part.decode(errors="replace")
+                             for part in (error.stdout or "", error.stderr or ""))
+            raise AssertionError(f"`{command}` did not end within {timeout_s:.0f} s:\n{output[-6000:]}") from None
         if check and completed.returncode != 0:
             raise AssertionError(f"`{command}` exited {completed.returncode}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
         return completed

@@ -83,18 +83,55 @@ def touch(task: dict, user: str, last_update: bool = True) -> None:
         task["last_update"] = stamp
 
 
-def _prepare_fields(data: dict, allowed: tuple[str, ...], endpoint_name: str, output: dict | None = None) -> dict:
-    """``prepare_create_fields``: output_dest -> output.destination, artifact lists keyed by id,
-    model entries stamped with ``updated``."""
+def _legacy_params(fields: dict, previous: dict | None) -> None:
+    """``param_utils.py:params_prepare_for_save``: legacy ``execution.parameters`` become
+    ``hyperparams`` (section ``Args``, or ``TF_DEFINE`` for ``TF_DEFINE/x``) and legacy
+    ``execution.model_desc`` becomes ``configuration``, each item typed ``legacy``; the previous
+    task's legacy items are replaced unless the new structure is given too."""
+    execution = fields.get("execution")
+    for old, new, default_section in (("parameters", "hyperparams", "Args"), ("model_desc", "configuration", None)):
+        legacy = (execution or {}).get(old)
+        if legacy is None:
+            continue
+        if not fields.get(new) and previous and previous.get(new):
+            kept = copy.deepcopy(previous[new])
+            removed = 0
+            if default_section:
+                for section, items in list(kept.items()):
+                    for name in [n for n, p in items.items() if p.get("type") == "legacy"]:
+                        del items[name]
+                        removed += 1
+                    if not items:
+                        del kept[section]
+            else:
+                for name in [n for n, p in kept.items() if p.get("type") == "legacy"]:
+                    del kept[name]
+                    removed += 1
+            if not legacy and not removed:
+                continue  # nothing to convert, nothing to delete: the legacy field stays as sent
+            fields[new] = kept
+        for full_name, value in legacy.items():
+            item = {"name": full_name, "type": "legacy", "value": str(value)}
+            if default_section is None:
+                fields.setdefault(new, {})[full_name] = item
+                continue
+            section, _, name = full_name.partition("/")
+            section, name = (section, name) if section == "TF_DEFINE" else (default_section, full_name)
+            if not name:
+                raise errors.validation_error("Parameter name cannot be empty")
+            fields.setdefault(new, {}).setdefault(section, {})[name] = {**item, "name": name, "section": section}
+        del execution[old]
+
+
+def _prepare_fields(data: dict, allowed: tuple[str, ...], previous: dict | None = None) -> dict:
+    """``prepare_create_fields``: output_dest -> output.destination, legacy parameters
+    converted, artifact lists keyed by id, model entries stamped with ``updated``."""
     fields = {k: copy.deepcopy(v) for k, v in data.items() if k in allowed}
     if "output_dest" in fields:
-        output = dict(output or {})
-        output["destination"] = fields.pop("output_dest")
-        fields["output"] = output
+        fields["output"] = {**((previous or {}).get("output") or {}), "destination": fields.pop("output_dest")}
+    _legacy_params(fields, previous)
     execution = fields.get("execution")
     if execution is not None:
-        if "parameters" in execution or "model_desc" in execution:
-            raise errors.unsupported_field(endpoint_name, "execution.parameters/model_desc (legacy API < 2.9)")
         if isinstance(execution.get("artifacts"), list):
             execution["artifacts"] = {artifact_id(a): {"mode": "output", **a} for a in execution["artifacts"]}
     models = fields.get("models")
@@ -148,7 +185,7 @@ def new_task(user: str, fields: dict) -> dict:
 
 @endpoint("tasks.create", required=("name", "type"), fields=CREATE_FIELDS)
 def create(call: Call) -> dict:
-    task = new_task(call.user["id"], _prepare_fields(call.data, CREATE_FIELDS, call.endpoint))
+    task = new_task(call.user["id"], _prepare_fields(call.data, CREATE_FIELDS))
     validate(call.store, task)
     call.store.tasks[task["id"]] = task
     return {"id": task["id"]}
@@ -161,7 +198,7 @@ def edit(call: Call) -> dict:
     task = get_task(call.store, call.data["task"])
     if not call.get("force", False) and task["status"] != "created":
         raise errors.invalid_task_status(expected="created", status=task["status"])
-    fields = _prepare_fields(call.data, EDIT_FIELDS, call.endpoint, output=task.get("output"))
+    fields = _prepare_fields(call.data, EDIT_FIELDS, previous=task)
     merged = {}
     for key, value in fields.items():
         if isinstance(value, dict) and key in ("execution", "script", "models", "output"):
