@@ -26,10 +26,10 @@ STATUS_FIELDS = ("force", "status_reason", "status_message")
 
 
 def change_status(task: dict, new_status: str, user: str, *, force: bool = False, reason: str = "", message: str = "",
-                  current: str | None = None, **updates) -> dict:
+                  **updates) -> dict:
     """``ChangeStatusRequest.execute``: refuse a transition the state machine does not allow
     (unless ``force``); a task sent to a queue loses its ``development`` system tag."""
-    current = current or task["status"]
+    current = task["status"]
     if not force and new_status != current and new_status not in STATE_MACHINE[current]:
         raise errors.invalid_task_status("Invalid status change", current_status=current, new_status=new_status)
     stamp = now()
@@ -129,13 +129,15 @@ def enqueue(call: Call) -> dict:
     if not queue_id:
         queue_id = queues.default_queue(store)["id"]
     queues.get_queue(store, queue_id)
-    before = task.get("enqueue_status") if task["status"] == "queued" and task.get("enqueue_status") else task["status"]
+    previous = task["status"]
+    before = task.get("enqueue_status") if previous == "queued" and task.get("enqueue_status") else previous
     result = change_status(task, "queued", call.user["id"], force=data.get("force", False), reason=data.get("status_reason", ""),
                            message=data.get("status_message", ""), enqueue_status=before)
     try:
         queues.add_task(store, queue_id, task["id"])
     except errors.APIError:
-        change_status(task, before, call.user["id"], force=True, reason="failed enqueueing", current="queued", enqueue_status=None)
+        # revert to the status the call found (for a task already queued: queued, its enqueue_status lost)
+        change_status(task, previous, call.user["id"], force=True, reason="failed enqueueing", enqueue_status=None)
         raise
     if update_queue:
         task.setdefault("execution", {})["queue"] = queue_id
