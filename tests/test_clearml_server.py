@@ -272,17 +272,17 @@ def test_scalar_events_update_last_metrics_as_the_server_does(api, project):
     task = new_task(api, project)
     api.call("tasks.started", task=task)
     api.call_batch("events.add_batch", [_scalar(task, 3.0, 0, 1), _scalar(task, 1.0, 1, 2), _scalar(task, 2.0, 2, 3)])
-    api.call_batch("events.add_batch", [_scalar(task, 0.5, 5, 4), _scalar(task, 4.0, 4, 5)])
+    api.call_batch("events.add_batch", [_scalar(task, 1.5, 5, 4), _scalar(task, 4.0, 4, 5)])
     stored = api.task(task)
     metric = stored["last_metrics"][md5("loss")][md5("train")]
-    assert (metric["metric"], metric["variant"], metric["value"]) == ("loss", "train", 0.5)  # the latest iteration of the batch
-    assert (metric["min_value"], metric["min_value_iteration"]) == (0.5, 5)
+    assert (metric["metric"], metric["variant"], metric["value"]) == ("loss", "train", 1.5)  # the latest iteration of the batch
+    assert (metric["min_value"], metric["min_value_iteration"]) == (1.0, 1)  # kept: the second batch's minimum is higher
     assert (metric["max_value"], metric["max_value_iteration"]) == (4.0, 4)
     assert (metric["first_value"], metric["first_value_iteration"]) == (3.0, 0)
-    assert (metric["count"], metric["mean_value"]) == (5, 2.1)
+    assert (metric["count"], metric["mean_value"]) == (5, 2.3)
     assert stored["last_iteration"] == 5
     histogram = api.call("events.scalar_metrics_iter_histogram", task=task)
-    assert histogram["loss"]["train"] == {"name": "train", "x": [0, 1, 2, 4, 5], "y": [3.0, 1.0, 2.0, 4.0, 0.5]}
+    assert histogram["loss"]["train"] == {"name": "train", "x": [0, 1, 2, 4, 5], "y": [3.0, 1.0, 2.0, 4.0, 1.5]}
 
 
 def test_events_of_a_published_task_are_not_added(api, project):

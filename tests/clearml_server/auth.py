@@ -14,8 +14,6 @@ import hmac
 import json
 import secrets
 import time
-from typing import Any
-
 from . import errors
 from .store import COMPANY_ID, COMPANY_NAME
 
@@ -97,7 +95,3 @@ class Authenticator:
             return self.user_for_key(access_key)
         raise errors.bad_auth_type()
 
-
-def token_claims(token: str) -> dict[str, Any]:
-    """Decode a token's claims (for tests)."""
-    return json.loads(_unb64(token.split(".")[1]))

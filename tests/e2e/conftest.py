@@ -73,7 +73,8 @@ class Agents:
             start_agent(self._processes, self._server, queue, self._workdir, services_mode=services_mode)
 
     def log(self, queue: str) -> str:
-        return self._processes.log_of(self._server.agents[queue])
+        """The daemon's own output (what it polled, pulled and ran)."""
+        return f"clearml-agent daemon on {queue}:\n" + self._processes.log_of(self._server.agents[queue])
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def require_git() -> None:
         raise RuntimeError("The end-to-end tests need git on PATH (apt-get install git); it was not found.")
     exec_path = subprocess.run([git, "--exec-path"], capture_output=True, text=True, check=True).stdout.strip()
     if not (Path(exec_path) / "git-daemon").exists():
-        raise RuntimeError(f"The end-to-end tests need 'git daemon' ({exec_path}/git-daemon is missing; apt-get install git-daemon-run or a full git).")
+        raise RuntimeError(f"The end-to-end tests serve the repository with `git daemon`, but {exec_path}/git-daemon is missing; install a full git.")
 
 
 class Processes:
@@ -85,6 +85,22 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def run_in_group(argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, what: str) -> subprocess.CompletedProcess:
+    """Run a command in its own process group and kill the whole group afterwards, so nothing
+    it started (ClearML's reporting subprocess, say) outlives it, even on a timeout."""
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{what} did not end within {timeout_s:.0f} s:\n{(stdout + stderr)[-6000:]}") from None
+    finally:
+        _signal_group(process, signal.SIGKILL)
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -250,12 +266,7 @@ class ProjectRunner:
         argv = shlex.split(command)
         if argv[0] == "python":
             argv[0] = sys.executable
-        try:
-            completed = subprocess.run(argv, cwd=self.clone, env=self.env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as error:
-            output = "".join(part if isinstance(part, str) else part.decode(errors="replace")
-                             for part in (error.stdout or "", error.stderr or ""))
-            raise AssertionError(f"`{command}` did not end within {timeout_s:.0f} s:\n{output[-6000:]}") from None
+        completed = run_in_group(argv, self.clone, self.env, timeout_s, what=f"`{command}`")
         if check and completed.returncode != 0:
             raise AssertionError(f"`{command}` exited {completed.returncode}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
         return completed
@@ -267,8 +278,7 @@ class ProjectRunner:
 
     def python(self, code: str, timeout_s: float = 120) -> str:
         """Run Python code (e.g. SDK calls, as a user's script would) and return its stdout."""
-        completed = subprocess.run([sys.executable, "-c", code], cwd=self.clone, env=self.env, capture_output=True,
-                                   text=True, timeout=timeout_s)
+        completed = run_in_group([sys.executable, "-c", code], self.clone, self.env, timeout_s, what="an SDK script")
         if completed.returncode != 0:
             raise AssertionError(f"SDK script exited {completed.returncode}:\n{code}\n{completed.stderr[-3000:]}")
         return completed.stdout

@@ -11,7 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 TERMINAL_STATUSES = ("completed", "failed", "stopped", "published", "closed")
 
@@ -77,9 +77,11 @@ class ServerApi:
         events = self.call("events.get_task_log", task=task_id, navigate_earlier=False, batch_size=10000)["events"]
         return "".join(event.get("msg", "") + ("" if event.get("msg", "").endswith("\n") else "\n") for event in events)
 
-    def wait_for_status(self, task_id: str, statuses: tuple[str, ...] = ("completed",), timeout_s: float = 120) -> dict:
+    def wait_for_status(self, task_id: str, statuses: tuple[str, ...] = ("completed",), timeout_s: float = 120,
+                        diagnostics: Callable[[], str] | None = None) -> dict:
         """Wait until the task reaches one of ``statuses``; on a different terminal status or a
-        timeout, fail with the task's status, reason and server log."""
+        timeout, fail with the task's status, reason and server log (and ``diagnostics()``,
+        e.g. an agent's own log, for a task no agent picked up)."""
         deadline = time.monotonic() + timeout_s
         while True:
             task = self.task(task_id)
@@ -91,5 +93,6 @@ class ServerApi:
                     f"task {task_id} ({task.get('name')}) {problem} with status {task['status']!r} "
                     f"(reason: {task.get('status_reason')!r}, message: {task.get('status_message')!r}), "
                     f"expected {statuses}; its log on the server:\n{self.task_log(task_id)[-6000:]}"
+                    + (f"\n{diagnostics()[-3000:]}" if diagnostics else "")
                 )
             time.sleep(0.5)

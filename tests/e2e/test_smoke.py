@@ -37,7 +37,7 @@ def test_step_cloned_edited_and_run_by_an_agent(clearml_server, agents, project,
         f"Task.enqueue(task, queue_name={QUEUE!r})\n"
         "print(task.id)\n"
     ).split()[-1]
-    clone = api.wait_for_status(clone_id, ("completed",), timeout_s=120)
+    clone = api.wait_for_status(clone_id, ("completed",), timeout_s=120, diagnostics=lambda: agents.log(QUEUE))
 
     assert clone["parent"] == source_id
     assert clone["last_worker"] == f"e2e-{QUEUE}"

@@ -144,11 +144,6 @@ def add_batch(call: Call) -> dict:
     return add_events(call, call.batch)
 
 
-@endpoint("events.add", fields=("task", "type", "timestamp", "iter", "metric", "variant", "value", "msg", "level", "worker"))
-def add(call: Call) -> dict:
-    return add_events(call, [call.data])
-
-
 def task_events(store: Store, task_id: str, event_type: str) -> list[dict]:
     return [e for e in store.events if e["task"] == task_id and e["type"] == event_type]
 

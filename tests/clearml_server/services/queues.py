@@ -134,18 +134,3 @@ def get_next_task(call: Call) -> dict:
         if call.get("get_task_info"):
             data["task_info"] = {"company": task["company"], "user": task["user"]}
     return data
-
-
-@endpoint("queues.add_task", required=("queue", "task"), fields=("update_execution_queue",))
-def add_task_endpoint(call: Call) -> dict:
-    """``queues.add_task``: the task's ``execution.queue`` is set unless told otherwise."""
-    add_task(call.store, call.data["queue"], call.data["task"])
-    task = call.store.tasks.get(call.data["task"])
-    if task is not None and call.data.get("update_execution_queue", True):
-        task.setdefault("execution", {})["queue"] = call.data["queue"]
-    return {"added": 1}
-
-
-@endpoint("queues.remove_task", required=("queue", "task"))
-def remove_task_endpoint(call: Call) -> dict:
-    return {"removed": remove_task(call.store, call.data["queue"], call.data["task"])}

@@ -72,11 +72,6 @@ def failed(call: Call) -> dict:
     return _status_call(call, "failed")
 
 
-@endpoint("tasks.close", required=("task",), fields=STATUS_FIELDS)
-def close(call: Call) -> dict:
-    return _status_call(call, "closed")
-
-
 @endpoint("tasks.completed", required=("task",), fields=STATUS_FIELDS + ("publish",))
 def completed(call: Call) -> dict:
     """``tasks.completed``: completed, then published when asked (with its last output model)."""

@@ -349,33 +349,6 @@ def edit_hyper_params(call: Call) -> dict:
     return {"updated": 1}
 
 
-@endpoint("tasks.get_configurations", required=("tasks",), fields=("names",), mutates=False)
-def get_configurations(call: Call) -> dict:
-    ids = call.data["tasks"]
-    if any(t not in call.store.tasks for t in ids):
-        raise errors.invalid_task_id(ids=ids)
-    names = call.get("names")
-    result = []
-    for task_id in dict.fromkeys(ids):
-        items = (call.store.tasks[task_id].get("configuration") or {}).values()
-        items = [c for c in items if not names or c["name"] in names]
-        result.append({"task": task_id, "configuration": sorted(items, key=lambda c: c["name"])})
-    return {"configurations": result}
-
-
-@endpoint("tasks.edit_configuration", required=("task", "configuration"), fields=("replace_configuration", "force"))
-def edit_configuration(call: Call) -> dict:
-    """``HyperParams.edit_configuration``: merge by name, or replace all."""
-    task = get_task_for_update(call.store, call.data["task"], force=call.get("force", False))
-    items = {c["name"]: dict(c) for c in call.data["configuration"]}
-    if call.get("replace_configuration", False):
-        task["configuration"] = items
-    else:
-        task.setdefault("configuration", {}).update(items)
-    touch(task, call.user["id"])
-    return {"updated": 1}
-
-
 @endpoint("tasks.add_or_update_artifacts", required=("task", "artifacts"), fields=("force",))
 def add_or_update_artifacts(call: Call) -> dict:
     """``Artifacts.add_or_update_artifacts``: always with force, so a created or in_progress task."""
