@@ -77,19 +77,19 @@ bad_auth_type = _error(401, 10, "Unauthorized (bad authentication header type)")
 internal_error = _error(500, 1, "Internal server error")
 
 
-def too_short(document: str, field: str, value: str, min_length: int = 3) -> APIError | None:
+def check_min_length(document: str, field: str, value: str, min_length: int = 3) -> None:
     """mongoengine's ``min_length`` check on save, as ``database/errors.py:MongoEngineErrorsHandler``
     reports it (task, model and queue names are ``StrippedStringField(min_length=3)``)."""
-    if len((value or "").strip()) >= min_length:
-        return None
-    return data_validation_error(f"ValidationError ({document}:None) (String value is too short: ['{field}'])",
-                                 **{field: "String value is too short"})
+    if len((value or "").strip()) < min_length:
+        raise data_validation_error(
+            f"ValidationError ({document}:None) (String value is too short: ['{field}'])",
+            **{field: "String value is too short"},
+        )
 
 
 def unknown_endpoint(name: str, version: str) -> APIError:
     """``service_repo.py:ServiceRepo._resolve_endpoint_from_call``: 404, subcode 0."""
-    error = APIError(404, 0, f"Unable to find endpoint for name {name} and version {version}")
-    return error
+    return APIError(404, 0, f"Unable to find endpoint for name {name} and version {version}")
 
 
 def unsupported_field(endpoint: str, field: str) -> APIError:

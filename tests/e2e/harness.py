@@ -25,6 +25,7 @@ from tests.e2e.server_api import ServerApi
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE_NAME = "project.git"
+CLEARML_CONFIG = Path(__file__).with_name("clearml.conf")  # read by the SDK, the agent and the tasks it runs
 AGENT_POLL_S = "1"  # CLEARML_AGENT_QUEUE_POLL_FREQ_SEC: poll queues every second instead of 5
 # Real-server settings, all required together (see README, "Tested how").
 REAL_SERVER_VARIABLES = ("CLEARML_E2E_API_HOST", "CLEARML_E2E_API_ACCESS_KEY", "CLEARML_E2E_API_SECRET_KEY",
@@ -201,13 +202,14 @@ def real_server_from_environment() -> ServerTarget | None:
 
 
 def client_environment(server: ServerTarget, home: Path) -> dict[str, str]:
-    """What a user's shell has: the server's variables, a clean HOME (and TMPDIR under it),
-    no other ClearML setting."""
+    """What a user's shell has: the server's variables, a clean HOME (and TMPDIR under it) and
+    ``tests/e2e/clearml.conf`` (reports sent from a thread), no other ClearML setting."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
     env.update(server.env)
     tmp = home / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp))
+    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp),
+               CLEARML_CONFIG_FILE=str(CLEARML_CONFIG))
     return env
 
 

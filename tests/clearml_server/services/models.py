@@ -58,9 +58,8 @@ def _fields(call: Call) -> dict:
     labels = fields.get("labels") or {}
     if any(not isinstance(v, int) for v in labels.values()):
         raise errors.validation_error("labels values must be integers", values=[v for v in labels.values() if not isinstance(v, int)])
-    short = "name" in fields and errors.too_short("Model", "name", fields["name"])
-    if short:
-        raise short
+    if "name" in fields:
+        errors.check_min_length("Model", "name", fields["name"])
     if "metadata" in fields:
         fields["metadata"] = _metadata(fields["metadata"])
     for name in ("tags", "system_tags"):

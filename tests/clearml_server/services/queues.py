@@ -16,9 +16,7 @@ def create_queue(store: Store, name: str, system_tags: list[str] | None = None, 
     """``QueueBLL.create``; the name is unique per company (``unique_with="company"``)."""
     if any(q["name"] == name for q in store.queues.values()):
         raise errors.expected_unique_data(name=name)
-    short = errors.too_short("Queue", "name", name)
-    if short:
-        raise short
+    errors.check_min_length("Queue", "name", name)
     stamp = now()
     queue = {
         "id": new_id(), "company": COMPANY_ID, "name": name.strip(), "created": stamp, "tags": sorted(tags or []),

@@ -83,57 +83,28 @@ def touch(task: dict, user: str, last_update: bool = True) -> None:
         task["last_update"] = stamp
 
 
-def _legacy_params(fields: dict, previous: dict | None) -> None:
-    """``param_utils.py:params_prepare_for_save``: legacy ``execution.parameters`` become
-    ``hyperparams`` (section ``Args``, or ``TF_DEFINE`` for ``TF_DEFINE/x``) and legacy
-    ``execution.model_desc`` becomes ``configuration``, each item typed ``legacy``; the previous
-    task's legacy items are replaced unless the new structure is given too."""
-    execution = fields.get("execution")
-    for old, new, default_section in (("parameters", "hyperparams", "Args"), ("model_desc", "configuration", None)):
-        legacy = (execution or {}).get(old)
-        if legacy is None:
-            continue
-        if not fields.get(new) and previous and previous.get(new):
-            kept = copy.deepcopy(previous[new])
-            removed = 0
-            if default_section:
-                for section, items in list(kept.items()):
-                    for name in [n for n, p in items.items() if p.get("type") == "legacy"]:
-                        del items[name]
-                        removed += 1
-                    if not items:
-                        del kept[section]
-            else:
-                for name in [n for n, p in kept.items() if p.get("type") == "legacy"]:
-                    del kept[name]
-                    removed += 1
-            if not legacy and not removed:
-                continue  # nothing to convert, nothing to delete: the legacy field stays as sent
-            fields[new] = kept
-        for full_name, value in legacy.items():
-            item = {"name": full_name, "type": "legacy", "value": str(value)}
-            if default_section is None:
-                fields.setdefault(new, {})[full_name] = item
-                continue
-            section, _, name = full_name.partition("/")
-            section, name = (section, name) if section == "TF_DEFINE" else (default_section, full_name)
-            if not name:
-                raise errors.validation_error("Parameter name cannot be empty")
-            fields.setdefault(new, {}).setdefault(section, {})[name] = {**item, "name": name, "section": section}
-        del execution[old]
+def _drop_legacy_params(fields: dict, endpoint_name: str) -> None:
+    """The SDK sends the pre-2.9 ``execution.parameters`` and ``execution.model_desc`` empty;
+    empty, they change nothing on the server either. The server converts non-empty ones into
+    "legacy" items of ``hyperparams``/``configuration`` (``param_utils.py:params_prepare_for_save``),
+    which is not implemented here: refused."""
+    execution = fields.get("execution") or {}
+    for legacy in ("parameters", "model_desc"):
+        if execution.get(legacy):
+            raise errors.unsupported_field(endpoint_name, f"execution.{legacy} (non-empty, legacy)")
+        execution.pop(legacy, None)
 
 
-def _prepare_fields(data: dict, allowed: tuple[str, ...], previous: dict | None = None) -> dict:
-    """``prepare_create_fields``: output_dest -> output.destination, legacy parameters
-    converted, artifact lists keyed by id, model entries stamped with ``updated``."""
-    fields = {k: copy.deepcopy(v) for k, v in data.items() if k in allowed}
+def _prepare_fields(call: Call, allowed: tuple[str, ...], previous: dict | None = None) -> dict:
+    """``prepare_create_fields``: output_dest -> output.destination, artifact lists keyed by
+    id, model entries stamped with ``updated``."""
+    fields = {k: copy.deepcopy(v) for k, v in call.data.items() if k in allowed}
     if "output_dest" in fields:
         fields["output"] = {**((previous or {}).get("output") or {}), "destination": fields.pop("output_dest")}
-    _legacy_params(fields, previous)
-    execution = fields.get("execution")
-    if execution is not None:
-        if isinstance(execution.get("artifacts"), list):
-            execution["artifacts"] = {artifact_id(a): {"mode": "output", **a} for a in execution["artifacts"]}
+    _drop_legacy_params(fields, call.endpoint)
+    artifacts = (fields.get("execution") or {}).get("artifacts")
+    if isinstance(artifacts, list):
+        fields["execution"]["artifacts"] = {artifact_id(a): {"mode": "output", **a} for a in artifacts}
     models = fields.get("models")
     if models:
         stamp = now()
@@ -145,9 +116,8 @@ def _prepare_fields(data: dict, allowed: tuple[str, ...], previous: dict | None 
             fields[name] = sorted(set(fields[name] or []))
     if "type" in fields and fields["type"] not in TASK_TYPES:
         raise errors.validation_error(f"type must be one of {list(TASK_TYPES)}", field="type", value=fields["type"])
-    short = "name" in fields and errors.too_short("Task", "name", fields["name"])
-    if short:
-        raise short
+    if "name" in fields:
+        errors.check_min_length("Task", "name", fields["name"])
     return fields
 
 
@@ -185,7 +155,7 @@ def new_task(user: str, fields: dict) -> dict:
 
 @endpoint("tasks.create", required=("name", "type"), fields=CREATE_FIELDS)
 def create(call: Call) -> dict:
-    task = new_task(call.user["id"], _prepare_fields(call.data, CREATE_FIELDS))
+    task = new_task(call.user["id"], _prepare_fields(call, CREATE_FIELDS))
     validate(call.store, task)
     call.store.tasks[task["id"]] = task
     return {"id": task["id"]}
@@ -198,7 +168,7 @@ def edit(call: Call) -> dict:
     task = get_task(call.store, call.data["task"])
     if not call.get("force", False) and task["status"] != "created":
         raise errors.invalid_task_status(expected="created", status=task["status"])
-    fields = _prepare_fields(call.data, EDIT_FIELDS, previous=task)
+    fields = _prepare_fields(call, EDIT_FIELDS, previous=task)
     merged = {}
     for key, value in fields.items():
         if isinstance(value, dict) and key in ("execution", "script", "models", "output"):
