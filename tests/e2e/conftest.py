@@ -5,7 +5,8 @@ commands. Session-scoped: started once, stopped (with every process) at the end.
 
     def test_x(clearml_server, agents, project):
         agents.serve("cpu1")
-        project.run("python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv")
+        ran = project.run("python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv")
+        (task_id,) = project.created_task_ids(ran.stdout + ran.stderr)
         clearml_server.api.wait_for_status(task_id, ("completed",))
 """
 
@@ -17,8 +18,8 @@ import pytest
 
 from tests.clearml_server import ClearMLTestServer
 from tests.e2e.harness import (
-    GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
-    start_agent, start_git_remote,
+    Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
+    start_git_remote,
 )
 from tests.e2e.server_api import ServerApi
 
@@ -60,21 +61,6 @@ def processes(e2e_dir: Path, clearml_server: ServerTarget):
 @pytest.fixture(scope="session")
 def git_remote(processes: Processes, e2e_dir: Path) -> GitRemote:
     return start_git_remote(processes, e2e_dir)
-
-
-class Agents:
-    """clearml-agent daemons, one per queue, started on first use."""
-
-    def __init__(self, processes: Processes, server: ServerTarget, workdir: Path):
-        self._processes, self._server, self._workdir = processes, server, workdir
-
-    def serve(self, queue: str, services_mode: bool = False) -> None:
-        if queue not in self._server.agents:
-            start_agent(self._processes, self._server, queue, self._workdir, services_mode=services_mode)
-
-    def log(self, queue: str) -> str:
-        """The daemon's own output (what it polled, pulled and ran)."""
-        return f"clearml-agent daemon on {queue}:\n" + self._processes.log_of(self._server.agents[queue])
 
 
 @pytest.fixture(scope="session")
