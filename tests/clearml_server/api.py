@@ -45,7 +45,6 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     # set by ClearMLTestServer on a subclass
     store = None
     authenticator: Authenticator = None
-    files_host = ""
 
     def log_message(self, format: str, *args: Any) -> None:  # the call log replaces the access log
         pass
@@ -83,14 +82,12 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             endpoint.validate(request)
             call = Call(
                 endpoint=name,
-                version=version,
                 data=request,
                 batch=batch,
                 user=user,
                 worker=next((self.headers[h] for h in WORKER_HEADERS if self.headers.get(h)), "<unknown>"),
                 store=self.store,
                 authenticator=self.authenticator,
-                files_host=self.files_host,
             )
             with self.store.lock:
                 data = endpoint.handler(call)

@@ -46,13 +46,10 @@ def _error(code: int, subcode: int, default_msg: str):
 # 400 bad_request
 validation_error = _error(400, 12, "Validation error")
 missing_required_fields = _error(400, 11, "Missing required fields")
-invalid_id = _error(400, 10, "Invalid object id")
-fields_conflict = _error(400, 15, "Conflicting fields")
 fields_value_error = _error(400, 16, "Invalid value for fields")
 batch_contains_no_items = _error(400, 17, "Batch request contains no items")
 invalid_task_id = _error(400, 101, "Invalid task id")
 invalid_task_status = _error(400, 110, "Invalid task status")
-failed_changing_task_status = _error(400, 121, "Failed changing task status. probably someone changed it before you")
 missing_task_fields = _error(400, 122, "Task is missing expected fields")
 task_cannot_be_deleted = _error(400, 123, "Task cannot be deleted")
 events_not_added = _error(400, 131, "Events not added")
@@ -72,9 +69,6 @@ no_credentials = _error(401, 20, "Unauthorized (missing credentials)")
 bad_credentials = _error(401, 21, "Unauthorized (malformed credentials)")
 invalid_token = _error(401, 30, "Invalid token")
 bad_auth_type = _error(401, 10, "Unauthorized (bad authentication header type)")
-
-# 500 server_error
-internal_error = _error(500, 1, "Internal server error")
 
 
 def check_min_length(document: str, field: str, value: str, min_length: int = 3) -> None:

@@ -124,10 +124,11 @@ def list_filter(field: str, data: Any):
 
     def test(document: dict) -> bool:
         stored = get_path(document, field)
-        matched = combine(_mongo_list_test(stored, m, v) for m, v in actions.items()) if actions else True
         if allow_empty and (stored is MISSING or stored in (None, [])):
             return True
-        return matched if actions or not allow_empty else False
+        if not actions:  # only None given: only empty values match; only operators: everything does
+            return not allow_empty
+        return combine(_mongo_list_test(stored, modifier, values) for modifier, values in actions.items())
 
     return test
 

@@ -22,14 +22,12 @@ OWN_VALIDATION = None
 @dataclass
 class Call:
     endpoint: str
-    version: str
     data: dict[str, Any]
     batch: list[dict] | None
     user: dict[str, str]
     worker: str
     store: Store
     authenticator: Authenticator
-    files_host: str
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.data.get(name)

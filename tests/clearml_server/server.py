@@ -52,7 +52,6 @@ class ClearMLTestServer:
                 continue
             api.RequestHandlerClass.store = self.store
             api.RequestHandlerClass.authenticator = Authenticator()
-            api.RequestHandlerClass.files_host = f"http://{HOST}:{files.server_port}"
             files.RequestHandlerClass.store = self.store
             files.RequestHandlerClass.root = files_root
             return api, files

@@ -139,6 +139,7 @@ def add_events(call: Call, events: list[dict]) -> dict:
 
 @endpoint("events.add_batch", batched=True)
 def add_batch(call: Call) -> dict:
+    """``events.add_batch``: json-lines events, an empty batch refused (``BatchContainsNoItems``)."""
     if not call.batch:
         raise errors.batch_contains_no_items()
     return add_events(call, call.batch)

@@ -10,6 +10,7 @@ from ..query import QueryOptions, get_many
 from ..registry import OWN_VALIDATION, Call, endpoint
 from ..store import COMPANY_ID, Store, new_id, now
 from . import projects
+from .task_status import publish_task
 from .tasks import DELETED_PREFIX, get_task
 
 # apiserver/database/model/model.py: Model.get_all_query_options
@@ -102,6 +103,7 @@ def create(call: Call) -> dict:
 
 @endpoint("models.get_by_id", required=("model",), mutates=False)
 def get_by_id(call: Call) -> dict:
+    """``models.get_by_id``: an unknown id is ``InvalidModelId`` (400/201)."""
     model = call.store.models.get(call.data["model"])
     if model is None:
         raise errors.invalid_model_id("no such public or company model", id=call.data["model"], company=COMPANY_ID)
@@ -110,6 +112,7 @@ def get_by_id(call: Call) -> dict:
 
 @endpoint("models.get_all", fields=OWN_VALIDATION, mutates=False)
 def get_all(call: Call) -> dict:
+    """``models.get_all``: ``Model.get_many`` with ``process_include_subprojects``."""
     query = {k: v for k, v in call.data.items() if k not in GET_ALL_KEYS}
     if call.get("include_subprojects") and query.get("project"):
         ids = query["project"] if isinstance(query["project"], list) else [query["project"]]
@@ -151,8 +154,6 @@ def publish_model(store: Store, model: dict, user: str) -> None:
 def set_ready(call: Call) -> dict:
     """``ModelBLL.publish_model``: refused for a ready model; the model's task is published
     too unless it already is (``publish_task``, default true)."""
-    from .task_status import publish_task
-
     model = get_model(call.store, call.data["model"])
     if model.get("ready"):
         raise errors.model_is_ready(company=COMPANY_ID, model=model["id"])

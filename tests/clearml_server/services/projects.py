@@ -97,11 +97,13 @@ def get_all(call: Call) -> dict:
 
 @endpoint("projects.get_by_id", required=("project",), mutates=False)
 def get_by_id(call: Call) -> dict:
+    """``projects.get_by_id``: an unknown id is ``InvalidProjectId`` (400/401)."""
     return {"project": get_project(call.store, call.data["project"])}
 
 
 @endpoint("projects.create", required=("name",), fields=CREATE_FIELDS)
 def create(call: Call) -> dict:
+    """``projects.create``: ``ProjectBLL.create``."""
     fields = {k: call.data[k] for k in CREATE_FIELDS if k in call.data}
     return {"id": create_project(call.store, call.user["id"], call.data["name"], **fields)["id"]}
 

@@ -101,17 +101,20 @@ def get_all(call: Call) -> dict:
 
 @endpoint("queues.get_by_id", required=("queue",), fields=("max_task_entries",), mutates=False)
 def get_by_id(call: Call) -> dict:
+    """``QueueBLL.get_by_id``: an unknown id (or a queue name) is ``InvalidQueueId`` (400/701)."""
     return {"queue": _with_entries(get_queue(call.store, call.data["queue"]), call.get("max_task_entries"))}
 
 
 @endpoint("queues.get_default", mutates=False)
 def get_default(call: Call) -> dict:
+    """``QueueBLL.get_default``: the queue tagged ``default``."""
     queue = default_queue(call.store)
     return {"id": queue["id"], "name": queue["name"]}
 
 
 @endpoint("queues.create", required=("name",), fields=("tags", "system_tags"))
 def create(call: Call) -> dict:
+    """``QueueBLL.create``."""
     return {"id": create_queue(call.store, call.data["name"], call.get("system_tags"), call.get("tags"))["id"]}
 
 

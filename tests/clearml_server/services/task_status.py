@@ -4,6 +4,8 @@ stop, publish, delete) and the status endpoints of ``apiserver/services/tasks.py
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from .. import errors
 from ..registry import Call, endpoint
 from ..store import Store, now
@@ -64,11 +66,13 @@ def started(call: Call) -> dict:
 
 @endpoint("tasks.stopped", required=("task",), fields=STATUS_FIELDS)
 def stopped(call: Call) -> dict:
+    """``tasks.stopped``: stopped, with ``completed`` stamped."""
     return _status_call(call, "stopped", completed=now())
 
 
 @endpoint("tasks.failed", required=("task",), fields=STATUS_FIELDS)
 def failed(call: Call) -> dict:
+    """``tasks.failed``."""
     return _status_call(call, "failed")
 
 
@@ -85,7 +89,7 @@ def completed(call: Call) -> dict:
 
 def publish_task(call: Call, task_id: str, publish_model: bool) -> dict:
     """``task_operations.py:publish_task``: the task's last output model is published too."""
-    from .models import publish_model as publish_model_entity
+    from .models import publish_model as publish_model_entity  # models imports this module
 
     task = get_task(call.store, task_id)
     force = call.get("force", False)
@@ -102,6 +106,7 @@ def publish_task(call: Call, task_id: str, publish_model: bool) -> dict:
 
 @endpoint("tasks.publish", required=("task",), fields=STATUS_FIELDS + ("publish_model",))
 def publish(call: Call) -> dict:
+    """``tasks.publish``: ``publish_task``, with its last output model unless ``publish_model`` is false."""
     return publish_task(call, call.data["task"], call.get("publish_model", True))
 
 
@@ -200,8 +205,6 @@ def stop(call: Call) -> dict:
 
 
 def _run_by_worker(task: dict) -> bool:
-    from datetime import datetime, timezone
-
     if not task.get("last_worker") or not task.get("last_update"):
         return False
     age = datetime.now(timezone.utc) - datetime.fromisoformat(task["last_update"])

@@ -155,6 +155,7 @@ def new_task(user: str, fields: dict) -> dict:
 
 @endpoint("tasks.create", required=("name", "type"), fields=CREATE_FIELDS)
 def create(call: Call) -> dict:
+    """``tasks.create``: ``_validate_and_get_task_from_call`` (parent, project and input models must exist)."""
     task = new_task(call.user["id"], _prepare_fields(call, CREATE_FIELDS))
     validate(call.store, task)
     call.store.tasks[task["id"]] = task
@@ -183,6 +184,7 @@ def edit(call: Call) -> dict:
 
 @endpoint("tasks.get_by_id", required=("task",), mutates=False)
 def get_by_id(call: Call) -> dict:
+    """``tasks.get_by_id``: ``TaskBLL.assert_exists``."""
     return {"task": present(get_task(call.store, call.data["task"]))}
 
 
@@ -280,6 +282,7 @@ def _params_list(task: dict) -> list[dict]:
 
 @endpoint("tasks.get_hyper_params", required=("tasks",), mutates=False)
 def get_hyper_params(call: Call) -> dict:
+    """``HyperParams.get_params``: every task must exist."""
     ids = call.data["tasks"]
     missing = [t for t in ids if t not in call.store.tasks]
     if missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from .. import errors
@@ -41,6 +42,7 @@ def _alive(worker: dict) -> bool:
 
 @endpoint("workers.register", required=("worker",), fields=("timeout", "queues", "tags", "system_tags"))
 def register(call: Call) -> dict:
+    """``workers.register``."""
     register_worker(call, call.data["worker"], call.get("queues", []), call.get("timeout"))
     return {}
 
@@ -85,8 +87,6 @@ def status_report(call: Call) -> dict:
 @endpoint("workers.get_all", fields=("last_seen", "tags", "system_tags", "worker_pattern"), mutates=False)
 def get_all(call: Call) -> dict:
     """``WorkerBLL.get_all``: workers active in the last ``last_seen`` seconds."""
-    import re
-
     workers = [w for w in call.store.workers.values() if _alive(w)]
     if call.get("last_seen"):
         since = datetime.now(timezone.utc) - timedelta(seconds=max(1, call.data["last_seen"]))
