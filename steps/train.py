@@ -35,10 +35,8 @@ from components.errors import UserError
 from components.modeling import (
     apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter, use_cpu_threads_for,
 )
-from components.settings import BASE_MODEL, AdapterSettings, TrainingSettings
-from components.training import (
-    BEST_METRICS, PRECISIONS, TrainConfig, evaluation_loader, resolve_precision, train_adapters, validation_loss,
-)
+from components.settings import BASE_MODEL, PRECISIONS, AdapterSettings, TrainingSettings
+from components.training import BEST_METRICS, TrainConfig, evaluation_loader, resolve_precision, train_adapters, validation_loss
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
