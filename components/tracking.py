@@ -217,6 +217,16 @@ def upload_path(task, name: str, path: Path) -> None:
     task.upload_artifact(name, artifact_object=path, wait_on_upload=True)
 
 
+@_ClearMLClock.measure
+def flush_reports(task) -> None:
+    """Send every scalar reported so far (ClearML batches them) and wait until they are sent.
+
+    Called before a checkpoint is uploaded: a run killed later and resumed from that checkpoint
+    then continues curves that the server holds up to the checkpoint's step.
+    """
+    task.get_logger().flush(wait=True)
+
+
 def reporter(task) -> Callable[[str, str, float, int], None]:
     logger = task.get_logger()
 

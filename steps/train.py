@@ -116,6 +116,7 @@ def run(args: argparse.Namespace, task) -> dict:
     report("loss", "validation", initial_loss, 0)
 
     def upload_checkpoint(kind: str, directory: Path) -> None:
+        tracking.flush_reports(task)  # the scalars up to this checkpoint reach the server before it does
         tracking.upload_path(task, CHECKPOINT_ARTIFACT, directory)
 
     result = train_adapters(model, tokenizer, train_split, validation_split, config, output_dir=args.output_dir,

@@ -16,7 +16,7 @@ PROTOCOL = {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "meteor"}
 def test_summary_has_metrics_model_dir_and_one_task_per_step(tiny_pipeline):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     assert set(summary["metrics"]) == set(summary["base_metrics"]) == PROTOCOL | {"loss"}
-    assert all(0.0 <= v <= 1.0 for v in summary["metrics"].values())
+    assert all(0.0 <= summary[kind][name] <= 1.0 for kind in ("metrics", "base_metrics") for name in PROTOCOL)
     assert list(summary["task_ids"]) == list(STEP_NAMES)
     assert len(set(summary["task_ids"].values())) == len(STEP_NAMES)
     assert all(task_id.startswith("offline-") for task_id in summary["task_ids"].values())
