@@ -9,7 +9,7 @@ Every step script runs through :func:`run_step`, which
    (ClearML itself would retry silently for hours);
 3. creates the step's task, then parses the arguments so that ClearML captures them
    under ``Args/`` (and, on an agent, applies the values edited in the UI);
-4. turns every error a user can cause into one line on stderr and exit status 2.
+4. turns every error a user can cause into one line on stderr and exit status 1.
 
 Steps hand results to each other as artifacts of their own task, fetched by task id
 with :func:`artifact_path` - the same call offline (``offline-...`` ids) and on a server.
