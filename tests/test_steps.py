@@ -42,7 +42,7 @@ def diverging(clearml_home, tmp_path_factory) -> Path:
     """Splits on which training makes validation worse, tokenized by the preprocess step (--splits-dir).
 
     Every train answer is "Да." (and ``full_output`` another text), validation keeps the real
-    answers: with ``DIVERGING`` the validation loss is lowest at the first evaluation and rises
+    answers: with ``DIVERGING_TRAINING`` the validation loss is lowest at the first evaluation and rises
     after it, so the best adapter is not the last one.
     """
     out = tmp_path_factory.mktemp("diverging")
@@ -56,7 +56,7 @@ def diverging(clearml_home, tmp_path_factory) -> Path:
     return out / "pre" / "tokenized"
 
 
-DIVERGING = ["--local", "--model", "tiny", "--learning-rate", "0.05", "--grad-accum-steps", "1"]
+DIVERGING_TRAINING = ["--local", "--model", "tiny", "--learning-rate", "0.05", "--grad-accum-steps", "1"]
 
 
 def test_every_step_has_help(clearml_home):
@@ -145,7 +145,7 @@ def test_preprocess_labels_are_the_output_column(diverging):
 
 
 def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml_home, tmp_path):
-    run_script(clearml_home, "steps/train.py", *DIVERGING, "--data-dir", str(diverging), "--max-steps", "3", "--eval-every", "1",
+    run_script(clearml_home, "steps/train.py", *DIVERGING_TRAINING, "--data-dir", str(diverging), "--max-steps", "3", "--eval-every", "1",
                "--lora-rank", "4", "--prompt-length", "5", "--gradient-checkpointing", "true", "--group-by-length", "false",
                "--output-dir", str(tmp_path / "train"))
     trained = result(tmp_path / "train")["outputs"]
@@ -205,7 +205,7 @@ def test_missing_artifact_is_named(ingested, clearml_home, tmp_path):
 def test_train_resumes_another_tasks_checkpoint_with_its_best_adapter(diverging, clearml_home, tmp_path):
     """The second task continues the first one's run in a fresh output directory; the best evaluation
     (step 2) came before the hand-over, so its adapter can only travel inside the checkpoint."""
-    common = [*DIVERGING, "--data-dir", str(diverging), "--eval-every", "2"]
+    common = [*DIVERGING_TRAINING, "--data-dir", str(diverging), "--eval-every", "2"]
     run_script(clearml_home, "steps/train.py", *common, "--max-steps", "4", "--output-dir", str(tmp_path / "first"))
     first = result(tmp_path / "first")
     assert first["outputs"]["best_step"] == 2

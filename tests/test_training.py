@@ -16,6 +16,7 @@ from components.data import preprocess, read_tsv
 from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
+from components.prompt_tuning import prompt_length_of
 from components.training import TrainConfig, TrainingError, resolve_precision, train_adapters
 
 
@@ -30,6 +31,9 @@ def splits(tiny_model_dir):
     return tokenizer, preprocess(frame.iloc[:48], tokenizer, 32, 32), preprocess(frame.iloc[48:60], tokenizer, 32, 32)
 
 
+DIVERGING_LR = 3e-2
+
+
 @pytest.fixture(scope="module")
 def diverging(tiny_model_dir):
     """Training that makes validation worse: every train answer is "Да.", validation keeps the real answers.
@@ -40,9 +44,6 @@ def diverging(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     frame = read_tsv("data/sample/train.tsv")
     return tokenizer, preprocess(frame.iloc[:48].assign(output="Да."), tokenizer, 32, 32), preprocess(frame.iloc[48:60], tokenizer, 32, 32)
-
-
-DIVERGING_LR = 3e-2
 
 
 def fresh_model(tiny_model_dir, seed=0, dropout_rate=None, **adapter):
@@ -66,7 +67,7 @@ def record_training_batches(model) -> list[dict]:
 
 def token_losses(model, input_ids: list[int], labels: list[int]) -> torch.Tensor:
     """Cross-entropy of each label token of one unpadded example, the prompt columns in its mask."""
-    prompt_length = model.get_encoder().get_input_embeddings().prompt_length
+    prompt_length = prompt_length_of(model)
     logits = model(input_ids=torch.tensor([input_ids]), attention_mask=torch.ones(1, prompt_length + len(input_ids), dtype=torch.long),
                    labels=torch.tensor([labels])).logits
     return F.cross_entropy(logits[0], torch.tensor(labels), reduction="none")
@@ -124,7 +125,7 @@ def test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches(o
     """Computed here example by example, unpadded: each micro-batch's loss is the mean over its label
     tokens, the step's gradient the mean over micro-batches, clipped to norm 1 (padding never counts)."""
     train, model = one_step["train"], one_step["initial"]
-    prompt_length = model.get_encoder().get_input_embeddings().prompt_length
+    prompt_length = prompt_length_of(model)
     labels_of = {tuple(row["input_ids"]): row["labels"] for row in train}
     assert len(labels_of) == len(train)  # each input identifies its example
     micro_batches = one_step["batches"]
@@ -186,8 +187,7 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     assert result.steps == 9 and result.history == full.history
     assert (result.best_step, result.best_value) == (full.best_step, full.best_value)
     assert_same_tensors(adapter_state_dict(resumed), adapter_state_dict(straight))
-    best = lambda run: load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors"))  # noqa: E731
-    assert_same_tensors(best("elsewhere"), best("straight"))
+    assert_same_tensors(*(load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors")) for run in ("elsewhere", "straight")))
 
 
 def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
