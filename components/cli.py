@@ -16,3 +16,9 @@ def parse_bool(value: str | bool) -> bool:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def exit_if_help_asked(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Print the help and exit before any ClearML task exists (an argument error waits for the task)."""
+    if any(a in ("-h", "--help") for a in argv):
+        parser.parse_args(argv)

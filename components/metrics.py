@@ -12,7 +12,8 @@ The protocol (every run is scored exactly this way, so runs compare):
 ``published_rouge*`` repeat ROUGE with rouge_score's default tokenizer, which keeps only
 ``[a-z0-9]`` and so deletes every Cyrillic word: that is how the published ROUGE-1
 (0.0915) was computed, and these keys let a run be set beside the published table.
-Nothing here downloads anything (``evaluate.load`` would).
+Nothing here downloads anything (``evaluate.load("rouge")`` would); the same protocol as an
+``evaluate`` module, loaded from this repository, is ``components/ru_text_metrics``.
 """
 
 from __future__ import annotations

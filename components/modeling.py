@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
@@ -122,12 +122,16 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter_weights(model: nn.Module, path: str | Path) -> None:
-    """The trained tensors alone, as safetensors (the file inside adapters and checkpoints)."""
+def adapter_weights_bytes(model: nn.Module) -> bytes:
+    """The trained tensors alone, serialized as safetensors (the file inside adapters and checkpoints)."""
     if any(layer.merged for layer in model.modules() if isinstance(layer, LoRALayer)):
         raise ValueError("Unmerge the LoRA layers before saving the adapter.")
     tensors = {name: t.to("cpu").contiguous() for name, t in adapter_state_dict(model).items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    return save(tensors, metadata={"format": "pt"})
+
+
+def save_adapter_weights(model: nn.Module, path: str | Path) -> None:
+    Path(path).write_bytes(adapter_weights_bytes(model))
 
 
 def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings, tokenizer=None) -> Path:

@@ -1,49 +1,42 @@
-"""The one place that talks to ClearML.
+"""The one place that talks to ClearML about tasks, artifacts, scalars and models.
 
 Every step script runs through :func:`run_step`, which
 
-1. decides between a server and offline mode *before* ``clearml`` is imported
-   (``CLEARML_OFFLINE_MODE`` is read once, at import): offline with ``--local`` or
-   when no server is configured, never under an agent;
-2. fails within seconds, with one sentence, when a configured server is unreachable
-   (ClearML itself would retry silently for hours);
-3. creates the step's task, then parses the arguments so that ClearML captures them
+1. chooses between a server and offline mode before any task exists
+   (:mod:`components.clearml_connection`);
+2. creates the step's task, then parses the arguments so that ClearML captures them
    under ``Args/`` (and, on an agent, applies the values edited in the UI);
-4. turns every error a user can cause into one line on stderr and exit status 1.
+3. turns every error a user can cause into one line on stderr and exit status 1.
 
 Steps hand results to each other as artifacts of their own task, fetched by task id
 with :func:`artifact_path` - the same call offline (``offline-...`` ids) and on a server.
+On a server, artifacts and models are uploaded to the task's output destination: the
+files server, or ``sdk.development.default_output_uri`` when the user configured one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
+from components.clearml_connection import prepare_clearml
+from components.cli import exit_if_help_asked
 from components.errors import UserError
-from components.settings import CLEARML_PROJECT, PROJECT_ROOT
+from components.settings import CLEARML_PROJECT
 
-OFFLINE_CONFIG = PROJECT_ROOT / "configs" / "clearml-offline.conf"
 RESULT_FILE = "result.json"
-SERVER_CHECK_TIMEOUT_S = 5.0
+REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "azure://")
 
 
 class StepInputError(UserError):
     """A missing upstream input: wrong task id, missing artifact or path."""
-
-
-class ServerUnreachable(UserError):
-    pass
 
 
 class _ClearMLClock:
@@ -68,83 +61,31 @@ class _ClearMLClock:
         return timed
 
 
-def running_on_agent() -> bool:
-    return bool(os.environ.get("CLEARML_TASK_ID") or os.environ.get("TRAINS_TASK_ID"))
-
-
-def server_configured() -> bool:
-    """A ClearML server is configured by environment variables or a clearml.conf file."""
-    if os.environ.get("CLEARML_API_HOST") or os.environ.get("CLEARML_API_ACCESS_KEY"):
-        return True
-    config_file = os.environ.get("CLEARML_CONFIG_FILE")
-    if config_file and Path(config_file).resolve() != OFFLINE_CONFIG.resolve():
-        return Path(config_file).exists()
-    return (Path.home() / "clearml.conf").exists()
-
-
-def use_offline_mode(local_flag: bool) -> bool:
-    if running_on_agent():
-        return False
-    return local_flag or not server_configured()
-
-
-def enter_offline_mode() -> None:
-    """Must run before ``import clearml``; child processes inherit it."""
-    if "clearml" in sys.modules and os.environ.get("CLEARML_OFFLINE_MODE") != "1":
-        from clearml import Task
-
-        Task.set_offline(True)
-    os.environ["CLEARML_OFFLINE_MODE"] = "1"
-    os.environ["CLEARML_CONFIG_FILE"] = str(OFFLINE_CONFIG)
-
-
-def check_server_reachable(timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
-    """Ping the configured API server once; raise :class:`ServerUnreachable` with the address."""
-    from clearml.backend_api import Session
-
-    host = Session.get_api_server_host()
-    try:
-        urllib.request.urlopen(f"{host}/debug.ping", timeout=timeout_s)
-    except urllib.error.HTTPError:
-        return  # the server answered
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise ServerUnreachable(
-            f"The ClearML server {host} did not answer within {timeout_s:.0f} s ({reason}); "
-            "check api.api_server in clearml.conf (or CLEARML_API_HOST), or run with --local."
-        ) from None
-
-
-def prepare_clearml(local_flag: bool) -> bool:
-    """Choose offline or server mode; returns True when offline."""
-    offline = use_offline_mode(local_flag)
-    if offline:
-        enter_offline_mode()
-    elif not running_on_agent():
-        check_server_reachable()
-    return offline
-
-
 @_ClearMLClock.measure
 def init_task(task_name: str, task_type: str, project: str = CLEARML_PROJECT):
+    """The step's task: created here, or the one an agent is executing."""
     from clearml import Task
 
     # Framework auto-logging is off: it would register every torch/safetensors save
     # (optimizer states, checkpoints) as a model. Models are registered explicitly.
-    return Task.init(
+    task = Task.init(
         project_name=project,
         task_name=task_name,
         task_type=task_type,
         reuse_last_task_id=False,
         auto_connect_frameworks=False,
         auto_resource_monitoring=False,
+        output_uri=True,
+        # Steps report absolute iterations (optimizer steps). On a re-run (an agent running the
+        # task again) ClearML would shift them by the task's last iteration; 0 turns that off.
+        # (Not a set_initial_iteration() call afterwards: the reporter has copied the offset by then.)
+        continue_last_task=0,
     )
-
-
-def is_offline() -> bool:
-    from clearml import Task
-
-    return Task.is_offline()
+    if not task.is_offline() and not task.output_uri:
+        # On an agent Task.init ignores output_uri; a task created elsewhere (a UI clone of a
+        # task made without one) would otherwise register models as paths on the agent's disk.
+        task.output_uri = True
+    return task
 
 
 def run_step(
@@ -157,13 +98,12 @@ def run_step(
     """Run one pipeline step as its own ClearML task; see the module docstring."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if any(a in ("-h", "--help") for a in argv):
-        parser.parse_args(argv)  # prints help and exits, before any task exists
+    exit_if_help_asked(parser, argv)
     started = time.perf_counter()
     task = None
     try:
-        prepare_clearml("--local" in argv)
-        task = init_task(name, task_type)  # imports clearml: counted as ClearML time
+        _ClearMLClock.measure(prepare_clearml)("--local" in argv)  # imports clearml: counted as ClearML time
+        task = init_task(name, task_type)
         args = parser.parse_args(argv)
         args.output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix=f"{name}-"))
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -209,15 +149,32 @@ def get_task(task_id: str):
 
 
 @_ClearMLClock.measure
-def artifact_path(task_id: str, name: str) -> Path:
-    """Local copy of an upstream task's file or folder artifact."""
+def artifact_path(task_id: str, name: str, *, force_download: bool = False) -> Path:
+    """Local copy of an upstream task's file or folder artifact.
+
+    ``force_download`` skips ClearML's cache: an artifact uploaded again under the same
+    name (a checkpoint) keeps its URL, and the cache would return the old content.
+    """
     task = get_task(task_id)
     if name not in task.artifacts:
         raise StepInputError(f"Task {task_id} ({task.name}) has no artifact {name!r}; it has {sorted(task.artifacts) or 'none'}.")
-    local = task.artifacts[name].get_local_copy()
+    local = task.artifacts[name].get_local_copy(force_download=force_download)
     if not local:
         raise StepInputError(f"Artifact {name!r} of task {task_id} could not be downloaded; check the storage it was uploaded to.")
     return Path(local)
+
+
+@_ClearMLClock.measure
+def local_copy(path_or_url: str) -> str:
+    """A local path as is; a URL (http, s3, gs, azure) downloaded with ClearML's StorageManager."""
+    if not path_or_url.startswith(REMOTE_SCHEMES):
+        return path_or_url
+    from clearml import StorageManager
+
+    local = StorageManager.get_local_copy(path_or_url, extract_archive=False)
+    if not local:
+        raise StepInputError(f"Cannot download {path_or_url}; check the URL and the storage credentials in clearml.conf.")
+    return local
 
 
 def upstream_input(task_id: str | None, artifact: str, local_path: str | None, flags: tuple[str, str], what: str) -> Path:
@@ -281,15 +238,22 @@ def metrics_table(metrics: dict[str, float]) -> str:
 def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False) -> str | None:
     """Register ``folder`` as an output model of ``task`` on the server (offline: skipped, returns None).
 
-    Offline ``OutputModel.update_weights`` fails inside ClearML (see ../shared/FACTS.md);
-    the folder is an artifact of the task either way.
+    The folder is uploaded to the task's output destination before the model is published,
+    so a published model always has its weights in storage every machine can reach.
+    ClearML's offline mode has no model registry (``OutputModel.update_weights`` fails
+    there); offline the folder is an artifact of the task either way.
     """
     if task.is_offline():
         return None
     from clearml import OutputModel
 
     model = OutputModel(task=task, name=name, framework="PyTorch", tags=tags, config_dict=metadata.get("config"))
-    model.update_weights_package(weights_path=str(folder), auto_delete_file=False)
+    uri = model.update_weights_package(weights_path=str(folder), auto_delete_file=False, async_enable=False)
+    if not str(uri).startswith(REMOTE_SCHEMES):
+        raise UserError(
+            f"Model {name!r} was stored at {uri}, a path on this machine only; set sdk.development.default_output_uri "
+            "in clearml.conf (or the task's output destination) to a files server or bucket."
+        )
     for key, value in metadata.items():
         if key != "config":
             model.set_metadata(key, str(value), v_type=type(value).__name__)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,12 +34,12 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from components.checkpoint import load_checkpoint, save_checkpoint
+from components.checkpoint import LAST, load_checkpoint, save_checkpoint, write_file_atomically
 from components.collator import PTDataCollator
 from components.errors import UserError
 from components.generation import generate_predictions
 from components.metrics import PROTOCOL_METRICS, compute_metrics
-from components.modeling import save_adapter_weights
+from components.modeling import adapter_weights_bytes
 from components.prompt_tuning import prompt_length_of
 from components.settings import TrainingSettings
 
@@ -170,9 +169,9 @@ def train_adapters(
 ) -> TrainResult:
     """Train the model's trainable parameters (the adapters); see the module docstring.
 
-    Checkpoints go to ``output_dir/checkpoints/last`` and the best adapter to
-    ``output_dir/checkpoints/best/adapter.safetensors`` (and into each checkpoint). ``resume_from`` is a ``last``
-    checkpoint directory of an earlier run with the same configuration.
+    Checkpoints go to ``output_dir/checkpoints/last`` (crash-safe, see components/checkpoint.py) and the best
+    adapter to ``output_dir/checkpoints/best/adapter.safetensors`` (and into each checkpoint). ``resume_from`` is a
+    checkpoint directory of an earlier run with the same configuration (see :func:`~components.checkpoint.newest_checkpoint`).
     """
     if config.best_metric not in BEST_METRICS:
         raise UserError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, got {config.best_metric!r}.")
@@ -182,7 +181,9 @@ def train_adapters(
     on_checkpoint = on_checkpoint or (lambda *args: None)
     device = model.device
     precision = resolve_precision(config.precision, device)
-    last_dir, best_dir = output_dir / "checkpoints" / "last", output_dir / "checkpoints" / "best"
+    checkpoints_dir = output_dir / "checkpoints"
+    last_dir, best_dir = checkpoints_dir / LAST, checkpoints_dir / "best"
+    best_dir.mkdir(parents=True, exist_ok=True)
 
     collator = PTDataCollator(tokenizer, model=model, prompt_length=prompt_length_of(model))
     batches_per_epoch = math.ceil(len(train_dataset) / config.batch_size)
@@ -201,15 +202,16 @@ def train_adapters(
     state = {"step": 0, "epoch": 0, "batch": 0, "best_value": None, "best_step": None, "bad_evaluations": 0,
              "skipped_steps": 0, "stopped_early": False, "history": []}
     torch.manual_seed(config.seed)
+    best_weights = None  # the best adapter so far, as written into each checkpoint
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
-        if (resume_from / BEST_IN_CHECKPOINT).exists():
-            best_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(resume_from / BEST_IN_CHECKPOINT, best_dir / BEST_ADAPTER)
+        best_weights = (resume_from / BEST_IN_CHECKPOINT).read_bytes()
+        write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
         log.info("Resumed from %s at step %d (epoch %d, batch %d).", resume_from, state["step"], state["epoch"], state["batch"])
 
     def evaluate_and_checkpoint() -> bool:
         """Validate, checkpoint, keep the best; returns True when early stopping says stop."""
+        nonlocal best_weights
         step = state["step"]
         values = {"validation_loss": validation_loss(model, eval_loader, precision)}
         if config.generation_eval_samples:
@@ -222,15 +224,17 @@ def train_adapters(
         improved = best is None or (value < best if lower_is_better(config.best_metric) else value > best)
         if improved:
             state.update(best_value=value, best_step=step, bad_evaluations=0)
-            best_dir.mkdir(parents=True, exist_ok=True)
-            save_adapter_weights(model, best_dir / BEST_ADAPTER)
+            best_weights = adapter_weights_bytes(model)
         else:
             state["bad_evaluations"] += 1
         log.info("step %d: %s %.4f (best %.4f at step %d)", step, config.best_metric, value, state["best_value"], state["best_step"])
         stop = config.early_stopping_patience is not None and state["bad_evaluations"] >= config.early_stopping_patience
         state["stopped_early"] = stop
-        # The best adapter travels inside the checkpoint, so a run resumed on another machine keeps it.
-        save_checkpoint(last_dir, model, optimizer, scheduler, scaler, state, extra_files={BEST_IN_CHECKPOINT: best_dir / BEST_ADAPTER})
+        # The best adapter travels inside the checkpoint, so a run resumed on another machine keeps it;
+        # best/ is written after the checkpoint, so it never holds a best the checkpoints do not know.
+        save_checkpoint(checkpoints_dir, model, optimizer, scheduler, scaler, state, extra_files={BEST_IN_CHECKPOINT: best_weights})
+        if improved:
+            write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
         on_checkpoint("last", last_dir)
         return stop
 

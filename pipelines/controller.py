@@ -1,10 +1,20 @@
 """The production pipeline: a ClearML PipelineController over the step scripts.
 
-Each step runs from a template task in ``<project>/templates`` (created from the step
-script on first use, so a fresh server needs no preparation; edit a template in the UI
-to change what every later run starts from). Pipeline parameters reach the steps as
-``Args/<name>`` overrides, upstream task ids as ``${<step>.id}``. Unchanged steps are
-reused from earlier runs (ClearML caching; it needs the code committed with a commit id).
+Each step of a run is a clone of the step's template task, placed in the pipeline's
+project (not among the templates) and set to run the controller's own code: the
+repository, commit and uncommitted diff recorded on the controller task when it was
+launched. So every launch runs the steps at the code that launched it, and ClearML's
+step cache (a hash of code and arguments) reuses a step only when both are unchanged.
+
+Templates live in ``<project>/templates``, tagged ``template``, one per step, created
+from the step script on first use (their ``Args`` filled with the step's defaults):
+edit a template in the UI to change what every later run starts from. When several
+tasks match, the oldest is the template, so a UI clone of it is never taken for it.
+
+Pipeline parameters reach the steps as ``Args/<name>`` overrides, upstream task ids as
+``${<step>.id}``. Every parameter is always added (``""`` meaning unset): the controller
+re-run on the ``services`` agent rebuilds the DAG from code, and ClearML restores only
+the parameters the code adds again.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from components.settings import PROJECT_ROOT
@@ -24,6 +35,24 @@ DESCRIPTIONS = {
     "prompt_length": "number of trainable prompt vectors prepended to the encoder input",
     "metric": "test metric that picks the model to register",
 }
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """A task's code: what an agent clones, checks out and patches before running the entry point."""
+
+    repository: str
+    branch: str
+    commit: str
+    diff: str
+
+    @classmethod
+    def of_task(cls, task) -> "CodeVersion":
+        script = task.data.script
+        return cls(script.repository or "", script.branch or "", script.version_num or "", script.diff or "")
+
+    def apply_to(self, task) -> None:
+        task.set_script(repository=self.repository, branch=self.branch, commit=self.commit, diff=self.diff)
 
 
 def step_parser(step: StepSpec) -> argparse.ArgumentParser:
@@ -40,50 +69,79 @@ def templates_project(project: str) -> str:
     return f"{project}/templates"
 
 
-def template_factory(step: StepSpec, project: str) -> Callable[[Any], Any]:
-    """A ``base_task_factory``: clone the step's template task, creating it if missing."""
+def find_or_create_template(step: StepSpec, project: str):
+    """The step's template: the oldest matching task in ``<project>/templates``, created if there is none."""
+    from clearml import Task
+
+    found = Task.get_tasks(
+        project_name=templates_project(project), task_name=f"^{step.name}$", tags=[TEMPLATE_TAG], allow_archived=False,
+        task_filter={"order_by": ["created"], "page_size": 1, "page": 0},
+    )
+    if found:
+        return found[0]
+    template = Task.create(
+        project_name=templates_project(project),
+        task_name=step.name,
+        task_type=step.task_type,
+        repo=str(PROJECT_ROOT),
+        script=step.script,
+        working_directory=".",
+        requirements_file=str(PROJECT_ROOT / "requirements.txt"),
+        argparse_args=default_arguments(step),
+        add_task_init_call=False,
+    )
+    template.add_tags([TEMPLATE_TAG])
+    template.output_uri = True  # the files server, or the user's default_output_uri
+    return template
+
+
+def new_step_task(step: StepSpec, project: str, code: CodeVersion, parent_id: str | None):
+    """A run of ``step``: a clone of its template in ``project``, untagged, running ``code``."""
+    from clearml import Task
+
+    template = find_or_create_template(step, project)
+    run = Task.clone(source_task=template, name=step.name, parent=parent_id, project=Task.get_project_id(project))
+    run.set_tags([tag for tag in run.get_tags() if tag != TEMPLATE_TAG])
+    code.apply_to(run)
+    return run
+
+
+def step_factory(step: StepSpec, project: str, code: Callable[[], CodeVersion]) -> Callable[[Any], Any]:
+    """A ``base_task_factory``: the controller calls it when the step is about to run."""
 
     def create(node) -> Any:
         from clearml import Task
 
-        found = Task.get_tasks(project_name=templates_project(project), task_name=f"^{step.name}$", tags=[TEMPLATE_TAG], allow_archived=False)
-        if found:
-            template = found[0]
-        else:
-            template = Task.create(
-                project_name=templates_project(project),
-                task_name=step.name,
-                task_type=step.task_type,
-                repo=str(PROJECT_ROOT),
-                script=step.script,
-                working_directory=".",
-                requirements_file=str(PROJECT_ROOT / "requirements.txt"),
-                argparse_args=default_arguments(step),
-                add_task_init_call=False,
-            )
-            template.add_tags([TEMPLATE_TAG])
-        return Task.clone(source_task=template, name=step.name)
+        controller = Task.current_task()
+        return new_step_task(step, project, code(), controller.id if controller else None)
 
     return create
 
 
-def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *, project: str, name: str, version: str | None = None):
+def controller_code() -> CodeVersion:
+    """The controller task's own code, recorded when it was launched (read on the ``services`` agent)."""
+    from clearml import Task
+
+    return CodeVersion.of_task(Task.current_task())
+
+
+def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *, project: str, name: str,
+                     code: Callable[[], CodeVersion] = controller_code, version: str | None = None):
     """The PipelineController, built but not started: ``get_pipeline_dag()`` shows its wiring."""
     from clearml import PipelineController
 
-    pipe = PipelineController(name=name, project=project, version=version, add_pipeline_tags=True)
+    pipe = PipelineController(name=name, project=project, version=version, add_pipeline_tags=True, output_uri=True)
     pipe.set_default_execution_queue(queues["cpu"])
-    set_parameters = {key: value for key, value in parameters.items() if value is not None}
-    for key, value in set_parameters.items():
-        pipe.add_parameter(name=key, default=value, description=DESCRIPTIONS.get(key))
-    references = {key: f"${{pipeline.{key}}}" for key in set_parameters}
+    for key, value in parameters.items():
+        pipe.add_parameter(name=key, default="" if value is None else value, description=DESCRIPTIONS.get(key))
+    references = {key: f"${{pipeline.{key}}}" for key in parameters}
     upstream_ids = {step: f"${{{step}.id}}" for step in STEP_NAMES}
     for step in STEPS:
         arguments = step_arguments(step.name, references, upstream_ids)
         pipe.add_step(
             name=step.name,
             parents=list(step.parents),
-            base_task_factory=template_factory(step, project),
+            base_task_factory=step_factory(step, project, code),
             execution_queue=queues[step.queue],
             parameter_override={f"Args/{key}": value for key, value in arguments.items()},
             cache_executed_step=step.name != "register",

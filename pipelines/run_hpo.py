@@ -27,39 +27,50 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
+from components.clearml_connection import prepare_clearml, running_on_agent
+from components.cli import exit_if_help_asked
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PRESETS, PROJECT_ROOT, SELECTION_METRIC
 from pipelines.run_pipeline import build_parser as pipeline_parser
 from pipelines.run_pipeline import pipeline_parameters
+from pipelines.repository import check_repository
 
-SWEPT = {"lora_rank": "lora_ranks", "prompt_length": "prompt_lengths", "learning_rate": "learning_rates"}
+# Swept train-step argument -> (the sweep's option holding its values, their type).
+SWEPT = {"lora_rank": ("lora_ranks", int), "prompt_length": ("prompt_lengths", int), "learning_rate": ("learning_rates", float)}
 
 
-def number_list(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(item) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+def parse_values(text: str, kind: type, option: str) -> list:
+    """``4,8`` as typed on the command line, or ``[4, 8]`` as a list is written when edited in the ClearML UI.
 
-    return parse
+    The options are plain strings for argparse, so ClearML shows and stores them as typed.
+    """
+    items = [item.strip() for item in text.strip().removeprefix("[").removesuffix("]").split(",") if item.strip()]
+    try:
+        values = [kind(item) for item in items]
+    except ValueError:
+        raise UserError(f"{option} expects comma-separated {kind.__name__} values such as 4,8 or [4, 8]; got {text!r}.") from None
+    if len(set(values)) != len(values):
+        raise UserError(f"{option} repeats a value: {values}.")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="published", help="model, data and training settings of every trial")
     parser.add_argument("--local", action="store_true", help="run offline on this machine with plain Optuna")
-    parser.add_argument("--output-dir", help="local: study, trials and hpo_summary.json (default runs/hpo-<preset>)")
+    local = parser.add_argument_group("local sweep only (on a server, trials take these from the template train task)")
+    local.add_argument("--preset", choices=sorted(PRESETS), help="model, data and training settings of every trial (default published)")
+    local.add_argument("--output-dir", help="study, trials and hpo_summary.json (default runs/hpo-<preset>)")
     space = parser.add_argument_group("search space (parameter names as the train step exposes them)")
-    space.add_argument("--lora-ranks", type=number_list(int), default=[4, 8, 16, 32], help="values of lora_rank (default 4,8,16,32)")
-    space.add_argument("--prompt-lengths", type=number_list(int), default=[10, 20, 50], help="values of prompt_length (default 10,20,50)")
-    space.add_argument("--learning-rates", type=number_list(float), default=[], help="values of learning_rate (default: the preset's, not swept)")
+    space.add_argument("--lora-ranks", default="4,8,16,32", help="values of lora_rank (default 4,8,16,32)")
+    space.add_argument("--prompt-lengths", default="10,20,50", help="values of prompt_length (default 10,20,50)")
+    space.add_argument("--learning-rates", default="", help="values of learning_rate (default: the preset's, not swept)")
     parser.add_argument("--trials", type=int, default=12, help="number of trials (total jobs)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
-    parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the order in which the grid is tried)")
+    parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's, or the template's)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial")
     parser.add_argument("--metric", default=SELECTION_METRIC, help="test metric recorded with the registered model")
-    parser.add_argument("--preprocess-task-id", help="local: train on this preprocess task's data (default: run ingest and preprocess first)")
+    parser.add_argument("--preprocess-task-id", help="train every trial on this preprocess task's data (default: locally, run ingest and "
+                                                     "preprocess first; on a server, the template's data)")
     server = parser.add_argument_group("ClearML server")
     server.add_argument("--template-task-id", help="train task whose clones are the trials")
     server.add_argument("--project", default=CLEARML_PROJECT)
@@ -69,43 +80,65 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--trial-time-limit", type=float, default=None, help="minutes one trial may run")
     server.add_argument("--time-limit", type=float, default=None, help="minutes the whole sweep may run")
     server.add_argument("--run-on", metavar="QUEUE", help="enqueue this optimizer task on QUEUE (e.g. services) instead of running it here")
+    server.add_argument("--allow-local-repository", action="store_true",
+                        help="accept a git remote that is a path on this machine (every agent runs on this machine)")
     return parser
 
 
 def search_space(args: argparse.Namespace) -> dict[str, list]:
-    """Swept train-step argument -> its values; empty lists are not swept."""
-    space = {name: getattr(args, option) for name, option in SWEPT.items() if getattr(args, option)}
-    for name, values in space.items():
-        if len(set(values)) != len(values):
-            raise UserError(f"--{SWEPT[name].replace('_', '-')} repeats a value: {values}.")
-    return space
+    """Swept train-step argument -> its values; an empty option is not swept."""
+    space = {name: parse_values(getattr(args, option), kind, f"--{option.replace('_', '-')}") for name, (option, kind) in SWEPT.items()}
+    return {name: values for name, values in space.items() if values}
 
 
 def trial_parameters(args: argparse.Namespace) -> dict:
-    """Every pipeline parameter the trials share (the preset and --epochs/--max-steps)."""
+    """Every pipeline parameter the local trials share (the preset and --epochs/--max-steps)."""
     overrides = pipeline_parser().parse_args([])
     overrides.epochs, overrides.max_steps = args.epochs, args.max_steps
     return pipeline_parameters(PRESETS[args.preset], overrides)
 
 
+def run_local(args: argparse.Namespace) -> dict:
+    from pipelines.hpo_local import run_local_sweep
+
+    for option in ("template_task_id", "run_on"):
+        if getattr(args, option):
+            raise UserError(f"--{option.replace('_', '-')} applies to a sweep on a ClearML server; this one runs locally "
+                            "(--local, or no server configured).")
+    args.preset = args.preset or "published"
+    output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"hpo-{args.preset}").resolve()
+    return run_local_sweep(args, search_space(args), trial_parameters(args), output_dir)
+
+
+def run_on_server(task, args: argparse.Namespace) -> dict | None:
+    from pipelines.hpo_server import run_server_sweep
+
+    for option in ("preset", "output_dir"):
+        if getattr(args, option):
+            raise UserError(f"--{option.replace('_', '-')} applies to a local sweep; on a server every trial takes its settings "
+                            "from the template train task (--template-task-id).")
+    space = search_space(args)
+    if args.run_on and not running_on_agent():
+        check_repository(allow_local=args.allow_local_repository)
+        task.execute_remotely(queue_name=args.run_on, exit_process=True)
+    return run_server_sweep(task, args, space)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    exit_if_help_asked(parser, argv)
+    task = None
     try:
-        offline = tracking.prepare_clearml("--local" in argv)
-        if offline:
-            from pipelines.hpo_local import run_local_sweep
-
-            args = build_parser().parse_args(argv)
-            output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"hpo-{args.preset}").resolve()
-            return run_local_sweep(args, search_space(args), trial_parameters(args), output_dir)
-        from pipelines.hpo_server import run_server_sweep
-
-        task = tracking.init_task("HPO lora_rank x prompt_length", "optimizer")
-        args = build_parser().parse_args(argv)  # after Task.init: captured as Args/, edited values apply on an agent
-        if args.run_on:
-            task.execute_remotely(queue_name=args.run_on, exit_process=True)
-        return run_server_sweep(task, args, search_space(args))
+        if prepare_clearml("--local" in argv):
+            return run_local(parser.parse_args(argv))
+        project = build_parser().parse_known_args(argv)[0].project  # where the optimizer task goes (on an agent: already there)
+        task = tracking.init_task("HPO lora_rank x prompt_length", "optimizer", project=project)
+        # Parsed after Task.init: captured as Args/, and on an agent the values edited in the UI apply.
+        return run_on_server(task, parser.parse_args(argv))
     except UserError as error:
+        if task is not None:
+            tracking.close_failed(task, str(error))
         sys.exit(f"error: {error}")
 
 

@@ -5,9 +5,11 @@
 
 With a server configured, a ClearML PipelineController runs the step scripts as tasks
 on their queues (train and evaluate on ``gpu``, the rest on ``cpu``, the controller on
-``services``), caching unchanged steps. With ``--local``, or no server configured, the
-same steps run one after another on this machine in ClearML's offline mode, each its
-own offline task, handed the upstream task ids exactly as the controller would.
+``services``), caching unchanged steps. Every option of the launch is stored on the
+controller task (``Args``), and the controller's re-run on the ``services`` agent reads
+them back from there. With ``--local``, or no server configured, the same steps run one
+after another on this machine in ClearML's offline mode, each its own offline task,
+handed the upstream task ids exactly as the controller would.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
+from components.clearml_connection import prepare_clearml, running_on_agent
+from components.cli import exit_if_help_asked
 from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.settings import (
@@ -29,7 +33,7 @@ from components.settings import (
 from components.training import PRECISIONS
 from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
 from pipelines.local import run_step_locally
-
+from pipelines.repository import check_repository, repository_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--gpu-queue", default="gpu", help="queue of train and evaluate")
     server.add_argument("--controller-queue", default="services", help="queue of the pipeline controller")
     server.add_argument("--controller-here", action="store_true", help="run the controller in this process instead of on --controller-queue")
+    server.add_argument("--allow-local-repository", action="store_true",
+                        help="accept a git remote that is a path on this machine (every agent runs on this machine)")
     return parser
 
 
@@ -78,10 +84,20 @@ def pipeline_parameters(preset: Preset, args: argparse.Namespace) -> dict:
     }
     parameters = {name: defaults.get(name) for name in PARAMETER_STEPS}
     parameters.update({name: getattr(args, name) for name in PARAMETER_STEPS if getattr(args, name, None) is not None})
-    for name in ("train_tsv", "test_tsv"):  # steps run from the repository root: make the user's paths absolute
-        if getattr(args, name):
-            parameters[name] = str(Path(getattr(args, name)).resolve())
     return parameters
+
+
+DATA_FILES = ("train_tsv", "test_tsv")
+
+
+def with_local_paths(parameters: dict) -> dict:
+    """Steps run from the repository root: a user's relative path becomes absolute."""
+    return {**parameters, **{name: str(Path(parameters[name]).resolve()) for name in DATA_FILES if parameters[name]}}
+
+
+def with_repository_paths(parameters: dict) -> dict:
+    """Agents run their own checkout: data files are committed files, relative to the repository root (or URLs)."""
+    return {**parameters, **{name: repository_path(parameters[name], f"--{name.replace('_', '-')}") for name in DATA_FILES if parameters[name]}}
 
 
 def run_local(parameters: dict, output_dir: Path) -> dict:
@@ -120,25 +136,43 @@ def print_summary(summary: dict, output_dir: Path) -> None:
         print(f'  python -c "from clearml import Task; Task.import_offline_session(\'{session}\')"')
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
-    parameters = pipeline_parameters(PRESETS[args.preset], args)
-    try:
-        offline = tracking.prepare_clearml(args.local)
-        if not offline:
-            from pipelines.controller import build_controller
+def launch_on_server(args: argparse.Namespace) -> None:
+    """Build the PipelineController and start it on ``--controller-queue`` (or here).
 
-            queues = {"cpu": args.cpu_queue, "gpu": args.gpu_queue}
-            pipe = build_controller(parameters, queues, project=args.project, name=args.pipeline_name)
-            if args.controller_here:
-                pipe.start_locally(run_pipeline_steps_locally=False)
-            else:
-                pipe.start(queue=args.controller_queue)
+    Also what the ``services`` agent runs: there ``args`` come from the controller task.
+    """
+    from clearml import Task
+
+    from pipelines.controller import build_controller
+
+    on_agent = running_on_agent()
+    parameters = with_repository_paths(pipeline_parameters(PRESETS[args.preset], args))
+    if not on_agent:
+        check_repository(allow_local=args.allow_local_repository)
+    pipe = build_controller(parameters, {"cpu": args.cpu_queue, "gpu": args.gpu_queue}, project=args.project, name=args.pipeline_name)
+    if args.controller_here and not on_agent:
+        # Steps run the controller task's recorded code: let ClearML finish recording it first.
+        Task.current_task()._wait_for_repo_detection(timeout=300.0)
+        pipe.start_locally(run_pipeline_steps_locally=False)
+    else:
+        pipe.start(queue=args.controller_queue)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    exit_if_help_asked(parser, argv)
+    try:
+        if not prepare_clearml("--local" in argv):
+            import clearml  # noqa: F401  (patches argparse: the launch options are stored on the controller task, and read back from it on the agent)
+
+            launch_on_server(parser.parse_args(argv))
             return None
+        args = parser.parse_args(argv)
         if not args.local:
-            print("No ClearML server is configured (clearml-init writes ~/clearml.conf): running locally in offline mode.")
+            print("No ClearML server to use (none configured, or CLEARML_OFFLINE_MODE set): running locally in offline mode.")
         output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        summary = run_local(parameters, output_dir)
+        summary = run_local(with_local_paths(pipeline_parameters(PRESETS[args.preset], args)), output_dir)
     except UserError as error:
         sys.exit(f"error: {error}")
     print_summary(summary, output_dir)

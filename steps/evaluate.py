@@ -1,4 +1,5 @@
-"""Step 4, evaluate: generate answers for the test split and score them (protocol in components/metrics.py).
+"""Step 4, evaluate: generate answers for the test split and score them (protocol in components/metrics.py,
+through its Hugging Face ``evaluate`` module components/ru_text_metrics).
 
     python steps/evaluate.py --local --train-task-id offline-... --ingest-task-id offline-... [--decoding beam]
 
@@ -14,19 +15,23 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder leads sys.path, and ``import evaluate`` would import this
+# step instead of Hugging Face's package: the project root takes that folder's place.
+sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "steps")]
 
+import evaluate
 import pandas as pd
 import torch
 
 from components import tracking
 from components.data import read_tsv, source_text
 from components.generation import add_decoding_arguments, decoding_from_args, generate_predictions
-from components.metrics import compute_metrics
 from components.modeling import load_finetuned
 from components.settings import TokenizationSettings
 
 SAMPLE_ROWS = 20
+METRIC_MODULE = ROOT / "components" / "ru_text_metrics"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace, task) -> dict:
         model, tokenizer, sources, batch_size=args.batch_size, max_input_length=args.max_input_length,
         seed=args.seed, show_progress=True, **asdict(decoding),
     )
-    metrics = compute_metrics(predictions, frame["output"].tolist())
+    metrics = evaluate.load(str(METRIC_MODULE)).compute(predictions=predictions, references=frame["output"].tolist())
 
     table = frame.assign(prediction=predictions)[["instruction", "input", "output", "prediction"]]
     predictions_path = args.output_dir / "predictions.tsv"

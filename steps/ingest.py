@@ -27,8 +27,8 @@ HUB_TEST_SIZE = 1125  # the published test split size; the hub copy has a single
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-tsv", help="training TSV file (instruction, input, output, full_output)")
-    parser.add_argument("--test-tsv", help="test TSV file; kept untouched as the test split")
+    parser.add_argument("--train-tsv", help="training TSV file (instruction, input, output, full_output): a path or a URL (http, s3, gs, azure)")
+    parser.add_argument("--test-tsv", help="test TSV file, kept untouched as the test split: a path or a URL")
     parser.add_argument("--dataset-id", default=DATASET_ID, help="hub dataset used when no TSV files are given")
     parser.add_argument("--validation-size", type=int, default=PUBLISHED.validation_size,
                         help="rows carved from train for validation; at most a tenth of train on small data")
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_split(path: str, skip_invalid: bool) -> tuple[pd.DataFrame, list[InvalidRow]]:
-    frame, invalid = parse_tsv(path)
+    frame, invalid = parse_tsv(tracking.local_copy(path))
     if invalid and not skip_invalid:
         raise TsvError(f"{describe_invalid_rows(invalid)}. Fix them, or pass --skip-invalid-rows to skip them.")
     return frame, invalid

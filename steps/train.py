@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from components import tracking
-from components.checkpoint import is_checkpoint
+from components.checkpoint import newest_checkpoint
 from components.cli import parse_bool
 from components.data import TOKENIZATION_FILE
 from components.errors import UserError
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace, task) -> dict:
         group_by_length=args.group_by_length, eval_every=args.eval_every, best_metric=args.best_metric,
         early_stopping_patience=args.early_stopping_patience, generation_eval_samples=args.generation_eval_samples,
     )
+    resume_from = checkpoint_to_resume(args, task)  # before the model loads: a wrong --resume fails at once
     tokenized = tracking.upstream_input(args.preprocess_task_id, "tokenized", args.data_dir,
                                         ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits")
     train_split, validation_split = load_splits(tokenized, args.model)
@@ -109,7 +110,6 @@ def run(args: argparse.Namespace, task) -> dict:
     def upload_checkpoint(kind: str, directory: Path) -> None:
         tracking.upload_path(task, CHECKPOINT_ARTIFACT, directory)
 
-    resume_from = checkpoint_to_resume(args, task)
     result = train_adapters(model, tokenizer, train_split, validation_split, config, output_dir=args.output_dir,
                             report=tracking.reporter(task), on_checkpoint=upload_checkpoint, resume_from=resume_from)
     load_adapter_weights(model, args.output_dir / "checkpoints" / "best" / "adapter.safetensors")
@@ -141,13 +141,14 @@ def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
     """This task's own checkpoint (an agent re-running it after an abort), another task's, or --output-dir's."""
     if CHECKPOINT_ARTIFACT in task.artifacts:
         print("This task already holds a checkpoint (it was aborted or preempted before): continuing from it.")
-        return tracking.artifact_path(task.id, CHECKPOINT_ARTIFACT)
+        return tracking.artifact_path(task.id, CHECKPOINT_ARTIFACT, force_download=True)
     if args.resume_from_task_id:
-        return tracking.artifact_path(args.resume_from_task_id, CHECKPOINT_ARTIFACT)
-    if args.resume:
-        local = args.output_dir / "checkpoints" / "last"
-        if not is_checkpoint(local):
-            raise UserError(f"--resume: no checkpoint in {local}; run without --resume to start, or point --output-dir at the interrupted run.")
+        return tracking.artifact_path(args.resume_from_task_id, CHECKPOINT_ARTIFACT, force_download=True)
+    if args.resume:  # the newest complete checkpoint, passing over a damaged one
+        local = newest_checkpoint(args.output_dir / "checkpoints")
+        if local is None:
+            raise UserError(f"--resume: no checkpoint in {args.output_dir / 'checkpoints'}; run without --resume to start, "
+                            "or point --output-dir at the interrupted run.")
         return local
     return None
 

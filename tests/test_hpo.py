@@ -98,16 +98,21 @@ def test_the_objective_is_what_the_train_step_reports(tiny_model_dir, tmp_path):
 OPTIMIZER_SCRIPT = """
 import sys
 sys.path.insert(0, ".")
-from components import tracking
-tracking.enter_offline_mode()
+from components.clearml_connection import enter_offline_mode
+enter_offline_mode()
 from pipelines.hpo_server import build_optimizer
 from pipelines.run_hpo import build_parser, search_space
-args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "7"])
+args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
+                                  "--max-steps", "50", "--seed", "7"])
 optimizer = build_optimizer(sys.argv[1], args, search_space(args)).optimizer
 print("PARAMS=" + repr([(p.name, list(p.values)) for p in optimizer._hyper_parameters]))
 objective = optimizer._objective_metric
 print("OBJECTIVE=" + repr((objective.title, objective.series, objective.order, objective.extremum)))
 print("JOBS=" + repr((optimizer._execution_queue, optimizer._num_concurrent_workers, optimizer.total_max_jobs)))
+sampler, pruner = optimizer._optuna_sampler, optimizer._optuna_pruner
+print("OPTUNA=" + repr((type(sampler).__name__, sampler._rng.rng.randint(10**9), type(pruner).__name__)))
+import optuna
+print("SEEDED=" + repr(optuna.samplers.BruteForceSampler(seed=7)._rng.rng.randint(10**9)))
 """
 
 
@@ -117,7 +122,10 @@ def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_ho
     train_task_id = json.loads((out / "hpo_summary.json").read_text())["best"]["task_id"]
     completed = run_script(clearml_home, "-c", OPTIMIZER_SCRIPT, train_task_id)
     lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}
-    assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4])]
+    assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
+                               ("Args/resume_from_task_id", [""]), ("Args/max_steps", [50])]  # every trial: from scratch, --max-steps
     assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
-    assert lines["JOBS"] == ("gpu-q", 3, 7)
+    assert lines["JOBS"] == ("gpu-q", 3, 24)  # 30 trials asked, 24 combinations: no pair twice
+    # the local sweep's sampler, seeded by --seed, and no pruning (Optuna's defaults are TPE and MedianPruner)
+    assert lines["OPTUNA"] == ("BruteForceSampler", lines["SEEDED"], "NopPruner")
     assert "Could not find requested hyper-parameters" not in completed.stdout + completed.stderr

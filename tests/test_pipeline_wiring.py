@@ -17,8 +17,8 @@ from components.tracking import SERVER_CHECK_TIMEOUT_S
 DAG_SCRIPT = """
 import json, sys
 sys.path.insert(0, ".")
-from components import tracking
-tracking.enter_offline_mode()
+from components.clearml_connection import enter_offline_mode
+enter_offline_mode()
 from pipelines.controller import build_controller
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
@@ -110,21 +110,7 @@ def test_a_server_that_does_not_answer_stops_the_step_after_5_seconds(clearml_ho
 
 def test_offline_mode_uses_the_fast_close_configuration(clearml_home):
     script = (
-        "import sys; sys.path.insert(0, '.'); from components import tracking; print(tracking.prepare_clearml(False));"
+        "import sys; sys.path.insert(0, '.'); from components.clearml_connection import prepare_clearml; print(prepare_clearml(False));"
         "from clearml.config import config; print(config.get('development.report_use_subprocess'))"
     )
     assert run_script(clearml_home, "-c", script).stdout.split()[-2:] == ["True", "False"]
-
-
-def test_offline_decision(monkeypatch, tmp_path):
-    from components import tracking
-
-    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID", "TRAINS_TASK_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert tracking.use_offline_mode(local_flag=False)  # nothing configured
-    (tmp_path / "clearml.conf").write_text("api {}")
-    assert not tracking.use_offline_mode(local_flag=False)
-    assert tracking.use_offline_mode(local_flag=True)
-    monkeypatch.setenv("CLEARML_TASK_ID", "abc")  # under an agent: never offline
-    assert not tracking.use_offline_mode(local_flag=True)

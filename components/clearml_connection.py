@@ -1,0 +1,140 @@
+"""Where ClearML tasks go: a server or offline sessions on this machine.
+
+The decision is made once per process, before the first task exists, from ClearML's own
+configuration resolution (environment variables, ``CLEARML_CONFIG_FILE`` with ``~``
+expanded, ``~/clearml.conf``), in this order:
+
+1. Under an agent (``CLEARML_TASK_ID`` set): the task runs as the agent configured it;
+   nothing is decided or checked here.
+2. ``CLEARML_OFFLINE_MODE`` exported as true: offline, as ClearML itself would be.
+3. ``--local``: offline.
+4. Credentials configured: the server, pinged once (honouring ``api.verify_certificate``)
+   so that an unreachable one fails within seconds instead of ClearML's silent retries
+   for hours.
+5. A server address without credentials: an error naming the file or variable to fix.
+6. Nothing configured: offline.
+
+Offline, ``configs/clearml-offline.conf`` replaces the user's configuration (no server
+address or credentials are read) and makes ``Task.close()`` fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.errors import UserError
+from components.settings import PROJECT_ROOT
+
+OFFLINE_CONFIG = PROJECT_ROOT / "configs" / "clearml-offline.conf"
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+class ServerUnreachable(UserError):
+    pass
+
+
+class ServerMisconfigured(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What ClearML's configuration says about the server, read the way the SDK reads it."""
+
+    api_host: str
+    has_credentials: bool
+    host_configured: bool  # an address given explicitly (not the SDK's default, app.clear.ml)
+    config_file: str | None  # the clearml.conf in effect, if any
+
+
+def running_on_agent() -> bool:
+    return bool(os.environ.get("CLEARML_TASK_ID") or os.environ.get("TRAINS_TASK_ID"))
+
+
+def offline_mode_exported() -> bool:
+    from clearml.backend_api.session.defs import ENV_OFFLINE_MODE
+
+    return bool(ENV_OFFLINE_MODE.get())
+
+
+def _load_sdk_config():
+    """A private copy of ClearML's configuration: reading it leaves the SDK's own unloaded,
+    so a later switch to offline still takes ``OFFLINE_CONFIG``."""
+    import clearml.config
+    from clearml.backend_api import load_config
+
+    return load_config(Path(clearml.config.__file__).parent)
+
+
+def server_settings(config=None) -> ServerSettings:
+    from clearml.backend_api import Session
+    from clearml.backend_api.session.defs import ENV_ACCESS_KEY, ENV_AUTH_TOKEN, ENV_HOST, ENV_SECRET_KEY
+    from clearml.backend_config.defs import get_active_config_file
+
+    config = config or _load_sdk_config()
+    access_key = ENV_ACCESS_KEY.get(default=config.get("api.credentials.access_key", None))
+    secret_key = ENV_SECRET_KEY.get(default=config.get("api.credentials.secret_key", None))
+    explicit_host = ENV_HOST.get() or config.get("api.api_server", None) or config.get("api.host", None)
+    return ServerSettings(
+        api_host=Session.get_api_server_host(config),
+        has_credentials=bool((access_key and secret_key) or ENV_AUTH_TOKEN.get()),
+        host_configured=bool(explicit_host),
+        config_file=get_active_config_file(),
+    )
+
+
+def enter_offline_mode() -> None:
+    """ClearML offline from here on, in this process and the processes it starts."""
+    os.environ["CLEARML_OFFLINE_MODE"] = "1"
+    os.environ["CLEARML_CONFIG_FILE"] = str(OFFLINE_CONFIG)
+    from clearml import Task
+
+    Task.set_offline(True)
+
+
+def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """Ping the configured API server once, with ClearML's own HTTP session (certificate settings included)."""
+    import requests
+    from clearml.backend_api import Session
+    from clearml.backend_api.utils import get_http_session_with_retry
+
+    config = config or _load_sdk_config()
+    host = Session.get_api_server_host(config)
+    session = get_http_session_with_retry(total=0, config=config)
+    try:
+        # verify= again per request: requests would otherwise let REQUESTS_CA_BUNDLE override the session's setting.
+        session.get(f"{host}/debug.ping", timeout=timeout_s, verify=session.verify)
+    except requests.exceptions.SSLError as error:
+        raise ServerUnreachable(
+            f"The ClearML server {host} has a certificate this machine does not trust ({error.__class__.__name__}); "
+            "set api.verify_certificate (or CLEARML_API_HOST_VERIFY_CERT) to false or to a CA bundle path, or run with --local."
+        ) from None
+    except requests.exceptions.RequestException as error:
+        raise ServerUnreachable(
+            f"The ClearML server {host} did not answer within {timeout_s:.0f} s ({error.__class__.__name__}); "
+            "check api.api_server in clearml.conf (or CLEARML_API_HOST), or run with --local."
+        ) from None
+
+
+def prepare_clearml(local_flag: bool) -> bool:
+    """Choose offline or server mode before any task exists; returns True when offline (see the module docstring)."""
+    if running_on_agent():
+        return False
+    if local_flag or offline_mode_exported():
+        enter_offline_mode()
+        return True
+    config = _load_sdk_config()
+    settings = server_settings(config)
+    if settings.has_credentials:
+        check_server_reachable(config)
+        return False
+    if settings.host_configured:
+        where = settings.config_file or "the environment (CLEARML_API_HOST)"
+        raise ServerMisconfigured(
+            f"A ClearML server ({settings.api_host}) is configured in {where} but no credentials are; "
+            "run clearml-init or set CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or run with --local."
+        )
+    enter_offline_mode()
+    return True

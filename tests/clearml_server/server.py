@@ -1,0 +1,102 @@
+"""Start and stop the API server (port N) and the files server (port N+1) in threads."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+from . import services  # noqa: F401  (registers the endpoints)
+from .api import ApiRequestHandler
+from .auth import Authenticator
+from .files import FILES_DIR, FilesRequestHandler
+from .services.queues import ensure_default_queue
+from .store import Store
+
+HOST = "127.0.0.1"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client process ended with a kept-alive connection open
+        super().handle_error(request, client_address)
+
+
+class ClearMLTestServer:
+    """The test server on ``port`` (API) and ``port + 1`` (files); ``port=0`` picks free ports."""
+
+    def __init__(self, state_dir: Path, port: int = 0):
+        self.state_dir = Path(state_dir)
+        self.store = Store(self.state_dir)
+        ensure_default_queue(self.store)
+        files_root = self.state_dir / FILES_DIR
+        files_root.mkdir(parents=True, exist_ok=True)
+        self._api, self._files = self._bind(port, files_root)
+        self._threads: list[threading.Thread] = []
+
+    def _bind(self, port: int, files_root: Path) -> tuple[_Server, _Server]:
+        """Bind both servers; with port 0, retry until two consecutive free ports are found."""
+        for _ in range(50):
+            api = _Server((HOST, port), type("Api", (ApiRequestHandler,), {}))
+            try:
+                files = _Server((HOST, api.server_port + 1), type("Files", (FilesRequestHandler,), {}))
+            except OSError:
+                api.server_close()
+                if port:
+                    raise
+                continue
+            api.RequestHandlerClass.store = self.store
+            api.RequestHandlerClass.authenticator = Authenticator()
+            files.RequestHandlerClass.store = self.store
+            files.RequestHandlerClass.root = files_root
+            return api, files
+        raise OSError("no two consecutive free ports found for the ClearML test server")
+
+    @property
+    def api_host(self) -> str:
+        return f"http://{HOST}:{self._api.server_port}"
+
+    @property
+    def files_host(self) -> str:
+        return f"http://{HOST}:{self._files.server_port}"
+
+    @property
+    def web_host(self) -> str:
+        """Nothing listens there: the SDK only builds links to the web UI from it."""
+        return f"http://{HOST}:{self._files.server_port + 1}"
+
+    def environment(self) -> dict[str, str]:
+        """The standard variables that point the SDK and the agent at this server."""
+        return {
+            "CLEARML_API_HOST": self.api_host,
+            "CLEARML_WEB_HOST": self.web_host,
+            "CLEARML_FILES_HOST": self.files_host,
+            "CLEARML_API_ACCESS_KEY": "test-access-key",
+            "CLEARML_API_SECRET_KEY": "test-secret-key",
+        }
+
+    def start(self) -> "ClearMLTestServer":
+        for server in (self._api, self._files):
+            thread = threading.Thread(target=server.serve_forever, name=f"clearml-test-{server.server_port}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        for server in (self._api, self._files):
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join()
+        self.store.close()
+
+    def __enter__(self) -> "ClearMLTestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

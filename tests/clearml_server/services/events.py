@@ -1,0 +1,202 @@
+"""events.*: ``apiserver/services/events.py``, ``apiserver/bll/event/event_bll.py``
+(``add_events``: events of a task update its ``last_metrics`` and ``last_iteration`` through
+``bll/task/task_bll.py:update_statistics`` and ``bll/task/utils.py:get_last_metric_updates``),
+``apiserver/bll/event/event_metrics.py`` (scalar histograms) and
+``apiserver/bll/event/events_iterator.py`` (log pages)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+
+from .. import errors
+from ..registry import Call, endpoint
+from ..store import Store, now, timestamp_ms
+from .tasks import get_task
+
+EVENT_TYPES = ("training_stats_scalar", "training_stats_vector", "training_debug_image", "plot", "log")
+LOCKED_STATUSES = ("publishing", "published")
+MAX_LONG = 2**63 - 1
+SINGLE_SCALAR_ITERATION = -(2**31)
+EVENT_ID_FIELDS = ("task", "iter", "metric", "variant", "key")
+
+
+def field_hash(name: str) -> str:
+    """``database/utils.py:hash_field_name``: last_metrics keys are md5 hashes."""
+    return hashlib.md5(name.encode()).hexdigest()
+
+
+def _event_id(event: dict) -> str:
+    """``EventBLL._get_event_id``: a second event with the same id replaces the first."""
+    return hashlib.md5("-".join(str(event[f]) for f in EVENT_ID_FIELDS if f in event).encode()).hexdigest()
+
+
+def _summarize_scalars(summary: dict, event: dict) -> None:
+    """``EventBLL._update_last_scalar_events_for_task`` over one batch."""
+    value = event.get("value")
+    if value is None:
+        return
+    last = summary[field_hash(event["metric"])].setdefault(field_hash(event["variant"]), {})
+    last["metric"], last["variant"] = event["metric"], event["variant"]
+    last["count"] = last.get("count", 0) + 1
+    last["total"] = last.get("total", 0) + value
+    iteration, stamp = event.get("iter", 0), event.get("timestamp", 0)
+    if (iteration, stamp) >= (last.get("iter", iteration), last.get("timestamp", stamp)):
+        last.update(value=value, iter=iteration, timestamp=stamp)
+    if last.get("first_value_iter") is None or iteration < last["first_value_iter"]:
+        last.update(first_value=value, first_value_iter=iteration)
+    if last.get("min_value") is None or value < last["min_value"]:
+        last.update(min_value=value, min_value_iter=iteration)
+    if last.get("max_value") is None or value > last["max_value"]:
+        last.update(max_value=value, max_value_iter=iteration)
+
+
+def _apply_last_metrics(task: dict, summary: dict) -> None:
+    """``get_last_metric_updates``: value/metric/variant are set from the batch; min and max
+    replace the stored ones only when beyond them; first only when unset; mean over all
+    values, rounded to 2 decimals."""
+    for metric_key, variants in summary.items():
+        for variant_key, data in variants.items():
+            stored = task.setdefault("last_metrics", {}).setdefault(metric_key, {}).setdefault(variant_key, {})
+            stored.update(metric=data["metric"], variant=data["variant"], value=data["value"])
+            if stored.get("min_value") is None or stored["min_value"] > data["min_value"]:
+                stored.update(min_value=data["min_value"], min_value_iteration=data["min_value_iter"])
+            if stored.get("max_value") is None or stored["max_value"] < data["max_value"]:
+                stored.update(max_value=data["max_value"], max_value_iteration=data["max_value_iter"])
+            if stored.get("first_value") is None:
+                stored.update(first_value=data["first_value"], first_value_iteration=data["first_value_iter"])
+            count = stored.get("count") or 0
+            stored["mean_value"] = round(((stored.get("mean_value") or 0) * count + data["total"]) / (count + data["count"]), 2)
+            stored["count"] = count + data["count"]
+
+
+def add_events(call: Call, events: list[dict]) -> dict:
+    """``EventBLL.add_events`` for task events (model events are refused: not implemented)."""
+    store = call.store
+    problems: dict[str, int] = defaultdict(int)
+    accepted = []
+    iterations: dict[str, int] = {}
+    summaries: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
+    for event in events:
+        event = dict(event)
+        if event.get("model_event"):
+            raise errors.unsupported_field(call.endpoint, "model_event")
+        event.pop("allow_locked", None)
+        event["model_event"] = False
+        x_axis_label = event.pop("x_axis_label", None)
+        if x_axis_label is not None:
+            raise errors.unsupported_field(call.endpoint, "x_axis_label")
+        event_type = (event.get("type") or "").replace(" ", "_")
+        task = store.tasks.get(event.get("task") or "")
+        if not event.get("type"):
+            problems["Event must have a 'type' field"] += 1
+            continue
+        if event_type not in EVENT_TYPES:
+            problems[f"Invalid event type {event_type}"] += 1
+            continue
+        if not event.get("task"):
+            problems["Event must have a 'task' field"] += 1
+            continue
+        if task is None or task["status"] in LOCKED_STATUSES:
+            problems[f"Invalid task id {event['task']}"] += 1
+            continue
+        event["type"] = event_type
+        event["@timestamp"] = now()
+        if "ts" in event:
+            event["timestamp"] = event.pop("ts")
+        event.setdefault("timestamp", timestamp_ms())
+        event.setdefault("worker", call.worker)
+        if event.get("iter") is not None:
+            event["iter"] = int(event["iter"])
+            if not -MAX_LONG - 1 <= event["iter"] <= MAX_LONG:
+                problems[f"Iteration number should not exceed {MAX_LONG}"] += 1
+                continue
+            iterations[task["id"]] = max(event["iter"], iterations.get(task["id"], 0))
+        if "values" in event:
+            event["value"] = event.pop("values")
+        event["metric"] = event.get("metric") or ""
+        event["variant"] = event.get("variant") or ""
+        if event_type == "training_stats_scalar":
+            _summarize_scalars(summaries[task["id"]], event)
+        accepted.append(event)
+    for event in accepted:
+        if event["type"] != "log":
+            event["_id"] = _event_id(event)
+            store.events[:] = [e for e in store.events if e.get("_id") != event["_id"]]
+        store.events.append(event)
+    for task_id in {e["task"] for e in accepted}:
+        task = store.tasks[task_id]
+        if task_id in iterations:
+            task["last_iteration"] = max(task.get("last_iteration", 0), iterations[task_id])
+        if task_id in summaries:
+            _apply_last_metrics(task, summaries[task_id])
+        task["last_update"] = task["last_change"] = now()
+    if not accepted:
+        raise errors.events_not_added(**problems)
+    return {"added": len(accepted), "errors": sum(problems.values()), "errors_info": dict(problems)}
+
+
+@endpoint("events.add_batch", batched=True)
+def add_batch(call: Call) -> dict:
+    """``events.add_batch``: json-lines events, an empty batch refused (``BatchContainsNoItems``)."""
+    if not call.batch:
+        raise errors.batch_contains_no_items()
+    return add_events(call, call.batch)
+
+
+def task_events(store: Store, task_id: str, event_type: str) -> list[dict]:
+    return [e for e in store.events if e["task"] == task_id and e["type"] == event_type]
+
+
+@endpoint("events.get_task_log", required=("task",), fields=("batch_size", "navigate_earlier", "from_timestamp", "order"), mutates=False)
+def get_task_log(call: Call) -> dict:
+    """``events.get_task_log`` (2.9): ``batch_size`` log events from the latest
+    (``navigate_earlier``, default) or the earliest, past ``from_timestamp``; events sharing
+    the last timestamp all come along; ``order`` reverses the page when it disagrees."""
+    get_task(call.store, call.data["task"])
+    earlier = call.get("navigate_earlier", True)
+    logs = sorted(task_events(call.store, call.data["task"], "log"), key=lambda e: e["timestamp"], reverse=earlier)
+    start = call.get("from_timestamp")
+    if start:
+        logs = [e for e in logs if (e["timestamp"] < start if earlier else e["timestamp"] > start)]
+    batch_size = call.get("batch_size", 5000)
+    page = logs[:batch_size]
+    if page:
+        page += [e for e in logs[batch_size:] if e["timestamp"] == page[-1]["timestamp"]]
+    order = call.get("order")
+    if order and ((earlier and order == "asc") or (not earlier and order == "desc")):
+        page.reverse()
+    total = len(task_events(call.store, call.data["task"], "log"))
+    return {"events": page, "returned": len(page), "total": total}
+
+
+@endpoint("events.scalar_metrics_iter_histogram", required=("task",), fields=("samples", "key", "metrics", "model_events"), mutates=False)
+def scalar_metrics_iter_histogram(call: Call) -> dict:
+    """``EventMetrics.get_scalar_metrics_average_per_iter`` by iteration: per variant, fewer
+    than ``samples`` points are returned as they are (averaged per iteration), otherwise
+    averaged over buckets of ``ceil(range / samples)`` iterations."""
+    if call.get("model_events"):
+        raise errors.unsupported_field(call.endpoint, "model_events")
+    if call.get("key", "iter") != "iter":
+        raise errors.unsupported_field(call.endpoint, f"key={call.data['key']}")
+    get_task(call.store, call.data["task"])
+    samples = call.get("samples", 2000)
+    wanted = {m["metric"]: set(m.get("variants") or []) for m in call.get("metrics", [])}
+    series: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for event in task_events(call.store, call.data["task"], "training_stats_scalar"):
+        if event.get("iter", 0) <= SINGLE_SCALAR_ITERATION:
+            continue
+        if wanted and (event["metric"] not in wanted or (wanted[event["metric"]] and event["variant"] not in wanted[event["metric"]])):
+            continue
+        series[(event["metric"], event["variant"])].append(event)
+    result: dict[str, dict] = defaultdict(dict)
+    for (metric, variant), events in sorted(series.items()):
+        iters = [e.get("iter", 0) for e in events]
+        interval = 1 if len(events) < samples else max(1, math.ceil((max(iters) - min(iters) + 1) / samples))
+        buckets: dict[int, list[float]] = defaultdict(list)
+        for event in events:
+            buckets[(event.get("iter", 0) // interval) * interval].append(event["value"])
+        keys = sorted(buckets)
+        result[metric][variant] = {"name": variant, "x": keys, "y": [sum(buckets[k]) / len(buckets[k]) for k in keys]}
+    return dict(result)

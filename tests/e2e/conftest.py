@@ -1,0 +1,75 @@
+"""Fixtures of the end-to-end tests: a ClearML server (the test double in
+``tests/clearml_server``, or a real server when ``CLEARML_E2E_API_HOST`` is set), a git
+remote with the project pushed to it, clearml-agent daemons and a runner for the README's
+commands. Session-scoped: started once, stopped (with every process) at the end.
+
+    def test_x(clearml_server, agents, project):
+        agents.serve("cpu1")
+        ran = project.run("python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv")
+        (task_id,) = project.created_task_ids(ran.stdout + ran.stderr)
+        clearml_server.api.wait_for_status(task_id, ("completed",))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.clearml_server import ClearMLTestServer
+from tests.e2e.harness import (
+    Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
+    start_git_remote,
+)
+from tests.e2e.server_api import ServerApi
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def clearml_server(e2e_dir: Path):
+    """The server under test: a real one if CLEARML_E2E_API_HOST is set, else the test double."""
+    real = real_server_from_environment()
+    if real is not None:
+        yield real
+        return
+    server = ClearMLTestServer(e2e_dir / "server-state").start()
+    env = server.environment()
+    try:
+        yield ServerTarget(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]),
+                           state_dir=server.state_dir)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def processes(e2e_dir: Path, clearml_server: ServerTarget):
+    """Every background process of the session; all killed at the end, pass or fail
+    (before the server stops, so that agents do not outlive it)."""
+    log_dir = e2e_dir / "logs"
+    log_dir.mkdir()
+    started = Processes(log_dir)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def git_remote(processes: Processes, e2e_dir: Path) -> GitRemote:
+    return start_git_remote(processes, e2e_dir)
+
+
+@pytest.fixture(scope="session")
+def agents(processes: Processes, clearml_server: ServerTarget, e2e_dir: Path, git_remote: GitRemote) -> Agents:
+    return Agents(processes, clearml_server, e2e_dir)
+
+
+@pytest.fixture(scope="session")
+def project(clearml_server: ServerTarget, git_remote: GitRemote, e2e_dir: Path) -> ProjectRunner:
+    home = e2e_dir / "user-home"
+    home.mkdir()
+    return ProjectRunner(git_remote.clone, client_environment(clearml_server, home))

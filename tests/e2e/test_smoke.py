@@ -1,0 +1,58 @@
+"""Smoke test of the server path: a step run against the server, cloned and edited through
+the SDK, executed by a real clearml-agent from the git remote."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from tests.clearml_server import unimplemented_calls
+
+QUEUE = "cpu1"  # clearml-server refuses queue names shorter than 3 characters
+SPLIT_ARTIFACTS = ("train", "validation", "test")
+INGEST = "python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv"
+
+
+def artifact_uris(task: dict) -> dict[str, str]:
+    return {a["key"]: a["uri"] for a in task["execution"].get("artifacts") or []}
+
+
+def download(uri: str) -> str:
+    with urllib.request.urlopen(uri, timeout=30) as response:
+        return response.read().decode("utf-8")
+
+
+def test_step_cloned_edited_and_run_by_an_agent(clearml_server, agents, project, git_remote):
+    api, files_host = clearml_server.api, clearml_server.env["CLEARML_FILES_HOST"]
+    agents.serve(QUEUE)
+
+    ran = project.run(INGEST)
+    (source_id,) = project.created_task_ids(ran.stdout + ran.stderr)
+    source = api.wait_for_status(source_id, ("completed",), timeout_s=10)
+    assert set(SPLIT_ARTIFACTS) <= set(artifact_uris(source))
+
+    clone_id = project.python(
+        "from clearml import Task\n"
+        f"task = Task.clone(source_task={source_id!r}, name='ingest (agent smoke test)')\n"
+        "task.set_parameter('Args/validation_size', '10')\n"
+        f"Task.enqueue(task, queue_name={QUEUE!r})\n"
+        "print(task.id)\n"
+    ).split()[-1]
+    clone = api.wait_for_status(clone_id, ("completed",), timeout_s=120, diagnostics=lambda: agents.log(QUEUE))
+
+    assert clone["parent"] == source_id
+    assert clone["last_worker"] == f"e2e-{QUEUE}"
+    assert clone["script"]["repository"] == git_remote.url
+    assert clone["script"]["version_num"] == git_remote.head()
+    assert api.hyperparameter(clone_id, "Args", "validation_size") == "10"
+
+    uris = artifact_uris(clone)
+    assert set(uris) == {*SPLIT_ARTIFACTS, "ingest_report"}, "the clone keeps none of its source's output artifacts"
+    assert all(uri.startswith(files_host + "/") for uri in uris.values()), uris
+    assert all(f".{clone_id}/" in uri for uri in uris.values()), "the clone uploaded its own artifacts"
+    assert len(download(uris["validation"]).splitlines()) == 1 + 10  # header + the edited validation size
+
+    log = api.task_log(clone_id)
+    assert f"commit: {git_remote.head()}" in log and f"url: {git_remote.url}" in log  # the agent's checkout
+    assert "Splits: 227 train, 10 validation, 49 test rows" in log  # the step's own output
+    if clearml_server.state_dir is not None:
+        assert unimplemented_calls(clearml_server.state_dir) == []

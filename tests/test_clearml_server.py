@@ -1,0 +1,342 @@
+"""The ClearML test server's semantics, checked against what clearml-server does (each test
+names the server behaviour it pins). No agent, no SDK: plain API calls, in milliseconds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.clearml_server import ClearMLTestServer, load_calls, load_state, unimplemented_calls
+from tests.e2e.server_api import ApiError, ServerApi
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ClearMLTestServer(tmp_path_factory.mktemp("clearml-state")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(server) -> ServerApi:
+    env = server.environment()
+    return ServerApi(env["CLEARML_API_HOST"], "unit-key", "unit-secret")
+
+
+@pytest.fixture(scope="module")
+def project(api) -> str:
+    return api.call("projects.create", name="unit")["id"]
+
+
+def refused(call, code: int, subcode: int) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        call()
+    assert (caught.value.code, caught.value.subcode) == (code, subcode), caught.value
+    return caught.value
+
+
+def new_task(api, project, name="unit task", **fields) -> str:
+    return api.call("tasks.create", name=name, type="training", project=project, **fields)["id"]
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+# ---- transport: unknown calls, unknown fields, credentials ------------------------------
+
+def test_unknown_endpoint_is_refused_as_the_server_refuses_it_and_logged(server, api):
+    error = refused(lambda: api.call("tasks.frobnicate", task="x"), 404, 0)
+    assert error.message == "Unable to find endpoint for name tasks.frobnicate and version 2.31"
+    assert any(c.get("endpoint") == "tasks.frobnicate" for c in unimplemented_calls(server.state_dir))
+
+
+def test_a_request_field_the_server_does_not_implement_is_refused_by_name(api, project):
+    error = refused(lambda: api.call("tasks.get_all", search_text="loss"), 400, 12)
+    assert "'search_text'" in error.message
+    error = refused(lambda: api.call("tasks.create", name="x task", type="training", project=project, colour="red"), 400, 12)
+    assert "'colour'" in error.message
+
+
+def test_calls_without_credentials_are_unauthorized(server):
+    request = urllib.request.Request(f"{server.api_host}/tasks.get_all", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    meta = json.load(caught.value)["meta"]
+    assert (meta["result_code"], meta["result_subcode"]) == (401, 20)
+
+
+def test_any_key_pair_logs_in_and_the_token_tells_the_api_level(api):
+    token = api.call("auth.login")["token"]
+    claims = json.loads(urllib.request.base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert (claims["api_version"], claims["server_version"], claims["feature_set"]) == ("2.31", "2.0.0", "basic")
+
+
+def test_names_shorter_than_three_characters_are_refused_as_mongoengine_refuses_them(api, project):
+    refused(lambda: api.call("queues.create", name="c1"), 400, 800)
+    refused(lambda: new_task(api, project, name="ab"), 400, 800)
+
+
+# ---- the status machine ----------------------------------------------------------------
+
+def test_status_changes_follow_the_state_machine_unless_forced(api, project):
+    task = new_task(api, project)
+    error = refused(lambda: api.call("tasks.completed", task=task), 400, 110)
+    assert "current_status=created, new_status=completed" in error.message
+    api.call("tasks.started", task=task)
+    api.call("tasks.completed", task=task)
+    api.call("tasks.publish", task=task)
+    refused(lambda: api.call("tasks.started", task=task), 400, 110)
+    api.call("tasks.started", task=task, force=True)
+    assert api.task(task)["status"] == "in_progress"
+
+
+def test_enqueue_dequeue_and_the_agent_pulling_the_task(api, project):
+    queue = api.queue_id("unit-queue")
+    task = new_task(api, project, system_tags=["development"])
+    api.call("tasks.enqueue", task=task, queue=queue)
+    queued = api.task(task)
+    assert (queued["status"], queued["execution"]["queue"], queued["system_tags"]) == ("queued", queue, [])
+    refused(lambda: api.call("tasks.enqueue", task=task, queue=queue), 400, 706)
+    api.call("tasks.dequeue", task=task)
+    assert api.task(task)["status"] == "created"
+    assert api.call("queues.get_by_id", queue=queue)["queue"]["entries"] == []
+    api.call("tasks.enqueue", task=task, queue=queue)
+    entry = api.call("queues.get_next_task", queue=queue)["entry"]
+    assert entry["task"] == task and api.call("queues.get_next_task", queue=queue) == {}
+
+
+def test_a_completed_task_must_be_reset_before_it_is_enqueued_again(api, project):
+    queue = api.queue_id("unit-queue")
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    api.call("tasks.completed", task=task)
+    refused(lambda: api.call("tasks.enqueue", task=task, queue=queue), 400, 110)
+    api.call("tasks.reset", task=task)
+    api.call("tasks.enqueue", task=task, queue=queue)
+    assert api.task(task)["status"] == "queued"
+
+
+def test_stop_of_a_task_no_worker_reports_on_stops_it_at_once(api, project):
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    api.call("tasks.stop", task=task)
+    assert api.task(task)["status"] == "stopped"
+
+
+def test_stop_of_a_task_a_worker_runs_only_asks_the_worker_to_stop(api, project):
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    api.call("workers.register", worker="unit-worker", queues=[])
+    api.call("workers.status_report", worker="unit-worker", task=task, timestamp=0)
+    api.call("tasks.stop", task=task)
+    assert (api.task(task)["status"], api.task(task)["status_message"]) == ("in_progress", "stopping")
+
+
+# ---- what reset and clone keep and drop ------------------------------------------------
+
+def _finished_task_with_outputs(api, project) -> tuple[str, str]:
+    task = new_task(api, project, hyperparams={"Args": {"rank": {"section": "Args", "name": "rank", "value": "8"}}},
+                    script={"repository": "git://example/repo.git", "version_num": "abc", "entry_point": "steps/train.py"})
+    api.call("tasks.started", task=task)
+    api.call("tasks.add_or_update_artifacts", task=task, artifacts=[
+        {"key": "checkpoint", "type": "custom", "uri": "http://files/checkpoint.zip"},
+        {"key": "data", "type": "custom", "mode": "input", "uri": "http://files/data.tsv"}])
+    model = api.call("models.create", name="unit model", uri="http://files/model.zip", task=task, ready=False)["id"]
+    api.call("tasks.add_or_update_model", task=task, name="adapter", model=model, type="output")
+    api.call("tasks.edit", task=task, force=True, runtime={"progress": "100"})
+    api.call_batch("events.add_batch", [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": "train", "value": 1.0, "iter": 3}])
+    api.call("tasks.completed", task=task)
+    return task, model
+
+
+def test_clone_drops_output_artifacts_models_metrics_and_runtime(api, project):
+    source, _ = _finished_task_with_outputs(api, project)
+    clone = api.task(api.call("tasks.clone", task=source)["id"])
+    assert clone["status"] == "created" and clone["parent"] == source
+    assert [a["key"] for a in clone["execution"]["artifacts"]] == ["data"]
+    assert clone["models"]["output"] == [] and clone["last_metrics"] == {} and clone["runtime"] == {}
+    assert clone["script"]["version_num"] == "abc" and clone["hyperparams"]["Args"]["rank"]["value"] == "8"
+    grandchild = api.task(api.call("tasks.clone", task=clone["id"])["id"])
+    assert grandchild["parent"] == source  # the source's parent, when it has one
+
+
+def test_reset_clears_outputs_events_and_draft_models(api, project):
+    task, model = _finished_task_with_outputs(api, project)
+    api.call("tasks.reset", task=task)
+    reset = api.task(task)
+    assert reset["status"] == "created" and [a["key"] for a in reset["execution"]["artifacts"]] == ["data"]
+    assert (reset["last_metrics"], reset["last_iteration"], reset["models"]["output"], reset["runtime"]) == ({}, 0, [], {})
+    assert reset["hyperparams"]["Args"]["rank"]["value"] == "8" and reset["script"]["version_num"] == "abc"
+    refused(lambda: api.call("models.get_by_id", model=model), 400, 201)
+
+
+def test_a_published_task_is_not_reset_without_force(api, project):
+    task, _ = _finished_task_with_outputs(api, project)
+    api.call("tasks.publish", task=task)
+    refused(lambda: api.call("tasks.reset", task=task), 400, 110)
+
+
+# ---- get_all ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def catalogue(api):
+    root = api.call("projects.create", name="catalogue")["id"]
+    sub = api.call("projects.create", name="catalogue/sub/deep")["id"]
+    names = {}
+    for name, tags, project_id in (("alpha one", ["a"], root), ("alpha two", ["a", "b"], root),
+                                   ("beta", ["b"], sub), ("gamma", [], sub)):
+        names[name] = new_task(api, project_id, name=name, tags=tags)
+    hidden = new_task(api, root, name="hidden one", system_tags=["hidden"])
+    return {"root": root, "sub": sub, "hidden": hidden, **names}
+
+
+def _names(api, **query) -> list[str]:
+    return [t["name"] for t in api.tasks(only_fields=["name"], **query)]
+
+
+def test_get_all_name_is_a_regular_expression(api, catalogue):
+    assert sorted(_names(api, name="^alpha", project=[catalogue["root"]])) == ["alpha one", "alpha two"]
+
+
+def test_get_all_tags_with_exclusion_and_operators(api, catalogue):
+    root, sub = catalogue["root"], catalogue["sub"]
+    both = [root, sub]
+    assert sorted(_names(api, project=both, tags=["a"])) == ["alpha one", "alpha two"]
+    assert sorted(_names(api, project=both, tags=["-b"])) == ["alpha one", "gamma"]
+    assert sorted(_names(api, project=both, tags=["__$all", "a", "b"])) == ["alpha two"]
+    assert sorted(_names(api, project=both, tags=["__$not", "a"])) == ["beta", "gamma"]
+    assert sorted(_names(api, project=both, tags=[None])) == ["gamma"]
+
+
+def test_get_all_projects_include_subprojects_only_when_asked(api, catalogue):
+    parent = api.call("projects.get_by_id", project=catalogue["sub"])["project"]["parent"]
+    assert api.call("projects.get_by_id", project=parent)["project"]["name"] == "catalogue/sub"
+    assert sorted(_names(api, project=[catalogue["root"]])) == ["alpha one", "alpha two"]
+    assert sorted(_names(api, project=[catalogue["root"]], include_subprojects=True)) == ["alpha one", "alpha two", "beta", "gamma"]
+
+
+def test_get_all_hides_hidden_tasks_unless_asked(api, catalogue):
+    assert "hidden one" not in _names(api, project=[catalogue["root"]])
+    assert "hidden one" in _names(api, project=[catalogue["root"]], search_hidden=True)
+    assert _names(api, id=[catalogue["hidden"]]) == ["hidden one"]
+
+
+def test_get_all_orders_pages_and_projects(api, catalogue):
+    query = dict(project=[catalogue["root"], catalogue["sub"]])
+    assert _names(api, order_by=["-name"], **query) == ["gamma", "beta", "alpha two", "alpha one"]
+    assert _names(api, order_by=["name"], page=1, page_size=3, **query) == ["gamma"]
+    (task,) = api.tasks(id=[catalogue["beta"]], only_fields=["name", "execution.queue", "runtime.version"])
+    assert task == {"id": catalogue["beta"], "name": "beta", "execution": {}, "runtime": {}}
+
+
+def test_get_all_by_status_parent_and_hyperparameter(api, project):
+    source = new_task(api, project, name="source", hyperparams={"Args": {"rank": {"section": "Args", "name": "rank", "value": "16"}}})
+    clone = api.call("tasks.clone", task=source)["id"]
+    api.call("tasks.started", task=clone)
+    assert [t["id"] for t in api.tasks(parent=[source], status=["in_progress"])] == [clone]
+    assert {t["id"] for t in api.tasks(**{"hyperparams.Args.rank.value": ["16"]})} == {source, clone}
+
+
+# ---- hyperparameters -------------------------------------------------------------------
+
+def test_edit_hyper_params_merges_replaces_a_section_or_everything(api, project):
+    def item(section, name, value):
+        return {"section": section, "name": name, "value": value}
+
+    task = new_task(api, project, hyperparams={"Args": {"a": item("Args", "a", "1"), "b": item("Args", "b", "2")},
+                                                "General": {"c": item("General", "c", "3")}})
+    values = lambda: {(p["section"], p["name"]): p["value"] for p in api.call("tasks.get_hyper_params", tasks=[task])["params"][0]["hyperparams"]}
+    api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("Args", "a", "10")])
+    assert values() == {("Args", "a"): "10", ("Args", "b"): "2", ("General", "c"): "3"}
+    api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("Args", "z", "0")], replace_hyperparams="section")
+    assert values() == {("Args", "z"): "0", ("General", "c"): "3"}
+    api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("General", "d", "4")], replace_hyperparams="all")
+    assert values() == {("General", "d"): "4"}
+    api.call("tasks.started", task=task)
+    refused(lambda: api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("Args", "a", "1")]), 400, 110)
+    api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("properties", "x", "1")])
+
+
+# ---- events ----------------------------------------------------------------------------
+
+def _scalar(task, value, iteration, timestamp, variant="train"):
+    return {"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": variant, "value": value,
+            "iter": iteration, "timestamp": timestamp}
+
+
+def test_scalar_events_update_last_metrics_as_the_server_does(api, project):
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    api.call_batch("events.add_batch", [_scalar(task, 3.0, 0, 1), _scalar(task, 1.0, 1, 2), _scalar(task, 2.0, 2, 3)])
+    api.call_batch("events.add_batch", [_scalar(task, 1.5, 5, 4), _scalar(task, 4.0, 4, 5)])
+    stored = api.task(task)
+    metric = stored["last_metrics"][md5("loss")][md5("train")]
+    assert (metric["metric"], metric["variant"], metric["value"]) == ("loss", "train", 1.5)  # the latest iteration of the batch
+    assert (metric["min_value"], metric["min_value_iteration"]) == (1.0, 1)  # kept: the second batch's minimum is higher
+    assert (metric["max_value"], metric["max_value_iteration"]) == (4.0, 4)
+    assert (metric["first_value"], metric["first_value_iteration"]) == (3.0, 0)
+    assert (metric["count"], metric["mean_value"]) == (5, 2.3)
+    assert stored["last_iteration"] == 5
+    histogram = api.call("events.scalar_metrics_iter_histogram", task=task)
+    assert histogram["loss"]["train"] == {"name": "train", "x": [0, 1, 2, 4, 5], "y": [3.0, 1.0, 2.0, 4.0, 1.5]}
+
+
+def test_events_of_a_published_task_are_not_added(api, project):
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    api.call("tasks.completed", task=task, publish=True)
+    refused(lambda: api.call_batch("events.add_batch", [_scalar(task, 1.0, 0, 1)]), 400, 131)
+
+
+def test_task_log_pages_from_the_latest_or_the_earliest(api, project):
+    task = new_task(api, project)
+    api.call_batch("events.add_batch", [{"task": task, "type": "log", "msg": f"line {i}", "timestamp": i} for i in range(5)])
+    latest = api.call("events.get_task_log", task=task, batch_size=2)
+    assert ([e["msg"] for e in latest["events"]], latest["total"]) == (["line 4", "line 3"], 5)
+    earliest = api.call("events.get_task_log", task=task, batch_size=2, navigate_earlier=False, from_timestamp=1)
+    assert [e["msg"] for e in earliest["events"]] == ["line 2", "line 3"]
+
+
+# ---- models ----------------------------------------------------------------------------
+
+def test_models_are_ready_by_default_and_publishing_one_publishes_its_task(api, project):
+    assert api.call("models.get_by_id", model=api.call("models.create", name="ready model", uri="http://f/m")["id"])["model"]["ready"]
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    api.call("tasks.completed", task=task)
+    model = api.call("models.create", name="draft model", uri="http://f/m", task=task, ready=False)["id"]
+    api.call("models.add_or_update_metadata", model=model, metadata=[{"key": "bleu", "type": "float", "value": "0.1"}])
+    api.call("models.add_or_update_metadata", model=model, metadata=[{"key": "chrf", "type": "float", "value": "0.2"}])
+    api.call("models.set_ready", model=model)
+    stored = api.call("models.get_by_id", model=model)["model"]
+    assert stored["ready"] and sorted(stored["metadata"]) == ["bleu", "chrf"]
+    assert api.task(task)["status"] == "published"
+    refused(lambda: api.call("models.set_ready", model=model), 400, 203)
+
+
+# ---- files and state -------------------------------------------------------------------
+
+def test_files_round_trip_and_stay_inside_the_files_folder(server):
+    boundary = "unitboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"p/a b.bin\"; filename=\"p/a b.bin\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"\x00\r\n\xff" + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(server.files_host + "/", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert json.load(urllib.request.urlopen(request, timeout=10)) == ["p/a b.bin"]
+    assert urllib.request.urlopen(f"{server.files_host}/p/a%20b.bin", timeout=10).read() == b"\x00\r\n\xff"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"{server.files_host}/../state.json", timeout=10)
+    assert caught.value.code == 404
+
+
+def test_state_and_calls_are_written_to_the_state_directory(tmp_path):
+    with ClearMLTestServer(tmp_path) as running:
+        env = running.environment()
+        api = ServerApi(env["CLEARML_API_HOST"], "k", "s")
+        task = new_task(api, api.call("projects.create", name="saved")["id"], name="saved task")
+    assert load_state(tmp_path)["tasks"][task]["name"] == "saved task"
+    assert [c["endpoint"] for c in load_calls(tmp_path)] == ["auth.login", "projects.create", "tasks.create"]

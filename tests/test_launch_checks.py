@@ -1,0 +1,175 @@
+"""What is checked on the launching machine before anything reaches a server or an agent."""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from components import clearml_connection
+from components.clearml_connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
+from components.errors import UserError
+from pipelines.hpo_server import TrialRecord, best_trial
+from pipelines.repository import RepositoryNotReady, check_repository, repository_path
+
+CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID",
+                     "TRAINS_TASK_ID", "CLEARML_OFFLINE_MODE", "CLEARML_API_HOST_VERIFY_CERT", "CLEARML_AUTH_TOKEN")
+
+
+@pytest.fixture
+def decisions(monkeypatch, tmp_path):
+    """A machine with no ClearML configuration; records what prepare_clearml does instead of doing it.
+
+    ``CLEARML_CONFIG_FILE`` names ``tmp_path/clearml.conf`` (absent until a test writes it), so
+    the developer's own ``~/clearml.conf`` is never read.
+    """
+    for name in CLEARML_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "clearml.conf"))
+    done = []
+    monkeypatch.setattr(clearml_connection, "enter_offline_mode", lambda: done.append("offline"))
+    monkeypatch.setattr(clearml_connection, "check_server_reachable", lambda config=None: done.append("ping"))
+    return done
+
+
+CREDENTIALS = 'api { api_server: "http://127.0.0.1:9", credentials { access_key: "k", secret_key: "s" } }'
+
+
+def test_nothing_configured_runs_offline(decisions):
+    assert prepare_clearml(local_flag=False) and decisions == ["offline"]
+
+
+def test_a_configured_server_is_pinged(decisions, tmp_path):
+    (tmp_path / "clearml.conf").write_text(CREDENTIALS)
+    assert not prepare_clearml(local_flag=False) and decisions == ["ping"]
+
+
+def test_local_flag_and_exported_offline_mode_win_over_a_configured_server(decisions, tmp_path, monkeypatch):
+    (tmp_path / "clearml.conf").write_text(CREDENTIALS)
+    assert prepare_clearml(local_flag=True)
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
+    assert prepare_clearml(local_flag=False)
+    assert decisions == ["offline", "offline"]
+
+
+def test_a_config_file_given_with_a_tilde_is_found(decisions, tmp_path, monkeypatch):
+    (tmp_path / "elsewhere.conf").write_text(CREDENTIALS)
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", "~/elsewhere.conf")
+    assert not prepare_clearml(local_flag=False) and decisions == ["ping"]
+
+
+def test_a_server_address_without_credentials_is_one_clear_error(decisions, tmp_path):
+    (tmp_path / "clearml.conf").write_text('api { api_server: "http://127.0.0.1:9" }')
+    with pytest.raises(ServerMisconfigured, match=r"configured in .*clearml.conf but no credentials are; run clearml-init"):
+        prepare_clearml(local_flag=False)
+    assert decisions == []
+
+
+def test_under_an_agent_nothing_is_decided_or_checked(decisions, monkeypatch):
+    monkeypatch.setenv("CLEARML_TASK_ID", "abc")
+    assert not prepare_clearml(local_flag=True) and decisions == []
+
+
+@pytest.fixture(scope="module")
+def https_server(tmp_path_factory):
+    """A local HTTPS server with a self-signed certificate, answering every request."""
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")], check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_self_signed_server_is_reachable_when_verification_is_off(https_server, monkeypatch, tmp_path):
+    for name in CLEARML_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "clearml.conf"))
+    monkeypatch.setenv("CLEARML_API_HOST", https_server)
+    with pytest.raises(ServerUnreachable, match="certificate this machine does not trust.*api.verify_certificate"):
+        clearml_connection.check_server_reachable()
+    (tmp_path / "clearml.conf").write_text("api { verify_certificate: false }")
+    clearml_connection.check_server_reachable()  # answered: no exception
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repository(tmp_path) -> Path:
+    root = tmp_path / "work"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "t@example.com")
+    git(root, "config", "user.name", "t")
+    (root / "train.tsv").write_text("instruction\tinput\toutput\tfull_output\n")
+    git(root, "add", "train.tsv")
+    git(root, "commit", "-q", "-m", "data")
+    return root
+
+
+def test_a_repository_without_remote_is_refused(repository):
+    with pytest.raises(RepositoryNotReady, match="has no git remote; .*git remote add origin"):
+        check_repository(repository)
+
+
+def test_a_local_path_remote_needs_the_flag_and_an_unpushed_commit_is_refused(repository, tmp_path):
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(repository, "remote", "add", "origin", str(remote))
+    git(repository, "push", "-q", "-u", "origin", "main")
+    with pytest.raises(RepositoryNotReady, match="is a path on this machine.*--allow-local-repository"):
+        check_repository(repository)
+    check_repository(repository, allow_local=True)
+    (repository / "more.txt").write_text("x")
+    git(repository, "add", "more.txt")
+    git(repository, "commit", "-q", "-m", "not pushed")
+    with pytest.raises(RepositoryNotReady, match=r"Commit [0-9a-f]{12} is not on any branch of the remote .*git push"):
+        check_repository(repository, allow_local=True)
+    git(repository, "push", "-q")
+    check_repository(repository, allow_local=True)
+
+
+def test_data_files_for_agents_are_committed_files_relative_to_the_repository(repository, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert repository_path(str(repository / "train.tsv"), "--train-tsv", root=repository) == "train.tsv"
+    assert repository_path("work/train.tsv", "--train-tsv", root=repository) == "train.tsv"
+    assert repository_path("s3://bucket/train.tsv", "--train-tsv", root=repository) == "s3://bucket/train.tsv"
+    outside = tmp_path / "outside.tsv"
+    outside.write_text("x")
+    with pytest.raises(RepositoryNotReady, match="outside the repository .*commit the file into the repository or give a URL"):
+        repository_path(str(outside), "--train-tsv", root=repository)
+    (repository / "new.tsv").write_text("x")
+    with pytest.raises(RepositoryNotReady, match="--test-tsv new.tsv is not committed"):
+        repository_path(str(repository / "new.tsv"), "--test-tsv", root=repository)
+
+
+def test_the_best_trial_is_a_completed_one_that_reported_the_objective():
+    trials = [
+        TrialRecord("failed-early", "failed", 0.5, {}),
+        TrialRecord("aborted", "stopped", 0.6, {}),
+        TrialRecord("silent", "completed", None, {}),
+        TrialRecord("worse", "completed", 2.0, {}),
+        TrialRecord("better", "completed", 1.0, {}),
+    ]
+    assert best_trial(trials).task_id == "better"
+    assert best_trial(trials[:3]) is None
+
+
+@pytest.mark.parametrize("option", [["--preset", "tiny"], ["--output-dir", "x"]])
+def test_local_only_sweep_options_are_refused_on_a_server(option):
+    from pipelines.run_hpo import build_parser, run_on_server
+
+    with pytest.raises(UserError, match="applies to a local sweep"):
+        run_on_server(None, build_parser().parse_args(["--template-task-id", "t", *option]))
