@@ -12,7 +12,7 @@ from pipelines.controller import step_parser
 from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, step_arguments
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
-from components.tracking import SERVER_CHECK_TIMEOUT_S
+from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
 
 DAG_SCRIPT = """
 import json, sys
