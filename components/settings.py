@@ -14,6 +14,7 @@ BASE_MODEL = "ai-forever/ruT5-large"
 DATASET_ID = "lksy/ru_instruct_gpt4"
 SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"
 CLEARML_PROJECT = "ruT5 LoRA+Prompt"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on GPUs that support it, fp16 on older ones, fp32 on CPU
 SELECTION_METRIC = "chrf"  # picks the model to register: character n-grams credit Russian inflections
 DECODING = "greedy"
 

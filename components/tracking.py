@@ -4,8 +4,8 @@ Every step script runs through :func:`run_step`, which
 
 1. chooses between a server and offline mode before any task exists
    (:mod:`components.clearml_connection`);
-2. creates the step's task, then parses the arguments so that ClearML captures them
-   under ``Args/`` (and, on an agent, applies the values edited in the UI);
+2. parses the arguments, then creates the step's task, which stores them under ``Args/``
+   (on an agent the arguments come from the task: the values edited in the UI);
 3. turns every error a user can cause into one line on stderr and exit status 1.
 
 Steps hand results to each other as artifacts of their own task, fetched by task id
@@ -26,7 +26,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from components.clearml_connection import prepare_clearml
+from components.clearml_connection import prepare_clearml, running_on_agent
 from components.cli import exit_if_help_asked
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT
@@ -103,8 +103,13 @@ def run_step(
     task = None
     try:
         _ClearMLClock.measure(prepare_clearml)("--local" in argv)  # imports clearml: counted as ClearML time
-        task = init_task(name, task_type)
+        import clearml  # noqa: F401  (patches argparse; under an agent nothing has imported it yet)
+        # Parsed before the task exists, so a mistyped option creates none; Task.init stores the
+        # values as Args/, and under an agent the parse reads them from the task.
         args = parser.parse_args(argv)
+        task = init_task(name, task_type)
+        if running_on_agent():
+            args.output_dir = None  # a path of the machine the task was created on: scratch space here instead
         args.output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix=f"{name}-"))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         outputs = run(args, task)
@@ -123,10 +128,13 @@ def run_step(
 
 @_ClearMLClock.measure
 def close_failed(task, reason: str) -> None:
-    """Close a task whose step failed, marked failed on a server, so its log ends with our message."""
+    """Close a task whose step failed; on a server it is marked failed with ``reason``.
+
+    Marked after ``close()``: closing a task run from a shell marks it stopped.
+    """
+    task.close()
     if not task.is_offline():
         task.mark_failed(status_reason=reason, status_message=reason, force=True)
-    task.close()
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

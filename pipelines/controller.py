@@ -55,6 +55,24 @@ class CodeVersion:
         task.set_script(repository=self.repository, branch=self.branch, commit=self.commit, diff=self.diff)
 
 
+CONTROLLER_ENTRY_POINT = "pipelines/run_pipeline.py"
+
+
+def complete_controller_code(task, launched) -> None:
+    """Make sure the controller task records its code (``launched``: the checked repository) before it is enqueued.
+
+    clearml 2.1.12's ``PipelineController.__init__`` calls ``Task.set_script``, which reloads the
+    task outside the lock of ``Task.init``'s background repository detection and can write back
+    an empty script (no repository, no entry point): the services agent would have nothing to run.
+    """
+    task._wait_for_repo_detection(timeout=300.0)
+    task.reload()
+    script = task.data.script
+    if not (script.repository and script.entry_point):
+        task.set_script(repository=launched.url, branch=launched.branch, commit=launched.commit, diff=launched.diff or "",
+                        working_dir=".", entry_point=CONTROLLER_ENTRY_POINT)
+
+
 def step_parser(step: StepSpec) -> argparse.ArgumentParser:
     return importlib.import_module(f"steps.{step.name}").build_parser()
 
@@ -130,7 +148,8 @@ def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *
     """The PipelineController, built but not started: ``get_pipeline_dag()`` shows its wiring."""
     from clearml import PipelineController
 
-    pipe = PipelineController(name=name, project=project, version=version, add_pipeline_tags=True, output_uri=True)
+    # Step states are polled every 3 s (ClearML's default is 12 s): a few API calls, and short steps follow each other at once.
+    pipe = PipelineController(name=name, project=project, version=version, add_pipeline_tags=True, output_uri=True, pool_frequency=0.05)
     pipe.set_default_execution_queue(queues["cpu"])
     for key, value in parameters.items():
         pipe.add_parameter(name=key, default="" if value is None else value, description=DESCRIPTIONS.get(key))

@@ -73,6 +73,9 @@ def build_optimizer(template_task_id: str, args: argparse.Namespace, space: dict
         # (TPE, MedianPruner) would repeat pairs and abort trials.
         optuna_sampler=optuna.samplers.BruteForceSampler(seed=args.seed),
         optuna_pruner=optuna.pruners.NopPruner(),
+        # A trial's status and objective are polled every 3 s (ClearML's default is 2 min,
+        # which would leave the queue idle that long after every short trial).
+        pool_period_min=0.05,
     )
 
 
@@ -103,7 +106,8 @@ def launch_step(name: str, arguments: dict, queue: str, project: str, code: Code
     task = new_step_task(STEP_BY_NAME[name], project, code, parent_id)
     task.update_parameters({f"Args/{key}": value for key, value in arguments.items()})
     Task.enqueue(task, queue_name=queue)
-    task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped))
+    task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped),
+                         check_interval_sec=3.0)
     return task
 
 

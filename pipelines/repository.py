@@ -34,8 +34,9 @@ def is_local_path_remote(url: str) -> bool:
     return not url.startswith(GIT_URL_SCHEMES) and ":" not in url.split("/")[0]
 
 
-def check_repository(root: Path = PROJECT_ROOT, *, allow_local: bool = False) -> None:
-    """Raise :class:`RepositoryNotReady`, saying what to do, unless agents can check out ``root``'s code.
+def check_repository(root: Path = PROJECT_ROOT, *, allow_local: bool = False):
+    """``root``'s code as ClearML records it (url, branch, commit, diff), if agents can check it out;
+    else :class:`RepositoryNotReady`, saying what to do.
 
     The remote and branch are the ones ClearML records (the branch's upstream, else the
     only remote); the commit must be on one of that remote's branches.
@@ -44,7 +45,7 @@ def check_repository(root: Path = PROJECT_ROOT, *, allow_local: bool = False) ->
 
     if not _git(root, "rev-parse", "--show-toplevel"):
         raise RepositoryNotReady(f"{root} is not a git repository; agents clone the code from a git remote: git init, commit and push it.")
-    info = GitDetector().get_info(str(root))
+    info = GitDetector().get_info(str(root), include_diff=True)
     if not info.url:
         raise RepositoryNotReady(
             f"The repository {root} has no git remote; agents clone the code from one: git remote add origin <url> && git push -u origin HEAD."
@@ -60,6 +61,7 @@ def check_repository(root: Path = PROJECT_ROOT, *, allow_local: bool = False) ->
         raise RepositoryNotReady(
             f"Commit {info.commit[:12]} is not on any branch of the remote {info.url}; agents check out the recorded commit: git push, then launch again."
         )
+    return info
 
 
 def repository_path(value: str, option: str, root: Path = PROJECT_ROOT) -> str:

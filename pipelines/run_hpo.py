@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     try:
         if prepare_clearml("--local" in argv):
             return run_local(parser.parse_args(argv))
-        project = build_parser().parse_known_args(argv)[0].project  # where the optimizer task goes (on an agent: already there)
-        task = tracking.init_task("HPO lora_rank x prompt_length", "optimizer", project=project)
-        # Parsed after Task.init: captured as Args/, and on an agent the values edited in the UI apply.
-        return run_on_server(task, parser.parse_args(argv))
+        import clearml  # noqa: F401  (patches argparse: the options are stored on the optimizer task, and read back from it on an agent)
+
+        args = parser.parse_args(argv)
+        task = tracking.init_task("HPO lora_rank x prompt_length", "optimizer", project=args.project)
+        return run_on_server(task, args)
     except UserError as error:
         if task is not None:
             tracking.close_failed(task, str(error))

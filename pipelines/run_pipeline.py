@@ -28,9 +28,8 @@ from components.cli import exit_if_help_asked
 from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.settings import (
-    CLEARML_PROJECT, DECODING, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
+    CLEARML_PROJECT, DECODING, PRECISIONS, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
 )
-from components.training import PRECISIONS
 from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
 from pipelines.local import run_step_locally
 from pipelines.repository import check_repository, repository_path
@@ -143,16 +142,15 @@ def launch_on_server(args: argparse.Namespace) -> None:
     """
     from clearml import Task
 
-    from pipelines.controller import build_controller
+    from pipelines.controller import build_controller, complete_controller_code
 
     on_agent = running_on_agent()
     parameters = with_repository_paths(pipeline_parameters(PRESETS[args.preset], args))
-    if not on_agent:
-        check_repository(allow_local=args.allow_local_repository)
+    launched = None if on_agent else check_repository(allow_local=args.allow_local_repository)
     pipe = build_controller(parameters, {"cpu": args.cpu_queue, "gpu": args.gpu_queue}, project=args.project, name=args.pipeline_name)
+    if not on_agent:
+        complete_controller_code(Task.current_task(), launched)  # the steps run this code, too
     if args.controller_here and not on_agent:
-        # Steps run the controller task's recorded code: let ClearML finish recording it first.
-        Task.current_task()._wait_for_repo_detection(timeout=300.0)
         pipe.start_locally(run_pipeline_steps_locally=False)
     else:
         pipe.start(queue=args.controller_queue)

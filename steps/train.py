@@ -33,8 +33,8 @@ from components.cli import parse_bool
 from components.data import TOKENIZATION_FILE
 from components.errors import UserError
 from components.modeling import apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter
-from components.settings import BASE_MODEL, AdapterSettings, TrainingSettings
-from components.training import BEST_METRICS, PRECISIONS, TrainConfig, train_adapters
+from components.settings import BASE_MODEL, PRECISIONS, AdapterSettings, TrainingSettings
+from components.training import BEST_METRICS, TrainConfig, train_adapters
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 

@@ -7,7 +7,7 @@ offline task instead of a server.
 from __future__ import annotations
 
 import json
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -87,7 +87,9 @@ def test_a_rerun_train_task_resumes_and_reports_at_its_own_steps(tiny_pipeline, 
     edit_args(cache, task_id, max_steps="2")
     output = simulate(clearml_home, "rerun", "steps/train.py", task_id=task_id).stdout
     assert "continuing from it" in output
-    training = json.loads((tmp_path / "training.json").read_text())
+    [agent_output_dir] = re.findall(r"Adapter in (\S+)/adapter\.", output)
+    assert Path(agent_output_dir) != tmp_path  # the --output-dir of the machine that created the task means nothing here
+    training = json.loads((Path(agent_output_dir) / "training.json").read_text())
     assert training["resumed_from"] and [entry["step"] for entry in training["history"]] == [1, 2]
     events = [e for batch in (json.loads(line) for line in (task_file.parent / "metrics.jsonl").read_text().splitlines()) for e in batch]
     train_loss_steps = sorted(e["iter"] for e in events if (e["metric"], e["variant"]) == ("loss", "train"))

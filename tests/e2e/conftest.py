@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.clearml_server import ClearMLTestServer
+from tests.e2e.flows import CPU, GPU, SERVICES, launch_pipeline, pipeline_steps
 from tests.e2e.harness import (
     Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
     start_git_remote,
@@ -73,3 +74,14 @@ def project(clearml_server: ServerTarget, git_remote: GitRemote, e2e_dir: Path) 
     home = e2e_dir / "user-home"
     home.mkdir()
     return ProjectRunner(git_remote.clone, client_environment(clearml_server, home))
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(clearml_server: ServerTarget, agents: Agents, project: ProjectRunner, git_remote: GitRemote) -> dict:
+    """The README's pipeline launched once on the server (tiny preset, rank 4, 5 steps), with an
+    agent on every queue; later flows clone its tasks."""
+    for queue in (CPU, GPU):
+        agents.serve(queue)
+    agents.serve(SERVICES, services_mode=True)
+    controller = launch_pipeline(project, clearml_server, "--max-steps 5")
+    return {"controller": controller, "steps": pipeline_steps(clearml_server, controller), "commit": git_remote.head()}

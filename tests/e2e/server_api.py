@@ -72,6 +72,15 @@ class ServerApi:
         params = self.call("tasks.get_hyper_params", tasks=[task_id])["params"][0]["hyperparams"]
         return next((p["value"] for p in params if p["section"] == section and p["name"] == name), None)
 
+    def models_of(self, task_id: str) -> list[dict]:
+        """The models a task registered (its output models)."""
+        return self.call("models.get_all", task=[task_id])["models"]
+
+    def scalar_iterations(self, task_id: str, metric: str, variant: str) -> list[int]:
+        """The iterations at which a task reported ``metric`` / ``variant``, as the UI plots them."""
+        histogram = self.call("events.scalar_metrics_iter_histogram", task=task_id, metrics=[{"metric": metric, "variants": [variant]}])
+        return [int(x) for x in histogram[metric][variant]["x"]]
+
     def task_log(self, task_id: str) -> str:
         """The task's console output as the server holds it, oldest line first."""
         events = self.call("events.get_task_log", task=task_id, navigate_earlier=False, batch_size=10000)["events"]

@@ -1,0 +1,59 @@
+"""What the end-to-end flows share: queue and project names, the README's pipeline launch,
+and reading a run back from the server."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from tests.e2e.harness import ProjectRunner, ServerTarget
+
+CPU, GPU, SERVICES = "cpu1", "gpu1", "services"  # clearml-server refuses queue names shorter than 3 characters
+PROJECT = "e2e pipeline"
+STEPS = ("ingest", "preprocess", "train", "evaluate", "register")
+STEP_QUEUES = {"ingest": CPU, "preprocess": CPU, "train": GPU, "evaluate": GPU, "register": CPU}
+LAUNCH = (f"python pipelines/run_pipeline.py --preset tiny --cpu-queue {CPU} --gpu-queue {GPU} --project '{PROJECT}' "
+          "--lora-rank 4 --max-test-samples 8 --max-new-tokens 8")
+
+
+def launch_pipeline(project: ProjectRunner, server: ServerTarget, extra: str = "") -> dict:
+    """Launch as the README says; wait for the controller to complete on the services agent."""
+    ran = project.run(f"{LAUNCH} {extra}")
+    [controller_id] = project.created_task_ids(ran.stdout + ran.stderr)
+    return server.api.wait_for_status(controller_id, ("completed",), timeout_s=600)
+
+
+def pipeline_steps(server: ServerTarget, controller: dict) -> dict[str, dict]:
+    """The task each step of a run used (a new one, or an earlier run's when cached), by step name."""
+    dag = json.loads(server.api.task(controller["id"])["configuration"]["Pipeline"]["value"])
+    return {name: server.api.task(dag[name]["executed"]) for name in STEPS}
+
+
+def project_id(server: ServerTarget, name: str) -> str:
+    [found] = server.api.call("projects.get_all", name=f"^{name}$")["projects"]
+    return found["id"]
+
+
+def artifact_uri(task: dict, name: str) -> str:
+    return next(a["uri"] for a in task["execution"]["artifacts"] if a["key"] == name)
+
+
+def artifact_names(task: dict) -> set[str]:
+    return {a["key"] for a in task["execution"].get("artifacts") or []}
+
+
+def download_json(uri: str) -> dict:
+    with urllib.request.urlopen(uri, timeout=30) as response:
+        return json.load(response)
+
+
+def clone_and_enqueue(project: ProjectRunner, source_id: str, name: str, args: dict[str, str], queue: str) -> str:
+    """What a user does in the UI: clone a task, edit its Args, enqueue the clone; returns the clone's id."""
+    edits = "".join(f"task.set_parameter('Args/{key}', {value!r})\n" for key, value in args.items())
+    return project.python(
+        "from clearml import Task\n"
+        f"task = Task.clone(source_task={source_id!r}, name={name!r})\n"
+        f"{edits}"
+        f"Task.enqueue(task, queue_name={queue!r})\n"
+        "print(task.id)\n"
+    ).split()[-1]

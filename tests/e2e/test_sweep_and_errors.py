@@ -1,0 +1,85 @@
+"""The sweep on agents (flow 5) and bad input on the server path (flow 6)."""
+
+from __future__ import annotations
+
+from tests.e2e.flows import CPU, GPU, PROJECT, SERVICES, artifact_names, clone_and_enqueue, project_id
+from tests.e2e.harness import ProjectRunner, ServerTarget
+
+SWEEP = (f"python pipelines/run_hpo.py --project '{PROJECT}' --queue {GPU} --cpu-queue {CPU} --concurrent 1 --max-steps 1 "
+         "--prompt-lengths 4")
+
+
+def optimizer_children(server: ServerTarget, optimizer_id: str) -> dict[str, list[dict]]:
+    """The tasks an optimizer started, by name: its trials ("train") and the final evaluate and register."""
+    children: dict[str, list[dict]] = {}
+    for task in server.api.tasks(parent=optimizer_id, order_by=["created"]):
+        children.setdefault(task["name"].split(":")[0], []).append(task)
+    return children
+
+
+def trial_ranks(server: ServerTarget, trials: list[dict]) -> dict[int, str]:
+    return {int(server.api.hyperparameter(t["id"], "Args", "lora_rank")): t["status"] for t in trials}
+
+
+def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_values(pipeline_run, clearml_server, project: ProjectRunner, agents):
+    api = clearml_server.api
+    template = pipeline_run["steps"]["train"]["id"]
+    # A user's edit of the evaluate template in the UI: the sweep's evaluate run must keep it.
+    [evaluate_template] = api.tasks(name="^evaluate$", tags=["template"], project=[project_id(clearml_server, f"{PROJECT}/templates")])
+    project.python(f"from clearml import Task\nTask.get_task({evaluate_template['id']!r}).set_parameter('Args/max_new_tokens', '7')\n")
+    ran = project.run(f"{SWEEP} --template-task-id {template} --lora-ranks 0,2,4 --trials 3", timeout_s=900)
+    [optimizer_id] = project.created_task_ids(ran.stdout + ran.stderr)
+    children = optimizer_children(clearml_server, optimizer_id)
+    trials = [t for t in children.values() for t in t if t["type"] == "training"]
+    assert trial_ranks(clearml_server, trials) == {0: "failed", 2: "completed", 4: "completed"}  # rank 0 is refused by the train step
+    [evaluate], [register] = children["evaluate"], children["register"]
+    assert (evaluate["status"], register["status"]) == ("completed", "completed")
+    best = api.hyperparameter(evaluate["id"], "Args", "train_task_id")
+    completed = {t["id"]: t for t in trials if t["status"] == "completed"}
+    assert best in completed
+    assert best == min(completed, key=lambda tid: objective(api.task(tid)))
+    assert api.hyperparameter(evaluate["id"], "Args", "max_new_tokens") == "7"  # the template's other Args survive (update, not set)
+    [model] = api.models_of(register["id"])
+    assert model["ready"] is True
+
+    clone_id = clone_and_enqueue(project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "trials": "2"}, SERVICES)
+    api.wait_for_status(clone_id, ("completed",), timeout_s=900, diagnostics=lambda: agents.log(SERVICES))
+    clone_trials = [t for t in optimizer_children(clearml_server, clone_id).get("train", [])]
+    assert trial_ranks(clearml_server, clone_trials) == {4: "completed", 8: "completed"}
+
+
+def objective(task: dict) -> float:
+    """The trial's lowest validation loss, as the server aggregated it (last_metrics)."""
+    values = [v for metric in task["last_metrics"].values() for v in metric.values() if (v["metric"], v["variant"]) == ("loss", "validation")]
+    return values[0]["min_value"]
+
+
+def test_flow6_a_wrong_template_task_id_is_one_sentence_on_a_failed_optimizer_task(pipeline_run, clearml_server, project):
+    api = clearml_server.api
+
+    def newest_tasks() -> set[str]:
+        return {t["id"] for t in api.tasks(project=[project_id(clearml_server, PROJECT)], order_by=["-created"], page_size=50, only_fields=["id"])}
+
+    before = newest_tasks()
+    ran = project.run(f"{SWEEP} --template-task-id 0123456789abcdef0123456789abcdef --lora-ranks 2", check=False)
+    assert ran.returncode == 1
+    message = ran.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: No ClearML task with id '0123456789abcdef0123456789abcdef' on the ClearML server")
+    [optimizer_id] = newest_tasks() - before  # nothing else was created
+    optimizer = api.task(optimizer_id)
+    assert optimizer["status"] == "failed" and optimizer["status_reason"] == message.removeprefix("error: ")
+
+
+def test_flow6_a_missing_upstream_artifact_fails_the_task_with_that_reason(pipeline_run, clearml_server, project, agents):
+    steps = pipeline_run["steps"]
+    task_id = clone_and_enqueue(project, steps["preprocess"]["id"], "preprocess (wrong input)", {"ingest_task_id": steps["train"]["id"]}, CPU)
+    failed = clearml_server.api.wait_for_status(task_id, ("failed",), timeout_s=300, diagnostics=lambda: agents.log(CPU))
+    assert failed["status_reason"].startswith(f"Task {steps['train']['id']} (train) has no artifact 'train'")
+    assert not artifact_names(failed) and not clearml_server.api.models_of(task_id)
+
+
+def test_flow6_bf16_on_an_agent_without_a_gpu_fails_the_task_with_that_reason(pipeline_run, clearml_server, project, agents):
+    task_id = clone_and_enqueue(project, pipeline_run["steps"]["train"]["id"], "train bf16", {"precision": "bf16"}, GPU)
+    failed = clearml_server.api.wait_for_status(task_id, ("failed",), timeout_s=300, diagnostics=lambda: agents.log(GPU))
+    assert failed["status_reason"] == "--precision bf16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."
+    assert "checkpoint" not in artifact_names(failed) and not clearml_server.api.models_of(task_id)
