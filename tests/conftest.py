@@ -13,6 +13,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RUT5_TINY_CACHE", str(ROOT / ".cache" / "tiny"))
+NETWORK_GUARD = ROOT / "tests" / "network_guard"
 
 
 def small_t5_config(**overrides) -> T5Config:
@@ -39,10 +40,16 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def clearml_home(tmp_path_factory) -> dict[str, str]:
-    """Environment for step subprocesses: no ClearML configuration at all, sessions in a temp dir."""
+    """Environment for step subprocesses: no ClearML configuration at all, sessions in a temp dir, and no network.
+
+    The Hugging Face libraries are told they are offline, and tests/network_guard blocks
+    (and logs to ``NETWORK_GUARD_LOG``) every connection that would leave this machine.
+    """
     home = tmp_path_factory.mktemp("home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
-    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1")
+    python_path = os.pathsep.join(filter(None, [str(NETWORK_GUARD), env.get("PYTHONPATH")]))
+    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1",
+               HF_HUB_OFFLINE="1", PYTHONPATH=python_path, NETWORK_GUARD_LOG=str(home / "network-guard.log"))
     return env
 
 
@@ -58,7 +65,13 @@ def run_script(env: dict, *command: str, check: bool = True, timeout: int = 600)
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
-    """One local end-to-end run of the tiny pipeline, shared by the tests that inspect it."""
+    """One local end-to-end run of the tiny pipeline, shared by the tests that inspect it.
+
+    It evaluates with beam search, not the default greedy decoding, so that the tests can
+    tell whether the pipeline's ``--decoding`` reached the evaluate step (on the first 16
+    test rows: generation dominates the evaluate step's time).
+    """
     output_dir = tmp_path_factory.mktemp("pipeline")
-    run_script(clearml_home, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir), "--epochs", "1")
+    run_script(clearml_home, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir), "--epochs", "1",
+               "--decoding", "beam", "--max-test-samples", "16")
     return output_dir

@@ -110,10 +110,12 @@ def test_preprocess_truncates_and_tokenizes_sources_and_labels(tiny_model_dir):
     assert set(dataset.column_names) == {"input_ids", "attention_mask", "labels"}
     assert max(len(ids) for ids in dataset["input_ids"]) == 12
     assert max(len(ids) for ids in dataset["labels"]) == 7
-    row = frame.iloc[1]
-    expected = tokenizer(source_text(row["instruction"], row["input"]), max_length=12, truncation=True)["input_ids"]
-    assert dataset[1]["input_ids"] == expected
-    assert dataset[1]["labels"][-1] == tokenizer.eos_token_id
+    sources = [source_text(i, x) for i, x in zip(frame["instruction"], frame["input"])]
+    assert dataset["input_ids"] == [tokenizer(text, max_length=12, truncation=True)["input_ids"] for text in sources]
+    # labels are the ``output`` column (ending in </s>), never ``full_output``, which differs from it on this data
+    assert (frame["full_output"] != frame["output"]).all()
+    assert dataset["labels"] == [tokenizer(text_target=text, max_length=7, truncation=True)["input_ids"] for text in frame["output"]]
+    assert all(labels[-1] == tokenizer.eos_token_id for labels in dataset["labels"])
 
 
 def test_the_tiny_tokenizer_is_reproducible():

@@ -4,16 +4,21 @@ import pytest
 import torch
 
 from components.generation import DECODING_PRESETS, Decoding, generate_predictions
-from components.modeling import apply_peft, load_base_model, load_tokenizer
+from components.modeling import apply_peft, load_base_model, load_finetuned, load_tokenizer, save_adapter
+from components.settings import AdapterSettings
 from components.stats import main as stats_main
 
 TEXTS = ["Что такое фотосинтез?", "Переведи на английский\nкошка", "Назови столицу Франции.", "а"]
 
 
+PROMPT_LENGTH = 4
+
+
 @pytest.fixture(scope="module")
 def tiny_peft(tiny_model_dir):
+    """The tiny model with LoRA (B not zero: the adapters change the outputs) and a 4-vector prompt."""
     torch.manual_seed(0)
-    model = apply_peft(load_base_model(str(tiny_model_dir)), prompt_length=4)
+    model = apply_peft(load_base_model(str(tiny_model_dir)), prompt_length=PROMPT_LENGTH)
     for name, p in model.named_parameters():
         if name.endswith("lora_B"):
             torch.nn.init.normal_(p, std=0.05)
@@ -28,28 +33,70 @@ def test_batched_length_sorted_generation_keeps_input_order(tiny_peft):
     assert any(batched)
 
 
-def test_the_prompt_columns_are_in_the_mask(tiny_peft):
-    """Generation equals a manual greedy loop over the full model with the widened mask."""
-    model, tokenizer = tiny_peft
-    [prediction] = generate_predictions(model, tokenizer, [TEXTS[0]], max_new_tokens=6)
-    encoded = tokenizer([TEXTS[0]], return_tensors="pt")
-    mask = torch.cat([torch.ones(1, 4, dtype=torch.long), encoded["attention_mask"]], dim=1)
+def greedy_by_hand(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """A greedy loop over the full model for one (possibly padded) row."""
     decoder_ids = torch.tensor([[model.config.decoder_start_token_id]])
-    for _ in range(6):
-        logits = model(input_ids=encoded["input_ids"], attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=input_ids[None], attention_mask=attention_mask[None], decoder_input_ids=decoder_ids).logits
         next_id = logits[:, -1].argmax(-1, keepdim=True)
         decoder_ids = torch.cat([decoder_ids, next_id], dim=1)
         if next_id.item() == model.config.eos_token_id:
             break
-    assert prediction == tokenizer.decode(decoder_ids[0], skip_special_tokens=True).strip()
+    return decoder_ids[0].tolist()
 
 
-def test_sampling_is_seeded_and_differs_from_greedy(tiny_peft):
+def test_the_prompt_columns_lead_the_mask_of_a_padded_batch(tiny_peft):
+    """Generation on a padded batch equals a greedy loop fed each padded row with the mask [1]*P + its token mask."""
     model, tokenizer = tiny_peft
-    kwargs = dict(do_sample=True, temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=12)
-    first = generate_predictions(model, tokenizer, TEXTS, seed=1, **kwargs)
-    assert first == generate_predictions(model, tokenizer, TEXTS, seed=1, **kwargs)
-    assert first != generate_predictions(model, tokenizer, TEXTS, max_new_tokens=12)
+    predictions = generate_predictions(model, tokenizer, TEXTS, max_new_tokens=6, batch_size=len(TEXTS))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()  # some rows are padded
+    for text, prediction, ids, mask in zip(TEXTS, predictions, batch["input_ids"], batch["attention_mask"]):
+        mask_with_prompt = torch.tensor([1] * PROMPT_LENGTH + mask.tolist())
+        expected = tokenizer.decode(greedy_by_hand(model, ids, mask_with_prompt, 6), skip_special_tokens=True).strip()
+        assert prediction == expected, text
+
+
+SAMPLING_SETTINGS = [dict(temperature=1.5, top_k=0, top_p=1.0), dict(temperature=0.5, top_k=3, top_p=0.8)]
+
+
+def test_sampling_settings_reach_generate(tiny_peft):
+    """Seeded sampling equals transformers' generate called with the same temperature, top-k and top-p."""
+    model, tokenizer = tiny_peft
+    by_settings = []
+    for settings in SAMPLING_SETTINGS:
+        predictions = generate_predictions(model, tokenizer, TEXTS, do_sample=True, seed=1, max_new_tokens=12, batch_size=1, **settings)
+        assert predictions == generate_predictions(model, tokenizer, TEXTS, do_sample=True, seed=1, max_new_tokens=12, batch_size=1, **settings)
+        torch.manual_seed(1)  # batches of one text follow each other on one random stream
+        expected = []
+        for i in sorted(range(len(TEXTS)), key=lambda i: len(tokenizer(TEXTS[i])["input_ids"])):
+            encoded = tokenizer([TEXTS[i]], return_tensors="pt")
+            mask = torch.cat([torch.ones(1, PROMPT_LENGTH, dtype=torch.long), encoded["attention_mask"]], dim=1)
+            output = model.generate(input_ids=encoded["input_ids"], attention_mask=mask, do_sample=True, max_new_tokens=12, **settings)
+            expected.append((i, tokenizer.decode(output[0], skip_special_tokens=True).strip()))
+        assert predictions == [text for _, text in sorted(expected)]
+        by_settings.append(predictions)
+    # Discriminating: the two settings sample different answers from the same seed, and neither is greedy.
+    greedy = generate_predictions(model, tokenizer, TEXTS, max_new_tokens=12)
+    assert by_settings[0] != by_settings[1] and greedy not in by_settings
+
+
+def test_a_fine_tuned_directory_loads_back_the_trained_model(tiny_peft, tiny_model_dir, tmp_path):
+    """save_adapter then load_finetuned (merged) computes what the trained model computes, not what the base does."""
+    model, tokenizer = tiny_peft
+    save_adapter(model, tmp_path, str(tiny_model_dir), AdapterSettings(prompt_length=PROMPT_LENGTH), tokenizer)
+    loaded, loaded_tokenizer = load_finetuned(tmp_path)
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    encoded = tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    inputs = dict(input_ids=encoded["input_ids"], attention_mask=torch.cat([torch.ones(2, PROMPT_LENGTH, dtype=torch.long), encoded["attention_mask"]], dim=1),
+                  decoder_input_ids=torch.zeros(2, 3, dtype=torch.long))
+    model.eval()
+    with torch.no_grad():
+        trained = model(**inputs).logits
+        torch.testing.assert_close(loaded(**inputs).logits, trained, rtol=1e-4, atol=1e-5)
+        torch.manual_seed(0)
+        untrained = apply_peft(load_base_model(str(tiny_model_dir)), prompt_length=PROMPT_LENGTH).eval()
+        assert not torch.allclose(untrained(**inputs).logits, trained, rtol=1e-3, atol=1e-4)
 
 
 def test_decoding_says_what_ran(caplog, tiny_peft):

@@ -1,8 +1,10 @@
 import copy
 import math
 
+import peft
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from components.lora import LoRALayer, inject_lora, lora_layers, merge_lora, unmerge_lora
@@ -54,12 +56,19 @@ def test_merge_and_unmerge_round_trip():
     torch.testing.assert_close(layer(x), unmerged_out)
 
 
-def test_dropout_applies_to_the_update_only():
+def test_dropout_drops_the_input_of_the_update_only():
+    """x -> W0 x + (alpha/r) B A dropout(x): the mask falls on x (16 wide), not on A x (4 wide), and never on W0 x."""
     torch.manual_seed(0)
     layer = LoRALayer(nn.Linear(16, 12), rank=4, alpha=8, dropout=0.5).train()
+    with torch.no_grad():
+        layer.lora_B.normal_()
     x = torch.randn(4, 16)
-    # B = 0: whatever dropout does to the update, the base path is untouched.
-    torch.testing.assert_close(layer(x), layer.base(x))
+    torch.manual_seed(1)
+    got = layer(x)
+    torch.manual_seed(1)  # the same draw as the layer's dropout
+    dropped = F.dropout(x, p=0.5, training=True)
+    torch.testing.assert_close(got, layer.base(x) + 2.0 * (dropped @ layer.lora_A.T @ layer.lora_B.T))
+    assert not torch.allclose(got, layer.eval()(x))  # in eval mode nothing is dropped
 
 
 def test_inject_wraps_every_q_and_v_of_a_t5(small_t5):
@@ -76,13 +85,14 @@ def test_inject_without_match_names_the_targets(small_t5):
         inject_lora(small_t5, ("query",), rank=2, alpha=4)
 
 
-def test_same_weights_as_hf_peft_give_the_same_outputs(small_t5):
-    """Our LoRA and HF PEFT's LoRA, holding the same A and B, compute the same model."""
-    peft = pytest.importorskip("peft")
-    ours = apply_peft(copy.deepcopy(small_t5), lora_rank=4, lora_alpha=8, lora_dropout=0.0, prompt_length=0)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_same_weights_as_hf_peft_give_the_same_outputs(small_t5, dropout):
+    """Our LoRA and HF PEFT's LoRA, holding the same A and B, compute the same model (in training
+    mode with dropout, under the same random state: the same units are dropped)."""
+    ours = apply_peft(copy.deepcopy(small_t5), lora_rank=4, lora_alpha=8, lora_dropout=dropout, prompt_length=0).train()
     reference = peft.get_peft_model(
-        copy.deepcopy(small_t5), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q", "v"])
-    )
+        copy.deepcopy(small_t5), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q", "v"])
+    ).train()
     assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == reference.get_nb_trainable_parameters()[0]
 
     torch.manual_seed(1)
@@ -97,11 +107,18 @@ def test_same_weights_as_hf_peft_give_the_same_outputs(small_t5):
 
     input_ids = torch.randint(2, 64, (2, 9))
     labels = torch.randint(2, 64, (2, 5))
+    torch.manual_seed(2)
     ours_out = ours(input_ids=input_ids, labels=labels)
+    torch.manual_seed(2)
     peft_out = reference(input_ids=input_ids, labels=labels)
     torch.testing.assert_close(ours_out.logits, peft_out.logits)
     assert not torch.allclose(ours_out.logits, small_t5(input_ids=input_ids, labels=labels).logits)
+    if dropout:
+        torch.manual_seed(3)  # another draw drops other units
+        assert not torch.allclose(ours(input_ids=input_ids, labels=labels).logits, ours_out.logits)
 
+    ours.eval()  # merged weights: compared without dropout
+    reference.eval()
     merge_lora(ours)
     reference.merge_adapter()
     torch.testing.assert_close(ours(input_ids=input_ids, labels=labels).logits, reference(input_ids=input_ids, labels=labels).logits)

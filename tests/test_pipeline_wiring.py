@@ -1,6 +1,8 @@
 """The production wiring, checked without a server: steps, parents, queues and parameter names."""
 
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -11,6 +13,7 @@ from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, ste
 from pipelines.local import as_flags
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
+from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
 
 DAG_SCRIPT = """
 import json, sys
@@ -84,15 +87,36 @@ def test_compare_base_is_a_pipeline_parameter_the_evaluate_step_receives(control
     assert step_parser(evaluate).parse_args(flags).compare_base is False
 
 
-def test_unreachable_server_fails_in_seconds_with_a_clear_message(clearml_home, tmp_path):
-    env = {**clearml_home, "CLEARML_API_HOST": "http://127.0.0.1:9", "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}
-    started = time.monotonic()
-    completed = run_script(env, "steps/ingest.py", "--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv",
-                           "--output-dir", str(tmp_path), check=False, timeout=120)
-    assert time.monotonic() - started < 60  # ClearML alone would retry for hours
-    assert completed.returncode != 0
+def test_a_server_that_does_not_answer_stops_the_step_after_5_seconds(clearml_home, tmp_path):
+    """A listener that accepts the connection and never answers: the step waits SERVER_CHECK_TIMEOUT_S
+    (5 s, as the README says), then exits 1 with one line naming the address (ClearML alone retries for hours)."""
+    waited = []
+
+    def wait_for_hang_up(listener: socket.socket) -> None:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return  # nobody connected: the assertions below say so
+        with connection:
+            accepted = time.monotonic()
+            while connection.recv(65536):  # the request, then nothing until the client gives up
+                pass
+            waited.append(time.monotonic() - accepted)
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(120)
+        host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        watcher = threading.Thread(target=wait_for_hang_up, args=(silent,), daemon=True)
+        watcher.start()
+        env = {**clearml_home, "CLEARML_API_HOST": host, "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}
+        completed = run_script(env, "steps/ingest.py", "--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv",
+                               "--output-dir", str(tmp_path), check=False, timeout=120)
+        watcher.join(timeout=10)
+    assert completed.returncode == 1
     last_line = completed.stderr.strip().splitlines()[-1]
-    assert "http://127.0.0.1:9 did not answer" in last_line and "--local" in last_line
+    assert f"{host} did not answer within 5 s" in last_line and "--local" in last_line
+    assert "Traceback" not in completed.stderr
+    assert len(waited) == 1 and SERVER_CHECK_TIMEOUT_S <= waited[0] < SERVER_CHECK_TIMEOUT_S + 3
 
 
 def test_offline_mode_uses_the_fast_close_configuration(clearml_home):

@@ -4,44 +4,107 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_script
+from datasets import load_from_disk
+from safetensors.torch import load_file
+
+from components.data import preprocess, read_tsv
+from components.modeling import load_tokenizer
 
 SAMPLE = ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv"]
+USER_ERROR = 1  # the exit status of every error a user can cause (README), after one line on stderr
 
 
 def result(output_dir: Path) -> dict:
     return json.loads((output_dir / "result.json").read_text())
 
 
+def assert_same_tensors(got: Path, expected: Path) -> None:
+    got, expected = load_file(str(got)), load_file(str(expected))
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[name], expected[name]) for name in got)
+
+
 @pytest.fixture(scope="module")
 def ingested(clearml_home, tmp_path_factory) -> Path:
+    """The ingest step with its default --seed (42)."""
     out = tmp_path_factory.mktemp("ingest")
     run_script(clearml_home, "steps/ingest.py", "--local", *SAMPLE, "--validation-size", "15", "--output-dir", str(out))
     return out
 
 
+TRAIN_ANSWER = "Да."
+
+
+@pytest.fixture(scope="module")
+def diverging(clearml_home, tmp_path_factory) -> Path:
+    """Splits on which training makes validation worse, tokenized by the preprocess step (--splits-dir).
+
+    Every train answer is "Да." (and ``full_output`` another text), validation keeps the real
+    answers: with ``DIVERGING_TRAINING`` the validation loss is lowest at the first evaluation and rises
+    after it, so the best adapter is not the last one.
+    """
+    out = tmp_path_factory.mktemp("diverging")
+    splits = out / "splits"
+    splits.mkdir()
+    sample = read_tsv("data/sample/train.tsv")
+    sample.iloc[:40].assign(output=TRAIN_ANSWER, full_output="Полный ответ: да.").to_csv(splits / "train.tsv", sep="\t", index=False)
+    sample.iloc[40:60].to_csv(splits / "validation.tsv", sep="\t", index=False)
+    read_tsv("data/sample/test.tsv").to_csv(splits / "test.tsv", sep="\t", index=False)
+    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(splits), "--model", "tiny", "--output-dir", str(out / "pre"))
+    return out / "pre" / "tokenized"
+
+
+DIVERGING_TRAINING = ["--local", "--model", "tiny", "--learning-rate", "0.05", "--grad-accum-steps", "1"]
+
+
+# Each script run as __main__ with --help, as `python steps/<step>.py --help` runs it, in one
+# interpreter: the libraries are imported once instead of five times.
+HELP_SCRIPT = """
+import runpy, sys
+for script in sys.argv[1:]:
+    print(f"=== {script}", flush=True)
+    sys.argv = [script, "--help"]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exit:
+        assert exit.code in (None, 0), (script, exit.code)
+"""
+
+
 def test_every_step_has_help(clearml_home):
-    for step in ("ingest", "preprocess", "train", "evaluate", "register"):
-        out = run_script(clearml_home, f"steps/{step}.py", "--help").stdout
-        assert "--local" in out and "--output-dir" in out
+    scripts = [f"steps/{step}.py" for step in ("ingest", "preprocess", "train", "evaluate", "register")]
+    out = run_script(clearml_home, "-c", HELP_SCRIPT, *scripts).stdout
+    helps = dict(part.split("\n", 1) for part in out.split("=== ")[1:])
+    assert list(helps) == scripts
+    for text in helps.values():
+        assert text.startswith("usage: ") and "--local" in text and "--output-dir" in text
 
 
-def test_ingest_carves_validation_from_train_and_keeps_test(ingested):
-    from components.data import read_tsv
+def carved(output_dir: Path, seed: int, size: int) -> None:
+    """The ingest task's validation split is the rows pandas samples from train with ``seed``; train keeps the rest, in order."""
+    original = read_tsv("data/sample/train.tsv")
+    expected = original.sample(n=size, random_state=seed)
+    assert read_tsv(output_dir / "splits" / "validation.tsv").to_dict("records") == expected.to_dict("records")
+    assert read_tsv(output_dir / "splits" / "train.tsv").to_dict("records") == original.drop(expected.index).to_dict("records")
 
+
+def test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test(ingested):
     outputs = result(ingested)["outputs"]
-    train, validation, test = (read_tsv(ingested / "splits" / f"{s}.tsv") for s in ("train", "validation", "test"))
+    test = read_tsv(ingested / "splits" / "test.tsv")
     original_train, original_test = read_tsv("data/sample/train.tsv"), read_tsv("data/sample/test.tsv")
-    assert outputs["rows"] == {"train": len(train), "validation": 15, "test": len(original_test)}
-    assert len(train) + len(validation) == len(original_train)
-    assert not set(train["instruction"]) & set(validation["instruction"])
+    assert outputs["rows"] == {"train": len(original_train) - 15, "validation": 15, "test": len(original_test)}
+    assert outputs["seed"] == 42
+    carved(ingested, seed=42, size=15)
     assert test.to_dict("records") == original_test.to_dict("records")
 
 
-def test_ingest_validation_is_scaled_down_for_small_data(clearml_home, tmp_path):
-    run_script(clearml_home, "steps/ingest.py", "--local", *SAMPLE, "--output-dir", str(tmp_path))
+def test_ingest_validation_follows_the_seed_and_is_scaled_down_for_small_data(clearml_home, tmp_path):
+    run_script(clearml_home, "steps/ingest.py", "--local", *SAMPLE, "--seed", "7", "--output-dir", str(tmp_path))
     rows = result(tmp_path)["outputs"]["rows"]
     assert rows["validation"] == (rows["train"] + rows["validation"]) // 10  # 1,000 requested, a tenth of train given
+    carved(tmp_path, seed=7, size=rows["validation"])
 
 
 HEADER = b"instruction\tinput\toutput\tfull_output\n"
@@ -63,7 +126,7 @@ def test_ingest_bad_tsv_fails_with_one_line_naming_the_file(clearml_home, tmp_pa
     bad.write_bytes(content)
     completed = run_script(clearml_home, "steps/ingest.py", "--local", "--train-tsv", str(bad), "--test-tsv", "data/sample/test.tsv",
                            "--output-dir", str(tmp_path / "out"), check=False)
-    assert completed.returncode != 0
+    assert completed.returncode == USER_ERROR
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and str(bad) in last_line and message in last_line
     assert "Traceback" not in completed.stderr
@@ -81,37 +144,43 @@ def test_ingest_can_skip_invalid_rows_and_records_them(clearml_home, tmp_path):
     assert row["path"] == str(train) and row["line"] == good.count(b"\n") + 1 and row["reason"] == "empty output"
 
 
-def test_preprocess_by_task_id_and_by_local_path_agree(ingested, clearml_home, tmp_path):
-    by_id, by_path = tmp_path / "by_id", tmp_path / "by_path"
-    task_id = result(ingested)["task_id"]
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--ingest-task-id", task_id, "--model", "tiny", "--output-dir", str(by_id))
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(ingested / "splits"), "--model", "tiny",
-               "--max-input-length", "100", "--output-dir", str(by_path))
-    from datasets import load_from_disk
-
+def test_preprocess_by_task_id_tokenizes_the_ingest_tasks_splits(ingested, clearml_home, tmp_path):
+    """Inputs are the source text, labels the ``output`` column, of the splits the ingest task uploaded."""
+    run_script(clearml_home, "steps/preprocess.py", "--local", "--ingest-task-id", result(ingested)["task_id"], "--model", "tiny",
+               "--output-dir", str(tmp_path))
+    tokenizer = load_tokenizer("tiny")
     for split in ("train", "validation", "test"):
-        assert load_from_disk(str(by_id / "tokenized" / split))["input_ids"] == load_from_disk(str(by_path / "tokenized" / split))["input_ids"]
+        tokenized = load_from_disk(str(tmp_path / "tokenized" / split))
+        expected = preprocess(read_tsv(ingested / "splits" / f"{split}.tsv"), tokenizer)
+        assert tokenized["input_ids"] == expected["input_ids"] and tokenized["labels"] == expected["labels"]
 
 
-def test_train_then_evaluate_from_local_paths(ingested, clearml_home, tmp_path):
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(ingested / "splits"), "--model", "tiny",
-               "--output-dir", str(tmp_path / "pre"))
-    run_script(clearml_home, "steps/train.py", "--local", "--data-dir", str(tmp_path / "pre" / "tokenized"), "--model", "tiny",
-               "--max-steps", "3", "--lora-rank", "4", "--prompt-length", "5", "--gradient-checkpointing", "true",
+def test_preprocess_labels_are_the_output_column(diverging):
+    tokenizer = load_tokenizer("tiny")
+    labels = load_from_disk(str(diverging / "train"))["labels"]
+    assert labels == [tokenizer(text_target=TRAIN_ANSWER)["input_ids"]] * 40
+
+
+def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml_home, tmp_path):
+    run_script(clearml_home, "steps/train.py", *DIVERGING_TRAINING, "--data-dir", str(diverging), "--max-steps", "3", "--eval-every", "1",
+               "--lora-rank", "4", "--prompt-length", "5", "--gradient-checkpointing", "true", "--group-by-length", "false",
                "--output-dir", str(tmp_path / "train"))
     trained = result(tmp_path / "train")["outputs"]
     assert trained["steps"] == 3
     config = json.loads((tmp_path / "train" / "adapter" / "adapter_config.json").read_text())
     assert (config["base_model"], config["lora_rank"], config["prompt_length"]) == ("tiny", 4, 5)
     training = json.loads((tmp_path / "train" / "training.json").read_text())
-    assert training["precision"] == "fp32" and training["training"]["gradient_checkpointing"] is True
-    assert [entry["step"] for entry in training["history"]] == [3] and training["history"][0]["validation_loss"] > 0
-    assert training["best_step"] == 3 and training["total_steps"] == 3
-    from safetensors.torch import load_file
+    assert training["precision"] == "fp32" and training["total_steps"] == 3
+    assert training["training"]["gradient_checkpointing"] is True and training["training"]["group_by_length"] is False
+    losses = [entry["validation_loss"] for entry in training["history"]]
+    assert [entry["step"] for entry in training["history"]] == [1, 2, 3] and losses[0] < min(losses[1:])
+    assert training["best_step"] == trained["best_step"] == 1
 
-    final = load_file(str(tmp_path / "train" / "adapter" / "adapter.safetensors"))
-    best = load_file(str(tmp_path / "train" / "checkpoints" / "best" / "adapter.safetensors"))
-    assert final.keys() == best.keys() and all((final[k] == best[k]).all() for k in final)
+    checkpoints = tmp_path / "train" / "checkpoints"
+    adapter = Path(trained["adapter_dir"]) / "adapter.safetensors"
+    assert_same_tensors(adapter, checkpoints / "best" / "adapter.safetensors")  # the best, step 1 ...
+    assert_same_tensors(checkpoints / "last" / "best_adapter.safetensors", adapter)  # ... carried in the checkpoint
+    assert adapter.read_bytes() != (checkpoints / "last" / "adapter.safetensors").read_bytes()  # ... not the last, step 3
 
     run_script(clearml_home, "steps/evaluate.py", "--local", "--model-dir", trained["adapter_dir"], "--test-tsv", "data/sample/test.tsv",
                "--max-samples", "5", "--max-new-tokens", "4", "--compare-base", "false", "--output-dir", str(tmp_path / "eval"))
@@ -123,12 +192,10 @@ def test_train_then_evaluate_from_local_paths(ingested, clearml_home, tmp_path):
     assert predictions.splitlines()[0] == "instruction\tinput\toutput\tprediction"
 
 
-def test_train_refuses_data_tokenized_for_another_model(ingested, clearml_home, tmp_path):
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(ingested / "splits"), "--model", "tiny",
-               "--output-dir", str(tmp_path / "pre"))
-    completed = run_script(clearml_home, "steps/train.py", "--local", "--data-dir", str(tmp_path / "pre" / "tokenized"),
+def test_train_refuses_data_tokenized_for_another_model(diverging, clearml_home, tmp_path):
+    completed = run_script(clearml_home, "steps/train.py", "--local", "--data-dir", str(diverging),
                            "--model", "some/other-model", "--output-dir", str(tmp_path / "train"), check=False)
-    assert completed.returncode != 0 and "tokenized for 'tiny'" in completed.stderr.strip().splitlines()[-1]
+    assert completed.returncode == USER_ERROR and "tokenized for 'tiny'" in completed.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +210,7 @@ def test_train_refuses_data_tokenized_for_another_model(ingested, clearml_home, 
 )
 def test_user_errors_are_one_line_without_traceback(clearml_home, tmp_path, command, message):
     completed = run_script(clearml_home, *command, "--output-dir", str(tmp_path), check=False)
-    assert completed.returncode != 0
+    assert completed.returncode == USER_ERROR
     assert message in completed.stderr.strip().splitlines()[-1]
     assert "Traceback" not in completed.stderr
 
@@ -151,21 +218,24 @@ def test_user_errors_are_one_line_without_traceback(clearml_home, tmp_path, comm
 def test_missing_artifact_is_named(ingested, clearml_home, tmp_path):
     completed = run_script(clearml_home, "steps/train.py", "--local", "--preprocess-task-id", result(ingested)["task_id"],
                            "--model", "tiny", "--output-dir", str(tmp_path), check=False)
-    assert completed.returncode != 0 and "has no artifact 'tokenized'" in completed.stderr
+    assert completed.returncode == USER_ERROR and "has no artifact 'tokenized'" in completed.stderr.strip().splitlines()[-1]
 
 
-def test_train_resumes_another_tasks_checkpoint(ingested, clearml_home, tmp_path):
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(ingested / "splits"), "--model", "tiny",
-               "--output-dir", str(tmp_path / "pre"))
-    common = ["--local", "--data-dir", str(tmp_path / "pre" / "tokenized"), "--model", "tiny", "--eval-every", "2"]
+def test_train_resumes_another_tasks_checkpoint_with_its_best_adapter(diverging, clearml_home, tmp_path):
+    """The second task continues the first one's run in a fresh output directory; the best evaluation
+    (step 2) came before the hand-over, so its adapter can only travel inside the checkpoint."""
+    common = [*DIVERGING_TRAINING, "--data-dir", str(diverging), "--eval-every", "2"]
     run_script(clearml_home, "steps/train.py", *common, "--max-steps", "4", "--output-dir", str(tmp_path / "first"))
     first = result(tmp_path / "first")
+    assert first["outputs"]["best_step"] == 2
     run_script(clearml_home, "steps/train.py", *common, "--max-steps", "6", "--resume-from-task-id", first["task_id"],
                "--output-dir", str(tmp_path / "second"))
     first_history = json.loads((tmp_path / "first" / "training.json").read_text())["history"]
     second = json.loads((tmp_path / "second" / "training.json").read_text())
     assert second["resumed_from"] and second["steps"] == 6
     assert [e["step"] for e in second["history"]] == [2, 4, 6] and second["history"][:2] == first_history
+    assert second["best_step"] == 2
+    assert_same_tensors(tmp_path / "second" / "adapter" / "adapter.safetensors", tmp_path / "first" / "checkpoints" / "best" / "adapter.safetensors")
 
     completed = run_script(clearml_home, "steps/train.py", *common, "--resume", "--output-dir", str(tmp_path / "empty"), check=False)
-    assert completed.returncode != 0 and "--resume: no checkpoint in" in completed.stderr.strip().splitlines()[-1]
+    assert completed.returncode == USER_ERROR and "--resume: no checkpoint in" in completed.stderr.strip().splitlines()[-1]

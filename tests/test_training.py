@@ -1,15 +1,22 @@
-"""The training loop: resume equivalence, early stopping, best checkpoint, NaN guard, precision."""
+"""The training loop against independent computations: the optimizer's gradient, the validation
+loss, resume equivalence under dropout, the best checkpoint, early stopping, length grouping,
+the NaN guard and precision."""
 
+import copy
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
+from transformers import T5ForConditionalGeneration
 
+from components import training
 from components.data import preprocess, read_tsv
 from components.errors import UserError
+from components.metrics import PROTOCOL_METRICS
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
-from components import training
+from components.prompt_tuning import prompt_length_of
 from components.training import TrainConfig, TrainingError, resolve_precision, train_adapters
 
 
@@ -24,9 +31,52 @@ def splits(tiny_model_dir):
     return tokenizer, preprocess(frame.iloc[:48], tokenizer, 32, 32), preprocess(frame.iloc[48:60], tokenizer, 32, 32)
 
 
-def fresh_model(tiny_model_dir, seed=0):
+DIVERGING_LR = 3e-2
+
+
+@pytest.fixture(scope="module")
+def diverging(tiny_model_dir):
+    """Training that makes validation worse: every train answer is "Да.", validation keeps the real answers.
+
+    With CONFIG and ``DIVERGING_LR`` the validation loss is lowest at the first evaluation and
+    rises after it, so the best adapter is neither the last one nor one written after step 4.
+    """
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    frame = read_tsv("data/sample/train.tsv")
+    return tokenizer, preprocess(frame.iloc[:48].assign(output="Да."), tokenizer, 32, 32), preprocess(frame.iloc[48:60], tokenizer, 32, 32)
+
+
+def fresh_model(tiny_model_dir, seed=0, dropout_rate=None, **adapter):
+    """The tiny model with adapters; dropout is on (T5's 0.1 and LoRA's 0.1) unless set to 0."""
     torch.manual_seed(seed)
-    return apply_peft(load_base_model(str(tiny_model_dir)), lora_rank=4, lora_alpha=8, lora_dropout=0.1, prompt_length=4).train()
+    base = load_base_model(str(tiny_model_dir)) if dropout_rate is None else T5ForConditionalGeneration.from_pretrained(tiny_model_dir, dropout_rate=dropout_rate)
+    return apply_peft(base, **{"lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.1, "prompt_length": 4, **adapter}).train()
+
+
+def record_training_batches(model) -> list[dict]:
+    """Every batch the model is trained on (validation runs in eval mode and is not recorded)."""
+    batches = []
+
+    def record(module, args, kwargs):
+        if module.training:
+            batches.append({name: value.clone() for name, value in kwargs.items()})
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    return batches
+
+
+def token_losses(model, input_ids: list[int], labels: list[int]) -> torch.Tensor:
+    """Cross-entropy of each label token of one unpadded example, the prompt columns in its mask."""
+    prompt_length = prompt_length_of(model)
+    logits = model(input_ids=torch.tensor([input_ids]), attention_mask=torch.ones(1, prompt_length + len(input_ids), dtype=torch.long),
+                   labels=torch.tensor([labels])).logits
+    return F.cross_entropy(logits[0], torch.tensor(labels), reduction="none")
+
+
+def assert_same_tensors(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name, tensor in got.items():
+        assert torch.equal(tensor, expected[name]), name
 
 
 CONFIG = dict(batch_size=8, grad_accum_steps=2, learning_rate=3e-3, epochs=3, eval_every=2, gradient_checkpointing=False, seed=7)
@@ -38,32 +88,106 @@ def test_precision_auto_is_fp32_on_cpu():
         resolve_precision("bf16", torch.device("cpu"))
 
 
-def test_an_interrupted_and_resumed_run_ends_with_the_same_adapter(tiny_model_dir, splits, tmp_path):
+# lora_alpha sets the size of the first gradient: 8 keeps its norm under the clipping
+# threshold 1.0 (even doubled), 64 puts it well above.
+GRADIENT_REGIMES = {"unclipped": 8.0, "clipped": 64.0}
+
+
+@pytest.fixture(scope="module", params=sorted(GRADIENT_REGIMES))
+def one_step(request, tiny_model_dir, splits, tmp_path_factory):
+    """One optimizer step of 2 micro-batches of 4, with the gradient AdamW was given and the model before it."""
     tokenizer, train, validation = splits
-    config = TrainConfig(**CONFIG)  # 6 batches/epoch -> 3 steps/epoch, 9 steps; checkpoints every 2 steps
+    model = fresh_model(tiny_model_dir, dropout_rate=0.0, lora_alpha=GRADIENT_REGIMES[request.param], lora_dropout=0.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.02)  # B = 0 would give A no gradient
+    initial = copy.deepcopy(model)
+    batches = record_training_batches(model)
+    given: list[list[torch.Tensor]] = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            given.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+            return super().step(closure)
+
+    config = TrainConfig(batch_size=4, grad_accum_steps=2, max_steps=1, eval_batch_size=5, gradient_checkpointing=False, seed=3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim, "AdamW", RecordingAdamW)
+        result = train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path_factory.mktemp("one-step"))
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    [gradient] = given
+    return {"regime": request.param, "initial": initial, "trained": model, "batches": batches,
+            "gradient": dict(zip(names, gradient)), "result": result, "train": train, "validation": validation}
+
+
+def test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches(one_step):
+    """Computed here example by example, unpadded: each micro-batch's loss is the mean over its label
+    tokens, the step's gradient the mean over micro-batches, clipped to norm 1 (padding never counts)."""
+    train, model = one_step["train"], one_step["initial"]
+    prompt_length = prompt_length_of(model)
+    labels_of = {tuple(row["input_ids"]): row["labels"] for row in train}
+    assert len(labels_of) == len(train)  # each input identifies its example
+    micro_batches = one_step["batches"]
+    assert len(micro_batches) == 2
+    assert any((batch["labels"] == -100).any() for batch in micro_batches)  # the labels were padded
+
+    for batch in micro_batches:
+        examples = []
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            tokens = ids[mask[prompt_length:].bool()].tolist()
+            examples.append((tokens, labels_of[tuple(tokens)]))
+        label_tokens = sum(len(labels) for _, labels in examples)
+        for tokens, labels in examples:
+            (token_losses(model, tokens, labels).sum() / label_tokens / len(micro_batches)).backward()
+    expected = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in expected.values()))
+    assert (norm > 1.0) == (one_step["regime"] == "clipped")
+    scale = min(1.0, 1.0 / (norm.item() + 1e-6))
+    assert one_step["gradient"].keys() == expected.keys()
+    for name, gradient in one_step["gradient"].items():
+        torch.testing.assert_close(gradient, expected[name] * scale, rtol=1e-4, atol=1e-8, msg=name)
+
+
+def test_the_validation_loss_is_token_weighted_over_the_validation_split(one_step):
+    model, validation = one_step["trained"].eval(), one_step["validation"]
+    assert len({len(labels) for labels in validation["labels"]}) > 1  # batches of 5, 5 and 2 with unequal token counts
+    with torch.no_grad():
+        losses = torch.cat([token_losses(model, row["input_ids"], row["labels"]) for row in validation])
+    [evaluation] = one_step["result"].history
+    assert evaluation["validation_loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+
+
+def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_model_dir, diverging, tmp_path):
+    """Dropout on, the global RNG disturbed differently before each run: only the seed and the checkpoint
+    decide. The resumed run writes to a fresh directory, as on another machine, so the best adapter
+    (from before the interruption) can only come from the checkpoint."""
+    tokenizer, train, validation = diverging
+    config = TrainConfig(**{**CONFIG, "learning_rate": DIVERGING_LR})  # 9 steps; evaluations and checkpoints at 2, 4, 6, 8, 9
     straight = fresh_model(tiny_model_dir)
+    torch.manual_seed(1001)
     full = train_adapters(straight, tokenizer, train, validation, config, output_dir=tmp_path / "straight")
-    assert full.steps == 9
+    assert full.steps == 9 and full.best_step == 2  # the best comes before the interruption
 
     def crash_after_step_5(title, series, value, step):
         if title == "loss" and series == "train" and step == 5:
             raise Interrupt  # dies one step after the checkpoint of step 4, mid-epoch
 
     interrupted = fresh_model(tiny_model_dir)
+    torch.manual_seed(2002)
     with pytest.raises(Interrupt):
-        train_adapters(interrupted, tokenizer, train, validation, config, output_dir=tmp_path / "resumed", report=crash_after_step_5)
-    checkpoint = tmp_path / "resumed" / "checkpoints" / "last"
+        train_adapters(interrupted, tokenizer, train, validation, config, output_dir=tmp_path / "interrupted", report=crash_after_step_5)
+    checkpoint = tmp_path / "interrupted" / "checkpoints" / "last"
     saved = json.loads((checkpoint / "state.json").read_text())
     assert (saved["step"], saved["epoch"], saved["batch"]) == (4, 1, 2)
 
     resumed = fresh_model(tiny_model_dir, seed=123)  # different init: everything must come from the checkpoint
-    result = train_adapters(resumed, tokenizer, train, validation, config, output_dir=tmp_path / "resumed", resume_from=checkpoint)
-    assert result.steps == 9
-    expected = adapter_state_dict(straight)
-    for name, tensor in adapter_state_dict(resumed).items():
-        assert torch.equal(tensor, expected[name]), name
-    assert result.history == full.history
-    assert load_file(str(tmp_path / "resumed/checkpoints/best/adapter.safetensors")).keys() == expected.keys()
+    torch.manual_seed(3003)
+    result = train_adapters(resumed, tokenizer, train, validation, config, output_dir=tmp_path / "elsewhere", resume_from=checkpoint)
+    assert result.steps == 9 and result.history == full.history
+    assert (result.best_step, result.best_value) == (full.best_step, full.best_value)
+    assert_same_tensors(adapter_state_dict(resumed), adapter_state_dict(straight))
+    assert_same_tensors(*(load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors")) for run in ("elsewhere", "straight")))
 
 
 def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
@@ -75,22 +199,77 @@ def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
     assert result.best_step == 2 and len(result.history) == 3
 
 
-def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model_dir, splits, tmp_path, monkeypatch):
+def scripted_validation_loss(values):
+    return lambda *args: next(values)
+
+
+def scripted_chrf(values):
+    """The real generation metrics, with chrF replaced by the next scripted value."""
+    real = training.validation_generation_metrics
+
+    def metrics(*args):
+        computed = real(*args)
+        assert set(computed) == set(PROTOCOL_METRICS)
+        return {**computed, "chrf": next(values)}
+
+    return metrics
+
+
+@pytest.mark.parametrize(
+    "best_metric, patched, script, values, best_step",
+    [
+        ("validation_loss", "validation_loss", scripted_validation_loss, [3.0, 1.0, 2.0, 2.5, 1.5], 4),  # lower is better
+        ("validation_chrf", "validation_generation_metrics", scripted_chrf, [0.2, 0.3, 0.5, 0.1, 0.4], 6),  # higher is better
+    ],
+    ids=["loss", "chrf"],
+)
+def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model_dir, splits, tmp_path, monkeypatch,
+                                                                      best_metric, patched, script, values, best_step):
+    """Scripted values at the evaluations of steps 2, 4, 6, 8, 9: the best is neither the first, the last nor the other extreme."""
     tokenizer, train, validation = splits
-    scripted = iter([3.0, 1.0, 2.0, 2.5, 1.5])  # validation losses of the evaluations at steps 2, 4, 6, 8, 9
-    monkeypatch.setattr(training, "validation_loss", lambda *args: next(scripted))
+    monkeypatch.setattr(training, patched, script(iter(values)))
     snapshots = {}
 
     def snapshot(kind, directory):
         state = json.loads((directory / "state.json").read_text())
         snapshots[state["step"]] = load_file(str(directory / "adapter.safetensors"))
 
-    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(**CONFIG), output_dir=tmp_path, on_checkpoint=snapshot)
+    config = TrainConfig(**CONFIG, best_metric=best_metric, generation_eval_samples=4, generation_max_new_tokens=4)
+    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path, on_checkpoint=snapshot)
     assert [entry["step"] for entry in result.history] == [2, 4, 6, 8, 9]
-    assert (result.best_step, result.best_value) == (4, 1.0)
+    assert [entry[best_metric] for entry in result.history] == values
+    assert (result.best_step, result.best_value) == (best_step, values[[2, 4, 6, 8, 9].index(best_step)])
     best = load_file(str(tmp_path / "checkpoints/best/adapter.safetensors"))
-    assert all(torch.equal(best[k], snapshots[4][k]) for k in best)
+    assert_same_tensors(best, snapshots[best_step])
     assert not all(torch.equal(best[k], snapshots[9][k]) for k in best)
+    # the checkpoint carries the best adapter too
+    assert_same_tensors(load_file(str(tmp_path / "checkpoints/last/best_adapter.safetensors")), best)
+
+
+def test_a_generation_metric_needs_generation_samples(tiny_model_dir, splits, tmp_path):
+    tokenizer, train, validation = splits
+    with pytest.raises(UserError, match="needs --generation-eval-samples"):
+        train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(best_metric="validation_bleu"), output_dir=tmp_path)
+
+
+def test_batches_are_grouped_by_length(tiny_model_dir, splits, tmp_path):
+    """One epoch (12 batches of 4) with and without --group-by-length: grouping cuts the padding.
+
+    transformers' LengthGroupedSampler sorts within mega-batches of up to 50 batches, as many as
+    leave 4 mega-batches: here 4 of 3 batches (with 6 batches of 8 it would sort nothing).
+    """
+    tokenizer, train, validation = splits
+
+    def padding(group_by_length: bool) -> int:
+        model = fresh_model(tiny_model_dir)
+        batches = record_training_batches(model)
+        config = TrainConfig(**{**CONFIG, "batch_size": 4, "grad_accum_steps": 1, "max_steps": 12, "eval_every": 12, "group_by_length": group_by_length})
+        train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path / str(group_by_length))
+        assert sum(len(batch["input_ids"]) for batch in batches) == len(train)
+        return sum(int((batch["attention_mask"] == 0).sum()) for batch in batches)
+
+    grouped, shuffled = padding(True), padding(False)
+    assert grouped < shuffled / 2
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_dir, splits, tmp_path):
@@ -109,13 +288,3 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_
         train_adapters(model, tokenizer, train, validation, TrainConfig(**CONFIG), output_dir=tmp_path)
     state = json.loads((tmp_path / "checkpoints/last/state.json").read_text())
     assert state["step"] == 2
-
-
-def test_generation_metrics_can_pick_the_best(tiny_model_dir, splits, tmp_path):
-    tokenizer, train, validation = splits
-    config = TrainConfig(**{**CONFIG, "epochs": 1, "generation_eval_samples": 4, "generation_max_new_tokens": 4, "best_metric": "validation_chrf"})
-    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path)
-    assert all("validation_chrf" in entry and "validation_loss" in entry for entry in result.history)
-    assert result.best_value == max(entry["validation_chrf"] for entry in result.history)
-    with pytest.raises(UserError, match="needs --generation-eval-samples"):
-        train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(best_metric="validation_bleu"), output_dir=tmp_path)

@@ -56,12 +56,16 @@ def objective(task: dict) -> float:
 
 def test_flow6_a_wrong_template_task_id_is_one_sentence_on_a_failed_optimizer_task(pipeline_run, clearml_server, project):
     api = clearml_server.api
-    before = {t["id"] for t in api.tasks(only_fields=["id"])}
+
+    def newest_tasks() -> set[str]:
+        return {t["id"] for t in api.tasks(project=[project_id(clearml_server, PROJECT)], order_by=["-created"], page_size=50, only_fields=["id"])}
+
+    before = newest_tasks()
     ran = project.run(f"{SWEEP} --template-task-id 0123456789abcdef0123456789abcdef --lora-ranks 2", check=False)
     assert ran.returncode == 1
     message = ran.stderr.strip().splitlines()[-1]
     assert message.startswith("error: No ClearML task with id '0123456789abcdef0123456789abcdef' on the ClearML server")
-    [optimizer_id] = {t["id"] for t in api.tasks(only_fields=["id"])} - before  # nothing else was created
+    [optimizer_id] = newest_tasks() - before  # nothing else was created
     optimizer = api.task(optimizer_id)
     assert optimizer["status"] == "failed" and optimizer["status_reason"] == message.removeprefix("error: ")
 
