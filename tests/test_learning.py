@@ -48,7 +48,8 @@ def test_the_tuned_model_beats_the_untuned_base_on_test(summary):
 def test_loss_of(summary, tiny_pipeline):
     """Test loss of the registered adapter, whole or with its LoRA updates removed (every B back at zero)."""
     model_dir = Path(summary["model_dir"])
-    test = read_tsv(tiny_pipeline / "ingest" / "splits" / "test.tsv")
+    evaluated = json.loads((tiny_pipeline / "evaluate" / "evaluation.json").read_text())["rows"]
+    test = read_tsv(tiny_pipeline / "ingest" / "splits" / "test.tsv").head(evaluated)  # the rows the evaluate step scored
     parameters = summary["parameters"]
 
     def loss(keep_lora: bool = True) -> float:
