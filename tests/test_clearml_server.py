@@ -301,6 +301,26 @@ def test_task_log_pages_from_the_latest_or_the_earliest(api, project):
     assert [e["msg"] for e in earliest["events"]] == ["line 2", "line 3"]
 
 
+def test_task_events_page_by_iteration_and_bring_along_the_last_iteration(api, project):
+    """``events.get_task_events`` as ``Task._get_all_events`` (Task.delete) and
+    ``get_all_reported_scalars`` read it: by iteration, the page's last iteration whole."""
+    task = new_task(api, project)
+    scalars = [_scalar(task, float(i), i, 10 + i) for i in (0, 1, 2, 2, 3)]
+    scalars[3]["variant"] = "validation"
+    api.call_batch("events.add_batch", [*scalars, {"task": task, "type": "log", "msg": "hello", "timestamp": 1}])
+    first = api.call("events.get_task_events", task=task, event_type="training_stats_scalar", batch_size=3)
+    assert [(e["iter"], e["variant"]) for e in first["events"]] == [(0, "train"), (1, "train"), (2, "train"), (2, "validation")]
+    assert (first["returned"], first["total"]) == (4, 5)
+    second = api.call("events.get_task_events", task=task, scroll_id=first["scroll_id"])
+    assert ([e["iter"] for e in second["events"]], second["total"]) == ([3], 5)
+    assert api.call("events.get_task_events", task=task, scroll_id=second["scroll_id"])["events"] == []
+    everything = api.call("events.get_task_events", task=task, order="desc")
+    assert [e.get("iter") for e in everything["events"]][:2] == [3, 2] and everything["events"][-1]["type"] == "log"
+    validation = api.call("events.get_task_events", task=task, metrics=[{"metric": "loss", "variants": ["validation"]}])
+    assert [e["value"] for e in validation["events"]] == [2.0]
+    assert api.call("events.get_task_events", task=task, event_type="training_debug_image")["events"] == []
+
+
 # ---- models ----------------------------------------------------------------------------
 
 def test_models_are_ready_by_default_and_publishing_one_publishes_its_task(api, project):

@@ -2,11 +2,13 @@
 (``add_events``: events of a task update its ``last_metrics`` and ``last_iteration`` through
 ``bll/task/task_bll.py:update_statistics`` and ``bll/task/utils.py:get_last_metric_updates``),
 ``apiserver/bll/event/event_metrics.py`` (scalar histograms) and
-``apiserver/bll/event/events_iterator.py`` (log pages)."""
+``apiserver/bll/event/events_iterator.py`` (log pages, task events by iteration)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
 from collections import defaultdict
 
@@ -16,6 +18,7 @@ from ..store import Store, now, timestamp_ms
 from .tasks import get_task
 
 EVENT_TYPES = ("training_stats_scalar", "training_stats_vector", "training_debug_image", "plot", "log")
+ALL_EVENT_TYPES = "*"  # bll/event/event_common.py: EventType.all
 LOCKED_STATUSES = ("publishing", "published")
 MAX_LONG = 2**63 - 1
 SINGLE_SCALAR_ITERATION = -(2**31)
@@ -200,3 +203,69 @@ def scalar_metrics_iter_histogram(call: Call) -> dict:
         keys = sorted(buckets)
         result[metric][variant] = {"name": variant, "x": keys, "y": [sum(buckets[k]) / len(buckets[k]) for k in keys]}
     return dict(result)
+
+
+def _encode_scroll(scroll: dict) -> str:
+    """The server signs its scroll state as a JWT (``events_iterator.py:Scroll``); clients
+    only hand it back, so an opaque base64 of the same fields serves."""
+    return base64.urlsafe_b64encode(json.dumps(scroll).encode()).decode()
+
+
+def _decode_scroll(scroll_id: str) -> dict:
+    try:
+        return json.loads(base64.urlsafe_b64decode(scroll_id.encode()))
+    except ValueError:
+        raise errors.APIError(400, 0, "Invalid scroll id", {"scroll_id": scroll_id}) from None
+
+
+def _matches(event: dict, event_type: str, metric_variants: dict | None) -> bool:
+    """``event_common.get_metric_variants_condition``: a metric with no variants takes all of its."""
+    if event_type != ALL_EVENT_TYPES and event["type"] != event_type:
+        return False
+    if not metric_variants:
+        return True
+    return event["metric"] in metric_variants and (not metric_variants[event["metric"]] or event["variant"] in metric_variants[event["metric"]])
+
+
+@endpoint("events.get_task_events", required=("task",),
+          fields=("batch_size", "metrics", "event_type", "order", "scroll_id", "count_total", "model_events"), mutates=False)
+def get_task_events(call: Call) -> dict:
+    """``services/events.py:get_task_events`` with ``EventsIterator._get_events`` keyed by
+    ``iter``: ``batch_size`` events sorted by iteration (``order`` asc by default), the next
+    page after the last iteration returned (``search_after``), and every event sharing that
+    last iteration brought along. As on the server, a first asc page starts at 0 and a scroll
+    whose last iteration is 0 starts over (``if from_key_value:``); events without an
+    iteration sort last either way (Elasticsearch's ``missing: _last``)."""
+    if call.get("model_events"):
+        raise errors.unsupported_field(call.endpoint, "model_events")
+    get_task(call.store, call.data["task"])
+    request = {key: call.data[key] for key in ("task", "batch_size", "metrics", "event_type", "order", "count_total") if key in call.data}
+    scroll_id = call.get("scroll_id")
+    if scroll_id:
+        scroll = _decode_scroll(scroll_id)
+        if scroll["from_key_value"] is None:
+            return {"returned": 0, "total": scroll["total"], "scroll_id": scroll_id, "events": []}
+        from_key_value, total = int(scroll["from_key_value"]), scroll["total"]
+        request = {**scroll["request"], "batch_size": call.get("batch_size") or scroll["request"].get("batch_size")}
+    else:
+        from_key_value, total = None, None
+    event_type = request.get("event_type") or ALL_EVENT_TYPES
+    if event_type != ALL_EVENT_TYPES and event_type not in EVENT_TYPES:
+        raise errors.validation_error(f"Invalid event type {event_type}")
+    descending = request.get("order", "asc") == "desc"
+    metric_variants = {m["metric"]: m.get("variants") or [] for m in request.get("metrics") or []} or None
+    matching = [e for e in call.store.events if e["task"] == request["task"] and _matches(e, event_type, metric_variants)]
+    if request.get("count_total", True) and total is None:
+        total = len(matching)
+
+    missing = -math.inf if descending else math.inf
+    key = lambda event: event.get("iter", missing)  # noqa: E731
+    ordered = sorted(matching, key=key, reverse=descending)
+    if from_key_value:
+        ordered = [e for e in ordered if (key(e) < from_key_value if descending else key(e) > from_key_value)]
+    page = ordered[: min(request.get("batch_size", 500), 10_000)]
+    if page:
+        page += [e for e in ordered[len(page):] if key(e) == key(page[-1])]
+    last = page[-1].get("iter") if page else None
+    next_scroll = {"from_key_value": None if last is None else str(last), "total": total, "request": request}
+    return {"returned": len(page), "total": total, "scroll_id": _encode_scroll(next_scroll), "events": page}
