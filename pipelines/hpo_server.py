@@ -138,6 +138,18 @@ def report_trials(task, records: list[TrialRecord], best: TrialRecord | None) ->
     task.get_logger().report_table("trials", "all", iteration=0, table_plot=pd.DataFrame(rows))
 
 
+def stop_with_final_report(optimizer) -> None:
+    """Stop the optimizer once its trials are done, its summary reported as it ends.
+
+    clearml 2.1.12: when the optimization ends by itself, ``stop()`` joins the reporter thread
+    without waking it, so the final summary waits out the report period (up to a minute
+    between the last trial and the evaluation). Setting the event ``stop()`` sets when it
+    interrupts a running optimization wakes the reporter, which then reports once more and ends.
+    """
+    optimizer._stop_event.set()
+    optimizer.stop()
+
+
 def run_server_sweep(task, args: argparse.Namespace, space: dict[str, list]) -> dict:
     code = CodeVersion.of_task(task)
     template_id = args.template_task_id or find_template(args.project, code)
@@ -147,7 +159,7 @@ def run_server_sweep(task, args: argparse.Namespace, space: dict[str, list]) -> 
     optimizer.set_report_period(1.0)
     optimizer.start()
     optimizer.wait()
-    optimizer.stop()
+    stop_with_final_report(optimizer)
     records = trial_records(task.id, list(space))
     best = best_trial(records)
     report_trials(task, records, best)

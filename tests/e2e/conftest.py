@@ -12,12 +12,14 @@ commands. Session-scoped: started once, stopped (with every process) at the end.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from tests.clearml_server import ClearMLTestServer
-from tests.e2e.flows import CPU, GPU, SERVICES, launch_pipeline, pipeline_steps
+from tests.e2e.flows import CPU, GPU, PROJECT, SERVICES, SWEEP, Sweeps, clone_and_enqueue, launch_pipeline, pipeline_steps, project_id
 from tests.e2e.harness import (
     Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
     start_git_remote,
@@ -85,3 +87,34 @@ def pipeline_run(clearml_server: ServerTarget, agents: Agents, project: ProjectR
     agents.serve(SERVICES, services_mode=True)
     controller = launch_pipeline(project, clearml_server, "--max-steps 5")
     return {"controller": controller, "steps": pipeline_steps(clearml_server, controller), "commit": git_remote.head()}
+
+
+@pytest.fixture(scope="session")
+def sweeps(pipeline_run: dict, clearml_server: ServerTarget, project: ProjectRunner) -> Iterator[Sweeps]:
+    """Flow 5 in the background: the sweep enqueued on ``services`` over the session pipeline's
+    train task, then, once it completed, a UI clone of it sweeping ``lora_ranks`` "[4, 8]".
+    Flow 2 asks for it first, so that the sweeps' trials run while flows 2-4 do (one step at a
+    time leaves a core of this 2-core machine idle).
+
+    Rank 0 makes a trial fail (the train step refuses it). Before the launch, a user's edit
+    of the evaluate template in the UI, which the sweep's evaluate run must keep.
+    """
+    api = clearml_server.api
+    [evaluate_template] = api.tasks(name="^evaluate$", tags=["template"], project=[project_id(clearml_server, f"{PROJECT}/templates")])
+    project.python(f"from clearml import Task\nTask.get_task({evaluate_template['id']!r}).set_parameter('Args/max_new_tokens', '7')\n")
+    template = pipeline_run["steps"]["train"]["id"]
+    ran = project.run(f"{SWEEP} --template-task-id {template} --lora-ranks 0,2,4 --trials 3 --run-on {SERVICES}")
+    [optimizer_id] = project.created_task_ids(ran.stdout + ran.stderr)
+
+    def clone_when_completed() -> str:
+        api.wait_for_status(optimizer_id, ("completed",), timeout_s=900)
+        clone_id = clone_and_enqueue(project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "trials": "2"}, SERVICES)
+        api.wait_for_status(clone_id, ("completed",), timeout_s=900)
+        return clone_id
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield Sweeps(optimizer_id=optimizer_id, ui_clone=pool.submit(clone_when_completed))
+    finally:
+        # the thread's calls fail once the server stops, so it never outlives the session
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from tests.e2e.harness import ProjectRunner, ServerTarget
 
@@ -14,6 +16,8 @@ STEPS = ("ingest", "preprocess", "train", "evaluate", "register")
 STEP_QUEUES = {"ingest": CPU, "preprocess": CPU, "train": GPU, "evaluate": GPU, "register": CPU}
 LAUNCH = (f"python pipelines/run_pipeline.py --preset tiny --cpu-queue {CPU} --gpu-queue {GPU} --project '{PROJECT}' "
           "--lora-rank 4 --max-test-samples 8 --max-new-tokens 8")
+SWEEP = (f"python pipelines/run_hpo.py --project '{PROJECT}' --queue {GPU} --cpu-queue {CPU} --concurrent 1 --max-steps 1 "
+         "--prompt-lengths 4")
 
 
 def launch_pipeline(project: ProjectRunner, server: ServerTarget, extra: str = "") -> dict:
@@ -32,6 +36,14 @@ def pipeline_steps(server: ServerTarget, controller: dict) -> dict[str, dict]:
 def project_id(server: ServerTarget, name: str) -> str:
     [found] = server.api.call("projects.get_all", name=f"^{name}$")["projects"]
     return found["id"]
+
+
+@dataclass
+class Sweeps:
+    """Flow 5's optimizer task, and the id of its UI clone once that completed."""
+
+    optimizer_id: str
+    ui_clone: Future
 
 
 def artifact_uri(task: dict, name: str) -> str:

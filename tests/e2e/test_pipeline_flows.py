@@ -49,19 +49,25 @@ def test_flow1_the_best_model_is_published_with_its_metrics_on_the_files_server(
 
 
 def test_flow2_a_new_commit_reruns_every_step_and_a_changed_parameter_only_what_it_affects(
-        pipeline_run, clearml_server, project: ProjectRunner, git_remote: GitRemote):
+        pipeline_run, sweeps, clearml_server, project: ProjectRunner, git_remote: GitRemote):
+    """(``sweeps``: flow 5's sweeps run meanwhile.)"""
     readme = Path(git_remote.clone) / "README.md"
     readme.write_text(readme.read_text() + "\n<!-- e2e: a new commit -->\n")
     new_commit = git_remote.commit_and_push("e2e: a new commit")
-    second = pipeline_steps(clearml_server, launch_pipeline(project, clearml_server, "--max-steps 5"))
+    second_controller = launch_pipeline(project, clearml_server, "--max-steps 5")
+    second = pipeline_steps(clearml_server, second_controller)
     for name in STEPS:
         assert second[name]["id"] != pipeline_run["steps"][name]["id"], f"{name} was reused across commits"
         assert second[name]["script"]["version_num"] == new_commit, name
 
-    third = pipeline_steps(clearml_server, launch_pipeline(project, clearml_server, "--max-steps 6"))
+    third_controller = launch_pipeline(project, clearml_server, "--max-steps 5 --max-new-tokens 6")
+    third = pipeline_steps(clearml_server, third_controller)
     reused = {name for name in STEPS if third[name]["id"] == second[name]["id"]}
-    assert reused == {"ingest", "preprocess"}  # unchanged code and arguments; train and what follows it ran again
-    assert clearml_server.api.hyperparameter(third["train"]["id"], "Args", "max_steps") == "6"
+    assert reused == {"ingest", "preprocess", "train"}  # unchanged code and arguments; evaluate and what follows it ran again
+    assert clearml_server.api.hyperparameter(third["evaluate"]["id"], "Args", "max_new_tokens") == "6"
+    # The clones made for the cached steps were deleted again (PipelineController deletes them).
+    drafts = clearml_server.api.tasks(parent=[third_controller["id"]], status=["created"], only_fields=["name"])
+    assert drafts == [], drafts
 
 
 def test_flow3_a_ui_clone_of_the_train_task_trains_from_scratch_with_the_edited_rank(pipeline_run, clearml_server, project, agents):

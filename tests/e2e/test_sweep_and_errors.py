@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from tests.e2e.flows import CPU, GPU, PROJECT, SERVICES, artifact_names, clone_and_enqueue, project_id
-from tests.e2e.harness import ProjectRunner, ServerTarget
-
-SWEEP = (f"python pipelines/run_hpo.py --project '{PROJECT}' --queue {GPU} --cpu-queue {CPU} --concurrent 1 --max-steps 1 "
-         "--prompt-lengths 4")
+from tests.e2e.flows import CPU, GPU, PROJECT, SERVICES, SWEEP, Sweeps, artifact_names, clone_and_enqueue, project_id
+from tests.e2e.harness import ServerTarget
 
 
 def optimizer_children(server: ServerTarget, optimizer_id: str) -> dict[str, list[dict]]:
@@ -21,14 +18,12 @@ def trial_ranks(server: ServerTarget, trials: list[dict]) -> dict[int, str]:
     return {int(server.api.hyperparameter(t["id"], "Args", "lora_rank")): t["status"] for t in trials}
 
 
-def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_values(pipeline_run, clearml_server, project: ProjectRunner, agents):
+def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_values(sweeps: Sweeps, clearml_server, agents):
     api = clearml_server.api
-    template = pipeline_run["steps"]["train"]["id"]
-    # A user's edit of the evaluate template in the UI: the sweep's evaluate run must keep it.
-    [evaluate_template] = api.tasks(name="^evaluate$", tags=["template"], project=[project_id(clearml_server, f"{PROJECT}/templates")])
-    project.python(f"from clearml import Task\nTask.get_task({evaluate_template['id']!r}).set_parameter('Args/max_new_tokens', '7')\n")
-    ran = project.run(f"{SWEEP} --template-task-id {template} --lora-ranks 0,2,4 --trials 3", timeout_s=900)
-    [optimizer_id] = project.created_task_ids(ran.stdout + ran.stderr)
+    optimizer_id = sweeps.optimizer_id
+    optimizer = api.wait_for_status(optimizer_id, ("completed",), timeout_s=900, diagnostics=lambda: agents.log(SERVICES))
+    assert optimizer["execution"]["queue"] == api.queue_id(SERVICES)
+    assert optimizer["last_worker"].startswith(f"e2e-{SERVICES}:")  # a services-mode agent runs it under a worker of its own
     children = optimizer_children(clearml_server, optimizer_id)
     trials = [t for t in children.values() for t in t if t["type"] == "training"]
     assert trial_ranks(clearml_server, trials) == {0: "failed", 2: "completed", 4: "completed"}  # rank 0 is refused by the train step
@@ -42,8 +37,10 @@ def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_value
     [model] = api.models_of(register["id"])
     assert model["ready"] is True
 
-    clone_id = clone_and_enqueue(project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "trials": "2"}, SERVICES)
-    api.wait_for_status(clone_id, ("completed",), timeout_s=900, diagnostics=lambda: agents.log(SERVICES))
+    try:
+        clone_id = sweeps.ui_clone.result(timeout=900)
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{agents.log(SERVICES)}") from None
     clone_trials = [t for t in optimizer_children(clearml_server, clone_id).get("train", [])]
     assert trial_ranks(clearml_server, clone_trials) == {4: "completed", 8: "completed"}
 
