@@ -116,7 +116,9 @@ def test_a_server_that_does_not_answer_stops_the_step_after_5_seconds(clearml_ho
     last_line = completed.stderr.strip().splitlines()[-1]
     assert f"{host} did not answer within 5 s" in last_line and "--local" in last_line
     assert "Traceback" not in completed.stderr
-    assert len(waited) == 1 and SERVER_CHECK_TIMEOUT_S <= waited[0] < SERVER_CHECK_TIMEOUT_S + 3
+    # The listener's clock starts when its thread gets the connection, a little after the client's
+    # (4.995 s was seen on a busy machine): the client waited the whole timeout, and not much more.
+    assert len(waited) == 1 and SERVER_CHECK_TIMEOUT_S - 0.5 <= waited[0] < SERVER_CHECK_TIMEOUT_S + 3
 
 
 def test_offline_mode_uses_the_fast_close_configuration(clearml_home):
