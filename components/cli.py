@@ -18,6 +18,11 @@ def parse_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of an argument: ``max_steps`` -> ``--max-steps``."""
+    return "--" + name.replace("_", "-")
+
+
 def exit_if_help_asked(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Print the help and exit before any ClearML task exists (an argument error waits for the task)."""
     if any(a in ("-h", "--help") for a in argv):

@@ -103,10 +103,7 @@ def run_step(
     task = None
     try:
         _ClearMLClock.measure(prepare_clearml)("--local" in argv)  # imports clearml: counted as ClearML time
-        import clearml  # noqa: F401  (patches argparse; under an agent nothing has imported it yet)
-        # Parsed before the task exists, so a mistyped option creates none; Task.init stores the
-        # values as Args/, and under an agent the parse reads them from the task.
-        args = parser.parse_args(argv)
+        args = parse_task_arguments(parser, argv)
         task = init_task(name, task_type)
         if running_on_agent():
             args.output_dir = None  # a path of the machine the task was created on: scratch space here instead
@@ -124,6 +121,19 @@ def run_step(
     result["seconds"] = {"step": round(time.perf_counter() - started, 3), "clearml": round(_ClearMLClock.seconds, 3)}
     (args.output_dir / RESULT_FILE).write_text(to_json(result), encoding="utf-8")
     return result
+
+
+@_ClearMLClock.measure
+def parse_task_arguments(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed with ClearML's argparse patch in place (``import clearml`` installs it).
+
+    Parsed before the task exists, so a mistyped option creates none; ``Task.init`` then stores
+    the values under ``Args/``, and under an agent (no argv) the parse returns the task's values,
+    as edited in the UI.
+    """
+    import clearml  # noqa: F401
+
+    return parser.parse_args(argv)
 
 
 @_ClearMLClock.measure

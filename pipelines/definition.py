@@ -8,6 +8,7 @@ parameters and ``${<step>.id}`` references. The same names reach the steps eithe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,11 @@ STEP_BY_NAME = {step.name: step for step in STEPS}
 
 # What a sweep minimises: the validation loss scalar the train step reports (never the test split).
 OBJECTIVE = {"title": "loss", "series": "validation", "sign": "min"}
+
+
+def grid_size(space: dict[str, list]) -> int:
+    """Combinations of a sweep's search space (swept name -> values): no sweep runs more trials than this."""
+    return math.prod(len(values) for values in space.values())
 
 # Pipeline parameter -> the steps whose argument of the same name it sets.
 PARAMETER_STEPS: dict[str, tuple[str, ...]] = {

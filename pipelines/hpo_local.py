@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,7 @@ from optuna.trial import TrialState
 
 from components import tracking
 from components.errors import UserError
-from pipelines.definition import OBJECTIVE, STEP_BY_NAME, step_arguments
+from pipelines.definition import OBJECTIVE, STEP_BY_NAME, grid_size, step_arguments
 from pipelines.local import StepFailed, run_step_locally
 
 STUDY_NAME = "hpo"
@@ -129,10 +128,9 @@ def seed_noise(params: dict, parameters: dict, ids: dict, output_dir: Path, seed
 
 def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters: dict, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
-    grid_size = math.prod(len(values) for values in space.values())
-    total = min(args.trials, grid_size)
+    total = min(args.trials, grid_size(space))
     if total < args.trials:
-        print(f"The grid has {grid_size} combinations: running {total} trials, not {args.trials}.")
+        print(f"The grid has {grid_size(space)} combinations: running {total} trials, not {args.trials}.")
     study = open_study(output_dir, space, args.seed)
     ids = study.user_attrs.get("data_task_ids")  # a continued sweep trains on the data its first trials used
     if ids is None:

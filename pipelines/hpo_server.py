@@ -12,13 +12,12 @@ evaluate and register steps, run at the optimizer task's own code.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 
 from components import tracking
 from components.errors import UserError
 from pipelines.controller import CodeVersion, new_step_task
-from pipelines.definition import OBJECTIVE, STEP_BY_NAME
+from pipelines.definition import OBJECTIVE, STEP_BY_NAME, grid_size
 
 MAX_TRIAL_STEPS = 10**9
 
@@ -38,10 +37,6 @@ def trial_overrides(args: argparse.Namespace) -> dict[str, object]:
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed
-
-
-def grid_size(space: dict[str, list]) -> int:
-    return math.prod(len(values) for values in space.values())
 
 
 def build_optimizer(template_task_id: str, args: argparse.Namespace, space: dict[str, list]):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from components import tracking
+from components.cli import option_flag
 from components.errors import UserError
 from components.settings import PROJECT_ROOT
 from pipelines.definition import StepSpec, script_path
@@ -20,7 +21,7 @@ class StepFailed(UserError):
 def as_flags(arguments: dict) -> list[str]:
     flags = []
     for name, value in arguments.items():
-        flags += [f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+        flags += [option_flag(name), str(value).lower() if isinstance(value, bool) else str(value)]
     return flags
 
 

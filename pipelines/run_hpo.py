@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
-from components.cli import exit_if_help_asked
+from components.cli import exit_if_help_asked, option_flag
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PRESETS, PROJECT_ROOT, SELECTION_METRIC
 from pipelines.run_pipeline import build_parser as pipeline_parser
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def search_space(args: argparse.Namespace) -> dict[str, list]:
     """Swept train-step argument -> its values; an empty option is not swept."""
-    space = {name: parse_values(getattr(args, option), kind, f"--{option.replace('_', '-')}") for name, (option, kind) in SWEPT.items()}
+    space = {name: parse_values(getattr(args, option), kind, option_flag(option)) for name, (option, kind) in SWEPT.items()}
     return {name: values for name, values in space.items() if values}
 
 
@@ -106,7 +106,7 @@ def run_local(args: argparse.Namespace) -> dict:
 
     for option in ("template_task_id", "run_on"):
         if getattr(args, option):
-            raise UserError(f"--{option.replace('_', '-')} applies to a sweep on a ClearML server; this one runs locally "
+            raise UserError(f"{option_flag(option)} applies to a sweep on a ClearML server; this one runs locally "
                             "(--local, or no server configured).")
     args.preset = args.preset or "published"
     output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"hpo-{args.preset}").resolve()
@@ -118,7 +118,7 @@ def run_on_server(task, args: argparse.Namespace) -> dict | None:
 
     for option in ("preset", "output_dir"):
         if getattr(args, option):
-            raise UserError(f"--{option.replace('_', '-')} applies to a local sweep; on a server every trial takes its settings "
+            raise UserError(f"{option_flag(option)} applies to a local sweep; on a server every trial takes its settings "
                             "from the template train task (--template-task-id).")
     space = search_space(args)
     if args.run_on and not running_on_agent():
@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     try:
         if prepare_clearml("--local" in argv):
             return run_local(parser.parse_args(argv))
-        import clearml  # noqa: F401  (patches argparse: the options are stored on the optimizer task, and read back from it on an agent)
-
-        args = parser.parse_args(argv)
+        args = tracking.parse_task_arguments(parser, argv)  # stored on the optimizer task, read back on an agent
         task = tracking.init_task("HPO lora_rank x prompt_length", "optimizer", project=args.project)
         return run_on_server(task, args)
     except UserError as error:

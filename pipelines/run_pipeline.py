@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
-from components.cli import exit_if_help_asked, parse_bool
+from components.cli import exit_if_help_asked, option_flag, parse_bool
 from components.comparison import comparison_table
 from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
@@ -100,7 +100,7 @@ def with_local_paths(parameters: dict) -> dict:
 
 def with_repository_paths(parameters: dict) -> dict:
     """Agents run their own checkout: data files are committed files, relative to the repository root (or URLs)."""
-    return {**parameters, **{name: repository_path(parameters[name], f"--{name.replace('_', '-')}") for name in DATA_FILES if parameters[name]}}
+    return {**parameters, **{name: repository_path(parameters[name], option_flag(name)) for name in DATA_FILES if parameters[name]}}
 
 
 def run_local(parameters: dict, output_dir: Path) -> dict:
@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     exit_if_help_asked(parser, argv)
     try:
         if not prepare_clearml("--local" in argv):
-            import clearml  # noqa: F401  (patches argparse: the launch options are stored on the controller task, and read back from it on the agent)
-
-            launch_on_server(parser.parse_args(argv))
+            launch_on_server(tracking.parse_task_arguments(parser, argv))  # stored on the controller task, read back on the agent
             return None
         args = parser.parse_args(argv)
         if not args.local:

@@ -68,8 +68,8 @@ def test_split(args: argparse.Namespace) -> pd.DataFrame:
     return frame.head(args.max_samples) if args.max_samples else frame
 
 
-def score(model, tokenizer, frame: pd.DataFrame, args: argparse.Namespace, decoding: Decoding) -> tuple[dict, list[str]]:
-    """Text metrics of the model's predictions for the rows, with the test loss; and the predictions."""
+def score(model, tokenizer, frame: pd.DataFrame, args: argparse.Namespace, decoding: Decoding, metric) -> tuple[dict, list[str]]:
+    """``metric`` (the protocol's evaluate module) of the model's predictions for the rows, with the test loss; and the predictions."""
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     use_cpu_threads_for(model)
     sources = [source_text(i, x) for i, x in zip(frame["instruction"], frame["input"])]
@@ -77,7 +77,7 @@ def score(model, tokenizer, frame: pd.DataFrame, args: argparse.Namespace, decod
         model, tokenizer, sources, batch_size=args.batch_size, max_input_length=args.max_input_length,
         seed=args.seed, show_progress=True, **asdict(decoding),
     )
-    metrics = evaluate.load(str(METRIC_MODULE)).compute(predictions=predictions, references=frame["output"].tolist())
+    metrics = metric.compute(predictions=predictions, references=frame["output"].tolist())
     rows = preprocess(frame, tokenizer, args.max_input_length, args.max_target_length)
     metrics["loss"] = validation_loss(model, evaluation_loader(model, tokenizer, rows, args.batch_size), "fp32")
     return metrics, predictions
@@ -88,12 +88,13 @@ def run(args: argparse.Namespace, task) -> dict:
     frame = test_split(args)
     model_dir = tracking.upstream_input(args.train_task_id, "adapter", args.model_dir, ("--train-task-id", "--model-dir"), "an adapter directory")
     print(f"Evaluating on {len(frame)} test rows with {decoding.describe()}.")
-    metrics, predictions = score(*load_finetuned(model_dir), frame, args, decoding)
+    metric = evaluate.load(str(METRIC_MODULE))
+    metrics, predictions = score(*load_finetuned(model_dir), frame, args, decoding, metric)
     table = frame.assign(prediction=predictions)[["instruction", "input", "output", "prediction"]]
     base_metrics = None
     if args.compare_base:
         print("The untuned base (adapters at their initial values) on the same rows:")
-        base_metrics, base_predictions = score(*load_untuned(model_dir), frame, args, decoding)
+        base_metrics, base_predictions = score(*load_untuned(model_dir), frame, args, decoding, metric)
         table = table.assign(base_prediction=base_predictions)
 
     predictions_path = args.output_dir / "predictions.tsv"

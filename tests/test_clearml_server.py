@@ -349,7 +349,7 @@ def test_files_round_trip_and_stay_inside_the_files_folder(server):
     assert json.load(urllib.request.urlopen(request, timeout=10)) == ["p/a b.bin"]
     assert urllib.request.urlopen(f"{server.files_host}/p/a%20b.bin", timeout=10).read() == b"\x00\r\n\xff"
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"{server.files_host}/../state.json", timeout=10)
+        urllib.request.urlopen(f"{server.files_host}/../calls.jsonl", timeout=10)  # beside files/, there from the start
     assert caught.value.code == 404
 
 

@@ -5,6 +5,7 @@ losses, the evaluate step's base-vs-tuned numbers, and the registered adapter ta
 (its LoRA updates removed, its prompt compared with the initial vectors) on the test rows.
 """
 
+import functools
 import json
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_loss_of(summary, tiny_pipeline):
     test = read_tsv(tiny_pipeline / "ingest" / "splits" / "test.tsv").head(evaluated)  # the rows the evaluate step scored
     parameters = summary["parameters"]
 
+    @functools.cache
     def loss(keep_lora: bool = True) -> float:
         model, tokenizer = load_untuned(model_dir)
         load_adapter_weights(model, model_dir / ADAPTER_WEIGHTS)

@@ -20,7 +20,7 @@ COMPANY_NAME = "clearml-test-server"
 STATE_FILE = "state.json"
 CALLS_FILE = "calls.jsonl"
 COLLECTIONS = ("projects", "tasks", "models", "queues", "workers")
-FLUSH_INTERVAL_S = 0.5
+FLUSH_INTERVAL_S = 5.0  # state.json while serving (it is written whole, events included); always on stop
 
 
 def new_id() -> str:
@@ -44,7 +44,6 @@ class Store:
         self.queues: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
         self.events: list[dict] = []
-        self.users: dict[str, dict] = {}
         self._dirty = False
         self._closed = threading.Event()
         self._calls = open(self.state_dir / CALLS_FILE, "a", encoding="utf-8")

@@ -46,17 +46,26 @@ class Sweeps:
     ui_clone: Future
 
 
+def artifact_uris(task: dict) -> dict[str, str]:
+    """A task's output artifacts, by name."""
+    return {a["key"]: a["uri"] for a in task["execution"].get("artifacts") or []}
+
+
 def artifact_uri(task: dict, name: str) -> str:
-    return next(a["uri"] for a in task["execution"]["artifacts"] if a["key"] == name)
+    return artifact_uris(task)[name]
 
 
 def artifact_names(task: dict) -> set[str]:
-    return {a["key"] for a in task["execution"].get("artifacts") or []}
+    return set(artifact_uris(task))
+
+
+def download(uri: str) -> str:
+    with urllib.request.urlopen(uri, timeout=30) as response:
+        return response.read().decode("utf-8")
 
 
 def download_json(uri: str) -> dict:
-    with urllib.request.urlopen(uri, timeout=30) as response:
-        return json.load(response)
+    return json.loads(download(uri))
 
 
 def clone_and_enqueue(project: ProjectRunner, source_id: str, name: str, args: dict[str, str], queue: str) -> str:

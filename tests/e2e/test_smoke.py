@@ -3,44 +3,27 @@ the SDK, executed by a real clearml-agent from the git remote."""
 
 from __future__ import annotations
 
-import urllib.request
-
 from tests.clearml_server import unimplemented_calls
+from tests.e2e.flows import CPU, artifact_uris, clone_and_enqueue, download
 
-QUEUE = "cpu1"  # clearml-server refuses queue names shorter than 3 characters
 SPLIT_ARTIFACTS = ("train", "validation", "test")
 INGEST = "python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv"
 
 
-def artifact_uris(task: dict) -> dict[str, str]:
-    return {a["key"]: a["uri"] for a in task["execution"].get("artifacts") or []}
-
-
-def download(uri: str) -> str:
-    with urllib.request.urlopen(uri, timeout=30) as response:
-        return response.read().decode("utf-8")
-
-
 def test_step_cloned_edited_and_run_by_an_agent(clearml_server, agents, project, git_remote):
     api, files_host = clearml_server.api, clearml_server.env["CLEARML_FILES_HOST"]
-    agents.serve(QUEUE)
+    agents.serve(CPU)
 
     ran = project.run(INGEST)
     (source_id,) = project.created_task_ids(ran.stdout + ran.stderr)
     source = api.wait_for_status(source_id, ("completed",), timeout_s=10)
     assert set(SPLIT_ARTIFACTS) <= set(artifact_uris(source))
 
-    clone_id = project.python(
-        "from clearml import Task\n"
-        f"task = Task.clone(source_task={source_id!r}, name='ingest (agent smoke test)')\n"
-        "task.set_parameter('Args/validation_size', '10')\n"
-        f"Task.enqueue(task, queue_name={QUEUE!r})\n"
-        "print(task.id)\n"
-    ).split()[-1]
-    clone = api.wait_for_status(clone_id, ("completed",), timeout_s=120, diagnostics=lambda: agents.log(QUEUE))
+    clone_id = clone_and_enqueue(project, source_id, "ingest (agent smoke test)", {"validation_size": "10"}, CPU)
+    clone = api.wait_for_status(clone_id, ("completed",), timeout_s=120, diagnostics=lambda: agents.log(CPU))
 
     assert clone["parent"] == source_id
-    assert clone["last_worker"] == f"e2e-{QUEUE}"
+    assert clone["last_worker"] == f"e2e-{CPU}"
     assert clone["script"]["repository"] == git_remote.url
     assert clone["script"]["version_num"] == git_remote.head()
     assert api.hyperparameter(clone_id, "Args", "validation_size") == "10"

@@ -25,7 +25,7 @@ def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_value
     assert optimizer["execution"]["queue"] == api.queue_id(SERVICES)
     assert optimizer["last_worker"].startswith(f"e2e-{SERVICES}:")  # a services-mode agent runs it under a worker of its own
     children = optimizer_children(clearml_server, optimizer_id)
-    trials = [t for t in children.values() for t in t if t["type"] == "training"]
+    trials = [task for tasks in children.values() for task in tasks if task["type"] == "training"]
     assert trial_ranks(clearml_server, trials) == {0: "failed", 2: "completed", 4: "completed"}  # rank 0 is refused by the train step
     [evaluate], [register] = children["evaluate"], children["register"]
     assert (evaluate["status"], register["status"]) == ("completed", "completed")
@@ -41,7 +41,7 @@ def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_value
         clone_id = sweeps.ui_clone.result(timeout=900)
     except AssertionError as failed:
         raise AssertionError(f"{failed}\n{agents.log(SERVICES)}") from None
-    clone_trials = [t for t in optimizer_children(clearml_server, clone_id).get("train", [])]
+    clone_trials = optimizer_children(clearml_server, clone_id).get("train", [])
     assert trial_ranks(clearml_server, clone_trials) == {4: "completed", 8: "completed"}
 
 

@@ -126,8 +126,10 @@ def add_events(call: Call, events: list[dict]) -> dict:
     for event in accepted:
         if event["type"] != "log":
             event["_id"] = _event_id(event)
-            store.events[:] = [e for e in store.events if e.get("_id") != event["_id"]]
-        store.events.append(event)
+    # An event replaces a stored or earlier one with its id: one pass over the store per batch.
+    last_with_id = {event["_id"]: index for index, event in enumerate(accepted) if "_id" in event}
+    store.events[:] = [e for e in store.events if e.get("_id") not in last_with_id]
+    store.events.extend(e for index, e in enumerate(accepted) if "_id" not in e or last_with_id[e["_id"]] == index)
     for task_id in {e["task"] for e in accepted}:
         task = store.tasks[task_id]
         if task_id in iterations:
@@ -215,7 +217,7 @@ def _decode_scroll(scroll_id: str) -> dict:
     try:
         return json.loads(base64.urlsafe_b64decode(scroll_id.encode()))
     except ValueError:
-        raise errors.APIError(400, 0, "Invalid scroll id", {"scroll_id": scroll_id}) from None
+        raise errors.APIError(400, 1104, "Invalid scroll id", scroll_id=scroll_id) from None  # errors.conf: bad_request 1104
 
 
 def _matches(event: dict, event_type: str, metric_variants: dict | None) -> bool:

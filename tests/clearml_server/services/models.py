@@ -160,8 +160,7 @@ def set_ready(call: Call) -> dict:
     published_task = None
     task = call.store.tasks.get(model.get("task") or "")
     if task is not None and call.get("publish_task", True) and task["status"] != "published":
-        call.data["force"] = call.get("force_publish_task", False)
-        published_task = {"id": task["id"], "data": publish_task(call, task["id"], publish_model=True)}
+        published_task = {"id": task["id"], "data": publish_task(call, task["id"], publish_model=True, force=call.get("force_publish_task", False))}
     publish_model(call.store, model, call.user["id"])
     return {"updated": 1, **({"published_task": published_task} if published_task else {})}
 

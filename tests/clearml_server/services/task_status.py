@@ -81,18 +81,17 @@ def completed(call: Call) -> dict:
     """``tasks.completed``: completed, then published when asked (with its last output model)."""
     result = {**_status_call(call, "completed", completed=now()), "published": 0}
     if call.get("publish", False):
-        published = publish_task(call, call.data["task"], publish_model=True)
+        published = publish_task(call, call.data["task"], publish_model=True, force=call.get("force", False))
         result["published"] = published["updated"]
         result["fields"]["status"] = published["fields"]["status"]
     return result
 
 
-def publish_task(call: Call, task_id: str, publish_model: bool) -> dict:
+def publish_task(call: Call, task_id: str, publish_model: bool, force: bool) -> dict:
     """``task_operations.py:publish_task``: the task's last output model is published too."""
     from .models import publish_model as publish_model_entity  # models imports this module
 
     task = get_task(call.store, task_id)
-    force = call.get("force", False)
     if not force and "published" not in STATE_MACHINE[task["status"]]:
         raise errors.invalid_task_status("Invalid status change", current_status=task["status"], new_status="published")
     outputs = (task.get("models") or {}).get("output") or []
@@ -107,7 +106,7 @@ def publish_task(call: Call, task_id: str, publish_model: bool) -> dict:
 @endpoint("tasks.publish", required=("task",), fields=STATUS_FIELDS + ("publish_model",))
 def publish(call: Call) -> dict:
     """``tasks.publish``: ``publish_task``, with its last output model unless ``publish_model`` is false."""
-    return publish_task(call, call.data["task"], call.get("publish_model", True))
+    return publish_task(call, call.data["task"], call.get("publish_model", True), call.get("force", False))
 
 
 @endpoint("tasks.enqueue", required=("task",), fields=STATUS_FIELDS + ("queue", "queue_name", "verify_watched_queue", "update_execution_queue"))
