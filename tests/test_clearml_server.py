@@ -301,6 +301,19 @@ def test_task_log_pages_from_the_latest_or_the_earliest(api, project):
     assert [e["msg"] for e in earliest["events"]] == ["line 2", "line 3"]
 
 
+def test_an_event_replaces_the_stored_one_with_its_id(api, project):
+    """``EventBLL._get_event_id``: task, iteration, metric and variant name an event; the latest wins,
+    within a batch too. Log lines are never replaced."""
+    task = new_task(api, project)
+    api.call_batch("events.add_batch", [_scalar(task, 1.0, 0, 1), _scalar(task, 2.0, 1, 2)])
+    api.call_batch("events.add_batch", [_scalar(task, 3.0, 0, 3), _scalar(task, 4.0, 1, 4), _scalar(task, 5.0, 1, 5)])
+    logs = [{"task": task, "type": "log", "msg": "same", "timestamp": 6}] * 2
+    api.call_batch("events.add_batch", logs)
+    events = api.call("events.get_task_events", task=task)["events"]
+    assert [(e["type"], e.get("iter"), e.get("value")) for e in events] == [
+        ("training_stats_scalar", 0, 3.0), ("training_stats_scalar", 1, 5.0), ("log", None, None), ("log", None, None)]
+
+
 def test_task_events_page_by_iteration_and_bring_along_the_last_iteration(api, project):
     """``events.get_task_events`` as ``Task._get_all_events`` (Task.delete) and
     ``get_all_reported_scalars`` read it: by iteration, the page's last iteration whole."""
