@@ -261,6 +261,83 @@ def test_edit_hyper_params_merges_replaces_a_section_or_everything(api, project)
     api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("properties", "x", "1")])
 
 
+# ---- pipelines: the web UI's "New run" ------------------------------------------------
+
+def _param(section, name, value, **extra):
+    return {"section": section, "name": name, "value": value, **extra}
+
+
+def _controller(api, project_name, name, **fields) -> str:
+    project = api.call("projects.create", name=project_name)["id"]
+    hyperparams = {"Args": {"lora_rank": _param("Args", "lora_rank", "8", type="int"),
+                            "epochs": _param("Args", "epochs", "3", type="int")},
+                   "properties": {"version": _param("properties", "version", "1.0")}}
+    return api.call("tasks.create", name=name, type="controller", project=project, hyperparams=hyperparams,
+                    system_tags=["pipeline", "development"], **fields)["id"]
+
+
+def test_start_pipeline_enqueues_a_clone_with_the_args_as_the_ui_new_run_does(api):
+    """``pipelines.start_pipeline``: ``clone_task`` with the args as ``Args`` overrides (each
+    item replaced whole, its type gone), ``_update_task_name`` (``<last part of the project
+    name> #N``, N counting the project's pipeline tasks of that name, the new run included)
+    and ``enqueue_task`` with the status message "Starting pipeline"."""
+    queue = api.queue_id("unit-pipelines")
+    controller = _controller(api, "unit/.pipelines/lora sweep", "lora sweep")
+    started = api.call("pipelines.start_pipeline", task=controller, queue=queue,
+                       args=[{"name": "lora_rank", "value": "16"}, {"name": "seed", "value": "7"}])
+    assert set(started) == {"pipeline", "enqueued"} and started["enqueued"] is True
+    run = api.task(started["pipeline"])
+    assert run["name"] == "lora sweep #2" and run["type"] == "controller"
+    assert run["hyperparams"] == {
+        "Args": {"lora_rank": _param("Args", "lora_rank", "16"), "seed": _param("Args", "seed", "7"),
+                 "epochs": _param("Args", "epochs", "3", type="int")},
+        "properties": {"version": _param("properties", "version", "1.0")}}
+    assert (run["status"], run["status_message"], run["execution"]["queue"]) == ("queued", "Starting pipeline", queue)
+    assert run["parent"] == controller and run["system_tags"] == ["pipeline"]
+    assert run["id"] in [e["task"] for e in api.call("queues.get_by_id", queue=queue)["queue"]["entries"]]
+    assert api.task(controller)["hyperparams"]["Args"]["lora_rank"]["value"] == "8"
+    again = api.call("pipelines.start_pipeline", task=controller, queue=queue)
+    assert api.task(again["pipeline"])["name"] == "lora sweep #3"
+    assert api.task(again["pipeline"])["hyperparams"]["Args"]["lora_rank"]["value"] == "8"  # no args: the source's
+
+
+def test_start_pipeline_names_a_run_by_its_project_and_counts_only_pipeline_tasks(api):
+    """The count is a regex search (``<name>( #\\d+)?$``, not anchored at the start) over the
+    project's tasks tagged ``pipeline``, the new run (still named as its source) included."""
+    queue = api.queue_id("unit-pipelines")
+    controller = _controller(api, "unit/.pipelines/nightly", "nightly controller")
+    project = api.task(controller)["project"]
+    new_task(api, project, name="nightly #5")  # not a pipeline task: not counted
+    first = api.call("pipelines.start_pipeline", task=controller, queue=queue)["pipeline"]
+    assert api.task(first)["name"] == "nightly"  # no task of that name yet: no number
+    second = api.call("pipelines.start_pipeline", task=controller, queue=queue)["pipeline"]
+    assert api.task(second)["name"] == "nightly #1"
+    other = _controller(api, "unit/.pipelines/weekly", "the weekly")  # ends with the name: counted
+    assert api.task(api.call("pipelines.start_pipeline", task=other, queue=queue)["pipeline"])["name"] == "weekly #2"
+
+
+def test_start_pipeline_tells_whether_a_worker_watches_the_queue(api):
+    queue = api.queue_id("unit-pipelines-watched")
+    controller = _controller(api, "unit/.pipelines/watched", "watched")
+    assert api.call("pipelines.start_pipeline", task=controller, queue=queue, verify_watched_queue=True)["queue_watched"] is False
+    api.call("workers.register", worker="unit-pipelines-worker", queues=[queue])
+    assert api.call("pipelines.start_pipeline", task=controller, queue=queue, verify_watched_queue=True)["queue_watched"] is True
+
+
+def test_start_pipeline_refuses_an_unknown_task_queue_or_argument(api):
+    queue = api.queue_id("unit-pipelines")
+    controller = _controller(api, "unit/.pipelines/refused", "refused")
+    refused(lambda: api.call("pipelines.start_pipeline", task="no-such-task", queue=queue), 400, 101)
+    refused(lambda: api.call("pipelines.start_pipeline", task=controller), 400, 12)  # queue is required
+    refused(lambda: api.call("pipelines.start_pipeline", task=controller, queue=queue, args=[{"name": "lora_rank"}]), 400, 12)
+    error = refused(lambda: api.call("pipelines.start_pipeline", task=controller, queue=queue, args=[], colour="red"), 400, 12)
+    assert "'colour'" in error.message
+    refused(lambda: api.call("pipelines.start_pipeline", task=controller, queue="no-such-queue"), 400, 701)
+    project = api.task(controller)["project"]
+    # as on the server, the clone is made before the enqueueing fails, and stays
+    assert sorted(t["status"] for t in api.tasks(project=[project], search_hidden=True)) == ["created", "created"]
+
+
 # ---- events ----------------------------------------------------------------------------
 
 def _scalar(task, value, iteration, timestamp, variant="train"):

@@ -111,41 +111,61 @@ def publish(call: Call) -> dict:
 
 @endpoint("tasks.enqueue", required=("task",), fields=STATUS_FIELDS + ("queue", "queue_name", "verify_watched_queue", "update_execution_queue"))
 def enqueue(call: Call) -> dict:
+    """``services/tasks.py:enqueue``: ``enqueue_task``; with ``verify_watched_queue``, whether a
+    worker watches the queue the task went to."""
+    data = call.data
+    update_queue = data.get("update_execution_queue", True)
+    if data.get("verify_watched_queue") and not update_queue:
+        raise errors.validation_error("verify_watched_queue cannot be used with update_execution_queue=False")
+    result = enqueue_task(call, data["task"], data.get("queue"), status_message=call.get("status_message", ""),
+                          status_reason=call.get("status_reason", ""), queue_name=data.get("queue_name"),
+                          force=call.get("force", False), update_execution_queue=update_queue)
+    if data.get("verify_watched_queue"):
+        result.update(queue_watched(call.store, result))
+    return {"queued": 1, **result}
+
+
+def enqueue_task(call: Call, task_id: str, queue_id: str | None, *, status_message: str, status_reason: str,
+                 queue_name: str | None = None, force: bool = False, update_execution_queue: bool = True) -> dict:
     """``task_operations.py:enqueue_task``: queue by id, by name (created when missing) or the
     default queue; the status before enqueueing is kept in ``enqueue_status``; the task
-    leaves every other queue."""
-    data, store = call.data, call.store
-    if data.get("queue") and data.get("queue_name"):
+    leaves every other queue. Returns the status change (``updated``, ``fields``)."""
+    store = call.store
+    if queue_id and queue_name:
         raise errors.validation_error("Either queue id or queue name should be provided")
-    task = get_task(store, data["task"])
-    update_queue = data.get("update_execution_queue", True)
-    if not update_queue and not (task["status"] == "queued" and (task.get("execution") or {}).get("queue")):
+    task = get_task(store, task_id)
+    if not update_execution_queue and not (task["status"] == "queued" and (task.get("execution") or {}).get("queue")):
         raise errors.validation_error("Cannot skip setting execution queue for a task that is not enqueued or does not have execution queue set")
-    queue_id = data.get("queue")
-    if data.get("queue_name"):
-        queue = queues.queue_by_name(store, data["queue_name"]) or queues.create_queue(store, data["queue_name"])
-        queue_id = queue["id"]
+    if queue_name:
+        queue_id = (queues.queue_by_name(store, queue_name) or queues.create_queue(store, queue_name))["id"]
     if not queue_id:
         queue_id = queues.default_queue(store)["id"]
     queues.get_queue(store, queue_id)
     previous = task["status"]
     before = task.get("enqueue_status") if previous == "queued" and task.get("enqueue_status") else previous
-    result = change_status(task, "queued", call.user["id"], force=data.get("force", False), reason=data.get("status_reason", ""),
-                           message=data.get("status_message", ""), enqueue_status=before)
+    result = change_status(task, "queued", call.user["id"], force=force, reason=status_reason, message=status_message,
+                           enqueue_status=before)
     try:
         queues.add_task(store, queue_id, task["id"])
     except errors.APIError:
         # revert to the status the call found (for a task already queued: queued, its enqueue_status lost)
         change_status(task, previous, call.user["id"], force=True, reason="failed enqueueing", enqueue_status=None)
         raise
-    if update_queue:
+    if update_execution_queue:
         task.setdefault("execution", {})["queue"] = queue_id
         result["fields"]["execution.queue"] = queue_id
     queues.remove_task_from_all_queues(store, task["id"], exclude=queue_id)
     result["fields"].pop("enqueue_status", None)
-    if data.get("verify_watched_queue"):
-        result["queue_watched"] = any(queue_id in w.get("queues", []) for w in store.workers.values())
-    return {"queued": 1, **result}
+    return result
+
+
+def queue_watched(store: Store, result: dict) -> dict:
+    """``QueueBLL.check_for_workers`` on the queue an enqueueing set (``fields.execution.queue``):
+    ``{"queue_watched": bool}``, or nothing when the call set no queue."""
+    queue_id = result["fields"].get("execution.queue")
+    if not queue_id:
+        return {}
+    return {"queue_watched": any(queue_id in w.get("queues", []) for w in store.workers.values())}
 
 
 def dequeue(store: Store, task: dict) -> dict | None:

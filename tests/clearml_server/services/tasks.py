@@ -202,65 +202,99 @@ def get_all(call: Call) -> dict:
     return {"tasks": [present(t) for t in get_many(call.endpoint, tasks, query, TASK_QUERY)]}
 
 
-@endpoint(
-    "tasks.clone",
-    required=("task",),
-    fields=("new_task_name", "new_task_comment", "new_task_tags", "new_task_system_tags", "new_task_parent",
-            "new_task_project", "new_task_hyperparams", "new_task_configuration", "new_task_container",
-            "new_task_input_models", "validate_references", "new_project_name", "execution_overrides"),
-)
+CLONE_FIELDS = ("new_task_name", "new_task_comment", "new_task_tags", "new_task_system_tags", "new_task_parent",
+                "new_task_project", "new_task_hyperparams", "new_task_configuration", "new_task_container",
+                "new_task_input_models", "validate_references", "new_project_name", "execution_overrides")
+
+
+@endpoint("tasks.clone", required=("task",), fields=CLONE_FIELDS)
 def clone(call: Call) -> dict:
+    """``services/tasks.py:clone_task``: ``TaskBLL.clone_task`` with the request's overrides."""
+    data = call.data
+    task, new_project = clone_task(
+        call, data["task"], name=data.get("new_task_name"), comment=data.get("new_task_comment"),
+        parent=data.get("new_task_parent"), project=data.get("new_task_project"), tags=data.get("new_task_tags"),
+        system_tags=data.get("new_task_system_tags"), hyperparams=data.get("new_task_hyperparams"),
+        configuration=data.get("new_task_configuration"), container=data.get("new_task_container"),
+        execution_overrides=data.get("execution_overrides"), input_models=data.get("new_task_input_models"),
+        validate_references=bool(data.get("validate_references")), new_project_name=data.get("new_project_name"),
+    )
+    return {"id": task["id"], **({"new_project": new_project} if new_project else {})}
+
+
+def clone_task(call: Call, task_id: str, *, name: str | None = None, comment: str | None = None,
+               parent: str | None = None, project: str | None = None, tags: list | None = None,
+               system_tags: list | None = None, hyperparams: dict | None = None, configuration: dict | None = None,
+               container: dict | None = None, execution_overrides: dict | None = None,
+               input_models: list | None = None, validate_references: bool = False,
+               new_project_name: str | None = None, hyperparams_overrides: dict | None = None) -> tuple[dict, dict | None]:
     """``TaskBLL.clone_task``: a new created task with the source's script, parameters,
     configuration, container, input models and input artifacts; output artifacts, output
     models, metrics, runtime and the queue are not copied. The parent is the source's parent,
-    or the source itself."""
-    data, store = call.data, call.store
-    source = get_task(store, data["task"])
-    execution = copy.deepcopy(source.get("execution") or {})
-    overrides = copy.deepcopy(data.get("execution_overrides") or {})
-    for legacy in ("model", "docker_cmd", "parameters", "configuration"):
-        if legacy in overrides:
-            raise errors.unsupported_field(call.endpoint, f"execution_overrides.{legacy}")
-    if isinstance(overrides.get("artifacts"), list):
-        overrides["artifacts"] = {artifact_id(a): {"mode": "output", **a} for a in overrides["artifacts"]}
-    execution.update(overrides)
-    execution["artifacts"] = {k: a for k, a in (execution.get("artifacts") or {}).items() if a.get("mode", "output") != "output"}
-    execution.pop("queue", None)
-    project = data.get("new_task_project")
+    or the source itself. ``hyperparams_overrides`` (``{section: {name: item}}``) replace
+    those items of the source's parameters. Returns the task and the project made for
+    ``new_project_name``, if any."""
+    store = call.store
+    source = get_task(store, task_id)
     new_project = None
-    if not project and data.get("new_project_name"):
-        name = data["new_project_name"]
-        existing = next((p for p in store.projects.values() if p["name"] == projects.clean_name(name)[0]), None)
-        project = existing["id"] if existing else projects.create_project(store, call.user["id"], name)["id"]
-        new_project = {"id": project, "name": name}
-    parent = source.get("parent")
-    source_parent = parent if parent and not parent.startswith(DELETED_PREFIX) else source["id"]
-    input_models = data.get("new_task_input_models")
+    if not project and new_project_name:
+        project = _find_or_create_project(call, new_project_name)
+        new_project = {"id": project, "name": new_project_name}
+    parent_of_source = source.get("parent")
     stamp = now()
     fields = {
-        "name": data.get("new_task_name") or source["name"],
-        "comment": data.get("new_task_comment") or source.get("comment"),
-        "parent": data.get("new_task_parent") or source_parent,
+        "name": name or source["name"],
+        "comment": comment or source.get("comment"),
+        "parent": parent or (parent_of_source if parent_of_source and not parent_of_source.startswith(DELETED_PREFIX) else source["id"]),
         "project": project or source.get("project"),
-        "tags": data.get("new_task_tags") or list(source.get("tags") or []),
-        "system_tags": data.get("new_task_system_tags")
-        or [t for t in source.get("system_tags") or [] if t not in ("development", "archived")],
+        "tags": tags or list(source.get("tags") or []),
+        "system_tags": system_tags or [t for t in source.get("system_tags") or [] if t not in ("development", "archived")],
         "type": source["type"],
         "script": copy.deepcopy(source.get("script")),
         "output": {"destination": source["output"]["destination"]} if (source.get("output") or {}).get("destination") else {},
         "models": {"input": [{**m, "updated": stamp} for m in input_models] if input_models
                    else copy.deepcopy((source.get("models") or {}).get("input") or []), "output": []},
-        "container": copy.deepcopy(data.get("new_task_container") or source.get("container") or {}),
-        "execution": execution,
-        "configuration": copy.deepcopy(data.get("new_task_configuration") or source.get("configuration") or {}),
-        "hyperparams": copy.deepcopy(data.get("new_task_hyperparams") or source.get("hyperparams") or {}),
+        "container": copy.deepcopy(container or source.get("container") or {}),
+        "execution": _cloned_execution(source, execution_overrides, call.endpoint),
+        "configuration": copy.deepcopy(configuration or source.get("configuration") or {}),
+        "hyperparams": _cloned_hyperparams(source, hyperparams, hyperparams_overrides),
     }
     task = new_task(call.user["id"], fields)
-    check = bool(data.get("validate_references"))
-    validate(store, task, parent=check or bool(data.get("new_task_parent")), project=check or bool(data.get("new_task_project")),
-             models=check or bool(input_models))
+    validate(store, task, parent=validate_references or bool(parent), project=validate_references or bool(project),
+             models=validate_references or bool(input_models))
     store.tasks[task["id"]] = task
-    return {"id": task["id"], **({"new_project": new_project} if new_project else {})}
+    return task, new_project
+
+
+def _find_or_create_project(call: Call, name: str) -> str:
+    """``ProjectBLL.find_or_create``: the id of the project of that name, created when missing."""
+    existing = next((p for p in call.store.projects.values() if p["name"] == projects.clean_name(name)[0]), None)
+    return existing["id"] if existing else projects.create_project(call.store, call.user["id"], name)["id"]
+
+
+def _cloned_execution(source: dict, overrides: dict | None, endpoint_name: str) -> dict:
+    """The source's execution with ``execution_overrides`` applied, output artifacts and the queue dropped."""
+    execution = copy.deepcopy(source.get("execution") or {})
+    overrides = copy.deepcopy(overrides or {})
+    for legacy in ("model", "docker_cmd", "parameters", "configuration"):
+        if legacy in overrides:
+            raise errors.unsupported_field(endpoint_name, f"execution_overrides.{legacy}")
+    if isinstance(overrides.get("artifacts"), list):
+        overrides["artifacts"] = {artifact_id(a): {"mode": "output", **a} for a in overrides["artifacts"]}
+    execution.update(overrides)
+    execution["artifacts"] = {k: a for k, a in (execution.get("artifacts") or {}).items() if a.get("mode", "output") != "output"}
+    execution.pop("queue", None)
+    return execution
+
+
+def _cloned_hyperparams(source: dict, hyperparams: dict | None, overrides: dict | None) -> dict:
+    """``hyperparams`` replace the source's whole; ``overrides`` replace single items (``nested_set``)."""
+    if hyperparams:
+        return copy.deepcopy(hyperparams)
+    cloned = copy.deepcopy(source.get("hyperparams") or {})
+    for section, items in (overrides or {}).items():
+        cloned.setdefault(section, {}).update(copy.deepcopy(items))
+    return cloned
 
 
 @endpoint("tasks.set_requirements", required=("task", "requirements"))
