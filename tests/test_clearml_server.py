@@ -362,6 +362,20 @@ def test_scalar_events_update_last_metrics_as_the_server_does(api, project):
     assert histogram["loss"]["train"] == {"name": "train", "x": [0, 1, 2, 4, 5], "y": [3.0, 1.0, 2.0, 4.0, 1.5]}
 
 
+def test_machine_monitoring_events_do_not_move_the_task_iteration(api, project):
+    """``EventBLL.add_events``: metrics in ``services.events.ignore_iteration.metrics``
+    (``:monitor:machine``, ``:monitor:gpu``) leave ``last_iteration`` alone; they are stored
+    and summarized in ``last_metrics`` as any scalar."""
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    monitor = [{**_scalar(task, 42.0, 500, 1), "metric": metric, "variant": "cpu_usage"} for metric in (":monitor:machine", ":monitor:gpu")]
+    api.call_batch("events.add_batch", [_scalar(task, 1.0, 3, 1), *monitor])
+    stored = api.task(task)
+    assert stored["last_iteration"] == 3
+    assert stored["last_metrics"][md5(":monitor:machine")][md5("cpu_usage")]["value"] == 42.0
+    assert len(api.call("events.get_task_events", task=task)["events"]) == 3
+
+
 def test_events_of_a_published_task_are_not_added(api, project):
     task = new_task(api, project)
     api.call("tasks.started", task=task)

@@ -23,6 +23,8 @@ LOCKED_STATUSES = ("publishing", "published")
 MAX_LONG = 2**63 - 1
 SINGLE_SCALAR_ITERATION = -(2**31)
 EVENT_ID_FIELDS = ("task", "iter", "metric", "variant", "key")
+# config/default/services/events.conf: ignore_iteration.metrics (machine monitoring does not move a task's iteration)
+IGNORE_ITERATION_METRICS = (":monitor:machine", ":monitor:gpu")
 
 
 def field_hash(name: str) -> str:
@@ -115,11 +117,12 @@ def add_events(call: Call, events: list[dict]) -> dict:
             if not -MAX_LONG - 1 <= event["iter"] <= MAX_LONG:
                 problems[f"Iteration number should not exceed {MAX_LONG}"] += 1
                 continue
-            iterations[task["id"]] = max(event["iter"], iterations.get(task["id"], 0))
         if "values" in event:
             event["value"] = event.pop("values")
         event["metric"] = event.get("metric") or ""
         event["variant"] = event.get("variant") or ""
+        if event.get("iter") is not None and event["metric"] not in IGNORE_ITERATION_METRICS:
+            iterations[task["id"]] = max(event["iter"], iterations.get(task["id"], 0))
         if event_type == "training_stats_scalar":
             _summarize_scalars(summaries[task["id"]], event)
         accepted.append(event)
