@@ -174,6 +174,22 @@ def test_reset_clears_outputs_events_and_draft_models(api, project):
     refused(lambda: api.call("models.get_by_id", model=model), 400, 201)
 
 
+def test_draft_models_kept_by_reset_or_delete_lose_or_redirect_their_task_link(api, project):
+    """``task_cleanup.py:cleanup_task`` with ``delete_output_models=false``: the draft output
+    models are handled as published ones: reset unlinks them, delete points them (and the
+    task's children) at ``__DELETED__<task>``, counted in ``updated_models`` / ``updated_children``."""
+    task, model = _finished_task_with_outputs(api, project)
+    reset = api.call("tasks.reset", task=task, delete_output_models=False)
+    assert reset["deleted_models"] == 0 and "task" not in api.call("models.get_by_id", model=model)["model"]
+
+    task, model = _finished_task_with_outputs(api, project)
+    child = new_task(api, project, name="child task", parent=task)
+    deleted = api.call("tasks.delete", task=task, force=True, delete_output_models=False)
+    assert (deleted["deleted_models"], deleted["updated_models"], deleted["updated_children"]) == (0, 1, 1)
+    assert api.call("models.get_by_id", model=model)["model"]["task"] == f"__DELETED__{task}"
+    assert api.task(child)["parent"] == f"__DELETED__{task}"
+
+
 def test_a_published_task_is_not_reset_without_force(api, project):
     task, _ = _finished_task_with_outputs(api, project)
     api.call("tasks.publish", task=task)

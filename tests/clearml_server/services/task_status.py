@@ -10,7 +10,8 @@ from .. import errors
 from ..registry import Call, endpoint
 from ..store import Store, now
 from . import queues
-from .tasks import DELETED_PREFIX, get_task, present
+from .task_cleanup import cleanup_task
+from .tasks import get_task, present
 
 # bll/task/utils.py: state_machine
 STATE_MACHINE = {
@@ -240,44 +241,6 @@ def _stop_one(call: Call, task: dict, force: bool) -> dict:
     return change_status(task, task["status"], call.user["id"], force=force, reason=call.get("status_reason", ""), message="stopping")
 
 
-def _draft_outputs(store: Store, task: dict, force: bool) -> tuple[list[dict], list[dict]]:
-    """``task_cleanup.py:verify_task_children_and_ouptuts``: (published, draft) output models."""
-    if not force and any(t.get("parent") == task["id"] and t["status"] == "published" for t in store.tasks.values()):
-        raise errors.task_cannot_be_deleted("has children, use force=True", task=task["id"])
-    owned = [m for m in store.models.values() if m.get("task") == task["id"]]
-    listed = [store.models[m["model"]] for m in (task.get("models") or {}).get("output") or [] if m["model"] in store.models]
-    by_id = {m["id"]: m for m in owned + listed}
-    published = [m for m in by_id.values() if m.get("ready")]
-    if published and not force:
-        raise errors.task_cannot_be_deleted("has output models, use force=True", task=task["id"], models=len(published))
-    return published, [m for m in by_id.values() if not m.get("ready")]
-
-
-def cleanup_task(store: Store, task: dict, force: bool, delete_output_models: bool, update_children: bool) -> int:
-    """``task_cleanup.py:cleanup_task``: draft output models not used as input elsewhere are
-    deleted; published ones lose their task link (or point at the deleted task)."""
-    published, drafts = _draft_outputs(store, task, force)
-    if update_children:
-        for child in store.tasks.values():
-            if child.get("parent") == task["id"]:
-                child["parent"] = DELETED_PREFIX + task["id"]
-    in_use = {m["model"] for t in store.tasks.values() for m in (t.get("models") or {}).get("input") or []}
-    deleted = 0
-    if delete_output_models:
-        for model in drafts:
-            if model["id"] in in_use:
-                model.pop("task", None)
-            else:
-                del store.models[model["id"]]
-                deleted += 1
-    for model in published:
-        if update_children:
-            model["task"] = DELETED_PREFIX + task["id"]
-        else:
-            model.pop("task", None)
-    return deleted
-
-
 @endpoint("tasks.reset", required=("task",), fields=STATUS_FIELDS + ("clear_all", "delete_output_models", "return_file_urls", "delete_external_artifacts"))
 def reset(call: Call) -> dict:
     """``task_operations.py:reset_task``: back to created, dequeued; metrics, output models,
@@ -292,7 +255,8 @@ def reset(call: Call) -> dict:
         raise errors.invalid_task_status(task_id=task["id"], status=task["status"])
     dequeued = dequeue(store, task) or {}
     queues.remove_task_from_all_queues(store, task["id"])
-    deleted_models = cleanup_task(store, task, force, data.get("delete_output_models", True), update_children=False)
+    cleanup = cleanup_task(store, task, call.user["id"], force=force, update_children=False,
+                           delete_output_models=data.get("delete_output_models", True))
     execution = task.get("execution") or {}
     if data.get("clear_all", False):
         updates = {"execution": {"test_split": 0, "parameters": {}, "model_desc": {}, "artifacts": {}}, "script": None}
@@ -310,7 +274,7 @@ def reset(call: Call) -> dict:
     (task.get("output") or {}).pop("error", None)
     store.events[:] = [e for e in store.events if e.get("task") != task["id"]]
     result["fields"] = present({k: v for k, v in result["fields"].items() if k in ("status", "status_reason", "status_message", "status_changed", "last_update", "last_change", "last_changed_by")})
-    return {**result, "dequeued": dequeued, "deleted_models": deleted_models, "urls": {}}
+    return {**result, "dequeued": dequeued, "deleted_models": cleanup["deleted_models"], "urls": {}}
 
 
 @endpoint("tasks.delete", required=("task",), fields=STATUS_FIELDS + ("move_to_trash", "return_file_urls", "delete_output_models", "delete_external_artifacts", "include_pipeline_steps"))
@@ -322,13 +286,21 @@ def delete(call: Call) -> dict:
     force = data.get("force", False)
     if task["status"] != "created" and "archived" not in task.get("system_tags", []) and not force:
         raise errors.task_cannot_be_deleted("due to status, use force=True", task=task["id"], expected="created", current=task["status"])
-    targets = [task]
+    steps = []
     if data.get("include_pipeline_steps", False) and task["type"] == "controller":
-        targets = [t for t in store.tasks.values() if t.get("parent") == task["id"]] + [task]
-    deleted_models = 0
-    for target in targets:
-        dequeue_and_change_status(call, target)
-        deleted_models += cleanup_task(store, target, force or target is not task, data.get("delete_output_models", True), update_children=True)
-        del store.tasks[target["id"]]
-        store.events[:] = [e for e in store.events if e.get("task") != target["id"]]
-    return {"deleted": True, "updated_children": 0, "updated_models": 0, "deleted_models": deleted_models, "urls": {}}
+        steps = [t for t in store.tasks.values() if t.get("parent") == task["id"]]
+    for step in steps:
+        _delete_one(call, step, force=True)
+    # as upstream, the result (and the events deleted) are the controller's only
+    cleanup = _delete_one(call, task, force)
+    store.events[:] = [e for e in store.events if e.get("task") != task["id"]]
+    return {"deleted": True, **cleanup, "urls": {}}
+
+
+def _delete_one(call: Call, task: dict, force: bool) -> dict:
+    """``delete_task_core``: dequeued, its outputs cleaned up, deleted."""
+    dequeue_and_change_status(call, task)
+    cleanup = cleanup_task(call.store, task, call.user["id"], force=force, update_children=True,
+                           delete_output_models=call.get("delete_output_models", True))
+    del call.store.tasks[task["id"]]
+    return cleanup

@@ -1,0 +1,76 @@
+"""What tasks.reset and tasks.delete do to a task's outputs: ``apiserver/bll/task/task_cleanup.py``
+(``cleanup_task``, ``verify_task_children_and_ouptuts``)."""
+
+from __future__ import annotations
+
+from .. import errors
+from ..store import Store, now
+from .tasks import DELETED_PREFIX
+
+
+def task_outputs(store: Store, task: dict, force: bool) -> tuple[list[dict], list[dict], set[str]]:
+    """``verify_task_children_and_ouptuts``: (published, draft) output models (those linked to
+    the task and those in its ``models.output``) and the drafts that other tasks use as input.
+    Without ``force``, published children or published output models refuse the cleanup."""
+    if not force:
+        children = sum(1 for t in store.tasks.values() if t.get("parent") == task["id"] and t["status"] == "published")
+        if children:
+            raise errors.task_cannot_be_deleted("has children, use force=True", task=task["id"], children=children)
+    linked = [m for m in store.models.values() if m.get("task") == task["id"]]
+    published = [m for m in linked if m.get("ready")]
+    if published and not force:
+        raise errors.task_cannot_be_deleted("has output models, use force=True", task=task["id"], models=len(published))
+    drafts = [m for m in linked if not m.get("ready")]
+    for item in (task.get("models") or {}).get("output") or []:
+        model = store.models.get(item["model"])
+        if model is None:
+            continue
+        if model.get("ready") and not force:
+            raise errors.task_cannot_be_deleted("has output model, use force=True", task=task["id"], model=model["id"])
+        (published if model.get("ready") else drafts).append(model)
+    draft_ids = {m["id"] for m in drafts}
+    inputs = {m["model"] for t in store.tasks.values() for m in (t.get("models") or {}).get("input") or []}
+    return _unique(published), _unique(drafts), draft_ids & inputs
+
+
+def _unique(models: list[dict]) -> list[dict]:
+    return list({m["id"]: m for m in models}.values())
+
+
+def _stamp(entity: dict, user: str, **updates) -> None:
+    entity.update(updates, last_change=now(), last_changed_by=user)
+
+
+def cleanup_task(store: Store, task: dict, user: str, *, force: bool, update_children: bool, delete_output_models: bool) -> dict:
+    """``cleanup_task``: children point at the deleted task (``update_children``); with
+    ``delete_output_models`` the draft output models no other task uses are deleted (the used
+    ones lose their task link); every other output model (published ones, and drafts kept by
+    ``delete_output_models=false``) points at the deleted task on delete and loses its task
+    link on reset. Returns the counts of ``CleanupResult``."""
+    published, drafts, in_use = task_outputs(store, task, force)
+    deleted_id = DELETED_PREFIX + task["id"]
+    updated_children = 0
+    if update_children:
+        for child in store.tasks.values():
+            if child.get("parent") == task["id"]:
+                _stamp(child, user, parent=deleted_id)
+                updated_children += 1
+    deleted_models = updated_models = 0
+    for models, deletable in ((drafts, True), (published, False)):
+        if delete_output_models and deletable:
+            for model in models:
+                if model["id"] in in_use:
+                    model.pop("task", None)
+                    _stamp(model, user)
+                else:
+                    del store.models[model["id"]]
+                    deleted_models += 1
+        elif update_children:
+            for model in models:
+                _stamp(model, user, task=deleted_id)
+            updated_models += len(models)
+        else:
+            for model in models:
+                model.pop("task", None)
+                _stamp(model, user)
+    return {"updated_children": updated_children, "updated_models": updated_models, "deleted_models": deleted_models}
