@@ -190,6 +190,22 @@ def test_draft_models_kept_by_reset_or_delete_lose_or_redirect_their_task_link(a
     assert api.task(child)["parent"] == f"__DELETED__{task}"
 
 
+def test_reset_and_delete_list_the_files_left_behind_only_when_asked(api, project):
+    """``CleanupResult.to_res_dict``: ``urls`` (draft model and output artifact URIs; event URLs
+    never) with ``return_file_urls``; otherwise none: null from delete, absent from reset."""
+    listed = {"model_urls": ["http://files/model.zip"], "artifact_urls": ["http://files/checkpoint.zip"], "event_urls": []}
+    task, _ = _finished_task_with_outputs(api, project)
+    assert "urls" not in api.call("tasks.reset", task=task, delete_external_artifacts=False)
+    task, _ = _finished_task_with_outputs(api, project)
+    assert api.call("tasks.reset", task=task, return_file_urls=True, delete_external_artifacts=False)["urls"] == listed
+    task, _ = _finished_task_with_outputs(api, project)
+    assert api.call("tasks.delete", task=task, force=True, delete_external_artifacts=False)["urls"] is None
+    task, model = _finished_task_with_outputs(api, project)
+    new_task(api, project, name="uses the model", models={"input": [{"name": "base", "model": model}]})
+    deleted = api.call("tasks.delete", task=task, force=True, return_file_urls=True, delete_external_artifacts=False)
+    assert deleted["urls"] == {**listed, "model_urls": []}  # a model another task uses stays, and is not listed
+
+
 def test_a_published_task_is_not_reset_without_force(api, project):
     task, _ = _finished_task_with_outputs(api, project)
     api.call("tasks.publish", task=task)

@@ -46,8 +46,15 @@ def cleanup_task(store: Store, task: dict, user: str, *, force: bool, update_chi
     ``delete_output_models`` the draft output models no other task uses are deleted (the used
     ones lose their task link); every other output model (published ones, and drafts kept by
     ``delete_output_models=false``) points at the deleted task on delete and loses its task
-    link on reset. Returns the counts of ``CleanupResult``."""
+    link on reset. Returns ``CleanupResult``: the counts and the ``urls`` of the files left
+    behind (draft models deleted or kept, output artifacts)."""
     published, drafts, in_use = task_outputs(store, task, force)
+    artifacts = ((task.get("execution") or {}).get("artifacts") or {}).values()
+    urls = {
+        "model_urls": sorted({m["uri"] for m in drafts if m.get("uri") and m["id"] not in in_use}),
+        "artifact_urls": sorted({a["uri"] for a in artifacts if a.get("mode", "output") == "output" and a.get("uri")}),
+        "event_urls": [],  # TaskUrls keeps the field for the API; event files are never listed
+    }
     deleted_id = DELETED_PREFIX + task["id"]
     updated_children = 0
     if update_children:
@@ -73,4 +80,10 @@ def cleanup_task(store: Store, task: dict, user: str, *, force: bool, update_chi
             for model in models:
                 model.pop("task", None)
                 _stamp(model, user)
-    return {"updated_children": updated_children, "updated_models": updated_models, "deleted_models": deleted_models}
+    return {"updated_children": updated_children, "updated_models": updated_models, "deleted_models": deleted_models,
+            "urls": urls}
+
+
+def cleanup_response(cleanup: dict, return_file_urls: bool) -> dict:
+    """``CleanupResult.to_res_dict``: the urls only with ``return_file_urls``, else None."""
+    return {**cleanup, "urls": cleanup["urls"] if return_file_urls else None}

@@ -10,7 +10,7 @@ from .. import errors
 from ..registry import Call, endpoint
 from ..store import Store, now
 from . import queues
-from .task_cleanup import cleanup_task
+from .task_cleanup import cleanup_response, cleanup_task
 from .tasks import get_task, present
 
 # bll/task/utils.py: state_machine
@@ -274,7 +274,9 @@ def reset(call: Call) -> dict:
     (task.get("output") or {}).pop("error", None)
     store.events[:] = [e for e in store.events if e.get("task") != task["id"]]
     result["fields"] = present({k: v for k, v in result["fields"].items() if k in ("status", "status_reason", "status_message", "status_changed", "last_update", "last_change", "last_changed_by")})
-    return {**result, "dequeued": dequeued, "deleted_models": cleanup["deleted_models"], "urls": {}}
+    # ResetResponse: no children or models counts, and no urls unless asked for
+    urls = {"urls": cleanup["urls"]} if data.get("return_file_urls", False) else {}
+    return {**result, "dequeued": dequeued, "deleted_models": cleanup["deleted_models"], **urls}
 
 
 @endpoint("tasks.delete", required=("task",), fields=STATUS_FIELDS + ("move_to_trash", "return_file_urls", "delete_output_models", "delete_external_artifacts", "include_pipeline_steps"))
@@ -294,7 +296,7 @@ def delete(call: Call) -> dict:
     # as upstream, the result (and the events deleted) are the controller's only
     cleanup = _delete_one(call, task, force)
     store.events[:] = [e for e in store.events if e.get("task") != task["id"]]
-    return {"deleted": True, **cleanup, "urls": {}}
+    return {"deleted": True, **cleanup_response(cleanup, data.get("return_file_urls", False))}
 
 
 def _delete_one(call: Call, task: dict, force: bool) -> dict:
