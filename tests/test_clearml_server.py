@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -476,13 +478,18 @@ def test_models_are_ready_by_default_and_publishing_one_publishes_its_task(api, 
 
 # ---- files and state -------------------------------------------------------------------
 
-def test_files_round_trip_and_stay_inside_the_files_folder(server):
+def _upload(server, path: str, content: bytes) -> list[str]:
+    """A multipart upload of one file, as the SDK's ``_HttpDriver`` sends it."""
     boundary = "unitboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"p/a b.bin\"; filename=\"p/a b.bin\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"\x00\r\n\xff" + f"\r\n--{boundary}--\r\n".encode()
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{path}\"; filename=\"{path}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(server.files_host + "/", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    assert json.load(urllib.request.urlopen(request, timeout=10)) == ["p/a b.bin"]
+    return json.load(urllib.request.urlopen(request, timeout=10))
+
+
+def test_files_round_trip_and_stay_inside_the_files_folder(server):
+    assert _upload(server, "p/a b.bin", b"\x00\r\n\xff") == ["p/a b.bin"]
     assert urllib.request.urlopen(f"{server.files_host}/p/a%20b.bin", timeout=10).read() == b"\x00\r\n\xff"
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(f"{server.files_host}/../calls.jsonl", timeout=10)  # beside files/, there from the start
@@ -496,3 +503,44 @@ def test_state_and_calls_are_written_to_the_state_directory(tmp_path):
         task = new_task(api, api.call("projects.create", name="saved")["id"], name="saved task")
     assert load_state(tmp_path)["tasks"][task]["name"] == "saved task"
     assert [c["endpoint"] for c in load_calls(tmp_path)] == ["auth.login", "projects.create", "tasks.create"]
+
+
+def _stored_files(server, paths: list[str], timeout_s: float = 5.0) -> set[str]:
+    """Which of ``paths`` are still on the files server once the deletion job had its pass."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        present = {p for p in paths if (server.state_dir / "files" / p).exists()}
+        if time.monotonic() > deadline or not any(p.startswith("gone/") for p in present):
+            return present
+        time.sleep(0.1)
+
+
+def test_delete_external_artifacts_deletes_the_task_files_on_the_files_server(server, api, project):
+    """``_delete_task_events`` with ``delete_external_artifacts`` (default true): the draft
+    models, output artifacts, debug images and plot images of the task are scheduled
+    (``UrlToDelete``) and the ``async_urls_delete`` job deletes those of this files server;
+    input artifacts, published models and other hosts' files are not deleted."""
+    paths = ["gone/model.bin", "gone/checkpoint.zip", "gone/image 1.png", "gone/plot.png", "kept/data.tsv", "kept/published.bin"]
+    for path in paths:
+        _upload(server, path, b"x")
+    url = lambda path: f"{server.files_host}/{urllib.parse.quote(path)}"  # noqa: E731
+    task = new_task(api, project, name="task with files")
+    api.call("tasks.started", task=task)
+    api.call("tasks.add_or_update_artifacts", task=task, artifacts=[
+        {"key": "checkpoint", "type": "custom", "uri": url("gone/checkpoint.zip")},
+        {"key": "data", "type": "custom", "mode": "input", "uri": url("kept/data.tsv")},
+        {"key": "elsewhere", "type": "custom", "uri": "http://elsewhere.example/file.bin"}])
+    api.call("models.create", name="draft model", uri=url("gone/model.bin"), task=task, ready=False)
+    api.call("models.create", name="published model", uri=url("kept/published.bin"), task=task, ready=True)
+    plot = json.dumps({"layout": {"images": [{"source": url("gone/plot.png")}]}})
+    api.call_batch("events.add_batch", [
+        {"task": task, "type": "training_debug_image", "metric": "m", "variant": "v", "iter": 1, "url": url("gone/image 1.png")},
+        {"task": task, "type": "plot", "metric": "m", "variant": "p", "iter": 1, "plot_str": plot}])
+    kept = new_task(api, project, name="task keeping files")
+    api.call("tasks.add_or_update_artifacts", task=kept, artifacts=[{"key": "c", "type": "custom", "uri": url("kept/data.tsv")}])
+    api.call("tasks.reset", task=kept, delete_external_artifacts=False)
+    api.call("tasks.delete", task=task, force=True)
+    assert _stored_files(server, paths) == {"kept/data.tsv", "kept/published.bin"}
+    with server.store.lock:
+        failed = [e for e in server.store.urls_to_delete if e["task"] == task]
+    assert [(e["url"], e["status"]) for e in failed] == [("http://elsewhere.example/file.bin", "failed")]

@@ -3,18 +3,22 @@
 ``POST /`` takes a multipart form whose field names are the target paths (the SDK's
 ``_HttpDriver.upload_object_via_stream`` sends one file per request); ``GET /<path>``
 returns a file; ``DELETE /<path>`` removes one. Files live under ``<state dir>/files``.
+``UrlsDeleteJob`` deletes the files the API server scheduled for deletion.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 FILES_DIR = "files"
+JOB_POLL_S = 1.0  # the server's job sleeps 10 s when it finds nothing to delete
 
 
 def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
@@ -99,3 +103,59 @@ class FilesRequestHandler(BaseHTTPRequestHandler):
         target.unlink()
         self._log(path=self.path, code=200)
         self._send(200, json.dumps(urlsplit(self.path).path.lstrip("/")).encode())
+
+
+class UrlsDeleteJob:
+    """``apiserver/jobs/async_urls_delete.py`` for the fileserver (``FileserverStorage``): each
+    ``JOB_POLL_S`` the fileserver URLs in ``store.urls_to_delete`` are resolved against this
+    files server's host and deleted as ``fileserver.py:batch_delete`` deletes (the URL path
+    unquoted with ``unquote_plus``; a file or a folder), their entries removed. A URL of
+    another host is marked failed, as upstream marks it; so is a file that is not there
+    (upstream retries it 3 times, a minute apart; a missing local file stays missing).
+    The job has no s3/azure/gs storages: their entries stay scheduled. A last pass runs on stop."""
+
+    def __init__(self, store, root: Path, files_host: str):
+        self.store, self.root, self.files_host = store, Path(root).resolve(), files_host
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="urls-delete-job", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.run_once()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(JOB_POLL_S):
+            self.run_once()
+
+    def run_once(self) -> None:
+        with self.store.lock:
+            pending = [e for e in self.store.urls_to_delete if e["storage_type"] == "fileserver" and e["status"] == "created"]
+            for entry in pending:
+                failure = self._delete(entry["url"])
+                if failure:
+                    entry.update(status="failed", last_failure_reason=failure)
+                else:
+                    self.store.urls_to_delete.remove(entry)
+            if pending:
+                self.store.mark_dirty()
+
+    def _delete(self, url: str) -> str | None:
+        """The file or folder of ``url`` deleted; the reason when it cannot be."""
+        parts = urlsplit(url)
+        if f"{parts.scheme}://{parts.netloc}" != self.files_host:
+            return "Invalid Fileserver url or missing Fileserver configuration for account"
+        relative = unquote_plus(parts.path).strip("/")
+        target = (self.root / relative).resolve()
+        if not relative or not target.is_relative_to(self.root):
+            return "Empty path not allowed" if not relative else "Not found"
+        if target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        else:
+            return "Not found"
+        return None

@@ -1,4 +1,5 @@
-"""Start and stop the API server (port N) and the files server (port N+1) in threads."""
+"""Start and stop the API server (port N), the files server (port N+1) and the files
+deletion job in threads."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from . import services  # noqa: F401  (registers the endpoints)
 from .api import ApiRequestHandler
 from .auth import Authenticator
-from .files import FILES_DIR, FilesRequestHandler
+from .files import FILES_DIR, FilesRequestHandler, UrlsDeleteJob
 from .services.queues import ensure_default_queue
 from .store import Store
 
@@ -37,6 +38,7 @@ class ClearMLTestServer:
         files_root = self.state_dir / FILES_DIR
         files_root.mkdir(parents=True, exist_ok=True)
         self._api, self._files = self._bind(port, files_root)
+        self._urls_delete_job = UrlsDeleteJob(self.store, files_root, self.files_host)
         self._threads: list[threading.Thread] = []
 
     def _bind(self, port: int, files_root: Path) -> tuple[_Server, _Server]:
@@ -85,6 +87,7 @@ class ClearMLTestServer:
             thread = threading.Thread(target=server.serve_forever, name=f"clearml-test-{server.server_port}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._urls_delete_job.start()
         return self
 
     def stop(self) -> None:
@@ -93,6 +96,7 @@ class ClearMLTestServer:
             server.server_close()
         for thread in self._threads:
             thread.join()
+        self._urls_delete_job.stop()
         self.store.close()
 
     def __enter__(self) -> "ClearMLTestServer":

@@ -1,7 +1,7 @@
 """The server's state: entities kept in memory as clearml-server returns them, saved as JSON.
 
 One lock guards everything (requests are served by threads). ``state.json`` in the state
-directory holds the entities and the events; ``calls.jsonl`` has one line per API call
+directory holds the entities, the events and the file URLs scheduled for deletion; ``calls.jsonl`` has one line per API call
 (endpoint, request keys, result code), so a test can see what a client called.
 """
 
@@ -44,6 +44,7 @@ class Store:
         self.queues: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
         self.events: list[dict] = []
+        self.urls_to_delete: list[dict] = []  # database/model/url_to_delete.py: UrlToDelete
         self._dirty = False
         self._closed = threading.Event()
         self._calls = open(self.state_dir / CALLS_FILE, "a", encoding="utf-8")
@@ -65,6 +66,7 @@ class Store:
         with self.lock:
             state = {name: self.collection(name) for name in COLLECTIONS}
             state["events"] = self.events
+            state["urls_to_delete"] = self.urls_to_delete
             text = json.dumps(state, indent=1, default=str)
             self._dirty = False
         tmp = self.state_dir / (STATE_FILE + ".tmp")

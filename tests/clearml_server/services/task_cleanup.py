@@ -1,11 +1,20 @@
 """What tasks.reset and tasks.delete do to a task's outputs: ``apiserver/bll/task/task_cleanup.py``
-(``cleanup_task``, ``verify_task_children_and_ouptuts``)."""
+(``cleanup_task``, ``verify_task_children_and_ouptuts``, ``schedule_for_delete``) and
+``_delete_task_events`` of ``apiserver/services/tasks.py``."""
 
 from __future__ import annotations
 
+import re
+
 from .. import errors
-from ..store import Store, now
+from ..store import Store, new_id, now
 from .tasks import DELETED_PREFIX
+
+# task_cleanup.py: supported_storage_types; http(s) is the fileserver
+# (services.async_urls_delete.fileserver.url_prefixes defaults to ["https://", "http://"])
+STORAGE_TYPES = (("s3://", "s3"), ("azure://", "azure"), ("gs://", "gs"), ("https://", "fileserver"), ("http://", "fileserver"))
+# EventBLL.validate_and_compress_plots: the image sources of a plot ("source": "<scheme>://...")
+PLOT_IMAGE_SOURCE = re.compile(r"""["']source["']:\s?["']([a-z][a-z0-9+.-]*://[^"'\n]*)["']""", re.IGNORECASE)
 
 
 def task_outputs(store: Store, task: dict, force: bool) -> tuple[list[dict], list[dict], set[str]]:
@@ -87,3 +96,51 @@ def cleanup_task(store: Store, task: dict, user: str, *, force: bool, update_chi
 def cleanup_response(cleanup: dict, return_file_urls: bool) -> dict:
     """``CleanupResult.to_res_dict``: the urls only with ``return_file_urls``, else None."""
     return {**cleanup, "urls": cleanup["urls"] if return_file_urls else None}
+
+
+def _storage_type(url: str) -> str | None:
+    return next((storage for prefix, storage in STORAGE_TYPES if url.startswith(prefix)), None)
+
+
+def schedule_for_delete(store: Store, user: str, task_id: str, urls: set[str]) -> None:
+    """``schedule_for_delete``: every URL of a known storage becomes an ``UrlToDelete`` for the
+    server's ``async_urls_delete`` job (``files.py:UrlsDeleteJob`` here); a URL already
+    scheduled is scheduled anew. Other URLs (``file://``, bare paths) are left alone."""
+    scheduled = {entry["url"]: entry for entry in store.urls_to_delete}
+    for url in sorted(urls):
+        storage = _storage_type(url)
+        if storage is None:
+            continue
+        entry = scheduled.get(url)
+        if entry is None:
+            entry = {"id": new_id(), "url": url, "storage_type": storage, "type": "file"}
+            store.urls_to_delete.append(entry)
+        entry.update(user=user, task=task_id, created=now(), status="created", retry_count=0)
+        entry.pop("last_failure_reason", None)
+
+
+def event_urls(store: Store, task_id: str) -> set[str]:
+    """``collect_debug_image_urls`` and ``collect_plot_image_urls``: debug image URLs and the
+    image sources of plots."""
+    urls = set()
+    for event in store.events:
+        if event.get("task") != task_id:
+            continue
+        if event["type"] == "training_debug_image" and event.get("url"):
+            urls.add(event["url"])
+        elif event["type"] == "plot":
+            urls.update(PLOT_IMAGE_SOURCE.findall(event.get("plot_str") or ""))
+    return urls
+
+
+def delete_task_events(store: Store, user: str, task_id: str, cleanup: dict, delete_external_artifacts: bool) -> None:
+    """``_delete_task_events`` (``services.async_urls_delete.enabled`` is true): the task's
+    events are deleted; with ``delete_external_artifacts`` the files of its deleted models,
+    its output artifacts and its events are scheduled for deletion."""
+    if not delete_external_artifacts:
+        store.events[:] = [e for e in store.events if e.get("task") != task_id]
+        return
+    schedule_for_delete(store, user, task_id, set(cleanup["urls"]["model_urls"]) | set(cleanup["urls"]["artifact_urls"]))
+    urls = event_urls(store, task_id)
+    store.events[:] = [e for e in store.events if e.get("task") != task_id]
+    schedule_for_delete(store, user, task_id, urls)

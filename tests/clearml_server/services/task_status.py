@@ -10,7 +10,7 @@ from .. import errors
 from ..registry import Call, endpoint
 from ..store import Store, now
 from . import queues
-from .task_cleanup import cleanup_response, cleanup_task
+from .task_cleanup import cleanup_response, cleanup_task, delete_task_events
 from .tasks import get_task, present
 
 # bll/task/utils.py: state_machine
@@ -245,9 +245,8 @@ def _stop_one(call: Call, task: dict, force: bool) -> dict:
 def reset(call: Call) -> dict:
     """``task_operations.py:reset_task``: back to created, dequeued; metrics, output models,
     output artifacts, runtime, started/completed and the task's events are cleared (with
-    ``clear_all`` also the script and execution). ``delete_external_artifacts`` schedules the
-    files for deletion by a separate server job (``async_urls_delete``), which the test server
-    does not run: the files stay on the files server."""
+    ``clear_all`` also the script and execution); ``delete_external_artifacts`` (default true)
+    schedules the files of its outputs and events for deletion (``_delete_task_events``)."""
     store, data = call.store, call.data
     task = get_task(store, data["task"])
     force = data.get("force", False)
@@ -272,7 +271,7 @@ def reset(call: Call) -> dict:
     )
     (task.get("output") or {}).pop("result", None)
     (task.get("output") or {}).pop("error", None)
-    store.events[:] = [e for e in store.events if e.get("task") != task["id"]]
+    delete_task_events(store, call.user["id"], task["id"], cleanup, data.get("delete_external_artifacts", True))
     result["fields"] = present({k: v for k, v in result["fields"].items() if k in ("status", "status_reason", "status_message", "status_changed", "last_update", "last_change", "last_changed_by")})
     # ResetResponse: no children or models counts, and no urls unless asked for
     urls = {"urls": cleanup["urls"]} if data.get("return_file_urls", False) else {}
@@ -282,7 +281,7 @@ def reset(call: Call) -> dict:
 @endpoint("tasks.delete", required=("task",), fields=STATUS_FIELDS + ("move_to_trash", "return_file_urls", "delete_output_models", "delete_external_artifacts", "include_pipeline_steps"))
 def delete(call: Call) -> dict:
     """``task_operations.py:delete_task``: only a created (or archived) task without ``force``;
-    its events go too. Files are left as in ``tasks.reset``."""
+    its events go too, and its files as in ``tasks.reset``."""
     store, data = call.store, call.data
     task = get_task(store, data["task"])
     force = data.get("force", False)
@@ -295,7 +294,7 @@ def delete(call: Call) -> dict:
         _delete_one(call, step, force=True)
     # as upstream, the result (and the events deleted) are the controller's only
     cleanup = _delete_one(call, task, force)
-    store.events[:] = [e for e in store.events if e.get("task") != task["id"]]
+    delete_task_events(store, call.user["id"], task["id"], cleanup, data.get("delete_external_artifacts", True))
     return {"deleted": True, **cleanup_response(cleanup, data.get("return_file_urls", False))}
 
 
