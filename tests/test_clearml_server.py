@@ -48,6 +48,10 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
+def _param(section, name, value, **extra):
+    return {"section": section, "name": name, "value": value, **extra}
+
+
 # ---- transport: unknown calls, unknown fields, credentials ------------------------------
 
 def test_unknown_endpoint_is_refused_as_the_server_refuses_it_and_logged(server, api):
@@ -295,11 +299,30 @@ def test_edit_hyper_params_merges_replaces_a_section_or_everything(api, project)
     api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("properties", "x", "1")])
 
 
+def test_hyperparameters_and_configuration_are_checked_as_the_request_schema_and_documents_check_them(api, project):
+    """Request schema (``params_item`` / ``configuration_item``: objects of strings; 400/12 as
+    jsonschema words it), ``params_prepare_for_save`` (no empty names; 400/12) and the strict
+    ``ParamsItem`` (no other fields: 400/12; a missing value fails the save: 400/800)."""
+    def create(**fields):
+        return lambda: new_task(api, project, name="checked params", **fields)
+
+    error = refused(create(hyperparams={"Args": {"rank": {"section": "Args", "name": "rank", "value": 8}}}), 400, 12)
+    assert "8 is not of type 'string'" in error.message and "path=(hyperparams, Args, rank, value)" in error.message
+    refused(create(hyperparams={"Args": "rank=8"}), 400, 12)
+    refused(create(hyperparams={"Args": {"rank": "8"}}), 400, 12)
+    assert "Empty section name" in refused(create(hyperparams={"": {"rank": _param("", "rank", "8")}}), 400, 12).message
+    assert "Empty parameter name" in refused(create(hyperparams={"Args": {"": _param("Args", "", "8")}}), 400, 12).message
+    error = refused(create(hyperparams={"Args": {"rank": _param("Args", "rank", "8", colour="red")}}), 400, 12)
+    assert "document=ParamsItem, field=colour" in error.message
+    refused(create(hyperparams={"Args": {"rank": {"section": "Args", "name": "rank"}}}), 400, 800)
+    refused(create(configuration={"design": {"name": "design", "value": {"layers": 2}}}), 400, 12)
+    task = new_task(api, project, name="checked params", hyperparams={"Args": {"rank": _param("Args", "rank", "8", type=None)}})
+    assert api.task(task)["hyperparams"] == {"Args": {"rank": _param("Args", "rank", "8")}}  # null fields are not stored
+    refused(lambda: api.call("tasks.edit_hyper_params", task=task, hyperparams=[_param("Args", "rank", 16)]), 400, 12)
+    refused(lambda: api.call("tasks.clone", task=task, new_task_hyperparams={"Args": {"rank": _param("Args", "rank", True)}}), 400, 12)
+
+
 # ---- pipelines: the web UI's "New run" ------------------------------------------------
-
-def _param(section, name, value, **extra):
-    return {"section": section, "name": name, "value": value, **extra}
-
 
 def _controller(api, project_name, name, **fields) -> str:
     project = api.call("projects.create", name=project_name)["id"]

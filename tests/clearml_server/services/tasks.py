@@ -15,7 +15,7 @@ from .. import errors
 from ..query import QueryOptions, get_many
 from ..registry import OWN_VALIDATION, Call, endpoint
 from ..store import COMPANY_ID, Store, new_id, now
-from . import projects
+from . import projects, task_params
 
 TASK_TYPES = ("training", "testing", "inference", "data_processing", "application", "monitor", "controller",
               "report", "optimizer", "service", "qc", "custom")
@@ -118,7 +118,16 @@ def _prepare_fields(call: Call, allowed: tuple[str, ...], previous: dict | None 
         raise errors.validation_error(f"type must be one of {list(TASK_TYPES)}", field="type", value=fields["type"])
     if "name" in fields:
         errors.check_min_length("Task", "name", fields["name"])
+    _check_params(fields)
     return fields
+
+
+def _check_params(fields: dict) -> None:
+    """``hyperparams`` and ``configuration`` given (not null) as the server takes them (``task_params.py``)."""
+    if fields.get("hyperparams") is not None:
+        fields["hyperparams"] = task_params.checked_hyperparams(fields["hyperparams"])
+    if fields.get("configuration") is not None:
+        fields["configuration"] = task_params.checked_configuration(fields["configuration"])
 
 
 def validate(store: Store, task: dict, parent: bool = True, project: bool = True, models: bool = True) -> None:
@@ -236,6 +245,9 @@ def clone_task(call: Call, task_id: str, *, name: str | None = None, comment: st
     ``new_project_name``, if any."""
     store = call.store
     source = get_task(store, task_id)
+    overrides = {"hyperparams": hyperparams, "configuration": configuration}
+    _check_params(overrides)
+    hyperparams, configuration = overrides["hyperparams"], overrides["configuration"]
     new_project = None
     if not project and new_project_name:
         project = _find_or_create_project(call, new_project_name)
@@ -330,17 +342,19 @@ def edit_hyper_params(call: Call) -> dict:
     (replace the sections given) or all; only a created task unless every item is in the
     ``properties`` section (or ``force`` with an in_progress task)."""
     items = call.data["hyperparams"]
-    for item in items:
+    for index, item in enumerate(items):
+        task_params.check_item_types(item, ["hyperparams", str(index)], task_params.PARAMS_ITEM_FIELDS)
         if item.get("section", "").lower() == "properties":
             item["section"] = "properties"
-    properties_only = all(item["section"] == "properties" for item in items)
+    properties_only = all(item.get("section") == "properties" for item in items)
     task = get_task_for_update(call.store, call.data["task"], force=call.get("force", False), allow_all_statuses=properties_only)
     sections: dict[str, dict] = {}
     for item in items:
-        unknown = set(item) - {"section", "name", "value", "type", "description"}
-        if unknown or not item.get("section") or not item.get("name") or "value" not in item:
+        unknown = set(item) - set(task_params.PARAMS_ITEM_FIELDS)
+        if unknown or not item.get("section") or not item.get("name") or item.get("value") is None:
             raise errors.validation_error("hyperparams items need section, name and value", item=str(item))
-        sections.setdefault(item["section"], {})[item["name"]] = dict(item)
+        sections.setdefault(item["section"], {})[item["name"]] = {
+            key: item[key] for key in task_params.PARAMS_ITEM_FIELDS if item.get(key) is not None}
     mode = call.get("replace_hyperparams", "none")
     hyperparams = task.setdefault("hyperparams", {})
     if mode == "all":
