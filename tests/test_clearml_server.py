@@ -279,6 +279,25 @@ def test_get_all_by_status_parent_and_hyperparameter(api, project):
     assert {t["id"] for t in api.tasks(**{"hyperparams.Args.rank.value": ["16"]})} == {source, clone}
 
 
+def test_ordering_by_a_hyperparameter_uses_the_servers_numeric_string_collation(api):
+    """``Task._field_collation_overrides``: ``hyperparams.`` orders with ICU's en_US collation
+    with ``numericOrdering``: digit runs by value (not the string as a number), punctuation
+    before digits before letters, case third; the whole item orders as an embedded document
+    (field by field: section, name, value); other fields order by binary comparison."""
+    project = api.call("projects.create", name="unit collation")["id"]
+    values = ["11", "2", "1.5", "1.25", "-1", "-2", "b", "A"]
+    ids = {value: new_task(api, project, name=f"rank {value}", hyperparams={"Args": {"rank": _param("Args", "rank", value)}})
+           for value in values}
+    by_value = [t["id"] for t in api.tasks(project=[project], order_by=["hyperparams.Args.rank.value"])]
+    assert by_value == [ids[v] for v in ["-1", "-2", "1.5", "1.25", "2", "11", "A", "b"]]
+    by_item = [t["id"] for t in api.tasks(project=[project], order_by=["-hyperparams.Args.rank"])]
+    assert by_item == [ids[v] for v in ["b", "A", "11", "2", "1.25", "1.5", "-2", "-1"]]
+    by_name = [t["name"] for t in api.tasks(project=[project], order_by=["name"], only_fields=["name"])]
+    assert by_name[:2] == ["rank -1", "rank -2"] and by_name[-3:] == ["rank 2", "rank A", "rank b"]  # binary: "1" < "2" < "A" < "b"
+    assert [t["name"] for t in api.tasks(project=[project], order_by=["name"], only_fields=["name"],
+                                          **{"hyperparams.Args.rank.value": values})][-3:] == ["rank 11", "rank A", "rank b"]
+
+
 # ---- hyperparameters -------------------------------------------------------------------
 
 def test_edit_hyper_params_merges_replaces_a_section_or_everything(api, project):

@@ -9,7 +9,8 @@ Follows ``apiserver/database/model/base.py:GetMixin``:
   ISO dates (``_get_dates_query``); ``_any_/_all_`` take ``{fields, pattern}`` (case-insensitive).
 - ``validate_order_by`` (``-`` for descending, ``id`` appended) and
   ``_get_many_override_none_ordering`` (missing values of the first order field come last;
-  ``hyperparams.`` and ``last_metrics.`` fields order numbers numerically).
+  a query on or ordered first by a ``_field_collation_overrides`` field, such as
+  ``hyperparams.``, orders strings with ICU's numeric ordering collation).
 - ``validate_paging`` (``page``/``page_size``, 500 at most) and ``split_projection``
   (``only_fields``/``projection``, ``-field`` excludes, ``id`` always returned).
 Any other request key is refused with an error naming it.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
@@ -40,7 +42,7 @@ class QueryOptions:
     datetime_fields: tuple[str, ...] = ()
     fields: tuple[str, ...] = ()
     exclude_by_default: tuple[str, ...] = ()
-    numeric_collation: tuple[str, ...] = ()
+    collation_fields: tuple[str, ...] = ()  # _field_collation_overrides: prefixes ordered by _numeric_locale
 
 
 def get_path(document: dict, path: str) -> Any:
@@ -249,32 +251,71 @@ def build_filters(endpoint: str, data: dict, options: QueryOptions) -> list:
 
 # ---- ordering, paging, projection -----------------------------------------------------
 
-def _sort_key(value: Any, numeric: bool) -> tuple:
-    if numeric:
-        value = _to_number(value)
-    if isinstance(value, bool):
-        return (1, int(value))
-    if isinstance(value, (int, float)):
-        return (1, value)
+_DIGITS = re.compile(r"[0-9]+|.", re.DOTALL)
+# the canonical BSON type order of MongoDB's sort, for the types the stored documents hold
+_BSON_RANK = {int: 2, float: 2, str: 3, dict: 4, bool: 8}
+
+
+def _collation_key(text: str) -> tuple:
+    """``_numeric_locale`` (``{"locale": "en_US", "numericOrdering": True}``) approximated as
+    ICU orders at its default strength: runs of digits by their value, then letters by their
+    base letter (accents second, case third, lower case first); spaces and punctuation come
+    before digits, digits before letters (among themselves, punctuation by code point). Not a
+    number conversion: "1.25" > "1.5" and "-2" > "-1", as the server sorts them."""
+    primary, accents, cases = [], [], []
+    for run in _DIGITS.findall(text):
+        if run.isdigit() and run.isascii():
+            primary.append((1, int(run)))
+        elif run.isalpha():
+            base, *marks = unicodedata.normalize("NFD", run.casefold())
+            primary.append((2, base))
+            accents.append("".join(marks))
+            cases.append(run.isupper())
+        elif not unicodedata.combining(run):
+            primary.append((0, ord(run)))
+    return tuple(primary), tuple(accents), tuple(cases)
+
+
+def _sort_key(value: Any, collate: bool) -> tuple:
+    """MongoDB's order of values: by BSON type, then within the type; strings by binary
+    comparison, or by the collation; embedded documents field by field (type, name, value)."""
+    rank = _BSON_RANK.get(type(value))
+    if rank is None:
+        raise errors.validation_error(f"ordering by a field holding {type(value).__name__} is not implemented by the test server")
     if isinstance(value, str):
-        return (2, value)
-    raise errors.validation_error(f"ordering by a field holding {type(value).__name__} is not implemented by the test server")
+        return rank, _collation_key(value) if collate else value
+    if isinstance(value, dict):
+        items = ((name, _sort_key(item, collate)) for name, item in value.items())
+        return rank, tuple((key[0], name, key) for name, key in items)
+    return rank, value
 
 
-def order(documents: list[dict], order_by: Any, options: QueryOptions) -> list[dict]:
+def _collation(data: dict, fields: list[str], options: QueryOptions) -> bool:
+    """``GetMixin.get_many``: the collation of the first query field that has one
+    (``_field_collation_overrides``), else that of the first order field; it then orders every
+    string of the query."""
+    first_order_field = fields[0].lstrip("-") if fields else ""
+    for field in [*data, first_order_field]:
+        if any(field.startswith(prefix) for prefix in options.collation_fields):
+            return True
+    return False
+
+
+def order(documents: list[dict], data: dict, options: QueryOptions) -> list[dict]:
+    order_by = data.get("order_by")
     if not order_by:
         return documents
     fields = list(order_by) if isinstance(order_by, list) else [order_by]
+    collate = _collation(data, fields, options)
     if not any(f in ("id", "-id") for f in fields):
         fields.append("id")
     result = documents
     for position, spec in reversed(list(enumerate(fields))):
         descending = spec.startswith("-")
         field = spec.lstrip("-")
-        numeric = any(field.startswith(prefix) for prefix in options.numeric_collation)
         present = [d for d in result if get_path(d, field) not in (MISSING, None)]
         absent = [d for d in result if get_path(d, field) in (MISSING, None)]
-        present.sort(key=lambda d: _sort_key(get_path(d, field), numeric), reverse=descending)
+        present.sort(key=lambda d: _sort_key(get_path(d, field), collate), reverse=descending)
         if position == 0 and not descending:
             result = present + absent  # the first ascending field puts missing values last
         else:
@@ -352,6 +393,6 @@ def get_many(endpoint: str, documents: Iterable[dict], data: dict, options: Quer
     """Filter, order, page and project ``documents`` by the request ``data``."""
     tests = build_filters(endpoint, data, options)
     selected = [d for d in documents if all(test(d) for test in tests)]
-    selected = page(order(selected, data.get("order_by"), options), data)
+    selected = page(order(selected, data, options), data)
     projection = data.get("projection") or data.get("only_fields") or []
     return [project(d, projection, options) for d in selected]

@@ -20,7 +20,7 @@ MODEL_QUERY = QueryOptions(
     list_fields=("tags", "system_tags", "framework", "uri", "id", "user", "project", "task", "parent", "metadata.*"),
     range_fields=("created", "last_metrics.*", "last_iteration"),
     exclude_by_default=("ui_cache", "company_origin"),
-    numeric_collation=("metadata.", "last_metrics."),
+    collation_fields=("metadata.", "last_metrics."),
 )
 GET_ALL_KEYS = ("include_subprojects", "allow_public")
 # services/models.py: create_fields (+ ui_cache, public of CreateModelRequest)

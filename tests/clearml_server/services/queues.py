@@ -8,7 +8,8 @@ from ..registry import OWN_VALIDATION, Call, endpoint
 from ..store import COMPANY_ID, Store, new_id, now
 
 # apiserver/database/model/queue.py: Queue.get_all_query_options
-QUEUE_QUERY = QueryOptions(pattern_fields=("name",), list_fields=("tags", "system_tags", "id", "metadata.*"))
+QUEUE_QUERY = QueryOptions(pattern_fields=("name",), list_fields=("tags", "system_tags", "id", "metadata.*"),
+                           collation_fields=("metadata.",))
 GET_ALL_KEYS = ("search_hidden", "max_task_entries")
 
 

@@ -29,7 +29,7 @@ TASK_QUERY = QueryOptions(
     datetime_fields=("status_changed", "last_update", "last_change"),
     fields=("runtime.*",),
     exclude_by_default=("unique_metrics", "company_origin", "enqueue_status"),
-    numeric_collation=("hyperparams.", "last_metrics."),
+    collation_fields=("execution.parameters.", "last_metrics.", "hyperparams."),
 )
 GET_ALL_KEYS = ("search_hidden", "include_subprojects", "allow_public")
 # apiserver/services/tasks.py: create_fields
