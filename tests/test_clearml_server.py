@@ -101,7 +101,7 @@ def test_status_changes_follow_the_state_machine_unless_forced(api, project):
 
 
 def test_enqueue_dequeue_and_the_agent_pulling_the_task(api, project):
-    queue = api.queue_id("unit-queue")
+    queue = api.queue_id("unit-queue", create=True)
     task = new_task(api, project, system_tags=["development"])
     api.call("tasks.enqueue", task=task, queue=queue)
     queued = api.task(task)
@@ -115,8 +115,18 @@ def test_enqueue_dequeue_and_the_agent_pulling_the_task(api, project):
     assert entry["task"] == task and api.call("queues.get_next_task", queue=queue) == {}
 
 
+def test_k8s_glue_queues_are_hidden_unless_searched_for(api):
+    """``queues.py:_hidden_query`` with ``services.queues.hidden_tags: [k8s-glue]``: left out of
+    queues.get_all unless ``search_hidden``, ``id`` or ``name`` is given."""
+    hidden = api.call("queues.create", name="unit-k8s-glue", system_tags=["k8s-glue"])["id"]
+    listed = lambda **query: {q["id"] for q in api.call("queues.get_all", only_fields=["id"], **query)["queues"]}  # noqa: E731
+    assert hidden not in listed() and api.queue_id("unit-queue") in listed()
+    assert hidden in listed(search_hidden=True)
+    assert listed(id=[hidden]) == {hidden} and listed(name="^unit-k8s-glue$") == {hidden}
+
+
 def test_a_completed_task_must_be_reset_before_it_is_enqueued_again(api, project):
-    queue = api.queue_id("unit-queue")
+    queue = api.queue_id("unit-queue", create=True)
     task = new_task(api, project)
     api.call("tasks.started", task=task)
     api.call("tasks.completed", task=task)
@@ -357,7 +367,7 @@ def test_start_pipeline_enqueues_a_clone_with_the_args_as_the_ui_new_run_does(ap
     item replaced whole, its type gone), ``_update_task_name`` (``<last part of the project
     name> #N``, N counting the project's pipeline tasks of that name, the new run included)
     and ``enqueue_task`` with the status message "Starting pipeline"."""
-    queue = api.queue_id("unit-pipelines")
+    queue = api.queue_id("unit-pipelines", create=True)
     controller = _controller(api, "unit/.pipelines/lora sweep", "lora sweep")
     started = api.call("pipelines.start_pipeline", task=controller, queue=queue,
                        args=[{"name": "lora_rank", "value": "16"}, {"name": "seed", "value": "7"}])
@@ -380,7 +390,7 @@ def test_start_pipeline_enqueues_a_clone_with_the_args_as_the_ui_new_run_does(ap
 def test_start_pipeline_names_a_run_by_its_project_and_counts_only_pipeline_tasks(api):
     """The count is a regex search (``<name>( #\\d+)?$``, not anchored at the start) over the
     project's tasks tagged ``pipeline``, the new run (still named as its source) included."""
-    queue = api.queue_id("unit-pipelines")
+    queue = api.queue_id("unit-pipelines", create=True)
     controller = _controller(api, "unit/.pipelines/nightly", "nightly controller")
     project = api.task(controller)["project"]
     new_task(api, project, name="nightly #5")  # not a pipeline task: not counted
@@ -393,7 +403,7 @@ def test_start_pipeline_names_a_run_by_its_project_and_counts_only_pipeline_task
 
 
 def test_start_pipeline_tells_whether_a_worker_watches_the_queue(api):
-    queue = api.queue_id("unit-pipelines-watched")
+    queue = api.queue_id("unit-pipelines-watched", create=True)
     controller = _controller(api, "unit/.pipelines/watched", "watched")
     assert api.call("pipelines.start_pipeline", task=controller, queue=queue, verify_watched_queue=True)["queue_watched"] is False
     api.call("workers.register", worker="unit-pipelines-worker", queues=[queue])
@@ -401,7 +411,7 @@ def test_start_pipeline_tells_whether_a_worker_watches_the_queue(api):
 
 
 def test_start_pipeline_refuses_an_unknown_task_queue_or_argument(api):
-    queue = api.queue_id("unit-pipelines")
+    queue = api.queue_id("unit-pipelines", create=True)
     controller = _controller(api, "unit/.pipelines/refused", "refused")
     refused(lambda: api.call("pipelines.start_pipeline", task="no-such-task", queue=queue), 400, 101)
     refused(lambda: api.call("pipelines.start_pipeline", task=controller), 400, 12)  # queue is required

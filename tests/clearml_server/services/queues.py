@@ -11,6 +11,7 @@ from ..store import COMPANY_ID, Store, new_id, now
 QUEUE_QUERY = QueryOptions(pattern_fields=("name",), list_fields=("tags", "system_tags", "id", "metadata.*"),
                            collation_fields=("metadata.",))
 GET_ALL_KEYS = ("search_hidden", "max_task_entries")
+HIDDEN_TAGS = ("k8s-glue",)  # config/default/services/queues.conf: hidden_tags
 
 
 def create_queue(store: Store, name: str, system_tags: list[str] | None = None, tags: list[str] | None = None) -> dict:
@@ -94,9 +95,13 @@ def _with_entries(queue: dict, max_task_entries: int | None) -> dict:
 
 @endpoint("queues.get_all", fields=OWN_VALIDATION, mutates=False)
 def get_all(call: Call) -> dict:
-    """``queues.get_all``: ``Queue.get_many``; hidden queues are not configured on the server."""
+    """``queues.get_all``: ``Queue.get_many`` with ``_hidden_query`` (queues with a system tag of
+    ``hidden_tags`` are left out unless ``search_hidden``, ``id`` or ``name`` is given)."""
     query = {k: v for k, v in call.data.items() if k not in GET_ALL_KEYS}
-    queues = [_with_entries(q, call.get("max_task_entries")) for q in call.store.queues.values()]
+    queues = list(call.store.queues.values())
+    if not (call.get("search_hidden") or call.get("id") or call.get("name")):
+        queues = [q for q in queues if not set(HIDDEN_TAGS) & set(q["system_tags"])]
+    queues = [_with_entries(q, call.get("max_task_entries")) for q in queues]
     return {"queues": get_many(call.endpoint, queues, query, QUEUE_QUERY)}
 
 
