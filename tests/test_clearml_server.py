@@ -528,6 +528,21 @@ def test_models_are_ready_by_default_and_publishing_one_publishes_its_task(api, 
     refused(lambda: api.call("models.set_ready", model=model), 400, 203)
 
 
+def test_set_ready_publishes_the_models_task_but_not_the_tasks_last_output_model(api, project):
+    """``models.set_ready``: ``publish_task`` is called without ``publish_model_func``, so the
+    task's last output model (unlike with tasks.publish) stays a draft."""
+    task = new_task(api, project)
+    api.call("tasks.started", task=task)
+    first = api.call("models.create", name="first model", uri="http://f/1", task=task, ready=False)["id"]
+    last = api.call("models.create", name="last model", uri="http://f/2", task=task, ready=False)["id"]
+    api.call("tasks.add_or_update_model", task=task, name="first", model=first, type="output")
+    api.call("tasks.add_or_update_model", task=task, name="last", model=last, type="output")
+    api.call("tasks.completed", task=task)
+    published = api.call("models.set_ready", model=first)["published_task"]
+    assert published["id"] == task and api.task(task)["status"] == "published"
+    assert api.call("models.get_by_id", model=last)["model"]["ready"] is False
+
+
 # ---- files and state -------------------------------------------------------------------
 
 def _upload(server, path: str, content: bytes) -> list[str]:

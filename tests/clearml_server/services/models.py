@@ -153,14 +153,15 @@ def publish_model(store: Store, model: dict, user: str) -> None:
 @endpoint("models.set_ready", required=("model",), fields=("force_publish_task", "publish_task"))
 def set_ready(call: Call) -> dict:
     """``ModelBLL.publish_model``: refused for a ready model; the model's task is published
-    too unless it already is (``publish_task``, default true)."""
+    too unless it already is (``publish_task``, default true), without its own last output
+    model (``publish_task_func`` is called without a ``publish_model_func``)."""
     model = get_model(call.store, call.data["model"])
     if model.get("ready"):
         raise errors.model_is_ready(company=COMPANY_ID, model=model["id"])
     published_task = None
     task = call.store.tasks.get(model.get("task") or "")
     if task is not None and call.get("publish_task", True) and task["status"] != "published":
-        published_task = {"id": task["id"], "data": publish_task(call, task["id"], publish_model=True, force=call.get("force_publish_task", False))}
+        published_task = {"id": task["id"], "data": publish_task(call, task["id"], publish_model=False, force=call.get("force_publish_task", False))}
     publish_model(call.store, model, call.user["id"])
     return {"updated": 1, **({"published_task": published_task} if published_task else {})}
 
