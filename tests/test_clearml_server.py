@@ -462,11 +462,17 @@ def test_machine_monitoring_events_do_not_move_the_task_iteration(api, project):
     assert len(api.call("events.get_task_events", task=task)["events"]) == 3
 
 
-def test_events_of_a_published_task_are_not_added(api, project):
+def test_events_of_a_published_task_are_added_only_with_allow_locked(api, project):
+    """``EventBLL._get_valid_entities``: a published task takes events whose ``allow_locked``
+    is set; a task's events must agree on it (``Inconsistent allow_locked setting``)."""
     task = new_task(api, project)
     api.call("tasks.started", task=task)
     api.call("tasks.completed", task=task, publish=True)
     refused(lambda: api.call_batch("events.add_batch", [_scalar(task, 1.0, 0, 1)]), 400, 131)
+    assert api.call_batch("events.add_batch", [{**_scalar(task, 1.0, 0, 1), "allow_locked": True}])["added"] == 1
+    mixed = [{**_scalar(task, 1.0, 1, 2), "allow_locked": True}, _scalar(task, 2.0, 2, 3)]
+    assert "Inconsistent allow_locked" in refused(lambda: api.call_batch("events.add_batch", mixed), 400, 12).message
+    assert [e["iter"] for e in api.call("events.get_task_events", task=task)["events"]] == [0]
 
 
 def test_task_log_pages_from_the_latest_or_the_earliest(api, project):

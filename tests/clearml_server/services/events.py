@@ -76,6 +76,18 @@ def _apply_last_metrics(task: dict, summary: dict) -> None:
             stored["count"] = count + data["count"]
 
 
+def _allow_locked_by_task(events: list[dict]) -> dict[str, bool]:
+    """``add_events``: ``allow_locked`` (popped from the events) lets events be added to a
+    published task; all the events of a task must agree on it."""
+    allowed: dict[str, bool] = {}
+    for event in events:
+        flag = event.pop("allow_locked", False)
+        task_id = event.get("task")
+        if task_id and allowed.setdefault(task_id, flag) != flag:
+            raise errors.validation_error(f"Inconsistent allow_locked setting in the passed events for {task_id}")
+    return allowed
+
+
 def add_events(call: Call, events: list[dict]) -> dict:
     """``EventBLL.add_events`` for task events (model events are refused: not implemented)."""
     store = call.store
@@ -83,11 +95,11 @@ def add_events(call: Call, events: list[dict]) -> dict:
     accepted = []
     iterations: dict[str, int] = {}
     summaries: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
+    events = [dict(event) for event in events]
+    allow_locked = _allow_locked_by_task(events)
     for event in events:
-        event = dict(event)
         if event.get("model_event"):
             raise errors.unsupported_field(call.endpoint, "model_event")
-        event.pop("allow_locked", None)
         event["model_event"] = False
         x_axis_label = event.pop("x_axis_label", None)
         if x_axis_label is not None:
@@ -103,7 +115,7 @@ def add_events(call: Call, events: list[dict]) -> dict:
         if not event.get("task"):
             problems["Event must have a 'task' field"] += 1
             continue
-        if task is None or task["status"] in LOCKED_STATUSES:
+        if task is None or (task["status"] in LOCKED_STATUSES and not allow_locked[task["id"]]):
             problems[f"Invalid task id {event['task']}"] += 1
             continue
         event["type"] = event_type
