@@ -120,9 +120,19 @@ def test_k8s_glue_queues_are_hidden_unless_searched_for(api):
     queues.get_all unless ``search_hidden``, ``id`` or ``name`` is given."""
     hidden = api.call("queues.create", name="unit-k8s-glue", system_tags=["k8s-glue"])["id"]
     listed = lambda **query: {q["id"] for q in api.call("queues.get_all", only_fields=["id"], **query)["queues"]}  # noqa: E731
-    assert hidden not in listed() and api.queue_id("unit-queue") in listed()
+    assert hidden not in listed() and api.queue_id("unit-queue", create=True) in listed()
     assert hidden in listed(search_hidden=True)
     assert listed(id=[hidden]) == {hidden} and listed(name="^unit-k8s-glue$") == {hidden}
+
+
+def test_verify_watched_queue_ignores_workers_whose_registration_expired(api, project):
+    """``QueueBLL.check_for_workers`` reads ``WorkerBLL.get_all``: a worker's entry expires
+    ``timeout`` seconds after its last report (a Redis TTL), and then watches nothing."""
+    queue = api.queue_id("unit-expiring-queue", create=True)
+    api.call("workers.register", worker="unit-expiring-worker", queues=[queue], timeout=1)
+    assert api.call("tasks.enqueue", task=new_task(api, project), queue=queue, verify_watched_queue=True)["queue_watched"] is True
+    time.sleep(1.2)
+    assert api.call("tasks.enqueue", task=new_task(api, project), queue=queue, verify_watched_queue=True)["queue_watched"] is False
 
 
 def test_a_completed_task_must_be_reset_before_it_is_enqueued_again(api, project):

@@ -12,6 +12,7 @@ from ..store import Store, now
 from . import queues
 from .task_cleanup import cleanup_response, cleanup_task, delete_task_events
 from .tasks import get_task, present
+from .workers import check_for_workers
 
 # bll/task/utils.py: state_machine
 STATE_MACHINE = {
@@ -166,7 +167,7 @@ def queue_watched(store: Store, result: dict) -> dict:
     queue_id = result["fields"].get("execution.queue")
     if not queue_id:
         return {}
-    return {"queue_watched": any(queue_id in w.get("queues", []) for w in store.workers.values())}
+    return {"queue_watched": check_for_workers(store, queue_id)}
 
 
 def dequeue(store: Store, task: dict) -> dict | None:

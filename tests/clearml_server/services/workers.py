@@ -40,6 +40,11 @@ def _alive(worker: dict) -> bool:
     return datetime.now(timezone.utc) - last < timedelta(seconds=worker["register_timeout"])
 
 
+def check_for_workers(store, queue_id: str) -> bool:
+    """``QueueBLL.check_for_workers``: a worker whose registration has not expired watches the queue."""
+    return any(queue_id in w["queues"] for w in store.workers.values() if _alive(w))
+
+
 @endpoint("workers.register", required=("worker",), fields=("timeout", "queues", "tags", "system_tags"))
 def register(call: Call) -> dict:
     """``workers.register``."""
