@@ -527,6 +527,18 @@ def test_task_events_page_by_iteration_and_bring_along_the_last_iteration(api, p
     assert api.call("events.get_task_events", task=task, event_type="training_debug_image")["events"] == []
 
 
+def test_event_pages_past_the_elasticsearch_result_window_are_refused(api, project):
+    """``get_task_events`` caps ``batch_size`` at ``max_raw_scalars_size`` (200,000), and
+    Elasticsearch refuses any search of more than ``index.max_result_window`` (10,000) hits:
+    a general data error (500/100), as is a task log page of more than 10,000 lines."""
+    task = new_task(api, project)
+    api.call_batch("events.add_batch", [_scalar(task, 1.0, 0, 1), {"task": task, "type": "log", "msg": "line", "timestamp": 2}])
+    assert api.call("events.get_task_events", task=task, batch_size=10_000)["returned"] == 2
+    assert "Result window is too large" in refused(lambda: api.call("events.get_task_events", task=task, batch_size=10_001), 500, 100).message
+    assert api.call("events.get_task_log", task=task, batch_size=10_000)["returned"] == 1
+    refused(lambda: api.call("events.get_task_log", task=task, batch_size=20_000), 500, 100)
+
+
 # ---- models ----------------------------------------------------------------------------
 
 def test_models_are_ready_by_default_and_publishing_one_publishes_its_task(api, project):

@@ -64,6 +64,9 @@ invalid_queue_or_task_not_queued = _error(400, 703, "Invalid queue id or task no
 task_already_queued = _error(400, 706, "Failed adding task to queue since task is already queued")
 no_default_queue = _error(400, 707, "No queue is tagged as the default queue for this company")
 
+# 500 server_error
+data_error = _error(500, 100, "General data error")
+
 # 401 unauthorized
 no_credentials = _error(401, 20, "Unauthorized (missing credentials)")
 bad_credentials = _error(401, 21, "Unauthorized (malformed credentials)")

@@ -23,6 +23,8 @@ LOCKED_STATUSES = ("publishing", "published")
 MAX_LONG = 2**63 - 1
 SINGLE_SCALAR_ITERATION = -(2**31)
 EVENT_ID_FIELDS = ("task", "iter", "metric", "variant", "key")
+MAX_RAW_SCALARS_SIZE = 200_000  # events.conf: events_retrieval.max_raw_scalars_size, get_task_events' cap
+ES_MAX_RESULT_WINDOW = 10_000  # Elasticsearch's index.max_result_window; the event index templates keep it
 # config/default/services/events.conf: ignore_iteration.metrics (machine monitoring does not move a task's iteration)
 IGNORE_ITERATION_METRICS = (":monitor:machine", ":monitor:gpu")
 
@@ -165,6 +167,17 @@ def add_batch(call: Call) -> dict:
     return add_events(call, call.batch)
 
 
+def _search_size(store: Store, event_type: str, size: int) -> int:
+    """``size`` as Elasticsearch takes it: a search past ``index.max_result_window`` is refused
+    (its 400 becomes ``DataError``, 500/100, in ``translate_errors_context``) once the index of
+    the event type exists (``check_empty_data``; here: once such an event is stored)."""
+    if size > ES_MAX_RESULT_WINDOW and any(event_type in (ALL_EVENT_TYPES, e["type"]) for e in store.events):
+        raise errors.data_error(
+            f"BadRequestError(400, 'search_phase_execution_exception', 'Result window is too large, from + size must be "
+            f"less than or equal to: [{ES_MAX_RESULT_WINDOW}] but was [{size}]')")
+    return size
+
+
 def task_events(store: Store, task_id: str, event_type: str) -> list[dict]:
     return [e for e in store.events if e["task"] == task_id and e["type"] == event_type]
 
@@ -180,7 +193,7 @@ def get_task_log(call: Call) -> dict:
     start = call.get("from_timestamp")
     if start:
         logs = [e for e in logs if (e["timestamp"] < start if earlier else e["timestamp"] > start)]
-    batch_size = call.get("batch_size", 5000)
+    batch_size = _search_size(call.store, "log", call.get("batch_size", 5000))
     page = logs[:batch_size]
     if page:
         page += [e for e in logs[batch_size:] if e["timestamp"] == page[-1]["timestamp"]]
@@ -280,7 +293,7 @@ def get_task_events(call: Call) -> dict:
     ordered = sorted(matching, key=key, reverse=descending)
     if from_key_value:
         ordered = [e for e in ordered if (key(e) < from_key_value if descending else key(e) > from_key_value)]
-    page = ordered[: min(request.get("batch_size", 500), 10_000)]
+    page = ordered[: _search_size(call.store, event_type, min(request.get("batch_size", 500), MAX_RAW_SCALARS_SIZE))]
     if page:
         page += [e for e in ordered[len(page):] if key(e) == key(page[-1])]
     last = page[-1].get("iter") if page else None
