@@ -1,14 +1,19 @@
 """The ClearML test server's semantics, checked against what clearml-server does (each test
-names the server behaviour it pins). No agent, no SDK: plain API calls, in milliseconds."""
+names the server behaviour it pins). No agent, no SDK: plain API calls (and the server run as its own
+process), in seconds."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -639,3 +644,26 @@ def test_delete_external_artifacts_deletes_the_task_files_on_the_files_server(se
     with server.store.lock:
         failed = [e for e in server.store.urls_to_delete if e["task"] == task]
     assert [(e["url"], e["status"]) for e in failed] == [("http://elsewhere.example/file.bin", "failed")]
+
+
+def _as_a_background_job() -> None:
+    """A shell without job control starts ``cmd &`` with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_server_process_stops_at_once_on_sigterm_and_ctrl_c(tmp_path, signum):
+    """``python -m tests.clearml_server`` stops cleanly (state written, exit 0) within seconds
+    of SIGTERM, or of Ctrl-C even when started as a background job that ignores SIGINT."""
+    command = [sys.executable, "-m", "tests.clearml_server", "--port", "0", "--state-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True,
+                               preexec_fn=_as_a_background_job)
+    try:
+        assert process.stdout.readline().startswith("CLEARML_API_HOST=")
+        process.send_signal(signum)
+        assert process.wait(timeout=5) == 0
+        assert (tmp_path / "state.json").exists()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()

@@ -16,6 +16,7 @@ from .services.queues import ensure_default_queue
 from .store import Store
 
 HOST = "127.0.0.1"
+POLL_INTERVAL_S = 0.1  # how soon serve_forever sees a shutdown request (stop() waits for both servers)
 
 
 class _Server(ThreadingHTTPServer):
@@ -84,7 +85,7 @@ class ClearMLTestServer:
 
     def start(self) -> "ClearMLTestServer":
         for server in (self._api, self._files):
-            thread = threading.Thread(target=server.serve_forever, name=f"clearml-test-{server.server_port}", daemon=True)
+            thread = threading.Thread(target=server.serve_forever, args=(POLL_INTERVAL_S,), name=f"clearml-test-{server.server_port}", daemon=True)
             thread.start()
             self._threads.append(thread)
         self._urls_delete_job.start()
