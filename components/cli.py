@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def parse_bool(value: str | bool) -> bool:
@@ -27,3 +28,11 @@ def exit_if_help_asked(parser: argparse.ArgumentParser, argv: list[str]) -> None
     """Print the help and exit before any ClearML task exists (an argument error waits for the task)."""
     if any(a in ("-h", "--help") for a in argv):
         parser.parse_args(argv)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors exit with status 1, as every other error a user can cause does (argparse: 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from components.cli import parse_bool
+from components.cli import ArgumentParser, parse_bool
 from components.errors import UserError
 from components.prompt_tuning import extend_attention_mask, prompt_length_of
 from components.settings import DECODING, TokenizationSettings
@@ -121,7 +121,7 @@ def decoding_from_args(args: argparse.Namespace) -> Decoding:
 def main(argv: list[str] | None = None) -> list[str]:
     from components.modeling import load_finetuned
 
-    parser = argparse.ArgumentParser(description="Generate answers with a fine-tuned model directory.")
+    parser = ArgumentParser(description="Generate answers with a fine-tuned model directory.")
     parser.add_argument("--model-dir", required=True, help="directory written by the train or register step")
     parser.add_argument("--batch-size", type=int, default=16)
     add_decoding_arguments(parser)

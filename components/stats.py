@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from components.cli import ArgumentParser
 from components.modeling import parameter_stats, rut5_large_on_meta
 from components.settings import BASE_MODEL, AdapterSettings
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lora-rank", type=int, default=AdapterSettings.lora_rank)
     parser.add_argument("--prompt-length", type=int, default=AdapterSettings.prompt_length)
     args = parser.parse_args(argv)

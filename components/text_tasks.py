@@ -22,7 +22,6 @@ No test sentence appears in train.
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.cli import ArgumentParser
 from components.data import COLUMNS, read_tsv
 from components.settings import PROJECT_ROOT, SAMPLE_DATA_DIR
 
@@ -146,7 +146,7 @@ def write_splits(directory: Path = TASKS_DIR) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the text-analysis task TSV files (train.tsv, test.tsv).")
+    parser = ArgumentParser(description="Write the text-analysis task TSV files (train.tsv, test.tsv).")
     parser.add_argument("--output-dir", type=Path, default=TASKS_DIR)
     args = parser.parse_args(argv)
     for name, path in write_splits(args.output_dir).items():

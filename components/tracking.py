@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -100,8 +103,7 @@ def run_step(
     parser = build_parser()
     exit_if_help_asked(parser, argv)
     started = time.perf_counter()
-    task = None
-    try:
+    with failures_end_the_process():
         _ClearMLClock.measure(prepare_clearml)("--local" in argv)  # imports clearml: counted as ClearML time
         args = parse_task_arguments(parser, argv)
         task = init_task(name, task_type)
@@ -110,10 +112,6 @@ def run_step(
         args.output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix=f"{name}-"))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         outputs = run(args, task)
-    except UserError as error:
-        if task is not None:
-            close_failed(task, str(error))
-        sys.exit(f"error: {error}")
     result = {"step": name, "task_id": task.id, "offline": task.is_offline(), "outputs": outputs}
     if task.is_offline():
         result["offline_session"] = f"{task.get_offline_mode_folder()}.zip"  # written by close()
@@ -136,15 +134,54 @@ def parse_task_arguments(parser: argparse.ArgumentParser, argv: Sequence[str]) -
     return parser.parse_args(argv)
 
 
+@contextmanager
+def failures_end_the_process() -> Iterator[None]:
+    """Any error in the block ends the process at once with exit status 1, its task (if one exists) failed.
+
+    A user's error is one line (``error: ...``); anything else prints its traceback first.
+    "At once" is ``os._exit`` after the streams are flushed and the task is closed: after an
+    exception, ClearML's exit hooks and threads (its reporter, a PipelineController's monitor)
+    were seen keeping a launch alive for minutes.
+    """
+    try:
+        yield
+    except UserError as error:
+        exit_with_error(str(error))
+    except Exception as error:
+        traceback.print_exc()
+        exit_with_error(f"{type(error).__name__}: {error} (the traceback is above)")
+
+
+def exit_with_error(message: str) -> None:
+    """``error: message`` on stderr; the current task, if any, failed with ``message``; exit status 1 now."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    task = _current_task()
+    if task is not None:
+        close_failed(task, message)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(1)
+
+
+def _current_task():
+    """The task this process created or runs (None before ``Task.init``; clearml is imported by then)."""
+    clearml = sys.modules.get("clearml")
+    return clearml.Task.current_task() if clearml else None
+
+
 @_ClearMLClock.measure
 def close_failed(task, reason: str) -> None:
-    """Close a task whose step failed; on a server it is marked failed with ``reason``.
+    """End a task whose step failed; on a server it is marked failed with ``reason``.
 
-    Marked after ``close()``: closing a task run from a shell marks it stopped.
+    On a server the reports are flushed and the task marked failed, not closed: ``close()``
+    waits for ClearML's reporting subprocess (about 10 s) and, for a task run from a shell,
+    marks it stopped. Offline, ``close()`` writes the session (and is fast: its reporter is a thread).
     """
-    task.close()
-    if not task.is_offline():
-        task.mark_failed(status_reason=reason, status_message=reason, force=True)
+    if task.is_offline():
+        task.close()
+        return
+    task.flush(wait_for_uploads=True)
+    task.mark_failed(status_reason=reason, status_message=reason, force=True)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,9 @@
 Each step of a run is a clone of the step's template task, placed in the pipeline's
 project (not among the templates) and set to run the controller's own code: the
 repository, commit and uncommitted diff recorded on the controller task when it was
-launched. So every launch runs the steps at the code that launched it, and ClearML's
-step cache (a hash of code and arguments) reuses a step only when both are unchanged.
+launched, and that code's ``requirements.txt`` as the packages the agent installs. So
+every launch runs the steps at the code that launched it, with its dependencies, and
+ClearML's step cache (a hash of code and arguments) reuses a step only when both are unchanged.
 
 Templates live in ``<project>/templates``, tagged ``template``, one per step, created
 from the step script on first use (their ``Args`` filled with the step's defaults):
@@ -37,22 +38,34 @@ DESCRIPTIONS = {
 }
 
 
+REQUIREMENTS_FILE = PROJECT_ROOT / "requirements.txt"
+
+
 @dataclass(frozen=True)
 class CodeVersion:
-    """A task's code: what an agent clones, checks out and patches before running the entry point."""
+    """A task's code: what an agent clones, checks out and patches before running the entry point,
+    and the packages it installs first (the code's ``requirements.txt``)."""
 
     repository: str
     branch: str
     commit: str
     diff: str
+    requirements: str
 
     @classmethod
     def of_task(cls, task) -> "CodeVersion":
+        """The code of ``task``, the task this process runs: so this checkout is that code, and its
+        ``requirements.txt`` the code's (not the requirements ClearML detected for the task itself)."""
         script = task.data.script
-        return cls(script.repository or "", script.branch or "", script.version_num or "", script.diff or "")
+        return cls(script.repository or "", script.branch or "", script.version_num or "", script.diff or "",
+                   REQUIREMENTS_FILE.read_text(encoding="utf-8"))
 
     def apply_to(self, task) -> None:
+        from clearml.backend_api.services import tasks
+
         task.set_script(repository=self.repository, branch=self.branch, commit=self.commit, diff=self.diff)
+        # Not Task.set_packages: it does nothing when the caller runs on an agent, as the controller does on services.
+        task.send(tasks.SetRequirementsRequest(task=task.id, requirements={"pip": self.requirements}))
 
 
 CONTROLLER_ENTRY_POINT = "pipelines/run_pipeline.py"
@@ -104,7 +117,7 @@ def find_or_create_template(step: StepSpec, project: str):
         repo=str(PROJECT_ROOT),
         script=step.script,
         working_directory=".",
-        requirements_file=str(PROJECT_ROOT / "requirements.txt"),
+        requirements_file=str(REQUIREMENTS_FILE),
         argparse_args=default_arguments(step),
         add_task_init_call=False,
     )

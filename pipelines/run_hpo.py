@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
-from components.cli import exit_if_help_asked, option_flag
+from components.cli import ArgumentParser, exit_if_help_asked, option_flag
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PRESETS, PROJECT_ROOT, SELECTION_METRIC
 from pipelines.run_pipeline import build_parser as pipeline_parser
 from pipelines.run_pipeline import pipeline_parameters
+from pipelines.queues import QueueUse, check_queues
 from pipelines.repository import check_repository
 
 # Swept train-step argument -> (the sweep's option holding its values, their type).
@@ -55,7 +56,7 @@ def parse_values(text: str, kind: type, option: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local", action="store_true", help="run offline on this machine with plain Optuna")
     local = parser.add_argument_group("local sweep only (on a server, trials take these from the template train task)")
     local.add_argument("--preset", choices=sorted(PRESETS), help="model, data and training settings of every trial (default published)")
@@ -113,35 +114,47 @@ def run_local(args: argparse.Namespace) -> dict:
     return run_local_sweep(args, search_space(args), trial_parameters(args), output_dir)
 
 
-def run_on_server(task, args: argparse.Namespace) -> dict | None:
-    from pipelines.hpo_server import run_server_sweep
-
+def check_server_sweep(args: argparse.Namespace) -> None:
+    """What a sweep on a server can refuse, checked before its optimizer task exists."""
     for option in ("preset", "output_dir"):
         if getattr(args, option):
             raise UserError(f"{option_flag(option)} applies to a local sweep; on a server every trial takes its settings "
                             "from the template train task (--template-task-id).")
-    space = search_space(args)
+    search_space(args)
+    if args.template_task_id:
+        tracking.get_task(args.template_task_id)  # it exists
+    check_queues(sweep_queues(args))
     if args.run_on and not running_on_agent():
         check_repository(allow_local=args.allow_local_repository)
+
+
+def run_on_server(task, args: argparse.Namespace) -> dict | None:
+    from pipelines.hpo_server import run_server_sweep
+
+    if args.run_on and not running_on_agent():
         task.execute_remotely(queue_name=args.run_on, exit_process=True)
-    return run_server_sweep(task, args, space)
+    return run_server_sweep(task, args, search_space(args))
+
+
+def sweep_queues(args: argparse.Namespace) -> list[QueueUse]:
+    """The trials' and the final steps' queues, and ``--run-on`` (the optimizer's own) when it is enqueued from here."""
+    uses = [QueueUse(args.queue, "gpu", "--queue"), QueueUse(args.cpu_queue, "cpu", "--cpu-queue")]
+    if args.run_on and not running_on_agent():
+        uses.append(QueueUse(args.run_on, "services", "--run-on"))
+    return uses
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     exit_if_help_asked(parser, argv)
-    task = None
-    try:
+    with tracking.failures_end_the_process():
         if prepare_clearml("--local" in argv):
             return run_local(parser.parse_args(argv))
         args = tracking.parse_task_arguments(parser, argv)  # stored on the optimizer task, read back on an agent
+        check_server_sweep(args)
         task = tracking.init_task("HPO lora_rank x prompt_length", "optimizer", project=args.project)
         return run_on_server(task, args)
-    except UserError as error:
-        if task is not None:
-            tracking.close_failed(task, str(error))
-        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

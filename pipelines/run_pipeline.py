@@ -24,21 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
-from components.cli import exit_if_help_asked, option_flag, parse_bool
+from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool
 from components.comparison import comparison_table
-from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.settings import (
     CLEARML_PROJECT, DECODING, PRECISIONS, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
 )
 from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
 from pipelines.local import run_step_locally
+from pipelines.queues import QueueUse, check_queues
 from pipelines.report import HEADLINE_METRICS, write_report
 from pipelines.repository import check_repository, repository_path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="published",
                         help="published: ruT5-large with the published settings; tiny: a tiny local model on data/sample (CPU, minutes)")
     parser.add_argument("--local", action="store_true", help="run offline on this machine even if a ClearML server is configured")
@@ -150,6 +150,14 @@ def print_summary(summary: dict, output_dir: Path) -> None:
         print(f'  python -c "from clearml import Task; Task.import_offline_session(\'{session}\')"')
 
 
+def pipeline_queues(args: argparse.Namespace, controller_enqueued: bool) -> list[QueueUse]:
+    """The queues a launch enqueues on: the steps', and the controller's unless it runs here (or already runs on an agent)."""
+    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue"), QueueUse(args.gpu_queue, "gpu", "--gpu-queue")]
+    if controller_enqueued:
+        uses.append(QueueUse(args.controller_queue, "services", "--controller-queue"))
+    return uses
+
+
 def launch_on_server(args: argparse.Namespace) -> None:
     """Build the PipelineController and start it on ``--controller-queue`` (or here).
 
@@ -161,6 +169,7 @@ def launch_on_server(args: argparse.Namespace) -> None:
 
     on_agent = running_on_agent()
     parameters = with_repository_paths(pipeline_parameters(PRESETS[args.preset], args))
+    check_queues(pipeline_queues(args, controller_enqueued=not (on_agent or args.controller_here)))
     launched = None if on_agent else check_repository(allow_local=args.allow_local_repository)
     pipe = build_controller(parameters, {"cpu": args.cpu_queue, "gpu": args.gpu_queue}, project=args.project, name=args.pipeline_name)
     if not on_agent:
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     exit_if_help_asked(parser, argv)
-    try:
+    with tracking.failures_end_the_process():
         if not prepare_clearml("--local" in argv):
             launch_on_server(tracking.parse_task_arguments(parser, argv))  # stored on the controller task, read back on the agent
             return None
@@ -184,8 +193,6 @@ def main(argv: list[str] | None = None) -> dict | None:
             print("No ClearML server to use (none configured, or CLEARML_OFFLINE_MODE set): running locally in offline mode.")
         output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         summary = run_local(with_local_paths(pipeline_parameters(PRESETS[args.preset], args)), output_dir)
-    except UserError as error:
-        sys.exit(f"error: {error}")
     print_summary(summary, output_dir)
     return summary
 

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from components import tracking
-from components.cli import parse_bool
+from components.cli import ArgumentParser, parse_bool
 from components.comparison import compare, comparison_table
 from components.data import preprocess, read_tsv, source_text
 from components.generation import Decoding, add_decoding_arguments, decoding_from_args, generate_predictions
@@ -45,7 +45,7 @@ METRIC_MODULE = ROOT / "components" / "ru_text_metrics"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-task-id", help="ClearML task id of the train step (its adapter artifact is evaluated)")
     parser.add_argument("--model-dir", help="instead of a task id: an adapter directory written by the train step")
     parser.add_argument("--ingest-task-id", help="ClearML task id of the ingest step (its test split is used)")

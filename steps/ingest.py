@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd
 
 from components import tracking
+from components.cli import ArgumentParser
 from components.data import COLUMNS, SPLITS, InvalidRow, TsvError, describe_invalid_rows, parse_tsv
 from components.errors import UserError
 from components.settings import DATASET_ID, PUBLISHED
@@ -26,7 +27,7 @@ HUB_TEST_SIZE = 1125  # the published test split size; the hub copy has a single
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-tsv", help="training TSV file (instruction, input, output, full_output): a path or a URL (http, s3, gs, azure)")
     parser.add_argument("--test-tsv", help="test TSV file, kept untouched as the test split: a path or a URL")
     parser.add_argument("--dataset-id", default=DATASET_ID, help="hub dataset used when no TSV files are given")

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
+from components.cli import ArgumentParser
 from components.data import SPLITS, TOKENIZATION_FILE, preprocess, read_tsv
 from components.errors import UserError
 from components.modeling import load_tokenizer
@@ -23,7 +24,7 @@ from components.settings import BASE_MODEL, TokenizationSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ingest-task-id", help="ClearML task id of the ingest step (its split artifacts are used)")
     parser.add_argument("--splits-dir", help="instead of a task id: a folder with train.tsv, validation.tsv, test.tsv")
     parser.add_argument("--model", default=BASE_MODEL, help="hub id or local directory of the base model whose tokenizer is used")

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
-from components.cli import parse_bool
+from components.cli import ArgumentParser, parse_bool
 from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.settings import SELECTION_METRIC
@@ -27,7 +27,7 @@ from components.settings import SELECTION_METRIC
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", required=False, default="", help="comma-separated ClearML task ids of evaluate steps")
     parser.add_argument("--metric", choices=PROTOCOL_METRICS, default=SELECTION_METRIC, help="test metric that picks the best (higher is better)")
     parser.add_argument("--model-name", default="ruT5-large LoRA+prompt", help="name of the registered model")

@@ -29,7 +29,7 @@ import torch
 
 from components import tracking
 from components.checkpoint import newest_checkpoint
-from components.cli import parse_bool
+from components.cli import ArgumentParser, parse_bool
 from components.data import TOKENIZATION_FILE
 from components.errors import UserError
 from components.modeling import (
@@ -42,7 +42,7 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preprocess-task-id", help="ClearML task id of the preprocess step (its tokenized artifact is used)")
     parser.add_argument("--data-dir", help="instead of a task id: a folder of tokenized splits written by the preprocess step")
     parser.add_argument("--model", default=BASE_MODEL, help="hub id or local directory of the base model")

@@ -11,7 +11,8 @@ arguments, as ``clearml-agent`` does.
 Run as ``python -m tests.agent_simulation launch SCRIPT [ARGS...]`` or
 ``rerun SCRIPT [MODULE:FUNCTION]``. Only what needs a server is replaced, and only once
 the code under test has imported it: enqueueing is recorded (``ENQUEUED <id> <queue>``),
-the pipeline's version lookup gets a fixed version, a controller stops after preparing
+the queue check prints the queues it would look up (``QUEUES=...``), the pipeline's
+version lookup gets a fixed version, a controller stops after preparing
 its DAG and prints it (``DAG=...``) where on an agent it would launch steps, and
 ``MODULE:FUNCTION``, where the re-run would go on to need a server, prints its arguments
 (``CALL=...``) instead of running.
@@ -110,6 +111,11 @@ def _skip_repository_check(module: ModuleType) -> None:
     module.check_repository = lambda *args, **kwargs: launched
 
 
+def _record_queue_check(module: ModuleType) -> None:
+    """The check asks the server (tested in tests/test_server_errors.py); here it prints which queues it would ask about."""
+    module.check_queues = lambda uses: print("QUEUES=" + json.dumps([vars(use) for use in uses]), flush=True)
+
+
 def _server_path(module: ModuleType) -> None:
     module.prepare_clearml = lambda local_flag: False
 
@@ -147,6 +153,7 @@ def _run(script: str, argv: list[str], patches: dict[str, Callable[[ModuleType],
         "clearml.task": _record_enqueue,
         "clearml.automation.controller": _controller_prints_its_dag,
         "pipelines.controller": _record_controller_project,
+        "pipelines.queues": _record_queue_check,
         **patches,
     }))
     sys.argv = [script, *argv]

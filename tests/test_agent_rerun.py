@@ -44,7 +44,8 @@ def controller(clearml_home, tmp_path_factory):
     rerun = simulate(clearml_home, "rerun", "pipelines/run_pipeline.py", task_id=task_id).stdout
     [dag] = lines_with("DAG=", rerun)
     [built] = lines_with("CONTROLLER=", rerun)
-    return {"queue": queue, "stored": stored, "dag": dag["dag"], "pipeline": dag["pipeline"], "project": built["project"]}
+    return {"queue": queue, "stored": stored, "dag": dag["dag"], "pipeline": dag["pipeline"], "project": built["project"],
+            "checked": {"launch": lines_with("QUEUES=", launched), "agent": lines_with("QUEUES=", rerun)}}
 
 
 def test_the_launch_is_enqueued_on_services_with_every_option_stored(controller):
@@ -52,6 +53,12 @@ def test_the_launch_is_enqueued_on_services_with_every_option_stored(controller)
     stored = controller["stored"]
     assert (stored["gpu_queue"], stored["cpu_queue"], stored["project"]) == ("a100", "cpu2", "MyProj")
     assert (stored["lora_rank"], stored["max_steps"]) == ("16", "100")
+
+
+def test_the_launch_checks_every_queue_it_uses_and_the_agent_those_of_the_steps(controller):
+    steps = [{"name": "cpu2", "kind": "cpu", "option": "--cpu-queue"}, {"name": "a100", "kind": "gpu", "option": "--gpu-queue"}]
+    assert controller["checked"]["launch"] == [steps + [{"name": "services", "kind": "services", "option": "--controller-queue"}]]
+    assert controller["checked"]["agent"] == [steps]  # the controller already runs on its queue
 
 
 def test_the_agents_controller_uses_the_launch_options(controller):
@@ -99,7 +106,7 @@ def test_a_rerun_train_task_resumes_and_reports_at_its_own_steps(tiny_pipeline, 
 def test_the_optimizer_reads_lists_edited_in_the_ui(clearml_home):
     """The UI shows a list argument as ``[4, 8, 16, 32]``; a user edits it in that format."""
     launched = simulate(clearml_home, "launch", "pipelines/run_hpo.py", "--run-on", "services", "--lora-ranks", "4,8,16",
-                        "--template-task-id", "template-id").stdout
+                        "--trials", "5").stdout
     [(task_id, queue)] = enqueued(launched)
     assert queue == "services"
     cache = Path(clearml_home["CLEARML_CACHE_DIR"])
@@ -110,4 +117,4 @@ def test_the_optimizer_reads_lists_edited_in_the_ui(clearml_home):
     [call] = lines_with("CALL=", rerun.stdout)
     task, args, space = call["args"]
     assert space == {"lora_rank": [4, 8], "prompt_length": [20]}
-    assert args["template_task_id"] == "template-id"
+    assert (args["trials"], args["run_on"]) == (5, "services")

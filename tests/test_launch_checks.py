@@ -169,7 +169,7 @@ def test_the_best_trial_is_a_completed_one_that_reported_the_objective():
 
 @pytest.mark.parametrize("option", [["--preset", "tiny"], ["--output-dir", "x"]])
 def test_local_only_sweep_options_are_refused_on_a_server(option):
-    from pipelines.run_hpo import build_parser, run_on_server
+    from pipelines.run_hpo import build_parser, check_server_sweep
 
     with pytest.raises(UserError, match="applies to a local sweep"):
-        run_on_server(None, build_parser().parse_args(["--template-task-id", "t", *option]))
+        check_server_sweep(build_parser().parse_args(["--template-task-id", "t", *option]))

@@ -1,0 +1,76 @@
+"""The agent queues a launch will use: checked on the server before anything is created there.
+
+A fresh ClearML server has one queue, ``default``. The pipeline's ``gpu``, ``cpu`` and
+``services`` queues exist only once something creates them, such as the README's agent
+commands (``clearml-agent daemon --queue NAME --create-queue ...``). A launch that enqueues
+on a missing queue would fail half-way, with its controller task already on the server;
+so every queue is looked up first, and a missing one is one sentence naming it and the
+command that serves it. A queue that exists but has no agent listening is only a warning:
+its tasks wait there until one starts (an autoscaler may be about to).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from components.errors import UserError
+
+# What serves each kind of queue: the README's agent commands (tests/test_readme_commands.py keeps them equal).
+AGENT_OPTIONS = {
+    "gpu": "--gpus 0",
+    "cpu": "--cpu-only",
+    "services": "--services-mode --cpu-only",
+}
+PURPOSES = {"gpu": "train, evaluate", "cpu": "ingest, preprocess, register", "services": "the pipeline controller"}
+
+
+class MissingQueue(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueueUse:
+    """A queue a command will enqueue on, and what kind of agent serves it (a key of ``AGENT_OPTIONS``)."""
+
+    name: str
+    kind: str
+    option: str  # the command-line option that named it, e.g. --gpu-queue
+
+    @property
+    def agent_command(self) -> str:
+        return f"clearml-agent daemon --queue {self.name} --create-queue {AGENT_OPTIONS[self.kind]}"
+
+
+def _server_queues(names: Iterable[str]) -> dict[str, dict]:
+    """The server's queues of these names, with the workers listening to each (``queues.get_all``, ``workers.get_all``)."""
+    from clearml.backend_api.session.client import APIClient
+
+    client = APIClient()
+    queues = {queue.name: {"id": queue.id, "workers": []}
+              for name in names for queue in client.queues.get_all(name=f"^{re.escape(name)}$", only_fields=["id", "name"])}
+    by_id = {queue["id"]: queue for queue in queues.values()}
+    for worker in client.workers.get_all():
+        for listened in worker.queues or []:
+            if listened.id in by_id:
+                by_id[listened.id]["workers"].append(worker.id)
+    return queues
+
+
+def check_queues(uses: Iterable[QueueUse]) -> None:
+    """Refuse a missing queue (one sentence), warn about a queue with no agent; nothing is created on the server."""
+    uses = list({use.name: use for use in uses}.values())
+    found = _server_queues(use.name for use in uses)
+    missing = [use for use in uses if use.name not in found]
+    if missing:
+        queues = " nor ".join(f"{use.name!r} ({use.option}, for {PURPOSES[use.kind]})" for use in missing)
+        commands = ", ".join(f"`{use.agent_command}`" for use in missing)
+        agents = "its agent" if len(missing) == 1 else "their agents"
+        raise MissingQueue(f"The ClearML server has no queue {queues}; start {agents} with {commands}, "
+                           "or name existing queues with those options.")
+    for use in uses:
+        if not found[use.name]["workers"]:
+            print(f"warning: no agent is listening on queue {use.name!r} ({use.option}); its tasks wait there until one starts: "
+                  f"`{use.agent_command}`.", file=sys.stderr, flush=True)
