@@ -294,6 +294,8 @@ def test_get_all_orders_pages_and_projects(api, catalogue):
     assert _names(api, order_by=["name"], page=1, page_size=3, **query) == ["gamma"]
     (task,) = api.tasks(id=[catalogue["beta"]], only_fields=["name", "execution.queue", "runtime.version"])
     assert task == {"id": catalogue["beta"], "name": "beta", "execution": {}, "runtime": {}}
+    # "*" is get_all_ex's (ProjectionHelper); mongoengine's only() of get_all cannot resolve it
+    assert refused(lambda: api.tasks(id=[catalogue["beta"]], projection=["*", "execution.*"]), 500, 0).message == 'Cannot resolve field "*"'
 
 
 def test_get_all_by_status_parent_and_hyperparameter(api, project):

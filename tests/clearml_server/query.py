@@ -12,7 +12,7 @@ Follows ``apiserver/database/model/base.py:GetMixin``:
   a query on or ordered first by a ``_field_collation_overrides`` field, such as
   ``hyperparams.``, orders strings with ICU's numeric ordering collation).
 - ``validate_paging`` (``page``/``page_size``, 500 at most) and ``split_projection``
-  (``only_fields``/``projection``, ``-field`` excludes, ``id`` always returned).
+  (``only_fields``/``projection``, ``-field`` excludes, ``id`` always returned; no ``*``).
 Any other request key is refused with an error naming it.
 """
 
@@ -389,10 +389,20 @@ def project(document: dict, projection: Sequence[str], options: QueryOptions) ->
     return result
 
 
+def _check_projection(projection: Sequence[str]) -> None:
+    """``get_many`` hands the projection to mongoengine's ``only``/``exclude``, which resolve each
+    path against the document: ``*`` (a ``get_all_ex`` projection, ``ProjectionHelper``) is no
+    field, a ``LookUpError`` the server answers as a general error (500/0)."""
+    for path in projection:
+        if "*" in path.lstrip("-").split("."):
+            raise errors.APIError(500, 0, 'Cannot resolve field "*"')
+
+
 def get_many(endpoint: str, documents: Iterable[dict], data: dict, options: QueryOptions) -> list[dict]:
     """Filter, order, page and project ``documents`` by the request ``data``."""
     tests = build_filters(endpoint, data, options)
+    projection = data.get("projection") or data.get("only_fields") or []
+    _check_projection(projection)
     selected = [d for d in documents if all(test(d) for test in tests)]
     selected = page(order(selected, data, options), data)
-    projection = data.get("projection") or data.get("only_fields") or []
     return [project(d, projection, options) for d in selected]
