@@ -137,10 +137,7 @@ def delete_task_events(store: Store, user: str, task_id: str, cleanup: dict, del
     """``_delete_task_events`` (``services.async_urls_delete.enabled`` is true): the task's
     events are deleted; with ``delete_external_artifacts`` the files of its deleted models,
     its output artifacts and its events are scheduled for deletion."""
-    if not delete_external_artifacts:
-        store.events[:] = [e for e in store.events if e.get("task") != task_id]
-        return
-    schedule_for_delete(store, user, task_id, set(cleanup["urls"]["model_urls"]) | set(cleanup["urls"]["artifact_urls"]))
-    urls = event_urls(store, task_id)
+    if delete_external_artifacts:
+        schedule_for_delete(store, user, task_id, set(cleanup["urls"]["model_urls"]) | set(cleanup["urls"]["artifact_urls"]))
+        schedule_for_delete(store, user, task_id, event_urls(store, task_id))
     store.events[:] = [e for e in store.events if e.get("task") != task_id]
-    schedule_for_delete(store, user, task_id, urls)
