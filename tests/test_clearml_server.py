@@ -669,3 +669,18 @@ def test_the_server_process_stops_at_once_on_sigterm_and_ctrl_c(tmp_path, signum
         process.kill()
         process.wait()
         process.stdout.close()
+
+
+def test_workers_get_all_names_the_queues_and_the_current_one_as_entries(api, project):
+    """``WorkerBLL.get_all``: queue ids become ``{id, name}`` entries; ``queue`` (what the worker reported
+    working from, as an agent running a task does) is the entry among its queues, or None. The SDK
+    refuses a bare id there (``Expected queue of type QueueEntry, got str``)."""
+    queue = api.queue_id("unit-busy-queue", create=True)
+    api.call("workers.register", worker="busy-worker", queues=[queue])
+    api.call("workers.status_report", worker="busy-worker", timestamp=0, queue=queue)
+    [worker] = [w for w in api.call("workers.get_all")["workers"] if w["id"] == "busy-worker"]
+    entry = {"id": queue, "name": "unit-busy-queue"}
+    assert (worker["queues"], worker["queue"]) == ([entry], entry)
+    api.call("workers.status_report", worker="busy-worker", timestamp=0, queue="not-one-of-its-queues")
+    [worker] = [w for w in api.call("workers.get_all")["workers"] if w["id"] == "busy-worker"]
+    assert worker["queue"] is None

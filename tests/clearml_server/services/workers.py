@@ -101,4 +101,12 @@ def get_all(call: Call) -> dict:
             workers = [w for w in workers if set(call.data[field]) & set(w.get(field) or [])]
     if call.get("worker_pattern"):
         workers = [w for w in workers if re.search(call.data["worker_pattern"], w["id"])]
-    return {"workers": [{**w, "queues": [{"id": q, "name": get_queue(call.store, q)["name"]} for q in w["queues"]]} for w in workers]}
+    return {"workers": [_response_entry(call, w) for w in workers]}
+
+
+def _response_entry(call: Call, worker: dict) -> dict:
+    """``WorkerBLL.get_all`` / ``_get_worker_response_helper``: queue ids become entries with their
+    names; the current ``queue`` is the entry among the worker's queues with the reported id, else None."""
+    queues = [{"id": q, "name": get_queue(call.store, q)["name"]} for q in worker["queues"]]
+    current = next((entry for entry in queues if entry["id"] == worker["queue"]), None)
+    return {**worker, "queues": queues, "queue": current}
