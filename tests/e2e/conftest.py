@@ -4,7 +4,7 @@ remote with the project pushed to it, clearml-agent daemons and a runner for the
 commands. Session-scoped: started once, stopped (with every process) at the end.
 
     def test_x(clearml_server, agents, project):
-        agents.serve("cpu1")
+        agents.start(AGENTS["cpu"])  # the README's command
         ran = project.run("python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv")
         (task_id,) = project.created_task_ids(ran.stdout + ran.stderr)
         clearml_server.api.wait_for_status(task_id, ("completed",))
@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from tests.clearml_server import ClearMLTestServer
-from tests.e2e.flows import CPU, GPU, PROJECT, SERVICES, SWEEP, Sweeps, clone_and_enqueue, launch_pipeline, pipeline_steps, project_id
+from tests.e2e.flows import AGENTS, PROJECT, SERVICES, SWEEP, Sweeps, clone_and_enqueue, launch_pipeline, pipeline_steps, project_id
 from tests.e2e.harness import (
     Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
     start_git_remote,
@@ -80,12 +80,11 @@ def project(clearml_server: ServerTarget, git_remote: GitRemote, e2e_dir: Path) 
 
 @pytest.fixture(scope="session")
 def pipeline_run(clearml_server: ServerTarget, agents: Agents, project: ProjectRunner, git_remote: GitRemote) -> dict:
-    """The README's pipeline launched once on the server (tiny preset, rank 4, 5 steps), with an
-    agent on every queue; later flows clone its tasks."""
-    for queue in (CPU, GPU):
-        agents.serve(queue)
-    agents.serve(SERVICES, services_mode=True)
-    controller = launch_pipeline(project, clearml_server, "--max-steps 5")
+    """The README's first launch (the tiny preset) on the server, verbatim, with the README's agent
+    on every queue, each started with the README's command; later flows clone its tasks."""
+    for command in AGENTS.values():
+        agents.start(command)
+    controller = launch_pipeline(project, clearml_server)
     return {"controller": controller, "steps": pipeline_steps(clearml_server, controller), "commit": git_remote.head()}
 
 
@@ -103,7 +102,7 @@ def sweeps(pipeline_run: dict, clearml_server: ServerTarget, project: ProjectRun
     [evaluate_template] = api.tasks(name="^evaluate$", tags=["template"], project=[project_id(clearml_server, f"{PROJECT}/templates")])
     project.python(f"from clearml import Task\nTask.get_task({evaluate_template['id']!r}).set_parameter('Args/max_new_tokens', '7')\n")
     template = pipeline_run["steps"]["train"]["id"]
-    ran = project.run(f"{SWEEP} --template-task-id {template} --lora-ranks 0,2,4 --trials 3 --run-on {SERVICES}")
+    ran = project.run(f"{SWEEP} --template-task-id {template} --lora-ranks 0,2,4 --trials 3")
     [optimizer_id] = project.created_task_ids(ran.stdout + ran.stderr)
 
     def clone_when_completed() -> str:

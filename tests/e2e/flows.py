@@ -4,24 +4,28 @@ and reading a run back from the server."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from components.settings import CLEARML_PROJECT
 from tests.e2e.harness import ProjectRunner, ServerTarget
+from tests.readme_commands import agent_commands, the_command
 
-CPU, GPU, SERVICES = "cpu1", "gpu1", "services"  # clearml-server refuses queue names shorter than 3 characters
-PROJECT = "e2e pipeline"
+# The README's commands, verbatim: its agents (one per queue), its first launch, its sweep.
+AGENTS = agent_commands()
+CPU, GPU, SERVICES = "cpu", "gpu", "services"  # the launch's default queue names, which the README's agents serve
+PROJECT = CLEARML_PROJECT  # the launch's default project
 STEPS = ("ingest", "preprocess", "train", "evaluate", "register")
 STEP_QUEUES = {"ingest": CPU, "preprocess": CPU, "train": GPU, "evaluate": GPU, "register": CPU}
-LAUNCH = (f"python pipelines/run_pipeline.py --preset tiny --cpu-queue {CPU} --gpu-queue {GPU} --project '{PROJECT}' "
-          "--lora-rank 4 --max-test-samples 8 --max-new-tokens 8")
-SWEEP = (f"python pipelines/run_hpo.py --project '{PROJECT}' --queue {GPU} --cpu-queue {CPU} --concurrent 1 --max-steps 1 "
-         "--prompt-lengths 4")
+LAUNCH = the_command("python pipelines/run_pipeline.py", "--preset tiny")
+# The README's sweep with what keeps a flow short: one trial at a time, one step each, one prompt length.
+SWEEP = the_command("python pipelines/run_hpo.py", "--run-on") + " --concurrent 1 --max-steps 1 --prompt-lengths 4"
 
 
 def launch_pipeline(project: ProjectRunner, server: ServerTarget, extra: str = "") -> dict:
-    """Launch as the README says; wait for the controller to complete on the services agent."""
+    """Launch as the README says (with ``extra`` options, a flow's own); wait for the controller to complete on the services agent."""
     ran = project.run(f"{LAUNCH} {extra}")
     [controller_id] = project.created_task_ids(ran.stdout + ran.stderr)
     return server.api.wait_for_status(controller_id, ("completed",), timeout_s=600)
@@ -34,7 +38,7 @@ def pipeline_steps(server: ServerTarget, controller: dict) -> dict[str, dict]:
 
 
 def project_id(server: ServerTarget, name: str) -> str:
-    [found] = server.api.call("projects.get_all", name=f"^{name}$")["projects"]
+    [found] = server.api.call("projects.get_all", name=f"^{re.escape(name)}$")["projects"]
     return found["id"]
 
 

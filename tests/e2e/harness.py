@@ -213,24 +213,40 @@ def client_environment(server: ServerTarget, home: Path) -> dict[str, str]:
     return env
 
 
-def agent_environment(server: ServerTarget, home: Path, worker_id: str) -> dict[str, str]:
-    """clearml-agent with the current Python instead of a venv per task.
+# What the agent that builds virtualenvs keeps between test sessions (as a user's agent machine keeps
+# its ~/.clearml/venvs-cache and pip cache): the first build of a requirements set takes minutes.
+AGENT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rut5-peft" / "e2e-agent"
 
-    clearml-agent 3.0.3 reads its server from the environment alone. Its work folders
-    (``~/.clearml/vcs-cache``, ``venvs-builds``, ...) go under this HOME.
-    ``CLEARML_AGENT_SKIP_PIP_VENV_INSTALL`` (the interpreter to run tasks with) and
-    ``CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL`` skip creating a venv and installing the
-    task's requirements; the agent then runs the task's entry point with this interpreter
-    from a clone of the task's repository at its recorded commit, with its recorded diff.
+
+def agent_environment(server: ServerTarget, home: Path, worker_id: str, builds_venv: bool) -> dict[str, str]:
+    """The environment of an agent started with a README command: the server's variables, a HOME of
+    its own (its work folders, ``~/.clearml/vcs-cache``, ``venvs-builds``, ... go there), and
+
+    * ``builds_venv``: the agent's default environment build, a virtualenv per task with the
+      task's requirements installed by pip, as a user's agent does. This machine reaches no
+      download.pytorch.org, so, as the README says for such a site,
+      ``CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none`` (torch from the pip index); and pip's
+      current resolver instead of the legacy one the agent turns on for pip < 24.3: the legacy
+      resolver drops ``torch==2.13.0`` in favour of this machine's pip constraint
+      ``torch<=2.14.1`` (``/etc/xdg/pip``) and fetches a CUDA build. Its venv and pip caches
+      live in ``AGENT_CACHE``.
+    * otherwise the current Python instead of a venv per task
+      (``CLEARML_AGENT_SKIP_PIP_VENV_INSTALL``, ``CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL``): the
+      agent runs the task's entry point with this interpreter from a clone of the task's
+      repository at its recorded commit, with its recorded diff. The flows that test what the
+      steps do, not how their environment is built, save a venv per task that way.
     """
     env = client_environment(server, home)
-    env.update(
-        CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=sys.executable,
-        CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1",
-        CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=AGENT_POLL_S,
-        CLEARML_WORKER_ID=worker_id,
-        GIT_CONFIG_NOSYSTEM="1",
-    )
+    env.update(CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=AGENT_POLL_S, CLEARML_WORKER_ID=worker_id, GIT_CONFIG_NOSYSTEM="1")
+    if builds_venv:
+        env.update(
+            CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE="none",
+            CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_LEGACY_RESOLVER="[]",
+            CLEARML_AGENT__AGENT__VENVS_CACHE__PATH=str(AGENT_CACHE / "venvs-cache"),
+            PIP_CACHE_DIR=str(AGENT_CACHE / "pip"),
+        )
+    else:
+        env.update(CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=sys.executable, CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1")
     return env
 
 
@@ -243,32 +259,47 @@ def agent_executable() -> str:
     return found
 
 
-def start_agent(processes: Processes, server: ServerTarget, queue: str, workdir: Path, services_mode: bool = False) -> subprocess.Popen:
-    """``clearml-agent daemon --queue <queue>`` (``--services-mode`` for the controller's queue)."""
-    server.api.queue_id(queue)
-    home = workdir / f"agent-{queue}"
-    home.mkdir(parents=True)
-    command = [agent_executable(), "daemon", "--queue", queue, "--cpu-only", "--foreground"]
-    if services_mode:
-        command.append("--services-mode")
-    process = processes.start(f"agent-{queue}", command, agent_environment(server, home, f"e2e-{queue}"), home)
-    server.agents[queue] = process
-    return process
+def queue_of(agent_command: str) -> str:
+    argv = shlex.split(agent_command)
+    return argv[argv.index("--queue") + 1]
 
 
 class Agents:
-    """clearml-agent daemons, one per queue, started on first use."""
+    """clearml-agent daemons started with the README's command lines, one per queue."""
 
     def __init__(self, processes: Processes, server: ServerTarget, workdir: Path):
         self._processes, self._server, self._workdir = processes, server, workdir
 
-    def serve(self, queue: str, services_mode: bool = False) -> None:
-        if queue not in self._server.agents:
-            start_agent(self._processes, self._server, queue, self._workdir, services_mode=services_mode)
+    def start(self, command: str, builds_venv: bool = False) -> None:
+        """Run ``command`` (a README line, ``clearml-agent daemon --queue NAME ...``) and wait until
+        its worker listens on the queue, which the command itself creates on a fresh server."""
+        queue = queue_of(command)
+        if queue in self._server.agents:
+            return
+        home = self._workdir / f"agent-{queue}"
+        home.mkdir(parents=True)
+        argv = shlex.split(command)
+        assert argv[0] == "clearml-agent", command
+        env = agent_environment(self._server, home, f"e2e-{queue}", builds_venv)
+        self._server.agents[queue] = self._processes.start(f"agent-{queue}", [agent_executable(), *argv[1:]], env, home)
+        self._wait_for_worker(queue)
+
+    def _wait_for_worker(self, queue: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(q["name"] == queue for w in self._server.api.call("workers.get_all")["workers"] for q in w.get("queues") or []):
+            process = self._server.agents[queue]
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the agent of queue {queue!r} is not listening (exit status {process.poll()}):\n{self.log(queue)}")
+            time.sleep(0.2)
 
     def log(self, queue: str) -> str:
-        """The daemon's own output (what it polled, pulled and ran)."""
-        return f"clearml-agent daemon on {queue}:\n" + self._processes.log_of(self._server.agents[queue])
+        """The daemon's own output (what it polled, pulled and ran). Without ``--foreground`` the
+        agent writes it to a file whose name it prints first."""
+        printed = self._processes.log_of(self._server.agents[queue])
+        named = re.search(r"writing stdout/stderr to (\S+)", printed)
+        if named and Path(named.group(1)).exists():
+            printed += Path(named.group(1)).read_text(errors="replace")
+        return f"clearml-agent daemon on {queue}:\n" + printed
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -63,10 +64,14 @@ class ServerApi:
     def tasks(self, **filters: Any) -> list[dict]:
         return self.call("tasks.get_all", **filters)["tasks"]
 
-    def queue_id(self, name: str) -> str:
-        """The id of queue ``name``, created when missing."""
-        found = self.call("queues.get_all", name=f"^{name}$", only_fields=["id"])["queues"]
-        return found[0]["id"] if found else self.call("queues.create", name=name)["id"]
+    def queue_id(self, name: str, create: bool = False) -> str:
+        """The id of queue ``name``; ``create``: created when missing (the end-to-end flows never
+        create one: the README's agent commands do)."""
+        found = self.call("queues.get_all", name=f"^{re.escape(name)}$", only_fields=["id"])["queues"]
+        if not found and create:
+            return self.call("queues.create", name=name)["id"]
+        [queue] = found
+        return queue["id"]
 
     def hyperparameter(self, task_id: str, section: str, name: str) -> str | None:
         params = self.call("tasks.get_hyper_params", tasks=[task_id])["params"][0]["hyperparams"]

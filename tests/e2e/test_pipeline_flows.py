@@ -30,8 +30,8 @@ def test_flow1_every_step_completes_on_its_queue_at_the_launch_commit(pipeline_r
         assert task["project"] == project_id(clearml_server, PROJECT), name  # not among the templates
         assert "template" not in task["tags"], name
     train = steps["train"]["id"]
-    assert (api.hyperparameter(train, "Args", "lora_rank"), api.hyperparameter(train, "Args", "max_steps")) == ("4", "5")
-    assert download_json(artifact_uri(steps["train"], "training"))["steps"] == 5
+    assert (api.hyperparameter(train, "Args", "lora_rank"), api.hyperparameter(train, "Args", "max_steps")) == ("8", "")
+    assert download_json(artifact_uri(steps["train"], "training"))["steps"] == 395  # the tiny preset: 5 epochs of 79 batches
 
 
 def test_flow1_the_best_model_is_published_with_its_metrics_on_the_files_server(pipeline_run, clearml_server):
@@ -45,7 +45,7 @@ def test_flow1_the_best_model_is_published_with_its_metrics_on_the_files_server(
     assert float(metadata["test_chrf"]) == pytest.approx(evaluation["metrics"]["chrf"])
     assert metadata["train_task_id"] == pipeline_run["steps"]["train"]["id"]
     [adapter_model] = api.models_of(pipeline_run["steps"]["train"]["id"])
-    assert adapter_model["uri"].startswith(files_host + "/") and "lora_rank=4" in adapter_model["tags"]
+    assert adapter_model["uri"].startswith(files_host + "/") and "lora_rank=8" in adapter_model["tags"]
 
 
 def test_flow2_a_new_commit_reruns_every_step_and_a_changed_parameter_only_what_it_affects(
@@ -71,7 +71,7 @@ def test_flow2_a_new_commit_reruns_every_step_and_a_changed_parameter_only_what_
 
 
 def test_flow3_a_ui_clone_of_the_train_task_trains_from_scratch_with_the_edited_rank(pipeline_run, clearml_server, project, agents):
-    clone_id = clone_and_enqueue(project, pipeline_run["steps"]["train"]["id"], "train rank 16", {"lora_rank": "16"}, GPU)
+    clone_id = clone_and_enqueue(project, pipeline_run["steps"]["train"]["id"], "train rank 16", {"lora_rank": "16", "max_steps": "5"}, GPU)
     clone = clearml_server.api.wait_for_status(clone_id, ("completed",), timeout_s=300, diagnostics=lambda: agents.log(GPU))
     training = download_json(artifact_uri(clone, "training"))
     assert training["adapter"]["lora_rank"] == 16 and training["resumed_from"] is None

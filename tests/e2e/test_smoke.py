@@ -4,7 +4,7 @@ the SDK, executed by a real clearml-agent from the git remote."""
 from __future__ import annotations
 
 from tests.clearml_server import unimplemented_calls
-from tests.e2e.flows import CPU, artifact_uris, clone_and_enqueue, download
+from tests.e2e.flows import AGENTS, CPU, artifact_uris, clone_and_enqueue, download
 
 SPLIT_ARTIFACTS = ("train", "validation", "test")
 INGEST = "python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv data/sample/test.tsv"
@@ -12,7 +12,7 @@ INGEST = "python steps/ingest.py --train-tsv data/sample/train.tsv --test-tsv da
 
 def test_step_cloned_edited_and_run_by_an_agent(clearml_server, agents, project, git_remote):
     api, files_host = clearml_server.api, clearml_server.env["CLEARML_FILES_HOST"]
-    agents.serve(CPU)
+    agents.start(AGENTS[CPU])
 
     ran = project.run(INGEST)
     (source_id,) = project.created_task_ids(ran.stdout + ran.stderr)

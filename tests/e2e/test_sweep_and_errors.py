@@ -51,7 +51,7 @@ def objective(task: dict) -> float:
     return values[0]["min_value"]
 
 
-def test_flow6_a_wrong_template_task_id_is_one_sentence_on_a_failed_optimizer_task(pipeline_run, clearml_server, project):
+def test_flow6_a_wrong_template_task_id_is_one_sentence_and_nothing_on_the_server(pipeline_run, clearml_server, project):
     api = clearml_server.api
 
     def newest_tasks() -> set[str]:
@@ -62,9 +62,7 @@ def test_flow6_a_wrong_template_task_id_is_one_sentence_on_a_failed_optimizer_ta
     assert ran.returncode == 1
     message = ran.stderr.strip().splitlines()[-1]
     assert message.startswith("error: No ClearML task with id '0123456789abcdef0123456789abcdef' on the ClearML server")
-    [optimizer_id] = newest_tasks() - before  # nothing else was created
-    optimizer = api.task(optimizer_id)
-    assert optimizer["status"] == "failed" and optimizer["status_reason"] == message.removeprefix("error: ")
+    assert newest_tasks() == before  # checked before the optimizer task is created: nothing was
 
 
 def test_flow6_a_missing_upstream_artifact_fails_the_task_with_that_reason(pipeline_run, clearml_server, project, agents):
