@@ -75,3 +75,23 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
     run_script(clearml_home, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir), "--epochs", "1",
                "--decoding", "beam", "--max-test-samples", "16")
     return output_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Work units of ``make test``'s two pytest-xdist workers (``--dist loadgroup``).
+
+    The end-to-end flows share one server, its agents and one pipeline run: one unit, which a
+    worker runs while the other runs the rest (the flows spend much of their time waiting on
+    agents). The tests of the session's tiny pipeline run are one unit, so that the run is made
+    once; every other file is a unit with its module fixtures.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.nodeid.startswith("tests/e2e/"):
+            group = "e2e"
+        elif "tiny_pipeline" in item.fixturenames:
+            group = "tiny_pipeline"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
