@@ -77,6 +77,7 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Work units of ``make test``'s two pytest-xdist workers (``--dist loadgroup``).
 
