@@ -139,7 +139,7 @@ def failures_end_the_process() -> Iterator[None]:
     """Any error in the block ends the process at once with exit status 1, its task (if one exists) failed.
 
     A user's error is one line (``error: ...``); anything else prints its traceback first.
-    "At once" is ``os._exit`` after the streams are flushed and the task is closed: after an
+    "At once" is ``os._exit`` after the streams are flushed and the task is marked failed: after an
     exception, ClearML's exit hooks and threads (its reporter, a PipelineController's monitor)
     were seen keeping a launch alive for minutes.
     """

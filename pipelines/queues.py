@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from components.errors import UserError
 
-# What serves each kind of queue: the README's agent commands (tests/test_readme_commands.py keeps them equal).
+# What serves each kind of queue: the README's agent commands (tests/test_server_errors.py keeps them equal).
 AGENT_OPTIONS = {
     "gpu": "--gpus 0",
     "cpu": "--cpu-only",
@@ -44,25 +44,21 @@ class QueueUse:
         return f"clearml-agent daemon --queue {self.name} --create-queue {AGENT_OPTIONS[self.kind]}"
 
 
-def _server_queues(names: Iterable[str]) -> dict[str, dict]:
-    """The server's queues of these names, with the workers listening to each (``queues.get_all``, ``workers.get_all``)."""
+def _listened(names: Iterable[str]) -> dict[str, bool]:
+    """The server's queues of these names, each with whether a worker listens to it (``queues.get_all``, ``workers.get_all``)."""
     from clearml.backend_api.session.client import APIClient
 
     client = APIClient()
-    queues = {queue.name: {"id": queue.id, "workers": []}
-              for name in names for queue in client.queues.get_all(name=f"^{re.escape(name)}$", only_fields=["id", "name"])}
-    by_id = {queue["id"]: queue for queue in queues.values()}
-    for worker in client.workers.get_all():
-        for listened in worker.queues or []:
-            if listened.id in by_id:
-                by_id[listened.id]["workers"].append(worker.id)
-    return queues
+    ids = {queue.id: queue.name
+           for name in names for queue in client.queues.get_all(name=f"^{re.escape(name)}$", only_fields=["id", "name"])}
+    listened = {entry.id for worker in client.workers.get_all() for entry in worker.queues or []}
+    return {name: queue_id in listened for queue_id, name in ids.items()}
 
 
 def check_queues(uses: Iterable[QueueUse]) -> None:
     """Refuse a missing queue (one sentence), warn about a queue with no agent; nothing is created on the server."""
     uses = list({use.name: use for use in uses}.values())
-    found = _server_queues(use.name for use in uses)
+    found = _listened(use.name for use in uses)
     missing = [use for use in uses if use.name not in found]
     if missing:
         queues = " nor ".join(f"{use.name!r} ({use.option}, for {PURPOSES[use.kind]})" for use in missing)
@@ -71,6 +67,6 @@ def check_queues(uses: Iterable[QueueUse]) -> None:
         raise MissingQueue(f"The ClearML server has no queue {queues}; start {agents} with {commands}, "
                            "or name existing queues with those options.")
     for use in uses:
-        if not found[use.name]["workers"]:
+        if not found[use.name]:
             print(f"warning: no agent is listening on queue {use.name!r} ({use.option}); its tasks wait there until one starts: "
                   f"`{use.agent_command}`.", file=sys.stderr, flush=True)
