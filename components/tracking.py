@@ -158,6 +158,11 @@ def exit_with_error(message: str) -> None:
     task = _current_task()
     if task is not None:
         close_failed(task, message)
+        if running_on_agent():
+            # clearml-agent checks the task's status once per poll period and, if it has not seen it
+            # change when the process exits, marks it failed again with "worker execution exit code 1",
+            # replacing this reason: stay alive one period (its CLEARML_AGENT_QUEUE_POLL_FREQ_SEC, default 5 s).
+            time.sleep(float(os.environ.get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") or 5) + 1)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(1)
