@@ -4,7 +4,8 @@ An adapter directory holds only what was trained, never the frozen base::
 
     adapter_config.json     base model (hub id or local dir) and AdapterSettings
     adapter.safetensors     lora_A / lora_B of every wrapped layer, and the prompt
-    tokenizer files         so the directory alone is enough to tokenize
+    tokenizer files         so the directory alone is enough to tokenize (required: loading
+                            never falls back to the base model's tokenizer)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 # to share, and two threads waiting on each other are slow, the more so on a busy machine.
 ONE_THREAD_MAX_PARAMETERS = 10_000_000
 ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 # ai-forever/ruT5-large's published config.json (T5 v1.0 layout; note eos_token_id 2).
 RUT5_LARGE_CONFIG = dict(
@@ -139,14 +141,14 @@ def save_adapter_weights(model: nn.Module, path: str | Path) -> None:
     Path(path).write_bytes(adapter_weights_bytes(model))
 
 
-def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings, tokenizer=None) -> Path:
+def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings,
+                 tokenizer: PreTrainedTokenizerBase) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_adapter_weights(model, directory / ADAPTER_WEIGHTS)
     config = {"base_model": base_model, **settings.to_dict()}
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
 
 
@@ -183,12 +185,13 @@ def load_finetuned(model_dir: str | Path, *, merge: bool = True, dtype: torch.dt
     With ``merge`` the LoRA updates are folded into the base weights (same outputs, faster).
     """
     base_model, settings = read_adapter_config(model_dir)
+    tokenizer = _tokenizer_of(model_dir)
     model = apply_adapter_settings(load_base_model(base_model, dtype=dtype), settings)
     load_adapter_weights(model, Path(model_dir) / ADAPTER_WEIGHTS)
     if merge:
         merge_lora(model)
     model.eval()
-    return model, _tokenizer_of(model_dir, base_model)
+    return model, tokenizer
 
 
 def load_untuned(model_dir: str | Path, *, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -201,13 +204,16 @@ def load_untuned(model_dir: str | Path, *, dtype: torch.dtype | None = None) -> 
     the train step started from.
     """
     base_model, settings = read_adapter_config(model_dir)
-    model = apply_adapter_settings(load_base_model(base_model, dtype=dtype), settings).eval()
-    return model, _tokenizer_of(model_dir, base_model)
+    tokenizer = _tokenizer_of(model_dir)
+    return apply_adapter_settings(load_base_model(base_model, dtype=dtype), settings).eval(), tokenizer
 
 
-def _tokenizer_of(model_dir: str | Path, base_model: str) -> PreTrainedTokenizerBase:
-    tokenizer_dir = model_dir if (Path(model_dir) / "tokenizer_config.json").exists() else base_model
-    return load_tokenizer(str(tokenizer_dir))
+def _tokenizer_of(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside the adapter; never the base model's in its place (it may not be the one trained with)."""
+    if not (Path(model_dir) / TOKENIZER_CONFIG).exists():
+        raise ModelLoadError(f"{Path(model_dir) / TOKENIZER_CONFIG} not found: a model directory holds its tokenizer, "
+                             "so give the whole folder the train or register step wrote.")
+    return load_tokenizer(str(model_dir))
 
 
 @contextmanager

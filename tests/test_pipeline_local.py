@@ -14,16 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import run_script
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from components.data import read_tsv, source_text
+from components.data import read_tsv
 from components.generation import DECODING_PRESETS, generate_predictions
 from components.lora import merge_lora
-from components.metrics import PROTOCOL_METRICS, compute_metrics
+from components.metrics import PROTOCOL_METRICS
 from components.modeling import apply_adapter_settings, load_base_model, load_finetuned, load_tokenizer, read_adapter_config
 from pipelines.definition import STEP_NAMES
+from pipelines.report import HEADLINE_METRICS
+from reference_model import PlainModel, protocol_scores, source
 
 
 def result(output_dir: Path) -> dict:
@@ -110,7 +113,7 @@ def test_the_evaluation_generates_with_the_trained_adapter_and_the_decoding_aske
     base_model, settings = read_adapter_config(tiny_pipeline / "train" / "adapter")
     model, tokenizer = apply_adapter_settings(load_base_model(base_model), settings), load_tokenizer(base_model)
     test = evaluated_rows(tiny_pipeline, candidates["beam"])
-    sources = [source_text(i, x) for i, x in zip(test["instruction"], test["input"])]
+    sources = [source(i, x) for i, x in zip(test["instruction"], test["input"])]
     max_new_tokens = evaluation_of(candidates["beam"])["decoding"]["max_new_tokens"]
 
     def decode(preset: str) -> list[str]:  # as the evaluate step does: batches of 16, the preset's settings
@@ -132,18 +135,122 @@ def test_the_evaluation_generates_with_the_trained_adapter_and_the_decoding_aske
 
 
 def test_every_evaluation_scores_its_predictions_against_the_test_references(tiny_pipeline, candidates, summary):
+    """Recomputed by tests/reference_model.py on sacreBLEU, rouge_score and nltk directly. The same libraries on
+    the same tokens: only the order of the mean's additions may differ, hence approx's default 1e-6 relative."""
     for name, directory in candidates.items():
         test = evaluated_rows(tiny_pipeline, directory)
         references = test["output"].tolist()
-        sources = [source_text(i, x) for i, x in zip(test["instruction"], test["input"])]
         predictions = predictions_of(directory)
-        expected = compute_metrics(predictions, references)
+        expected = protocol_scores(predictions, references)
         metrics = evaluation_of(directory)["metrics"]
-        assert metrics.keys() == {*expected, "loss"}, name  # the text metrics and the test loss
+        assert metrics.keys() == {*expected, "loss", *(f"published_{kind}" for kind in ("rouge1", "rouge2", "rougeL"))}, name
         assert {key: metrics[key] for key in expected} == pytest.approx(expected), name
         # Discriminating: scored against the inputs instead, the numbers would differ.
-        assert compute_metrics(predictions, sources)["chrf"] != pytest.approx(expected["chrf"]), name
-    assert summary["all_metrics"] == pytest.approx(evaluation_of(candidates["beam"])["metrics"])
+        sources = [source(i, x) for i, x in zip(test["instruction"], test["input"])]
+        assert protocol_scores(predictions, sources)["chrf"] != pytest.approx(expected["chrf"]), name
+    assert summary["all_metrics"] == evaluation_of(candidates["beam"])["metrics"]
+    assert summary["metrics"] == {name: summary["all_metrics"][name] for name in HEADLINE_METRICS}
+
+
+# The float32 losses below are recomputed row by row without padding, the steps' in padded batches:
+# masked positions add exact zeros, but the sums run in another order, which moves each log-probability
+# by a few float32 ulps (about 1e-7 relative); a mean over hundreds of tokens keeps that size.
+# 1e-5 relative leaves a hundredfold margin and is still a thousand times finer than any bug's effect here.
+LOSS_RTOL = 1e-5
+
+
+@pytest.fixture
+def one_thread():
+    """The evaluate step computes the tiny model on one thread (use_cpu_threads_for): the same reductions, the same tokens."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def adapter_tensors(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """An adapter file's tensors, and its prompt (the one tensor named ``*.prompt``)."""
+    tensors = load_file(str(path))
+    [prompt] = [tensor for name, tensor in tensors.items() if name.endswith(".prompt")]
+    return tensors, prompt
+
+
+def test_the_untuned_base_is_recomputed_on_the_plain_base_model(tiny_pipeline, tiny_model_dir, summary, one_thread):
+    """evaluation.json's base figures and predictions.tsv's base column, from the Hugging Face base model with the
+    prompt's initial vectors in front: no LoRA at all (B at zero adds nothing), no project code on the way."""
+    evaluation = evaluation_of(tiny_pipeline / "evaluate")
+    table = pd.read_csv(tiny_pipeline / "evaluate" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
+    test = evaluated_rows(tiny_pipeline, tiny_pipeline / "evaluate")
+    assert table["output"].tolist() == test["output"].tolist()
+    config = json.loads((tiny_pipeline / "train" / "adapter" / "adapter_config.json").read_text())
+    parameters, decoding = summary["parameters"], evaluation["decoding"]
+    plain = PlainModel(str(tiny_model_dir), str(tiny_model_dir))
+    initial_prompt = plain.initial_prompt(config["prompt_length"])
+    _, trained_prompt = adapter_tensors(tiny_pipeline / "train" / "adapter" / "adapter.safetensors")
+    sources = [source(i, x) for i, x in zip(test["instruction"], test["input"])]
+    generate = {"num_beams": decoding["num_beams"], "do_sample": decoding["do_sample"], "max_new_tokens": decoding["max_new_tokens"]}
+    assert decoding["num_beams"] > 1  # the session's run decodes with beams: the base must too
+
+    expected = plain.generate(sources, initial_prompt, parameters["max_input_length"], generate)
+    # Discriminating: the trained prompt in front of the untuned weights would answer otherwise.
+    assert plain.generate(sources, trained_prompt, parameters["max_input_length"], generate) != expected
+    assert table["base_prediction"].tolist() == expected
+
+    base = evaluation["base_metrics"]
+    text_metrics = protocol_scores(expected, test["output"].tolist())
+    assert {name: base[name] for name in text_metrics} == pytest.approx(text_metrics)
+    loss = plain.mean_token_loss(sources, test["output"].tolist(), initial_prompt, parameters["max_input_length"], parameters["max_target_length"])
+    assert base["loss"] == pytest.approx(loss, rel=LOSS_RTOL)
+    assert summary["base_metrics"] == {name: base[name] for name in HEADLINE_METRICS}
+    assert evaluation["difference"] == pytest.approx({name: evaluation["metrics"][name] - base[name] for name in base})
+
+
+def test_the_test_and_validation_losses_are_recomputed_token_by_token(tiny_pipeline, tiny_model_dir, summary, one_thread):
+    """The tuned test loss (evaluation.json), the untuned and the best and last validation losses (training.json),
+    each from the plain base model with the adapter file's LoRA folded in by hand and its prompt in front."""
+    parameters = summary["parameters"]
+    config = json.loads((tiny_pipeline / "train" / "adapter" / "adapter_config.json").read_text())
+    training = json.loads((tiny_pipeline / "train" / "training.json").read_text())
+
+    def loss_of(adapter: Path | None, rows: pd.DataFrame) -> float:
+        plain = PlainModel(str(tiny_model_dir), str(tiny_model_dir))
+        prompt = plain.initial_prompt(config["prompt_length"])
+        if adapter is not None:
+            tensors, prompt = adapter_tensors(adapter)
+            plain.add_lora(tensors, config["lora_rank"], config["lora_alpha"])
+        sources = [source(i, x) for i, x in zip(rows["instruction"], rows["input"])]
+        return plain.mean_token_loss(sources, rows["output"].tolist(), prompt, parameters["max_input_length"], parameters["max_target_length"])
+
+    test = evaluated_rows(tiny_pipeline, tiny_pipeline / "evaluate")
+    validation = read_tsv(tiny_pipeline / "ingest" / "splits" / "validation.tsv")
+    checkpoints = tiny_pipeline / "train" / "checkpoints"
+    assert evaluation_of(tiny_pipeline / "evaluate")["metrics"]["loss"] == pytest.approx(loss_of(checkpoints / "best" / "adapter.safetensors", test), rel=LOSS_RTOL)
+    assert training["initial_validation_loss"] == pytest.approx(loss_of(None, validation), rel=LOSS_RTOL)
+    history = {entry["step"]: entry["validation_loss"] for entry in training["history"]}
+    assert training["best_step"] == min(history, key=history.get) and training["best_value"] == history[training["best_step"]]
+    assert history[training["best_step"]] == pytest.approx(loss_of(checkpoints / "best" / "adapter.safetensors", validation), rel=LOSS_RTOL)
+    assert history[training["steps"]] == pytest.approx(loss_of(checkpoints / "last" / "adapter.safetensors", validation), rel=LOSS_RTOL)
+
+
+def test_the_registered_model_folder_is_the_trained_adapter_file_by_file(tiny_pipeline, tiny_model_dir, summary):
+    model_dir, adapter_dir = Path(summary["model_dir"]), tiny_pipeline / "train" / "adapter"
+    tokenizer_files = ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(path.name for path in model_dir.iterdir()) == sorted(["adapter.safetensors", "adapter_config.json", "evaluation.json", *tokenizer_files])
+    assert sorted(path.name for path in adapter_dir.iterdir()) == sorted(["adapter.safetensors", "adapter_config.json", *tokenizer_files])
+    for name in ["adapter.safetensors", "adapter_config.json", *tokenizer_files]:
+        assert (model_dir / name).read_bytes() == (adapter_dir / name).read_bytes(), name
+    assert (model_dir / "adapter.safetensors").read_bytes() == (tiny_pipeline / "train/checkpoints/best/adapter.safetensors").read_bytes()
+    parameters = summary["parameters"]
+    assert json.loads((model_dir / "adapter_config.json").read_text()) == {
+        "base_model": "tiny", "lora_targets": ["q", "v"],
+        **{name: parameters[name] for name in ("lora_rank", "lora_alpha", "lora_dropout", "prompt_length")},
+    }
+    # The tokenizer is the base model's: the same vocabulary file, the same ids for a text.
+    assert (model_dir / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    text = "Какой знак стоит в конце текста?"
+    assert load_tokenizer(str(model_dir))(text)["input_ids"] == load_tokenizer(str(tiny_model_dir))(text)["input_ids"]
+    record = json.loads((model_dir / "evaluation.json").read_text())
+    assert record["metrics"] == summary["all_metrics"] and record["train_task_id"] == summary["task_ids"]["train"]
 
 
 def test_register_takes_the_best_of_several_candidates_by_the_metric(registered, candidates, tiny_pipeline):
