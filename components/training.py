@@ -105,6 +105,7 @@ class TrainResult:
     skipped_steps: int
     history: list[dict] = field(default_factory=list)
     train_losses: list[list[float]] = field(default_factory=list)  # [step, loss] of every optimizer step
+    learning_rates: list[list[float]] = field(default_factory=list)  # [step, learning rate the step used]
 
 
 def lower_is_better(metric: str) -> bool:
@@ -206,7 +207,7 @@ def train_adapters(
     eval_loader = evaluation_loader(model, tokenizer, validation_dataset, config.eval_batch_size)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "best_value": None, "best_step": None, "bad_evaluations": 0,
-             "skipped_steps": 0, "stopped_early": False, "history": [], "train_losses": []}
+             "skipped_steps": 0, "stopped_early": False, "history": [], "train_losses": [], "learning_rates": []}
     torch.manual_seed(config.seed)
     best_weights = None  # the best adapter so far, as written into each checkpoint
     if resume_from is not None:
@@ -270,6 +271,7 @@ def train_adapters(
             last_batch = index + 1 == len(loader)
             if micro < config.grad_accum_steps and not last_batch:
                 continue
+            step_learning_rate = scheduler.get_last_lr()[0]
             if group_finite:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -288,8 +290,9 @@ def train_adapters(
             # The data position after this step: where a resumed run continues.
             state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "batch": 0} if last_batch else {"batch": index + 1}))
             state["train_losses"].append([state["step"], running])
+            state["learning_rates"].append([state["step"], step_learning_rate])
             report("loss", "train", running, state["step"])
-            report("learning_rate", "lr", scheduler.get_last_lr()[0], state["step"])
+            report("learning_rate", "lr", step_learning_rate, state["step"])
             progress.update(1)
             progress.set_postfix(loss=f"{running:.4f}")
             micro, running, group_finite = 0, 0.0, True
@@ -303,4 +306,5 @@ def train_adapters(
         steps=state["step"], total_steps=total_steps, precision=precision, best_metric=config.best_metric,
         best_value=state["best_value"], best_step=state["best_step"], stopped_early=bool(state.get("stopped_early")),
         skipped_steps=state["skipped_steps"], history=state["history"], train_losses=state["train_losses"],
+        learning_rates=state["learning_rates"],
     )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components.generation import DECODING_PRESETS, Decoding, generate_predictions
-from components.modeling import apply_peft, load_base_model, load_finetuned, load_tokenizer, save_adapter
+from components.modeling import ModelLoadError, apply_peft, load_base_model, load_finetuned, load_tokenizer, load_untuned, save_adapter
 from components.settings import AdapterSettings
 from components.stats import main as stats_main
 
@@ -97,6 +97,36 @@ def test_a_fine_tuned_directory_loads_back_the_trained_model(tiny_peft, tiny_mod
         torch.manual_seed(0)
         untrained = apply_peft(load_base_model(str(tiny_model_dir)), prompt_length=PROMPT_LENGTH).eval()
         assert not torch.allclose(untrained(**inputs).logits, trained, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("load", [load_finetuned, load_untuned])
+def test_a_model_directory_without_its_tokenizer_is_an_error_naming_the_file(tiny_peft, tiny_model_dir, tmp_path, load):
+    """Never the base model's tokenizer in its place: the directory is incomplete, and the error says which file is missing."""
+    model, tokenizer = tiny_peft
+    save_adapter(model, tmp_path, str(tiny_model_dir), AdapterSettings(prompt_length=PROMPT_LENGTH), tokenizer)
+    load(tmp_path)  # whole, it loads
+    (tmp_path / "tokenizer_config.json").unlink()
+    with pytest.raises(ModelLoadError, match=f"^{tmp_path / 'tokenizer_config.json'} not found"):
+        load(tmp_path)
+
+
+def test_generation_truncates_the_input_to_max_input_length(tiny_peft):
+    """A text longer than ``max_input_length`` is answered as its first tokens (then eos) are, fed to ``generate``
+    by hand; discriminating: the whole text is answered otherwise."""
+    model, tokenizer = tiny_peft
+    long_text = " ".join(reversed(TEXTS * 6))
+    limit = 12
+    ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 3 * limit
+
+    def generate_by_hand(token_ids: list[int]) -> str:
+        mask = torch.ones(1, PROMPT_LENGTH + len(token_ids), dtype=torch.long)
+        output = model.generate(input_ids=torch.tensor([token_ids]), attention_mask=mask, num_beams=1, do_sample=False, max_new_tokens=8)
+        return tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+    truncated = generate_by_hand(ids[: limit - 1] + [tokenizer.eos_token_id])
+    assert truncated != generate_by_hand(ids + [tokenizer.eos_token_id])
+    assert generate_predictions(model, tokenizer, [long_text], max_input_length=limit, max_new_tokens=8) == [truncated]
 
 
 def test_decoding_says_what_ran(caplog, tiny_peft):

@@ -198,6 +198,33 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     assert_same_tensors(*(load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors")) for run in ("elsewhere", "straight")))
 
 
+def test_the_optimizer_steps_with_linear_warmup_then_linear_decay_and_the_weight_decay(tiny_model_dir, splits, tmp_path):
+    """Warmup ratio 0.5 of 6 steps: the learning rate climbs from 0 over 3 steps, then falls to 0 at step 6
+    (the schedule written out here, not taken from transformers); AdamW gets the configured weight decay."""
+    tokenizer, train, validation = splits
+    seen: list[tuple[float, float]] = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            [group] = self.param_groups
+            seen.append((group["lr"], group["weight_decay"]))
+            return super().step(closure)
+
+    peak, total, warmup = 4e-3, 6, 3
+    config = TrainConfig(batch_size=8, grad_accum_steps=1, learning_rate=peak, weight_decay=0.25, max_steps=total, warmup_ratio=0.5,
+                         eval_every=total, gradient_checkpointing=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim, "AdamW", RecordingAdamW)
+        result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path)
+    expected = [peak * step / warmup if step < warmup else peak * (total - step) / (total - warmup) for step in range(total)]
+    assert expected != [peak * (total - step) / total for step in range(total)]  # discriminating: no warmup differs
+    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12, abs=0)  # float64 arithmetic of the same ratios
+    assert {decay for _, decay in seen} == {0.25}
+    assert [step for step, _ in result.learning_rates] == list(range(1, total + 1))
+    # learning_rates (training.json) holds the rate each step used
+    assert [lr for _, lr in result.learning_rates] == pytest.approx(expected, rel=1e-12, abs=0)
+
+
 def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
     tokenizer, train, validation = splits
     config = TrainConfig(**{**CONFIG, "learning_rate": 0.0, "early_stopping_patience": 2, "epochs": 10})
