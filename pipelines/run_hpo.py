@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the order in which the grid is tried)")
     parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's, or the template's)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial")
+    parser.add_argument("--eval-every", type=int, help="optimizer steps between a trial's evaluations (its objective is the best of them)")
     parser.add_argument("--metric", default=SELECTION_METRIC, help="test metric recorded with the registered model")
     local.add_argument("--noise-seeds", type=int, default=3,
                        help="train the best pair with this many seeds (its trial's and the next ones) and record the objective's "
@@ -96,9 +97,9 @@ def search_space(args: argparse.Namespace) -> dict[str, list]:
 
 
 def trial_parameters(args: argparse.Namespace) -> dict:
-    """Every pipeline parameter the local trials share (the preset and --epochs/--max-steps)."""
+    """Every pipeline parameter the local trials share (the preset and --epochs/--max-steps/--eval-every)."""
     overrides = pipeline_parser().parse_args([])
-    overrides.epochs, overrides.max_steps = args.epochs, args.max_steps
+    overrides.epochs, overrides.max_steps, overrides.eval_every = args.epochs, args.max_steps, args.eval_every
     return pipeline_parameters(PRESETS[args.preset], overrides)
 
 

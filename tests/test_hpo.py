@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from conftest import run_script
 from optuna.trial import TrialState
@@ -12,9 +13,14 @@ from pipelines.controller import step_parser
 from pipelines.definition import STEPS
 from pipelines.hpo_local import OBJECTIVE, open_study
 from pipelines.run_hpo import SWEPT
+from reference_model import protocol_scores
 
 TRAIN = next(step for step in STEPS if step.name == "train")
-QUICK = ["--local", "--preset", "tiny", "--max-steps", "2", "--prompt-lengths", "4,8", "--lora-ranks", "2,4"]
+# Four steps at a learning rate high enough to make the validation loss bounce, evaluated after each:
+# a trial's best evaluation is neither always its first nor always its last (asserted below), so the
+# objective "best validation loss" can be told from "first" and "last".
+QUICK = ["--local", "--preset", "tiny", "--max-steps", "4", "--eval-every", "1", "--learning-rates", "0.05",
+         "--prompt-lengths", "4,8", "--lora-ranks", "2,4"]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +42,20 @@ def test_local_sweep_summary(sweep):
     assert len(pairs) == 3  # the grid is enumerated without repeats
     completed = [t for t in summary["trials"] if t["status"] == "completed"]
     assert summary["best"]["value"] == min(t["value"] for t in completed)
+    histories = {t["number"]: [entry["validation_loss"] for entry in json.loads((out / "trials" / f"trial-{t['number']}" / "training.json").read_text())["history"]]
+                 for t in completed}
+    assert all(len(losses) == 4 for losses in histories.values())  # --eval-every 1 reached every trial
+    # Discriminating: in some trial the best evaluation is not the last, in some other not the first.
+    assert any(min(losses) < losses[-1] for losses in histories.values()) and any(min(losses) < losses[0] for losses in histories.values())
+    assert {t["number"]: t["value"] for t in completed} == {number: min(losses) for number, losses in histories.items()}
     assert summary["best"]["params"] == min(completed, key=lambda t: t["value"])["params"]
     assert (Path(summary["best"]["model_dir"]) / "adapter.safetensors").exists()
+    # The winner's test figures, recomputed from its predictions on the metric libraries directly
+    predictions = pd.read_csv(out / "best" / "evaluate" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
+    expected = protocol_scores(predictions["prediction"].tolist(), predictions["output"].tolist())
+    assert {name: summary["best"]["test_metrics"][name] for name in expected} == pytest.approx(expected)
+    evaluation = json.loads((out / "best" / "evaluate" / "evaluation.json").read_text())
+    assert evaluation["train_task_id"] == summary["best"]["task_id"] and summary["best"]["test_metrics"] == evaluation["metrics"]
     config = json.loads((Path(summary["best"]["model_dir"]) / "adapter_config.json").read_text())
     assert (config["lora_rank"], config["prompt_length"]) == (summary["best"]["params"]["lora_rank"], summary["best"]["params"]["prompt_length"])
 
@@ -51,6 +69,8 @@ def test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds(sweep)
     assert noise["values"][0] == summary["best"]["value"]
     other = json.loads((out / "noise" / "seed-43" / "result.json").read_text())["outputs"]
     assert noise["values"][1] == other["best_value"]
+    history = json.loads((out / "noise" / "seed-43" / "training.json").read_text())["history"]
+    assert other["best_value"] == min(entry["validation_loss"] for entry in history)
     assert noise["spread"] == pytest.approx(max(noise["values"]) - min(noise["values"]))
     args = json.loads((out / "noise" / "seed-43" / "training.json").read_text())
     assert args["training"]["seed"] == 43 and (args["adapter"]["lora_rank"], args["adapter"]["prompt_length"]) == (
@@ -118,7 +138,7 @@ enter_offline_mode()
 from pipelines.hpo_server import build_optimizer
 from pipelines.run_hpo import build_parser, search_space
 args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
-                                  "--max-steps", "50", "--seed", "7"])
+                                  "--max-steps", "50", "--eval-every", "5", "--seed", "7"])
 optimizer = build_optimizer(sys.argv[1], args, search_space(args)).optimizer
 print("PARAMS=" + repr([(p.name, list(p.values)) for p in optimizer._hyper_parameters]))
 objective = optimizer._objective_metric
@@ -138,7 +158,7 @@ def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_ho
     completed = run_script(clearml_home, "-c", OPTIMIZER_SCRIPT, train_task_id)
     lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}
     assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
-                               ("Args/resume_from_task_id", [""]), ("Args/max_steps", [50])]  # every trial: from scratch, --max-steps
+                               ("Args/resume_from_task_id", [""]), ("Args/max_steps", [50]), ("Args/eval_every", [5])]  # every trial: from scratch, the sweep's flags
     assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
     assert lines["JOBS"] == ("gpu-q", 3, 24)  # 30 trials asked, 24 combinations: no pair twice
     # the local sweep's sampler, seeded by --seed, and no pruning (Optuna's defaults are TPE and MedianPruner)
