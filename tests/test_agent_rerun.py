@@ -14,6 +14,10 @@ import pytest
 from agent_simulation import edit_args, offline_task_file
 from conftest import ROOT, run_script
 
+from components.settings import PRESETS
+from pipelines.definition import PARAMETER_STEPS, RENAMED
+from pipelines.run_pipeline import build_parser, pipeline_parameters
+
 
 def lines_with(prefix: str, output: str) -> list:
     return [json.loads(line[len(prefix):]) for line in output.splitlines() if line.startswith(prefix)]
@@ -29,35 +33,49 @@ def simulate(env: dict, mode: str, *args: str, task_id: str | None = None):
     return run_script(env, "-m", "tests.agent_simulation", mode, *args)
 
 
+# A value away from the published default for every pipeline parameter: given at the launch (command line)
+# or edited in the UI on the stored controller task before the agent's run (the parameters with no flag).
+LAUNCHED = {"model": "org/other-t5", "validation_size": 20, "lora_rank": 16, "lora_alpha": 32.0, "lora_dropout": 0.2,
+            "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "weight_decay": 0.1, "epochs": 3.0, "max_steps": 100,
+            "eval_every": 7, "early_stopping_patience": 2, "seed": 7, "precision": "fp32", "decoding": "beam", "max_new_tokens": 9,
+            "max_test_samples": 5, "compare_base": False, "metric": "bleu"}
+EDITED_IN_THE_UI = {"prompt_length": 10, "max_input_length": 64, "max_target_length": 32, "gradient_checkpointing": False}
+DATA = {"train_tsv": "data/sample/train.tsv", "test_tsv": "data/sample/test.tsv"}  # as agents get them: relative to the repository
+
+
+def flags(values: dict) -> list[str]:
+    return [part for name, value in values.items() for part in (f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value))]
+
+
 @pytest.fixture(scope="module")
 def controller(clearml_home, tmp_path_factory):
     """A pipeline launched with options, its Args then edited in the UI, and the services agent's re-run."""
     launched = simulate(
-        clearml_home, "launch", "pipelines/run_pipeline.py", "--gpu-queue", "a100", "--cpu-queue", "cpu2", "--lora-rank", "16",
-        "--max-steps", "100", "--eval-every", "7", "--early-stopping-patience", "2", "--max-test-samples", "5",
-        "--train-tsv", str(ROOT / "data/sample/train.tsv"), "--test-tsv", "data/sample/test.tsv", "--project", "MyProj",
+        clearml_home, "launch", "pipelines/run_pipeline.py", "--gpu-queue", "a100", "--cpu-queue", "cpu2", "--controller-queue", "svc2",
+        *flags(LAUNCHED), "--train-tsv", str(ROOT / DATA["train_tsv"]), "--test-tsv", DATA["test_tsv"], "--project", "MyProj",
+        "--pipeline-name", "My pipe",
     ).stdout
     [(task_id, queue)] = enqueued(launched)
     cache = Path(clearml_home["CLEARML_CACHE_DIR"])
     stored = {k: v["value"] for k, v in json.loads(offline_task_file(cache, task_id).read_text())["hyperparams"]["Args"].items()}
-    edit_args(cache, task_id, prompt_length="10")  # a UI edit before enqueueing a clone
+    edit_args(cache, task_id, **{name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in EDITED_IN_THE_UI.items()})
     rerun = simulate(clearml_home, "rerun", "pipelines/run_pipeline.py", task_id=task_id).stdout
     [dag] = lines_with("DAG=", rerun)
     [built] = lines_with("CONTROLLER=", rerun)
-    return {"queue": queue, "stored": stored, "dag": dag["dag"], "pipeline": dag["pipeline"], "project": built["project"],
+    return {"queue": queue, "stored": stored, "dag": dag["dag"], "pipeline": dag["pipeline"], "built": built,
             "checked": {"launch": lines_with("QUEUES=", launched), "agent": lines_with("QUEUES=", rerun)}}
 
 
-def test_the_launch_is_enqueued_on_services_with_every_option_stored(controller):
-    assert controller["queue"] == "services"
+def test_the_launch_is_enqueued_on_the_controller_queue_with_every_option_stored(controller):
+    assert controller["queue"] == "svc2"
     stored = controller["stored"]
-    assert (stored["gpu_queue"], stored["cpu_queue"], stored["project"]) == ("a100", "cpu2", "MyProj")
+    assert (stored["gpu_queue"], stored["cpu_queue"], stored["project"], stored["pipeline_name"]) == ("a100", "cpu2", "MyProj", "My pipe")
     assert (stored["lora_rank"], stored["max_steps"]) == ("16", "100")
 
 
 def test_the_launch_checks_every_queue_it_uses_and_the_agent_those_of_the_steps(controller):
     steps = [{"name": "cpu2", "kind": "cpu", "option": "--cpu-queue"}, {"name": "a100", "kind": "gpu", "option": "--gpu-queue"}]
-    assert controller["checked"]["launch"] == [steps + [{"name": "services", "kind": "services", "option": "--controller-queue"}]]
+    assert controller["checked"]["launch"] == [steps + [{"name": "svc2", "kind": "services", "option": "--controller-queue"}]]
     assert controller["checked"]["agent"] == [steps]  # the controller already runs on its queue
 
 
@@ -65,10 +83,28 @@ def test_the_agents_controller_uses_the_launch_options(controller):
     dag = controller["dag"]
     assert {name: node["queue"] for name, node in dag.items()} == {
         "ingest": "cpu2", "preprocess": "cpu2", "train": "a100", "evaluate": "a100", "register": "cpu2"}
-    train = dag["train"]["parameters"]
-    assert (train["Args/lora_rank"], train["Args/max_steps"], train["Args/eval_every"], train["Args/early_stopping_patience"]) == (16, 100, 7, 2)
-    assert dag["evaluate"]["parameters"]["Args/max_samples"] == 5
-    assert controller["project"] == "MyProj"
+    assert controller["built"] == {"project": "MyProj", "name": "My pipe"}
+
+
+def test_every_pipeline_parameter_reaches_every_step_it_sets(controller):
+    """Each parameter of PARAMETER_STEPS, set away from its default, is the Args value of each of its steps
+    (a parameter added there without a value here fails the first assertion)."""
+    values = {**LAUNCHED, **EDITED_IN_THE_UI, **DATA}
+    assert set(values) == set(PARAMETER_STEPS)
+    published = pipeline_parameters(PRESETS["published"], build_parser().parse_args([]))
+    assert all(published[name] != value for name, value in values.items()), "a value above is the published default"
+    dag = controller["dag"]
+    got = {(step, name): dag[step]["parameters"][f"Args/{RENAMED.get((step, name), name)}"] for name, steps in PARAMETER_STEPS.items() for step in steps}
+    assert got == {(step, name): values[name] for name, steps in PARAMETER_STEPS.items() for step in steps}
+
+
+def test_the_controller_can_run_in_the_launching_shell(clearml_home):
+    """--controller-here: nothing is enqueued, the controller's queue is not checked, and it builds the DAG right here."""
+    launched = simulate(clearml_home, "launch", "pipelines/run_pipeline.py", "--controller-here", "--max-steps", "3").stdout
+    assert enqueued(launched) == []
+    assert [use["option"] for use in lines_with("QUEUES=", launched)[0]] == ["--cpu-queue", "--gpu-queue"]
+    [dag] = lines_with("DAG=", launched)
+    assert dag["dag"]["train"]["parameters"]["Args/max_steps"] == 3
 
 
 def test_a_ui_edit_of_the_controller_reaches_the_steps(controller):
@@ -77,7 +113,7 @@ def test_a_ui_edit_of_the_controller_reaches_the_steps(controller):
 
 def test_data_paths_reach_agents_relative_to_the_repository(controller):
     ingest = controller["dag"]["ingest"]["parameters"]
-    assert (ingest["Args/train_tsv"], ingest["Args/test_tsv"]) == ("data/sample/train.tsv", "data/sample/test.tsv")
+    assert (ingest["Args/train_tsv"], ingest["Args/test_tsv"]) == (DATA["train_tsv"], DATA["test_tsv"])
 
 
 def test_a_rerun_train_task_resumes_and_reports_at_its_own_steps(tiny_pipeline, clearml_home, tmp_path):

@@ -15,6 +15,7 @@ from components.clearml_connection import ServerMisconfigured, ServerUnreachable
 from components.errors import UserError
 from pipelines.hpo_server import TrialRecord, best_trial
 from pipelines.repository import RepositoryNotReady, check_repository, repository_path
+from conftest import run_script
 
 CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID",
                      "TRAINS_TASK_ID", "CLEARML_OFFLINE_MODE", "CLEARML_API_HOST_VERIFY_CERT", "CLEARML_AUTH_TOKEN")
@@ -173,3 +174,38 @@ def test_local_only_sweep_options_are_refused_on_a_server(option):
 
     with pytest.raises(UserError, match="applies to a local sweep"):
         check_server_sweep(build_parser().parse_args(["--template-task-id", "t", *option]))
+
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+# Each entry point with --local and an input that does not exist: the error it must reach is the offline
+# one (the input named), past the server check that a configured server would fail.
+LOCAL_RUNS = {
+    "steps/ingest.py": (["--train-tsv", "missing.tsv", "--test-tsv", "data/sample/test.tsv"], "missing.tsv"),
+    "steps/preprocess.py": (["--ingest-task-id", "offline-missing", "--model", "tiny"], "offline-missing"),
+    "steps/train.py": (["--preprocess-task-id", "offline-missing", "--model", "tiny"], "offline-missing"),
+    "steps/evaluate.py": (["--model-dir", "missing-model", "--test-tsv", "data/sample/test.tsv"], "missing-model"),
+    "steps/register.py": (["--candidates", "offline-missing"], "offline-missing"),
+    "pipelines/run_pipeline.py": (["--preset", "tiny", "--train-tsv", "missing.tsv"], "missing.tsv"),
+    "pipelines/run_hpo.py": (["--preset", "tiny", "--preprocess-task-id", "offline-missing"], "offline-missing"),
+}
+
+
+@pytest.fixture(scope="module")
+def unreachable_server(clearml_home) -> dict[str, str]:
+    return {**clearml_home, "CLEARML_API_HOST": UNREACHABLE, "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}
+
+
+def test_without_local_a_configured_server_that_does_not_answer_stops_the_command(unreachable_server, tmp_path):
+    """What --local changes in the test below: the same command without it stops at the server check."""
+    arguments, _ = LOCAL_RUNS["steps/ingest.py"]
+    completed = run_script(unreachable_server, "steps/ingest.py", *arguments, "--output-dir", str(tmp_path), check=False)
+    assert completed.returncode == 1 and UNREACHABLE in completed.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script", sorted(LOCAL_RUNS))
+def test_local_runs_offline_even_with_a_server_configured(unreachable_server, tmp_path, script):
+    arguments, named = LOCAL_RUNS[script]
+    completed = run_script(unreachable_server, script, "--local", *arguments, "--output-dir", str(tmp_path), check=False)
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert completed.returncode == 1 and last_line.startswith("error: ") and named in last_line, completed.stderr[-2000:]
+    assert UNREACHABLE not in completed.stdout + completed.stderr
