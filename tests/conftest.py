@@ -31,6 +31,16 @@ def small_t5() -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(small_t5_config()).eval()
 
 
+@pytest.fixture
+def one_thread():
+    """Steps compute the tiny model on one thread (use_cpu_threads_for): a test recomputing their figures does the same
+    (the same reductions in the same order), so that generated tokens and sampled draws can be compared exactly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     from components.tiny import build_tiny_model

@@ -159,15 +159,6 @@ def test_every_evaluation_scores_its_predictions_against_the_test_references(tin
 LOSS_RTOL = 1e-5
 
 
-@pytest.fixture
-def one_thread():
-    """The evaluate step computes the tiny model on one thread (use_cpu_threads_for): the same reductions, the same tokens."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def adapter_tensors(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """An adapter file's tensors, and its prompt (the one tensor named ``*.prompt``)."""
     tensors = load_file(str(path))
