@@ -4,6 +4,8 @@ the NaN guard and precision."""
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -73,6 +75,32 @@ def token_losses(model, input_ids: list[int], labels: list[int]) -> torch.Tensor
     return F.cross_entropy(logits[0], torch.tensor(labels), reduction="none")
 
 
+@contextmanager
+def optimizer_steps_recorded() -> Iterator[list[dict]]:
+    """Inside the block, each AdamW step records the gradients it was given, its learning rate and weight decay."""
+    steps: list[dict] = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            [group] = self.param_groups  # the training loop gives AdamW one group: the trainable tensors
+            steps.append({"gradients": [p.grad.clone() for p in group["params"]], "lr": group["lr"], "weight_decay": group["weight_decay"]})
+            return super().step(closure)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim, "AdamW", RecordingAdamW)
+        yield steps
+
+
+# A gradient computed twice from the same terms summed in another order (padded batches or one example at a
+# time; activations kept or recomputed): an element's rounding error scales with the magnitudes of its terms,
+# not with the element, which cancellation can make arbitrarily small (an elementwise rtol alone failed on an
+# AMD EPYC). The terms are bounded by the tensor's largest element, and sums of up to ~10^4 terms with unit
+# roundoff 6e-8 stay near 1e-5 of it (sqrt(n) growth); 1e-4 of it leaves ten times that, and any wrong
+# weighting of tokens or micro-batches moves the gradient by percent.
+def assert_same_gradient(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=name)
+
+
 def assert_same_tensors(got: dict, expected: dict) -> None:
     assert got.keys() == expected.keys()
     for name, tensor in got.items():
@@ -104,21 +132,13 @@ def one_step(request, tiny_model_dir, splits, tmp_path_factory):
                 p.normal_(std=0.02)  # B = 0 would give A no gradient
     initial = copy.deepcopy(model)
     batches = record_training_batches(model)
-    given: list[list[torch.Tensor]] = []
-
-    class RecordingAdamW(torch.optim.AdamW):
-        def step(self, closure=None):
-            given.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
-            return super().step(closure)
-
     config = TrainConfig(batch_size=4, grad_accum_steps=2, max_steps=1, eval_batch_size=5, gradient_checkpointing=False, seed=3)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    with optimizer_steps_recorded() as steps:
         result = train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path_factory.mktemp("one-step"))
     names = [name for name, p in model.named_parameters() if p.requires_grad]
-    [gradient] = given
+    [step] = steps
     return {"regime": request.param, "initial": initial, "trained": model, "batches": batches,
-            "gradient": dict(zip(names, gradient)), "result": result, "train": train, "validation": validation}
+            "gradient": dict(zip(names, step["gradients"])), "result": result, "train": train, "validation": validation}
 
 
 def test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches(one_step):
@@ -146,15 +166,7 @@ def test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches(o
     scale = min(1.0, 1.0 / (norm.item() + 1e-6))
     assert one_step["gradient"].keys() == expected.keys()
     for name, gradient in one_step["gradient"].items():
-        want = expected[name] * scale
-        # Both sides are float32 sums of the same terms in another order (a padded batch vs one
-        # example at a time): an element's rounding error scales with the magnitudes of its terms,
-        # not with the element, which cancellation can make arbitrarily small (an elementwise rtol
-        # alone failed on an AMD EPYC). The terms are bounded by the tensor's largest element, and
-        # sums of up to ~10^4 terms with unit roundoff 6e-8 stay near 1e-5 of it (sqrt(n) growth);
-        # 1e-4 of it leaves ten times that, and any wrong weighting of tokens or micro-batches moves
-        # the gradient by percent.
-        torch.testing.assert_close(gradient, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=name)
+        assert_same_gradient(gradient, expected[name] * scale, name)  # a padded batch vs one example at a time
 
 
 def test_the_validation_loss_is_token_weighted_over_the_validation_split(one_step):
@@ -202,27 +214,38 @@ def test_the_optimizer_steps_with_linear_warmup_then_linear_decay_and_the_weight
     """Warmup ratio 0.5 of 6 steps: the learning rate climbs from 0 over 3 steps, then falls to 0 at step 6
     (the schedule written out here, not taken from transformers); AdamW gets the configured weight decay."""
     tokenizer, train, validation = splits
-    seen: list[tuple[float, float]] = []
-
-    class RecordingAdamW(torch.optim.AdamW):
-        def step(self, closure=None):
-            [group] = self.param_groups
-            seen.append((group["lr"], group["weight_decay"]))
-            return super().step(closure)
-
     peak, total, warmup = 4e-3, 6, 3
     config = TrainConfig(batch_size=8, grad_accum_steps=1, learning_rate=peak, weight_decay=0.25, max_steps=total, warmup_ratio=0.5,
                          eval_every=total, gradient_checkpointing=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    with optimizer_steps_recorded() as steps:
         result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path)
     expected = [peak * step / warmup if step < warmup else peak * (total - step) / (total - warmup) for step in range(total)]
     assert expected != [peak * (total - step) / total for step in range(total)]  # discriminating: no warmup differs
-    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12, abs=0)  # float64 arithmetic of the same ratios
-    assert {decay for _, decay in seen} == {0.25}
+    assert [step["lr"] for step in steps] == pytest.approx(expected, rel=1e-12, abs=0)  # float64 arithmetic of the same ratios
+    assert {step["weight_decay"] for step in steps} == {0.25}
     assert [step for step, _ in result.learning_rates] == list(range(1, total + 1))
     # learning_rates (training.json) holds the rate each step used
     assert [lr for _, lr in result.learning_rates] == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_gradient_checkpointing_recomputes_each_block_in_backward_and_changes_no_weight(tiny_model_dir, splits, tmp_path):
+    """On: the layers inside every encoder block run twice per micro-batch (forward, then again in backward), off:
+    once; the optimizer gets the same gradient either way. The hook is inside the block: transformers checkpoints a
+    block's ``forward``, so the block's own hooks run once."""
+    tokenizer, train, validation = splits
+    calls, gradients = {}, {}
+    for checkpointing in (False, True):
+        model = fresh_model(tiny_model_dir, dropout_rate=0.0, lora_dropout=0.0)
+        count = []
+        model.encoder.block[0].layer[0].register_forward_hook(lambda module, args, output: count.append(1) if module.training else None)
+        config = TrainConfig(batch_size=8, grad_accum_steps=2, max_steps=1, gradient_checkpointing=checkpointing)
+        with optimizer_steps_recorded() as steps:
+            train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path / str(checkpointing))
+        calls[checkpointing], [gradients[checkpointing]] = len(count), [step["gradients"] for step in steps]
+    assert calls == {False: 2, True: 4}  # two micro-batches
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    for name, got, want in zip(names, gradients[True], gradients[False]):
+        assert_same_gradient(got, want, name)  # activations kept or recomputed
 
 
 def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
