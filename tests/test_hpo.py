@@ -1,6 +1,7 @@
 """The sweep: local Optuna over the train step, resuming, failures, and the server optimizer's names."""
 
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -13,6 +14,7 @@ from pipelines.controller import step_parser
 from pipelines.definition import STEPS
 from pipelines.hpo_local import OBJECTIVE, open_study
 from pipelines.run_hpo import SWEPT
+from components.data import read_tsv
 from reference_model import protocol_scores
 
 TRAIN = next(step for step in STEPS if step.name == "train")
@@ -99,16 +101,26 @@ def test_a_trial_left_running_is_failed_and_queued_again(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(sweep, clearml_home, tmp_path):
+    """Also three options away from their defaults: the data of a given preprocess task (no ingest or preprocess
+    run), --epochs instead of --max-steps, and --metric for the registered model."""
     out, _ = sweep
-    preprocess_id = json.loads((out / "hpo_summary.json").read_text())["data_task_ids"]["preprocess"]
-    run_script(clearml_home, "pipelines/run_hpo.py", "--local", "--preset", "tiny", "--max-steps", "2", "--lora-ranks", "0,2",
-               "--prompt-lengths", "4", "--trials", "2", "--noise-seeds", "0", "--preprocess-task-id", preprocess_id, "--output-dir", str(tmp_path))
+    data = json.loads((out / "hpo_summary.json").read_text())["data_task_ids"]
+    run_script(clearml_home, "pipelines/run_hpo.py", "--local", "--preset", "tiny", "--epochs", "0.02", "--lora-ranks", "0,2",
+               "--prompt-lengths", "4", "--trials", "2", "--noise-seeds", "0", "--preprocess-task-id", data["preprocess"], "--metric", "bleu",
+               "--output-dir", str(tmp_path))
     summary = json.loads((tmp_path / "hpo_summary.json").read_text())
     status = {t["params"]["lora_rank"]: t["status"] for t in summary["trials"]}
     assert status == {0: "failed", 2: "completed"}
     failed = next(t for t in summary["trials"] if t["status"] == "failed")
     assert failed["value"] is None and "exit status" in failed["error"]
     assert summary["best"]["params"]["lora_rank"] == 2
+
+    assert summary["data_task_ids"] == data and not (tmp_path / "data").exists()
+    completed = next(t for t in summary["trials"] if t["status"] == "completed")
+    training = json.loads((tmp_path / "trials" / f"trial-{completed['number']}" / "training.json").read_text())
+    rows = len(read_tsv(out / "data" / "ingest" / "splits" / "train.tsv"))
+    assert training["training"]["epochs"] == 0.02 and training["steps"] == math.ceil(math.ceil(rows / 8) * 0.02) == 2
+    assert json.loads((Path(summary["best"]["model_dir"]) / "evaluation.json").read_text())["metric"] == "bleu"
 
 
 def test_swept_names_are_arguments_of_the_train_step():
@@ -138,8 +150,12 @@ enter_offline_mode()
 from pipelines.hpo_server import build_optimizer
 from pipelines.run_hpo import build_parser, search_space
 args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
-                                  "--max-steps", "50", "--eval-every", "5", "--seed", "7"])
-optimizer = build_optimizer(sys.argv[1], args, search_space(args)).optimizer
+                                  "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--seed", "7", "--trial-time-limit", "5",
+                                  "--time-limit", "30"])
+import time
+controller = build_optimizer(sys.argv[1], args, search_space(args))
+optimizer = controller.optimizer
+print("LIMITS=" + repr((optimizer.time_limit_per_job, round((controller.optimization_timeout - time.time()) / 60))))
 print("PARAMS=" + repr([(p.name, list(p.values)) for p in optimizer._hyper_parameters]))
 objective = optimizer._objective_metric
 print("OBJECTIVE=" + repr((objective.title, objective.series, objective.order, objective.extremum)))
@@ -158,7 +174,9 @@ def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_ho
     completed = run_script(clearml_home, "-c", OPTIMIZER_SCRIPT, train_task_id)
     lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}
     assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
-                               ("Args/resume_from_task_id", [""]), ("Args/max_steps", [50]), ("Args/eval_every", [5])]  # every trial: from scratch, the sweep's flags
+                               ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]),
+                               ("Args/eval_every", [5])]  # every trial: from scratch, the sweep's flags
+    assert lines["LIMITS"] == (5.0, 30)  # minutes per trial, minutes left of the whole sweep
     assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
     assert lines["JOBS"] == ("gpu-q", 3, 24)  # 30 trials asked, 24 combinations: no pair twice
     # the local sweep's sampler, seeded by --seed, and no pruning (Optuna's defaults are TPE and MedianPruner)

@@ -223,6 +223,14 @@ def test_the_test_and_validation_losses_are_recomputed_token_by_token(tiny_pipel
     assert history[training["steps"]] == pytest.approx(loss_of(checkpoints / "last" / "adapter.safetensors", validation), rel=LOSS_RTOL)
 
 
+def test_the_session_run_trained_the_one_epoch_it_was_given(tiny_pipeline, summary):
+    """--epochs 1 (the tiny preset trains 5): one pass over the ingest task's train rows in batches of 8, one step each."""
+    training = json.loads((tiny_pipeline / "train" / "training.json").read_text())
+    rows = len(read_tsv(tiny_pipeline / "ingest" / "splits" / "train.tsv"))
+    assert summary["parameters"]["epochs"] == 1.0 and training["training"]["epochs"] == 1.0
+    assert training["steps"] == training["total_steps"] == -(-rows // 8)
+
+
 def test_the_registered_model_folder_is_the_trained_adapter_file_by_file(tiny_pipeline, tiny_model_dir, summary):
     model_dir, adapter_dir = Path(summary["model_dir"]), tiny_pipeline / "train" / "adapter"
     tokenizer_files = ["tokenizer.json", "tokenizer_config.json"]
@@ -256,6 +264,19 @@ def test_register_takes_the_best_of_several_candidates_by_the_metric(registered,
     assert record["decoding"]["preset"] == best
     registered_adapter = (registered / "model" / "adapter.safetensors").read_bytes()
     assert registered_adapter == (tiny_pipeline / "train/checkpoints/best/adapter.safetensors").read_bytes()
+
+
+def test_register_picks_by_the_metric_it_is_given(candidates, tiny_pipeline, clearml_home):
+    """--metric away from chrf: a metric whose best candidate is not chrf's best (asserted: one exists), and its winner registered."""
+    scores = {name: evaluation_of(directory)["metrics"] for name, directory in candidates.items()}
+    chrf_best = max(scores, key=lambda name: scores[name]["chrf"])
+    metric = next(m for m in PROTOCOL_METRICS if max(scores, key=lambda name: scores[name][m]) != chrf_best)
+    best = max(scores, key=lambda name: scores[name][metric])
+    out = tiny_pipeline / f"register-by-{metric}"
+    ids = ",".join(result(directory)["task_id"] for directory in candidates.values())
+    run_script(clearml_home, "steps/register.py", "--local", "--candidates", ids, "--metric", metric, "--output-dir", str(out))
+    assert result(out)["outputs"]["best_evaluate_task_id"] == result(candidates[best])["task_id"]
+    assert json.loads((out / "model" / "evaluation.json").read_text())["metric"] == metric
 
 
 def test_the_registered_model_directory_loads_and_generates(summary):

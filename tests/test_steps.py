@@ -313,3 +313,32 @@ def test_evaluate_flags_override_the_sampling_preset_with_a_beam_search(clearml_
     sources = [source(i, x) for i, x in zip(rows["instruction"], rows["input"])]
     assert table["prediction"].tolist() == generate_predictions(model, tokenizer, sources, num_beams=3, max_new_tokens=4)
     assert table["prediction"].tolist() != generate_predictions(model, tokenizer, sources, max_new_tokens=4)  # not greedy
+
+
+# Every training option of the train step away from its default; the loop's handling of each is tested in
+# tests/test_training.py, this shows the step hands each one on.
+EVERY_TRAINING_OPTION = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-dropout", "0", "--prompt-length", "3", "--batch-size", "4",
+                         "--grad-accum-steps", "2", "--learning-rate", "0.02", "--weight-decay", "0.2", "--epochs", "2", "--max-steps", "3",
+                         "--warmup-ratio", "0.5", "--gradient-checkpointing", "false", "--precision", "fp32", "--group-by-length", "false",
+                         "--eval-every", "1", "--best-metric", "validation_chrf", "--early-stopping-patience", "5",
+                         "--generation-eval-samples", "2"]
+
+
+def test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training(diverging, clearml_home, tmp_path):
+    trained = {}
+    for seed in (5, 6):
+        run_script(clearml_home, "steps/train.py", "--local", "--model", "tiny", "--data-dir", str(diverging), *EVERY_TRAINING_OPTION,
+                   "--seed", str(seed), "--output-dir", str(tmp_path / str(seed)))
+        trained[seed] = json.loads((tmp_path / str(seed) / "training.json").read_text())
+    training = trained[5]
+    assert training["training"] == {
+        "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.02, "weight_decay": 0.2, "epochs": 2.0, "max_steps": 3, "warmup_ratio": 0.5,
+        "gradient_checkpointing": False, "precision": "fp32", "seed": 5, "eval_batch_size": 16, "group_by_length": False, "eval_every": 1,
+        "best_metric": "validation_chrf", "early_stopping_patience": 5, "generation_eval_samples": 2, "generation_max_new_tokens": 64}
+    assert training["adapter"] == {"lora_rank": 2, "lora_alpha": 4.0, "lora_dropout": 0.0, "prompt_length": 3, "lora_targets": ["q", "v"]}
+    assert [lr for _, lr in training["learning_rates"]] == pytest.approx([0.0, 0.02, 0.01], rel=1e-12)  # one warmup step of three
+    chrf = {entry["step"]: entry["validation_chrf"] for entry in training["history"]}
+    assert list(chrf) == [1, 2, 3] and training["best_step"] == max(chrf, key=chrf.get)
+    # The seed draws LoRA's A and the batch order, not the untuned model (B zero, the prompt from its own seed).
+    assert trained[5]["initial_validation_loss"] == trained[6]["initial_validation_loss"]
+    assert trained[5]["train_losses"][0] != trained[6]["train_losses"][0]
