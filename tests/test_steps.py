@@ -342,3 +342,21 @@ def test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_t
     # The seed draws LoRA's A and the batch order, not the untuned model (B zero, the prompt from its own seed).
     assert trained[5]["initial_validation_loss"] == trained[6]["initial_validation_loss"]
     assert trained[5]["train_losses"][0] != trained[6]["train_losses"][0]
+
+
+def test_ingest_loads_a_dataset_by_id_when_no_tsv_is_given(clearml_home, tmp_path):
+    """--dataset-id naming a local dataset folder (as the hub id is resolved by ``datasets.load_dataset``): its one
+    split is the data, the test rows carved with the seed; the splits together are exactly its rows."""
+    rows = pd.concat([read_tsv("data/sample/train.tsv"), read_tsv("data/sample/test.tsv")], ignore_index=True)
+    dataset = tmp_path / "my-dataset"
+    dataset.mkdir()
+    rows.to_parquet(dataset / "train.parquet", index=False)
+    run_script(clearml_home, "steps/ingest.py", "--local", "--dataset-id", str(dataset), "--validation-size", "20", "--output-dir", str(tmp_path / "out"))
+    outputs = result(tmp_path / "out")["outputs"]
+    assert outputs["sources"] == {"train": str(dataset), "test": str(dataset)}
+    assert outputs["rows"] == {"train": len(rows) - len(rows) // 10 - 20, "validation": 20, "test": len(rows) // 10}
+    splits = pd.concat([read_tsv(tmp_path / "out" / "splits" / f"{name}.tsv") for name in ("train", "validation", "test")])
+    key = ["instruction", "input", "output", "full_output"]
+    assert sorted(map(tuple, splits[key].values.tolist())) == sorted(map(tuple, rows[key].values.tolist()))
+    expected_test = rows.sample(n=len(rows) // 10, random_state=42)
+    assert read_tsv(tmp_path / "out" / "splits" / "test.tsv").to_dict("records") == expected_test.to_dict("records")
