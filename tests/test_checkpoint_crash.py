@@ -252,3 +252,113 @@ def test_with_no_complete_checkpoint_left_resume_says_which_file_and_what_to_do(
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: {expected}") and last_line.endswith("start over.")
+
+
+def record_os_calls(root: Path, log: list) -> None:
+    """Log, in a child, the os-level calls that make a save durable, for paths under ``root``: opening a file
+    for writing, each write, fsync (of a file or a folder), close, os.replace and shutil.rmtree."""
+    import builtins
+
+    real_open, real_os_open, real_fsync, real_replace, real_rmtree = builtins.open, os.open, os.fsync, os.replace, shutil.rmtree
+    names: dict[int, str] = {}  # open descriptor -> path under root ("dir/" for a folder)
+
+    def under_root(path) -> str | None:
+        path = Path(path).resolve()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else None
+
+    class RecordedFile:
+        def __init__(self, file, name: str):
+            self._file, self._name = file, name
+
+        def write(self, data):
+            log.append(("write", self._name))
+            return self._file.write(data)
+
+        def __getattr__(self, attribute):
+            return getattr(self._file, attribute)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            log.append(("close", self._name))
+            return self._file.__exit__(*exc)
+
+    def recorded_open(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        name = under_root(path) if isinstance(path, (str, os.PathLike)) and "w" in mode else None
+        if name is None:
+            return file
+        names[file.fileno()] = name
+        return RecordedFile(file, name)
+
+    def recorded_os_open(path, flags, *args, **kwargs):
+        descriptor = real_os_open(path, flags, *args, **kwargs)
+        if (name := under_root(path)) is not None:
+            names[descriptor] = name + "/"
+        return descriptor
+
+    def recorded_fsync(descriptor):
+        real_fsync(descriptor)
+        if descriptor in names:
+            log.append(("fsync", names[descriptor]))
+
+    def recorded_replace(source, target):
+        real_replace(source, target)
+        log.append(("replace", under_root(source), under_root(target)))
+
+    def recorded_rmtree(path, *args, **kwargs):
+        log.append(("rmtree", under_root(path)))
+        return real_rmtree(path, *args, **kwargs)
+
+    builtins.open, os.open, os.fsync, os.replace, shutil.rmtree = recorded_open, recorded_os_open, recorded_fsync, recorded_replace, recorded_rmtree
+
+
+def test_each_save_writes_and_fsyncs_every_file_before_renaming_and_syncs_the_folders(setup, tmp_path):
+    """The write protocol itself, seen at the os level (a SIGKILL keeps the page cache, so the crash tests above pass
+    without any fsync; a power cut does not). For each of the 3 saves: every file of ``incoming`` written, then
+    fsynced, then closed, all before ``state.json`` is begun; ``state.json`` fsynced; ``incoming`` itself synced; only
+    then ``previous`` removed, ``last`` renamed to ``previous``, ``incoming`` to ``last``, and ``checkpoints/`` synced.
+    The best adapter's copy: written, fsynced, renamed into place, its folder synced."""
+    output_dir = tmp_path.resolve()
+
+    def train_recorded():
+        log: list = []
+        record_os_calls(output_dir, log)
+        train(setup, output_dir)
+        (output_dir / "os-calls.json").write_text(json.dumps(log))
+
+    assert exited_cleanly(in_child(train_recorded))
+    log = [tuple(entry) for entry in json.loads((output_dir / "os-calls.json").read_text())]
+    # One save per evaluation: from clearing what a cut-off save left in incoming to the sync of checkpoints/.
+    starts = [i for i, entry in enumerate(log) if entry == ("rmtree", "checkpoints/incoming")]
+    ends = [i for i, entry in enumerate(log) if entry == ("fsync", "checkpoints/")]
+    assert len(starts) == len(ends) == CONFIG.max_steps
+    for number, (start, end) in enumerate(zip(starts, ends)):
+        save = log[start:end + 1]
+
+        def at(*entry) -> int:
+            assert entry in save, f"save {number + 1}: no {entry} in {save}"
+            return save.index(entry)
+
+        def last(*entry) -> int:
+            return len(save) - 1 - save[::-1].index(entry)
+
+        written = sorted({entry[1] for entry in save if entry[0] == "write"})
+        state = "checkpoints/incoming/state.json"
+        assert state in written and {"checkpoints/incoming/adapter.safetensors", "checkpoints/incoming/optimizer.safetensors"} <= set(written)
+        for name in written:
+            assert last("write", name) < at("fsync", name) < at("close", name), (number, name)
+            if name != state:
+                assert at("close", name) < at("write", state), (number, name)
+        rotation = [at("fsync", state), at("fsync", "checkpoints/incoming/")]
+        if number > 0:  # there is a last to keep as previous
+            rotation += [at("rmtree", "checkpoints/previous"), at("replace", "checkpoints/last", "checkpoints/previous")]
+        rotation += [at("replace", "checkpoints/incoming", "checkpoints/last"), at("fsync", "checkpoints/")]
+        assert rotation == sorted(rotation), (number, save)
+    best = "checkpoints/best/adapter.safetensors"
+    copies = [i for i, entry in enumerate(log) if entry == ("replace", f"{best}.tmp", best)]
+    assert copies
+    for index in copies:
+        last_write = max(i for i, entry in enumerate(log[:index]) if entry == ("write", f"{best}.tmp"))
+        assert ("fsync", f"{best}.tmp") in log[last_write:index] and log[index + 1] == ("fsync", "checkpoints/best/")
