@@ -7,6 +7,7 @@ from components.generation import DECODING_PRESETS, Decoding, generate_predictio
 from components.modeling import ModelLoadError, apply_peft, load_base_model, load_finetuned, load_tokenizer, load_untuned, save_adapter
 from components.settings import AdapterSettings
 from components.stats import main as stats_main
+from tolerances import MERGED_RTOL, MERGED_ATOL
 
 TEXTS = ["Что такое фотосинтез?", "Переведи на английский\nкошка", "Назови столицу Франции.", "а"]
 
@@ -93,7 +94,7 @@ def test_a_fine_tuned_directory_loads_back_the_trained_model(tiny_peft, tiny_mod
     model.eval()
     with torch.no_grad():
         trained = model(**inputs).logits
-        torch.testing.assert_close(loaded(**inputs).logits, trained, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(loaded(**inputs).logits, trained, rtol=MERGED_RTOL, atol=MERGED_ATOL)  # merged weights: tests/tolerances.py
         torch.manual_seed(0)
         untrained = apply_peft(load_base_model(str(tiny_model_dir)), prompt_length=PROMPT_LENGTH).eval()
         assert not torch.allclose(untrained(**inputs).logits, trained, rtol=1e-3, atol=1e-4)

@@ -27,6 +27,7 @@ from components.modeling import apply_adapter_settings, load_base_model, load_fi
 from pipelines.definition import STEP_NAMES
 from pipelines.report import HEADLINE_METRICS
 from reference_model import PlainModel, protocol_scores, source
+from tolerances import LOSS_RTOL
 
 
 def result(output_dir: Path) -> dict:
@@ -150,13 +151,6 @@ def test_every_evaluation_scores_its_predictions_against_the_test_references(tin
         assert protocol_scores(predictions, sources)["chrf"] != pytest.approx(expected["chrf"]), name
     assert summary["all_metrics"] == evaluation_of(candidates["beam"])["metrics"]
     assert summary["metrics"] == {name: summary["all_metrics"][name] for name in HEADLINE_METRICS}
-
-
-# The float32 losses below are recomputed row by row without padding, the steps' in padded batches:
-# masked positions add exact zeros, but the sums run in another order, which moves each log-probability
-# by a few float32 ulps (about 1e-7 relative); a mean over hundreds of tokens keeps that size.
-# 1e-5 relative leaves a hundredfold margin and is still a thousand times finer than any bug's effect here.
-LOSS_RTOL = 1e-5
 
 
 def adapter_tensors(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -15,6 +15,7 @@ from components.generation import generate_predictions
 from components.modeling import apply_peft, load_base_model, load_finetuned, load_tokenizer, save_adapter
 from components.settings import AdapterSettings
 from reference_model import PlainModel, source
+from tolerances import LOSS_RTOL
 
 SAMPLE = ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv"]
 USER_ERROR = 1  # the exit status of every error a user can cause (README), after one line on stderr
@@ -300,8 +301,8 @@ def test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_reference
     [prompt] = [tensor for name, tensor in tensors.items() if name.endswith(".prompt")]
     cut = plain.mean_token_loss(sources, rows["output"].tolist(), prompt, max_input_length=10, max_target_length=2)
     whole = plain.mean_token_loss(sources, rows["output"].tolist(), prompt, max_input_length=10, max_target_length=200)
-    # Row by row here, in padded batches of 2 in the step: float32 sums in another order (see LOSS_RTOL in test_pipeline_local).
-    assert evaluation["metrics"]["loss"] == pytest.approx(cut, rel=1e-5) and cut != pytest.approx(whole, rel=1e-3)
+    # Row by row here, in padded batches of 2 in the step: float32 sums in another order (tests/tolerances.py).
+    assert evaluation["metrics"]["loss"] == pytest.approx(cut, rel=LOSS_RTOL) and cut != pytest.approx(whole, rel=1e-3)
 
 
 def test_evaluate_flags_override_the_sampling_preset_with_a_beam_search(clearml_home, adapter_dir, test_rows, tmp_path, one_thread):

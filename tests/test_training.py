@@ -20,6 +20,7 @@ from components.metrics import PROTOCOL_METRICS
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
 from components.prompt_tuning import prompt_length_of
 from components.training import TrainConfig, TrainingError, resolve_precision, train_adapters
+from tolerances import LOSS_RTOL, assert_same_gradient
 
 
 class Interrupt(Exception):
@@ -89,16 +90,6 @@ def optimizer_steps_recorded() -> Iterator[list[dict]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.optim, "AdamW", RecordingAdamW)
         yield steps
-
-
-# A gradient computed twice from the same terms summed in another order (padded batches or one example at a
-# time; activations kept or recomputed): an element's rounding error scales with the magnitudes of its terms,
-# not with the element, which cancellation can make arbitrarily small (an elementwise rtol alone failed on an
-# AMD EPYC). The terms are bounded by the tensor's largest element, and sums of up to ~10^4 terms with unit
-# roundoff 6e-8 stay near 1e-5 of it (sqrt(n) growth); 1e-4 of it leaves ten times that, and any wrong
-# weighting of tokens or micro-batches moves the gradient by percent.
-def assert_same_gradient(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=name)
 
 
 def assert_same_tensors(got: dict, expected: dict) -> None:
@@ -175,7 +166,7 @@ def test_the_validation_loss_is_token_weighted_over_the_validation_split(one_ste
     with torch.no_grad():
         losses = torch.cat([token_losses(model, row["input_ids"], row["labels"]) for row in validation])
     [evaluation] = one_step["result"].history
-    assert evaluation["validation_loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert evaluation["validation_loss"] == pytest.approx(losses.mean().item(), rel=LOSS_RTOL)
 
 
 def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_model_dir, diverging, tmp_path):
