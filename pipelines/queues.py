@@ -24,7 +24,6 @@ AGENT_OPTIONS = {
     "cpu": "--cpu-only",
     "services": "--services-mode --cpu-only",
 }
-PURPOSES = {"gpu": "train, evaluate", "cpu": "ingest, preprocess, register", "services": "the pipeline controller"}
 
 
 class MissingQueue(UserError):
@@ -33,11 +32,12 @@ class MissingQueue(UserError):
 
 @dataclass(frozen=True)
 class QueueUse:
-    """A queue a command will enqueue on, and what kind of agent serves it (a key of ``AGENT_OPTIONS``)."""
+    """A queue a command will enqueue on, what kind of agent serves it (a key of ``AGENT_OPTIONS``) and what runs there."""
 
     name: str
     kind: str
     option: str  # the command-line option that named it, e.g. --gpu-queue
+    purpose: str  # what this command enqueues on it, e.g. "train, evaluate"
 
     @property
     def agent_command(self) -> str:
@@ -61,7 +61,7 @@ def check_queues(uses: Iterable[QueueUse]) -> None:
     found = _listened(use.name for use in uses)
     missing = [use for use in uses if use.name not in found]
     if missing:
-        queues = " nor ".join(f"{use.name!r} ({use.option}, for {PURPOSES[use.kind]})" for use in missing)
+        queues = " nor ".join(f"{use.name!r} ({use.option}, for {use.purpose})" for use in missing)
         commands = ", ".join(f"`{use.agent_command}`" for use in missing)
         agents = "its agent" if len(missing) == 1 else "their agents"
         raise MissingQueue(f"The ClearML server has no queue {queues}; start {agents} with {commands}, "

@@ -139,9 +139,10 @@ def run_on_server(task, args: argparse.Namespace) -> dict | None:
 
 def sweep_queues(args: argparse.Namespace) -> list[QueueUse]:
     """The trials' and the final steps' queues, and ``--run-on`` (the optimizer's own) when it is enqueued from here."""
-    uses = [QueueUse(args.queue, "gpu", "--queue"), QueueUse(args.cpu_queue, "cpu", "--cpu-queue")]
+    uses = [QueueUse(args.queue, "gpu", "--queue", "the trials and the winner's evaluation"),
+            QueueUse(args.cpu_queue, "cpu", "--cpu-queue", "the winner's register step")]
     if args.run_on and not running_on_agent():
-        uses.append(QueueUse(args.run_on, "services", "--run-on"))
+        uses.append(QueueUse(args.run_on, "services", "--run-on", "the sweep's optimizer"))
     return uses
 
 

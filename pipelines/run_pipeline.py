@@ -152,9 +152,10 @@ def print_summary(summary: dict, output_dir: Path) -> None:
 
 def pipeline_queues(args: argparse.Namespace, controller_enqueued: bool) -> list[QueueUse]:
     """The queues a launch enqueues on: the steps', and the controller's unless it runs here (or already runs on an agent)."""
-    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue"), QueueUse(args.gpu_queue, "gpu", "--gpu-queue")]
+    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue", "ingest, preprocess, register"),
+            QueueUse(args.gpu_queue, "gpu", "--gpu-queue", "train, evaluate")]
     if controller_enqueued:
-        uses.append(QueueUse(args.controller_queue, "services", "--controller-queue"))
+        uses.append(QueueUse(args.controller_queue, "services", "--controller-queue", "the pipeline controller"))
     return uses
 
 

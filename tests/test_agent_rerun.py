@@ -74,8 +74,10 @@ def test_the_launch_is_enqueued_on_the_controller_queue_with_every_option_stored
 
 
 def test_the_launch_checks_every_queue_it_uses_and_the_agent_those_of_the_steps(controller):
-    steps = [{"name": "cpu2", "kind": "cpu", "option": "--cpu-queue"}, {"name": "a100", "kind": "gpu", "option": "--gpu-queue"}]
-    assert controller["checked"]["launch"] == [steps + [{"name": "svc2", "kind": "services", "option": "--controller-queue"}]]
+    steps = [{"name": "cpu2", "kind": "cpu", "option": "--cpu-queue", "purpose": "ingest, preprocess, register"},
+             {"name": "a100", "kind": "gpu", "option": "--gpu-queue", "purpose": "train, evaluate"}]
+    assert controller["checked"]["launch"] == [steps + [{"name": "svc2", "kind": "services", "option": "--controller-queue",
+                                                         "purpose": "the pipeline controller"}]]
     assert controller["checked"]["agent"] == [steps]  # the controller already runs on its queue
 
 

@@ -97,7 +97,7 @@ def test_the_readme_sweep_with_a_missing_queue_creates_nothing(user_shell, api):
     for queue in ("gpu", "cpu"):
         api.queue_id(queue, create=True)
     stderr, lingered = run_failing(user_shell, the_command("python pipelines/run_hpo.py", "--run-on"))
-    assert last_line(stderr).startswith("error: The ClearML server has no queue 'services' (--run-on, for the pipeline controller); "
+    assert last_line(stderr).startswith("error: The ClearML server has no queue 'services' (--run-on, for the sweep's optimizer); "
                                         "start its agent with `clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`")
     assert "Traceback" not in stderr
     assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
@@ -125,7 +125,7 @@ def test_queues_without_an_agent_are_named_in_a_warning(user_shell, api, server)
     api.queue_id("cpu", create=True)
     api.call("workers.register", worker="gpu-box:0", queues=[gpu])
     code = ("from pipelines.queues import QueueUse, check_queues\n"
-            "check_queues([QueueUse('gpu', 'gpu', '--gpu-queue'), QueueUse('cpu', 'cpu', '--cpu-queue')])\n")
+            "check_queues([QueueUse('gpu', 'gpu', '--gpu-queue', 'train, evaluate'), QueueUse('cpu', 'cpu', '--cpu-queue', 'ingest')])\n")
     ran = run_in_group([sys.executable, "-c", code], ROOT, user_shell, 60, "the queue check")
     assert ran.returncode == 0, ran.stderr
     assert ran.stderr.strip().splitlines() == [
@@ -138,4 +138,4 @@ def test_the_agent_commands_named_in_errors_are_the_readmes():
     readme = agent_commands()
     assert set(readme) == set(AGENT_OPTIONS)  # the README serves every kind of queue, under its default name
     for kind in AGENT_OPTIONS:
-        assert QueueUse(kind, kind, "--x").agent_command == readme[kind]
+        assert QueueUse(kind, kind, "--x", "x").agent_command == readme[kind]
