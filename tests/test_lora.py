@@ -128,3 +128,48 @@ def test_same_weights_as_hf_peft_give_the_same_outputs(small_t5, dropout):
     torch.testing.assert_close(ours(input_ids=input_ids, labels=labels).logits, reference(input_ids=input_ids, labels=labels).logits)
     unmerge_lora(ours)
     assert not any(layer.merged for layer in lora_layers(ours))
+
+
+def test_rank_one_is_accepted_and_rank_zero_refused_naming_lora_rank():
+    assert LoRALayer(nn.Linear(4, 3), rank=1, alpha=1).lora_A.shape == (1, 4)
+    with pytest.raises(ValueError, match=r"^LoRA rank must be a positive integer, got lora_rank=0\.$"):
+        LoRALayer(nn.Linear(4, 3), rank=0, alpha=1)
+
+
+def test_repr_shows_rank_alpha_and_merged_state():
+    layer = LoRALayer(nn.Linear(4, 3), rank=2, alpha=8)
+    assert layer.extra_repr() == "rank=2, alpha=8, merged=False"
+    layer.merge()
+    assert layer.extra_repr() == "rank=2, alpha=8, merged=True"
+
+
+def test_adapters_are_created_on_the_base_layers_device():
+    """A base on the meta device (as when a model is built without memory) gets its adapters on meta too."""
+    layer = LoRALayer(nn.Linear(16, 12, device="meta"), rank=4, alpha=8)
+    assert layer.lora_A.is_meta and layer.lora_B.is_meta
+
+
+def test_zero_dropout_adds_no_dropout_module_and_is_the_default_of_inject(small_t5):
+    assert isinstance(LoRALayer(nn.Linear(4, 3), rank=2, alpha=4, dropout=0.0).dropout, nn.Identity)
+    assert isinstance(LoRALayer(nn.Linear(4, 3), rank=2, alpha=4, dropout=0.1).dropout, nn.Dropout)
+    inject_lora(small_t5, ("q", "v"), rank=2, alpha=4)
+    assert all(isinstance(layer.dropout, nn.Identity) for layer in lora_layers(small_t5))
+
+
+def test_fp32_adapters_under_a_bf16_base_compute_in_fp32_and_return_bf16():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 12).to(torch.bfloat16)
+    layer = LoRALayer(base, rank=4, alpha=8)  # adapters are created in the default dtype, float32
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
+    x = torch.randn(3, 16).to(torch.bfloat16)
+    got = layer(x)
+    assert got.dtype == torch.bfloat16
+    update = (x.float() @ layer.lora_A.T @ layer.lora_B.T) * 2.0
+    torch.testing.assert_close(got, base(x) + update.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_inject_error_names_the_model_class(small_t5):
+    with pytest.raises(ValueError, match=r"No nn\.Linear named \['query'\] in T5ForConditionalGeneration"):
+        inject_lora(small_t5, ("query",), rank=2, alpha=4)

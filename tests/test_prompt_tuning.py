@@ -45,7 +45,7 @@ def test_prompt_reaches_the_encoder_only(small_t5):
 
 def test_attaching_twice_is_refused(small_t5):
     attach_prompt(small_t5, prompt_length=2)
-    with pytest.raises(ValueError, match="already"):
+    with pytest.raises(ValueError, match=r"^This model already has a prompt attached to its encoder\.$"):
         attach_prompt(small_t5, prompt_length=2)
 
 
@@ -107,3 +107,59 @@ def test_every_adapter_gets_its_gradient(small_t5, checkpointing):
     if checkpointing:
         for name, grad in gradients(False).items():
             assert_same_gradient(grads[name], grad, name)  # activations recomputed: the same terms, summed in another order
+
+
+def seeded_ids(low: int, high: int, count: int, seed: int) -> torch.Tensor:
+    return torch.randint(low, high, (count,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_default_init_draws_ids_3_to_4999_from_seed_0_whatever_the_global_seed():
+    torch.manual_seed(123)  # the draw has its own generator: the global random state does not matter
+    prompt = PromptTuningEmbedding(torch.nn.Embedding(6000, 4), prompt_length=50)
+    torch.testing.assert_close(prompt.init_token_ids, seeded_ids(3, 5000, 50, seed=0), rtol=0, atol=0)
+
+
+def test_init_draws_below_the_vocabulary_size_when_it_is_under_init_vocab_size():
+    prompt = PromptTuningEmbedding(torch.nn.Embedding(50, 8), prompt_length=30, seed=4)
+    torch.testing.assert_close(prompt.init_token_ids, seeded_ids(3, 50, 30, seed=4), rtol=0, atol=0)
+
+
+def test_attach_prompt_passes_the_init_settings_on(small_t5):
+    prompt = attach_prompt(small_t5, prompt_length=20, init_vocab_size=10, num_special_tokens=5, seed=7)
+    torch.testing.assert_close(prompt.init_token_ids, seeded_ids(5, 10, 20, seed=7), rtol=0, atol=0)
+
+
+def test_init_token_ids_are_not_saved_in_the_state_dict(small_t5):
+    prompt = PromptTuningEmbedding(small_t5.shared, prompt_length=3)
+    assert set(prompt.state_dict()) == {"prompt", "embedding.weight"}
+
+
+def test_length_one_is_accepted_and_zero_refused_naming_prompt_length(small_t5):
+    assert PromptTuningEmbedding(small_t5.shared, prompt_length=1).prompt.shape == (1, 32)
+    with pytest.raises(ValueError, match=r"^Prompt length must be a positive integer, got prompt_length=0\.$"):
+        PromptTuningEmbedding(small_t5.shared, prompt_length=0)
+
+
+def test_prompt_takes_the_embeddings_dtype_and_device():
+    half = PromptTuningEmbedding(torch.nn.Embedding(64, 8).to(torch.bfloat16), prompt_length=3)
+    assert half.prompt.dtype == torch.bfloat16
+    meta = PromptTuningEmbedding(torch.nn.Embedding(64, 8, device="meta"), prompt_length=3)
+    assert meta.prompt.is_meta
+
+
+def test_an_fp32_prompt_before_bf16_embeddings_gives_bf16_inputs():
+    embedding = torch.nn.Embedding(64, 8).to(torch.bfloat16)
+    prompt = PromptTuningEmbedding(embedding, prompt_length=3)
+    prompt.prompt.data = prompt.prompt.data.float()  # an fp32 master copy of the trainable prompt
+    out = prompt(torch.randint(3, 64, (2, 5)))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 3 + 5, 8)
+
+
+def test_collator_honours_the_return_tensors_of_the_call(tiny_model_dir):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    features = [{"input_ids": [5, 6, 1], "attention_mask": [1, 1, 1], "labels": [8, 1]}]
+    batch = PTDataCollator(tokenizer)(features, return_tensors="np")
+    assert isinstance(batch["input_ids"], np.ndarray) and isinstance(batch["labels"], np.ndarray)
