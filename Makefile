@@ -12,7 +12,7 @@ install-dev:
 
 ## The test suite (CPU, about 13 minutes on 2 cores): two workers, the end-to-end flows on one of them.
 test: install-dev
-	$(PYTHON) -m pytest -q -n 2 --dist loadgroup
+	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 ## The whole pipeline offline on this machine with the tiny model and data/sample.
 tiny: install

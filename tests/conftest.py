@@ -95,7 +95,12 @@ def pytest_collection_modifyitems(config, items):
     worker runs while the other runs the rest (the flows spend much of their time waiting on
     agents). The tests of the session's tiny pipeline run are one unit, so that the run is made
     once; every other file is a unit with its module fixtures.
+
+    The end-to-end unit is the longest by far, so it comes first and ``make test`` keeps this order
+    (``--no-loadscope-reorder``; xdist's default orders units by their number of tests, which put the
+    flows behind two minutes of other units and made them the suite's tail).
     """
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))  # stable: the rest keeps its order
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
