@@ -87,6 +87,12 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
     return output_dir
 
 
+# The longest units besides the end-to-end flows, longest first (pytest --durations=0, summed by unit):
+# 210, 175, 130 (plus the tiny model's build on a fresh clone), 60, 45, 40 and 35 s.
+LONG_UNITS = ("tests/test_steps.py", "tests/test_hpo.py", "tiny_pipeline", "tests/test_server_options.py", "tests/test_agent_rerun.py",
+              "tests/test_launch_checks.py", "tests/test_server_errors.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Work units of ``make test``'s two pytest-xdist workers (``--dist loadgroup``).
@@ -96,11 +102,13 @@ def pytest_collection_modifyitems(config, items):
     agents). The tests of the session's tiny pipeline run are one unit, so that the run is made
     once; every other file is a unit with its module fixtures.
 
-    The end-to-end unit is the longest by far, so it comes first and ``make test`` keeps this order
-    (``--no-loadscope-reorder``; xdist's default orders units by their number of tests, which put the
-    flows behind two minutes of other units and made them the suite's tail).
+    Units are handed out in this order (``make test`` passes ``--no-loadscope-reorder``; xdist's
+    default orders them by their number of tests, which put the flows behind minutes of other
+    units). The end-to-end unit, the longest by far, comes first; then the long units, so the other
+    worker runs them while the flows run; the short ones last. A worker takes its next unit when
+    its current one has two tests left, so the unit after the flows waits behind their last two:
+    it had better be short.
     """
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))  # stable: the rest keeps its order
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
@@ -111,3 +119,5 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
+    order = {"e2e": -1, **{group: rank for rank, group in enumerate(LONG_UNITS)}}
+    items.sort(key=lambda item: order.get(item.get_closest_marker("xdist_group").args[0], len(LONG_UNITS)))  # stable
