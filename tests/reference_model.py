@@ -12,7 +12,10 @@ to ``T5ForConditionalGeneration`` as ``inputs_embeds``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 # PromptTuningEmbedding's documented initialisation: ids drawn uniformly from [3, 5000) (below 3:
@@ -24,6 +27,13 @@ def source(instruction: str, input_text: str) -> str:
     """The documented encoder text: the instruction, then the input on its own line when there is one."""
     instruction, input_text = instruction.strip(), input_text.strip()
     return instruction + ("\n" + input_text if input_text else "")
+
+
+def adapter_tensors(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """An adapter file's tensors, and its prompt (the one tensor named ``*.prompt``)."""
+    tensors = load_file(str(path))
+    [prompt] = [tensor for name, tensor in tensors.items() if name.endswith(".prompt")]
+    return tensors, prompt
 
 
 class PlainModel:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from conftest import run_script
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
@@ -26,7 +25,7 @@ from components.metrics import PROTOCOL_METRICS
 from components.modeling import apply_adapter_settings, load_base_model, load_finetuned, load_tokenizer, read_adapter_config
 from pipelines.definition import STEP_NAMES
 from pipelines.report import HEADLINE_METRICS
-from reference_model import PlainModel, protocol_scores, source
+from reference_model import PlainModel, adapter_tensors, protocol_scores, source
 from tolerances import LOSS_RTOL
 
 
@@ -151,13 +150,6 @@ def test_every_evaluation_scores_its_predictions_against_the_test_references(tin
         assert protocol_scores(predictions, sources)["chrf"] != pytest.approx(expected["chrf"]), name
     assert summary["all_metrics"] == evaluation_of(candidates["beam"])["metrics"]
     assert summary["metrics"] == {name: summary["all_metrics"][name] for name in HEADLINE_METRICS}
-
-
-def adapter_tensors(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """An adapter file's tensors, and its prompt (the one tensor named ``*.prompt``)."""
-    tensors = load_file(str(path))
-    [prompt] = [tensor for name, tensor in tensors.items() if name.endswith(".prompt")]
-    return tensors, prompt
 
 
 def test_the_untuned_base_is_recomputed_on_the_plain_base_model(tiny_pipeline, tiny_model_dir, summary, one_thread):

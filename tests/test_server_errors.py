@@ -44,12 +44,17 @@ def api(server) -> ServerApi:
     return ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
 
 
-@pytest.fixture
-def user_shell(server, tmp_path) -> dict[str, str]:
+def new_user_environment(server: ClearMLTestServer, tmp_path: Path) -> dict[str, str]:
+    """A new user's shell: no ClearML settings of this machine, the server's variables, a new HOME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
     home = tmp_path / "home"
     home.mkdir()
     return {**env, **server.environment(), "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def user_shell(server, tmp_path) -> dict[str, str]:
+    return new_user_environment(server, tmp_path)
 
 
 def run_failing(env: dict[str, str], command: str) -> tuple[str, float]:

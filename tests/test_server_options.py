@@ -15,16 +15,15 @@ Every command runs in its own process group, killed when it ends or runs past ``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.clearml_server import ClearMLTestServer
 from tests.e2e.harness import CLEARML_CONFIG, git, git_env, run_in_group
 from tests.e2e.server_api import ServerApi
+from tests.test_server_errors import api, new_user_environment, server  # noqa: F401 (api and server are fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT_S = 90  # one command, imports of torch and transformers included
@@ -57,23 +56,8 @@ print("IDS=" + json.dumps({"train": train.id, "evaluate": evaluate.id}))
 
 
 @pytest.fixture
-def server(tmp_path):
-    with ClearMLTestServer(tmp_path / "state") as running:
-        yield running
-
-
-@pytest.fixture
-def api(server) -> ServerApi:
-    env = server.environment()
-    return ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
-
-
-@pytest.fixture
 def user_shell(server, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
-    home = tmp_path / "home"
-    home.mkdir()
-    return {**env, **server.environment(), "HOME": str(home), "PYTHONUNBUFFERED": "1", "CLEARML_CONFIG_FILE": str(CLEARML_CONFIG)}
+    return {**new_user_environment(server, tmp_path), "CLEARML_CONFIG_FILE": str(CLEARML_CONFIG)}
 
 
 @pytest.fixture

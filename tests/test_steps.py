@@ -14,7 +14,7 @@ from components.data import preprocess, read_tsv
 from components.generation import generate_predictions
 from components.modeling import apply_peft, load_base_model, load_finetuned, load_tokenizer, save_adapter
 from components.settings import AdapterSettings
-from reference_model import PlainModel, source
+from reference_model import PlainModel, adapter_tensors, source
 from tolerances import LOSS_RTOL
 
 SAMPLE = ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv"]
@@ -296,9 +296,8 @@ def test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_reference
     assert table["prediction"].tolist() != generate_predictions(model, tokenizer, sources, max_new_tokens=3, max_input_length=10)
 
     plain = PlainModel(str(tiny_model_dir), str(tiny_model_dir))
-    tensors = load_file(str(adapter_dir / "adapter.safetensors"))
+    tensors, prompt = adapter_tensors(adapter_dir / "adapter.safetensors")
     plain.add_lora(tensors, rank=4, alpha=8.0)
-    [prompt] = [tensor for name, tensor in tensors.items() if name.endswith(".prompt")]
     cut = plain.mean_token_loss(sources, rows["output"].tolist(), prompt, max_input_length=10, max_target_length=2)
     whole = plain.mean_token_loss(sources, rows["output"].tolist(), prompt, max_input_length=10, max_target_length=200)
     # Row by row here, in padded batches of 2 in the step: float32 sums in another order (tests/tolerances.py).
