@@ -4,7 +4,7 @@ A checkpoint directory::
 
     adapter.safetensors     the trainable tensors (LoRA A/B, prompt)
     optimizer.safetensors   the optimizer's per-parameter tensors (AdamW moments, steps)
-    rng.safetensors         torch's CPU (and CUDA) random states
+    rng.safetensors         every rank's torch CPU (and CUDA) random state: rank<r>.cpu, rank<r>.cuda
     ...                     extra files, e.g. the best adapter so far
     state.json              step, data position, scheduler, grad scaler, optimizer
                             hyperparameters, early-stopping state, loss history, and the
@@ -12,7 +12,11 @@ A checkpoint directory::
 
 The frozen base model is never written: for ruT5-large a checkpoint is ~30 MB, not 3 GB.
 Everything is read back with safetensors and json, so loading a checkpoint from an
-artifact store cannot run code.
+artifact store cannot run code. In a data-parallel run rank 0 writes the checkpoint (the
+adapters and optimizer are the same on every rank; the random states are gathered) and
+reads it back on resume (:func:`read_checkpoint`), sending the files to the other ranks,
+which need no shared disk; each rank then restores its own random state
+(:func:`restore_checkpoint`).
 
 Crash safety. A run's ``checkpoints/`` folder holds ``last`` (the newest checkpoint) and
 ``previous`` (the one before). A save first writes ``incoming`` completely: every file
@@ -44,7 +48,7 @@ import torch
 from safetensors.torch import load, save
 
 from components.errors import UserError
-from components.modeling import adapter_weights_bytes, load_adapter_weights
+from components.modeling import adapter_weights_bytes, copy_adapter_tensors
 
 log = logging.getLogger(__name__)
 
@@ -113,33 +117,35 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": per_param, "param_groups": groups})
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch random states: the CPU's and, on a GPU, its current device's."""
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
-        states.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
-def _restore_rng(states: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(states["cpu"])
-    cuda = [states[k] for k in sorted(k for k in states if k.startswith("cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+def _restore_rng(states: dict[str, torch.Tensor], rank: int) -> None:
+    torch.set_rng_state(states[f"rank{rank}.cpu"])
+    if f"rank{rank}.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states[f"rank{rank}.cuda"])
 
 
 def save_checkpoint(checkpoints_dir: Path, model, optimizer, scheduler, scaler, loop_state: dict[str, Any],
-                    extra_files: dict[str, bytes] | None = None) -> Path:
+                    extra_files: dict[str, bytes] | None = None, rng_states: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write a complete checkpoint as ``checkpoints_dir/last`` (see the module docstring); returns that directory.
 
-    ``extra_files`` (name -> content) go in too, e.g. the best adapter so far. A failed write (a full
-    disk) raises :class:`CheckpointError` and leaves the earlier checkpoints as they were.
+    ``extra_files`` (name -> content) go in too, e.g. the best adapter so far; ``rng_states`` holds every
+    rank's :func:`rng_state` in rank order (default: this process's, as rank 0 of one). A failed write (a
+    full disk) raises :class:`CheckpointError` and leaves the earlier checkpoints as they were.
     """
     last, previous, incoming = (checkpoints_dir / name for name in (LAST, PREVIOUS, INCOMING))
     optimizer_tensors, optimizer_meta = _optimizer_tensors(optimizer)
     files = {
         "adapter.safetensors": adapter_weights_bytes(model),
         "optimizer.safetensors": save(optimizer_tensors),
-        "rng.safetensors": save(_rng_state()),
+        "rng.safetensors": save({f"rank{rank}.{device}": state for rank, states in enumerate(rng_states or [rng_state()])
+                                 for device, state in states.items()}),
         **(extra_files or {}),
     }
     state = {**loop_state, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -206,22 +212,31 @@ def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
-    """Restore model adapters, optimizer, scheduler, scaler and RNG; return the loop state.
+def read_checkpoint(directory: Path) -> dict[str, bytes]:
+    """Every file of a complete checkpoint, checked against its digest: what :func:`restore_checkpoint` takes.
 
-    Every file is checked against its digest first: a damaged checkpoint raises :class:`CheckpointError`.
+    A damaged checkpoint raises :class:`CheckpointError` naming the file.
     """
     problem = _damage(directory)
     if problem:
         raise CheckpointError(f"{problem}; this checkpoint cannot be resumed: train from the start "
                               "(without --resume or --resume-from-task-id; a task resuming its own checkpoint: reset it).")
-    state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+def restore_checkpoint(files: dict[str, bytes], model, optimizer, scheduler, scaler, *, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Restore the adapters, optimizer, scheduler, scaler and rank ``rank``'s random state; return the loop state."""
+    state = json.loads(files[STATE_FILE])
     state.pop("files")
-    load_adapter_weights(model, directory / "adapter.safetensors")
-    _load_optimizer(optimizer, load((directory / "optimizer.safetensors").read_bytes()), state.pop("optimizer")["param_groups"])
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        raise CheckpointError(f"The checkpoint was written by a run of {saved_world} rank(s) and this one has {world_size}; "
+                              f"resume with the same number of ranks (--nproc-per-node x --nodes = {saved_world}).")
+    copy_adapter_tensors(model, load(files["adapter.safetensors"]), "the checkpoint's adapter.safetensors")
+    _load_optimizer(optimizer, load(files["optimizer.safetensors"]), state.pop("optimizer")["param_groups"])
     scheduler.load_state_dict(state.pop("scheduler"))
     scaler_state = state.pop("scaler")
     if scaler_state:
         scaler.load_state_dict(scaler_state)
-    _restore_rng(load((directory / "rng.safetensors").read_bytes()))
+    _restore_rng(load(files["rng.safetensors"]), rank)
     return state

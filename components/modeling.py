@@ -154,7 +154,11 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model: str, setti
 
 def load_adapter_weights(model: nn.Module, weights_path: str | Path) -> None:
     """Copy saved adapter tensors into a model built with the same AdapterSettings."""
-    saved = load_file(str(weights_path))
+    copy_adapter_tensors(model, load_file(str(weights_path)), weights_path)
+
+
+def copy_adapter_tensors(model: nn.Module, saved: dict[str, torch.Tensor], weights_path: str | Path) -> None:
+    """Copy adapter tensors (read from ``weights_path``, named in errors) into a model built with the same AdapterSettings."""
     expected = adapter_state_dict(model)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:

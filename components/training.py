@@ -5,10 +5,24 @@ ruT5-large per save) and its resume path expects that. Here every checkpoint and
 final output hold only what trains (LoRA A/B and the prompt), as safetensors; see
 components/checkpoint.py.
 
-- One optimizer step = ``grad_accum_steps`` micro-batches of ``batch_size`` examples;
-  an epoch's last partial group still makes a step.
-- Batches are grouped by length (less padding) and shuffled with ``seed + epoch``, so a
-  resumed run sees exactly the batches an uninterrupted one would.
+- One optimizer step takes a global batch of ``batch_size x grad_accum_steps x ranks``
+  examples, cut into micro-batches of ``batch_size`` dealt to the ranks in turn; an epoch's
+  last, partial global batch still makes a step (a rank may get fewer micro-batches, or none).
+- The step's loss is the mean over every target token of its global batch: each micro-batch
+  adds its tokens' summed cross-entropy divided by the global batch's token count, and the
+  ranks' gradients are summed. A short answer weighs as little as its few tokens wherever it
+  falls, so batch 8, batch 4 x accumulation 2 and two ranks of batch 4 are one objective
+  (transformers' ``num_items_in_batch``; a mean of micro-batch means is not).
+- The epoch's order is drawn with ``seed + epoch`` and grouped by length over global batches
+  (less padding), the same on every rank, so the ranks' shards are disjoint and cover the
+  epoch once, and a resumed run sees exactly the batches an uninterrupted one would.
+- Data-parallel (``world``, see components/distributed): every rank holds the whole model, the
+  adapters' gradients are summed over the ranks once per optimizer step (a few MB: one
+  all-reduce, with no overlap to gain from DDP's buckets, and exact for ranks left without
+  a micro-batch), so the adapters stay identical on every rank. The validation loss is summed
+  over the ranks' shards; rank 0 alone generates for the text metrics, writes checkpoints and
+  the best adapter and reports, and every decision (best, early stopping, a non-finite loss)
+  is taken from values all ranks share. Each rank draws its own dropout masks (seed + rank).
 - Every ``eval_every`` steps (default: once per epoch) and at the end: validation loss,
   optionally generation metrics on a validation subset, a checkpoint (``last``), the
   adapter when the chosen metric improved (``best``), and early stopping after
@@ -29,13 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from components.checkpoint import LAST, load_checkpoint, save_checkpoint, write_file_atomically
+from components.checkpoint import LAST, read_checkpoint, restore_checkpoint, rng_state, save_checkpoint, write_file_atomically
 from components.collator import PTDataCollator
+from components.distributed.world import World
 from components.errors import UserError
 from components.generation import generate_predictions
 from components.metrics import PROTOCOL_METRICS, compute_metrics
@@ -118,37 +133,52 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _train_loader(dataset, collator, config: TrainConfig, epoch: int) -> DataLoader:
+def epoch_order(dataset, config: TrainConfig, global_batch: int, epoch: int) -> list[int]:
+    """The epoch's example order, the same on every rank: drawn with ``seed + epoch``, grouped by length over global batches."""
     generator = torch.Generator().manual_seed(config.seed + epoch)
     if config.group_by_length:
         lengths = [len(ids) for ids in dataset["input_ids"]]
-        sampler = LengthGroupedSampler(config.batch_size, dataset=dataset, lengths=lengths, generator=generator)
-    else:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
-    # The loader's own generator keeps it from drawing on the global RNG (dropout's), which
-    # a resumed run would otherwise see shifted.
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collator, generator=torch.Generator().manual_seed(config.seed))
+        return list(LengthGroupedSampler(global_batch, dataset=dataset, lengths=lengths, generator=generator))
+    return list(RandomSampler(dataset, generator=generator))
 
 
-def evaluation_loader(model, tokenizer, dataset, batch_size: int) -> DataLoader:
-    """Batches of a tokenized split in order, with the prompt columns in the encoder mask."""
+def rank_micro_batches(order: list[int], step_in_epoch: int, config: TrainConfig, world: World) -> list[list[int]]:
+    """This rank's micro-batches (example indices) of the epoch's optimizer step ``step_in_epoch``.
+
+    The step's global batch is cut into chunks of ``batch_size``; chunk ``c`` goes to rank ``c % ranks``, so
+    the ranks' shards are disjoint, cover the global batch, and at each micro-step hold neighbours in length.
+    """
+    global_batch = config.batch_size * config.grad_accum_steps * world.size
+    indices = order[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch]
+    chunks = [indices[start:start + config.batch_size] for start in range(0, len(indices), config.batch_size)]
+    return chunks[world.rank::world.size]
+
+
+def evaluation_loader(model, tokenizer, dataset, batch_size: int, world: World = World()) -> DataLoader:
+    """Batches of this rank's contiguous shard of a tokenized split, in order, with the prompt columns in the encoder mask."""
     collator = PTDataCollator(tokenizer, model=model, prompt_length=prompt_length_of(model))
-    return DataLoader(dataset, batch_size=batch_size, collate_fn=collator, generator=torch.Generator())
+    shard = dataset.shard(num_shards=world.size, index=world.rank, contiguous=True) if world.distributed else dataset
+    return DataLoader(shard, batch_size=batch_size, collate_fn=collator, generator=torch.Generator())
+
+
+def label_tokens(batch) -> int:
+    return int((batch["labels"] != -100).sum())
 
 
 @torch.no_grad()
-def validation_loss(model, loader: DataLoader, precision: str) -> float:
-    """Token-weighted mean cross-entropy over a whole split."""
+def validation_loss(model, loader: DataLoader, precision: str, world: World = World()) -> float:
+    """Token-weighted mean cross-entropy over a whole split (every rank's shard, summed in float64)."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64)  # summed token losses, tokens
     for batch in loader:
         batch = batch.to(model.device)
         with _autocast(precision, model.device):
             loss = model(**batch).loss
-        n = int((batch["labels"] != -100).sum())
-        total, tokens = total + loss.float().item() * n, tokens + n
+        n = label_tokens(batch)
+        sums += torch.tensor([loss.double().item() * n, n], dtype=torch.float64)
     model.train(was_training)
+    total, tokens = world.sum_(sums).tolist()
     return total / max(tokens, 1)
 
 
@@ -173,28 +203,32 @@ def train_adapters(
     report: Reporter | None = None,
     on_checkpoint: CheckpointHook | None = None,
     resume_from: Path | None = None,
+    world: World = World(),
 ) -> TrainResult:
     """Train the model's trainable parameters (the adapters); see the module docstring.
 
     Checkpoints go to ``output_dir/checkpoints/last`` (crash-safe, see components/checkpoint.py) and the best
     adapter to ``output_dir/checkpoints/best/adapter.safetensors`` (and into each checkpoint). ``resume_from`` is a
     checkpoint directory of an earlier run with the same configuration (see :func:`~components.checkpoint.newest_checkpoint`).
+    In a data-parallel run every rank calls this with the same arguments; ``output_dir``, ``report``, ``on_checkpoint``
+    and ``resume_from`` are used on rank 0 only (it sends the checkpoint to the others).
     """
     if config.best_metric not in BEST_METRICS:
         raise UserError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, got {config.best_metric!r}.")
     if config.best_metric != "validation_loss" and not config.generation_eval_samples:
         raise UserError(f"--best-metric {config.best_metric} needs --generation-eval-samples above 0.")
-    report = report or (lambda *args: None)
-    on_checkpoint = on_checkpoint or (lambda *args: None)
+    report = (report if world.is_main else None) or (lambda *args: None)
+    on_checkpoint = (on_checkpoint if world.is_main else None) or (lambda *args: None)
     device = model.device
     precision = resolve_precision(config.precision, device)
     checkpoints_dir = output_dir / "checkpoints"
     last_dir, best_dir = checkpoints_dir / LAST, checkpoints_dir / "best"
-    best_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        best_dir.mkdir(parents=True, exist_ok=True)
 
     collator = PTDataCollator(tokenizer, model=model, prompt_length=prompt_length_of(model))
-    batches_per_epoch = math.ceil(len(train_dataset) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
+    global_batch = config.batch_size * config.grad_accum_steps * world.size
+    steps_per_epoch = math.ceil(len(train_dataset) / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     eval_every = config.eval_every or steps_per_epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -204,25 +238,28 @@ def train_adapters(
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     model.config.use_cache = False
-    eval_loader = evaluation_loader(model, tokenizer, validation_dataset, config.eval_batch_size)
+    eval_loader = evaluation_loader(model, tokenizer, validation_dataset, config.eval_batch_size, world)
 
-    state = {"step": 0, "epoch": 0, "batch": 0, "best_value": None, "best_step": None, "bad_evaluations": 0,
-             "skipped_steps": 0, "stopped_early": False, "history": [], "train_losses": [], "learning_rates": []}
-    torch.manual_seed(config.seed)
-    best_weights = None  # the best adapter so far, as written into each checkpoint
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
-        best_weights = (resume_from / BEST_IN_CHECKPOINT).read_bytes()
-        write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
-        log.info("Resumed from %s at step %d (epoch %d, batch %d).", resume_from, state["step"], state["epoch"], state["batch"])
+    state = {"step": 0, "epoch": 0, "epoch_step": 0, "world_size": world.size, "best_value": None, "best_step": None,
+             "bad_evaluations": 0, "skipped_steps": 0, "stopped_early": False, "history": [], "train_losses": [], "learning_rates": []}
+    torch.manual_seed(config.seed + world.rank)
+    best_weights = None  # the best adapter so far, as written into each checkpoint (rank 0)
+    checkpoint = world.broadcast(read_checkpoint(resume_from) if world.is_main and resume_from is not None else None)
+    if checkpoint is not None:
+        state = restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, rank=world.rank, world_size=world.size)
+        if world.is_main:
+            best_weights = checkpoint[BEST_IN_CHECKPOINT]
+            write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
+            log.info("Resumed from %s at step %d (epoch %d, step %d of it).", resume_from, state["step"], state["epoch"], state["epoch_step"])
 
     def evaluate_and_checkpoint() -> bool:
         """Validate, checkpoint, keep the best; returns True when early stopping says stop."""
         nonlocal best_weights
         step = state["step"]
-        values = {"validation_loss": validation_loss(model, eval_loader, precision)}
-        if config.generation_eval_samples:
+        values = {"validation_loss": validation_loss(model, eval_loader, precision, world)}
+        if config.generation_eval_samples and world.is_main:
             values.update({f"validation_{k}": v for k, v in validation_generation_metrics(model, tokenizer, validation_dataset, config).items()})
+        values = world.broadcast(values)  # every rank decides on rank 0's numbers
         for name, value in values.items():
             report(name.split("_", 1)[1] if name != "validation_loss" else "loss", "validation", value, step)
         state["history"].append({"step": step, **values})
@@ -231,48 +268,56 @@ def train_adapters(
         improved = best is None or (value < best if lower_is_better(config.best_metric) else value > best)
         if improved:
             state.update(best_value=value, best_step=step, bad_evaluations=0)
-            best_weights = adapter_weights_bytes(model)
+            best_weights = adapter_weights_bytes(model) if world.is_main else None
         else:
             state["bad_evaluations"] += 1
         log.info("step %d: %s %.4f (best %.4f at step %d)", step, config.best_metric, value, state["best_value"], state["best_step"])
         stop = config.early_stopping_patience is not None and state["bad_evaluations"] >= config.early_stopping_patience
         state["stopped_early"] = stop
-        # The best adapter travels inside the checkpoint, so a run resumed on another machine keeps it;
-        # best/ is written after the checkpoint, so it never holds a best the checkpoints do not know.
-        save_checkpoint(checkpoints_dir, model, optimizer, scheduler, scaler, state, extra_files={BEST_IN_CHECKPOINT: best_weights})
-        if improved:
-            write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
-        on_checkpoint("last", last_dir)
+        rng_states = world.gather(rng_state())
+        if world.is_main:
+            # The best adapter travels inside the checkpoint, so a run resumed on another machine keeps it;
+            # best/ is written after the checkpoint, so it never holds a best the checkpoints do not know.
+            save_checkpoint(checkpoints_dir, model, optimizer, scheduler, scaler, state,
+                            extra_files={BEST_IN_CHECKPOINT: best_weights}, rng_states=rng_states)
+            if improved:
+                write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
+            on_checkpoint("last", last_dir)
+        world.barrier()  # no rank runs ahead of a checkpoint that may yet fail
         return stop
 
-    log.info("Training %d steps (%d per epoch) in %s, %d trainable tensors.", total_steps, steps_per_epoch, precision, len(trainable))
+    def sum_over_ranks(local_sums: list[float]) -> list[float]:
+        return world.sum_(torch.tensor(local_sums, dtype=torch.float64)).tolist()
+
+    log.info("Training %d steps (%d per epoch) in %s, %d trainable tensors, %d rank(s).", total_steps, steps_per_epoch, precision,
+             len(trainable), world.size)
     model.train()
-    progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0)
+    progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0, disable=not world.is_main)
     stop = state.get("stopped_early", False) or state["step"] >= total_steps
     while not stop:
-        loader = _train_loader(train_dataset, collator, config, state["epoch"])
-        micro, running, group_finite = 0, 0.0, True
-        for index, batch in enumerate(loader):
-            if index < state["batch"]:
-                continue  # consumed before the checkpoint this run resumed from
-            with _autocast(precision, device):
-                loss = model(**batch.to(device)).loss
-            if not torch.isfinite(loss):
-                if precision != "fp16":
-                    raise TrainingError(
-                        f"The loss became {loss.item()} at step {state['step'] + 1} ({precision}); the last good checkpoint is in "
-                        f"{last_dir}. Lower --learning-rate, then rerun with --resume."
-                    )
-                group_finite = False
-            else:
-                scaler.scale(loss / config.grad_accum_steps).backward()
-                running += loss.item() / config.grad_accum_steps
-            micro += 1
-            last_batch = index + 1 == len(loader)
-            if micro < config.grad_accum_steps and not last_batch:
-                continue
+        order = epoch_order(train_dataset, config, global_batch, state["epoch"])
+        for step_in_epoch in range(state["epoch_step"], steps_per_epoch):
+            micro_batches = [collator([train_dataset[i] for i in chunk]) for chunk in rank_micro_batches(order, step_in_epoch, config, world)]
+            [step_tokens] = sum_over_ranks([sum(label_tokens(batch) for batch in micro_batches)])
+            loss_sum = 0.0  # a nan or inf of any micro-batch of any rank makes the step's sum non-finite on every rank
+            for batch in micro_batches:
+                with _autocast(precision, device):
+                    outputs = model(**batch.to(device))
+                token_loss_sum = outputs.loss.float() * label_tokens(batch)  # the mean over the micro-batch's tokens, times them
+                loss_sum += token_loss_sum.item()
+                if torch.isfinite(token_loss_sum):
+                    scaler.scale(token_loss_sum / step_tokens).backward()
+            [step_loss_sum] = sum_over_ranks([loss_sum])
+            non_finite = not math.isfinite(step_loss_sum)
+            if non_finite and precision != "fp16":
+                raise TrainingError(
+                    f"The loss became {step_loss_sum} at step {state['step'] + 1} ({precision}); the last good checkpoint is in "
+                    f"{last_dir}. Lower --learning-rate, then rerun with --resume."
+                )
+            if world.distributed:
+                _sum_gradients(trainable, world)
             step_learning_rate = scheduler.get_last_lr()[0]
-            if group_finite:
+            if not non_finite:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 scaler.step(optimizer)
@@ -288,14 +333,15 @@ def train_adapters(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             # The data position after this step: where a resumed run continues.
-            state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "batch": 0} if last_batch else {"batch": index + 1}))
-            state["train_losses"].append([state["step"], running])
+            last_of_epoch = step_in_epoch + 1 == steps_per_epoch
+            state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "epoch_step": 0} if last_of_epoch else {"epoch_step": step_in_epoch + 1}))
+            step_loss = step_loss_sum / step_tokens
+            state["train_losses"].append([state["step"], step_loss])
             state["learning_rates"].append([state["step"], step_learning_rate])
-            report("loss", "train", running, state["step"])
+            report("loss", "train", step_loss, state["step"])
             report("learning_rate", "lr", step_learning_rate, state["step"])
             progress.update(1)
-            progress.set_postfix(loss=f"{running:.4f}")
-            micro, running, group_finite = 0, 0.0, True
+            progress.set_postfix(loss=f"{step_loss:.4f}")
             if state["step"] % eval_every == 0 or state["step"] >= total_steps:
                 stop = evaluate_and_checkpoint() or state["step"] >= total_steps
             if stop:
@@ -308,3 +354,11 @@ def train_adapters(
         skipped_steps=state["skipped_steps"], history=state["history"], train_losses=state["train_losses"],
         learning_rates=state["learning_rates"],
     )
+
+
+def _sum_gradients(trainable: list[torch.Tensor], world: World) -> None:
+    """Sum the adapters' gradients over the ranks in one all-reduce; a rank without a micro-batch adds zeros."""
+    gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
+    flat = world.sum_(torch.cat([g.reshape(-1) for g in gradients]))
+    for parameter, gradient in zip(trainable, flat.split([p.numel() for p in trainable])):
+        parameter.grad = gradient.view_as(parameter).clone()

@@ -13,6 +13,11 @@ as the ``checkpoint`` artifact at every evaluation. A train task that is aborted
 preempted on an agent continues from its own checkpoint when enqueued again; locally,
 ``--resume`` continues from ``--output-dir``; ``--resume-from-task-id`` continues another
 train task's run (clone it, set the id, enqueue).
+
+Data-parallel: ``--nproc-per-node N`` trains on N ranks of this machine (one per GPU, or N CPU
+processes with gloo): this process is rank 0, owns the task and starts the others. The step
+also runs under ``torchrun --nproc-per-node N steps/train.py ...``, where rank 0 owns the task
+and the other ranks never touch ClearML. See components/distributed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +36,10 @@ import torch
 from components import tracking
 from components.checkpoint import newest_checkpoint
 from components.cli import ArgumentParser, parse_bool
+from components.clearml_connection import prepare_clearml
 from components.data import TOKENIZATION_FILE
+from components.distributed.launch import LocalRanks
+from components.distributed.world import World, join_world, leave_world, world_from_environment
 from components.errors import UserError
 from components.modeling import (
     apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter, use_cpu_threads_for,
@@ -68,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     validation.add_argument("--best-metric", choices=BEST_METRICS, default="validation_loss", help="picks the final adapter among the evaluations")
     validation.add_argument("--early-stopping-patience", type=int, default=None, help="stop after this many evaluations without improvement")
     validation.add_argument("--generation-eval-samples", type=int, default=0, help="validation rows to generate at each evaluation for text metrics")
+    ranks = parser.add_argument_group("data-parallel training (see components/distributed)")
+    ranks.add_argument("--nproc-per-node", type=int, default=1, help="ranks to start on this machine: one per GPU (nccl), or CPU processes (gloo)")
+    ranks.add_argument("--join-timeout", type=float, default=60.0, help="seconds a rank waits for the others to join before the step fails")
     resume = parser.add_argument_group("resuming")
     resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     resume.add_argument("--resume-from-task-id", help="continue from the checkpoint artifact of this train task")
@@ -87,46 +99,101 @@ def load_splits(directory: Path, model: str):
     return load_from_disk(str(directory / "train")), load_from_disk(str(directory / "validation"))
 
 
-def run(args: argparse.Namespace, task) -> dict:
+def adapter_settings(args: argparse.Namespace) -> AdapterSettings:
     if args.lora_rank < 1 or args.prompt_length < 0:
         raise UserError(f"--lora-rank must be at least 1 and --prompt-length at least 0 (0: LoRA only); got {args.lora_rank} and {args.prompt_length}.")
-    settings = AdapterSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.prompt_length)
-    config = TrainConfig(
+    return AdapterSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.prompt_length)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
         batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio,
         gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, seed=args.seed,
         group_by_length=args.group_by_length, eval_every=args.eval_every, best_metric=args.best_metric,
         early_stopping_patience=args.early_stopping_patience, generation_eval_samples=args.generation_eval_samples,
     )
+
+
+def tokenized_input(args: argparse.Namespace) -> Path:
+    return tracking.upstream_input(args.preprocess_task_id, "tokenized", args.data_dir,
+                                   ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits")
+
+
+def run(args: argparse.Namespace, task) -> dict:
+    """Rank 0, the process that owns the task: the inputs, the other ranks of --nproc-per-node, training, the outputs."""
+    adapter_settings(args)
+    if args.nproc_per_node < 1:
+        raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")
+    started_by = world_from_environment()
+    if args.nproc_per_node > 1 and started_by.distributed:
+        raise UserError(f"This process is already rank {started_by.rank} of {started_by.size} (torchrun started it); "
+                        "leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead.")
     resume_from = checkpoint_to_resume(args, task)  # before the model loads: a wrong --resume fails at once
-    tokenized = tracking.upstream_input(args.preprocess_task_id, "tokenized", args.data_dir,
-                                        ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits")
+    tokenized = tokenized_input(args)
+    load_splits(tokenized, args.model)  # a wrong folder fails here, before any rank starts
+    load_tokenizer(args.model)  # builds the tiny model once, before the ranks read it
+    if args.nproc_per_node == 1:
+        return train_on_rank(args, tokenized, task, resume_from)
+    # The other ranks get rank 0's values (on an agent: the task's), with the data as the folder fetched here.
+    rank_arguments = {**vars(args), "data_dir": str(tokenized), "preprocess_task_id": None}
+    with LocalRanks(args.nproc_per_node, "steps.train:local_rank", rank_arguments):
+        return train_on_rank(args, tokenized, task, resume_from)
+
+
+def local_rank(args: argparse.Namespace) -> None:
+    """A rank started by --nproc-per-node (components/distributed/worker.py): rank 0's arguments, no ClearML."""
+    args.output_dir = Path(args.output_dir)
+    train_on_rank(args, Path(args.data_dir))
+
+
+def train_on_rank(args: argparse.Namespace, tokenized: Path | None, task=None, resume_from: Path | None = None) -> dict | None:
+    """Join the run's ranks and train; rank 0 (with ``task``) then saves, uploads and registers. Other ranks return None."""
+    world = join_world(args.join_timeout)
+    try:
+        world.barrier()  # rank 0 has fetched the inputs and built the tiny model before any other rank reads them
+        if tokenized is None:  # a rank > 0 started by torchrun: fetch them here (from ClearML's cache)
+            prepare_clearml(args.local)
+            tokenized = tokenized_input(args)
+        return _train(args, tokenized, task, resume_from, world)
+    finally:
+        leave_world()
+
+
+def _train(args: argparse.Namespace, tokenized: Path, task, resume_from: Path | None, world: World) -> dict | None:
+    settings, config = adapter_settings(args), train_config(args)
     train_split, validation_split = load_splits(tokenized, args.model)
     tokenizer = load_tokenizer(args.model)
     torch.manual_seed(args.seed)
     model = apply_adapter_settings(load_base_model(args.model), settings)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(torch.device("cuda", world.local_rank) if torch.cuda.is_available() else "cpu")
     use_cpu_threads_for(model)
     stats = parameter_stats(model)
-    print(f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%).")
-    report = tracking.reporter(task)
+    if world.is_main:
+        print(f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%)"
+              f"{f'; {world.size} ranks' if world.distributed else ''}.")
+    report = tracking.reporter(task) if world.is_main else None
     # The untuned model's validation loss (adapters as initialised): where the loss curve starts.
-    initial_loss = validation_loss(model, evaluation_loader(model, tokenizer, validation_split, config.eval_batch_size),
-                                   resolve_precision(config.precision, model.device))
-    report("loss", "validation", initial_loss, 0)
+    initial_loss = validation_loss(model, evaluation_loader(model, tokenizer, validation_split, config.eval_batch_size, world),
+                                   resolve_precision(config.precision, model.device), world)
+    if report:
+        report("loss", "validation", initial_loss, 0)
 
     def upload_checkpoint(kind: str, directory: Path) -> None:
         tracking.flush_reports(task)  # the scalars up to this checkpoint reach the server before it does
         tracking.upload_path(task, CHECKPOINT_ARTIFACT, directory)
 
     result = train_adapters(model, tokenizer, train_split, validation_split, config, output_dir=args.output_dir,
-                            report=report, on_checkpoint=upload_checkpoint, resume_from=resume_from)
+                            report=report, on_checkpoint=upload_checkpoint, resume_from=resume_from, world=world)
+    if not world.is_main:
+        return None
     load_adapter_weights(model, args.output_dir / "checkpoints" / "best" / "adapter.safetensors")
     adapter_dir = save_adapter(model, args.output_dir / "adapter", args.model, settings, tokenizer)
     summary = {
         "model": args.model,
         "adapter": settings.to_dict(),
         "training": asdict(config),
+        "ranks": world.size,
         "parameters": stats,
         "resumed_from": str(resume_from) if resume_from else None,
         "initial_validation_loss": initial_loss,
@@ -164,7 +231,13 @@ def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
+    if world_from_environment().rank > 0:  # torchrun's other ranks: the command line's arguments, no task
+        args = build_parser().parse_args(argv)
+        args.output_dir = Path(args.output_dir or tempfile.gettempdir())  # rank 0 alone writes there
+        with tracking.failures_end_the_process():
+            train_on_rank(args, None)
+        return None
     return tracking.run_step("train", "training", build_parser, run, argv)
 
 

@@ -16,9 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,9 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import run_script
+from forked import exited_cleanly, in_child
 
 from components import checkpoint
-from components.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint
+from components.checkpoint import CheckpointError, newest_checkpoint, read_checkpoint
 from components.data import preprocess, read_tsv
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
 from components.training import TrainConfig, train_adapters
@@ -37,7 +35,6 @@ from components.training import TrainConfig, train_adapters
 # 4 train rows a step, 3 steps, a checkpoint after each: the kill points cover all after the first is complete.
 CONFIG = TrainConfig(batch_size=4, grad_accum_steps=1, learning_rate=3e-3, max_steps=3, eval_every=1, gradient_checkpointing=False, seed=5)
 DISK_OPERATIONS = ("_write_file", "_replace", "_remove_tree", "_sync_dir")
-CHILD_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -49,38 +46,6 @@ def setup(tiny_model_dir):
     # dropout (LoRA's and the base model's own) draws on the RNG: a resumed run matches only if its state is restored
     assert model.config.dropout_rate > 0
     return model, tokenizer, preprocess(frame.iloc[:16], tokenizer, 32, 32), preprocess(frame.iloc[16:20], tokenizer, 32, 32)
-
-
-def in_child(work: Callable[[], None]) -> int:
-    """Run ``work`` in a forked copy of this process with one torch thread; returns its wait status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            torch.set_num_threads(1)
-            work()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"a forked training run took over {CHILD_TIMEOUT_S} s")
-        time.sleep(0.005)
-
-
-def exited_cleanly(status: int) -> bool:
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def instrument(on_operation: Callable[[int, str, tuple, Callable], object]) -> None:
@@ -231,7 +196,7 @@ def test_a_damaged_last_checkpoint_is_named_and_resume_falls_back_to_the_previou
     assert same_outcome(tmp_path, reference)
 
 
-def test_with_no_complete_checkpoint_left_resume_says_which_file_and_what_to_do(setup, uninterrupted, tmp_path, clearml_home):
+def test_with_no_complete_checkpoint_left_resume_says_which_file_and_what_to_do(uninterrupted, tmp_path, clearml_home):
     reference, _ = uninterrupted
     shutil.copytree(reference / "checkpoints", tmp_path / "checkpoints")
     damage(tmp_path / "checkpoints/last/state.json", "cut")
@@ -242,9 +207,8 @@ def test_with_no_complete_checkpoint_left_resume_says_which_file_and_what_to_do(
     assert str(raised.value).startswith(expected)
 
     # a checkpoint fetched as a task artifact is checked the same way before anything is loaded
-    model, *_ = setup
     with pytest.raises(CheckpointError, match=r"rng\.safetensors is cut short or damaged .*cannot be resumed: train from the start"):
-        load_checkpoint(tmp_path / "checkpoints/previous", model, None, None, None)
+        read_checkpoint(tmp_path / "checkpoints/previous")
 
     # the train step: one line naming the file, no traceback
     completed = run_script(clearml_home, "steps/train.py", "--local", "--resume", "--data-dir", str(tmp_path / "unused"),

@@ -132,9 +132,10 @@ def one_step(request, tiny_model_dir, splits, tmp_path_factory):
             "gradient": dict(zip(names, step["gradients"])), "result": result, "train": train, "validation": validation}
 
 
-def test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches(one_step):
-    """Computed here example by example, unpadded: each micro-batch's loss is the mean over its label
-    tokens, the step's gradient the mean over micro-batches, clipped to norm 1 (padding never counts)."""
+def test_an_optimizer_step_gets_the_clipped_gradient_of_the_mean_over_every_token_of_its_batch(one_step):
+    """Computed here example by example, unpadded: the step's loss is the mean over every label token of
+    its two micro-batches (not a mean of the micro-batches' means: their token counts differ), its
+    gradient clipped to norm 1 (padding never counts)."""
     train, model = one_step["train"], one_step["initial"]
     prompt_length = prompt_length_of(model)
     labels_of = {tuple(row["input_ids"]): row["labels"] for row in train}
@@ -143,14 +144,15 @@ def test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches(o
     assert len(micro_batches) == 2
     assert any((batch["labels"] == -100).any() for batch in micro_batches)  # the labels were padded
 
+    examples = []
     for batch in micro_batches:
-        examples = []
         for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
             tokens = ids[mask[prompt_length:].bool()].tolist()
             examples.append((tokens, labels_of[tuple(tokens)]))
-        label_tokens = sum(len(labels) for _, labels in examples)
-        for tokens, labels in examples:
-            (token_losses(model, tokens, labels).sum() / label_tokens / len(micro_batches)).backward()
+    assert len({int((batch["labels"] != -100).sum()) for batch in micro_batches}) == 2  # the two weightings differ here
+    step_tokens = sum(len(labels) for _, labels in examples)
+    for tokens, labels in examples:
+        (token_losses(model, tokens, labels).sum() / step_tokens).backward()
     expected = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     norm = torch.sqrt(sum(g.pow(2).sum() for g in expected.values()))
     assert (norm > 1.0) == (one_step["regime"] == "clipped")
@@ -190,7 +192,7 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
         train_adapters(interrupted, tokenizer, train, validation, config, output_dir=tmp_path / "interrupted", report=crash_after_step_5)
     checkpoint = tmp_path / "interrupted" / "checkpoints" / "last"
     saved = json.loads((checkpoint / "state.json").read_text())
-    assert (saved["step"], saved["epoch"], saved["batch"]) == (4, 1, 2)
+    assert (saved["step"], saved["epoch"], saved["epoch_step"]) == (4, 1, 1)  # 3 steps of 16 rows an epoch
 
     resumed = fresh_model(tiny_model_dir, seed=123)  # different init: everything must come from the checkpoint
     torch.manual_seed(3003)

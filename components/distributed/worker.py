@@ -1,0 +1,27 @@
+"""A rank started by :class:`components.distributed.launch.LocalRanks`.
+
+    python -m components.distributed.worker <module:function> <arguments as JSON>
+
+Calls the entry function with rank 0's parsed arguments (an ``argparse.Namespace``). An error
+ends the rank with one line on stderr (forwarded to rank 0's log) and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from components.tracking import failures_end_the_process
+
+
+def main() -> None:
+    entry, arguments = sys.argv[1], json.loads(sys.argv[2])
+    module, function = entry.split(":")
+    with failures_end_the_process():
+        getattr(importlib.import_module(module), function)(argparse.Namespace(**arguments))
+
+
+if __name__ == "__main__":
+    main()
