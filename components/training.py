@@ -294,59 +294,61 @@ def train_adapters(
     model.train()
     progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0, disable=not world.is_main)
     stop = state.get("stopped_early", False) or state["step"] >= total_steps
-    while not stop:
-        order = epoch_order(train_dataset, config, global_batch, state["epoch"])
-        for step_in_epoch in range(state["epoch_step"], steps_per_epoch):
-            micro_batches = [collator([train_dataset[i] for i in chunk]) for chunk in rank_micro_batches(order, step_in_epoch, config, world)]
-            [step_tokens] = sum_over_ranks([sum(label_tokens(batch) for batch in micro_batches)])
-            loss_sum = 0.0  # a nan or inf of any micro-batch of any rank makes the step's sum non-finite on every rank
-            for batch in micro_batches:
-                with _autocast(precision, device):
-                    outputs = model(**batch.to(device))
-                token_loss_sum = outputs.loss.float() * label_tokens(batch)  # the mean over the micro-batch's tokens, times them
-                loss_sum += token_loss_sum.item()
-                if torch.isfinite(token_loss_sum):
-                    scaler.scale(token_loss_sum / step_tokens).backward()
-            [step_loss_sum] = sum_over_ranks([loss_sum])
-            non_finite = not math.isfinite(step_loss_sum)
-            if non_finite and precision != "fp16":
-                raise TrainingError(
-                    f"The loss became {step_loss_sum} at step {state['step'] + 1} ({precision}); the last good checkpoint is in "
-                    f"{last_dir}. Lower --learning-rate, then rerun with --resume."
-                )
-            if world.distributed:
-                _sum_gradients(trainable, world)
-            step_learning_rate = scheduler.get_last_lr()[0]
-            if not non_finite:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-            else:  # fp16 overflow: skip the step and halve the loss scale, as the scaler does for inf gradients
-                state["skipped_steps"] += 1
-                scaler.update(scaler.get_scale() / 2)
-                if state["skipped_steps"] > MAX_SKIPPED_FP16_STEPS:
+    try:  # the bar's line ends before any error message is printed
+        while not stop:
+            order = epoch_order(train_dataset, config, global_batch, state["epoch"])
+            for step_in_epoch in range(state["epoch_step"], steps_per_epoch):
+                micro_batches = [collator([train_dataset[i] for i in chunk]) for chunk in rank_micro_batches(order, step_in_epoch, config, world)]
+                [step_tokens] = sum_over_ranks([sum(label_tokens(batch) for batch in micro_batches)])
+                loss_sum = 0.0  # a nan or inf of any micro-batch of any rank makes the step's sum non-finite on every rank
+                for batch in micro_batches:
+                    with _autocast(precision, device):
+                        outputs = model(**batch.to(device))
+                    token_loss_sum = outputs.loss.float() * label_tokens(batch)  # the mean over the micro-batch's tokens, times them
+                    loss_sum += token_loss_sum.item()
+                    if torch.isfinite(token_loss_sum):
+                        scaler.scale(token_loss_sum / step_tokens).backward()
+                [step_loss_sum] = sum_over_ranks([loss_sum])
+                non_finite = not math.isfinite(step_loss_sum)
+                if non_finite and precision != "fp16":
                     raise TrainingError(
-                        f"The fp16 loss was not finite in {state['skipped_steps']} steps (T5 overflows in fp16); the last good "
-                        f"checkpoint is in {last_dir}. Use --precision bf16 (or fp32), then rerun with --resume."
+                        f"The loss became {step_loss_sum} at step {state['step'] + 1} ({precision}); the last good checkpoint is in "
+                        f"{last_dir}. Lower --learning-rate, then rerun with --resume."
                     )
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            # The data position after this step: where a resumed run continues.
-            last_of_epoch = step_in_epoch + 1 == steps_per_epoch
-            state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "epoch_step": 0} if last_of_epoch else {"epoch_step": step_in_epoch + 1}))
-            step_loss = step_loss_sum / step_tokens
-            state["train_losses"].append([state["step"], step_loss])
-            state["learning_rates"].append([state["step"], step_learning_rate])
-            report("loss", "train", step_loss, state["step"])
-            report("learning_rate", "lr", step_learning_rate, state["step"])
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            if state["step"] % eval_every == 0 or state["step"] >= total_steps:
-                stop = evaluate_and_checkpoint() or state["step"] >= total_steps
-            if stop:
-                break
-    progress.close()
+                if world.distributed:
+                    _sum_gradients(trainable, world)
+                step_learning_rate = scheduler.get_last_lr()[0]
+                if not non_finite:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:  # fp16 overflow: skip the step and halve the loss scale, as the scaler does for inf gradients
+                    state["skipped_steps"] += 1
+                    scaler.update(scaler.get_scale() / 2)
+                    if state["skipped_steps"] > MAX_SKIPPED_FP16_STEPS:
+                        raise TrainingError(
+                            f"The fp16 loss was not finite in {state['skipped_steps']} steps (T5 overflows in fp16); the last good "
+                            f"checkpoint is in {last_dir}. Use --precision bf16 (or fp32), then rerun with --resume."
+                        )
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                # The data position after this step: where a resumed run continues.
+                last_of_epoch = step_in_epoch + 1 == steps_per_epoch
+                state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "epoch_step": 0} if last_of_epoch else {"epoch_step": step_in_epoch + 1}))
+                step_loss = step_loss_sum / step_tokens
+                state["train_losses"].append([state["step"], step_loss])
+                state["learning_rates"].append([state["step"], step_learning_rate])
+                report("loss", "train", step_loss, state["step"])
+                report("learning_rate", "lr", step_learning_rate, state["step"])
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+                if state["step"] % eval_every == 0 or state["step"] >= total_steps:
+                    stop = evaluate_and_checkpoint() or state["step"] >= total_steps
+                if stop:
+                    break
+    finally:
+        progress.close()
     model.eval()
     return TrainResult(
         steps=state["step"], total_steps=total_steps, precision=precision, best_metric=config.best_metric,
