@@ -65,6 +65,7 @@ PARAMETER_STEPS: dict[str, tuple[str, ...]] = {
     "precision": ("train",),
     "eval_every": ("train",),
     "early_stopping_patience": ("train",),
+    "nproc_per_node": ("train",),
     "seed": ("ingest", "train"),
     "decoding": ("evaluate",),
     "max_new_tokens": ("evaluate",),

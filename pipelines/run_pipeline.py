@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-steps", int, "stop training after this many optimizer steps"),
         ("--eval-every", int, "optimizer steps between validations and checkpoints (default: once per epoch)"),
         ("--early-stopping-patience", int, "stop training after this many validations without improvement"),
+        ("--nproc-per-node", int, "ranks of the train step on its machine: one per GPU of the agent (default 1)"),
         ("--max-new-tokens", int, "generation length in evaluation"),
         ("--max-test-samples", int, "evaluate on the first N test rows only"),
         ("--seed", int, None),
@@ -83,7 +84,7 @@ def pipeline_parameters(preset: Preset, args: argparse.Namespace) -> dict:
         **asdict(AdapterSettings()), **asdict(TokenizationSettings()), **asdict(preset.training),
         "model": preset.model, "train_tsv": preset.train_tsv, "test_tsv": preset.test_tsv,
         "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens, "eval_every": preset.eval_every,
-        "precision": "auto", "decoding": DECODING, "metric": SELECTION_METRIC, "compare_base": True,
+        "nproc_per_node": 1, "precision": "auto", "decoding": DECODING, "metric": SELECTION_METRIC, "compare_base": True,
     }
     parameters = {name: defaults.get(name) for name in PARAMETER_STEPS}
     parameters.update({name: getattr(args, name) for name in PARAMETER_STEPS if getattr(args, name, None) is not None})

@@ -50,7 +50,7 @@ PREPROCESSED = "tests/test_steps.py::test_preprocess_by_task_id_tokenizes_the_in
 TRUNCATED = "tests/test_data.py::test_preprocess_truncates_and_tokenizes_sources_and_labels"
 TRAINED_THEN_EVALUATED = "tests/test_steps.py::test_train_outputs_the_best_adapter_then_evaluate_uses_it"
 RESUMED = "tests/test_steps.py::test_train_resumes_another_tasks_checkpoint_with_its_best_adapter"
-ONE_STEP = "tests/test_training.py::test_an_optimizer_step_gets_the_clipped_mean_gradient_of_its_micro_batches"
+ONE_STEP = "tests/test_training.py::test_an_optimizer_step_gets_the_clipped_gradient_of_the_mean_over_every_token_of_its_batch"
 GROUPED = "tests/test_training.py::test_batches_are_grouped_by_length"
 SCHEDULE = "tests/test_training.py::test_the_optimizer_steps_with_linear_warmup_then_linear_decay_and_the_weight_decay"
 EARLY_STOPPED = "tests/test_training.py::test_early_stopping_stops_after_patience"
@@ -112,6 +112,8 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--best-metric": BEST_CHECKPOINT,
         "--early-stopping-patience": EARLY_STOPPED,
         "--generation-eval-samples": BEST_CHECKPOINT,
+        "--nproc-per-node": "tests/test_distributed_steps.py::test_nproc_per_node_a_rank_killed_fails_the_run_in_one_sentence_and_resume_ends_bit_identical",
+        "--join-timeout": "tests/test_distributed_steps.py::test_a_rank_that_cannot_join_fails_within_its_join_timeout_in_one_sentence",
         "--resume": RESUMED,
         "--resume-from-task-id": RESUMED,
         "--local": LOCAL_ANYWHERE,
@@ -166,6 +168,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--max-steps": PIPELINE_PARAMETERS,
         "--eval-every": PIPELINE_PARAMETERS,
         "--early-stopping-patience": PIPELINE_PARAMETERS,
+        "--nproc-per-node": PIPELINE_PARAMETERS,
         "--max-new-tokens": "tests/e2e/test_pipeline_flows.py::"
                             "test_flow2_a_new_commit_reruns_every_step_and_a_changed_parameter_only_what_it_affects",
         "--max-test-samples": "tests/test_pipeline_local.py::test_steps_received_upstream_task_ids_as_on_a_server",
