@@ -26,4 +26,9 @@ done
 # (the single-text rate is measured on 32 texts), then 4-beam search on 256 texts.
 run benchmarks/generation.py --size rut5-large --dtype bf16 --texts 1125 --max-new-tokens 200 --batch-size 64 --single-texts 32
 run benchmarks/generation.py --size rut5-large --dtype bf16 --texts 256 --max-new-tokens 200 --batch-size 32 --num-beams 4 --single-texts 16
+# Data-parallel scaling of the training loop on ruT5-large (bf16, batch 8 per GPU): 1, 2, 4, 8 GPUs, as many as there are.
+gpus=$(nvidia-smi -L | wc -l)
+ranks=""
+for n in 1 2 4 8; do if [ "$n" -le "$gpus" ]; then ranks="$ranks $n"; fi; done
+run benchmarks/distributed.py --size rut5-large --ranks $ranks --steps 20
 echo "results: $log"

@@ -88,8 +88,9 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
 
 
 # The longest units besides the end-to-end flows, longest first (pytest --durations=0, summed by unit):
-# 210, 175, 130 (plus the tiny model's build on a fresh clone), 60, 45, 40 and 35 s.
-LONG_UNITS = ("tests/test_steps.py", "tests/test_hpo.py", "tiny_pipeline", "tests/test_server_options.py", "tests/test_agent_rerun.py",
+# 210, 175, 130 (plus the tiny model's build on a fresh clone), 100, 60, 45, 40 and 35 s.
+LONG_UNITS = ("tests/test_steps.py", "tests/test_hpo.py", "tiny_pipeline", "tests/test_distributed_steps.py", "tests/test_server_options.py",
+              "tests/test_agent_rerun.py",
               "tests/test_launch_checks.py", "tests/test_server_errors.py")
 
 

@@ -10,6 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import distributed as distributed_benchmark  # noqa: E402
 import generation as generation_benchmark  # noqa: E402
 import train_step  # noqa: E402
 
@@ -27,3 +28,9 @@ def test_generation_benchmark_does_equal_work_both_ways():
     result = generation_benchmark.main(["--size", "small", "--texts", "3", "--max-new-tokens", "2", "--batch-size", "3"])
     assert result["texts"] == result["single_texts"] == 3
     assert result["batched_tokens_per_s"] > 0 and result["single_tokens_per_s"] > 0
+
+
+def test_distributed_benchmark_measures_each_rank_count_and_the_efficiency():
+    result = distributed_benchmark.main(["--ranks", "1", "2", "--steps", "3", "--batch-size", "2", "--input-length", "8", "--target-length", "8"])
+    assert set(result["ranks"]) == {1, 2} and result["ranks"][1]["efficiency"] == 1.0
+    assert all(entry["samples_per_s"] > 0 and entry["efficiency"] > 0 for entry in result["ranks"].values())
