@@ -286,9 +286,6 @@ def train_adapters(
         world.barrier()  # no rank runs ahead of a checkpoint that may yet fail
         return stop
 
-    def sum_over_ranks(local_sums: list[float]) -> list[float]:
-        return world.sum_(torch.tensor(local_sums, dtype=torch.float64)).tolist()
-
     log.info("Training %d steps (%d per epoch) in %s, %d trainable tensors, %d rank(s).", total_steps, steps_per_epoch, precision,
              len(trainable), world.size)
     model.train()
@@ -299,24 +296,13 @@ def train_adapters(
             order = epoch_order(train_dataset, config, global_batch, state["epoch"])
             for step_in_epoch in range(state["epoch_step"], steps_per_epoch):
                 micro_batches = [collator([train_dataset[i] for i in chunk]) for chunk in rank_micro_batches(order, step_in_epoch, config, world)]
-                [step_tokens] = sum_over_ranks([sum(label_tokens(batch) for batch in micro_batches)])
-                loss_sum = 0.0  # a nan or inf of any micro-batch of any rank makes the step's sum non-finite on every rank
-                for batch in micro_batches:
-                    with _autocast(precision, device):
-                        outputs = model(**batch.to(device))
-                    token_loss_sum = outputs.loss.float() * label_tokens(batch)  # the mean over the micro-batch's tokens, times them
-                    loss_sum += token_loss_sum.item()
-                    if torch.isfinite(token_loss_sum):
-                        scaler.scale(token_loss_sum / step_tokens).backward()
-                [step_loss_sum] = sum_over_ranks([loss_sum])
+                step_loss_sum, step_tokens = backward_token_mean(model, micro_batches, trainable, world, precision, scaler)
                 non_finite = not math.isfinite(step_loss_sum)
                 if non_finite and precision != "fp16":
                     raise TrainingError(
                         f"The loss became {step_loss_sum} at step {state['step'] + 1} ({precision}); the last good checkpoint is in "
                         f"{last_dir}. Lower --learning-rate, then rerun with --resume."
                     )
-                if world.distributed:
-                    _sum_gradients(trainable, world)
                 step_learning_rate = scheduler.get_last_lr()[0]
                 if not non_finite:
                     scaler.unscale_(optimizer)
@@ -356,6 +342,33 @@ def train_adapters(
         skipped_steps=state["skipped_steps"], history=state["history"], train_losses=state["train_losses"],
         learning_rates=state["learning_rates"],
     )
+
+
+def _sum_over_ranks(world: World, local_sums: list[float]) -> list[float]:
+    return world.sum_(torch.tensor(local_sums, dtype=torch.float64)).tolist()
+
+
+def backward_token_mean(model, micro_batches: list, trainable: list[torch.Tensor], world: World, precision: str, scaler) -> tuple[float, int]:
+    """Backpropagate the optimizer step's loss: the mean over every target token of its global batch (all ranks).
+
+    Each micro-batch adds its tokens' summed cross-entropy divided by the global batch's token count, and the
+    ranks' gradients are summed, so the trainable tensors hold the same gradient on every rank. Returns the
+    step's summed token loss and its token count over all ranks; a non-finite sum (a nan or inf in any
+    micro-batch of any rank, the same on every rank) means the step must not be taken.
+    """
+    [step_tokens] = _sum_over_ranks(world, [sum(label_tokens(batch) for batch in micro_batches)])
+    loss_sum = 0.0
+    for batch in micro_batches:
+        with _autocast(precision, model.device):
+            outputs = model(**batch.to(model.device))
+        token_loss_sum = outputs.loss.float() * label_tokens(batch)  # the mean over the micro-batch's tokens, times them
+        loss_sum += token_loss_sum.item()
+        if torch.isfinite(token_loss_sum):
+            scaler.scale(token_loss_sum / step_tokens).backward()
+    [step_loss_sum] = _sum_over_ranks(world, [loss_sum])
+    if world.distributed:
+        _sum_gradients(trainable, world)
+    return step_loss_sum, int(step_tokens)
 
 
 def _sum_gradients(trainable: list[torch.Tensor], world: World) -> None:
