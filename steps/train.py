@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from dataclasses import asdict
@@ -36,7 +37,7 @@ import torch
 from components import tracking
 from components.checkpoint import newest_checkpoint
 from components.cli import ArgumentParser, parse_bool
-from components.clearml_connection import prepare_clearml
+from components.clearml_connection import prepare_clearml, running_on_agent
 from components.data import TOKENIZATION_FILE
 from components.distributed.launch import LocalRanks
 from components.distributed.world import World, join_world, leave_world, world_from_environment
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     validation.add_argument("--generation-eval-samples", type=int, default=0, help="validation rows to generate at each evaluation for text metrics")
     ranks = parser.add_argument_group("data-parallel training (see components/distributed)")
     ranks.add_argument("--nproc-per-node", type=int, default=1, help="ranks to start on this machine: one per GPU (nccl), or CPU processes (gloo)")
+    ranks.add_argument("--nodes", type=int, default=1, help="machines to train on, --nproc-per-node ranks each: on a ClearML server the task "
+                       "is cloned for an agent of its queue per further machine (Task.launch_multi_node)")
     ranks.add_argument("--join-timeout", type=float, default=60.0, help="seconds a rank waits for the others to join before the step fails")
     resume = parser.add_argument_group("resuming")
     resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
@@ -129,7 +132,11 @@ def run(args: argparse.Namespace, task) -> dict:
     if args.nproc_per_node > 1 and started_by.distributed:
         raise UserError(f"This process is already rank {started_by.rank} of {started_by.size} (torchrun started it); "
                         "leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead.")
-    resume_from = checkpoint_to_resume(args, task)  # before the model loads: a wrong --resume fails at once
+    if args.nodes > 1 and started_by.distributed:
+        raise UserError("--nodes starts ClearML agents' machines; under torchrun give torchrun --nnodes instead.")
+    node_rank = join_nodes(args, task)
+    # Before the model loads, so that a wrong --resume fails at once; the first machine's rank 0 sends the checkpoint to all.
+    resume_from = checkpoint_to_resume(args, task) if node_rank == 0 else None
     tokenized = tokenized_input(args)
     load_splits(tokenized, args.model)  # a wrong folder fails here, before any rank starts
     load_tokenizer(args.model)  # builds the tiny model once, before the ranks read it
@@ -137,8 +144,30 @@ def run(args: argparse.Namespace, task) -> dict:
         return train_on_rank(args, tokenized, task, resume_from)
     # The other ranks get rank 0's values (on an agent: the task's), with the data as the folder fetched here.
     rank_arguments = {**vars(args), "data_dir": str(tokenized), "preprocess_task_id": None}
-    with LocalRanks(args.nproc_per_node, "steps.train:local_rank", rank_arguments):
+    with LocalRanks(args.nproc_per_node, "steps.train:local_rank", rank_arguments, node_rank=node_rank, nodes=args.nodes):
         return train_on_rank(args, tokenized, task, resume_from)
+
+
+def join_nodes(args: argparse.Namespace, task) -> int:
+    """``--nodes K``: this machine's node rank (0 on the machine of the task a user enqueued).
+
+    ClearML's ``Task.launch_multi_node`` clones the task K-1 times onto the task's queue (each clone
+    runs this step again, on another agent, and learns its node rank from the clone's runtime
+    properties), waits until they run, and sets ``MASTER_ADDR`` (this machine's address, or
+    ``CLEARML_MULTI_NODE_MASTER_DEF_ADDR``), ``MASTER_PORT`` (29500, or
+    ``CLEARML_MULTI_NODE_MASTER_DEF_PORT``), ``RANK`` and ``WORLD_SIZE``.
+    """
+    if args.nodes < 1:
+        raise UserError(f"--nodes must be at least 1, got {args.nodes}.")
+    if args.nodes == 1:
+        return 0
+    if not running_on_agent():
+        raise UserError(f"--nodes {args.nodes} trains on ClearML agents: create the train task, set Args/nodes to {args.nodes} "
+                        "and enqueue it on a queue that many agents serve (README: Training on several machines).")
+    node = task.launch_multi_node(args.nodes, wait=True, devices=args.nproc_per_node)
+    os.environ.setdefault("LOCAL_RANK", "0")
+    print(f"Node {node['node_rank']} of {args.nodes}; rank 0 at {node['master_addr']}:{node['master_port']}.")
+    return int(node["node_rank"])
 
 
 def local_rank(args: argparse.Namespace) -> None:

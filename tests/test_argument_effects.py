@@ -113,6 +113,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--early-stopping-patience": EARLY_STOPPED,
         "--generation-eval-samples": BEST_CHECKPOINT,
         "--nproc-per-node": "tests/test_distributed_steps.py::test_nproc_per_node_a_rank_killed_fails_the_run_in_one_sentence_and_resume_ends_bit_identical",
+        "--nodes": "tests/e2e/test_ranks.py::test_flow9_two_ranks_on_one_agent_and_two_nodes_on_two_agents_train_the_same_adapters",
         "--join-timeout": "tests/test_distributed_steps.py::test_a_rank_that_cannot_join_fails_within_its_join_timeout_in_one_sentence",
         "--resume": RESUMED,
         "--resume-from-task-id": RESUMED,

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from tests.clearml_server import ClearMLTestServer, load_calls, unimplemented_calls
-from tests.e2e.flows import AGENTS, PROJECT, SERVICES, SWEEP, Sweeps, clone_and_enqueue, launch_pipeline, pipeline_steps, project_id
+from tests.e2e.flows import AGENTS, CPU, GPU, PROJECT, SERVICES, SWEEP, Sweeps, clone_and_enqueue, launch_pipeline, pipeline_steps, project_id
 from tests.e2e.harness import (
     Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
     start_git_remote,
@@ -93,8 +93,8 @@ def project(clearml_server: ServerTarget, git_remote: GitRemote, e2e_dir: Path) 
 def pipeline_run(clearml_server: ServerTarget, agents: Agents, project: ProjectRunner, git_remote: GitRemote) -> dict:
     """The README's first launch (the tiny preset) on the server, verbatim, with the README's agent
     on every queue, each started with the README's command; later flows clone its tasks."""
-    for command in AGENTS.values():
-        agents.start(command)
+    for queue in (GPU, CPU, SERVICES):
+        agents.start(AGENTS[queue])
     controller = launch_pipeline(project, clearml_server)
     return {"controller": controller, "steps": pipeline_steps(clearml_server, controller), "commit": git_remote.head()}
 

@@ -270,36 +270,41 @@ class Agents:
     def __init__(self, processes: Processes, server: ServerTarget, workdir: Path):
         self._processes, self._server, self._workdir = processes, server, workdir
 
-    def start(self, command: str, builds_venv: bool = False) -> None:
+    def start(self, command: str, builds_venv: bool = False, name: str | None = None, extra_env: dict[str, str] | None = None) -> None:
         """Run ``command`` (a README line, ``clearml-agent daemon --queue NAME ...``) and wait until
-        its worker listens on the queue, which the command itself creates on a fresh server."""
+        its worker listens on the queue, which the command itself creates on a fresh server.
+
+        An agent is known by its queue, or by ``name`` for a further agent of a queue (its worker id
+        is ``e2e-<name>``); ``extra_env`` is what the README asks such agents' environment to hold."""
         queue = queue_of(command)
-        if queue in self._server.agents:
+        name = name or queue
+        if name in self._server.agents:
             return
-        home = self._workdir / f"agent-{queue}"
+        home = self._workdir / f"agent-{name}"
         home.mkdir(parents=True)
         argv = shlex.split(command)
         assert argv[0] == "clearml-agent", command
-        env = agent_environment(self._server, home, f"e2e-{queue}", builds_venv)
-        self._server.agents[queue] = self._processes.start(f"agent-{queue}", [agent_executable(), *argv[1:]], env, home)
-        self._wait_for_worker(queue)
+        env = {**agent_environment(self._server, home, f"e2e-{name}", builds_venv), **(extra_env or {})}
+        self._server.agents[name] = self._processes.start(f"agent-{name}", [agent_executable(), *argv[1:]], env, home)
+        self._wait_for_worker(name, queue)
 
-    def _wait_for_worker(self, queue: str, timeout_s: float = 60) -> None:
+    def _wait_for_worker(self, name: str, queue: str, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
-        while not any(q["name"] == queue for w in self._server.api.call("workers.get_all")["workers"] for q in w.get("queues") or []):
-            process = self._server.agents[queue]
+        while not any(w["id"] == f"e2e-{name}" and any(q["name"] == queue for q in w.get("queues") or [])
+                      for w in self._server.api.call("workers.get_all")["workers"]):
+            process = self._server.agents[name]
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the agent of queue {queue!r} is not listening (exit status {process.poll()}):\n{self.log(queue)}")
+                raise AssertionError(f"the agent {name!r} of queue {queue!r} is not listening (exit status {process.poll()}):\n{self.log(name)}")
             time.sleep(0.2)
 
-    def log(self, queue: str) -> str:
+    def log(self, name: str) -> str:
         """The daemon's own output (what it polled, pulled and ran). Without ``--foreground`` the
         agent writes it to a file whose name it prints first."""
-        printed = self._processes.log_of(self._server.agents[queue])
+        printed = self._processes.log_of(self._server.agents[name])
         named = re.search(r"writing stdout/stderr to (\S+)", printed)
         if named and Path(named.group(1)).exists():
             printed += Path(named.group(1)).read_text(errors="replace")
-        return f"clearml-agent daemon on {queue}:\n" + printed
+        return f"clearml-agent daemon {name}:\n" + printed
 
 
 @dataclass
