@@ -163,7 +163,7 @@ def join_nodes(args: argparse.Namespace, task) -> int:
         return 0
     if not running_on_agent():
         raise UserError(f"--nodes {args.nodes} trains on ClearML agents: create the train task, set Args/nodes to {args.nodes} "
-                        "and enqueue it on a queue that many agents serve (README: Training on several machines).")
+                        "and enqueue it on a queue that many agents serve (README: Training on several GPUs and machines).")
     node = task.launch_multi_node(args.nodes, wait=True, devices=args.nproc_per_node)
     os.environ.setdefault("LOCAL_RANK", "0")
     print(f"Node {node['node_rank']} of {args.nodes}; rank 0 at {node['master_addr']}:{node['master_port']}.")

@@ -155,3 +155,11 @@ def test_rank_0_finding_its_port_taken_fails_at_once_and_stops_the_ranks_it_star
                                                          "is taken; set MASTER_PORT to a free port.")
     assert not [p for p in psutil.process_iter(["cmdline"]) if "components.distributed.worker" in (p.info["cmdline"] or [])
                 and str(tmp_path) in " ".join(p.info["cmdline"])]
+
+
+def test_nodes_outside_a_clearml_agent_is_one_sentence(offline, tokenized, tiny_model_dir, tmp_path):
+    completed = run_script(offline, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nodes", "2"), check=False, timeout=120)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "error: --nodes 2 trains on ClearML agents: create the train task, set Args/nodes to 2 and enqueue it on a queue that many "
+        "agents serve (README: Training on several GPUs and machines).")

@@ -57,10 +57,13 @@ class World:
         return self.size > 1
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over the ranks, in place; returns it."""
+        """Sum ``tensor`` over the ranks, in place; returns it. (nccl sums on the GPU: a CPU tensor goes there and back.)"""
         if self.distributed:
+            on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device())) if dist.get_backend() == "nccl" else tensor
             with _peers_alive(self):
-                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+                dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            if on_gpu is not tensor:
+                tensor.copy_(on_gpu)
         return tensor
 
     def broadcast(self, value: Any) -> Any:
