@@ -123,8 +123,8 @@ def tokenized_input(args: argparse.Namespace) -> Path:
                                    ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits")
 
 
-def run(args: argparse.Namespace, task) -> dict:
-    """Rank 0, the process that owns the task: the inputs, the other ranks of --nproc-per-node, training, the outputs."""
+def run(args: argparse.Namespace, task) -> dict | None:
+    """The process that owns the task (rank 0 of its machine): the inputs, the machine's other ranks, training, the outputs."""
     adapter_settings(args)
     if args.nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")

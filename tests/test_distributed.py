@@ -58,6 +58,7 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
             dist.init_process_group("gloo", init_method=f"file://{output_dir}/store", rank=rank, world_size=ranks)
         world = World(rank=rank, size=ranks, local_rank=rank)
         result = train_adapters(model, tokenizer, train, validation, config, output_dir=output_dir, world=world)
+        (output_dir / f"steps-of-rank-{rank}").write_text(str(result.steps))
         if world.is_main:
             save_file(adapter_state_dict(model), output_dir / "trained.safetensors")
             (output_dir / "history.json").write_text(json.dumps(result.history))
@@ -65,6 +66,7 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
     output_dir.mkdir(parents=True)
     statuses = wait_children([start_child(lambda rank=rank: rank_work(rank)) for rank in range(ranks)])
     assert all(exited_cleanly(status) for status in statuses), statuses
+    assert len({(output_dir / f"steps-of-rank-{rank}").read_text() for rank in range(ranks)}) == 1  # every rank stopped at one step
     return load_file(str(output_dir / "trained.safetensors")), json.loads((output_dir / "history.json").read_text())
 
 
@@ -112,3 +114,10 @@ def test_the_ranks_shards_are_disjoint_and_cover_each_epoch_once_in_the_order_of
         taken = sorted(i for shard in shards for chunk in shard for i in chunk)
         assert taken == sorted(order[step * global_batch:(step + 1) * global_batch])  # disjoint, and the step's global batch
     assert rank_micro_batches(order, steps, config, World(rank=0, size=ranks, local_rank=0)) == []
+
+
+def test_early_stopping_stops_every_rank_at_the_same_step(setup, tmp_path):
+    """lr 0: the first evaluation stays the best, and two more without improvement stop all ranks at step 3 of 12."""
+    _, history = train_at_scale(setup, 2, 4, 1, tmp_path / "run", learning_rate=0.0, epochs=3, eval_every=1, early_stopping_patience=2,
+                                gradient_checkpointing=False)
+    assert [entry["step"] for entry in history] == [1, 2, 3]
