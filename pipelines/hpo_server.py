@@ -33,7 +33,7 @@ class TrialRecord:
 def trial_overrides(args: argparse.Namespace) -> dict[str, object]:
     """What every trial sets besides the swept values: the sweep's own flags, and no resume."""
     fixed: dict[str, object] = {"resume_from_task_id": ""}  # a trial trains from scratch, whatever its template did
-    for name in ("epochs", "max_steps", "eval_every", "preprocess_task_id"):
+    for name in ("epochs", "max_steps", "eval_every", "nproc_per_node", "preprocess_task_id"):
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's, or the template's)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial")
     parser.add_argument("--eval-every", type=int, help="optimizer steps between a trial's evaluations (its objective is the best of them)")
+    parser.add_argument("--nproc-per-node", type=int, help="ranks of each trial's train step: GPUs of its agent (default: the preset's 1, "
+                                                           "or the template's)")
     parser.add_argument("--metric", default=SELECTION_METRIC, help="test metric recorded with the registered model")
     local.add_argument("--noise-seeds", type=int, default=3,
                        help="train the best pair with this many seeds (its trial's and the next ones) and record the objective's "
@@ -97,9 +99,10 @@ def search_space(args: argparse.Namespace) -> dict[str, list]:
 
 
 def trial_parameters(args: argparse.Namespace) -> dict:
-    """Every pipeline parameter the local trials share (the preset and --epochs/--max-steps/--eval-every)."""
+    """Every pipeline parameter the local trials share (the preset and --epochs/--max-steps/--eval-every/--nproc-per-node)."""
     overrides = pipeline_parser().parse_args([])
     overrides.epochs, overrides.max_steps, overrides.eval_every = args.epochs, args.max_steps, args.eval_every
+    overrides.nproc_per_node = args.nproc_per_node
     return pipeline_parameters(PRESETS[args.preset], overrides)
 
 

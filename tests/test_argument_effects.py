@@ -198,6 +198,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--epochs": SWEEP_ON_GIVEN_DATA,
         "--max-steps": SERVER_OPTIMIZER,
         "--eval-every": LOCAL_SWEEP,
+        "--nproc-per-node": SERVER_OPTIMIZER,
         "--metric": SWEEP_ON_GIVEN_DATA,
         "--noise-seeds": "tests/test_hpo.py::test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds",
         "--preprocess-task-id": SWEEP_ON_GIVEN_DATA,

@@ -79,8 +79,11 @@ def rank_process(parent: psutil.Process, rank: int) -> psutil.Process | None:
     return None
 
 
-def kill_rank_after_first_checkpoint(env: dict, command: list[str], output_dir: Path, rank: int) -> tuple[int, str]:
-    """Start ``command``, SIGKILL rank ``rank`` once a checkpoint is complete; the command's exit status and stderr."""
+def kill_rank_after_first_checkpoint(env: dict, command: list[str], output_dir: Path, rank: int | None) -> tuple[int, str, list]:
+    """Start ``command``, SIGKILL rank ``rank`` (None: the command's own process) once a checkpoint is complete.
+
+    Returns the command's exit status, its stderr and the processes of the other ranks (ended by then).
+    """
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state_file = output_dir / "checkpoints" / "last" / "state.json"
     deadline = time.monotonic() + KILL_WAIT_S
@@ -89,22 +92,25 @@ def kill_rank_after_first_checkpoint(env: dict, command: list[str], output_dir: 
             assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.01)
-        victim = rank_process(psutil.Process(process.pid), rank)
+        launched = psutil.Process(process.pid)
+        victim = launched if rank is None else rank_process(launched, rank)
         assert victim is not None, f"no process of rank {rank}"
+        others = [p for p in launched.children(recursive=True) if p.pid != victim.pid]
         victim.send_signal(signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
+        psutil.wait_procs(others, timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
     steps = json.loads(state_file.read_text())["step"]
     assert steps < MAX_STEPS, "the run finished before the kill"
-    return process.returncode, stderr
+    return process.returncode, stderr, others
 
 
 def test_nproc_per_node_a_rank_killed_fails_the_run_in_one_sentence_and_resume_ends_bit_identical(
         offline, tokenized, tiny_model_dir, uninterrupted, tmp_path):
     command = [sys.executable, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2")]
-    status, stderr = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=1)
+    status, stderr, _ = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=1)
     assert status == 1
     assert stderr.strip().splitlines()[-1] == ("error: Training stopped: rank 1 was killed by SIGKILL (its output above says why); "
                                                "rerun with --resume to continue from the last checkpoint.")
@@ -112,10 +118,19 @@ def test_nproc_per_node_a_rank_killed_fails_the_run_in_one_sentence_and_resume_e
     assert outcome(tmp_path) == uninterrupted
 
 
+def test_the_ranks_of_nproc_per_node_die_with_their_rank_0(offline, tokenized, tiny_model_dir, tmp_path):
+    """Killed mid-training, rank 0 leaves no rank behind. (Here its peer's broken collective ends rank 1 too; the
+    parent-death signal also ends a rank that is not in a collective, e.g. still loading the model.)"""
+    command = [sys.executable, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2")]
+    status, _, others = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=None)
+    assert status == -signal.SIGKILL and others
+    assert not [process for process in others if process.is_running() and process.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_torchrun_rank_0_killed_then_resumed_ends_bit_identical_to_the_nproc_per_node_run(
         offline, tokenized, tiny_model_dir, uninterrupted, tmp_path):
     command = [*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, tmp_path)]
-    status, _ = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=0)
+    status, _, _ = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=0)
     assert status != 0
     subprocess.run([*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--resume")], cwd=ROOT, env=offline,
                    check=True, capture_output=True, timeout=300)

@@ -150,7 +150,8 @@ enter_offline_mode()
 from pipelines.hpo_server import build_optimizer
 from pipelines.run_hpo import build_parser, search_space
 args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
-                                  "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--seed", "7", "--trial-time-limit", "5",
+                                  "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--nproc-per-node", "4", "--seed", "7",
+                                  "--trial-time-limit", "5",
                                   "--time-limit", "30"])
 import time
 controller = build_optimizer(sys.argv[1], args, search_space(args))
@@ -175,7 +176,7 @@ def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_ho
     lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}
     assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
                                ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]),
-                               ("Args/eval_every", [5])]  # every trial: from scratch, the sweep's flags
+                               ("Args/eval_every", [5]), ("Args/nproc_per_node", [4])]  # every trial: from scratch, the sweep's flags
     assert lines["LIMITS"] == (5.0, 30)  # minutes per trial, minutes left of the whole sweep
     assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
     assert lines["JOBS"] == ("gpu-q", 3, 24)  # 30 trials asked, 24 combinations: no pair twice

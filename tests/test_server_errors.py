@@ -141,6 +141,7 @@ def test_queues_without_an_agent_are_named_in_a_warning(user_shell, api, server)
 
 def test_the_agent_commands_named_in_errors_are_the_readmes():
     readme = agent_commands()
-    assert set(readme) == set(AGENT_OPTIONS)  # the README serves every kind of queue, under its default name
+    # the README serves every kind of queue, under its default name, and the queue of its "Training on several GPUs and machines"
+    assert set(readme) == {*AGENT_OPTIONS, "multinode"}
     for kind in AGENT_OPTIONS:
         assert QueueUse(kind, kind, "--x", "x").agent_command == readme[kind]
