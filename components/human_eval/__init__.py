@@ -1,0 +1,6 @@
+"""Human evaluation: blind side-by-side ratings of two systems' answers, and what they say.
+
+- :mod:`components.human_eval.statistics`: per pair of systems, wins, ties and losses with Wilson
+  intervals; Bradley-Terry strengths with bootstrap intervals; rater agreement (Cohen's kappa,
+  Krippendorff's alpha); position bias; how often an automatic metric prefers the raters' answer.
+"""

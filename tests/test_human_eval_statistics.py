@@ -1,0 +1,147 @@
+"""The human-evaluation statistics against published worked examples and independent computations."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from itertools import permutations
+
+import krippendorff
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from components.errors import UserError
+from components.human_eval.statistics import (
+    BT_PENALTY, Vote, agreement, bradley_terry, metric_agreement, pair_outcomes, position_bias, wilson,
+)
+
+
+def vote(item, rater, preferred, systems=("a", "b"), flip=False) -> Vote:
+    """A vote preferring ``preferred`` (a system, "tie" or "both_bad"), ``systems`` shown in that order or flipped."""
+    left, right = reversed(systems) if flip else systems
+    choice = {left: "left", right: "right"}.get(preferred, preferred)
+    return Vote(str(item), rater, left, right, choice)
+
+
+def test_the_wilson_interval_is_newcombes_worked_example_and_its_formula():
+    """Newcombe (1998), Statistics in Medicine 17:857, Table I: 81 of 263, Wilson score interval 0.2553 to 0.3662."""
+    interval = wilson(81, 263)
+    assert (round(interval.low, 4), round(interval.high, 4)) == (0.2553, 0.3662)
+    z = 1.959963984540054
+    for count, total in [(0, 10), (10, 10), (3, 7), (1, 2)]:  # the score interval written out, at the edges too
+        p = count / total
+        centre, half = p + z * z / (2 * total), z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+        got = wilson(count, total)
+        assert (got.low, got.high) == pytest.approx(((centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)), abs=1e-12)
+
+
+def test_cohens_kappa_is_the_textbook_example_whatever_the_left_right_order():
+    """50 items, two raters: 20 both prefer a, 5 only the first does, 10 only the second, 15 both prefer b: p_o 0.7,
+    p_e 0.5, kappa 0.4 (the example of Wikipedia's "Cohen's kappa"). Each rater saw the pair in an order of its own."""
+    pattern = [("a", "a")] * 20 + [("a", "b")] * 5 + [("b", "a")] * 10 + [("b", "b")] * 15
+    votes = [vote(item, rater, preferred, flip=(item + rank) % 3 == 0)
+             for item, verdicts in enumerate(pattern) for rank, (rater, preferred) in enumerate(zip(("r1", "r2"), verdicts))]
+    result = agreement(votes)
+    assert (result["items"], result["raters"]) == (50, 2)
+    assert result["cohen_kappa"] == pytest.approx(0.4, abs=1e-12)
+
+
+def test_the_krippendorff_package_gives_krippendorffs_worked_example():
+    """Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 observers, 12 units, nominal alpha 0.743."""
+    n = np.nan
+    data = [[1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+            [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]]
+    assert round(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"), 3) == 0.743
+
+
+def nominal_alpha_by_hand(verdicts: dict[str, list[str]]) -> float:
+    """Krippendorff's nominal alpha from the coincidence counts: 1 - D_o / D_e, items rated once left out."""
+    coincidences: Counter = Counter()
+    for labels in verdicts.values():
+        if len(labels) < 2:
+            continue
+        for first, second in permutations(range(len(labels)), 2):
+            coincidences[labels[first], labels[second]] += 1 / (len(labels) - 1)
+    totals: Counter = Counter()
+    for (first, _), weight in coincidences.items():
+        totals[first] += weight
+    n = sum(totals.values())
+    observed = sum(weight for (first, second), weight in coincidences.items() if first != second)
+    expected = sum(totals[c] * totals[k] for c in totals for k in totals if c != k) / (n - 1)
+    return 1 - observed / expected
+
+
+def test_krippendorffs_alpha_of_three_raters_is_the_coincidence_formula():
+    """Three raters, items rated by two or three, one rated once (left out), systems in both orders."""
+    plan = {0: ["a", "a", "a"], 1: ["a", "b", "a"], 2: ["tie", "tie"], 3: ["b", "b", "both_bad"], 4: ["a"], 5: ["b", "a"],
+            6: ["both_bad", "both_bad", "b"], 7: ["a", "a"]}
+    votes = [vote(item, f"r{rank}", preferred, flip=(item + rank) % 2 == 1) for item, labels in plan.items() for rank, preferred in enumerate(labels)]
+    result = agreement(votes)
+    assert (result["items"], result["raters"], result["cohen_kappa"]) == (7, 3, None)
+    assert result["krippendorff_alpha"] == pytest.approx(nominal_alpha_by_hand({str(k): v for k, v in plan.items()}), abs=1e-12)
+
+
+def penalised_fit_by_hand(systems: list[str], decisive: list[tuple[str, str]]) -> dict[str, float]:
+    """The Bradley-Terry objective written out (-log likelihood + penalty * |s|^2), minimised by scipy; strengths of mean 0."""
+    index = {name: i for i, name in enumerate(systems)}
+
+    def objective(s):
+        return BT_PENALTY * np.sum(s ** 2) + sum(np.logaddexp(0, -(s[index[w]] - s[index[l]])) for w, l in decisive)
+
+    fitted = minimize(objective, np.zeros(len(systems)), method="BFGS", options={"gtol": 1e-10}).x
+    return {name: fitted[i] - fitted.mean() for name, i in index.items()}
+
+
+def test_bradley_terry_strengths_are_the_penalised_likelihoods_optimum_and_ties_carry_no_preference():
+    pairs = [("a", "b")] * 7 + [("b", "a")] * 3 + [("b", "c")] * 6 + [("c", "b")] * 2 + [("a", "c")] * 5 + [("c", "a")] * 1
+    votes = [vote(i, "r", winner, systems=tuple(sorted((winner, loser))), flip=i % 2 == 0) for i, (winner, loser) in enumerate(pairs)]
+    votes += [vote(100 + i, "r", "tie", systems=("a", "c")) for i in range(4)] + [vote(200, "r", "both_bad", systems=("b", "c"))]
+    fitted = bradley_terry(votes, bootstrap=200, seed=3)
+    expected = penalised_fit_by_hand(["a", "b", "c"], pairs)
+    for name in "abc":
+        assert fitted[name]["strength"] == pytest.approx(expected[name], abs=1e-4)  # choix's tolerance 1e-5 on the gradient
+        assert fitted[name]["low"] < fitted[name]["strength"] < fitted[name]["high"]
+    assert fitted["a"]["strength"] > fitted["b"]["strength"] > fitted["c"]["strength"]
+    assert bradley_terry(votes, bootstrap=200, seed=3) == fitted and bradley_terry(votes, bootstrap=200, seed=4) != fitted
+
+
+def test_two_systems_strength_gap_is_the_log_odds_of_their_wins():
+    """With two systems the likelihood's optimum is exp(s_a - s_b) = wins_a / wins_b; the penalty shrinks it a little."""
+    votes = [vote(i, "r", "a") for i in range(8)] + [vote(10 + i, "r", "b", flip=True) for i in range(2)]
+    fitted = bradley_terry(votes, bootstrap=50)
+    assert fitted["a"]["strength"] - fitted["b"]["strength"] == pytest.approx(math.log(4), abs=0.02)
+    with pytest.raises(UserError, match="at least two systems"):
+        bradley_terry([Vote("1", "r", "a", "a", "tie")], bootstrap=1)
+
+
+def test_pair_outcomes_count_each_pairs_votes_from_its_first_systems_side():
+    votes = ([vote(i, "r", "a", flip=i % 2 == 0) for i in range(5)] + [vote(10, "r", "b"), vote(11, "r", "tie"), vote(12, "r", "both_bad", flip=True)]
+             + [vote(20, "r", "c", systems=("c", "a"))])
+    ab, ac = pair_outcomes(votes)
+    assert (ab.system, ab.other, ab.wins.count, ab.ties.count, ab.both_bad.count, ab.losses.count) == ("a", "b", 5, 1, 1, 1)
+    assert ab.wins.total == 8 and ab.wins.rate == 5 / 8 and (ab.wins.low, ab.wins.high) == (wilson(5, 8).low, wilson(5, 8).high)
+    assert (ac.system, ac.other, ac.wins.count, ac.losses.count) == ("a", "c", 0, 1)
+
+
+def test_position_bias_is_how_often_the_left_answer_wins_among_decisive_votes():
+    votes = [Vote(str(i), "r", "a", "b", choice) for i, choice in enumerate(["left"] * 6 + ["right"] * 2 + ["tie", "both_bad"])]
+    bias = position_bias(votes)
+    assert (bias.count, bias.total) == (6, 8)
+
+
+def test_a_metric_agrees_where_it_scores_the_raters_majority_answer_higher():
+    votes = [vote(1, "r1", "a"), vote(1, "r2", "a", flip=True), vote(1, "r3", "b"),  # majority a
+             vote(2, "r1", "b"), vote(2, "r2", "b"),  # majority b
+             vote(3, "r1", "a"), vote(3, "r2", "b"),  # no majority: left out
+             vote(4, "r1", "tie"), vote(4, "r2", "tie"),  # no system preferred: left out
+             vote(5, "r1", "a")]  # the metric scores both alike: left out
+    scores = {"1": {"a": 0.6, "b": 0.2}, "2": {"a": 0.5, "b": 0.1}, "3": {"a": 0.1, "b": 0.9}, "4": {"a": 0.3, "b": 0.2},
+              "5": {"a": 0.4, "b": 0.4}}
+    agreeing = metric_agreement(votes, scores)
+    assert (agreeing.count, agreeing.total) == (1, 2)
+
+
+def test_a_vote_outside_the_choices_is_one_sentence():
+    with pytest.raises(UserError, match=r"rater 'r' on item '7' is 'better'; a choice is one of left, right, tie, both_bad\."):
+        Vote("7", "r", "a", "b", "better")
