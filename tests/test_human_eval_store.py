@@ -1,0 +1,133 @@
+"""Rating sessions: items from evaluate steps' predictions, assignments, and the SQLite store's guarantees
+(every acknowledged vote survives a SIGKILL, a repeated submission counts once, concurrent raters all count)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from forked import exited_cleanly, start_child, wait_children
+
+from components.errors import UserError
+from components.human_eval.session import assign, items_from_evaluation, items_from_evaluations, sample_items
+from components.human_eval.store import RatingStore
+
+ROWS = [("Переведи.", f"текст {i}", f"ответ {i}") for i in range(12)]
+
+
+def predictions(path, prediction: str, base: str | None = "база", rows=ROWS):
+    frame = pd.DataFrame(rows, columns=["instruction", "input", "output"])
+    frame["prediction"] = [f"{prediction} {i}" for i in range(len(rows))]
+    if base is not None:
+        frame["base_prediction"] = [f"{base} {i}" for i in range(len(rows))]
+    frame.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_one_evaluation_pairs_the_tuned_model_with_its_base_and_several_pair_every_two(tmp_path):
+    [first, *_] = items = items_from_evaluation(predictions(tmp_path / "p.tsv", "тюн"))
+    assert len(items) == len(ROWS)
+    assert (first.system_a, first.answer_a, first.system_b, first.answer_b, first.reference) == ("tuned", "тюн 0", "base", "база 0", "ответ 0")
+    named = {name: predictions(tmp_path / f"{name}.tsv", name, base=None) for name in ("r8", "r16", "r32")}
+    items = items_from_evaluations(named)
+    assert len(items) == 3 * len(ROWS)
+    assert {(i.system_a, i.system_b) for i in items} == {("r16", "r32"), ("r16", "r8"), ("r32", "r8")}
+    assert all(i.answer_a == f"{i.system_a} {i.row}" and i.answer_b == f"{i.system_b} {i.row}" for i in items)
+
+
+def test_evaluations_of_other_rows_or_without_the_base_are_one_sentence(tmp_path):
+    other_rows = predictions(tmp_path / "b.tsv", "b", rows=ROWS[:5] + [("Другое.", "x", "y")] + ROWS[6:])
+    with pytest.raises(UserError, match=r"b\.tsv and .*a\.tsv differ at test row 5 \(line 7\): compare evaluations of the same test rows"):
+        items_from_evaluations({"a": predictions(tmp_path / "a.tsv", "a"), "b": other_rows})
+    with pytest.raises(UserError, match="holds no base_prediction column"):
+        items_from_evaluation(predictions(tmp_path / "c.tsv", "c", base=None))
+
+
+def test_each_item_goes_to_overlap_raters_evenly_with_seeded_orders_and_sides(tmp_path):
+    items = sample_items(items_from_evaluation(predictions(tmp_path / "p.tsv", "t")), 10, seed=1)
+    assert len(items) == 10 and items != sample_items(items_from_evaluation(predictions(tmp_path / "q.tsv", "t")), 10, seed=2)
+    assignments = assign(items, ["ann", "bob", "eve"], overlap=2, seed=5)
+    per_item = Counter(a.item_id for a in assignments)
+    assert set(per_item.values()) == {2} and len(per_item) == 10
+    assert all(len({a.rater for a in assignments if a.item_id == item}) == 2 for item in per_item)
+    assert sorted(Counter(a.rater for a in assignments).values()) == [6, 7, 7]
+    assert {a.left_system for a in assignments} == {"tuned", "base"}
+    assert assign(items, ["ann", "bob", "eve"], overlap=2, seed=5) == assignments != assign(items, ["ann", "bob", "eve"], overlap=2, seed=6)
+    with pytest.raises(UserError, match="--overlap must be between 1 and the number of raters"):
+        assign(items, ["ann"], overlap=2, seed=0)
+
+
+@pytest.fixture
+def store(tmp_path) -> RatingStore:
+    items = items_from_evaluation(predictions(tmp_path / "p.tsv", "тюн"))
+    return RatingStore.create(tmp_path / "session.db", items, assign(items, ["ann", "bob"], overlap=2, seed=3), {"seed": "3"})
+
+
+def test_a_rater_continues_where_they_stopped_and_a_repeated_vote_counts_once(store):
+    tokens = store.tokens()
+    assert len(set(tokens.values())) == 2 and all(len(token) >= 20 for token in tokens.values())
+    assert store.rater_of(tokens["ann"]) == "ann" and store.rater_of("guess") is None
+    shown = store.next_item("ann")
+    assert store.record_vote("ann", shown.item_id, "left", "лучше") is True
+    assert store.record_vote("ann", shown.item_id, "right") is False  # a resent request: the first vote stays
+    assert store.progress("ann") == (1, len(ROWS)) and store.next_item("ann").position == shown.position + 1
+    reopened = RatingStore(store.path)  # a restarted server
+    assert reopened.next_item("ann").position == shown.position + 1
+    [stored] = reopened.votes()
+    assert (stored.rater, stored.item, stored.choice) == ("ann", shown.item_id, "left")
+    row = int(shown.item_id.split(":")[0])
+    left_system = stored.left
+    assert shown.left_answer == (f"тюн {row}" if left_system == "tuned" else f"база {row}")  # the page's left is the vote's left
+    assert stored.preferred == left_system
+    with pytest.raises(UserError, match="not assigned to rater 'ann'"):
+        store.record_vote("ann", "nonsense", "tie")
+    with pytest.raises(UserError, match="A vote is one of left, right, tie, both_bad"):
+        store.record_vote("bob", shown.item_id, "better")
+    with pytest.raises(UserError, match="already exists"):
+        RatingStore.create(store.path, [], [], {})
+
+
+def test_every_acknowledged_vote_survives_a_sigkill_at_any_moment(store):
+    """A child votes as fast as it can and acknowledges each vote on a pipe once record_vote returned; it is killed
+    after a while, mid-write or between writes. Every acknowledged vote is in the file (at most one more, unacknowledged)."""
+    bobs_votes = lambda: len([v for v in RatingStore(store.path).votes() if v.rater == "bob"])  # noqa: E731
+    for delay in (0.05, 0.13, 0.21):
+        before = bobs_votes()
+        read_end, write_end = os.pipe()
+
+        def vote_everything():
+            os.close(read_end)
+            while (shown := store.next_item("bob")) is not None:
+                store.record_vote("bob", shown.item_id, "tie")
+                os.write(write_end, b"\n")
+            time.sleep(60)
+
+        pid = start_child(vote_everything)
+        os.close(write_end)
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        acknowledged = 0
+        while chunk := os.read(read_end, 1 << 16):
+            acknowledged += chunk.count(b"\n")
+        os.close(read_end)
+        stored = bobs_votes() - before
+        assert acknowledged <= stored <= acknowledged + 1
+        if before + stored == len(ROWS):
+            break
+    assert before + stored > 0
+
+
+def test_concurrent_raters_never_overwrite_each_other(store):
+    def vote_all(rater: str, choice: str):
+        return lambda: [store.record_vote(rater, shown.item_id, choice) for shown in iter(lambda: store.next_item(rater), None)]
+
+    statuses = wait_children([start_child(vote_all("ann", "left")), start_child(vote_all("bob", "right"))])
+    assert all(exited_cleanly(status) for status in statuses)
+    votes = store.votes()
+    assert Counter((v.rater, v.choice) for v in votes) == {("ann", "left"): len(ROWS), ("bob", "right"): len(ROWS)}
