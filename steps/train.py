@@ -138,14 +138,19 @@ def run(args: argparse.Namespace, task) -> dict | None:
     # Before the model loads, so that a wrong --resume fails at once; the first machine's rank 0 sends the checkpoint to all.
     resume_from = checkpoint_to_resume(args, task) if node_rank == 0 else None
     tokenized = tokenized_input(args)
-    load_splits(tokenized, args.model)  # a wrong folder fails here, before any rank starts
-    load_tokenizer(args.model)  # builds the tiny model once, before the ranks read it
+    inputs = load_inputs(tokenized, args.model)  # a wrong folder fails here, before any rank starts; the tiny model is built once
     if args.nproc_per_node == 1:
-        return train_on_rank(args, tokenized, task, resume_from)
+        return train_on_rank(args, inputs, task, resume_from)
     # The other ranks get rank 0's values (on an agent: the task's), with the data as the folder fetched here.
     rank_arguments = {**vars(args), "data_dir": str(tokenized), "preprocess_task_id": None}
     with LocalRanks(args.nproc_per_node, "steps.train:local_rank", rank_arguments, node_rank=node_rank, nodes=args.nodes):
-        return train_on_rank(args, tokenized, task, resume_from)
+        return train_on_rank(args, inputs, task, resume_from)
+
+
+def load_inputs(tokenized: Path, model: str) -> tuple:
+    """The tokenized train and validation splits and the model's tokenizer."""
+    train_split, validation_split = load_splits(tokenized, model)
+    return train_split, validation_split, load_tokenizer(model)
 
 
 def join_nodes(args: argparse.Namespace, task) -> int:
@@ -173,26 +178,29 @@ def join_nodes(args: argparse.Namespace, task) -> int:
 def local_rank(args: argparse.Namespace) -> None:
     """A rank started by --nproc-per-node (components/distributed/worker.py): rank 0's arguments, no ClearML."""
     args.output_dir = Path(args.output_dir)
-    train_on_rank(args, Path(args.data_dir))
+    train_on_rank(args)
 
 
-def train_on_rank(args: argparse.Namespace, tokenized: Path | None, task=None, resume_from: Path | None = None) -> dict | None:
-    """Join the run's ranks and train; rank 0 (with ``task``) then saves, uploads and registers. Other ranks return None."""
+def train_on_rank(args: argparse.Namespace, inputs: tuple | None = None, task=None, resume_from: Path | None = None) -> dict | None:
+    """Join the run's ranks and train; rank 0 (with ``task``) then saves, uploads and registers. Other ranks return None.
+
+    ``inputs`` (:func:`load_inputs`) come from the process that owns the task; the other ranks load their own.
+    """
     world = join_world(args.join_timeout)
     try:
         world.barrier()  # rank 0 has fetched the inputs and built the tiny model before any other rank reads them
-        if tokenized is None:  # a rank > 0 started by torchrun: fetch them here (from ClearML's cache)
-            prepare_clearml(args.local)
-            tokenized = tokenized_input(args)
-        return _train(args, tokenized, task, resume_from, world)
+        if inputs is None:
+            if args.preprocess_task_id:  # a rank > 0 started by torchrun: the artifact from ClearML (its cache)
+                prepare_clearml(args.local)
+            inputs = load_inputs(tokenized_input(args), args.model)
+        return _train(args, inputs, task, resume_from, world)
     finally:
         leave_world()
 
 
-def _train(args: argparse.Namespace, tokenized: Path, task, resume_from: Path | None, world: World) -> dict | None:
+def _train(args: argparse.Namespace, inputs: tuple, task, resume_from: Path | None, world: World) -> dict | None:
     settings, config = adapter_settings(args), train_config(args)
-    train_split, validation_split = load_splits(tokenized, args.model)
-    tokenizer = load_tokenizer(args.model)
+    train_split, validation_split, tokenizer = inputs
     torch.manual_seed(args.seed)
     model = apply_adapter_settings(load_base_model(args.model), settings)
     model.to(torch.device("cuda", world.local_rank) if torch.cuda.is_available() else "cpu")
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         args = build_parser().parse_args(argv)
         args.output_dir = Path(args.output_dir or tempfile.gettempdir())  # rank 0 alone writes there
         with tracking.failures_end_the_process():
-            train_on_rank(args, None)
+            train_on_rank(args)
         return None
     return tracking.run_step("train", "training", build_parser, run, argv)
 

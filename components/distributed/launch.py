@@ -55,15 +55,13 @@ class LocalRanks:
         world_size = nproc_per_node * nodes
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
-        shared = {"WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(nproc_per_node)}
-        os.environ.update(shared, RANK=str(node_rank * nproc_per_node), LOCAL_RANK="0")
+        os.environ.update(WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(nproc_per_node), RANK=str(node_rank * nproc_per_node), LOCAL_RANK="0")
         self.processes: dict[int, subprocess.Popen] = {}
         self.forwarders: list[threading.Thread] = []
         python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         for local_rank in range(1, nproc_per_node):
             rank = node_rank * nproc_per_node + local_rank
-            environment = {**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(local_rank), "PYTHONPATH": python_path,
-                           "PYTHONUNBUFFERED": "1"}
+            environment = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(local_rank), "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"}
             process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, entry, json.dumps(arguments, default=str)],
                 env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

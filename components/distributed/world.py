@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,23 +92,17 @@ class World:
                 dist.barrier()
 
 
-class _peers_alive:
+@contextmanager
+def _peers_alive(world: World) -> Iterator[None]:
     """Turns a collective broken by a lost peer into one sentence."""
-
-    def __init__(self, world: World):
-        self.world = world
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is not None and isinstance(error, (RuntimeError, dist.DistError)):
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise RankLostError(
-                f"Rank {self.world.rank} of {self.world.size} lost its peers ({first_line[:200]}): another rank stopped, "
-                "and its own output above says why; rerun with --resume to continue from the last checkpoint."
-            ) from None
-        return False
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RankLostError(
+            f"Rank {world.rank} of {world.size} lost its peers ({first_line[:200]}): another rank stopped, "
+            "and its own output above says why; rerun with --resume to continue from the last checkpoint."
+        ) from None
 
 
 def world_from_environment() -> World:
