@@ -114,6 +114,12 @@ class RatingStore:
         left, right = (answer_a, answer_b) if left_system == system_a else (answer_b, answer_a)
         return Shown(position, item_id, instruction, text, left, right)
 
+    def item_at(self, rater: str, position: int) -> str | None:
+        """The item a rater was shown at ``position`` (the page posts positions: item ids name the systems)."""
+        with self._connection() as connection:
+            found = connection.execute("SELECT item_id FROM assignments WHERE rater = ? AND position = ?", (rater, position)).fetchone()
+        return found[0] if found else None
+
     def record_vote(self, rater: str, item_id: str, choice: str, comment: str = "") -> bool:
         """Store a vote durably; True when it is new, False when this rater's vote on the item was already stored.
 
@@ -129,11 +135,35 @@ class RatingStore:
                 raise UserError(f"Item {item_id!r} is not assigned to rater {rater!r}.") from None
         return inserted == 1
 
-    def votes(self) -> list[Vote]:
-        """Every stored vote, with the left/right order its rater saw."""
+    def all_progress(self) -> dict[str, tuple[int, int]]:
+        """Rater name -> (items voted, items assigned)."""
         with self._connection() as connection:
             rows = connection.execute(
-                "SELECT v.item_id, v.rater, a.left_system, CASE WHEN a.left_system = i.system_a THEN i.system_b ELSE i.system_a END, v.choice "
+                "SELECT a.rater, count(v.item_id), count(*) FROM assignments a "
+                "LEFT JOIN votes v ON v.rater = a.rater AND v.item_id = a.item_id GROUP BY a.rater ORDER BY a.rater").fetchall()
+        return {rater: (done, total) for rater, done, total in rows}
+
+    def items(self) -> list[PairItem]:
+        with self._connection() as connection:
+            rows = connection.execute("SELECT * FROM items ORDER BY row, id").fetchall()
+        return [PairItem(*row) for row in rows]
+
+    def ratings(self) -> list[dict[str, str | int]]:
+        """Every vote with the order its rater saw, the system preferred, the comment, the time and the item's texts."""
+        with self._connection() as connection:
+            connection.row_factory = sqlite3.Row
+            rows = connection.execute(
+                "SELECT v.item_id AS item, i.row, v.rater, a.position, a.left_system, "
+                "CASE WHEN a.left_system = i.system_a THEN i.system_b ELSE i.system_a END AS right_system, v.choice, "
+                "v.comment, v.voted_at, i.instruction, i.input, i.reference, i.system_a, i.answer_a, i.system_b, i.answer_b "
                 "FROM votes v JOIN assignments a ON a.rater = v.rater AND a.item_id = v.item_id JOIN items i ON i.id = v.item_id "
                 "ORDER BY v.rater, a.position").fetchall()
-        return [Vote(*row) for row in rows]
+        ratings = []
+        for row in map(dict, rows):
+            vote = Vote(row["item"], row["rater"], row["left_system"], row["right_system"], row["choice"])
+            ratings.append({**row, "preferred": vote.preferred})
+        return ratings
+
+    def votes(self) -> list[Vote]:
+        """Every stored vote, with the left/right order its rater saw."""
+        return [Vote(r["item"], r["rater"], r["left_system"], r["right_system"], r["choice"]) for r in self.ratings()]
