@@ -327,9 +327,21 @@ def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: 
             f"Model {name!r} was stored at {uri}, a path on this machine only; set sdk.development.default_output_uri "
             "in clearml.conf (or the task's output destination) to a files server or bucket."
         )
-    for key, value in metadata.items():
-        if key != "config":
-            model.set_metadata(key, str(value), v_type=type(value).__name__)
+    add_model_metadata(model, {key: value for key, value in metadata.items() if key != "config"})
     if publish:
         model.publish()
     return model.id
+
+
+@_ClearMLClock.measure
+def registered_models_of(train_task_id: str) -> list:
+    """The models the register step registered from a train task's adapter (its ``train_task_id`` metadata); server only."""
+    from clearml import Model
+
+    return Model.query_models(project_name=CLEARML_PROJECT, metadata={"train_task_id": train_task_id}, include_archived=False)
+
+
+@_ClearMLClock.measure
+def add_model_metadata(model, metadata: dict[str, Any]) -> None:
+    for key, value in metadata.items():
+        model.set_metadata(key, str(value), v_type=type(value).__name__)

@@ -66,6 +66,9 @@ LOCAL_ANYWHERE = "tests/test_launch_checks.py::test_local_runs_offline_even_with
 EVALUATE_FLAGS = "tests/test_steps.py::test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_references"
 EVERY_TRAINING_OPTION = "tests/test_steps.py::test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training"
 PIPELINE_PARAMETERS = "tests/test_agent_rerun.py::test_every_pipeline_parameter_reaches_every_step_it_sets"
+RATED_TINY_PIPELINE = "tests/test_human_eval_command.py::test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the_task_holds_the_verdict"
+LABEL_STUDIO_ROUND_TRIP = "tests/test_human_eval_command.py::test_a_session_goes_to_label_studio_and_its_export_comes_back_into_the_same_statistics"
+SESSION_OPTIONS = "tests/test_human_eval_command.py::test_a_session_continues_with_its_options_and_refuses_others"
 SWEEP_ON_GIVEN_DATA = "tests/test_hpo.py::test_a_failing_trial_is_recorded_and_the_sweep_goes_on"
 
 
@@ -148,6 +151,21 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--publish": "tests/test_server_options.py::test_register_names_the_model_and_leaves_it_a_draft_without_publish",
         "--local": LOCAL_ANYWHERE,
         "--output-dir": REGISTERED,
+    },
+    "steps/rate.py": {
+        "--evaluate-task-ids": RATED_TINY_PIPELINE,
+        "--predictions": LABEL_STUDIO_ROUND_TRIP,
+        "--raters": RATED_TINY_PIPELINE,
+        "--overlap": SESSION_OPTIONS,
+        "--items": LABEL_STUDIO_ROUND_TRIP,
+        "--seed": SESSION_OPTIONS,
+        "--session": SESSION_OPTIONS,
+        "--host": RATED_TINY_PIPELINE,
+        "--port": "tests/test_human_eval_browser.py::test_a_rater_votes_with_the_keyboard_through_a_server_kill_and_each_vote_is_stored_once",
+        "--label-studio-export": LABEL_STUDIO_ROUND_TRIP,
+        "--label-studio-import": LABEL_STUDIO_ROUND_TRIP,
+        "--local": LOCAL_ANYWHERE,
+        "--output-dir": RATED_TINY_PIPELINE,
     },
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",

@@ -185,6 +185,7 @@ LOCAL_RUNS = {
     "steps/train.py": (["--preprocess-task-id", "offline-missing", "--model", "tiny"], "offline-missing"),
     "steps/evaluate.py": (["--model-dir", "missing-model", "--test-tsv", "data/sample/test.tsv"], "missing-model"),
     "steps/register.py": (["--candidates", "offline-missing"], "offline-missing"),
+    "steps/rate.py": (["--evaluate-task-ids", "offline-missing"], "offline-missing"),
     "pipelines/run_pipeline.py": (["--preset", "tiny", "--train-tsv", "missing.tsv"], "missing.tsv"),
     "pipelines/run_hpo.py": (["--preset", "tiny", "--preprocess-task-id", "offline-missing"], "offline-missing"),
 }

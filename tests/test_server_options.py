@@ -48,6 +48,10 @@ train = Task.create(project_name=project, task_name="train", task_type="training
 tracking.upload_path(train, "adapter", adapter)
 evaluate = Task.create(project_name=project, task_name="evaluate", task_type="testing")
 tracking.upload_json(evaluate, "evaluation", {"metrics": {"chrf": 0.5, "bleu": 0.25}, "train_task_id": train.id}, work)
+predictions = work / "predictions.tsv"  # as the evaluate step writes them, with the untuned base's
+predictions.write_text("instruction\\tinput\\toutput\\tprediction\\tbase_prediction\\n"
+                       + "".join(f"Ответь.\\tвопрос {i}\\tответ {i}\\tтюн {i}\\tбаза {i}\\n" for i in range(4)), encoding="utf-8")
+tracking.upload_path(evaluate, "predictions", predictions)
 for task in (train, evaluate):
     task.mark_started(force=True)
     task.mark_completed(force=True)
@@ -184,3 +188,27 @@ def test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project
     assert (optimizer["type"], optimizer["project"], optimizer["status"], optimizer["status_reason"]) == (
         "optimizer", project_id(api, project), "failed", message)
     assert api.hyperparameter(optimizer["id"], "Args", "cpu_queue") == "cpu2"  # what the optimizer enqueues register on
+
+
+def test_a_rating_session_adds_the_human_win_rate_to_the_registered_model(user_shell, api, tmp_path):
+    created = run(user_shell, "-c", CANDIDATE_SCRIPT).stdout
+    [ids] = [json.loads(line.removeprefix("IDS=")) for line in created.splitlines() if line.startswith("IDS=")]
+    registered = run(user_shell, "steps/register.py", "--candidates", ids["evaluate"], "--output-dir", str(tmp_path / "register"))
+    model_id = json.loads((tmp_path / "register" / "result.json").read_text())["outputs"]["model_id"]
+    assert registered.returncode == 0 and model_id
+    session = ["steps/rate.py", "--evaluate-task-ids", ids["evaluate"], "--session", str(tmp_path / "session.sqlite")]
+    run(user_shell, *session, "--label-studio-export", str(tmp_path / "project"))
+    tasks = json.loads((tmp_path / "project" / "tasks.json").read_text())
+    # One annotator prefers the fine-tuned answer on three of the four pairs.
+    export = [{"id": n, **task, "annotations": [{"completed_by": 1, "was_cancelled": False, "result": [
+        {"from_name": "preference", "to_name": "preference", "type": "pairwise",
+         "value": {"selected": ("left" if task["data"]["left"].startswith("тюн") else "right") if n < 3 else
+                   ("right" if task["data"]["left"].startswith("тюн") else "left")}}]}]} for n, task in enumerate(tasks)]
+    (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False))
+    rated = run(user_shell, *session, "--label-studio-import", str(tmp_path / "export.json"), "--output-dir", str(tmp_path / "rate"))
+    assert f"Registered model {model_id}: its human win rate is in its metadata." in rated.stdout
+    rate_task_id = json.loads((tmp_path / "rate" / "result.json").read_text())["task_id"]
+    [model] = [m for m in api.call("models.get_all")["models"] if m["id"] == model_id]
+    metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
+    assert (float(metadata["human_win_rate"]), metadata["human_votes"], metadata["human_evaluation_task_id"]) == (0.75, "4", rate_task_id)
+    assert api.task(rate_task_id)["type"] == "qc"
