@@ -69,6 +69,7 @@ PIPELINE_PARAMETERS = "tests/test_agent_rerun.py::test_every_pipeline_parameter_
 RATED_TINY_PIPELINE = "tests/test_human_eval_command.py::test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the_task_holds_the_verdict"
 LABEL_STUDIO_ROUND_TRIP = "tests/test_human_eval_command.py::test_a_session_goes_to_label_studio_and_its_export_comes_back_into_the_same_statistics"
 SESSION_OPTIONS = "tests/test_human_eval_command.py::test_a_session_continues_with_its_options_and_refuses_others"
+EXPORTED = "tests/test_export.py::test_a_stock_runtime_generates_what_the_adapter_model_generates"
 SWEEP_ON_GIVEN_DATA = "tests/test_hpo.py::test_a_failing_trial_is_recorded_and_the_sweep_goes_on"
 
 
@@ -166,6 +167,13 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--label-studio-import": LABEL_STUDIO_ROUND_TRIP,
         "--local": LOCAL_ANYWHERE,
         "--output-dir": RATED_TINY_PIPELINE,
+    },
+    "steps/export.py": {
+        "--register-task-id": EXPORTED,
+        "--model-dir": "tests/test_export.py::test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt",
+        "--max-input-length": EXPORTED,
+        "--local": LOCAL_ANYWHERE,
+        "--output-dir": EXPORTED,
     },
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",

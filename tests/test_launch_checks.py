@@ -186,6 +186,7 @@ LOCAL_RUNS = {
     "steps/evaluate.py": (["--model-dir", "missing-model", "--test-tsv", "data/sample/test.tsv"], "missing-model"),
     "steps/register.py": (["--candidates", "offline-missing"], "offline-missing"),
     "steps/rate.py": (["--evaluate-task-ids", "offline-missing"], "offline-missing"),
+    "steps/export.py": (["--register-task-id", "offline-missing"], "offline-missing"),
     "pipelines/run_pipeline.py": (["--preset", "tiny", "--train-tsv", "missing.tsv"], "missing.tsv"),
     "pipelines/run_hpo.py": (["--preset", "tiny", "--preprocess-task-id", "offline-missing"], "offline-missing"),
 }

@@ -36,3 +36,12 @@ def assert_same_gradient(got: torch.Tensor, want: torch.Tensor, name: str) -> No
 # n u |terms| ~ 64 * 6e-8 ~ 4e-6 per layer, under atol. Merging folds (alpha/r) B A into W0: one more
 # rounding of every weight (u relative), so merged against unmerged outputs get MERGED_RTOL and MERGED_ATOL.
 MERGED_RTOL, MERGED_ATOL = 1e-4, 1e-5
+
+
+# The exported plain checkpoint against the adapter model it came from: the same float32 weights (LoRA merged
+# the same way, then saved and loaded bit for bit) and the same operations, except that the LM head's matmul has
+# the prompt's extra columns, which may change how a CPU blocks the dot products of the others (each a sum of
+# d_model products, moved by at most d_model * u of the sum of their magnitudes). Logits over the original
+# vocabulary, in units of the largest logit: 1e-5 covers d_model up to 1024 with a tenfold margin; a missing
+# LoRA merge or prompt moves them by percent. Beam scores are sums of such log-probabilities over a few steps.
+EXPORT_LOGITS_RTOL = 1e-5

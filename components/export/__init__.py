@@ -1,0 +1,5 @@
+"""Export: a fine-tuned adapter folder as a model any stock runtime serves.
+
+- :mod:`components.export.plain_checkpoint`: a plain Hugging Face ``T5ForConditionalGeneration`` checkpoint, the
+  LoRA updates merged into ``q``/``v`` and the prompt as added vocabulary tokens that the tokenizer prepends.
+"""

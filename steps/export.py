@@ -1,0 +1,88 @@
+"""After register: the registered model as a plain Hugging Face checkpoint that any stock runtime serves.
+
+    python steps/export.py --local --register-task-id offline-... --output-dir runs/export
+
+The LoRA updates are merged into the weights and the prompt becomes added tokens that the tokenizer
+puts before every input (components/export/plain_checkpoint.py), so that
+
+    AutoTokenizer.from_pretrained("runs/export/model"), AutoModelForSeq2SeqLM.from_pretrained("runs/export/model")
+
+generate what ``load_finetuned`` generates, with no code from this project. ``generation_config.json``
+holds the decoding the evaluate step used (from the registered folder's evaluation.json; greedy when
+the folder has none), and the folder a model card with the evaluation. It is a few GB for ruT5-large.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import tracking
+from components.cli import ArgumentParser
+from components.export.plain_checkpoint import export_plain_checkpoint
+from components.generation import Decoding
+from components.settings import TokenizationSettings
+
+CARD = """---
+library_name: transformers
+pipeline_tag: text2text-generation
+base_model: {base_model}
+language: ru
+---
+
+# {base_model}, fine-tuned with LoRA (rank {lora_rank}) and prompt tuning ({prompt_length} tokens), merged
+
+A plain `T5ForConditionalGeneration` checkpoint: the LoRA updates are merged into the attention's `q` and `v`
+weights, and the trained prompt is {prompt_length} added tokens (`<prompt_0>` ...) that the tokenizer puts before
+every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did
+({decoding}) and never emits the prompt tokens. Inputs are truncated at {max_input_length} tokens plus the prompt.
+
+## Evaluation
+
+{evaluation}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--register-task-id", help="ClearML task id of the register step (its model artifact is exported)")
+    parser.add_argument("--model-dir", help="instead of a task id: a model folder written by the register or train step")
+    parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length,
+                        help="input tokens (before the prompt) that the exported tokenizer keeps, as the evaluate step does")
+    tracking.add_common_arguments(parser)
+    return parser
+
+
+def model_card(info: dict, evaluation: dict | None) -> str:
+    if evaluation:
+        rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation["metrics"].items())
+        scored = f"On {evaluation['rows']} test rows, {evaluation['decoding']['description']}:\n\n| metric | value |\n|---|---|\n{rows}"
+    else:
+        scored = "Not evaluated: the exported folder had no evaluation.json."
+    return CARD.format(base_model=info["base_model"], lora_rank=info["lora_rank"], prompt_length=len(info["prompt_token_ids"]),
+                       decoding=info["decoding"]["description"], max_input_length=info["max_input_length"], evaluation=scored)
+
+
+def run(args: argparse.Namespace, task) -> dict:
+    model_dir = tracking.upstream_input(args.register_task_id, "model", args.model_dir, ("--register-task-id", "--model-dir"), "a model folder")
+    evaluation_path = model_dir / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text(encoding="utf-8")) if evaluation_path.is_file() else None
+    decoding = evaluation["decoding"] if evaluation else {**asdict(Decoding()), "description": Decoding().describe()}
+    output = args.output_dir / "model"
+    info = export_plain_checkpoint(model_dir, output, decoding=decoding, max_input_length=args.max_input_length)
+    (output / "README.md").write_text(model_card(info, evaluation), encoding="utf-8")
+    print(f"Exported {model_dir} to {output}: a plain checkpoint, prompt tokens {info['prompt_token_ids'][0]}..{info['prompt_token_ids'][-1]}.")
+    return {"model_dir": str(output), **info}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return tracking.run_step("export", "custom", build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    main()

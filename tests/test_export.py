@@ -1,0 +1,106 @@
+"""The tiny pipeline's registered model exported as a plain Hugging Face checkpoint: loaded by a process that
+cannot import this project, it generates token for token what ``load_finetuned`` generates."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+from readme_commands import the_command
+from tolerances import EXPORT_LOGITS_RTOL
+
+from components.data import source_text
+from components.modeling import load_finetuned
+from components.prompt_tuning import extend_attention_mask
+
+MAX_INPUT_LENGTH = 12  # shorter than many test inputs: the export must truncate where the pipeline does
+# Run with ``python -I`` from an empty folder: no project on sys.path, nothing but the stock libraries.
+STOCK_RUNTIME = r"""
+import importlib.util, json, sys
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+assert importlib.util.find_spec("components") is None, "the project is importable"
+torch.set_num_threads(1)
+export, texts, max_new_tokens = sys.argv[1], json.loads(sys.stdin.read()), int(sys.argv[2])
+tokenizer = AutoTokenizer.from_pretrained(export)
+model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
+batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+found = {"tokenizer": type(tokenizer).__name__}
+with torch.no_grad():
+    found["configured"] = model.generate(**batch).tolist()
+    found["greedy"] = model.generate(**batch, num_beams=1, max_new_tokens=max_new_tokens).tolist()
+    beam = model.generate(**batch, num_beams=4, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_scores=True)
+    found["beam"], found["beam_scores"] = beam.sequences.tolist(), beam.sequences_scores.tolist()
+    start = torch.full((len(texts), 1), model.config.decoder_start_token_id)
+    found["logits"] = model(**batch, decoder_input_ids=start).logits[:, 0].tolist()
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_pipeline, clearml_home, tmp_path_factory) -> tuple[Path, dict]:
+    summary = json.loads((tiny_pipeline / "summary.json").read_text())
+    output = tmp_path_factory.mktemp("export")
+    readme = the_command("python steps/export.py").replace("<register task id>", summary["task_ids"]["register"])
+    arguments = shlex.split(readme)[2:]  # the README's command, less "python steps/export.py"
+    assert arguments[arguments.index("--register-task-id") + 1] == summary["task_ids"]["register"]
+    run_script(clearml_home, "steps/export.py", *arguments, "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(output))
+    return output / "model", summary
+
+
+def test_a_stock_runtime_generates_what_the_adapter_model_generates(exported, tiny_pipeline, tmp_path, one_thread):
+    export, summary = exported
+    test = pd.read_csv(tiny_pipeline / "ingest" / "splits" / "test.tsv", sep="\t", dtype=str, keep_default_na=False).head(24)
+    texts = [source_text(i, x) for i, x in zip(test["instruction"], test["input"])]
+    max_new_tokens = summary["parameters"]["max_new_tokens"]
+    stock = subprocess.run([sys.executable, "-I", "-c", STOCK_RUNTIME, str(export), str(max_new_tokens)], input=json.dumps(texts),
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert stock.returncode == 0, stock.stderr[-3000:]
+    found = json.loads(stock.stdout.strip().splitlines()[-1])
+    assert found["tokenizer"] == "TokenizersBackend"
+
+    model, tokenizer = load_finetuned(tiny_pipeline / "register" / "model")
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=MAX_INPUT_LENGTH, return_tensors="pt")
+    assert (encoded["attention_mask"].sum(1) == MAX_INPUT_LENGTH).sum() >= 3  # some inputs are cut
+    prompt_length = model.encoder.embed_tokens.prompt_length
+    inputs = {"input_ids": encoded["input_ids"], "attention_mask": extend_attention_mask(encoded["attention_mask"], prompt_length)}
+    with torch.no_grad():
+        greedy = model.generate(**inputs, num_beams=1, max_new_tokens=max_new_tokens).tolist()
+        beam = model.generate(**inputs, num_beams=4, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_scores=True)
+        logits = model(**inputs, decoder_input_ids=torch.zeros((len(texts), 1), dtype=torch.long)).logits[:, 0]
+    assert found["greedy"] == greedy
+    assert found["beam"] == beam.sequences.tolist()
+    assert summary["parameters"]["decoding"] == "beam" and found["configured"] == found["beam"]  # the evaluation's decoding
+    vocabulary = logits.shape[1]
+    stock_logits = torch.tensor(found["logits"])
+    assert stock_logits.shape[1] == vocabulary + prompt_length
+    torch.testing.assert_close(stock_logits[:, :vocabulary], logits, rtol=0, atol=EXPORT_LOGITS_RTOL * logits.abs().max().item())
+    # Beam search normalises before it suppresses: without renormalize_logits the prompt rows' probability mass
+    # would lower every score (by about 0.01 here, 100 times the tolerance); with it the scores are the adapter model's.
+    torch.testing.assert_close(torch.tensor(found["beam_scores"]), beam.sequences_scores, rtol=0, atol=1e-4)
+    prompt_ids = set(range(vocabulary, vocabulary + prompt_length))
+    assert not prompt_ids & {token for sequence in found["beam"] + found["greedy"] for token in sequence}
+
+
+def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exported, tiny_pipeline, clearml_home, tmp_path):
+    export, _ = exported
+    assert sorted(path.name for path in export.iterdir()) == [
+        "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
+    prompt_length = json.loads((tiny_pipeline / "register" / "model" / "adapter_config.json").read_text())["prompt_length"]
+    assert (tokenizer_config["tokenizer_class"], tokenizer_config["model_max_length"]) == ("PreTrainedTokenizerFast", MAX_INPUT_LENGTH + prompt_length)
+    generation = json.loads((export / "generation_config.json").read_text())
+    vocabulary = json.loads((export / "config.json").read_text())["vocab_size"] - prompt_length
+    assert generation["suppress_tokens"] == list(range(vocabulary, vocabulary + prompt_length)) and generation["renormalize_logits"]
+    # The same registered folder given by path exports the same weights.
+    run_script(clearml_home, "steps/export.py", "--local", "--model-dir", str(tiny_pipeline / "register" / "model"),
+               "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(tmp_path))
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
