@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
@@ -154,7 +155,12 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model: str, setti
 
 def load_adapter_weights(model: nn.Module, weights_path: str | Path) -> None:
     """Copy saved adapter tensors into a model built with the same AdapterSettings."""
-    copy_adapter_tensors(model, load_file(str(weights_path)), weights_path)
+    try:
+        saved = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(f"{weights_path} is not a readable safetensors file ({error}); copy the folder again "
+                             "from the train or register step.") from None
+    copy_adapter_tensors(model, saved, weights_path)
 
 
 def copy_adapter_tensors(model: nn.Module, saved: dict[str, torch.Tensor], weights_path: str | Path) -> None:
@@ -170,7 +176,8 @@ def copy_adapter_tensors(model: nn.Module, saved: dict[str, torch.Tensor], weigh
     with torch.no_grad():
         for name, tensor in saved.items():
             if params[name].shape != tensor.shape:
-                raise ModelLoadError(f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}.")
+                raise ModelLoadError(f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}: "
+                                     f"the adapter was not trained on the base model its {ADAPTER_CONFIG} names.")
             params[name].copy_(tensor)
 
 
@@ -179,6 +186,9 @@ def read_adapter_config(model_dir: str | Path) -> tuple[str, AdapterSettings]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (Path(model_dir) / "config.json").is_file():
+            raise ModelLoadError(f"{model_dir} is a plain model folder (config.json, no {ADAPTER_CONFIG}), such as the export step "
+                                 "writes: load it with AutoModelForSeq2SeqLM, or give the adapter folder of the train or register step.") from None
         raise ModelLoadError(f"{path} not found; --model-dir must be a directory written by the train or register step.") from None
     return config["base_model"], AdapterSettings.from_dict(config)
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from transformers import T5ForConditionalGeneration
 
-from conftest import run_script
+from conftest import run_script, small_t5_config
 from readme_commands import the_command
 from tolerances import EXPORT_LOGITS_RTOL
 
 from components.data import source_text
-from components.modeling import load_finetuned
+from components.export.plain_checkpoint import export_plain_checkpoint
+from components.generation import Decoding
+from components.modeling import ModelLoadError, load_finetuned
 from components.prompt_tuning import extend_attention_mask
 
 MAX_INPUT_LENGTH = 12  # shorter than many test inputs: the export must truncate where the pipeline does
@@ -104,3 +109,21 @@ def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exp
     run_script(clearml_home, "steps/export.py", "--local", "--model-dir", str(tiny_pipeline / "register" / "model"),
                "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(tmp_path))
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
+
+
+def test_bad_input_is_one_sentence_naming_the_file(tiny_pipeline, tmp_path):
+    registered = tiny_pipeline / "register" / "model"
+    corrupted, other_base = shutil.copytree(registered, tmp_path / "corrupted"), shutil.copytree(registered, tmp_path / "other-base")
+    (corrupted / "adapter.safetensors").write_bytes((registered / "adapter.safetensors").read_bytes()[:3000])
+    # The same layers as the tiny base, narrower: every adapter tensor has another shape.
+    T5ForConditionalGeneration(small_t5_config(num_layers=2, num_decoder_layers=2)).save_pretrained(tmp_path / "small-base")
+    config = json.loads((other_base / "adapter_config.json").read_text())
+    (other_base / "adapter_config.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "small-base")}))
+    exported = tmp_path / "exported"
+    export_plain_checkpoint(registered, exported, decoding=asdict(Decoding()) | {"description": ""}, max_input_length=MAX_INPUT_LENGTH)
+    expected = {corrupted: "adapter.safetensors is not a readable safetensors file", other_base: "the adapter was not trained on the base model",
+                exported: "is a plain model folder (config.json, no adapter_config.json)"}
+    for folder, message in expected.items():
+        with pytest.raises(ModelLoadError) as refused:
+            export_plain_checkpoint(folder, tmp_path / "out", decoding={}, max_input_length=MAX_INPUT_LENGTH)
+        assert message in str(refused.value) and str(folder) in str(refused.value) and "\n" not in str(refused.value)
