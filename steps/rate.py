@@ -40,7 +40,7 @@ from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
 from components.human_eval.web import start_server
 
-LINGER_S = 3  # served on after the last vote
+LINGER_S = 1  # served on after the last vote
 SESSION_OPTIONS = ("sources", "raters", "overlap", "items", "seed")  # what makes a session: reopening checks them
 
 
