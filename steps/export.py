@@ -1,6 +1,6 @@
 """After register: the registered model as a plain Hugging Face checkpoint that any stock runtime serves.
 
-    python steps/export.py --local --register-task-id offline-... --output-dir runs/export
+    python steps/export.py --local --register-task-id offline-... --ctranslate2 --output-dir runs/export
 
 The LoRA updates are merged into the weights and the prompt becomes added tokens that the tokenizer
 puts before every input (components/export/plain_checkpoint.py), so that
@@ -10,6 +10,8 @@ puts before every input (components/export/plain_checkpoint.py), so that
 generate what ``load_finetuned`` generates, with no code from this project. ``generation_config.json``
 holds the decoding the evaluate step used (from the registered folder's evaluation.json; greedy when
 the folder has none), and the folder a model card with the evaluation. It is a few GB for ruT5-large.
+``--ctranslate2`` also writes ``runs/export/ctranslate2``, the CTranslate2 conversion of that folder
+(components/export/ctranslate2_model.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.cli import ArgumentParser
+from components.export.ctranslate2_model import convert_to_ctranslate2
 from components.export.plain_checkpoint import export_plain_checkpoint
 from components.generation import Decoding
 from components.settings import TokenizationSettings
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", help="instead of a task id: a model folder written by the register or train step")
     parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length,
                         help="input tokens (before the prompt) that the exported tokenizer keeps, as the evaluate step does")
+    parser.add_argument("--ctranslate2", action="store_true",
+                        help="also convert the export for CTranslate2 (float32; quantize with compute_type when loading) into <output-dir>/ctranslate2")
     tracking.add_common_arguments(parser)
     return parser
 
@@ -77,7 +82,11 @@ def run(args: argparse.Namespace, task) -> dict:
     info = export_plain_checkpoint(model_dir, output, decoding=decoding, max_input_length=args.max_input_length)
     (output / "README.md").write_text(model_card(info, evaluation), encoding="utf-8")
     print(f"Exported {model_dir} to {output}: a plain checkpoint, prompt tokens {info['prompt_token_ids'][0]}..{info['prompt_token_ids'][-1]}.")
-    return {"model_dir": str(output), **info}
+    result = {"model_dir": str(output), **info}
+    if args.ctranslate2:
+        result["ctranslate2_dir"] = str(convert_to_ctranslate2(output, args.output_dir / "ctranslate2"))
+        print(f"Converted it for CTranslate2 into {result['ctranslate2_dir']}.")
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -172,6 +172,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--register-task-id": EXPORTED,
         "--model-dir": "tests/test_export.py::test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt",
         "--max-input-length": EXPORTED,
+        "--ctranslate2": EXPORTED,
         "--local": LOCAL_ANYWHERE,
         "--output-dir": EXPORTED,
     },

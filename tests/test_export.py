@@ -30,11 +30,11 @@ MAX_INPUT_LENGTH = 12  # shorter than many test inputs: the export must truncate
 # Run with ``python -I`` from an empty folder: no project on sys.path, nothing but the stock libraries.
 STOCK_RUNTIME = r"""
 import importlib.util, json, sys
-import torch
+import ctranslate2, torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 assert importlib.util.find_spec("components") is None, "the project is importable"
 torch.set_num_threads(1)
-export, texts, max_new_tokens = sys.argv[1], json.loads(sys.stdin.read()), int(sys.argv[2])
+export, converted, texts, max_new_tokens = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read()), int(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(export)
 model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
 batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
@@ -46,27 +46,44 @@ with torch.no_grad():
     found["beam"], found["beam_scores"] = beam.sequences.tolist(), beam.sequences_scores.tolist()
     start = torch.full((len(texts), 1), model.config.decoder_start_token_id)
     found["logits"] = model(**batch, decoder_input_ids=start).logits[:, 0].tolist()
+# CTranslate2 takes tokens: the converted folder's own copy of the tokenizer makes them, prompt tokens first.
+tokenizer = AutoTokenizer.from_pretrained(converted)
+with open(f"{converted}/generation_config.json") as handle:
+    suppress = [[token] for token in tokenizer.convert_ids_to_tokens(json.load(handle)["suppress_tokens"])]
+sources = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
+translator = ctranslate2.Translator(converted, device="cpu", intra_threads=1)
+results = translator.translate_batch(sources, beam_size=1, max_decoding_length=max_new_tokens, suppress_sequences=suppress)
+found["ctranslate2_greedy"] = [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+found["ctranslate2_prompt"] = sources[0][:len(suppress)] == [token for [token] in suppress]
 print(json.dumps(found))
 """
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_pipeline, clearml_home, tmp_path_factory) -> tuple[Path, dict]:
+    """The README's export command (with ``--ctranslate2``) on the tiny pipeline's registered model: its output folder."""
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     output = tmp_path_factory.mktemp("export")
     readme = the_command("python steps/export.py").replace("<register task id>", summary["task_ids"]["register"])
     arguments = shlex.split(readme)[2:]  # the README's command, less "python steps/export.py"
-    assert arguments[arguments.index("--register-task-id") + 1] == summary["task_ids"]["register"]
+    assert arguments[arguments.index("--register-task-id") + 1] == summary["task_ids"]["register"] and "--ctranslate2" in arguments
     run_script(clearml_home, "steps/export.py", *arguments, "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(output))
-    return output / "model", summary
+    return output, summary
+
+
+def ended(sequence: list[int], eos_token_id: int) -> list[int]:
+    """A ``generate`` output as CTranslate2 gives it: no decoder start token, nothing from the end of sequence on."""
+    new = sequence[1:]
+    return new[: new.index(eos_token_id)] if eos_token_id in new else new
 
 
 def test_a_stock_runtime_generates_what_the_adapter_model_generates(exported, tiny_pipeline, tmp_path, one_thread):
-    export, summary = exported
+    output, summary = exported
+    export = output / "model"
     test = pd.read_csv(tiny_pipeline / "ingest" / "splits" / "test.tsv", sep="\t", dtype=str, keep_default_na=False).head(24)
     texts = [source_text(i, x) for i, x in zip(test["instruction"], test["input"])]
     max_new_tokens = summary["parameters"]["max_new_tokens"]
-    stock = subprocess.run([sys.executable, "-I", "-c", STOCK_RUNTIME, str(export), str(max_new_tokens)], input=json.dumps(texts),
+    stock = subprocess.run([sys.executable, "-I", "-c", STOCK_RUNTIME, str(export), str(output / "ctranslate2"), str(max_new_tokens)], input=json.dumps(texts),
                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert stock.returncode == 0, stock.stderr[-3000:]
     found = json.loads(stock.stdout.strip().splitlines()[-1])
@@ -93,12 +110,20 @@ def test_a_stock_runtime_generates_what_the_adapter_model_generates(exported, ti
     torch.testing.assert_close(torch.tensor(found["beam_scores"]), beam.sequences_scores, rtol=0, atol=1e-4)
     prompt_ids = set(range(vocabulary, vocabulary + prompt_length))
     assert not prompt_ids & {token for sequence in found["beam"] + found["greedy"] for token in sequence}
+    # CTranslate2's greedy search on the converted export: the same tokens.
+    assert found["ctranslate2_prompt"]
+    assert found["ctranslate2_greedy"] == [ended(sequence, tokenizer.eos_token_id) for sequence in greedy]
 
 
 def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exported, tiny_pipeline, clearml_home, tmp_path):
-    export, _ = exported
+    output, _ = exported
+    export = output / "model"
     assert sorted(path.name for path in export.iterdir()) == [
         "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(path.name for path in (output / "ctranslate2").iterdir()) == [
+        "README.md", "config.json", "generation_config.json", "model.bin", "shared_vocabulary.json", "tokenizer.json", "tokenizer_config.json"]
+    for name in ("generation_config.json", "tokenizer.json"):
+        assert (output / "ctranslate2" / name).read_bytes() == (export / name).read_bytes()
     tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
     prompt_length = json.loads((tiny_pipeline / "register" / "model" / "adapter_config.json").read_text())["prompt_length"]
     assert (tokenizer_config["tokenizer_class"], tokenizer_config["model_max_length"]) == ("PreTrainedTokenizerFast", MAX_INPUT_LENGTH + prompt_length)
@@ -109,6 +134,7 @@ def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exp
     run_script(clearml_home, "steps/export.py", "--local", "--model-dir", str(tiny_pipeline / "register" / "model"),
                "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(tmp_path))
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
+    assert not (tmp_path / "ctranslate2").exists()  # converted only when asked
 
 
 def test_bad_input_is_one_sentence_naming_the_file(tiny_pipeline, tmp_path):
