@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import distributed as distributed_benchmark  # noqa: E402
 import generation as generation_benchmark  # noqa: E402
+import serving as serving_benchmark  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -34,3 +35,11 @@ def test_distributed_benchmark_measures_each_rank_count_and_the_efficiency():
     result = distributed_benchmark.main(["--ranks", "1", "2", "--steps", "3", "--batch-size", "2", "--input-length", "8", "--target-length", "8"])
     assert set(result["ranks"]) == {1, 2} and result["ranks"][1]["efficiency"] == 1.0
     assert all(entry["samples_per_s"] > 0 and entry["efficiency"] > 0 for entry in result["ranks"].values())
+
+
+def test_serving_benchmark_rates_each_engine_and_precision_at_batch_1_and_16():
+    result = serving_benchmark.main(["--size", "small", "--texts", "2", "--single-texts", "1", "--max-new-tokens", "2"])
+    engines = {f"{engine}_{precision}" for engine in ("transformers", "ctranslate2") for precision in ("float32", "int8")}
+    assert set(result["new_tokens_per_s"]) == engines
+    assert all(rate["batch_1"] > 0 and rate["batch_16"] > 0 for rate in result["new_tokens_per_s"].values())
+    assert result["greedy_agreement"] == 1.0  # one search on the same weights: a difference is a conversion bug

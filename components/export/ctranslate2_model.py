@@ -20,13 +20,16 @@ import ctranslate2
 from ctranslate2.converters import TransformersConverter
 from transformers import PreTrainedTokenizerBase
 
-# What a CTranslate2 user needs beside model.bin: the tokenizer, and the decoding with its suppressed tokens.
-COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"]
+# What a CTranslate2 user needs beside model.bin: the tokenizer, and the decoding with its suppressed tokens;
+# the model card too, where the export step wrote one.
+COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+MODEL_CARD = "README.md"
 
 
 def convert_to_ctranslate2(export_dir: Path, output_dir: Path) -> Path:
     """Convert the plain checkpoint in ``export_dir`` (float32) into ``output_dir``; the folder written."""
-    converter = TransformersConverter(str(export_dir), copy_files=COPIED_FILES)
+    card = [MODEL_CARD] if (export_dir / MODEL_CARD).is_file() else []
+    converter = TransformersConverter(str(export_dir), copy_files=COPIED_FILES + card)
     return Path(converter.convert(str(output_dir), force=True))
 
 
