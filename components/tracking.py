@@ -308,13 +308,15 @@ def report_metrics(task, metrics: dict[str, float], samples, base_metrics: dict[
 
 
 @_ClearMLClock.measure
-def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False) -> str | None:
+def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False,
+                   parent_id: str | None = None) -> str | None:
     """Register ``folder`` as an output model of ``task`` on the server (offline: skipped, returns None).
 
     The folder is uploaded to the task's output destination before the model is published,
     so a published model always has its weights in storage every machine can reach.
     ClearML's offline mode has no model registry (``OutputModel.update_weights`` fails
-    there); offline the folder is an artifact of the task either way.
+    there); offline the folder is an artifact of the task either way. ``parent_id``: the model
+    this one was made from (the registry's lineage field; the SDK's OutputModel does not set it).
     """
     if task.is_offline():
         return None
@@ -328,9 +330,20 @@ def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: 
             "in clearml.conf (or the task's output destination) to a files server or bucket."
         )
     add_model_metadata(model, {key: value for key, value in metadata.items() if key != "config"})
+    if parent_id:
+        from clearml.backend_api.session.client import APIClient
+
+        APIClient().models.edit(model=model.id, parent=parent_id)
     if publish:
         model.publish()
     return model.id
+
+
+@_ClearMLClock.measure
+def output_model_of(task_id: str):
+    """The model a task registered last (a register step's adapter), or None; server only."""
+    models = get_task(task_id).models["output"]
+    return models[-1] if models else None
 
 
 @_ClearMLClock.measure

@@ -12,6 +12,11 @@ holds the decoding the evaluate step used (from the registered folder's evaluati
 the folder has none), and the folder a model card with the evaluation. It is a few GB for ruT5-large.
 ``--ctranslate2`` also writes ``runs/export/ctranslate2``, the CTranslate2 conversion of that folder
 (components/export/ctranslate2_model.py).
+
+On a server the folder is registered as its own model, tagged "plain checkpoint", with the test
+metrics as metadata; its parent is the adapter model the register task registered, and it is
+published when that one is. That is the model clearml-serving's custom engine serves
+(components/export/clearml_serving_preprocess.py). The CTranslate2 folder is the task's artifact.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from components.export.plain_checkpoint import export_plain_checkpoint
 from components.generation import Decoding
 from components.settings import TokenizationSettings
 
+PLAIN_MODEL_NAME = "ruT5-large LoRA+prompt (plain checkpoint)"  # with --model-dir; else the adapter model's name + " (plain checkpoint)"
 CARD = """---
 library_name: transformers
 pipeline_tag: text2text-generation
@@ -82,11 +88,28 @@ def run(args: argparse.Namespace, task) -> dict:
     info = export_plain_checkpoint(model_dir, output, decoding=decoding, max_input_length=args.max_input_length)
     (output / "README.md").write_text(model_card(info, evaluation), encoding="utf-8")
     print(f"Exported {model_dir} to {output}: a plain checkpoint, prompt tokens {info['prompt_token_ids'][0]}..{info['prompt_token_ids'][-1]}.")
-    result = {"model_dir": str(output), **info}
+    result = {"model_dir": str(output), **info, "model_id": None if task.is_offline() else register(task, args, output, info, evaluation)}
     if args.ctranslate2:
-        result["ctranslate2_dir"] = str(convert_to_ctranslate2(output, args.output_dir / "ctranslate2"))
-        print(f"Converted it for CTranslate2 into {result['ctranslate2_dir']}.")
+        converted = convert_to_ctranslate2(output, args.output_dir / "ctranslate2")
+        if not task.is_offline():
+            tracking.upload_path(task, "ctranslate2", converted)
+        result["ctranslate2_dir"] = str(converted)
+        print(f"Converted it for CTranslate2 into {converted}.")
     return result
+
+
+def register(task, args: argparse.Namespace, output: Path, info: dict, evaluation: dict | None) -> str:
+    """The export in the model registry, its parent the adapter model the register task registered (if any)."""
+    adapter = tracking.output_model_of(args.register_task_id) if args.register_task_id else None
+    metrics = evaluation["metrics"] if evaluation else {}
+    model_id = tracking.register_model(
+        task, f"{adapter.name} (plain checkpoint)" if adapter else PLAIN_MODEL_NAME, output, tags=["plain checkpoint"],
+        metadata={**{f"test_{k}": v for k, v in metrics.items()}, "base_model": info["base_model"], "lora_rank": info["lora_rank"],
+                  "prompt_tokens": len(info["prompt_token_ids"]), "adapter_model_id": adapter.id if adapter else ""},
+        publish=bool(adapter and adapter.published), parent_id=adapter.id if adapter else None)
+    lineage = f"from adapter model {adapter.id}" if adapter else "with no adapter model (given by --model-dir)"
+    print(f"Registered the export as model {model_id}, {lineage}.")
+    return model_id
 
 
 def main(argv: list[str] | None = None) -> dict:

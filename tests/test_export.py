@@ -64,7 +64,7 @@ def exported(tiny_pipeline, clearml_home, tmp_path_factory) -> tuple[Path, dict]
     """The README's export command (with ``--ctranslate2``) on the tiny pipeline's registered model: its output folder."""
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     output = tmp_path_factory.mktemp("export")
-    readme = the_command("python steps/export.py").replace("<register task id>", summary["task_ids"]["register"])
+    readme = the_command("python steps/export.py", "--local").replace("<register task id>", summary["task_ids"]["register"])
     arguments = shlex.split(readme)[2:]  # the README's command, less "python steps/export.py"
     assert arguments[arguments.index("--register-task-id") + 1] == summary["task_ids"]["register"] and "--ctranslate2" in arguments
     run_script(clearml_home, "steps/export.py", *arguments, "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(output))

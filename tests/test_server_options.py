@@ -32,22 +32,27 @@ LOCAL_REMOTE_REFUSED = ("error: The git remote {url} is a path on this machine, 
                         "shared remote, or pass --allow-local-repository if every agent runs on this machine.")
 # An evaluate task whose artifact ``evaluation`` scores the adapter of a train task (its artifact
 # ``adapter``, a folder), as the evaluate and train steps upload them: what steps/register.py reads.
+# The adapter is the folder given as the first argument, or else a folder of placeholder files.
 CANDIDATE_SCRIPT = """
 import json, sys, tempfile
+from dataclasses import asdict
 from pathlib import Path
 from clearml import Task
 from components import tracking
+from components.generation import DECODING_PRESETS
 
 work = Path(tempfile.mkdtemp())
-adapter = work / "adapter"
-adapter.mkdir()
-for name in ("adapter.safetensors", "adapter_config.json", "tokenizer_config.json", "spiece.model"):
-    (adapter / name).write_text(name)
+adapter = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "adapter"
+if len(sys.argv) == 1:
+    adapter.mkdir()
+    for name in ("adapter.safetensors", "adapter_config.json", "tokenizer_config.json", "spiece.model"):
+        (adapter / name).write_text(name)
 project = "ruT5 LoRA+Prompt"
 train = Task.create(project_name=project, task_name="train", task_type="training")
 tracking.upload_path(train, "adapter", adapter)
 evaluate = Task.create(project_name=project, task_name="evaluate", task_type="testing")
-tracking.upload_json(evaluate, "evaluation", {"metrics": {"chrf": 0.5, "bleu": 0.25}, "train_task_id": train.id}, work)
+decoding = {"preset": "greedy", **asdict(DECODING_PRESETS["greedy"]), "description": DECODING_PRESETS["greedy"].describe()}
+tracking.upload_json(evaluate, "evaluation", {"metrics": {"chrf": 0.5, "bleu": 0.25}, "rows": 4, "train_task_id": train.id, "decoding": decoding}, work)
 predictions = work / "predictions.tsv"  # as the evaluate step writes them, with the untuned base's
 predictions.write_text("instruction\\tinput\\toutput\\tprediction\\tbase_prediction\\n"
                        + "".join(f"Ответь.\\tвопрос {i}\\tответ {i}\\tтюн {i}\\tбаза {i}\\n" for i in range(4)), encoding="utf-8")
