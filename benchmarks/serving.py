@@ -59,6 +59,21 @@ def rates(generate, texts: list[str], single_texts: int, new_tokens: int) -> dic
             "tokens": outputs}
 
 
+def transformers_generator(export: Path, tokenizer, precision: str, new_tokens: int):
+    """``generate`` on the exported model in ``precision``: texts -> exactly ``new_tokens`` token ids each."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
+    if precision == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def generate(batch: list[str]) -> list[list[int]]:
+        encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**encoded, num_beams=1, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        return output[:, 1:].tolist()
+
+    return generate
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -76,22 +91,11 @@ def main(argv=None) -> dict:
         suppress = suppressed_tokens(export, tokenizer)
         results = {}
         for precision in ("float32", "int8"):
-            model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
-            if precision == "int8":
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-            def transformers_generate(batch: list[str]) -> list[list[int]]:
-                encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
-                with torch.inference_mode():
-                    output = model.generate(**encoded, num_beams=1, do_sample=False, max_new_tokens=new, min_new_tokens=new)
-                return output[:, 1:].tolist()
-
-            results[f"transformers_{precision}"] = rates(transformers_generate, texts, args.single_texts, new)
+            results[f"transformers_{precision}"] = rates(transformers_generator(export, tokenizer, precision, new), texts, args.single_texts, new)
             translator = ctranslate2.Translator(str(converted), device="cpu", compute_type=precision, intra_threads=threads)
             results[f"ctranslate2_{precision}"] = rates(
                 lambda batch: generate_with_ctranslate2(translator, tokenizer, batch, suppress=suppress, max_new_tokens=new, min_new_tokens=new),
                 texts, args.single_texts, new)
-            del model, translator
     same = sum(a == b for a, b in zip(results["transformers_float32"]["tokens"], results["ctranslate2_float32"]["tokens"]))
     result = {"benchmark": "serving.py", "size": args.size, "device": device_name(torch.device("cpu")), "max_new_tokens": new,
               "texts": args.texts, "single_texts": args.single_texts, "ctranslate2": ctranslate2.__version__,

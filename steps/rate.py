@@ -116,7 +116,7 @@ def print_outside_task_log(text: str) -> None:
     (An agent records the process's output itself: on an agent the links reach the log anyway.)
     """
     sys.stdout.flush()
-    os.write(sys.__stdout__.fileno() if hasattr(sys.__stdout__, "fileno") else 1, text.encode())
+    os.write(1, text.encode())
 
 
 def serve(store: RatingStore, host: str, port: int) -> bool:

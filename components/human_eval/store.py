@@ -31,6 +31,9 @@ CREATE TABLE votes (rater TEXT NOT NULL, item_id TEXT NOT NULL, choice TEXT NOT 
                     PRIMARY KEY (rater, item_id), FOREIGN KEY (rater, item_id) REFERENCES assignments(rater, item_id));
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# The ratings TSV's columns (before "preferred"): the vote, the order its rater saw, the item's texts.
+RATING_COLUMNS = ("item", "row", "rater", "position", "left_system", "right_system", "choice", "comment", "voted_at",
+                  "instruction", "input", "reference", "system_a", "answer_a", "system_b", "answer_b")
 BUSY_TIMEOUT_S = 30  # how long a write waits for another's lock before failing
 
 
@@ -148,22 +151,25 @@ class RatingStore:
             rows = connection.execute("SELECT * FROM items ORDER BY row, id").fetchall()
         return [PairItem(*row) for row in rows]
 
-    def ratings(self) -> list[dict[str, str | int]]:
-        """Every vote with the order its rater saw, the system preferred, the comment, the time and the item's texts."""
+    def _vote_rows(self, extra_columns: str = "") -> list[dict]:
+        """One row per vote (rater order), with the left/right order its rater saw, plus ``extra_columns``."""
         with self._connection() as connection:
             connection.row_factory = sqlite3.Row
             rows = connection.execute(
-                "SELECT v.item_id AS item, i.row, v.rater, a.position, a.left_system, "
-                "CASE WHEN a.left_system = i.system_a THEN i.system_b ELSE i.system_a END AS right_system, v.choice, "
-                "v.comment, v.voted_at, i.instruction, i.input, i.reference, i.system_a, i.answer_a, i.system_b, i.answer_b "
-                "FROM votes v JOIN assignments a ON a.rater = v.rater AND a.item_id = v.item_id JOIN items i ON i.id = v.item_id "
+                "SELECT v.item_id AS item, v.rater, a.left_system, "
+                "CASE WHEN a.left_system = i.system_a THEN i.system_b ELSE i.system_a END AS right_system, v.choice" + extra_columns +
+                " FROM votes v JOIN assignments a ON a.rater = v.rater AND a.item_id = v.item_id JOIN items i ON i.id = v.item_id "
                 "ORDER BY v.rater, a.position").fetchall()
-        ratings = []
-        for row in map(dict, rows):
-            vote = Vote(row["item"], row["rater"], row["left_system"], row["right_system"], row["choice"])
-            ratings.append({**row, "preferred": vote.preferred})
-        return ratings
+        return list(map(dict, rows))
+
+    def ratings(self) -> list[dict[str, str | int]]:
+        """Every vote with the order its rater saw, the system preferred, the comment, the time and the item's texts."""
+        rows = self._vote_rows(", i.row, a.position, v.comment, v.voted_at, i.instruction, i.input, i.reference, "
+                               "i.system_a, i.answer_a, i.system_b, i.answer_b")
+        return [{**{column: row[column] for column in RATING_COLUMNS},
+                 "preferred": Vote(row["item"], row["rater"], row["left_system"], row["right_system"], row["choice"]).preferred}
+                for row in rows]
 
     def votes(self) -> list[Vote]:
-        """Every stored vote, with the left/right order its rater saw."""
-        return [Vote(r["item"], r["rater"], r["left_system"], r["right_system"], r["choice"]) for r in self.ratings()]
+        """Every stored vote, with the left/right order its rater saw (no texts read)."""
+        return [Vote(r["item"], r["rater"], r["left_system"], r["right_system"], r["choice"]) for r in self._vote_rows()]
