@@ -22,7 +22,6 @@ from pathlib import Path
 from common import ROOT, print_json_last
 
 from components.tiny import build_tiny_model
-from pipelines.definition import STEP_NAMES
 
 
 def main(argv=None) -> dict:
@@ -36,7 +35,7 @@ def main(argv=None) -> dict:
     summary = json.loads((output_dir / "summary.json").read_text())
     rows = {}
     print(f"{'step':<11} {'wall s':>7} {'in step s':>10} {'clearml s':>10} {'clearml %':>10}")
-    for name in STEP_NAMES:
+    for name in summary["step_seconds"]:
         seconds = json.loads((output_dir / name / "result.json").read_text())["seconds"]
         wall = summary["step_seconds"][name]
         rows[name] = {"wall_s": wall, "in_step_s": seconds["step"], "clearml_s": seconds["clearml"],

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.settings import PROJECT_ROOT
-from pipelines.definition import STEP_NAMES, STEPS, StepSpec, step_arguments
+from pipelines.definition import STEP_NAMES, StepSpec, run_steps, step_arguments
 
 TEMPLATE_TAG = "template"
 DESCRIPTIONS = {
@@ -35,6 +35,8 @@ DESCRIPTIONS = {
     "lora_rank": "LoRA rank on the attention q and v projections",
     "prompt_length": "number of trainable prompt vectors prepended to the encoder input",
     "metric": "test metric that picks the model to register",
+    "export": "true: after register, export the registered model as a plain Hugging Face checkpoint (a few GB for ruT5-large)",
+    "export_ctranslate2": "true: the export step also converts it for CTranslate2 (needs export true)",
 }
 
 
@@ -168,7 +170,7 @@ def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *
         pipe.add_parameter(name=key, default="" if value is None else value, description=DESCRIPTIONS.get(key))
     references = {key: f"${{pipeline.{key}}}" for key in parameters}
     upstream_ids = {step: f"${{{step}.id}}" for step in STEP_NAMES}
-    for step in STEPS:
+    for step in run_steps(parameters):  # the export step only when the parameter asks for it
         arguments = step_arguments(step.name, references, upstream_ids)
         pipe.add_step(
             name=step.name,
@@ -176,6 +178,6 @@ def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *
             base_task_factory=step_factory(step, project, code),
             execution_queue=queues[step.queue],
             parameter_override={f"Args/{key}": value for key, value in arguments.items()},
-            cache_executed_step=step.name != "register",
+            cache_executed_step=step.cached,
         )
     return pipe

@@ -23,6 +23,8 @@ class StepSpec:
     task_type: str
     queue: str  # "cpu" or "gpu": resolved to a queue name by the runner's flags
     parents: tuple[str, ...]
+    cached: bool = True  # on a server, ClearML reuses an earlier run's task when the step's code and arguments are unchanged
+    asked_by: str | None = None  # the pipeline parameter that puts the step in a run; None: every run has it
 
 
 STEPS = (
@@ -30,10 +32,18 @@ STEPS = (
     StepSpec("preprocess", "steps/preprocess.py", "data_processing", "cpu", ("ingest",)),
     StepSpec("train", "steps/train.py", "training", "gpu", ("preprocess",)),
     StepSpec("evaluate", "steps/evaluate.py", "testing", "gpu", ("train",)),
-    StepSpec("register", "steps/register.py", "custom", "cpu", ("evaluate",)),
+    StepSpec("register", "steps/register.py", "custom", "cpu", ("evaluate",), cached=False),
+    # A few GB for ruT5-large: only when asked.
+    StepSpec("export", "steps/export.py", "custom", "cpu", ("register",), cached=False, asked_by="export"),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 STEP_BY_NAME = {step.name: step for step in STEPS}
+
+
+def run_steps(parameters: Mapping[str, Any]) -> tuple[StepSpec, ...]:
+    """The steps of a run with these pipeline parameters, in order: those no parameter asks for, and those asked for."""
+    return tuple(step for step in STEPS if step.asked_by is None or parameters[step.asked_by])
+
 
 # What a sweep minimises: the validation loss scalar the train step reports (never the test split).
 OBJECTIVE = {"title": "loss", "series": "validation", "sign": "min"}
@@ -43,13 +53,13 @@ def grid_size(space: dict[str, list]) -> int:
     """Combinations of a sweep's search space (swept name -> values): no sweep runs more trials than this."""
     return math.prod(len(values) for values in space.values())
 
-# Pipeline parameter -> the steps whose argument of the same name it sets.
+# Pipeline parameter -> the steps whose argument of the same name it sets (``export`` sets none: it adds the export step).
 PARAMETER_STEPS: dict[str, tuple[str, ...]] = {
     "train_tsv": ("ingest",),
     "test_tsv": ("ingest",),
     "validation_size": ("ingest",),
     "model": ("preprocess", "train"),
-    "max_input_length": ("preprocess", "evaluate"),
+    "max_input_length": ("preprocess", "evaluate", "export"),
     "max_target_length": ("preprocess", "evaluate"),
     "lora_rank": ("train",),
     "lora_alpha": ("train",),
@@ -72,8 +82,10 @@ PARAMETER_STEPS: dict[str, tuple[str, ...]] = {
     "max_test_samples": ("evaluate",),
     "compare_base": ("evaluate",),
     "metric": ("register",),
+    "export": (),
+    "export_ctranslate2": ("export",),
 }
-RENAMED = {("evaluate", "max_test_samples"): "max_samples"}
+RENAMED = {("evaluate", "max_test_samples"): "max_samples", ("export", "export_ctranslate2"): "ctranslate2"}
 
 # Step argument that carries an upstream task id -> the upstream step.
 UPSTREAM_ARGUMENTS: dict[str, dict[str, str]] = {
@@ -81,6 +93,7 @@ UPSTREAM_ARGUMENTS: dict[str, dict[str, str]] = {
     "train": {"preprocess_task_id": "preprocess"},
     "evaluate": {"train_task_id": "train", "ingest_task_id": "ingest"},
     "register": {"candidates": "evaluate"},
+    "export": {"register_task_id": "register"},
 }
 
 

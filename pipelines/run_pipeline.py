@@ -10,6 +10,9 @@ controller task (``Args``), and the controller's re-run on the ``services`` agen
 them back from there. With ``--local``, or no server configured, the same steps run one
 after another on this machine in ClearML's offline mode, each its own offline task,
 handed the upstream task ids exactly as the controller would.
+
+``--export true`` adds a sixth step after register: the registered model as a plain Hugging Face
+checkpoint (steps/export.py; ``--export-ctranslate2 true`` converts it for CTranslate2 too).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
 from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool
 from components.comparison import comparison_table
+from components.errors import UserError
 from components.metrics import PROTOCOL_METRICS
 from components.settings import (
     CLEARML_PROJECT, DECODING, PRECISIONS, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
 )
-from pipelines.definition import PARAMETER_STEPS, STEP_NAMES, STEPS, step_arguments
+from pipelines.definition import PARAMETER_STEPS, StepSpec, run_steps, step_arguments
 from pipelines.local import run_step_locally
 from pipelines.queues import QueueUse, check_queues
 from pipelines.report import HEADLINE_METRICS, write_report
@@ -66,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--precision", choices=PRECISIONS)
     overrides.add_argument("--decoding", choices=("greedy", "beam", "sampling"), help="decoding preset of the evaluate step")
     overrides.add_argument("--metric", choices=PROTOCOL_METRICS, help="test metric that picks the model to register")
+    overrides.add_argument("--export", type=parse_bool, metavar="true|false",
+                           help="after register, export the registered model as a plain Hugging Face checkpoint "
+                                "(steps/export.py; a few GB for ruT5-large; default false)")
+    overrides.add_argument("--export-ctranslate2", type=parse_bool, metavar="true|false",
+                           help="the export step also converts the checkpoint for CTranslate2 (needs --export true; default false)")
     server = parser.add_argument_group("ClearML server")
     server.add_argument("--project", default=CLEARML_PROJECT)
     server.add_argument("--pipeline-name", default="ruT5 LoRA+prompt fine-tuning")
@@ -85,9 +94,13 @@ def pipeline_parameters(preset: Preset, args: argparse.Namespace) -> dict:
         "model": preset.model, "train_tsv": preset.train_tsv, "test_tsv": preset.test_tsv,
         "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens, "eval_every": preset.eval_every,
         "nproc_per_node": 1, "precision": "auto", "decoding": DECODING, "metric": SELECTION_METRIC, "compare_base": True,
+        "export": False, "export_ctranslate2": False,
     }
     parameters = {name: defaults.get(name) for name in PARAMETER_STEPS}
     parameters.update({name: getattr(args, name) for name in PARAMETER_STEPS if getattr(args, name, None) is not None})
+    if parameters["export_ctranslate2"] and not parameters["export"]:
+        raise UserError("export_ctranslate2 (--export-ctranslate2 true) converts the export step's checkpoint, "
+                        "and this run has no export step: set export (--export true) too.")
     return parameters
 
 
@@ -110,7 +123,7 @@ def run_local(parameters: dict, output_dir: Path) -> dict:
     task_ids: dict[str, str] = {}
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    for step in STEPS:
+    for step in run_steps(parameters):
         started = time.perf_counter()
         results[step.name] = run_step_locally(step, step_arguments(step.name, parameters, task_ids), output_dir / step.name)
         timings[step.name] = round(time.perf_counter() - started, 2)
@@ -124,7 +137,8 @@ def run_local(parameters: dict, output_dir: Path) -> dict:
         "decoding": evaluation["decoding"]["description"],
         "model_dir": registered["model_dir"],
         "task_ids": task_ids,
-        "offline_sessions": [results[name].get("offline_session") for name in STEP_NAMES],
+        "export": results["export"]["outputs"] if "export" in results else None,
+        "offline_sessions": [result.get("offline_session") for result in results.values()],
         "step_seconds": timings,
         "parameters": parameters,
     }
@@ -145,16 +159,21 @@ def print_summary(summary: dict, output_dir: Path) -> None:
     print(f"\nReport:   {summary['report']}")
     print(f"Model directory: {summary['model_dir']}")
     print(f'  try it:  python -m components.generation --model-dir {summary["model_dir"]} "Назови столицу Франции."')
+    if summary["export"]:
+        print(f"Exported: {summary['export']['model_dir']} (a plain Hugging Face checkpoint)")
+        if "ctranslate2_dir" in summary["export"]:
+            print(f"  for CTranslate2: {summary['export']['ctranslate2_dir']}")
     print(f"Summary:  {output_dir / 'summary.json'}")
     print("Offline ClearML sessions, one per step; to import them into a server later:")
     for session in summary["offline_sessions"]:
         print(f'  python -c "from clearml import Task; Task.import_offline_session(\'{session}\')"')
 
 
-def pipeline_queues(args: argparse.Namespace, controller_enqueued: bool) -> list[QueueUse]:
+def pipeline_queues(args: argparse.Namespace, steps: tuple[StepSpec, ...], controller_enqueued: bool) -> list[QueueUse]:
     """The queues a launch enqueues on: the steps', and the controller's unless it runs here (or already runs on an agent)."""
-    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue", "ingest, preprocess, register"),
-            QueueUse(args.gpu_queue, "gpu", "--gpu-queue", "train, evaluate")]
+    purposes = {kind: ", ".join(step.name for step in steps if step.queue == kind) for kind in ("cpu", "gpu")}
+    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue", purposes["cpu"]),
+            QueueUse(args.gpu_queue, "gpu", "--gpu-queue", purposes["gpu"])]
     if controller_enqueued:
         uses.append(QueueUse(args.controller_queue, "services", "--controller-queue", "the pipeline controller"))
     return uses
@@ -171,7 +190,7 @@ def launch_on_server(args: argparse.Namespace) -> None:
 
     on_agent = running_on_agent()
     parameters = with_repository_paths(pipeline_parameters(PRESETS[args.preset], args))
-    check_queues(pipeline_queues(args, controller_enqueued=not (on_agent or args.controller_here)))
+    check_queues(pipeline_queues(args, run_steps(parameters), controller_enqueued=not (on_agent or args.controller_here)))
     launched = None if on_agent else check_repository(allow_local=args.allow_local_repository)
     pipe = build_controller(parameters, {"cpu": args.cpu_queue, "gpu": args.gpu_queue}, project=args.project, name=args.pipeline_name)
     if not on_agent:

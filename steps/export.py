@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
-from components.cli import ArgumentParser
+from components.cli import ArgumentParser, parse_bool
 from components.export.ctranslate2_model import convert_to_ctranslate2
 from components.export.plain_checkpoint import export_plain_checkpoint
 from components.generation import Decoding
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", help="instead of a task id: a model folder written by the register or train step")
     parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length,
                         help="input tokens (before the prompt) that the exported tokenizer keeps, as the evaluate step does")
-    parser.add_argument("--ctranslate2", action="store_true",
+    parser.add_argument("--ctranslate2", type=parse_bool, nargs="?", const=True, default=False, metavar="true|false",
                         help="also convert the export for CTranslate2 (float32; quantize with compute_type when loading) into <output-dir>/ctranslate2")
     tracking.add_common_arguments(parser)
     return parser

@@ -79,11 +79,12 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
 
     It evaluates with beam search, not the default greedy decoding, so that the tests can
     tell whether the pipeline's ``--decoding`` reached the evaluate step (on the first 16
-    test rows: generation dominates the evaluate step's time).
+    test rows: generation dominates the evaluate step's time), and it ends with the export
+    step, which only runs when asked.
     """
     output_dir = tmp_path_factory.mktemp("pipeline")
     run_script(clearml_home, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir), "--epochs", "1",
-               "--decoding", "beam", "--max-test-samples", "16")
+               "--decoding", "beam", "--max-test-samples", "16", "--export", "true", "--export-ctranslate2", "true")
     return output_dir
 
 

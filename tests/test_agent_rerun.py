@@ -39,7 +39,8 @@ LAUNCHED = {"model": "org/other-t5", "validation_size": 20, "lora_rank": 16, "lo
             "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "weight_decay": 0.1, "epochs": 3.0, "max_steps": 100,
             "eval_every": 7, "early_stopping_patience": 2, "nproc_per_node": 4, "seed": 7, "precision": "fp32", "decoding": "beam", "max_new_tokens": 9,
             "max_test_samples": 5, "compare_base": False, "metric": "bleu"}
-EDITED_IN_THE_UI = {"prompt_length": 10, "max_input_length": 64, "max_target_length": 32, "gradient_checkpointing": False}
+EDITED_IN_THE_UI = {"prompt_length": 10, "max_input_length": 64, "max_target_length": 32, "gradient_checkpointing": False,
+                    "export": True, "export_ctranslate2": True}  # the launch had no export step: the UI edit adds it
 DATA = {"train_tsv": "data/sample/train.tsv", "test_tsv": "data/sample/test.tsv"}  # as agents get them: relative to the repository
 
 
@@ -78,13 +79,15 @@ def test_the_launch_checks_every_queue_it_uses_and_the_agent_those_of_the_steps(
              {"name": "a100", "kind": "gpu", "option": "--gpu-queue", "purpose": "train, evaluate"}]
     assert controller["checked"]["launch"] == [steps + [{"name": "svc2", "kind": "services", "option": "--controller-queue",
                                                          "purpose": "the pipeline controller"}]]
-    assert controller["checked"]["agent"] == [steps]  # the controller already runs on its queue
+    # The controller already runs on its queue; the export step, added in the UI, runs on the cpu queue.
+    assert controller["checked"]["agent"] == [[{**steps[0], "purpose": "ingest, preprocess, register, export"}, steps[1]]]
 
 
 def test_the_agents_controller_uses_the_launch_options(controller):
     dag = controller["dag"]
     assert {name: node["queue"] for name, node in dag.items()} == {
-        "ingest": "cpu2", "preprocess": "cpu2", "train": "a100", "evaluate": "a100", "register": "cpu2"}
+        "ingest": "cpu2", "preprocess": "cpu2", "train": "a100", "evaluate": "a100", "register": "cpu2", "export": "cpu2"}
+    assert (dag["export"]["parents"], dag["export"]["parameters"]["Args/register_task_id"]) == (["register"], "${register.id}")
     assert controller["built"] == {"project": "MyProj", "name": "My pipe"}
 
 

@@ -70,6 +70,7 @@ RATED_TINY_PIPELINE = "tests/test_human_eval_command.py::test_one_command_rates_
 LABEL_STUDIO_ROUND_TRIP = "tests/test_human_eval_command.py::test_a_session_goes_to_label_studio_and_its_export_comes_back_into_the_same_statistics"
 SESSION_OPTIONS = "tests/test_human_eval_command.py::test_a_session_continues_with_its_options_and_refuses_others"
 EXPORTED = "tests/test_export.py::test_a_stock_runtime_generates_what_the_adapter_model_generates"
+PIPELINE_EXPORT = "tests/test_export.py::test_the_pipeline_exports_its_registered_model_when_asked"
 SWEEP_ON_GIVEN_DATA = "tests/test_hpo.py::test_a_failing_trial_is_recorded_and_the_sweep_goes_on"
 
 
@@ -205,6 +206,8 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--precision": PIPELINE_PARAMETERS,
         "--decoding": DECODED,
         "--metric": PIPELINE_PARAMETERS,
+        "--export": PIPELINE_EXPORT,
+        "--export-ctranslate2": PIPELINE_EXPORT,
         "--project": AGENTS_CONTROLLER,
         "--pipeline-name": AGENTS_CONTROLLER,
         "--cpu-queue": AGENTS_CONTROLLER,

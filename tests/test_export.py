@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
+from agent_simulation import offline_task_file
 from conftest import run_script, small_t5_config
 from readme_commands import the_command
 from tolerances import EXPORT_LOGITS_RTOL
@@ -153,3 +154,29 @@ def test_bad_input_is_one_sentence_naming_the_file(tiny_pipeline, tmp_path):
         with pytest.raises(ModelLoadError) as refused:
             export_plain_checkpoint(folder, tmp_path / "out", decoding={}, max_input_length=MAX_INPUT_LENGTH)
         assert message in str(refused.value) and str(folder) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_pipeline_exports_its_registered_model_when_asked(exported, tiny_pipeline, clearml_home):
+    """The session's pipeline run ends with the export step (``--export true --export-ctranslate2 true``): a task handed
+    the register task's id whose folders are, file for file, what the README's command makes of that task's model,
+    at the pipeline's input length (the README's ran at MAX_INPUT_LENGTH)."""
+    by_command, summary = exported
+    assert list(summary["task_ids"]) == ["ingest", "preprocess", "train", "evaluate", "register", "export"]
+    args = json.loads(offline_task_file(Path(clearml_home["CLEARML_CACHE_DIR"]), summary["task_ids"]["export"]).read_text())["hyperparams"]["Args"]
+    assert (args["register_task_id"]["value"], args["ctranslate2"]["value"]) == (summary["task_ids"]["register"], "true")
+    by_pipeline = tiny_pipeline / "export"
+    assert summary["export"]["model_dir"] == str(by_pipeline / "model") and summary["export"]["ctranslate2_dir"] == str(by_pipeline / "ctranslate2")
+    prompt_length = json.loads((tiny_pipeline / "register" / "model" / "adapter_config.json").read_text())["prompt_length"]
+    # The one difference, each run's input length: file -> where it is written, and what is added to it there.
+    input_length_in = {"README.md": ("Inputs are truncated at {} tokens", 0), "tokenizer_config.json": ('"model_max_length": {}', prompt_length)}
+    for folder in ("model", "ctranslate2"):
+        names = sorted(path.name for path in (by_command / folder).iterdir())
+        assert sorted(path.name for path in (by_pipeline / folder).iterdir()) == names
+        for name in names:
+            made, expected = (by_pipeline / folder / name).read_bytes(), (by_command / folder / name).read_bytes()
+            if name in input_length_in:
+                pattern, added = input_length_in[name]
+                command_text, pipeline_text = (pattern.format(length + added).encode() for length in (MAX_INPUT_LENGTH, summary["parameters"]["max_input_length"]))
+                assert command_text in expected and pipeline_text in made, f"{folder}/{name}"
+                expected = expected.replace(command_text, pipeline_text)
+            assert made == expected, f"{folder}/{name}"

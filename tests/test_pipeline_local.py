@@ -8,6 +8,7 @@ references, the trained adapter loaded by hand, the decoding that was asked for.
 
 import io
 import json
+import struct
 import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run_script
+from ctranslate2.specs.model_spec import CURRENT_BINARY_VERSION as CTRANSLATE2_BINARY_VERSION
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
@@ -280,6 +282,16 @@ def test_generation_cli_uses_the_model_directory(summary, clearml_home):
     assert "> Привет" in out and "> Как дела?" in out
 
 
+def _is_ctranslate2_model(data: bytes) -> bool:
+    """CTranslate2's own model.bin (ctranslate2/specs/model_spec.py, ``_serialize``): a uint32 binary version, then the
+    spec's name as a uint16 length, the UTF-8 name and a NUL (e.g. ``TransformerSpec``); its tensors follow as raw bytes."""
+    if len(data) < 6 or struct.unpack("<I", data[:4])[0] != CTRANSLATE2_BINARY_VERSION:
+        return False
+    (length,) = struct.unpack("<H", data[4:6])
+    spec = data[6:6 + length]
+    return spec.endswith(b"Spec\x00") and spec[:-1].isascii()
+
+
 def _pickled_files(name: str, data: bytes) -> list[str]:
     """Files in ``data`` (opened recursively when it is a zip) that hold a pickle or are not valid safetensors."""
     if zipfile.is_zipfile(io.BytesIO(data)):
@@ -289,6 +301,8 @@ def _pickled_files(name: str, data: bytes) -> list[str]:
     if name.endswith(".safetensors"):
         load_safetensors(data)  # raises unless it is plain safetensors
         return []
+    if _is_ctranslate2_model(data):
+        return []
     is_pickle = data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")  # pickle protocols 2 to 5
     return [name] if is_pickle or name.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt")) else []
 
@@ -297,6 +311,7 @@ def test_nothing_is_pickled(tiny_pipeline, summary):
     """Every file the pipeline wrote, and every file in its offline ClearML sessions (artifacts, checkpoints, zips opened)."""
     files = [path for path in tiny_pipeline.rglob("*") if path.is_file()] + [Path(s) for s in summary["offline_sessions"]]
     assert any(path.name == "optimizer.safetensors" for path in files)  # the checkpoint is among them
+    assert any(path.match("export/ctranslate2/model.bin") for path in files)  # and the export's CTranslate2 model
     assert [found for path in files for found in _pickled_files(str(path), path.read_bytes())] == []
 
 

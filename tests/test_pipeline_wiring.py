@@ -9,7 +9,8 @@ import pytest
 from conftest import run_script
 
 from pipelines.controller import step_parser
-from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, step_arguments
+from components.errors import UserError
+from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, run_steps, step_arguments
 from pipelines.local import as_flags
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
@@ -57,7 +58,7 @@ def test_pipeline_parameters_reach_the_steps(controller):
     assert dag["evaluate"]["parameters"]["Args/ingest_task_id"] == "${ingest.id}"
     assert dag["register"]["parameters"]["Args/candidates"] == "${evaluate.id}"
     referenced = {v[len("${pipeline."):-1] for node in dag.values() for v in node["parameters"].values() if v.startswith("${pipeline.")}
-    assert referenced == set(pipeline)
+    assert referenced == set(pipeline) - {"export", "export_ctranslate2"}  # export adds the export step, which is not in this run
 
 
 @pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
@@ -68,6 +69,19 @@ def test_every_override_names_an_argument_of_its_step(step):
     arguments = step_arguments(step.name, everything, {s.name: "id" for s in STEPS})
     assert set(arguments) <= dests, set(arguments) - dests
     assert set(UPSTREAM_ARGUMENTS.get(step.name, {})) <= set(arguments)
+
+
+def test_the_export_step_runs_only_when_asked():
+    """The controller above was built without --export: five steps. The local runner and the controller take the same steps."""
+    def steps_of(*argv: str) -> list[str]:
+        return [step.name for step in run_steps(pipeline_parameters(PRESETS["tiny"], build_parser().parse_args(list(argv))))]
+
+    assert steps_of() == steps_of("--export", "false") == ["ingest", "preprocess", "train", "evaluate", "register"]
+    assert steps_of("--export", "true") == steps_of("--export", "true", "--export-ctranslate2", "true") == [
+        "ingest", "preprocess", "train", "evaluate", "register", "export"]
+    with pytest.raises(UserError) as refused:
+        steps_of("--export-ctranslate2", "true")
+    assert "set export (--export true) too" in str(refused.value)
 
 
 def test_presets_fill_every_parameter_the_steps_need():
