@@ -199,7 +199,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--early-stopping-patience": PIPELINE_PARAMETERS,
         "--nproc-per-node": PIPELINE_PARAMETERS,
         "--max-new-tokens": "tests/e2e/test_pipeline_flows.py::"
-                            "test_flow2_a_new_commit_reruns_every_step_and_a_changed_parameter_only_what_it_affects",
+                            "test_flow2_a_new_commit_reruns_every_step_with_its_requirements_and_a_changed_parameter_only_what_it_affects",
         "--max-test-samples": "tests/test_pipeline_local.py::test_steps_received_upstream_task_ids_as_on_a_server",
         "--seed": PIPELINE_PARAMETERS,
         "--compare-base": "tests/test_pipeline_wiring.py::test_compare_base_is_a_pipeline_parameter_the_evaluate_step_receives",

@@ -17,8 +17,8 @@ from tests.readme_commands import agent_commands, the_command
 AGENTS = agent_commands()
 CPU, GPU, SERVICES = "cpu", "gpu", "services"  # the launch's default queue names, which the README's agents serve
 PROJECT = CLEARML_PROJECT  # the launch's default project
-STEPS = ("ingest", "preprocess", "train", "evaluate", "register")
-STEP_QUEUES = {"ingest": CPU, "preprocess": CPU, "train": GPU, "evaluate": GPU, "register": CPU}
+STEPS = ("ingest", "preprocess", "train", "evaluate", "register")  # a run's steps; "export" follows register when asked
+STEP_QUEUES = {"ingest": CPU, "preprocess": CPU, "train": GPU, "evaluate": GPU, "register": CPU, "export": CPU}
 LAUNCH = the_command("python pipelines/run_pipeline.py", "--preset tiny")
 # The README's sweep with what keeps a flow short: one trial at a time, one step each, one prompt length.
 SWEEP = the_command("python pipelines/run_hpo.py", "--run-on") + " --concurrent 1 --max-steps 1 --prompt-lengths 4"
@@ -34,7 +34,7 @@ def launch_pipeline(project: ProjectRunner, server: ServerTarget, extra: str = "
 def pipeline_steps(server: ServerTarget, controller: dict) -> dict[str, dict]:
     """The task each step of a run used (a new one, or an earlier run's when cached), by step name."""
     dag = json.loads(server.api.task(controller["id"])["configuration"]["Pipeline"]["value"])
-    return {name: server.api.task(dag[name]["executed"]) for name in STEPS}
+    return {name: server.api.task(node["executed"]) for name, node in dag.items()}
 
 
 def project_id(server: ServerTarget, name: str) -> str:
