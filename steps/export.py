@@ -51,6 +51,10 @@ weights, and the trained prompt is {prompt_length} added tokens (`<prompt_0>` ..
 every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did
 ({decoding}) and never emits the prompt tokens. Inputs are truncated at {max_input_length} tokens plus the prompt.
 
+**Not with `T5Tokenizer`**: `T5Tokenizer.from_pretrained` builds T5's own template, which leaves the prompt tokens
+out, and the model then answers without its trained prompt. `AutoTokenizer` (with `use_fast=False` too) and
+`PreTrainedTokenizerFast` load the tokenizer that prepends them; there is no sentencepiece tokenizer in this folder.
+
 ## Evaluation
 
 {evaluation}

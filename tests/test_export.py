@@ -47,6 +47,12 @@ with torch.no_grad():
     found["beam"], found["beam_scores"] = beam.sequences.tolist(), beam.sequences_scores.tolist()
     start = torch.full((len(texts), 1), model.config.decoder_start_token_id)
     found["logits"] = model(**batch, decoder_input_ids=start).logits[:, 0].tolist()
+# What the other ways of loading a tokenizer give (the model card says so): the ids of the texts' first tokens.
+from transformers import PreTrainedTokenizerFast, T5Tokenizer
+found["tokenizers"] = {name: [type(other).__name__, other(texts[:1])["input_ids"][0]] for name, other in (
+    ("slow", AutoTokenizer.from_pretrained(export, use_fast=False)), ("fast class", PreTrainedTokenizerFast.from_pretrained(export)),
+    ("T5Tokenizer", T5Tokenizer.from_pretrained(export)))}
+found["tokenizers"]["auto"] = [type(tokenizer).__name__, tokenizer(texts[:1])["input_ids"][0]]
 # CTranslate2 takes tokens: the converted folder's own copy of the tokenizer makes them, prompt tokens first.
 tokenizer = AutoTokenizer.from_pretrained(converted)
 with open(f"{converted}/generation_config.json") as handle:
@@ -94,6 +100,10 @@ def test_a_stock_runtime_generates_what_the_adapter_model_generates(exported, ti
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=MAX_INPUT_LENGTH, return_tensors="pt")
     assert (encoded["attention_mask"].sum(1) == MAX_INPUT_LENGTH).sum() >= 3  # some inputs are cut
     prompt_length = model.encoder.embed_tokens.prompt_length
+    # AutoTokenizer asked for a slow tokenizer, and the fast class by name, prepend the prompt; T5Tokenizer leaves it out.
+    auto = found["tokenizers"].pop("auto")
+    assert found["tokenizers"].pop("slow") == found["tokenizers"].pop("fast class") == auto
+    assert found["tokenizers"] == {"T5Tokenizer": ["T5Tokenizer", auto[1][prompt_length:]]}
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": extend_attention_mask(encoded["attention_mask"], prompt_length)}
     with torch.no_grad():
         greedy = model.generate(**inputs, num_beams=1, max_new_tokens=max_new_tokens).tolist()
@@ -128,6 +138,7 @@ def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exp
     tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
     prompt_length = json.loads((tiny_pipeline / "register" / "model" / "adapter_config.json").read_text())["prompt_length"]
     assert (tokenizer_config["tokenizer_class"], tokenizer_config["model_max_length"]) == ("PreTrainedTokenizerFast", MAX_INPUT_LENGTH + prompt_length)
+    assert "**Not with `T5Tokenizer`**" in (export / "README.md").read_text()  # the model card warns of what the test above shows
     generation = json.loads((export / "generation_config.json").read_text())
     vocabulary = json.loads((export / "config.json").read_text())["vocab_size"] - prompt_length
     assert generation["suppress_tokens"] == list(range(vocabulary, vocabulary + prompt_length)) and generation["renormalize_logits"]

@@ -15,9 +15,10 @@
 
 The tokenizer counts the prompt tokens in its ``max_length``: ``model_max_length`` is the step's input
 length plus ``P``, so ``truncation=True`` cuts inputs where the pipeline does. ``tokenizer_class`` is
-``PreTrainedTokenizerFast``: ``T5Tokenizer`` rebuilds its own post-processor on loading and would drop
-the prompt. There is no slow (sentencepiece) tokenizer in the export: transformers 5 loads this fast
-one even when asked for a slow one.
+``PreTrainedTokenizerFast``: ``T5Tokenizer`` rebuilds its own post-processor on loading and drops the
+prompt, silently (``T5Tokenizer.from_pretrained(export)`` does so too, which the model card warns of).
+There is no slow (sentencepiece) tokenizer in the export: transformers 5 loads this fast one even when
+asked for a slow one.
 """
 
 from __future__ import annotations
