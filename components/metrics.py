@@ -14,6 +14,9 @@ The protocol (every run is scored exactly this way, so runs compare):
 (0.0915) was computed, and these keys let a run be set beside the published table.
 Nothing here downloads anything (``evaluate.load("rouge")`` would); the same protocol as an
 ``evaluate`` module, loaded from this repository, is ``components/ru_text_metrics``.
+
+nltk (which rouge_score imports too) takes about a second to import, for its whole package: it is
+imported where a score needs it, not by every step that only names the metrics.
 """
 
 from __future__ import annotations
@@ -23,14 +26,10 @@ from functools import lru_cache
 from statistics import fmean
 
 import sacrebleu
-from nltk.stem.snowball import SnowballStemmer
-from nltk.translate.meteor_score import single_meteor_score
-from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 PROTOCOL_METRICS = ("bleu", "chrf", *ROUGE_TYPES, "meteor")  # the keys every run is compared on
 _WORD = re.compile(r"\w+")
-_snowball = SnowballStemmer("russian")
 
 
 def words(text: str) -> list[str]:
@@ -39,9 +38,16 @@ def words(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
+def _snowball():
+    from nltk.stem.snowball import SnowballStemmer
+
+    return SnowballStemmer("russian")
+
+
+@lru_cache(maxsize=None)
 def stem(word: str) -> str:
     """Snowball Russian, cached: stemming dominates metric time otherwise."""
-    return _snowball.stem(word)
+    return _snowball().stem(word)
 
 
 class RussianTokenizer:
@@ -71,6 +77,8 @@ def _mean(values: list[float]) -> float:
 
 def rouge(predictions: list[str], references: list[str], tokenizer=None) -> dict[str, float]:
     """Mean ROUGE F-measures; ``tokenizer=None`` is rouge_score's default (Latin and digits only)."""
+    from rouge_score import rouge_scorer
+
     if tokenizer is None:
         scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     else:
@@ -80,6 +88,8 @@ def rouge(predictions: list[str], references: list[str], tokenizer=None) -> dict
 
 
 def meteor(prediction: str, reference: str) -> float:
+    from nltk.translate.meteor_score import single_meteor_score
+
     hypothesis, reference_words = words(prediction), words(reference)
     if not hypothesis or not reference_words:
         return 0.0
