@@ -19,6 +19,7 @@ keyed by the sample data and this spec, so it happens once per machine.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -123,21 +124,20 @@ def build_tiny_model(train_tsv: str | Path = SAMPLE_DATA_DIR / "train.tsv") -> P
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        texts = sample_corpus(train_tsv)
-        tokenizer = build_tiny_tokenizer(texts)
-        torch.manual_seed(SEED)
-        model = T5ForConditionalGeneration(build_tiny_config(tokenizer))
-        with cpu_threads(1):
-            pretrain_to_denoise(model, tokenizer, texts)
-        model.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        try:
-            os.rename(scratch, target)
-        except OSError:  # another process built it first
-            if not (target / "config.json").exists():
-                raise
-        else:
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: a process that waited here finds it built
+        if (target / "config.json").exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            texts = sample_corpus(train_tsv)
+            tokenizer = build_tiny_tokenizer(texts)
+            torch.manual_seed(SEED)
+            model = T5ForConditionalGeneration(build_tiny_config(tokenizer))
+            with cpu_threads(1):
+                pretrain_to_denoise(model, tokenizer, texts)
+            model.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+            os.rename(scratch, target)  # complete or absent, for a process that does not lock (or was killed mid-build)
             Path(scratch).mkdir()  # let TemporaryDirectory clean up its (now moved) path
     return target
 

@@ -127,3 +127,29 @@ def test_the_tiny_tokenizer_is_reproducible():
     assert first.get_vocab() == second.get_vocab() and len(first) == 1000
     assert (first.pad_token_id, first.eos_token_id, first.unk_token_id) == (0, 1, 2)
     assert first.decode(first("Ёжик в тумане.")["input_ids"], skip_special_tokens=True) == "Ёжик в тумане."
+
+
+def test_two_builds_of_the_tiny_model_at_once_pretrain_it_once(tmp_path, monkeypatch):
+    """The second waits for the first and takes its build (the pretraining, replaced here by a counted pause, is 35 s).
+    Two threads: flock locks an open file, so they exclude each other as two processes do."""
+    import threading
+    import time
+
+    from components import tiny
+
+    pretrained = []
+
+    def pretrain(model, tokenizer, texts):
+        pretrained.append(threading.current_thread().name)
+        time.sleep(1)
+
+    monkeypatch.setenv("RUT5_TINY_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny, "pretrain_to_denoise", pretrain)
+    built = {}
+    builders = [threading.Thread(target=lambda n=n: built.setdefault(n, tiny.build_tiny_model()), name=f"builder {n}") for n in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join(timeout=60)
+    assert len(pretrained) == 1 and built[0] == built[1] and (built[0] / "config.json").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([built[0].name, f"{built[0].name}.lock"])  # no scratch folder left
