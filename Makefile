@@ -10,7 +10,7 @@ install:
 install-dev:
 	$(PIP) -r requirements-dev.txt
 
-## The test suite (CPU, 11 to 15 minutes on 2 cores): two workers, the end-to-end flows on one of them.
+## The test suite (CPU, about 13 minutes on 2 cores): two workers, the end-to-end flows on one of them.
 test: install-dev
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
