@@ -95,9 +95,13 @@ LONG_UNITS = ("tests/test_steps.py", "tests/test_hpo.py", "tiny_pipeline", "test
               "tests/test_launch_checks.py", "tests/test_server_errors.py")
 
 
+# A test that uses one of these runs the project's scripts in subprocesses (seconds to minutes each): marked runs_steps.
+STEP_FIXTURES = {"clearml_home", "tiny_pipeline"}
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
-    """Work units of ``make test``'s two pytest-xdist workers (``--dist loadgroup``).
+    """Marks the tests that run the project's scripts (``runs_steps``), and forms the work units of ``make test``'s two pytest-xdist workers (``--dist loadgroup``).
 
     The end-to-end flows share one server, its agents and one pipeline run: one unit, which a
     worker runs while the other runs the rest (the flows spend much of their time waiting on
@@ -112,6 +116,8 @@ def pytest_collection_modifyitems(config, items):
     it had better be short.
     """
     for item in items:
+        if STEP_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.runs_steps)
         if item.get_closest_marker("xdist_group"):
             continue
         if item.nodeid.startswith("tests/e2e/"):

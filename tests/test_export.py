@@ -84,6 +84,7 @@ def ended(sequence: list[int], eos_token_id: int) -> list[int]:
     return new[: new.index(eos_token_id)] if eos_token_id in new else new
 
 
+@pytest.mark.numeric
 def test_a_stock_runtime_generates_what_the_adapter_model_generates(exported, tiny_pipeline, tmp_path, one_thread):
     output, summary = exported
     export = output / "model"

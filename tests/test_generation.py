@@ -82,6 +82,7 @@ def test_sampling_settings_reach_generate(tiny_peft):
     assert by_settings[0] != by_settings[1] and greedy not in by_settings
 
 
+@pytest.mark.numeric
 def test_a_fine_tuned_directory_loads_back_the_trained_model(tiny_peft, tiny_model_dir, tmp_path):
     """save_adapter then load_finetuned (merged) computes what the trained model computes, not what the base does."""
     model, tokenizer = tiny_peft

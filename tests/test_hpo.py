@@ -35,6 +35,7 @@ def sweep(clearml_home, tmp_path_factory) -> Path:
     return out, first
 
 
+@pytest.mark.numeric
 def test_local_sweep_summary(sweep):
     out, _ = sweep
     summary = json.loads((out / "hpo_summary.json").read_text())

@@ -24,6 +24,7 @@ def vote(item, rater, preferred, systems=("a", "b"), flip=False) -> Vote:
     return Vote(str(item), rater, left, right, choice)
 
 
+@pytest.mark.numeric
 def test_the_wilson_interval_is_newcombes_worked_example_and_its_formula():
     """Newcombe (1998), Statistics in Medicine 17:857, Table I: 81 of 263, Wilson score interval 0.2553 to 0.3662."""
     interval = wilson(81, 263)
@@ -36,6 +37,7 @@ def test_the_wilson_interval_is_newcombes_worked_example_and_its_formula():
         assert (got.low, got.high) == pytest.approx(((centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)), abs=1e-12)
 
 
+@pytest.mark.numeric
 def test_cohens_kappa_is_the_textbook_example_whatever_the_left_right_order():
     """50 items, two raters: 20 both prefer a, 5 only the first does, 10 only the second, 15 both prefer b: p_o 0.7,
     p_e 0.5, kappa 0.4 (the example of Wikipedia's "Cohen's kappa"). Each rater saw the pair in an order of its own."""
@@ -72,6 +74,7 @@ def nominal_alpha_by_hand(verdicts: dict[str, list[str]]) -> float:
     return 1 - observed / expected
 
 
+@pytest.mark.numeric
 def test_krippendorffs_alpha_of_three_raters_is_the_coincidence_formula():
     """Three raters, items rated by two or three, one rated once (left out), systems in both orders."""
     plan = {0: ["a", "a", "a"], 1: ["a", "b", "a"], 2: ["tie", "tie"], 3: ["b", "b", "both_bad"], 4: ["a"], 5: ["b", "a"],
@@ -93,6 +96,7 @@ def penalised_fit_by_hand(systems: list[str], decisive: list[tuple[str, str]]) -
     return {name: fitted[i] - fitted.mean() for name, i in index.items()}
 
 
+@pytest.mark.numeric
 def test_bradley_terry_strengths_are_the_penalised_likelihoods_optimum_and_ties_carry_no_preference():
     pairs = [("a", "b")] * 7 + [("b", "a")] * 3 + [("b", "c")] * 6 + [("c", "b")] * 2 + [("a", "c")] * 5 + [("c", "a")] * 1
     votes = [vote(i, "r", winner, systems=tuple(sorted((winner, loser))), flip=i % 2 == 0) for i, (winner, loser) in enumerate(pairs)]
@@ -106,6 +110,7 @@ def test_bradley_terry_strengths_are_the_penalised_likelihoods_optimum_and_ties_
     assert bradley_terry(votes, bootstrap=200, seed=3) == fitted and bradley_terry(votes, bootstrap=200, seed=4) != fitted
 
 
+@pytest.mark.numeric
 def test_two_systems_strength_gap_is_the_log_odds_of_their_wins():
     """With two systems the likelihood's optimum is exp(s_a - s_b) = wins_a / wins_b; the penalty shrinks it a little."""
     votes = [vote(i, "r", "a") for i in range(8)] + [vote(10 + i, "r", "b", flip=True) for i in range(2)]

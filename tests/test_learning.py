@@ -69,6 +69,7 @@ def test_loss_of(summary, tiny_pipeline):
     return loss
 
 
+@pytest.mark.numeric
 def test_the_whole_adapter_scores_what_the_evaluate_step_reported(test_loss_of, summary):
     assert test_loss_of() == pytest.approx(summary["metrics"]["loss"], rel=LOSS_RTOL)  # batches of 32 here, 16 in the step
 

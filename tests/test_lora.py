@@ -14,6 +14,7 @@ from components.lora import LoRALayer, inject_lora, lora_layers, merge_lora, unm
 from components.modeling import apply_peft
 
 
+@pytest.mark.numeric
 def test_initialisation_is_kaiming_uniform_a_and_zero_b():
     torch.manual_seed(0)
     layer = LoRALayer(nn.Linear(256, 128), rank=8, alpha=16)
@@ -27,6 +28,7 @@ def test_initialisation_is_kaiming_uniform_a_and_zero_b():
     assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad
 
 
+@pytest.mark.numeric
 def test_output_equals_base_at_init_and_reference_after_b_changes():
     torch.manual_seed(0)
     base = nn.Linear(16, 12)
@@ -40,6 +42,7 @@ def test_output_equals_base_at_init_and_reference_after_b_changes():
     torch.testing.assert_close(layer(x), expected)
 
 
+@pytest.mark.numeric
 def test_merge_and_unmerge_round_trip():
     torch.manual_seed(0)
     layer = LoRALayer(nn.Linear(16, 12), rank=4, alpha=8)
@@ -60,6 +63,7 @@ def test_merge_and_unmerge_round_trip():
     torch.testing.assert_close(layer(x), unmerged_out)
 
 
+@pytest.mark.numeric
 def test_dropout_drops_the_input_of_the_update_only():
     """x -> W0 x + (alpha/r) B A dropout(x): the mask falls on x (16 wide), not on A x (4 wide), and never on W0 x."""
     torch.manual_seed(0)
@@ -90,6 +94,7 @@ def test_inject_without_match_names_the_targets(small_t5):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.numeric
 def test_same_weights_as_hf_peft_give_the_same_outputs(small_t5, dropout):
     """Our LoRA and HF PEFT's LoRA, holding the same A and B, compute the same model (in training
     mode with dropout, under the same random state: the same units are dropped)."""
@@ -156,6 +161,7 @@ def test_zero_dropout_adds_no_dropout_module_and_is_the_default_of_inject(small_
     assert all(isinstance(layer.dropout, nn.Identity) for layer in lora_layers(small_t5))
 
 
+@pytest.mark.numeric
 def test_fp32_adapters_under_a_bf16_base_compute_in_fp32_and_return_bf16():
     torch.manual_seed(0)
     base = nn.Linear(16, 12).to(torch.bfloat16)

@@ -8,6 +8,7 @@ def test_words_lowercase_fold_yo_and_keep_cyrillic():
     assert words("Ёжик, ЁЛКА и 2 Ели!") == ["ежик", "елка", "и", "2", "ели"]
 
 
+@pytest.mark.numeric
 def test_rouge_on_hand_checked_russian_pairs():
     predictions = ["Кошка сидит на ковре.", "Москва — столица России"]
     references = ["Кошка сидела на ковре.", "Столица России — Москва."]
@@ -20,12 +21,14 @@ def test_rouge_on_hand_checked_russian_pairs():
     assert scores["rougeL"] == pytest.approx((0.75 + 2 / 3) / 2)  # LCS 3 of 4, then 2 of 3
 
 
+@pytest.mark.numeric
 def test_published_tokenizer_deletes_cyrillic_and_ours_does_not():
     scores = compute_metrics(["Привет, мир"], ["Привет, мир"])
     assert scores["rouge1"] == pytest.approx(1.0)
     assert scores["published_rouge1"] == 0.0
 
 
+@pytest.mark.numeric
 def test_bleu_and_chrf_are_sacrebleu_on_a_0_to_1_scale():
     predictions = ["Кошка сидит на ковре у окна.", "Сегодня хорошая погода."]
     references = ["Кошка сидела на ковре у окна.", "Сегодня отличная погода."]
@@ -35,6 +38,7 @@ def test_bleu_and_chrf_are_sacrebleu_on_a_0_to_1_scale():
     assert 0 < scores["bleu"] < 1 and 0 < scores["chrf"] < 1
 
 
+@pytest.mark.numeric
 def test_meteor_hand_checked():
     # 4 identical words: P = R = 1, one chunk -> penalty 0.5 * (1/4)^3
     assert meteor("Кошка сидит на ковре", "кошка сидит на ковре") == pytest.approx(1 - 0.5 / 64)

@@ -136,6 +136,7 @@ def test_the_evaluation_generates_with_the_trained_adapter_and_the_decoding_aske
     assert predictions_of(candidates["beam"]) != predictions_of(candidates["greedy"]) != untrained_greedy
 
 
+@pytest.mark.numeric
 def test_every_evaluation_scores_its_predictions_against_the_test_references(tiny_pipeline, candidates, summary):
     """Recomputed by tests/reference_model.py on sacreBLEU, rouge_score and nltk directly. The same libraries on
     the same tokens: only the order of the mean's additions may differ, hence approx's default 1e-6 relative."""
@@ -154,6 +155,7 @@ def test_every_evaluation_scores_its_predictions_against_the_test_references(tin
     assert summary["metrics"] == {name: summary["all_metrics"][name] for name in HEADLINE_METRICS}
 
 
+@pytest.mark.numeric
 def test_the_untuned_base_is_recomputed_on_the_plain_base_model(tiny_pipeline, tiny_model_dir, summary, one_thread):
     """evaluation.json's base figures and predictions.tsv's base column, from the Hugging Face base model with the
     prompt's initial vectors in front: no LoRA at all (B at zero adds nothing), no project code on the way."""
@@ -184,6 +186,7 @@ def test_the_untuned_base_is_recomputed_on_the_plain_base_model(tiny_pipeline, t
     assert evaluation["difference"] == pytest.approx({name: evaluation["metrics"][name] - base[name] for name in base})
 
 
+@pytest.mark.numeric
 def test_the_test_and_validation_losses_are_recomputed_token_by_token(tiny_pipeline, tiny_model_dir, summary, one_thread):
     """The tuned test loss (evaluation.json), the untuned and the best and last validation losses (training.json),
     each from the plain base model with the adapter file's LoRA folded in by hand and its prompt in front."""

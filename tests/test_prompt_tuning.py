@@ -12,6 +12,7 @@ from components.prompt_tuning import PromptTuningEmbedding, attach_prompt, exten
 from tolerances import assert_same_gradient
 
 
+@pytest.mark.numeric
 def test_prompt_is_initialised_from_vocabulary_rows(small_t5):
     prompt = PromptTuningEmbedding(small_t5.shared, prompt_length=5, init_vocab_size=40)
     ids = prompt.init_token_ids
@@ -20,6 +21,7 @@ def test_prompt_is_initialised_from_vocabulary_rows(small_t5):
     assert prompt.prompt.requires_grad
 
 
+@pytest.mark.numeric
 def test_prompt_reaches_the_encoder_only(small_t5):
     base = copy.deepcopy(small_t5)
     attach_prompt(small_t5, prompt_length=3)
@@ -82,6 +84,7 @@ def test_only_adapters_train_and_counts_add_up(small_t5):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.numeric
 def test_every_adapter_gets_its_gradient(small_t5, checkpointing):
     """With activation checkpointing on, decoder adapters included, gradients equal the plain ones."""
 
@@ -113,17 +116,20 @@ def seeded_ids(low: int, high: int, count: int, seed: int) -> torch.Tensor:
     return torch.randint(low, high, (count,), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.numeric
 def test_default_init_draws_ids_3_to_4999_from_seed_0_whatever_the_global_seed():
     torch.manual_seed(123)  # the draw has its own generator: the global random state does not matter
     prompt = PromptTuningEmbedding(torch.nn.Embedding(6000, 4), prompt_length=50)
     torch.testing.assert_close(prompt.init_token_ids, seeded_ids(3, 5000, 50, seed=0), rtol=0, atol=0)
 
 
+@pytest.mark.numeric
 def test_init_draws_below_the_vocabulary_size_when_it_is_under_init_vocab_size():
     prompt = PromptTuningEmbedding(torch.nn.Embedding(50, 8), prompt_length=30, seed=4)
     torch.testing.assert_close(prompt.init_token_ids, seeded_ids(3, 50, 30, seed=4), rtol=0, atol=0)
 
 
+@pytest.mark.numeric
 def test_attach_prompt_passes_the_init_settings_on(small_t5):
     prompt = attach_prompt(small_t5, prompt_length=20, init_vocab_size=10, num_special_tokens=5, seed=7)
     torch.testing.assert_close(prompt.init_token_ids, seeded_ids(5, 10, 20, seed=7), rtol=0, atol=0)

@@ -42,6 +42,7 @@ def test_the_loss_curves_are_a_png_image(tiny_pipeline, report):
         assert lightest - darkest > 100  # lines and text, not a blank canvas
 
 
+@pytest.mark.numeric
 def test_the_metric_table_is_summary_json(tiny_pipeline, report):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     rows = table_rows(report, "| metric | base (untuned) | tuned |")

@@ -275,6 +275,7 @@ def evaluated(clearml_home, adapter_dir: Path, rows: Path, output_dir: Path, *op
     return json.loads((output_dir / "evaluation.json").read_text()), table
 
 
+@pytest.mark.numeric
 def test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_references(clearml_home, adapter_dir, test_rows, tiny_model_dir, tmp_path,
                                                                                   one_thread):
     """Flags over the greedy preset: sampling at temperature 1.5, top-k 5, top-p 0.9, seed 3, 3 new tokens, in batches
@@ -324,6 +325,7 @@ EVERY_TRAINING_OPTION = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-dropou
                          "--generation-eval-samples", "2"]
 
 
+@pytest.mark.numeric
 def test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training(diverging, clearml_home, tmp_path):
     trained = {}
     for seed in (5, 6):

@@ -132,6 +132,7 @@ def one_step(request, tiny_model_dir, splits, tmp_path_factory):
             "gradient": dict(zip(names, step["gradients"])), "result": result, "train": train, "validation": validation}
 
 
+@pytest.mark.numeric
 def test_an_optimizer_step_gets_the_clipped_gradient_of_the_mean_over_every_token_of_its_batch(one_step):
     """Computed here example by example, unpadded: the step's loss is the mean over every label token of
     its two micro-batches (not a mean of the micro-batches' means: their token counts differ), its
@@ -162,6 +163,7 @@ def test_an_optimizer_step_gets_the_clipped_gradient_of_the_mean_over_every_toke
         assert_same_gradient(gradient, expected[name] * scale, name)  # a padded batch vs one example at a time
 
 
+@pytest.mark.numeric
 def test_the_validation_loss_is_token_weighted_over_the_validation_split(one_step):
     model, validation = one_step["trained"].eval(), one_step["validation"]
     assert len({len(labels) for labels in validation["labels"]}) > 1  # batches of 5, 5 and 2 with unequal token counts
@@ -203,6 +205,7 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     assert_same_tensors(*(load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors")) for run in ("elsewhere", "straight")))
 
 
+@pytest.mark.numeric
 def test_the_optimizer_steps_with_linear_warmup_then_linear_decay_and_the_weight_decay(tiny_model_dir, splits, tmp_path):
     """Warmup ratio 0.5 of 6 steps: the learning rate climbs from 0 over 3 steps, then falls to 0 at step 6
     (the schedule written out here, not taken from transformers); AdamW gets the configured weight decay."""
@@ -221,6 +224,7 @@ def test_the_optimizer_steps_with_linear_warmup_then_linear_decay_and_the_weight
     assert [lr for _, lr in result.learning_rates] == pytest.approx(expected, rel=1e-12, abs=0)
 
 
+@pytest.mark.numeric
 def test_gradient_checkpointing_recomputes_each_block_in_backward_and_changes_no_weight(tiny_model_dir, splits, tmp_path):
     """On: the layers inside every encoder block run twice per micro-batch (forward, then again in backward), off:
     once; the optimizer gets the same gradient either way. The hook is inside the block: transformers checkpoints a

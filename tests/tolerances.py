@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24  # u: a float32 rounding moves a value by at most u times it
+
 # A mean cross-entropy recomputed row by row without padding, against the steps' padded batches: masked
 # positions add exact zeros, but the sums run in another order, which moves each log-probability by a few
 # ulps (about 1e-7 relative) through the few layers of the models tested here; a mean over tens to
@@ -28,6 +30,22 @@ def assert_same_gradient(got: torch.Tensor, want: torch.Tensor, name: str) -> No
     the gradient by percent.
     """
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=name)
+
+
+def same_sgd_trajectory_atol(learning_rate: float, largest_gradients: list[float], largest_parameter: float) -> float:
+    """Parameters after SGD steps whose gradients are the same sums in another order (ranks, accumulation).
+
+    Each step's gradient element agrees to ``assert_same_gradient``'s bound, 1e-4 |g| + 1e-4 max|g| <= 2e-4 max|g|
+    of that step, and SGD moves the parameter by lr times it: 2e-4 lr sum_k max|g_k| after the steps. Each update
+    p - lr g is then rounded to float32, half an ulp of p (u |p|) per step and run, which the first term cannot
+    cover where the update is far below p (LoRA's A, while B is still near zero): 2 u max|p| per step. Weight
+    decay adds wd * p, whose difference is wd times the parameters' own, a hundredth of it here; the parameters
+    differing also changes the next gradients by the loss's curvature times the difference, which at the small
+    learning rates of these tests stays under the first-order terms, so twice their sum is the bound. Rounding
+    cannot reach it on any CPU; a wrong weighting of tokens or micro-batches moves every gradient by percent.
+    """
+    steps = len(largest_gradients)
+    return 2 * (2e-4 * learning_rate * sum(largest_gradients) + steps * 2 * FLOAT32_UNIT_ROUNDOFF * largest_parameter)
 
 
 # torch.testing.assert_close's float32 defaults (rtol 1.3e-6, atol 1e-5), for outputs of order 1 computed by
