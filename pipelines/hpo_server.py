@@ -3,8 +3,8 @@
 Trials are clones of the template with ``Args/<name>`` overridden, enqueued on the GPU
 queue; the objective is the scalar the train step reports (``loss`` / ``validation``,
 its minimum over the run, since the best checkpoint is what the trial keeps). As in the
-local sweep, the grid is enumerated in a seeded random order (Optuna's BruteForceSampler:
-no combination twice) and no trial is pruned. A failed trial is recorded and the sweep
+local sweep, the grid is enumerated in a seeded random order (no combination twice, at any
+concurrency: see ``GridInTrialOrder``) and no trial is pruned. A failed trial is recorded and the sweep
 goes on. The best completed trial is then evaluated on test and registered by the
 evaluate and register steps, run at the optimizer task's own code.
 """
@@ -12,7 +12,11 @@ evaluate and register steps, run at the optimizer task's own code.
 from __future__ import annotations
 
 import argparse
+import itertools
+import random
 from dataclasses import dataclass
+
+import optuna
 
 from components import tracking
 from components.errors import UserError
@@ -30,6 +34,33 @@ class TrialRecord:
     params: dict[str, str]
 
 
+class GridInTrialOrder(optuna.samplers.BaseSampler):
+    """Trial number n takes the n-th combination of the grid, in an order shuffled with ``seed``.
+
+    ClearML's OptimizerOptuna runs the study with one thread per concurrent trial (``n_jobs``).
+    BruteForceSampler picks what no earlier trial holds, so two threads sampling at once can
+    draw the same pair; ClearML then prunes the second as a duplicate, and the pair counts as
+    done: a 2-pair sweep at concurrency 2 ran one trial. A trial's number is unique from its
+    creation, so every trial gets its own combination however many run at once, and the study
+    never asks for more trials than the grid has (``total_max_jobs``).
+    """
+
+    def __init__(self, values: dict[str, list], seed: int):
+        self._grid = [dict(zip(values, combination)) for combination in itertools.product(*values.values())]
+        random.Random(seed).shuffle(self._grid)
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name: str, param_distribution):
+        if trial.number >= len(self._grid):
+            raise RuntimeError(f"Trial {trial.number} asked for a combination past the grid's {len(self._grid)}; the study should have stopped.")
+        return self._grid[trial.number][param_name]
+
+
 def trial_overrides(args: argparse.Namespace) -> dict[str, object]:
     """What every trial sets besides the swept values: the sweep's own flags, and no resume."""
     fixed: dict[str, object] = {"resume_from_task_id": ""}  # a trial trains from scratch, whatever its template did
@@ -41,14 +72,13 @@ def trial_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def build_optimizer(template_task_id: str, args: argparse.Namespace, space: dict[str, list]):
     """The optimizer, built but not started."""
-    import optuna
     from clearml.automation import DiscreteParameterRange, HyperParameterOptimizer
     from clearml.automation.optuna import OptimizerOptuna
 
-    values = {**space, **{name: [value] for name, value in trial_overrides(args).items()}}
+    values = {f"Args/{name}": choices for name, choices in {**space, **{name: [value] for name, value in trial_overrides(args).items()}}.items()}
     return HyperParameterOptimizer(
         base_task_id=template_task_id,
-        hyper_parameters=[DiscreteParameterRange(f"Args/{name}", values=choices) for name, choices in values.items()],
+        hyper_parameters=[DiscreteParameterRange(name, values=choices) for name, choices in values.items()],
         objective_metric_title=OBJECTIVE["title"],
         objective_metric_series=OBJECTIVE["series"],
         objective_metric_sign=f"{OBJECTIVE['sign']}_global",
@@ -64,9 +94,9 @@ def build_optimizer(template_task_id: str, args: argparse.Namespace, space: dict
         # Our Args are the single source of the ranges; connecting the optimizer's own
         # copy to the task would let stale values override what was edited in the UI.
         auto_connect_task=False,
-        # The local sweep's sampler (no pair twice, seeded) and no pruning: Optuna's defaults
-        # (TPE, MedianPruner) would repeat pairs and abort trials.
-        optuna_sampler=optuna.samplers.BruteForceSampler(seed=args.seed),
+        # No pair twice, in a seeded order, and no pruning: Optuna's defaults (TPE, MedianPruner)
+        # would repeat pairs and abort trials.
+        optuna_sampler=GridInTrialOrder(values, seed=args.seed),
         optuna_pruner=optuna.pruners.NopPruner(),
         # A trial's status and objective are polled every 3 s (ClearML's default is 2 min,
         # which would leave the queue idle that long after every short trial).

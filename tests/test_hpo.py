@@ -1,5 +1,6 @@
 """The sweep: local Optuna over the train step, resuming, failures, and the server optimizer's names."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from optuna.trial import TrialState
 from pipelines.controller import step_parser
 from pipelines.definition import STEPS
 from pipelines.hpo_local import OBJECTIVE, open_study
+from pipelines.hpo_server import GridInTrialOrder
 from pipelines.run_hpo import SWEPT
 from components.data import read_tsv
 from reference_model import protocol_scores
@@ -163,9 +165,8 @@ objective = optimizer._objective_metric
 print("OBJECTIVE=" + repr((objective.title, objective.series, objective.order, objective.extremum)))
 print("JOBS=" + repr((optimizer._execution_queue, optimizer._num_concurrent_workers, optimizer.total_max_jobs)))
 sampler, pruner = optimizer._optuna_sampler, optimizer._optuna_pruner
-print("OPTUNA=" + repr((type(sampler).__name__, sampler._rng.rng.randint(10**9), type(pruner).__name__)))
-import optuna
-print("SEEDED=" + repr(optuna.samplers.BruteForceSampler(seed=7)._rng.rng.randint(10**9)))
+print("OPTUNA=" + repr((type(sampler).__name__, type(pruner).__name__)))
+print("GRID=" + repr(sampler._grid))
 """
 
 
@@ -181,6 +182,42 @@ def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_ho
     assert lines["LIMITS"] == (5.0, 30)  # minutes per trial, minutes left of the whole sweep
     assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
     assert lines["JOBS"] == ("gpu-q", 3, 24)  # 30 trials asked, 24 combinations: no pair twice
-    # the local sweep's sampler, seeded by --seed, and no pruning (Optuna's defaults are TPE and MedianPruner)
-    assert lines["OPTUNA"] == ("BruteForceSampler", lines["SEEDED"], "NopPruner")
+    # every combination once, in an order --seed sets, and no pruning (Optuna's defaults are TPE and MedianPruner)
+    assert lines["OPTUNA"] == ("GridInTrialOrder", "NopPruner")
+    grid = [tuple(combination.values()) for combination in lines["GRID"]]
+    assert sorted(grid) == sorted(itertools.product(*[values for _, values in lines["PARAMS"]]))
+    other_seed = GridInTrialOrder(dict(lines["PARAMS"]), seed=8)._grid
+    assert lines["GRID"] == GridInTrialOrder(dict(lines["PARAMS"]), seed=7)._grid != other_seed
     assert "Could not find requested hyper-parameters" not in completed.stdout + completed.stderr
+
+
+SMALL_GRID = {"Args/lora_rank": [4, 16], "Args/prompt_length": [10, 20], "Args/resume_from_task_id": [""]}  # 2 x 2, one fixed value
+
+
+def test_the_server_sampler_gives_trials_started_together_their_own_pairs():
+    """ClearML's OptimizerOptuna runs the study with one thread per concurrent trial; the worst case is every trial
+    started before any has drawn, each drawing a value while the others hold only their earlier ones. Four trials
+    interleaved that way get the four pairs of a 2 x 2 grid once each (BruteForceSampler, seeded alike, gave
+    (4, 20) twice and never (16, 10): it reads the pairs that other trials hold, and here they hold none yet)."""
+    study = optuna.create_study(sampler=GridInTrialOrder(SMALL_GRID, seed=3), pruner=optuna.pruners.NopPruner())
+    trials = [study.ask() for _ in range(4)]
+    for name, choices in SMALL_GRID.items():
+        for trial in trials:
+            trial.suggest_categorical(name, choices)
+    assert sorted(tuple(trial.params[name] for name in SMALL_GRID) for trial in trials) == sorted(itertools.product(*SMALL_GRID.values()))
+
+
+@pytest.mark.parametrize("concurrency", [2, 6])
+def test_the_server_sampler_covers_the_grid_with_the_optimizers_threads(concurrency):
+    """The study as ClearML runs it, ``optimize(n_trials, n_jobs=concurrency)``, with 2 threads and with more threads
+    than pairs: every pair once, every trial complete (ClearML prunes a trial whose pair was already run)."""
+    drawn = []
+
+    def objective(trial: optuna.Trial) -> float:
+        drawn.append(tuple(trial.suggest_categorical(name, choices) for name, choices in SMALL_GRID.items()))
+        return 0.0
+
+    study = optuna.create_study(sampler=GridInTrialOrder(SMALL_GRID, seed=3), pruner=optuna.pruners.NopPruner())
+    study.optimize(objective, n_trials=4, n_jobs=concurrency)
+    assert sorted(drawn) == sorted(itertools.product(*SMALL_GRID.values()))
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 4

@@ -102,7 +102,8 @@ def pipeline_run(clearml_server: ServerTarget, agents: Agents, project: ProjectR
 @pytest.fixture(scope="session")
 def sweeps(pipeline_run: dict, clearml_server: ServerTarget, project: ProjectRunner) -> Iterator[Sweeps]:
     """Flow 5 in the background: the sweep enqueued on ``services`` over the session pipeline's
-    train task, then, once it completed, a UI clone of it sweeping ``lora_ranks`` "[4, 8]".
+    train task, then, once it completed, a UI clone of it sweeping a 2 x 2 grid, ``lora_ranks``
+    "[4, 8]" by ``prompt_lengths`` "[2, 4]", in 4 trials (both at the default ``--concurrent``).
     Flow 2 asks for it first, so that the sweeps' trials run while flows 2-4 do (one step at a
     time leaves a core of this 2-core machine idle).
 
@@ -118,7 +119,7 @@ def sweeps(pipeline_run: dict, clearml_server: ServerTarget, project: ProjectRun
 
     def clone_when_completed() -> str:
         api.wait_for_status(optimizer_id, ("completed",), timeout_s=900)
-        clone_id = clone_and_enqueue(project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "trials": "2"}, SERVICES)
+        clone_id = clone_and_enqueue(project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "prompt_lengths": "[2, 4]", "trials": "4"}, SERVICES)
         api.wait_for_status(clone_id, ("completed",), timeout_s=900)
         return clone_id
 

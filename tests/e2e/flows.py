@@ -20,8 +20,9 @@ PROJECT = CLEARML_PROJECT  # the launch's default project
 STEPS = ("ingest", "preprocess", "train", "evaluate", "register")  # a run's steps; "export" follows register when asked
 STEP_QUEUES = {"ingest": CPU, "preprocess": CPU, "train": GPU, "evaluate": GPU, "register": CPU, "export": CPU}
 LAUNCH = the_command("python pipelines/run_pipeline.py", "--preset tiny")
-# The README's sweep with what keeps a flow short: one trial at a time, one step each, one prompt length.
-SWEEP = the_command("python pipelines/run_hpo.py", "--run-on") + " --concurrent 1 --max-steps 1 --prompt-lengths 4"
+# The README's sweep at its default concurrency, with what keeps a flow short: one step per trial, one prompt length
+# (the UI clone sweeps two).
+SWEEP = the_command("python pipelines/run_hpo.py", "--run-on") + " --max-steps 1 --prompt-lengths 4"
 
 
 def launch_pipeline(project: ProjectRunner, server: ServerTarget, extra: str = "") -> dict:

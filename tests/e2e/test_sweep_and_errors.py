@@ -18,6 +18,12 @@ def trial_ranks(server: ServerTarget, trials: list[dict]) -> dict[int, str]:
     return {int(server.api.hyperparameter(t["id"], "Args", "lora_rank")): t["status"] for t in trials}
 
 
+def trial_pairs(server: ServerTarget, trials: list[dict]) -> list[tuple[tuple[int, int], str]]:
+    """Each trial's (lora_rank, prompt_length) and status, in the order they were created."""
+    return [((int(server.api.hyperparameter(t["id"], "Args", "lora_rank")), int(server.api.hyperparameter(t["id"], "Args", "prompt_length"))),
+             t["status"]) for t in trials]
+
+
 def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_values(sweeps: Sweeps, clearml_server, agents):
     api = clearml_server.api
     optimizer_id = sweeps.optimizer_id
@@ -27,6 +33,7 @@ def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_value
     children = optimizer_children(clearml_server, optimizer_id)
     trials = [task for tasks in children.values() for task in tasks if task["type"] == "training"]
     assert trial_ranks(clearml_server, trials) == {0: "failed", 2: "completed", 4: "completed"}  # rank 0 is refused by the train step
+    assert "Pruning trial with duplicate parameters" not in api.task_log(optimizer_id)
     [evaluate], [register] = children["evaluate"], children["register"]
     assert (evaluate["status"], register["status"]) == ("completed", "completed")
     best = api.hyperparameter(evaluate["id"], "Args", "train_task_id")
@@ -41,8 +48,11 @@ def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_value
         clone_id = sweeps.ui_clone.result(timeout=900)
     except AssertionError as failed:
         raise AssertionError(f"{failed}\n{agents.log(SERVICES)}") from None
+    # the 2 x 2 grid at the default concurrency (2 trials at a time): every pair once, each trial completed, none pruned
     clone_trials = optimizer_children(clearml_server, clone_id).get("train", [])
-    assert trial_ranks(clearml_server, clone_trials) == {4: "completed", 8: "completed"}
+    assert api.hyperparameter(clone_id, "Args", "concurrent") == "2"
+    assert sorted(trial_pairs(clearml_server, clone_trials)) == [((4, 2), "completed"), ((4, 4), "completed"), ((8, 2), "completed"), ((8, 4), "completed")]
+    assert "Pruning trial" not in api.task_log(clone_id)
 
 
 def objective(task: dict) -> float:
