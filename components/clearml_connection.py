@@ -10,7 +10,8 @@ expanded, ``~/clearml.conf``), in this order:
 3. ``--local``: offline.
 4. Credentials configured: the server, pinged once (honouring ``api.verify_certificate``)
    so that an unreachable one fails within seconds instead of ClearML's silent retries
-   for hours.
+   for hours, and asked once for a token with the key pair, so that keys it does not know
+   are one sentence naming where they were read instead of the SDK's LoginError traceback.
 5. A server address without credentials: an error naming the file or variable to fix.
 6. Nothing configured: offline.
 
@@ -45,6 +46,8 @@ class ServerSettings:
 
     api_host: str
     has_credentials: bool
+    key_pair: tuple[str, str] | None  # (access key, secret key) when configured; None with a token instead
+    key_pair_source: str  # where the key pair was read: the variables or the clearml.conf in effect
     host_configured: bool  # an address given explicitly (not the SDK's default, app.clear.ml)
     config_file: str | None  # the clearml.conf in effect, if any
 
@@ -77,9 +80,13 @@ def server_settings(config=None) -> ServerSettings:
     access_key = ENV_ACCESS_KEY.get(default=config.get("api.credentials.access_key", None))
     secret_key = ENV_SECRET_KEY.get(default=config.get("api.credentials.secret_key", None))
     explicit_host = ENV_HOST.get() or config.get("api.api_server", None) or config.get("api.host", None)
+    key_pair = (access_key, secret_key) if access_key and secret_key else None
     return ServerSettings(
         api_host=Session.get_api_server_host(config),
-        has_credentials=bool((access_key and secret_key) or ENV_AUTH_TOKEN.get()),
+        has_credentials=bool(key_pair or ENV_AUTH_TOKEN.get()),
+        key_pair=None if ENV_AUTH_TOKEN.get() else key_pair,
+        key_pair_source="CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY" if ENV_ACCESS_KEY.get() and ENV_SECRET_KEY.get()
+        else str(get_active_config_file()),
         host_configured=bool(explicit_host),
         config_file=get_active_config_file(),
     )
@@ -95,7 +102,8 @@ def enter_offline_mode() -> None:
 
 
 def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
-    """Ping the configured API server once, with ClearML's own HTTP session (certificate settings included)."""
+    """Ping the configured API server once, with ClearML's own HTTP session (certificate settings included),
+    and log in once with the configured key pair (clearml-server answers keys it does not know with 401)."""
     import requests
     from clearml.backend_api import Session
     from clearml.backend_api.utils import get_http_session_with_retry
@@ -106,6 +114,15 @@ def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_
     try:
         # verify= again per request: requests would otherwise let REQUESTS_CA_BUNDLE override the session's setting.
         session.get(f"{host}/debug.ping", timeout=timeout_s, verify=session.verify)
+        settings = server_settings(config)
+        if settings.key_pair is not None:
+            login = session.post(f"{host}/auth.login", json={}, auth=settings.key_pair, timeout=timeout_s, verify=session.verify)
+            if login.status_code == 401:
+                raise ServerMisconfigured(
+                    f"The ClearML server {host} refused the key pair in {settings.key_pair_source} (invalid credentials); "
+                    "create a key pair in that server's web UI (Settings -> Workspace) and run clearml-init or set "
+                    "CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or run with --local."
+                )
     except requests.exceptions.SSLError as error:
         raise ServerUnreachable(
             f"The ClearML server {host} has a certificate this machine does not trust ({error.__class__.__name__}); "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api(server) -> ServerApi:
     env = server.environment()
-    return ServerApi(env["CLEARML_API_HOST"], "unit-key", "unit-secret")
+    return ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
 
 
 @pytest.fixture(scope="module")
@@ -601,10 +602,59 @@ def test_files_round_trip_and_stay_inside_the_files_folder(server):
 def test_state_and_calls_are_written_to_the_state_directory(tmp_path):
     with ClearMLTestServer(tmp_path) as running:
         env = running.environment()
-        api = ServerApi(env["CLEARML_API_HOST"], "k", "s")
+        api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         task = new_task(api, api.call("projects.create", name="saved")["id"], name="saved task")
     assert load_state(tmp_path)["tasks"][task]["name"] == "saved task"
     assert [c["endpoint"] for c in load_calls(tmp_path)] == ["auth.login", "projects.create", "tasks.create"]
+
+
+SPANS_A_RESTART = """
+import pathlib, sys, time
+from clearml import Task
+task = Task.init(project_name="restart", task_name="spans a restart")
+task.get_logger().report_scalar("loss", "train", value=1.0, iteration=0)
+print("ready", flush=True)
+go = pathlib.Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.1)
+task.upload_artifact("after", {"restarted": True}, wait_on_upload=True)
+task.get_logger().report_scalar("loss", "train", value=0.5, iteration=1)
+task.close()
+"""
+
+
+def test_a_restart_on_the_same_state_directory_keeps_state_and_tokens_and_a_run_across_it_completes(tmp_path):
+    """clearml-server keeps its databases and its token secret (``secure.auth.token_secret``) across a restart;
+    agents then find their queue by the id they hold, and a task whose process spans the restart completes with
+    its token from before. The SDK's own configuration (its reporting subprocess) runs the task."""
+    state, go = tmp_path / "state", tmp_path / "go"
+    first = ClearMLTestServer(state).start()
+    env = first.environment()
+    api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    queue = api.queue_id("cpu", create=True)
+    user_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}, **env, "HOME": str(tmp_path)}
+    run = subprocess.Popen([sys.executable, "-c", SPANS_A_RESTART, str(go)], env=user_env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        printed = ""
+        while not printed.endswith("ready\n") and run.poll() is None:
+            printed += run.stdout.readline()
+        assert run.poll() is None, printed
+        first.stop()
+        second = ClearMLTestServer(state, port=int(env["CLEARML_API_HOST"].rsplit(":", 1)[1])).start()
+        try:
+            go.touch()
+            output, _ = run.communicate(timeout=120)
+            assert run.returncode == 0, output
+            assert api.queue_id("cpu") == queue  # the token from before the restart, and the queue by its id
+            [task] = api.tasks(name="^spans a restart$")
+            assert task["status"] == "completed"
+            assert [a["key"] for a in task["execution"]["artifacts"]] == ["after"]
+            assert api.scalar_iterations(task["id"], "loss", "train") == [0, 1]
+        finally:
+            second.stop()
+    finally:
+        os.killpg(run.pid, signal.SIGKILL) if run.poll() is None else None
 
 
 def _stored_files(server, paths: list[str], timeout_s: float = 5.0) -> set[str]:

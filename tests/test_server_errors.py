@@ -20,7 +20,7 @@ import pytest
 from pipelines.queues import AGENT_OPTIONS, QueueUse
 from tests.clearml_server import ClearMLTestServer
 from tests.e2e.harness import run_in_group
-from tests.e2e.server_api import ServerApi
+from tests.e2e.server_api import ApiError, ServerApi
 from tests.readme_commands import agent_commands, the_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +145,35 @@ def test_the_agent_commands_named_in_errors_are_the_readmes():
     assert set(readme) == {*AGENT_OPTIONS, "multinode"}
     for kind in AGENT_OPTIONS:
         assert QueueUse(kind, kind, "--x", "x").agent_command == readme[kind]
+
+
+@pytest.mark.parametrize("where", ["variables", "clearml.conf"])
+def test_keys_the_server_does_not_know_are_one_sentence_naming_where_they_were_read(server, tmp_path, api, where):
+    """clearml-server answers an unknown key pair with 401 (invalid_credentials); the SDK's own login would
+    raise LoginError with a traceback. The launch says where the keys came from and creates nothing."""
+    env = new_user_environment(server, tmp_path)
+    if where == "variables":
+        env.update(CLEARML_API_ACCESS_KEY="not-a-key", CLEARML_API_SECRET_KEY="not-a-secret")
+        source = "CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY"
+    else:
+        config = tmp_path / "home" / "clearml.conf"
+        config.write_text(f'api {{ api_server: "{env.pop("CLEARML_API_HOST")}"\n'
+                          '  credentials { access_key: "not-a-key", secret_key: "not-a-secret" } }\n')
+        del env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]
+        source = str(config)
+    stderr, _ = run_failing(env, the_command("python pipelines/run_pipeline.py", "--preset tiny"))
+    assert last_line(stderr) == (
+        f"error: The ClearML server {server.api_host} refused the key pair in {source} (invalid credentials); create a key "
+        "pair in that server's web UI (Settings -> Workspace) and run clearml-init or set CLEARML_API_ACCESS_KEY and "
+        "CLEARML_API_SECRET_KEY, or run with --local.")
+    assert "Traceback" not in stderr and "not-a-secret" not in stderr
+    assert api.tasks() == []
+
+
+def test_the_test_server_refuses_unknown_keys_as_clearml_server_does(api, server):
+    """``apiserver/service_repo/auth/auth.py:authorize_credentials``: 401, subcode 22 (``invalid_credentials``)."""
+    stranger = ServerApi(server.api_host, "not-a-key", "not-a-secret")
+    with pytest.raises(ApiError) as refused:
+        stranger.call("queues.get_all")
+    assert (refused.value.code, refused.value.subcode) == (401, 22), refused.value
+    assert api.call("queues.get_all")["queues"]  # the key pair the server printed is accepted

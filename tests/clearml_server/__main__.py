@@ -1,4 +1,7 @@
-"""``python -m tests.clearml_server --port N --state-dir DIR``: serve until SIGTERM or Ctrl-C."""
+"""``python -m tests.clearml_server --port N --state-dir DIR``: serve until SIGTERM or Ctrl-C.
+
+It prints the variables that point a client at it, the one key pair it accepts among them;
+started again on the same ``--state-dir`` it continues with the state and tokens it had."""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
-"""Authentication: any access/secret key pair is accepted; tokens are HS256 JWTs.
+"""Authentication: one access/secret key pair is accepted; tokens are HS256 JWTs.
 
 Follows ``apiserver/service_repo/auth/auth.py`` (Basic credentials or a Bearer token on
-any call) and ``apiserver/bll/auth/__init__.py:get_token_for_user`` (the token carries
-``api_version``, ``server_version`` and ``feature_set``, which the SDK and the agent read
-from the token to decide which API level to speak).
+any call; a key pair it does not know is ``401.22 invalid_credentials``, "failed to locate
+provided credentials") and ``apiserver/bll/auth/__init__.py:get_token_for_user`` (the token
+carries ``api_version``, ``server_version`` and ``feature_set``, which the SDK and the agent
+read from the token to decide which API level to speak). As clearml-server's
+``secure.auth.token_secret`` is fixed by its configuration, the signing secret is drawn once
+per state directory and kept there: tokens issued before a restart stay valid after it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hmac
 import json
 import secrets
 import time
+from pathlib import Path
+
 from . import errors
 from .store import COMPANY_ID, COMPANY_NAME
 
@@ -21,6 +26,9 @@ API_VERSION = "2.31"  # apiserver/service_repo/service_repo.py: ServiceRepo._max
 SERVER_VERSION = "2.0.0"  # apiserver/version.py at the release the endpoints follow
 SERVER_BUILD = "test-double"
 DEFAULT_EXPIRATION_S = 30 * 24 * 3600  # apiserver.auth.default_expiration_sec
+# The one user's key pair (the server prints it with its other variables); any other pair is refused.
+ACCESS_KEY, SECRET_KEY = "test-access-key", "test-secret-key"
+TOKEN_SECRET_FILE = "token_secret"
 
 
 def _b64(data: bytes) -> str:
@@ -31,9 +39,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def token_secret(state_dir: Path) -> bytes:
+    """The signing secret of this state directory: drawn on the first start, read back on every later one."""
+    path = Path(state_dir) / TOKEN_SECRET_FILE
+    if not path.exists():
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
 class Authenticator:
-    def __init__(self) -> None:
-        self._secret = secrets.token_bytes(32)
+    def __init__(self, state_dir: Path) -> None:
+        self._secret = token_secret(state_dir)
 
     def user_for_key(self, access_key: str) -> dict[str, str]:
         """One user per access key, so tasks record who created them."""
@@ -92,6 +109,8 @@ class Authenticator:
                 raise errors.bad_credentials() from None
             if not access_key or not secret_key:
                 raise errors.bad_credentials("access key and secret key are required")
+            if not (hmac.compare_digest(access_key, ACCESS_KEY) and hmac.compare_digest(secret_key, SECRET_KEY)):
+                raise errors.invalid_credentials("failed to locate provided credentials")
             return self.user_for_key(access_key)
         raise errors.bad_auth_type()
 

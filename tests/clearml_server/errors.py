@@ -70,6 +70,7 @@ data_error = _error(500, 100, "General data error")
 # 401 unauthorized
 no_credentials = _error(401, 20, "Unauthorized (missing credentials)")
 bad_credentials = _error(401, 21, "Unauthorized (malformed credentials)")
+invalid_credentials = _error(401, 22, "Unauthorized (invalid credentials)")
 invalid_token = _error(401, 30, "Invalid token")
 bad_auth_type = _error(401, 10, "Unauthorized (bad authentication header type)")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import services  # noqa: F401  (registers the endpoints)
 from .api import ApiRequestHandler
-from .auth import Authenticator
+from .auth import ACCESS_KEY, SECRET_KEY, Authenticator
 from .files import FILES_DIR, FilesRequestHandler, UrlsDeleteJob
 from .services.queues import ensure_default_queue
 from .store import Store
@@ -54,7 +54,7 @@ class ClearMLTestServer:
                     raise
                 continue
             api.RequestHandlerClass.store = self.store
-            api.RequestHandlerClass.authenticator = Authenticator()
+            api.RequestHandlerClass.authenticator = Authenticator(self.state_dir)
             files.RequestHandlerClass.store = self.store
             files.RequestHandlerClass.root = files_root
             return api, files
@@ -79,8 +79,8 @@ class ClearMLTestServer:
             "CLEARML_API_HOST": self.api_host,
             "CLEARML_WEB_HOST": self.web_host,
             "CLEARML_FILES_HOST": self.files_host,
-            "CLEARML_API_ACCESS_KEY": "test-access-key",
-            "CLEARML_API_SECRET_KEY": "test-secret-key",
+            "CLEARML_API_ACCESS_KEY": ACCESS_KEY,
+            "CLEARML_API_SECRET_KEY": SECRET_KEY,
         }
 
     def start(self) -> "ClearMLTestServer":

@@ -1,8 +1,10 @@
 """The server's state: entities kept in memory as clearml-server returns them, saved as JSON.
 
 One lock guards everything (requests are served by threads). ``state.json`` in the state
-directory holds the entities, the events and the file URLs scheduled for deletion; ``calls.jsonl`` has one line per API call
-(endpoint, request keys, result code), so a test can see what a client called.
+directory holds the entities, the events and the file URLs scheduled for deletion; a server
+started on a state directory that has one continues from it, as clearml-server does from its
+databases. ``calls.jsonl`` has one line per API call (endpoint, request keys, result code),
+so a test can see what a client called.
 """
 
 from __future__ import annotations
@@ -45,11 +47,19 @@ class Store:
         self.workers: dict[str, dict] = {}
         self.events: list[dict] = []
         self.urls_to_delete: list[dict] = []  # database/model/url_to_delete.py: UrlToDelete
+        if (self.state_dir / STATE_FILE).exists():
+            self._restore(load_state(self.state_dir))
         self._dirty = False
         self._closed = threading.Event()
         self._calls = open(self.state_dir / CALLS_FILE, "a", encoding="utf-8")
         self._flusher = threading.Thread(target=self._flush_loop, name="state-flusher", daemon=True)
         self._flusher.start()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for name in COLLECTIONS:
+            self.collection(name).update(state[name])
+        self.events = state["events"]
+        self.urls_to_delete = state["urls_to_delete"]
 
     def collection(self, name: str) -> dict[str, dict]:
         return getattr(self, name)
