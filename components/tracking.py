@@ -152,6 +152,25 @@ def failures_end_the_process() -> Iterator[None]:
         exit_with_error(f"{type(error).__name__}: {error} (the traceback is above)")
 
 
+@contextmanager
+def staying_after_enqueue() -> Iterator[None]:
+    """Keep this process alive through ClearML's calls that enqueue its own task and leave (``Task.execute_remotely``,
+    ``PipelineController.start``), so that it can follow the task it enqueued.
+
+    clearml 2.1.12 leaves with ``leave_process(0)`` (clearml/utilities/process/mp.py), whose bare ``except`` catches
+    its own ``sys.exit`` and calls ``os._exit(0)``: no caller can intercept it. The task is closed and enqueued
+    by then; only the exit is skipped.
+    """
+    import clearml.task
+
+    leave = clearml.task.leave_process
+    clearml.task.leave_process = lambda status=0: None
+    try:
+        yield
+    finally:
+        clearml.task.leave_process = leave
+
+
 def exit_with_error(message: str) -> None:
     """``error: message`` on stderr; the current task, if any, failed with ``message``; exit status 1 now."""
     print(f"error: {message}", file=sys.stderr, flush=True)

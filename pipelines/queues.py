@@ -7,16 +7,24 @@ on a missing queue would fail half-way, with its controller task already on the 
 so every queue is looked up first, and a missing one is one sentence naming it and the
 command that serves it. A queue that exists but has no agent listening is only a warning:
 its tasks wait there until one starts (an autoscaler may be about to).
+
+After a launch has enqueued its controller (or a sweep its optimizer), it follows that task
+until an agent starts it, for ``--wait-for-start`` seconds: a task that fails before its code
+runs (an agent that cannot build its environment, say) is one sentence with the reason and
+exit status 1, not a launch that exits 0 while nothing runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from components.errors import UserError
+from components.tracking import staying_after_enqueue
 
 # What serves each kind of queue: the README's agent commands (tests/test_server_errors.py keeps them equal).
 AGENT_OPTIONS = {
@@ -70,3 +78,62 @@ def check_queues(uses: Iterable[QueueUse]) -> None:
         if not found[use.name]:
             print(f"warning: no agent is listening on queue {use.name!r} ({use.option}); its tasks wait there until one starts: "
                   f"`{use.agent_command}`.", file=sys.stderr, flush=True)
+
+
+# clearml-agent's status reasons while it prepares a task, before the task's own code runs
+# (clearml_agent/commands/worker.py): the daemon's, then the environment build; "worker starting
+# task execution" follows once the entry point starts.
+PREPARING_REASONS = ("starting execution soon", "worker started execution")
+STARTED_STATUSES = ("in_progress", "completed", "published", "closed")
+FAILED_STATUSES = ("failed", "stopped")
+WAIT_FOR_START_S = 60.0
+FOLLOW_POLL_S = 1.0
+
+
+class StartFailed(UserError):
+    pass
+
+
+def add_wait_for_start(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--wait-for-start", type=float, default=WAIT_FOR_START_S, metavar="SECONDS",
+                        help=f"after enqueuing {what}, follow it this long until an agent starts it; one that fails first "
+                             "ends the command with its reason and exit status 1 (0: do not wait) (default: %(default)s)")
+
+
+def enqueue_and_follow(enqueue_and_leave: Callable[[], object], task_id: str, queue: str, wait_s: float) -> None:
+    """Run ClearML's call that enqueues this process's own task and would end the process (``Task.execute_remotely``,
+    ``PipelineController.start``), then follow that task."""
+    with staying_after_enqueue():
+        enqueue_and_leave()
+    follow_start(task_id, queue, wait_s)
+
+
+def follow_start(task_id: str, queue: str, wait_s: float) -> None:
+    """Wait until an agent starts the task, it fails, or ``wait_s`` passed; say which (a failure is a StartFailed)."""
+    from clearml.backend_api.session.client import APIClient
+
+    client = APIClient()
+    deadline = time.monotonic() + wait_s
+    while True:
+        task = client.tasks.get_by_id(task=task_id)
+        status = str(task.status)  # an enum of the API's
+        if status in FAILED_STATUSES:
+            raise StartFailed(f"Task {task_id} {status} on queue {queue!r} before it started ({task.status_reason or 'no reason given'}); "
+                              f"its log ends: {last_log_error(client, task_id)}")
+        if status in STARTED_STATUSES and task.status_reason not in PREPARING_REASONS:
+            print(f"Task {task_id} started on agent {task.last_worker} (queue {queue!r}).", flush=True)
+            return
+        if time.monotonic() >= deadline:
+            where = (f"is still queued on {queue!r}: no agent of that queue has taken it yet" if status == "queued"
+                     else f"is being prepared by agent {task.last_worker} (queue {queue!r}): its environment is being built")
+            print(f"Task {task_id} {where}; it continues there.", flush=True)
+            return
+        time.sleep(FOLLOW_POLL_S)
+
+
+def last_log_error(client, task_id: str) -> str:
+    """The task's last console line that reports an error (else its last line): what the agent said when it gave up."""
+    events = sorted(client.events.get_task_log(task=task_id, navigate_earlier=True, batch_size=200).events, key=lambda e: e.get("timestamp", 0))
+    lines = [line.strip() for event in events for line in str(event.get("msg", "")).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["(empty)"])[-1]

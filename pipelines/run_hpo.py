@@ -33,7 +33,7 @@ from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PRESETS, PROJECT_ROOT, SELECTION_METRIC
 from pipelines.run_pipeline import build_parser as pipeline_parser
 from pipelines.run_pipeline import pipeline_parameters
-from pipelines.queues import QueueUse, check_queues
+from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
 from pipelines.repository import check_repository
 
 # Swept train-step argument -> (the sweep's option holding its values, their type).
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--trial-time-limit", type=float, default=None, help="minutes one trial may run")
     server.add_argument("--time-limit", type=float, default=None, help="minutes the whole sweep may run")
     server.add_argument("--run-on", metavar="QUEUE", help="enqueue this optimizer task on QUEUE (e.g. services) instead of running it here")
+    add_wait_for_start(server, "the optimizer (--run-on)")
     server.add_argument("--allow-local-repository", action="store_true",
                         help="accept a git remote that is a path on this machine (every agent runs on this machine)")
     return parser
@@ -136,7 +137,8 @@ def run_on_server(task, args: argparse.Namespace) -> dict | None:
     from pipelines.hpo_server import run_server_sweep
 
     if args.run_on and not running_on_agent():
-        task.execute_remotely(queue_name=args.run_on, exit_process=True)
+        enqueue_and_follow(lambda: task.execute_remotely(queue_name=args.run_on, exit_process=True), task.id, args.run_on, args.wait_for_start)
+        return None
     return run_server_sweep(task, args, search_space(args))
 
 

@@ -36,7 +36,7 @@ from components.settings import (
 )
 from pipelines.definition import PARAMETER_STEPS, StepSpec, run_steps, step_arguments
 from pipelines.local import run_step_locally
-from pipelines.queues import QueueUse, check_queues
+from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
 from pipelines.report import HEADLINE_METRICS, write_report
 from pipelines.repository import check_repository, repository_path
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--gpu-queue", default="gpu", help="queue of train and evaluate")
     server.add_argument("--controller-queue", default="services", help="queue of the pipeline controller")
     server.add_argument("--controller-here", action="store_true", help="run the controller in this process instead of on --controller-queue")
+    add_wait_for_start(server, "the controller")
     server.add_argument("--allow-local-repository", action="store_true",
                         help="accept a git remote that is a path on this machine (every agent runs on this machine)")
     return parser
@@ -197,8 +198,11 @@ def launch_on_server(args: argparse.Namespace) -> None:
         complete_controller_code(Task.current_task(), launched)  # the steps run this code, too
     if args.controller_here and not on_agent:
         pipe.start_locally(run_pipeline_steps_locally=False)
-    else:
+    elif on_agent:
         pipe.start(queue=args.controller_queue)
+    else:
+        controller_id = Task.current_task().id
+        enqueue_and_follow(lambda: pipe.start(queue=args.controller_queue), controller_id, args.controller_queue, args.wait_for_start)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

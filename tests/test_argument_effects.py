@@ -62,6 +62,7 @@ DATA_PATHS = "tests/test_agent_rerun.py::test_data_paths_reach_agents_relative_t
 UI_LISTS = "tests/test_agent_rerun.py::test_the_optimizer_reads_lists_edited_in_the_ui"
 LOCAL_SWEEP = "tests/test_hpo.py::test_local_sweep_summary"
 SERVER_OPTIMIZER = "tests/test_hpo.py::test_the_server_optimizer_sweeps_the_train_tasks_arguments"
+FOLLOWED = "tests/test_server_errors.py::test_a_controller_no_agent_takes_is_said_with_its_queue"
 LOCAL_ANYWHERE = "tests/test_launch_checks.py::test_local_runs_offline_even_with_a_server_configured"
 EVALUATE_FLAGS = "tests/test_steps.py::test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_references"
 EVERY_TRAINING_OPTION = "tests/test_steps.py::test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training"
@@ -214,6 +215,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--gpu-queue": AGENTS_CONTROLLER,
         "--controller-queue": "tests/test_agent_rerun.py::test_the_launch_is_enqueued_on_the_controller_queue_with_every_option_stored",
         "--controller-here": "tests/test_agent_rerun.py::test_the_controller_can_run_in_the_launching_shell",
+        "--wait-for-start": FOLLOWED,
         "--allow-local-repository": "tests/test_server_options.py::test_a_launch_from_a_local_path_remote_needs_allow_local_repository",
     },
     "pipelines/run_hpo.py": {
@@ -238,6 +240,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--queue": SERVER_OPTIMIZER,
         "--cpu-queue": "tests/test_server_options.py::test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project",
         "--concurrent": SERVER_OPTIMIZER,
+        "--wait-for-start": FOLLOWED,
         "--trial-time-limit": SERVER_OPTIMIZER,
         "--time-limit": SERVER_OPTIMIZER,
         "--run-on": UI_LISTS,

@@ -8,6 +8,7 @@ user's shell does: the server's variables, a new HOME, and the SDK's default con
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from pipelines.queues import AGENT_OPTIONS, QueueUse
 from tests.clearml_server import ClearMLTestServer
-from tests.e2e.harness import run_in_group
+from tests.e2e.harness import Processes, run_in_group, start_git_remote
 from tests.e2e.server_api import ApiError, ServerApi
 from tests.readme_commands import agent_commands, the_command
 
@@ -57,11 +58,11 @@ def user_shell(server, tmp_path) -> dict[str, str]:
     return new_user_environment(server, tmp_path)
 
 
-def run_failing(env: dict[str, str], command: str) -> tuple[str, float]:
-    """Run ``command`` (``python ...``) from the repository root; it must exit 1 within the deadlines.
+def run_failing(env: dict[str, str], command: str, cwd: Path = ROOT) -> tuple[str, float]:
+    """Run ``command`` (``python ...``) from the repository root (or ``cwd``); it must exit 1 within the deadlines.
     Returns its stderr and the seconds from its ``error:`` line to its exit."""
     argv = [sys.executable, *command.split()[1:]]
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL, start_new_session=True)
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in process.stderr), daemon=True)
@@ -177,3 +178,61 @@ def test_the_test_server_refuses_unknown_keys_as_clearml_server_does(api, server
         stranger.call("queues.get_all")
     assert (refused.value.code, refused.value.subcode) == (401, 22), refused.value
     assert api.call("queues.get_all")["queues"]  # the key pair the server printed is accepted
+
+
+@pytest.fixture
+def pushed_clone(tmp_path):
+    """The project pushed to a git remote (``git daemon``) and cloned, as a user launches from: the launch checks the remote."""
+    processes = Processes(tmp_path / "logs")
+    (tmp_path / "logs").mkdir()
+    try:
+        yield start_git_remote(processes, tmp_path / "git").clone
+    finally:
+        processes.stop_all()
+
+
+def fail_as_an_agent_that_cannot_build_the_environment(api: ServerApi, queue: str) -> str:
+    """What clearml-agent does with a task whose environment it cannot build (as its daemon on a CPU machine does when
+    it looks for torch on download.pytorch.org): take it from the queue, mark it started, log the pip error, fail it."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not (entry := api.call("queues.get_next_task", queue=api.queue_id(queue)).get("entry")):
+        assert time.monotonic() < deadline, f"nothing was enqueued on {queue!r}"
+        time.sleep(0.2)
+    task_id = entry["task"]
+    api.call("tasks.started", task=task_id, status_reason="worker started execution", force=True)
+    api.call_batch("events.add_batch", [{"task": task_id, "type": "log", "timestamp": int(time.time() * 1000), "level": "error",
+                                         "worker": "cpu-box:0", "msg": "ERROR: Could not find pytorch wheel URL for: torch==2.13.0 with cuda 0 support"}])
+    api.call("tasks.failed", task=task_id, status_reason="worker execution exit code 1", force=True)
+    return task_id
+
+
+LAUNCH, SWEEP_ON_SERVICES = the_command("python pipelines/run_pipeline.py", "--preset tiny"), the_command("python pipelines/run_hpo.py", "--run-on")
+
+
+@pytest.mark.parametrize("command", [LAUNCH, SWEEP_ON_SERVICES + " --template-task-id {template}"])
+def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reason(user_shell, api, pushed_clone, command):
+    """The launch follows the task it enqueued (``--wait-for-start``, default 60 s): the agent's failure is its error."""
+    for queue in ("cpu", "gpu", "services"):
+        api.queue_id(queue, create=True)
+    template = api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
+    agent = concurrent.futures.ThreadPoolExecutor(1).submit(fail_as_an_agent_that_cannot_build_the_environment, api, "services")
+    stderr, lingered = run_failing(user_shell, command.format(template=template), cwd=pushed_clone)
+    task_id = agent.result(timeout=10)
+    assert last_line(stderr) == (f"error: Task {task_id} failed on queue 'services' before it started (worker execution exit code 1); "
+                                 "its log ends: ERROR: Could not find pytorch wheel URL for: torch==2.13.0 with cuda 0 support")
+    assert "Traceback" not in stderr
+    assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
+    assert api.task(task_id)["status_reason"] == "worker execution exit code 1"  # the agent's reason stays the task's
+
+
+@pytest.mark.parametrize("command, task_type", [(LAUNCH, "controller"), (SWEEP_ON_SERVICES + " --template-task-id {template}", "optimizer")])
+def test_a_controller_no_agent_takes_is_said_with_its_queue(user_shell, api, pushed_clone, command, task_type):
+    for queue in ("cpu", "gpu", "services"):
+        api.queue_id(queue, create=True)
+    template = api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
+    argv = [sys.executable, *command.format(template=template).split()[1:], "--wait-for-start", "3"]
+    ran = run_in_group(argv, pushed_clone, user_shell, DEADLINE_S, "the launch")
+    assert ran.returncode == 0, ran.stderr
+    [enqueued] = api.tasks(type=[task_type])
+    assert f"Task {enqueued['id']} is still queued on 'services': no agent of that queue has taken it yet; it continues there." in ran.stdout
+    assert enqueued["status"] == "queued"
