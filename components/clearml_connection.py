@@ -16,7 +16,12 @@ expanded, ``~/clearml.conf``), in this order:
 6. Nothing configured: offline.
 
 Offline, ``configs/clearml-offline.conf`` replaces the user's configuration (no server
-address or credentials are read) and makes ``Task.close()`` fast.
+address or credentials are read) and makes ``Task.close()`` fast. On a server, every task
+this process creates records ``requirements.txt`` as the packages an agent installs for it,
+not what the SDK detects in this environment: its analysis of the repository lists the
+tests' packages (pytest, selenium, peft) and this machine's builds (``torch == 2.13.0+cpu``,
+which a package index does not serve). The controller and the optimizer need them all: they
+create the steps' templates from the steps' own parsers. So one virtualenv serves every task.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import UserError
-from components.settings import PROJECT_ROOT
+from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 
 OFFLINE_CONFIG = PROJECT_ROOT / "configs" / "clearml-offline.conf"
 SERVER_CHECK_TIMEOUT_S = 5.0
@@ -146,6 +151,9 @@ def prepare_clearml(local_flag: bool) -> bool:
     settings = server_settings(config)
     if settings.has_credentials:
         check_server_reachable(config)
+        from clearml import Task
+
+        Task.force_requirements_env_freeze(requirements_file=str(REQUIREMENTS_FILE))  # a str: the SDK tests for its own Path class
         return False
     if settings.host_configured:
         where = settings.config_file or "the environment (CLEARML_API_HOST)"

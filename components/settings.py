@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# What an agent installs for every task of this project: the runtime packages (no test-only ones, no local builds).
+REQUIREMENTS_FILE = PROJECT_ROOT / "requirements.txt"
 BASE_MODEL = "ai-forever/ruT5-large"
 DATASET_ID = "lksy/ru_instruct_gpt4"
 SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.settings import PROJECT_ROOT
+from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 from pipelines.definition import STEP_NAMES, StepSpec, run_steps, step_arguments
 
 TEMPLATE_TAG = "template"
@@ -38,9 +38,6 @@ DESCRIPTIONS = {
     "export": "true: after register, export the registered model as a plain Hugging Face checkpoint (a few GB for ruT5-large)",
     "export_ctranslate2": "true: the export step also converts it for CTranslate2 (needs export true)",
 }
-
-
-REQUIREMENTS_FILE = PROJECT_ROOT / "requirements.txt"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from components.settings import REQUIREMENTS_FILE
 from pipelines.queues import AGENT_OPTIONS, QueueUse
 from tests.clearml_server import ClearMLTestServer
 from tests.e2e.harness import Processes, run_in_group, start_git_remote
@@ -236,3 +238,6 @@ def test_a_controller_no_agent_takes_is_said_with_its_queue(user_shell, api, pus
     [enqueued] = api.tasks(type=[task_type])
     assert f"Task {enqueued['id']} is still queued on 'services': no agent of that queue has taken it yet; it continues there." in ran.stdout
     assert enqueued["status"] == "queued"
+    # what its agent will install: the runtime requirements, not this environment's test packages or local torch build
+    installs = api.task(enqueued["id"])["script"]["requirements"]["pip"]
+    assert installs.endswith(REQUIREMENTS_FILE.read_text(encoding="utf-8")) and not re.search(r"pytest|selenium|peft|\+cpu", installs)
