@@ -27,6 +27,8 @@ from components.errors import UserError
 from components.tracking import staying_after_enqueue
 
 # What serves each kind of queue: the README's agent commands (tests/test_server_errors.py keeps them equal).
+# The variable takes torch from the pip index; the agent's default looks on download.pytorch.org and fails on CPU machines.
+AGENT_ENVIRONMENT = "CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none"
 AGENT_OPTIONS = {
     "gpu": "--gpus 0",
     "cpu": "--cpu-only",
@@ -49,7 +51,7 @@ class QueueUse:
 
     @property
     def agent_command(self) -> str:
-        return f"clearml-agent daemon --queue {self.name} --create-queue {AGENT_OPTIONS[self.kind]}"
+        return f"{AGENT_ENVIRONMENT} clearml-agent daemon --queue {self.name} --create-queue {AGENT_OPTIONS[self.kind]}"
 
 
 def _listened(names: Iterable[str]) -> dict[str, bool]:
@@ -109,10 +111,14 @@ def enqueue_and_follow(enqueue_and_leave: Callable[[], object], task_id: str, qu
 
 
 def follow_start(task_id: str, queue: str, wait_s: float) -> None:
-    """Wait until an agent starts the task, it fails, or ``wait_s`` passed; say which (a failure is a StartFailed)."""
+    """Wait until an agent starts the task, it fails, or ``wait_s`` passed; say which (a failure is a StartFailed).
+    With no agent listening on the queue (the launch warned of it) there is nothing to wait for."""
     from clearml.backend_api.session.client import APIClient
 
     client = APIClient()
+    if not _listened([queue]).get(queue):
+        print(f"Task {task_id} is queued on {queue!r}, where no agent listens; it starts when one does.", flush=True)
+        return
     deadline = time.monotonic() + wait_s
     while True:
         task = client.tasks.get_by_id(task=task_id)
@@ -124,8 +130,8 @@ def follow_start(task_id: str, queue: str, wait_s: float) -> None:
             print(f"Task {task_id} started on agent {task.last_worker} (queue {queue!r}).", flush=True)
             return
         if time.monotonic() >= deadline:
-            where = (f"is still queued on {queue!r}: no agent of that queue has taken it yet" if status == "queued"
-                     else f"is being prepared by agent {task.last_worker} (queue {queue!r}): its environment is being built")
+            where = (f"is still queued on {queue!r} after {wait_s:.0f} s: no agent of that queue has taken it yet" if status == "queued"
+                     else f"is being prepared by agent {task.last_worker} (queue {queue!r}) after {wait_s:.0f} s: its environment is being built")
             print(f"Task {task_id} {where}; it continues there.", flush=True)
             return
         time.sleep(FOLLOW_POLL_S)

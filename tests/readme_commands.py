@@ -39,10 +39,22 @@ def the_command(prefix: str, containing: str = "") -> str:
     return found[0]
 
 
+def environment_and_argv(command: str) -> tuple[dict[str, str], list[str]]:
+    """A shell command line split into its leading ``NAME=value`` assignments and its argv."""
+    argv = shlex.split(command)
+    assignments = {}
+    while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):
+        name, _, value = argv.pop(0).partition("=")
+        assignments[name] = value
+    return assignments, argv
+
+
 def agent_commands() -> dict[str, str]:
-    """The README's ``clearml-agent daemon`` commands by the queue each serves."""
+    """The README's ``clearml-agent daemon`` commands (with the variables set before them) by the queue each serves."""
     commands = {}
-    for line in commands_starting("clearml-agent daemon"):
+    for line in command_lines():
+        if environment_and_argv(line)[1][:2] != ["clearml-agent", "daemon"]:
+            continue
         argv = shlex.split(line)
         commands[argv[argv.index("--queue") + 1]] = line
     return commands

@@ -93,8 +93,8 @@ def test_the_readme_launch_on_a_fresh_server_names_every_missing_queue_and_creat
     assert last_line(stderr) == (
         "error: The ClearML server has no queue 'cpu' (--cpu-queue, for ingest, preprocess, register) nor 'gpu' (--gpu-queue, "
         "for train, evaluate) nor 'services' (--controller-queue, for the pipeline controller); start their agents with "
-        "`clearml-agent daemon --queue cpu --create-queue --cpu-only`, `clearml-agent daemon --queue gpu --create-queue --gpus 0`, "
-        "`clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`, or name existing queues with those options."
+        "`CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue cpu --create-queue --cpu-only`, `CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue gpu --create-queue --gpus 0`, "
+        "`CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`, or name existing queues with those options."
     )
     assert "Traceback" not in stderr
     assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
@@ -106,7 +106,7 @@ def test_the_readme_sweep_with_a_missing_queue_creates_nothing(user_shell, api):
         api.queue_id(queue, create=True)
     stderr, lingered = run_failing(user_shell, the_command("python pipelines/run_hpo.py", "--run-on"))
     assert last_line(stderr).startswith("error: The ClearML server has no queue 'services' (--run-on, for the sweep's optimizer); "
-                                        "start its agent with `clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`")
+                                        "start its agent with `CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`")
     assert "Traceback" not in stderr
     assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
     assert api.tasks() == []
@@ -138,7 +138,7 @@ def test_queues_without_an_agent_are_named_in_a_warning(user_shell, api, server)
     assert ran.returncode == 0, ran.stderr
     assert ran.stderr.strip().splitlines() == [
         "warning: no agent is listening on queue 'cpu' (--cpu-queue); its tasks wait there until one starts: "
-        "`clearml-agent daemon --queue cpu --create-queue --cpu-only`."
+        "`CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue cpu --create-queue --cpu-only`."
     ]
 
 
@@ -216,6 +216,7 @@ def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reaso
     """The launch follows the task it enqueued (``--wait-for-start``, default 60 s): the agent's failure is its error."""
     for queue in ("cpu", "gpu", "services"):
         api.queue_id(queue, create=True)
+    api.call("workers.register", worker="cpu-box:0", queues=[api.queue_id("services")])
     template = api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
     agent = concurrent.futures.ThreadPoolExecutor(1).submit(fail_as_an_agent_that_cannot_build_the_environment, api, "services")
     stderr, lingered = run_failing(user_shell, command.format(template=template), cwd=pushed_clone)
@@ -229,15 +230,20 @@ def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reaso
 
 @pytest.mark.parametrize("command, task_type", [(LAUNCH, "controller"), (SWEEP_ON_SERVICES + " --template-task-id {template}", "optimizer")])
 def test_a_controller_no_agent_takes_is_said_with_its_queue(user_shell, api, pushed_clone, command, task_type):
+    """An agent listens on ``services`` but does not take the task (busy) within ``--wait-for-start``; with no agent
+    listening at all (the launch warned of it) the launch does not wait."""
     for queue in ("cpu", "gpu", "services"):
         api.queue_id(queue, create=True)
     template = api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
-    argv = [sys.executable, *command.format(template=template).split()[1:], "--wait-for-start", "3"]
-    ran = run_in_group(argv, pushed_clone, user_shell, DEADLINE_S, "the launch")
-    assert ran.returncode == 0, ran.stderr
-    [enqueued] = api.tasks(type=[task_type])
-    assert f"Task {enqueued['id']} is still queued on 'services': no agent of that queue has taken it yet; it continues there." in ran.stdout
-    assert enqueued["status"] == "queued"
+    argv = [sys.executable, *command.format(template=template).split()[1:], "--wait-for-start", "4"]
+    unserved = run_in_group(argv, pushed_clone, user_shell, DEADLINE_S, "the launch")
+    api.call("workers.register", worker="busy-box:0", queues=[api.queue_id("services")])
+    busy = run_in_group(argv, pushed_clone, user_shell, DEADLINE_S, "the launch")
+    assert unserved.returncode == busy.returncode == 0, unserved.stderr + busy.stderr
+    first, second = api.tasks(type=[task_type], order_by=["created"])
+    assert f"Task {first['id']} is queued on 'services', where no agent listens; it starts when one does." in unserved.stdout
+    assert f"Task {second['id']} is still queued on 'services' after 4 s: no agent of that queue has taken it yet; it continues there." in busy.stdout
+    assert first["status"] == second["status"] == "queued"
     # what its agent will install: the runtime requirements, not this environment's test packages or local torch build
-    installs = api.task(enqueued["id"])["script"]["requirements"]["pip"]
+    installs = api.task(first["id"])["script"]["requirements"]["pip"]
     assert installs.endswith(REQUIREMENTS_FILE.read_text(encoding="utf-8")) and not re.search(r"pytest|selenium|peft|\+cpu", installs)

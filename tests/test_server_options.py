@@ -170,8 +170,8 @@ def test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project
     missing = run(user_shell, *sweep, status=1)
     assert last_line(missing.stderr).startswith(
         "error: The ClearML server has no queue 'gpu' (--queue, for the trials and the winner's evaluation) nor 'cpu2' (--cpu-queue, "
-        "for the winner's register step); start their agents with `clearml-agent daemon --queue gpu --create-queue --gpus 0`, "
-        "`clearml-agent daemon --queue cpu2 --create-queue --cpu-only`")
+        "for the winner's register step); start their agents with `CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue gpu --create-queue --gpus 0`, "
+        "`CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue cpu2 --create-queue --cpu-only`")
     assert api.tasks() == []
 
     create_queues(api, "gpu", "cpu2")  # and no 'cpu': the sweep's default --cpu-queue is missing

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.server_api import ServerApi
+from tests.readme_commands import environment_and_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE_NAME = "project.git"
@@ -203,14 +204,40 @@ def real_server_from_environment() -> ServerTarget | None:
 
 def client_environment(server: ServerTarget, home: Path) -> dict[str, str]:
     """What a user's shell has: the server's variables, a clean HOME (and TMPDIR under it) and
-    ``tests/e2e/clearml.conf`` (reports sent from a thread), no other ClearML setting."""
+    ``tests/e2e/clearml.conf``, no other ClearML setting (``TEST_ONLY_SETTINGS`` says why each differs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
     env.update(server.env)
     tmp = home / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp),
-               CLEARML_CONFIG_FILE=str(CLEARML_CONFIG))
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", TMPDIR=str(tmp), CLEARML_CONFIG_FILE=str(CLEARML_CONFIG))
     return env
+
+
+# Everything the harness sets in a user's shell or an agent's environment that the README does not tell a user to
+# set (the README's server variables and agent-command variables are a user's too), with the reason.
+# tests/test_harness_settings.py fails on a setting that is missing here, or listed here and no longer set.
+TEST_ONLY_SETTINGS = {
+    "HOME": "a new user: a fresh HOME per shell and per agent, so nothing of this machine's ~/clearml.conf, caches or "
+            "git identity is read",
+    "TMPDIR": "temporary files inside the test session's folder, removed with it",
+    "PYTHONUNBUFFERED": "a command's output reaches its log in the order it was printed (for failure messages)",
+    "CLEARML_CONFIG_FILE": "tests/e2e/clearml.conf: the SDK reports from a thread instead of its subprocess, so a "
+                           "Task.close() does not wait about 10 s for the subprocess (dozens of tasks close in the "
+                           "flows); tests/test_server_errors.py runs the README's launch and sweep with the SDK's "
+                           "default configuration, subprocess included",
+    "CLEARML_AGENT_QUEUE_POLL_FREQ_SEC": "agents poll their queues every second instead of every 5 s",
+    "CLEARML_WORKER_ID": "each agent's worker id names its queue, so a test can tell which agent ran a task",
+    "GIT_CONFIG_NOSYSTEM": "git in the agents reads no system configuration of this machine",
+    "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": "all agents but the gpu-venv one run tasks with this Python instead of "
+                                           "building a virtualenv per task (minutes each); the gpu-venv agent builds them",
+    "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "the same: no Python environment set up per task on those agents",
+    "CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_LEGACY_RESOLVER": "the gpu-venv agent uses pip's current resolver: the "
+        "legacy one, which the agent turns on for pip < 24.3, drops torch==2.13.0 for this machine's pip constraint "
+        "torch<=2.14.1 (/etc/xdg/pip) and downloads a CUDA build",
+    "CLEARML_AGENT__AGENT__VENVS_CACHE__PATH": "the gpu-venv agent keeps its virtualenv cache between test sessions "
+                                               "(AGENT_CACHE), as an agent machine keeps ~/.clearml/venvs-cache",
+    "PIP_CACHE_DIR": "the gpu-venv agent's pip cache, kept in AGENT_CACHE for the same reason",
+}
 
 
 # What the agent that builds virtualenvs keeps between test sessions (as a user's agent machine keeps
@@ -219,17 +246,13 @@ AGENT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") /
 
 
 def agent_environment(server: ServerTarget, home: Path, worker_id: str, builds_venv: bool) -> dict[str, str]:
-    """The environment of an agent started with a README command: the server's variables, a HOME of
-    its own (its work folders, ``~/.clearml/vcs-cache``, ``venvs-builds``, ... go there), and
+    """The environment of an agent started with a README command (whose own variables are added to it): the server's
+    variables, a HOME of its own (its work folders, ``~/.clearml/vcs-cache``, ``venvs-builds``, ... go there), and
 
     * ``builds_venv``: the agent's default environment build, a virtualenv per task with the
-      task's requirements installed by pip, as a user's agent does. This machine reaches no
-      download.pytorch.org, so, as the README says for such a site,
-      ``CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none`` (torch from the pip index); and pip's
-      current resolver instead of the legacy one the agent turns on for pip < 24.3: the legacy
-      resolver drops ``torch==2.13.0`` in favour of this machine's pip constraint
-      ``torch<=2.14.1`` (``/etc/xdg/pip``) and fetches a CUDA build. Its venv and pip caches
-      live in ``AGENT_CACHE``.
+      task's requirements installed by pip, as a user's agent does; pip's current resolver instead
+      of the legacy one the agent turns on for pip < 24.3 (see ``TEST_ONLY_SETTINGS``). Its venv and
+      pip caches live in ``AGENT_CACHE``.
     * otherwise the current Python instead of a venv per task
       (``CLEARML_AGENT_SKIP_PIP_VENV_INSTALL``, ``CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL``): the
       agent runs the task's entry point with this interpreter from a clone of the task's
@@ -240,7 +263,6 @@ def agent_environment(server: ServerTarget, home: Path, worker_id: str, builds_v
     env.update(CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=AGENT_POLL_S, CLEARML_WORKER_ID=worker_id, GIT_CONFIG_NOSYSTEM="1")
     if builds_venv:
         env.update(
-            CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE="none",
             CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_LEGACY_RESOLVER="[]",
             CLEARML_AGENT__AGENT__VENVS_CACHE__PATH=str(AGENT_CACHE / "venvs-cache"),
             PIP_CACHE_DIR=str(AGENT_CACHE / "pip"),
@@ -260,7 +282,7 @@ def agent_executable() -> str:
 
 
 def queue_of(agent_command: str) -> str:
-    argv = shlex.split(agent_command)
+    _, argv = environment_and_argv(agent_command)
     return argv[argv.index("--queue") + 1]
 
 
@@ -282,9 +304,9 @@ class Agents:
             return
         home = self._workdir / f"agent-{name}"
         home.mkdir(parents=True)
-        argv = shlex.split(command)
+        command_env, argv = environment_and_argv(command)
         assert argv[0] == "clearml-agent", command
-        env = {**agent_environment(self._server, home, f"e2e-{name}", builds_venv), **(extra_env or {})}
+        env = {**agent_environment(self._server, home, f"e2e-{name}", builds_venv), **command_env, **(extra_env or {})}
         self._server.agents[name] = self._processes.start(f"agent-{name}", [agent_executable(), *argv[1:]], env, home)
         self._wait_for_worker(name, queue)
 
