@@ -11,7 +11,8 @@ arguments, as ``clearml-agent`` does.
 Run as ``python -m tests.agent_simulation launch SCRIPT [ARGS...]`` or
 ``rerun SCRIPT [MODULE:FUNCTION]``. Only what needs a server is replaced, and only once
 the code under test has imported it: enqueueing is recorded (``ENQUEUED <id> <queue>``),
-the queue check prints the queues it would look up (``QUEUES=...``), the pipeline's
+the queue check prints the queues it would look up (``QUEUES=...``), the launch the task it
+would follow after enqueuing it (``FOLLOWED=...``), the pipeline's
 version lookup gets a fixed version, a controller stops after preparing
 its DAG and prints it (``DAG=...``) where on an agent it would launch steps, and
 ``MODULE:FUNCTION``, where the re-run would go on to need a server, prints its arguments
@@ -112,8 +113,10 @@ def _skip_repository_check(module: ModuleType) -> None:
 
 
 def _record_queue_check(module: ModuleType) -> None:
-    """The check asks the server (tested in tests/test_server_errors.py); here it prints which queues it would ask about."""
+    """The check and the following of an enqueued task ask the server (tested in tests/test_server_errors.py); here
+    they print which queues they would ask about (``QUEUES=...``) and which task they would follow (``FOLLOWED=...``)."""
     module.check_queues = lambda uses: print("QUEUES=" + json.dumps([vars(use) for use in uses]), flush=True)
+    module.follow_start = lambda task_id, queue, wait_s: print("FOLLOWED=" + json.dumps([task_id, queue, wait_s]), flush=True)
 
 
 def _server_path(module: ModuleType) -> None:

@@ -64,11 +64,14 @@ def controller(clearml_home, tmp_path_factory):
     [dag] = lines_with("DAG=", rerun)
     [built] = lines_with("CONTROLLER=", rerun)
     return {"queue": queue, "stored": stored, "dag": dag["dag"], "pipeline": dag["pipeline"], "built": built,
-            "checked": {"launch": lines_with("QUEUES=", launched), "agent": lines_with("QUEUES=", rerun)}}
+            "checked": {"launch": lines_with("QUEUES=", launched), "agent": lines_with("QUEUES=", rerun)},
+            "followed": {"launch": lines_with("FOLLOWED=", launched), "agent": lines_with("FOLLOWED=", rerun)}, "task_id": task_id}
 
 
 def test_the_launch_is_enqueued_on_the_controller_queue_with_every_option_stored(controller):
     assert controller["queue"] == "svc2"
+    # the launch follows the controller it enqueued (--wait-for-start's default); the agent's run enqueues nothing to follow
+    assert controller["followed"] == {"launch": [[controller["task_id"], "svc2", 60.0]], "agent": []}
     stored = controller["stored"]
     assert (stored["gpu_queue"], stored["cpu_queue"], stored["project"], stored["pipeline_name"]) == ("a100", "cpu2", "MyProj", "My pipe")
     assert (stored["lora_rank"], stored["max_steps"]) == ("16", "100")

@@ -33,7 +33,7 @@ def launch_pipeline(project: ProjectRunner, server: ServerTarget, extra: str = "
     """Launch as the README says (with ``extra`` options, a flow's own); wait for the controller to complete on the services agent."""
     ran = project.run(f"{LAUNCH} {extra}")
     [controller_id] = project.created_task_ids(ran.stdout + ran.stderr)
-    assert f"Task {controller_id} started on agent e2e-{SERVICES}:" in ran.stdout, ran.stdout  # the launch followed it to its agent
+    assert f"Task {controller_id} started on agent e2e-{SERVICES}" in ran.stdout, ran.stdout  # the launch followed it to its agent
     return server.api.wait_for_status(controller_id, ("completed",), timeout_s=600)
 
 
