@@ -27,6 +27,8 @@ create the steps' templates from the steps' own parsers. So one virtualenv serve
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +108,35 @@ def enter_offline_mode() -> None:
     Task.set_offline(True)
 
 
-def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
-    """Ping the configured API server once, with ClearML's own HTTP session (certificate settings included),
-    and log in once with the configured key pair (clearml-server answers keys it does not know with 401)."""
+@contextmanager
+def _answering(what: str, setting: str, timeout_s: float) -> Iterator[None]:
+    """A request to ``what`` (a server and its address) that fails is one sentence naming ``setting``, where its address is set."""
     import requests
+
+    try:
+        yield
+    except requests.exceptions.SSLError as error:
+        raise ServerUnreachable(
+            f"{what} has a certificate this machine does not trust ({error.__class__.__name__}); "
+            "set api.verify_certificate (or CLEARML_API_HOST_VERIFY_CERT) to false or to a CA bundle path, or run with --local."
+        ) from None
+    except requests.exceptions.RequestException as error:
+        raise ServerUnreachable(
+            f"{what} did not answer within {timeout_s:.0f} s ({error.__class__.__name__}); check {setting}, or run with --local."
+        ) from None
+
+
+def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """Ping the configured API server once, with ClearML's own HTTP session (certificate settings included), log in
+    once with the configured key pair (clearml-server answers keys it does not know with 401), and ping the files
+    server where the tasks' artifacts and models go (unless ``sdk.development.default_output_uri`` sends them elsewhere)."""
     from clearml.backend_api import Session
     from clearml.backend_api.utils import get_http_session_with_retry
 
     config = config or _load_sdk_config()
     host = Session.get_api_server_host(config)
     session = get_http_session_with_retry(total=0, config=config)
-    try:
+    with _answering(f"The ClearML server {host}", "api.api_server in clearml.conf (or CLEARML_API_HOST)", timeout_s):
         # verify= again per request: requests would otherwise let REQUESTS_CA_BUNDLE override the session's setting.
         session.get(f"{host}/debug.ping", timeout=timeout_s, verify=session.verify)
         settings = server_settings(config)
@@ -128,16 +148,16 @@ def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_
                     "create a key pair in that server's web UI (Settings -> Workspace) and run clearml-init or set "
                     "CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or run with --local."
                 )
-    except requests.exceptions.SSLError as error:
-        raise ServerUnreachable(
-            f"The ClearML server {host} has a certificate this machine does not trust ({error.__class__.__name__}); "
-            "set api.verify_certificate (or CLEARML_API_HOST_VERIFY_CERT) to false or to a CA bundle path, or run with --local."
-        ) from None
-    except requests.exceptions.RequestException as error:
-        raise ServerUnreachable(
-            f"The ClearML server {host} did not answer within {timeout_s:.0f} s ({error.__class__.__name__}); "
-            "check api.api_server in clearml.conf (or CLEARML_API_HOST), or run with --local."
-        ) from None
+    if config.get("sdk.development.default_output_uri", None):
+        return
+    try:
+        files = Session.get_files_server_host(config)
+    except ValueError:  # neither configured nor derivable from the API address: the SDK names that itself when it uploads
+        return
+    setting = ("api.files_server in clearml.conf (or CLEARML_FILES_HOST), where every task uploads its artifacts and models "
+               "(or send them to a bucket with sdk.development.default_output_uri)")
+    with _answering(f"The ClearML files server {files}", setting, timeout_s):
+        session.get(files, timeout=timeout_s, verify=session.verify)
 
 
 def prepare_clearml(local_flag: bool) -> bool:

@@ -22,7 +22,7 @@ import pytest
 from components.settings import REQUIREMENTS_FILE
 from pipelines.queues import AGENT_OPTIONS, QueueUse
 from tests.clearml_server import ClearMLTestServer
-from tests.e2e.harness import Processes, run_in_group, start_git_remote
+from tests.e2e.harness import Processes, free_port, run_in_group, start_git_remote
 from tests.e2e.server_api import ApiError, ServerApi
 from tests.readme_commands import agent_commands, the_command
 
@@ -247,3 +247,17 @@ def test_a_controller_no_agent_takes_is_said_with_its_queue(user_shell, api, pus
     # what its agent will install: the runtime requirements, not this environment's test packages or local torch build
     installs = api.task(first["id"])["script"]["requirements"]["pip"]
     assert installs.endswith(REQUIREMENTS_FILE.read_text(encoding="utf-8")) and not re.search(r"pytest|selenium|peft|\+cpu", installs)
+
+
+def test_a_files_server_that_does_not_answer_is_one_sentence_and_nothing_is_created(user_shell, api):
+    """Every task uploads its artifacts and models to the files server: a launch whose files server is down would leave
+    a controller whose steps all fail at their first upload."""
+    closed = f"http://127.0.0.1:{free_port()}"  # bound once, nothing listens there now
+    stderr, lingered = run_failing({**user_shell, "CLEARML_FILES_HOST": closed}, the_command("python pipelines/run_pipeline.py", "--preset tiny"))
+    assert last_line(stderr) == (
+        f"error: The ClearML files server {closed} did not answer within 5 s (ConnectionError); check api.files_server in "
+        "clearml.conf (or CLEARML_FILES_HOST), where every task uploads its artifacts and models (or send them to a bucket "
+        "with sdk.development.default_output_uri), or run with --local.")
+    assert "Traceback" not in stderr
+    assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
+    assert api.tasks() == []
