@@ -193,6 +193,15 @@ def pushed_clone(tmp_path):
         processes.stop_all()
 
 
+@pytest.fixture
+def template(api) -> str:
+    """What a launch needs on the server to get as far as enqueuing: the README's queues, and a train task the sweep
+    can take for its template; returns that task's id."""
+    for queue in ("cpu", "gpu", "services"):
+        api.queue_id(queue, create=True)
+    return api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
+
+
 def fail_as_an_agent_that_cannot_build_the_environment(api: ServerApi, queue: str) -> str:
     """What clearml-agent does with a task whose environment it cannot build (as its daemon on a CPU machine does when
     it looks for torch on download.pytorch.org): take it from the queue, mark it started, log the pip error, fail it."""
@@ -212,12 +221,9 @@ LAUNCH, SWEEP_ON_SERVICES = the_command("python pipelines/run_pipeline.py", "--p
 
 
 @pytest.mark.parametrize("command", [LAUNCH, SWEEP_ON_SERVICES + " --template-task-id {template}"])
-def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reason(user_shell, api, pushed_clone, command):
+def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reason(user_shell, api, pushed_clone, template, command):
     """The launch follows the task it enqueued (``--wait-for-start``, default 60 s): the agent's failure is its error."""
-    for queue in ("cpu", "gpu", "services"):
-        api.queue_id(queue, create=True)
     api.call("workers.register", worker="cpu-box:0", queues=[api.queue_id("services")])
-    template = api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
     agent = concurrent.futures.ThreadPoolExecutor(1).submit(fail_as_an_agent_that_cannot_build_the_environment, api, "services")
     stderr, lingered = run_failing(user_shell, command.format(template=template), cwd=pushed_clone)
     task_id = agent.result(timeout=10)
@@ -229,12 +235,9 @@ def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reaso
 
 
 @pytest.mark.parametrize("command, task_type", [(LAUNCH, "controller"), (SWEEP_ON_SERVICES + " --template-task-id {template}", "optimizer")])
-def test_a_controller_no_agent_takes_is_said_with_its_queue(user_shell, api, pushed_clone, command, task_type):
+def test_a_controller_no_agent_takes_is_said_with_its_queue(user_shell, api, pushed_clone, template, command, task_type):
     """An agent listens on ``services`` but does not take the task (busy) within ``--wait-for-start``; with no agent
     listening at all (the launch warned of it) the launch does not wait."""
-    for queue in ("cpu", "gpu", "services"):
-        api.queue_id(queue, create=True)
-    template = api.call("tasks.create", name="train", type="training", project=api.call("projects.create", name="templates")["id"])["id"]
     argv = [sys.executable, *command.format(template=template).split()[1:], "--wait-for-start", "4"]
     unserved = run_in_group(argv, pushed_clone, user_shell, DEADLINE_S, "the launch")
     api.call("workers.register", worker="busy-box:0", queues=[api.queue_id("services")])
