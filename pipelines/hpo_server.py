@@ -75,7 +75,8 @@ def build_optimizer(template_task_id: str, args: argparse.Namespace, space: dict
     from clearml.automation import DiscreteParameterRange, HyperParameterOptimizer
     from clearml.automation.optuna import OptimizerOptuna
 
-    values = {f"Args/{name}": choices for name, choices in {**space, **{name: [value] for name, value in trial_overrides(args).items()}}.items()}
+    swept_and_fixed = {**space, **{name: [value] for name, value in trial_overrides(args).items()}}
+    values = {f"Args/{name}": choices for name, choices in swept_and_fixed.items()}
     return HyperParameterOptimizer(
         base_task_id=template_task_id,
         hyper_parameters=[DiscreteParameterRange(name, values=choices) for name, choices in values.items()],

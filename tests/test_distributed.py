@@ -89,7 +89,7 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
     statuses = wait_children([start_child(lambda rank=rank: rank_work(rank)) for rank in range(ranks)])
     assert all(exited_cleanly(status) for status in statuses), statuses
     assert len({(output_dir / f"steps-of-rank-{rank}").read_text() for rank in range(ranks)}) == 1  # every rank stopped at one step
-    gradients = json.loads((output_dir / "gradients.json").read_text()) if (output_dir / "gradients.json").exists() else []
+    gradients = json.loads((output_dir / "gradients.json").read_text())  # empty unless RecordingSGD stood in for AdamW
     return (load_file(str(output_dir / "trained.safetensors")), json.loads((output_dir / "history.json").read_text()),
             [{int(i): value for i, value in step.items()} for step in gradients])
 
