@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev test test-cpu-variants tiny stats
+.PHONY: install install-dev test test-cpu-variants mutation tiny stats
 
 install:
 	$(PIP) -r requirements.txt
@@ -24,6 +24,11 @@ test-cpu-variants: install-dev
 	  echo "CPU variant: $$variant"; \
 	  env $$variant $(PYTHON) -m pytest -q -p no:cacheprovider -m "numeric and not runs_steps" || exit 1; \
 	done
+
+## The mutation score of one module (make mutation MODULE=components/metrics.py [TESTS="tests/test_metrics.py ..."]);
+## the record of every module's score is benchmarks/results/mutation.md.
+mutation: install-dev
+	$(PYTHON) benchmarks/mutation.py $(MODULE) $(if $(TESTS),--tests $(TESTS))
 
 ## The whole pipeline offline on this machine with the tiny model and data/sample.
 tiny: install

@@ -118,15 +118,19 @@ def decoding_from_args(args: argparse.Namespace) -> Decoding:
     return replace(DECODING_PRESETS[args.decoding], **overrides)
 
 
-def main(argv: list[str] | None = None) -> list[str]:
-    from components.modeling import load_finetuned
-
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description="Generate answers with a fine-tuned model directory.")
     parser.add_argument("--model-dir", required=True, help="directory written by the train or register step")
     parser.add_argument("--batch-size", type=int, default=16)
     add_decoding_arguments(parser)
     parser.add_argument("texts", nargs="+", help="instructions (with their input on a new line)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    from components.modeling import load_finetuned
+
+    args = build_parser().parse_args(argv)
     decoding = decoding_from_args(args)
     try:
         model, tokenizer = load_finetuned(args.model_dir)

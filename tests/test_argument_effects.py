@@ -41,7 +41,7 @@ MISSING = "MISSING:"
 FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
 # Every step script, and the pipeline and sweep entry points: the scripts whose build_parser() the table covers.
 ENTRY_POINTS = (*sorted(str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"),
-                "pipelines/run_pipeline.py", "pipelines/run_hpo.py")
+                "pipelines/run_pipeline.py", "pipelines/run_hpo.py", "components/generation.py")
 
 # Tests that several entries name.
 INGESTED = "tests/test_steps.py::test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test"
@@ -72,6 +72,7 @@ LABEL_STUDIO_ROUND_TRIP = "tests/test_human_eval_command.py::test_a_session_goes
 SESSION_OPTIONS = "tests/test_human_eval_command.py::test_a_session_continues_with_its_options_and_refuses_others"
 EXPORTED = "tests/test_export.py::test_a_stock_runtime_generates_what_the_adapter_model_generates"
 PIPELINE_EXPORT = "tests/test_export.py::test_the_pipeline_exports_its_registered_model_when_asked"
+CLI_ANSWERS = "tests/test_generation.py::test_the_command_line_answers_as_each_option_asks"
 SWEEP_ON_GIVEN_DATA = "tests/test_hpo.py::test_a_failing_trial_is_recorded_and_the_sweep_goes_on"
 
 
@@ -177,6 +178,17 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--ctranslate2": EXPORTED,
         "--local": LOCAL_ANYWHERE,
         "--output-dir": EXPORTED,
+    },
+    "components/generation.py": {
+        "--model-dir": CLI_ANSWERS,
+        "--batch-size": "tests/test_generation.py::test_the_command_line_generates_in_batches_of_batch_size",
+        "--decoding": CLI_ANSWERS,
+        "--num-beams": CLI_ANSWERS,
+        "--do-sample": CLI_ANSWERS,
+        "--temperature": CLI_ANSWERS,
+        "--top-k": CLI_ANSWERS,
+        "--top-p": CLI_ANSWERS,
+        "--max-new-tokens": CLI_ANSWERS,
     },
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",

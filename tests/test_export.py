@@ -18,6 +18,7 @@ from transformers import T5ForConditionalGeneration
 
 from agent_simulation import offline_task_file
 from conftest import run_script, small_t5_config
+from markdown_tables import table_rows
 from readme_commands import the_command
 from tolerances import EXPORT_LOGITS_RTOL
 
@@ -148,6 +149,24 @@ def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exp
                "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(tmp_path))
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
     assert not (tmp_path / "ctranslate2").exists()  # converted only when asked
+
+
+def test_the_model_card_states_the_registered_models_settings_and_test_scores(exported, tiny_pipeline):
+    """Every figure of the card, read back against where it comes from: the adapter's config, the launch's parameters
+    and the evaluate step's own evaluation.json (the tuned scores, which here differ from the base's)."""
+    output, summary = exported
+    card = (output / "model" / "README.md").read_text()
+    adapter = json.loads((tiny_pipeline / "register" / "model" / "adapter_config.json").read_text())
+    evaluation = json.loads((tiny_pipeline / "evaluate" / "evaluation.json").read_text())
+    assert f"fine-tuned with LoRA (rank {adapter['lora_rank']}) and prompt tuning ({adapter['prompt_length']} tokens)" in card
+    assert f"Inputs are truncated at {MAX_INPUT_LENGTH} tokens plus the prompt" in card
+    assert f"On {evaluation['rows']} test rows, {evaluation['decoding']['description']}:" in card
+    assert evaluation["rows"] == summary["parameters"]["max_test_samples"]
+    rows = table_rows(card, "| metric | value |")
+    assert [name for name, _ in rows] == list(evaluation["metrics"])
+    for name, value in rows:  # 4 decimals
+        assert float(value) == pytest.approx(evaluation["metrics"][name], abs=5e-5), name
+    assert any(round(evaluation["metrics"][name], 4) != round(evaluation["base_metrics"][name], 4) for name in evaluation["metrics"])
 
 
 def test_bad_input_is_one_sentence_naming_the_file(tiny_pipeline, tmp_path):

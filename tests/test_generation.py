@@ -3,7 +3,8 @@ import logging
 import pytest
 import torch
 
-from components.generation import DECODING_PRESETS, Decoding, generate_predictions
+from components import modeling
+from components.generation import DECODING_PRESETS, Decoding, generate_predictions, main as generation_main
 from components.modeling import ModelLoadError, apply_peft, load_base_model, load_finetuned, load_tokenizer, load_untuned, save_adapter
 from components.settings import AdapterSettings
 from components.stats import main as stats_main
@@ -140,6 +141,59 @@ def test_decoding_says_what_ran(caplog, tiny_peft):
     with caplog.at_level(logging.INFO, logger="components.generation"):
         generate_predictions(model, tokenizer, TEXTS[:1], num_beams=2, max_new_tokens=3)
     assert "beam search with 2 beams" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def fine_tuned_dir(tiny_peft, tiny_model_dir, tmp_path_factory):
+    model, tokenizer = tiny_peft
+    directory = tmp_path_factory.mktemp("fine-tuned")
+    save_adapter(model, directory, str(tiny_model_dir), AdapterSettings(prompt_length=PROMPT_LENGTH), tokenizer)
+    return directory
+
+
+SAMPLE = ["--do-sample", "true"]
+# (options before, the option under test, the generate_predictions arguments the two together ask for): each option
+# changes the answers from what the options before it give, and the command line gives what the arguments give.
+CLI_OPTIONS = [
+    ([], ["--max-new-tokens", "3"], dict(max_new_tokens=3)),
+    ([], ["--decoding", "beam"], dict(num_beams=4)),
+    ([], ["--decoding", "sampling"], dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.95)),
+    ([], ["--num-beams", "3"], dict(num_beams=3)),
+    ([], SAMPLE, dict(do_sample=True)),
+    (SAMPLE, ["--temperature", "0.3"], dict(do_sample=True, temperature=0.3)),
+    (SAMPLE, ["--top-k", "2"], dict(do_sample=True, top_k=2)),
+    (SAMPLE, ["--top-p", "0.3"], dict(do_sample=True, top_p=0.3)),
+    (["--decoding", "sampling"], ["--do-sample", "false"], dict(temperature=0.7, top_k=50, top_p=0.95)),
+]
+
+
+@pytest.mark.parametrize("before, option, asked", CLI_OPTIONS, ids=[" ".join(option) for _, option, _ in CLI_OPTIONS])
+def test_the_command_line_answers_as_each_option_asks(fine_tuned_dir, before, option, asked):
+    """``python -m components.generation`` prints what generate_predictions gives the loaded model with the decoding
+    each option asks for (spelled out here, not parsed); discriminating: without the option the answers differ."""
+    model, tokenizer = load_finetuned(fine_tuned_dir)
+    expected = generate_predictions(model, tokenizer, TEXTS, **asked)
+    assert generation_main(["--model-dir", str(fine_tuned_dir), *before, *option, *TEXTS]) == expected
+    assert generation_main(["--model-dir", str(fine_tuned_dir), *before, *TEXTS]) != expected
+
+
+def test_the_command_line_generates_in_batches_of_batch_size(fine_tuned_dir, monkeypatch, capsys):
+    """--batch-size 3 feeds generate 3 texts, then 1 (16 by default: all 4 at once); the printed answers are the texts'."""
+    batch_sizes = []
+
+    def load_recording(path):
+        model, tokenizer = load_finetuned(path)
+        generate = model.generate
+        model.generate = lambda input_ids, **kwargs: batch_sizes.append(len(input_ids)) or generate(input_ids=input_ids, **kwargs)
+        return model, tokenizer
+
+    monkeypatch.setattr(modeling, "load_finetuned", load_recording)
+    predictions = generation_main(["--model-dir", str(fine_tuned_dir), "--batch-size", "3", "--max-new-tokens", "4", *TEXTS])
+    assert batch_sizes == [3, 1]
+    out = capsys.readouterr().out
+    assert all(f"> {text}\n{prediction}\n" in out for text, prediction in zip(TEXTS, predictions))
+    generation_main(["--model-dir", str(fine_tuned_dir), "--max-new-tokens", "4", *TEXTS])
+    assert batch_sizes == [3, 1, 4]
 
 
 def test_stats_prints_the_published_figures(capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from collections import Counter
 
@@ -121,6 +122,25 @@ def test_every_acknowledged_vote_survives_a_sigkill_at_any_moment(store):
         if before + stored == len(ROWS):
             break
     assert before + stored > 0
+
+
+def test_a_vote_is_written_in_wal_mode_with_synchronous_full(store, monkeypatch):
+    """What a SIGKILL cannot show: that an acknowledged vote also survives the machine losing power. Only
+    ``synchronous=FULL`` syncs the WAL at every commit (NORMAL, in WAL mode, may lose the last transactions; OFF any),
+    so the connection that stores each vote is asked its settings as the vote is written (2 is FULL)."""
+    seen = []
+
+    class Recording(sqlite3.Connection):
+        def execute(self, sql, *parameters):
+            if "INTO votes" in sql:
+                seen.append((super().execute("PRAGMA synchronous").fetchone()[0], super().execute("PRAGMA journal_mode").fetchone()[0]))
+            return super().execute(sql, *parameters)
+
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *args, **kwargs: connect(*args, factory=Recording, **kwargs))
+    for rater in ("ann", "bob"):
+        store.record_vote(rater, store.next_item(rater).item_id, "tie")
+    assert seen == [(2, "wal")] * 2
 
 
 def test_concurrent_raters_never_overwrite_each_other(store):

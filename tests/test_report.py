@@ -1,30 +1,20 @@
 """The local run's report: written, its loss curves a real image, its table the numbers of summary.json."""
 
 import json
-import re
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from markdown_tables import table_rows
+
+from components.comparison import compare, comparison_table
 from pipelines.report import CURVES_FILE, HEADLINE_METRICS, REPORT_FILE, SIDE_BY_SIDE_ROWS
 
 
 @pytest.fixture(scope="module")
 def report(tiny_pipeline) -> str:
     return (tiny_pipeline / REPORT_FILE).read_text(encoding="utf-8")
-
-
-def table_rows(markdown: str, header_start: str) -> list[list[str]]:
-    """The cells of the Markdown table whose header row starts with ``header_start``."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
-    return rows
 
 
 def test_the_report_is_where_the_summary_says(tiny_pipeline):
@@ -47,12 +37,32 @@ def test_the_metric_table_is_summary_json(tiny_pipeline, report):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     rows = table_rows(report, "| metric | base (untuned) | tuned |")
     assert [row[0].removesuffix(" (lower is better)") for row in rows] == list(HEADLINE_METRICS)
-    for name, base, tuned, difference, _ in rows:  # printed with 4 decimals: off by at most half of 1e-4, the difference rounded once more
+    for name, base, tuned, difference, times in rows:  # printed with 4 decimals: off by at most half of 1e-4, the difference rounded once more
         name = name.removesuffix(" (lower is better)")
         assert float(base) == pytest.approx(summary["base_metrics"][name], abs=5e-5)
         assert float(tuned) == pytest.approx(summary["metrics"][name], abs=5e-5)
         assert float(difference) == pytest.approx(summary["metrics"][name] - summary["base_metrics"][name], abs=1e-4)
+        if summary["base_metrics"][name]:  # the ratio, with 2 decimals
+            assert float(times.removesuffix("x")) == pytest.approx(summary["metrics"][name] / summary["base_metrics"][name], abs=5e-3)
+        else:
+            assert times == "-"
     assert summary["decoding"] in report
+
+
+def test_the_comparison_table_says_tuned_minus_base_and_tuned_over_base():
+    """Figures chosen so that every inverted column differs: 0.2 -> 0.3 is +0.1 and 1.5x, a loss 2.0 -> 1.6 is -0.4 and
+    0.8x, and a base of zero has no ratio. Without a base, one column of the tuned figures."""
+    tuned, base = {"chrf": 0.3, "loss": 1.6, "bleu": 0.05}, {"chrf": 0.2, "loss": 2.0, "bleu": 0.0}
+    assert comparison_table(tuned, base).splitlines() == [
+        "| metric | base (untuned) | tuned | tuned - base | tuned / base |",
+        "|---|---|---|---|---|",
+        "| chrf | 0.2000 | 0.3000 | +0.1000 | 1.50x |",
+        "| loss (lower is better) | 2.0000 | 1.6000 | -0.4000 | 0.80x |",
+        "| bleu | 0.0000 | 0.0500 | +0.0500 | - |",
+    ]
+    assert comparison_table(tuned, base, ["loss"]).splitlines()[2:] == ["| loss (lower is better) | 2.0000 | 1.6000 | -0.4000 | 0.80x |"]
+    assert comparison_table(tuned, None).splitlines() == ["| metric | tuned |", "|---|---|", "| chrf | 0.3000 |", "| loss | 1.6000 |", "| bleu | 0.0500 |"]
+    assert compare(tuned, {"chrf": 0.2, "meteor": 0.1}) == {"chrf": pytest.approx(0.1)} and compare(tuned, None) is None
 
 
 def test_test_rows_side_by_side_are_the_evaluated_predictions(tiny_pipeline, report):

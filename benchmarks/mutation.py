@@ -1,0 +1,94 @@
+"""The mutation score of one product module, with mutmut: how many small bugs its tests catch.
+
+    make mutation MODULE=components/metrics.py [TESTS="tests/test_metrics.py tests/test_report.py"]
+
+mutmut writes every mutant of MODULE, runs the tests once to learn which of them call each mutated
+function (its coverage-based selection), then runs only those tests against each mutant, one worker
+per core. A mutant survives when every test still passes with it.
+
+The run happens in ``.mutation/<module>/``, a copy of the repository's tracked files whose
+``setup.cfg`` names MODULE, so the checkout is never touched and each module's results stay there for
+``mutmut results`` and ``mutmut show <mutant>`` (run from that folder).
+
+TESTS defaults to the test files outside ``tests/e2e`` that import MODULE; the end-to-end flows run
+every step on a simulated agent and take minutes per mutant. ``benchmarks/results/mutation.md`` records
+the tests each module's score was measured with.
+
+Why ``OMP_NUM_THREADS=1``: mutmut forks one child per mutant from a process that has already run torch;
+children that inherit torch's OpenMP thread pool can deadlock and show up as false timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("components", "steps", "pipelines", "benchmarks")
+WORK = ROOT / ".mutation"
+
+
+def importers(module: str) -> list[str]:
+    """The test files (e2e aside) that import ``module`` (``components/metrics.py``) by its dotted name."""
+    package, _, name = module.removesuffix(".py").replace("/", ".").rpartition(".")
+    pattern = re.compile(rf"^\s*(from {re.escape(package)}\.{name} import|import {re.escape(package)}\.{name}\b|from {re.escape(package)} import [^\n]*\b{name}\b)", re.MULTILINE)
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py") if pattern.search(path.read_text(encoding="utf-8")))
+
+
+def setup_cfg(module: str, tests: list[str]) -> str:
+    package = module.split("/")[0]
+    lines = ["[mutmut]", f"source_paths = {package}/", "only_mutate =", f"    {module}", "also_copy ="]
+    lines += [f"    {path}" for path in ("tests/", "data/", "configs/", "pytest.ini", *(f"{p}/" for p in PACKAGES if p != package))]
+    # mutmut splits list options on newlines only: one test path per line.
+    lines += ["pytest_add_cli_args = -p no:xdist -p no:cacheprovider -q", "pytest_add_cli_args_test_selection ="]
+    lines += [f"    {path}" for path in tests]
+    return "\n".join(lines) + "\n"
+
+
+def copy_tracked_files(target: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("module", help="a product file, e.g. components/metrics.py")
+    parser.add_argument("--tests", nargs="*", help="test files or node ids (default: the test files that import the module)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count(), help="mutants tested at once (default: one per core)")
+    args = parser.parse_args(argv)
+    if args.module.split("/")[0] not in PACKAGES or not (ROOT / args.module).is_file():
+        sys.exit(f"error: MODULE={args.module}: not a .py file under {', '.join(PACKAGES)}.")
+    tests = args.tests or importers(args.module)
+    if not tests:
+        sys.exit(f"error: no test file imports {args.module}; name the tests that exercise it with TESTS=.")
+    work = WORK / args.module.removesuffix(".py").replace("/", ".")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    copy_tracked_files(work)
+    (work / "setup.cfg").write_text(setup_cfg(args.module, tests), encoding="utf-8")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    print(f"Mutating {args.module} against {' '.join(tests)} in {work}", flush=True)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=environment, check=True)
+    subprocess.run([sys.executable, "-m", "mutmut", "export-cicd-stats"], cwd=work, env=environment, check=True, capture_output=True)
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text(encoding="utf-8"))
+    survivors = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=work, env=environment, check=True,
+                               capture_output=True, text=True).stdout
+    killed = stats["killed"] + stats["timeout"]
+    print(survivors)
+    print(f"{args.module}: {stats['total']} mutants, {killed} killed, score {100 * killed / max(stats['total'], 1):.1f} % "
+          f"(survived {stats['survived']}, no tests {stats['no_tests']}, suspicious {stats['suspicious']}, timeout {stats['timeout']})")
+    return stats
+
+
+if __name__ == "__main__":
+    main()
