@@ -153,3 +153,23 @@ def test_two_builds_of_the_tiny_model_at_once_pretrain_it_once(tmp_path, monkeyp
         builder.join(timeout=60)
     assert len(pretrained) == 1 and built[0] == built[1] and (built[0] / "config.json").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([built[0].name, f"{built[0].name}.lock"])  # no scratch folder left
+
+
+def test_a_build_that_dies_before_its_last_file_leaves_no_model_behind(tmp_path, monkeypatch):
+    """The build is written in a scratch folder renamed into place when whole: a build stopped after the model's files
+    but before the tokenizer's leaves nothing a later call would take for a built model, and that call builds it whole."""
+    from components import tiny
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("RUT5_TINY_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny, "pretrain_to_denoise", lambda model, tokenizer, texts: None)
+    tokenizer_class = type(tiny.build_tiny_tokenizer(tiny.sample_corpus(tiny.SAMPLE_DATA_DIR / "train.tsv")))
+    with monkeypatch.context() as dying:
+        dying.setattr(tokenizer_class, "save_pretrained", killed)
+        with pytest.raises(KeyboardInterrupt):
+            tiny.build_tiny_model()
+    assert [path.suffix for path in tmp_path.iterdir()] == [".lock"]
+    built = tiny.build_tiny_model()
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {path.name for path in built.iterdir()}
