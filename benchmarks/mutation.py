@@ -11,7 +11,14 @@ The run happens in ``.mutation/<module>/``, a copy of the repository's tracked f
 ``mutmut results`` and ``mutmut show <mutant>`` (run from that folder).
 
 TESTS defaults to the test files outside ``tests/e2e`` that import MODULE; the end-to-end flows run
-every step on a simulated agent and take minutes per mutant. ``benchmarks/results/mutation.md`` records
+every step on a simulated agent and take minutes per mutant.
+
+mutmut learns which tests reach a function inside the pytest process only, but most tests run the steps
+the way a user does, as scripts in subprocesses (and some fork children). So the copy's
+``tests/network_guard/sitecustomize.py``, which every step a test starts loads, and its ``tests/conftest.py``
+get ``HIT_RECORDER``: while mutmut collects its stats, a subprocess or forked child appends each mutated
+function it reaches to a file, and the test's teardown hands them to mutmut as if the test had called them.
+During the mutant runs the subprocesses inherit mutmut's ``MUTANT_UNDER_TEST`` and run the mutant. ``benchmarks/results/mutation.md`` records
 the tests each module's score was measured with.
 
 Why ``OMP_NUM_THREADS=1``: mutmut forks one child per mutant from a process that has already run torch;
@@ -32,6 +39,70 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("components", "steps", "pipelines", "benchmarks")
 WORK = ROOT / ".mutation"
+
+
+HIT_RECORDER = """
+# Added by benchmarks/mutation.py. A script run as __main__ (python steps/train.py, python -m components.generation)
+# runs its own mutants, and the mutated functions that subprocesses and forked children reach count for the test.
+import os as _mutation_os
+import sys as _mutation_sys
+from pathlib import Path as _MutationPath
+
+import mutmut.mutation.trampoline as _mutation_trampoline
+
+
+def _mutation_main_module():
+    \"\"\"The dotted name of the script this interpreter runs as __main__, if it is a file of the mutated copy.\"\"\"
+    arguments = iter(_mutation_sys.orig_argv[1:])
+    for argument in arguments:
+        if argument == "-m":
+            return next(arguments, None)
+        if argument == "-c":
+            return None
+        if not argument.startswith("-"):
+            path, root = _MutationPath(argument).resolve(), _MutationPath(_mutation_os.environ["MUTATION_ROOT"])
+            return ".".join(path.relative_to(root).with_suffix("").parts) if root in path.parents else None
+    return None
+
+
+_mutation_main = _mutation_main_module()
+_mutation_parent = int(_mutation_os.environ.setdefault("MUTATION_HITS_PARENT", str(_mutation_os.getpid())))
+_mutation_record, _mutation_active, _mutation_written = _mutation_trampoline.record_trampoline_hit, _mutation_trampoline.get_mutant_under_test, set()
+
+
+def _mutation_active_here():
+    module, _, mutant = _mutation_active().rpartition(".")
+    return f"__main__.{mutant}" if _mutation_main and module == _mutation_main else _mutation_active()
+
+
+def _mutation_record_hit(name, caller=None):  # mutmut calls it only while it collects its stats
+    if name.startswith("__main__.") and _mutation_main:
+        name = _mutation_main + name.removeprefix("__main__")
+    if _mutation_os.getpid() == _mutation_parent:
+        return _mutation_record(name, caller=caller)
+    if name not in _mutation_written:
+        _mutation_written.add(name)
+        with open(_mutation_os.environ["MUTATION_HITS"], "a") as hits:
+            hits.write(name + "\\n")
+
+
+_mutation_trampoline.record_trampoline_hit, _mutation_trampoline.get_mutant_under_test = _mutation_record_hit, _mutation_active_here
+"""
+# Added to the copy's tests/conftest.py: the teardown that hands the recorded hits to mutmut before its own teardown reads them.
+HITS_TO_MUTMUT = """
+
+import pytest as _mutation_pytest
+
+
+@_mutation_pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    hits = _mutation_os.environ["MUTATION_HITS"]
+    if _mutation_os.path.exists(hits):
+        from mutmut.state import state
+        with open(hits) as recorded:
+            state()._stats.update(filter(None, recorded.read().splitlines()))
+        _mutation_os.remove(hits)
+"""
 
 
 def importers(module: str) -> list[str]:
@@ -76,7 +147,12 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True)
     copy_tracked_files(work)
     (work / "setup.cfg").write_text(setup_cfg(args.module, tests), encoding="utf-8")
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for name, addition in (("tests/network_guard/sitecustomize.py", HIT_RECORDER), ("tests/conftest.py", HIT_RECORDER + HITS_TO_MUTMUT)):
+        with open(work / name, "a", encoding="utf-8") as file:
+            file.write(addition)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUTATION_HITS": str(work / "subprocess-hits.txt"),
+                   "MUTATION_ROOT": str(work / "mutants")}
+    environment.pop("MUTATION_HITS_PARENT", None)
     print(f"Mutating {args.module} against {' '.join(tests)} in {work}", flush=True)
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=environment, check=True)
     subprocess.run([sys.executable, "-m", "mutmut", "export-cicd-stats"], cwd=work, env=environment, check=True, capture_output=True)

@@ -36,3 +36,66 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.print_usage(sys.stderr)
         self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+# Every command of the project (each module's build_parser() is its command line): the option reference
+# docs/cli.md is written from them (python -m components.cli > docs/cli.md), and tests/test_argument_effects.py
+# holds an effect test for each of their options.
+COMMANDS = (
+    "steps/ingest.py", "steps/preprocess.py", "steps/train.py", "steps/evaluate.py", "steps/register.py", "steps/export.py", "steps/rate.py",
+    "pipelines/run_pipeline.py", "pipelines/run_hpo.py", "components/generation.py", "components/stats.py", "components/text_tasks.py",
+)
+
+
+def command_line(path: str) -> str:
+    """How a user runs a command: scripts by path, the components' tools as modules."""
+    return f"python -m {path.removesuffix('.py').replace('/', '.')}" if path.startswith("components/") else f"python {path}"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _values(action: argparse.Action) -> str:
+    if action.choices:
+        return ", ".join(map(str, action.choices))
+    if action.nargs == 0:
+        return "flag"
+    kind = action.metavar or getattr(action.type, "__name__", None) or "text"
+    return f"{kind} ..." if action.nargs in ("+", "*") else kind
+
+
+def _default(action: argparse.Action, root) -> str:
+    if action.required:
+        return "required"
+    if action.default is None or action.default == argparse.SUPPRESS:
+        return ""
+    default = action.default
+    if hasattr(default, "relative_to") and default.is_absolute():  # a folder of the repository, wherever it is cloned
+        default = default.relative_to(root)
+    return f"`{default}`"
+
+
+def reference() -> str:
+    """docs/cli.md: every command's options with their defaults, values and help, from the parsers themselves."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    lines = ["# Command-line reference", "", "Written by `python -m components.cli > docs/cli.md` from the commands' own parsers "
+             "(`tests/test_argument_effects.py` checks it is current).", ""]
+    for path in COMMANDS:
+        parser = importlib.import_module(path.removesuffix(".py").replace("/", ".")).build_parser()
+        summary = (parser.description or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines += [f"## `{command_line(path)}`", "", summary, "", "| option | default | values | help |", "|---|---|---|---|"]
+        for action in parser._actions:
+            if action.dest != "help":
+                name = ", ".join(f"`{option}`" for option in action.option_strings) or f"`{action.dest}`"
+                help_text = (action.help or "") % {**vars(action), "prog": parser.prog}  # as argparse expands it
+                lines.append(f"| {name} | {_default(action, root)} | {_cell(_values(action))} | {_cell(help_text)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

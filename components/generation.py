@@ -114,7 +114,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def decoding_from_args(args: argparse.Namespace) -> Decoding:
-    overrides = {name: getattr(args, name) for name in asdict(Decoding()) if getattr(args, name, None) is not None}
+    overrides = {name: getattr(args, name) for name in asdict(Decoding()) if getattr(args, name) is not None}
     return replace(DECODING_PRESETS[args.decoding], **overrides)
 
 

@@ -14,11 +14,15 @@ from components.modeling import parameter_stats, rut5_large_on_meta
 from components.settings import BASE_MODEL, AdapterSettings
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lora-rank", type=int, default=AdapterSettings.lora_rank)
-    parser.add_argument("--prompt-length", type=int, default=AdapterSettings.prompt_length)
-    args = parser.parse_args(argv)
+    parser.add_argument("--lora-rank", type=int, default=AdapterSettings.lora_rank, help="LoRA's rank on q and v")
+    parser.add_argument("--prompt-length", type=int, default=AdapterSettings.prompt_length, help="trainable prompt vectors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     settings = AdapterSettings(lora_rank=args.lora_rank, prompt_length=args.prompt_length)
     stats = parameter_stats(rut5_large_on_meta(settings))
     print(f"{BASE_MODEL} + LoRA r={settings.lora_rank} on {'/'.join(settings.lora_targets)} + {settings.prompt_length}-token prompt")

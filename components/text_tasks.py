@@ -145,10 +145,14 @@ def write_splits(directory: Path = TASKS_DIR) -> dict[str, Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Write the text-analysis task TSV files (train.tsv, test.tsv).")
-    parser.add_argument("--output-dir", type=Path, default=TASKS_DIR)
-    args = parser.parse_args(argv)
+    parser.add_argument("--output-dir", type=Path, default=TASKS_DIR, help="where train.tsv and test.tsv go (default: data/tasks)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     for name, path in write_splits(args.output_dir).items():
         print(f"{name}: {len(read_tsv(path))} rows in {path}")
 

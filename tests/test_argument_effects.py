@@ -35,13 +35,14 @@ from pathlib import Path
 
 import pytest
 
+from components.cli import COMMANDS, reference
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 MISSING = "MISSING:"
 FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
-# Every step script, and the pipeline and sweep entry points: the scripts whose build_parser() the table covers.
-ENTRY_POINTS = (*sorted(str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"),
-                "pipelines/run_pipeline.py", "pipelines/run_hpo.py", "components/generation.py")
+# The scripts whose build_parser() the table covers: the project's commands, and any step script not among them yet.
+ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"} - set(COMMANDS)))
 
 # Tests that several entries name.
 INGESTED = "tests/test_steps.py::test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test"
@@ -189,6 +190,13 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--top-k": CLI_ANSWERS,
         "--top-p": CLI_ANSWERS,
         "--max-new-tokens": CLI_ANSWERS,
+    },
+    "components/stats.py": {
+        "--lora-rank": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
+        "--prompt-length": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
+    },
+    "components/text_tasks.py": {
+        "--output-dir": "tests/test_text_tasks.py::test_the_command_writes_the_shipped_files_where_it_is_told",
     },
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",
@@ -373,3 +381,9 @@ def test_each_entry_names_a_test_that_sets_the_argument(script, option, referenc
 def test_no_argument_is_missing_an_effect_test():
     missing = [f"{script} {option}: {value.removeprefix(MISSING).strip()}" for script, option, value in entries(missing=True)]
     assert not missing, f"{len(missing)} arguments have no test of their effect yet:\n" + "\n".join(missing)
+
+
+def test_the_command_line_reference_is_current():
+    """docs/cli.md is what the parsers say now: an option's default, values or help changed without it fails here."""
+    written = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert written == reference(), "docs/cli.md is out of date: python -m components.cli > docs/cli.md"

@@ -134,7 +134,10 @@ def test_generation_truncates_the_input_to_max_input_length(tiny_peft):
 
 def test_decoding_says_what_ran(caplog, tiny_peft):
     assert Decoding().describe().startswith("greedy decoding")
-    assert "do nothing without do_sample" in Decoding(num_beams=4, temperature=0.3).describe()
+    assert Decoding(num_beams=4, temperature=0.3).describe() == (
+        "beam search with 4 beams (temperature/top_k/top_p are set but do nothing without do_sample), at most 200 new tokens")
+    assert Decoding(num_beams=2, do_sample=True, top_k=5, max_new_tokens=9).describe() == (
+        "beam sampling with 2 beams, sampling (temperature=1.0, top_k=5, top_p=1.0), at most 9 new tokens")
     assert "temperature" not in DECODING_PRESETS["beam"].generate_kwargs()
     assert DECODING_PRESETS["sampling"].describe().startswith("sampling (temperature=0.7")
     model, tokenizer = tiny_peft
@@ -178,7 +181,8 @@ def test_the_command_line_answers_as_each_option_asks(fine_tuned_dir, before, op
 
 
 def test_the_command_line_generates_in_batches_of_batch_size(fine_tuned_dir, monkeypatch, capsys):
-    """--batch-size 3 feeds generate 3 texts, then 1 (16 by default: all 4 at once); the printed answers are the texts'."""
+    """--batch-size 3 feeds generate 3 texts, then 1; by default 16 at a time (20 texts: 16, then 4). The output is
+    the decoding's header, then each text with its answer."""
     batch_sizes = []
 
     def load_recording(path):
@@ -190,10 +194,19 @@ def test_the_command_line_generates_in_batches_of_batch_size(fine_tuned_dir, mon
     monkeypatch.setattr(modeling, "load_finetuned", load_recording)
     predictions = generation_main(["--model-dir", str(fine_tuned_dir), "--batch-size", "3", "--max-new-tokens", "4", *TEXTS])
     assert batch_sizes == [3, 1]
-    out = capsys.readouterr().out
-    assert all(f"> {text}\n{prediction}\n" in out for text, prediction in zip(TEXTS, predictions))
-    generation_main(["--model-dir", str(fine_tuned_dir), "--max-new-tokens", "4", *TEXTS])
-    assert batch_sizes == [3, 1, 4]
+    assert capsys.readouterr().out == "# greedy decoding, at most 4 new tokens\n" + "".join(
+        f"> {text}\n{prediction}\n\n" for text, prediction in zip(TEXTS, predictions))
+    generation_main(["--model-dir", str(fine_tuned_dir), "--max-new-tokens", "1", *[f"{n}" for n in range(20)]])
+    assert batch_sizes == [3, 1, 16, 4]
+
+
+def test_the_command_line_refuses_a_missing_or_unloadable_model_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit) as usage:
+        generation_main(["текст"])
+    assert usage.value.code == 1 and "error: the following arguments are required: --model-dir\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        generation_main(["--model-dir", str(tmp_path / "absent"), "текст"])
+    assert str(refused.value.code).startswith(f"error: {tmp_path / 'absent'}")
 
 
 def test_stats_prints_the_published_figures(capsys):
@@ -201,3 +214,13 @@ def test_stats_prints_the_published_figures(capsys):
     assert (stats["total"], stats["trainable"]) == (740_047_872, 2_379_776)
     out = capsys.readouterr().out
     assert "740,047,872" in out and "2,379,776" in out and "0.32%" in out
+
+
+def test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for(capsys):
+    """ruT5-large's published shape, by hand: LoRA on q and v of 24 encoder blocks (self-attention) and 24 decoder
+    blocks (self- and cross-attention), 144 projections of 1024 x 1024, r x (1024 + 1024) each; the prompt P x 1024."""
+    base = 740_047_872 - 2_379_776
+    stats = stats_main(["--lora-rank", "4", "--prompt-length", "10"])
+    trainable = 144 * 4 * 2048 + 10 * 1024
+    assert (stats["total"], stats["trainable"]) == (base + trainable, trainable)
+    assert "LoRA r=4 on q/v + 10-token prompt" in capsys.readouterr().out

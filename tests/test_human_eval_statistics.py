@@ -37,6 +37,16 @@ def test_the_wilson_interval_is_newcombes_worked_example_and_its_formula():
         assert (got.low, got.high) == pytest.approx(((centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)), abs=1e-12)
 
 
+def test_no_votes_is_a_count_of_nothing_with_no_interval_and_another_confidence_is_its_own_formula():
+    nothing = wilson(0, 0)
+    assert (nothing.count, nothing.total) == (0, 0) and all(math.isnan(value) for value in (nothing.low, nothing.high, nothing.rate))
+    z = 2.5758293035489004  # the normal quantile of 0.995: a 99% interval
+    p, total = 81 / 263, 263
+    centre, half = p + z * z / (2 * total), z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    got = wilson(81, 263, confidence=0.99)
+    assert (got.low, got.high) == pytest.approx(((centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)), abs=1e-12)
+
+
 @pytest.mark.numeric
 def test_cohens_kappa_is_the_textbook_example_whatever_the_left_right_order():
     """50 items, two raters: 20 both prefer a, 5 only the first does, 10 only the second, 15 both prefer b: p_o 0.7,
@@ -85,6 +95,15 @@ def test_krippendorffs_alpha_of_three_raters_is_the_coincidence_formula():
     assert result["krippendorff_alpha"] == pytest.approx(nominal_alpha_by_hand({str(k): v for k, v in plan.items()}), abs=1e-12)
 
 
+def test_agreement_without_shared_items_is_none_and_one_label_everywhere_has_no_alpha():
+    assert agreement([vote(1, "r1", "a"), vote(2, "r2", "b")]) == {"items": 0, "raters": 0, "krippendorff_alpha": None, "cohen_kappa": None}
+    one_label = agreement([vote(item, rater, "tie") for item in range(3) for rater in ("r1", "r2", "r3")])
+    assert (one_label["items"], one_label["raters"], one_label["krippendorff_alpha"]) == (3, 3, None)  # no variation to agree on
+    two_labels = {0: ["a", "a"], 1: ["b", "b"], 2: ["a", "b"]}
+    votes = [vote(item, f"r{rank}", preferred) for item, labels in two_labels.items() for rank, preferred in enumerate(labels)]
+    assert agreement(votes)["krippendorff_alpha"] == pytest.approx(nominal_alpha_by_hand({str(k): v for k, v in two_labels.items()}), abs=1e-12)
+
+
 def penalised_fit_by_hand(systems: list[str], decisive: list[tuple[str, str]]) -> dict[str, float]:
     """The Bradley-Terry objective written out (-log likelihood + penalty * |s|^2), minimised by scipy; strengths of mean 0."""
     index = {name: i for i, name in enumerate(systems)}
@@ -111,12 +130,36 @@ def test_bradley_terry_strengths_are_the_penalised_likelihoods_optimum_and_ties_
 
 
 @pytest.mark.numeric
+def test_the_bradley_terry_interval_is_the_percentile_bootstrap_over_resampled_votes():
+    """The 2.5th and 97.5th percentiles of choix's fits to ``bootstrap`` resamples of all the votes (with replacement,
+    numpy's generator seeded with ``seed``), each fit centred on mean 0; the defaults are 1000 resamples and seed 0."""
+    import choix
+
+    votes = [vote(i, "r", "a") for i in range(6)] + [vote(10 + i, "r", "b", flip=True) for i in range(3)] + [vote(20, "r", "tie")]
+    votes += [vote(30 + i, "r", "c", systems=("a", "c")) for i in range(2)] + [vote(40 + i, "r", "a", systems=("a", "c")) for i in range(3)]
+    systems = ["a", "b", "c"]
+
+    def fit(sample):
+        pairs = [(systems.index(v.preferred), systems.index(v.right if v.choice == "left" else v.left)) for v in sample if v.choice in ("left", "right")]
+        strengths = choix.opt_pairwise(len(systems), pairs, alpha=BT_PENALTY)
+        return strengths - strengths.mean()
+
+    for bootstrap, seed in ((40, 7), (1000, 0)):
+        generator = np.random.default_rng(seed)
+        resampled = np.array([fit([votes[i] for i in generator.integers(0, len(votes), len(votes))]) for _ in range(bootstrap)])
+        low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+        fitted = bradley_terry(votes, bootstrap=bootstrap, seed=seed) if seed else bradley_terry(votes)
+        assert [fitted[name]["low"] for name in systems] == pytest.approx(list(low), abs=1e-12)
+        assert [fitted[name]["high"] for name in systems] == pytest.approx(list(high), abs=1e-12)
+
+
+@pytest.mark.numeric
 def test_two_systems_strength_gap_is_the_log_odds_of_their_wins():
     """With two systems the likelihood's optimum is exp(s_a - s_b) = wins_a / wins_b; the penalty shrinks it a little."""
     votes = [vote(i, "r", "a") for i in range(8)] + [vote(10 + i, "r", "b", flip=True) for i in range(2)]
     fitted = bradley_terry(votes, bootstrap=50)
     assert fitted["a"]["strength"] - fitted["b"]["strength"] == pytest.approx(math.log(4), abs=0.02)
-    with pytest.raises(UserError, match="at least two systems"):
+    with pytest.raises(UserError, match=r"^Bradley-Terry strengths need votes on at least two systems\.$"):
         bradley_terry([Vote("1", "r", "a", "a", "tie")], bootstrap=1)
 
 
@@ -136,11 +179,12 @@ def test_position_bias_is_how_often_the_left_answer_wins_among_decisive_votes():
 
 
 def test_a_metric_agrees_where_it_scores_the_raters_majority_answer_higher():
-    votes = [vote(1, "r1", "a"), vote(1, "r2", "a", flip=True), vote(1, "r3", "b"),  # majority a
-             vote(2, "r1", "b"), vote(2, "r2", "b"),  # majority b
-             vote(3, "r1", "a"), vote(3, "r2", "b"),  # no majority: left out
+    """Items left out come first, so that leaving one out does not end the count."""
+    votes = [vote(3, "r1", "a"), vote(3, "r2", "b"),  # no majority: left out
+             vote(5, "r1", "a"),  # the metric scores both alike: left out
              vote(4, "r1", "tie"), vote(4, "r2", "tie"),  # no system preferred: left out
-             vote(5, "r1", "a")]  # the metric scores both alike: left out
+             vote(1, "r1", "a"), vote(1, "r2", "a", flip=True), vote(1, "r3", "b"),  # majority a
+             vote(2, "r1", "b"), vote(2, "r2", "b")]  # majority b
     scores = {"1": {"a": 0.6, "b": 0.2}, "2": {"a": 0.5, "b": 0.1}, "3": {"a": 0.1, "b": 0.9}, "4": {"a": 0.3, "b": 0.2},
               "5": {"a": 0.4, "b": 0.4}}
     agreeing = metric_agreement(votes, scores)

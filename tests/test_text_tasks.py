@@ -3,12 +3,19 @@
 import pytest
 
 from components.data import read_tsv
-from components.text_tasks import TASKS_DIR, final_mark, has, make_splits, sentence_purpose
+from components.text_tasks import TASKS_DIR, final_mark, has, main, make_splits, sentence_purpose
 
 
 def test_the_shipped_files_are_what_the_generator_writes():
     for name, frame in make_splits().items():
         assert (TASKS_DIR / f"{name}.tsv").read_text(encoding="utf-8") == frame.to_csv(sep="\t", index=False), name
+
+
+def test_the_command_writes_the_shipped_files_where_it_is_told(tmp_path, capsys):
+    main(["--output-dir", str(tmp_path / "tasks")])
+    for name in ("train", "test"):
+        assert (tmp_path / "tasks" / f"{name}.tsv").read_bytes() == (TASKS_DIR / f"{name}.tsv").read_bytes(), name
+    assert f"train: 687 rows in {tmp_path / 'tasks' / 'train.tsv'}" in capsys.readouterr().out
 
 
 def test_no_test_sentence_is_trained_on():
