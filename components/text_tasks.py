@@ -122,7 +122,7 @@ def task_rows(pool: list[str], max_per_label: int, rng: random.Random) -> list[d
         for label in sorted(by_label):
             for sentence in rng.sample(by_label[label], min(max_per_label, len(by_label[label]))):
                 output, full_output = task.answer(sentence)
-                rows.append({"instruction": rng.choice(task.instructions), "input": sentence, "output": output, "full_output": full_output})
+                rows.append(dict(zip(COLUMNS, (rng.choice(task.instructions), sentence, output, full_output), strict=True)))
     rng.shuffle(rows)
     return rows
 
@@ -133,7 +133,7 @@ def make_splits(seed: int = SEED) -> dict[str, pd.DataFrame]:
     rng.shuffle(pool)
     cut = int(len(pool) * TEST_SENTENCES)
     pools = {"train": pool[cut:], "test": pool[:cut]}
-    return {name: pd.DataFrame(task_rows(pools[name], MAX_ROWS_PER_LABEL[name], rng), columns=list(COLUMNS)) for name in ("train", "test")}
+    return {name: pd.DataFrame(task_rows(pools[name], MAX_ROWS_PER_LABEL[name], rng)) for name in ("train", "test")}
 
 
 def write_splits(directory: Path = TASKS_DIR) -> dict[str, Path]:

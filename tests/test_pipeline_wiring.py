@@ -6,11 +6,11 @@ import threading
 import time
 
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script
 
 from pipelines.controller import step_parser
 from components.errors import UserError
-from pipelines.definition import PARAMETER_STEPS, STEPS, UPSTREAM_ARGUMENTS, run_steps, step_arguments
+from pipelines.definition import PARAMETER_STEPS, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, grid_size, run_steps, script_path, step_arguments
 from pipelines.local import as_flags
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
@@ -69,6 +69,20 @@ def test_every_override_names_an_argument_of_its_step(step):
     arguments = step_arguments(step.name, everything, {s.name: "id" for s in STEPS})
     assert set(arguments) <= dests, set(arguments) - dests
     assert set(UPSTREAM_ARGUMENTS.get(step.name, {})) <= set(arguments)
+
+
+def test_a_step_gets_its_upstream_task_ids_and_the_parameters_it_takes():
+    """Locally as on a server: each upstream argument holds that upstream step's task id; parameters of other steps,
+    and parameters left at None (the step's own default), are not passed."""
+    parameters = {name: None for name in PARAMETER_STEPS} | {"max_test_samples": 16, "lora_rank": 4, "decoding": "beam"}
+    ids = {"ingest": "task-i", "train": "task-t"}
+    assert step_arguments("evaluate", parameters, ids) == {"max_samples": 16, "decoding": "beam", "train_task_id": "task-t", "ingest_task_id": "task-i"}
+
+
+def test_a_sweeps_grid_is_the_product_of_its_value_counts_and_each_step_is_a_script_of_the_repository():
+    assert grid_size({"lora_rank": [4, 8, 16], "prompt_length": [10, 20]}) == 6 and grid_size({"lora_rank": [8]}) == 1
+    for step in STEPS:
+        assert script_path(STEP_BY_NAME[step.name]) == str(ROOT / "steps" / f"{step.name}.py")
 
 
 def test_the_export_step_runs_only_when_asked():
