@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -47,6 +48,65 @@ def test_evaluations_of_other_rows_or_without_the_base_are_one_sentence(tmp_path
         items_from_evaluations({"a": predictions(tmp_path / "a.tsv", "a"), "b": other_rows})
     with pytest.raises(UserError, match="holds no base_prediction column"):
         items_from_evaluation(predictions(tmp_path / "c.tsv", "c", base=None))
+
+
+def test_predictions_that_are_not_an_evaluations_are_one_sentence_and_texts_stay_texts(tmp_path):
+    absent, partial, one = tmp_path / "absent.tsv", tmp_path / "partial.tsv", predictions(tmp_path / "one.tsv", "NA")
+    with pytest.raises(UserError) as error:
+        items_from_evaluation(absent)
+    assert str(error.value) == f"{absent}: no such file; give the predictions.tsv an evaluate step wrote (or its folder)."
+    pd.DataFrame({"instruction": ["a"], "output": ["b"]}).to_csv(partial, sep="\t", index=False)
+    with pytest.raises(UserError) as error:
+        items_from_evaluation(partial)
+    assert str(error.value) == f"{partial} has no column input, prediction; it is not the predictions.tsv of an evaluate step."
+    with pytest.raises(UserError) as error:
+        items_from_evaluations({"one": one})
+    assert str(error.value) == "Give at least two evaluations to compare (or one that also scored the untuned base)."
+    with pytest.raises(UserError) as error:
+        items_from_evaluation(predictions(tmp_path / "no-base.tsv", "c", base=None))
+    assert str(error.value) == (f"{tmp_path / 'no-base.tsv'} holds no base_prediction column: that evaluation did not score the untuned base "
+                                "(--compare-base false); give two evaluations to compare instead.")
+    # "NA", "None", "1,5" and "007" are answers, not missing values or numbers; the file's separator is the tab.
+    rows = [("NA", "None", "1,5"), ("007", "a,b", "c")]
+    frame = pd.DataFrame(rows, columns=["instruction", "input", "output"]).assign(prediction=["NA", "1,5"], base_prediction=["None", "007"])
+    frame.to_csv(tmp_path / "texts.tsv", sep="\t", index=False)
+    items = items_from_evaluation(tmp_path / "texts.tsv")
+    assert [(i.instruction, i.input, i.reference, i.answer_a, i.answer_b) for i in items] == [("NA", "None", "1,5", "NA", "None"), ("007", "a,b", "c", "1,5", "007")]
+
+
+def test_a_shorter_evaluation_differs_where_it_ends(tmp_path):
+    shorter = predictions(tmp_path / "b.tsv", "b", rows=ROWS[:4])
+    with pytest.raises(UserError, match=r"b\.tsv and .*a\.tsv differ at test row 4 \(line 6\)"):
+        items_from_evaluations({"a": predictions(tmp_path / "a.tsv", "a"), "b": shorter})
+
+
+def test_sampling_takes_all_items_from_their_count_on_and_one_at_least(tmp_path):
+    items = items_from_evaluation(predictions(tmp_path / "p.tsv", "t"))
+    assert sample_items(items, None, seed=0) == sample_items(items, len(items), seed=0) == items
+    assert sample_items(items, 1, seed=4) == [items[sorted(random.Random(4).sample(range(len(items)), 1))[0]]]
+    assert sample_items(items, 3, seed=4) == [items[i] for i in sorted(random.Random(4).sample(range(len(items)), 3))]
+    with pytest.raises(UserError) as error:
+        sample_items(items, 0, seed=0)
+    assert str(error.value) == "--items must be at least 1, got 0."
+
+
+def test_items_are_dealt_to_raters_in_turn_and_overlap_one_gives_each_item_once(tmp_path):
+    """The deal by hand: the seeded shuffle's turn t gives its item to raters t*overlap .. t*overlap+overlap-1 (mod raters)."""
+    items = items_from_evaluation(predictions(tmp_path / "p.tsv", "t"))[:6]
+    raters = ["ann", "bob", "eve", "kim"]
+    order = list(range(len(items)))
+    random.Random(9).shuffle(order)
+    dealt = {rater: set() for rater in raters}
+    for turn, index in enumerate(order):
+        for k in range(2):
+            dealt[raters[(turn * 2 + k) % 4]].add(items[index].id)
+    assignments = assign(items, raters, overlap=2, seed=9)
+    assert {rater: {a.item_id for a in assignments if a.rater == rater} for rater in raters} == dealt
+    once = assign(items, raters, overlap=1, seed=9)
+    assert sorted(a.item_id for a in once) == sorted(item.id for item in items)
+    with pytest.raises(UserError) as error:
+        assign(items, ["ann", "ann"], overlap=1, seed=0)
+    assert str(error.value) == "Rater names repeat: ['ann', 'ann']."
 
 
 def test_each_item_goes_to_overlap_raters_evenly_with_seeded_orders_and_sides(tmp_path):
