@@ -134,8 +134,8 @@ def one_step(request, tiny_model_dir, splits, tmp_path_factory):
 
 @pytest.mark.numeric
 def test_an_optimizer_step_gets_the_clipped_gradient_of_the_mean_over_every_token_of_its_batch(one_step):
-    """Computed here example by example, unpadded: the step's loss is the mean over every label token of
-    its two micro-batches (not a mean of the micro-batches' means: their token counts differ), its
+    """Computed here example by example, unpadded: the step's loss (as reported) is the mean over every label token
+    of its two micro-batches (not a mean of the micro-batches' means: their token counts differ), its
     gradient clipped to norm 1 (padding never counts)."""
     train, model = one_step["train"], one_step["initial"]
     prompt_length = prompt_length_of(model)
@@ -152,8 +152,13 @@ def test_an_optimizer_step_gets_the_clipped_gradient_of_the_mean_over_every_toke
             examples.append((tokens, labels_of[tuple(tokens)]))
     assert len({int((batch["labels"] != -100).sum()) for batch in micro_batches}) == 2  # the two weightings differ here
     step_tokens = sum(len(labels) for _, labels in examples)
+    step_loss = 0.0
     for tokens, labels in examples:
-        (token_losses(model, tokens, labels).sum() / step_tokens).backward()
+        loss = token_losses(model, tokens, labels).sum() / step_tokens
+        loss.backward()
+        step_loss += loss.item()
+    [(step, reported)] = one_step["result"].train_losses  # the loss training.json and the train/loss scalar report
+    assert step == 1 and reported == pytest.approx(step_loss, rel=LOSS_RTOL)
     expected = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     norm = torch.sqrt(sum(g.pow(2).sum() for g in expected.values()))
     assert (norm > 1.0) == (one_step["regime"] == "clipped")
