@@ -28,7 +28,7 @@ test-cpu-variants: install-dev
 ## The mutation score of one module (make mutation MODULE=components/metrics.py [TESTS="tests/test_metrics.py ..."]);
 ## the record of every module's score is benchmarks/results/mutation.md.
 mutation: install-dev
-	$(PYTHON) benchmarks/mutation.py $(MODULE) $(if $(TESTS),--tests $(TESTS))
+	$(PYTHON) benchmarks/mutation.py $(MODULE) $(if $(TESTS),--tests "$(TESTS)")
 
 ## The whole pipeline offline on this machine with the tiny model and data/sample.
 tiny: install

@@ -134,12 +134,13 @@ def copy_tracked_files(target: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("module", help="a product file, e.g. components/metrics.py")
-    parser.add_argument("--tests", nargs="*", help="test files or node ids (default: the test files that import the module)")
+    parser.add_argument("--tests", help="pytest's arguments, space-separated: test files, node ids, --deselect=... "
+                                         "(default: the test files that import the module)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count(), help="mutants tested at once (default: one per core)")
     args = parser.parse_args(argv)
     if args.module.split("/")[0] not in PACKAGES or not (ROOT / args.module).is_file():
         sys.exit(f"error: MODULE={args.module}: not a .py file under {', '.join(PACKAGES)}.")
-    tests = args.tests or importers(args.module)
+    tests = args.tests.split() if args.tests else importers(args.module)
     if not tests:
         sys.exit(f"error: no test file imports {args.module}; name the tests that exercise it with TESTS=.")
     work = WORK / args.module.removesuffix(".py").replace("/", ".")
