@@ -30,7 +30,7 @@ def sample_texts(count: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(count)]
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--texts", type=int, default=64)
@@ -39,7 +39,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--single-texts", type=int, default=None, help="texts timed one at a time (default: all); the rate is per text")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
 
     device, sync = device_and_sync()
     model = apply_peft(build_model(args.size, device), prompt_length=20).eval()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -42,7 +43,8 @@ TESTS = ROOT / "tests"
 MISSING = "MISSING:"
 FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
 # The scripts whose build_parser() the table covers: the project's commands, and any step script not among them yet.
-ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"} - set(COMMANDS)))
+ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"} - set(COMMANDS)),
+                "benchmarks/generation.py")
 
 # Tests that several entries name.
 INGESTED = "tests/test_steps.py::test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test"
@@ -198,6 +200,8 @@ EFFECTS: dict[str, dict[str, str]] = {
     "components/text_tasks.py": {
         "--output-dir": "tests/test_text_tasks.py::test_the_command_writes_the_shipped_files_where_it_is_told",
     },
+    "benchmarks/generation.py": {option: "tests/test_benchmarks.py::test_generation_benchmark_times_the_work_its_options_ask_for"
+                                 for option in ("--size", "--texts", "--max-new-tokens", "--batch-size", "--num-beams", "--single-texts", "--dtype")},
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",
         "--local": LOCAL_ANYWHERE,
@@ -272,7 +276,11 @@ EFFECTS: dict[str, dict[str, str]] = {
 @cache
 def parser_options(script: str) -> dict[str, str]:
     """Option -> dest of every option of ``script``'s ``build_parser()``, ``--help`` aside."""
-    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    if script.startswith("benchmarks/"):  # scripts that import their neighbours (common) by name, as tests/test_benchmarks.py does
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        module = importlib.import_module(Path(script).stem)
+    else:
+        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
     return {action.option_strings[0]: action.dest for action in module.build_parser()._actions
             if action.option_strings and action.dest != "help"}
 

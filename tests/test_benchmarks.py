@@ -6,6 +6,8 @@ benchmarks/ and the README, never in assertions).
 
 import sys
 
+import torch
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -29,6 +31,37 @@ def test_generation_benchmark_does_equal_work_both_ways():
     result = generation_benchmark.main(["--size", "small", "--texts", "3", "--max-new-tokens", "2", "--batch-size", "3"])
     assert result["texts"] == result["single_texts"] == 3
     assert result["batched_tokens_per_s"] > 0 and result["single_tokens_per_s"] > 0
+
+
+GENERATION_OPTIONS = ["--size", "rut5-large", "--texts", "5", "--single-texts", "2", "--max-new-tokens", "3", "--batch-size", "2",
+                      "--num-beams", "2", "--dtype", "bf16"]
+
+
+def test_generation_benchmark_times_the_work_its_options_ask_for(monkeypatch):
+    """Every option away from its default reaches what is timed (the model built, each generate_predictions call) and
+    the rates are the tokens asked for over the time measured; ruT5-large's shape is recorded, a small model stands in."""
+    built, calls = [], []
+    small = generation_benchmark.build_model
+
+    def build_model(size, device):
+        built.append(size)
+        return small("small", device)
+
+    def generate(model, tokenizer, texts, *, batch_size, num_beams, max_new_tokens):
+        calls.append((len(texts), batch_size, num_beams, max_new_tokens, next(model.parameters()).dtype))
+        return [""] * len(texts)
+
+    seconds = iter([3.0, 2.0])  # batched, then one at a time
+    monkeypatch.setattr(generation_benchmark, "build_model", build_model)
+    monkeypatch.setattr(generation_benchmark, "generate_predictions", generate)
+    monkeypatch.setattr(generation_benchmark, "timed", lambda fn, sync: (fn(), next(seconds))[1])
+    result = generation_benchmark.main(GENERATION_OPTIONS)
+    assert built == ["rut5-large"]
+    # warm-up on one batch, the timed batched run, then the first 2 texts one at a time
+    assert calls == [(2, 2, 2, 3, torch.bfloat16), (5, 2, 2, 3, torch.bfloat16), (1, 1, 2, 3, torch.bfloat16), (1, 1, 2, 3, torch.bfloat16)]
+    assert (result["batched_tokens_per_s"], result["single_tokens_per_s"], result["speedup"]) == (5 * 3 / 3.0, 2 * 3 / 2.0, 1.67)  # (5 / 3) / (2 / 2)
+    assert {key: result[key] for key in ("texts", "single_texts", "max_new_tokens", "batch_size", "num_beams", "size", "dtype")} == {
+        "texts": 5, "single_texts": 2, "max_new_tokens": 3, "batch_size": 2, "num_beams": 2, "size": "rut5-large", "dtype": "bf16"}
 
 
 def test_distributed_benchmark_measures_each_rank_count_and_the_efficiency():
