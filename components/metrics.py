@@ -71,10 +71,6 @@ class NoSynonyms:
         return []
 
 
-def _mean(values: list[float]) -> float:
-    return fmean(values) if values else 0.0
-
-
 def rouge(predictions: list[str], references: list[str], tokenizer=None) -> dict[str, float]:
     """Mean ROUGE F-measures; ``tokenizer=None`` is rouge_score's default (Latin and digits only)."""
     from rouge_score import rouge_scorer
@@ -84,16 +80,14 @@ def rouge(predictions: list[str], references: list[str], tokenizer=None) -> dict
     else:
         scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=tokenizer)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    return {kind: _mean([s[kind].fmeasure for s in scores]) for kind in ROUGE_TYPES}
+    return {kind: fmean([s[kind].fmeasure for s in scores]) for kind in ROUGE_TYPES}
 
 
 def meteor(prediction: str, reference: str) -> float:
     from nltk.translate.meteor_score import single_meteor_score
 
-    hypothesis, reference_words = words(prediction), words(reference)
-    if not hypothesis or not reference_words:
-        return 0.0
-    return single_meteor_score(reference_words, hypothesis, preprocess=str, stemmer=CachedStemmer(), wordnet=NoSynonyms())
+    # nltk scores an empty side 0; preprocess=str: words() has already lowercased and folded ё.
+    return single_meteor_score(words(reference), words(prediction), preprocess=str, stemmer=CachedStemmer(), wordnet=NoSynonyms())
 
 
 def compute_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -106,7 +100,7 @@ def compute_metrics(predictions: list[str], references: list[str]) -> dict[str, 
         "bleu": sacrebleu.corpus_bleu(predictions, [references], tokenize="13a").score / 100,
         "chrf": sacrebleu.corpus_chrf(predictions, [references], word_order=2).score / 100,
         **rouge(predictions, references, RussianTokenizer()),
-        "meteor": _mean([meteor(p, r) for p, r in zip(predictions, references)]),
+        "meteor": fmean([meteor(p, r) for p, r in zip(predictions, references)]),
     }
     results.update({f"published_{k}": v for k, v in rouge(predictions, references).items()})
     return results

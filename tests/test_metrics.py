@@ -45,14 +45,24 @@ def test_meteor_hand_checked():
     # ё/е and case fold, and a stem match counts like an exact one
     assert meteor("ЁЖ спит", "еж спит") == pytest.approx(1 - 0.5 / 8)
     assert meteor("кошки спят", "кошка спят") == pytest.approx(1 - 0.5 / 8)
-    assert meteor("", "что-то") == 0.0
+    assert meteor("", "что-то") == meteor("что-то", "") == 0.0
 
+
+def test_the_corpus_meteor_is_the_mean_of_the_pairs_and_the_published_rouge_stems_english():
+    """compute_metrics' METEOR averages meteor() over the pairs; the published ROUGE (rouge_score's own tokenizer,
+    Latin letters and digits) stems with Porter: "cats running" and "cat runs" share both stems."""
+    predictions, references = ["Кошка сидит на ковре", "cats running"], ["кошка сидит на ковре", "cat runs"]
+    scores = compute_metrics(predictions, references)
+    assert scores["meteor"] == pytest.approx((meteor(*predictions[:1], *references[:1]) + meteor(predictions[1], references[1])) / 2)
+    assert scores["published_rouge1"] == pytest.approx((0.0 + 1.0) / 2)  # the Russian pair has no Latin token to score
 
 def test_empty_predictions_score_zero_and_break_nothing():
     scores = compute_metrics(["", ""], ["Ответ один.", "Ответ два."])
     assert all(value == 0.0 for value in scores.values())
 
 
-def test_misaligned_lists_are_refused():
-    with pytest.raises(ValueError, match="must align"):
+def test_misaligned_or_empty_lists_are_refused():
+    with pytest.raises(ValueError, match=r"^1 predictions for 2 references; the lists must align\.$"):
         compute_metrics(["а"], ["а", "б"])
+    with pytest.raises(ValueError, match=r"^No predictions to score\.$"):
+        compute_metrics([], [])
