@@ -74,13 +74,17 @@ def transformers_generator(export: Path, tokenizer, precision: str, new_tokens: 
     return generate
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--texts", type=int, default=2 * BATCH, help="texts generated in batches of 16")
     parser.add_argument("--single-texts", type=int, default=8, help="texts generated one at a time")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
 
     threads = torch.get_num_threads()
     texts = sample_texts(args.texts)

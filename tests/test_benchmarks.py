@@ -70,9 +70,27 @@ def test_distributed_benchmark_measures_each_rank_count_and_the_efficiency():
     assert all(entry["samples_per_s"] > 0 and entry["efficiency"] > 0 for entry in result["ranks"].values())
 
 
-def test_serving_benchmark_rates_each_engine_and_precision_at_batch_1_and_16():
-    result = serving_benchmark.main(["--size", "small", "--texts", "2", "--single-texts", "1", "--max-new-tokens", "2"])
+def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for(monkeypatch):
+    """Each engine and precision generates --max-new-tokens tokens for each of --texts texts in batches, then for
+    --single-texts texts one at a time; ruT5-large's shape is recorded, the small shape's export stands in."""
+    sizes, timed_work = [], []
+    export, rates = serving_benchmark.export_random_model, serving_benchmark.rates
+
+    def export_small(size, folder):
+        sizes.append(size)
+        return export("small", folder)
+
+    def recorded_rates(generate, texts, single_texts, new_tokens):
+        rate = rates(generate, texts, single_texts, new_tokens)
+        timed_work.append((len(texts), single_texts, new_tokens, {len(tokens) for tokens in rate["tokens"]}))
+        return rate
+
+    monkeypatch.setattr(serving_benchmark, "export_random_model", export_small)
+    monkeypatch.setattr(serving_benchmark, "rates", recorded_rates)
+    result = serving_benchmark.main(["--size", "rut5-large", "--texts", "3", "--single-texts", "1", "--max-new-tokens", "2"])
+    assert sizes == ["rut5-large"] and timed_work == [(3, 1, 2, {2})] * 4
     engines = {f"{engine}_{precision}" for engine in ("transformers", "ctranslate2") for precision in ("float32", "int8")}
     assert set(result["new_tokens_per_s"]) == engines
     assert all(rate["batch_1"] > 0 and rate["batch_16"] > 0 for rate in result["new_tokens_per_s"].values())
+    assert (result["size"], result["texts"], result["single_texts"], result["max_new_tokens"]) == ("rut5-large", 3, 1, 2)
     assert result["greedy_agreement"] == 1.0  # one search on the same weights: a difference is a conversion bug
