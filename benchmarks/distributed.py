@@ -87,7 +87,7 @@ def rank_main(rank: int, ranks: int, args: argparse.Namespace, port: int, result
         dist.destroy_process_group()
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", *SIZES], default="tiny")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
@@ -95,7 +95,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8, help="per rank")
     parser.add_argument("--input-length", type=int, default=100)
     parser.add_argument("--target-length", type=int, default=200)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = mp.Manager().dict()
     for ranks in args.ranks:

@@ -70,6 +70,44 @@ def test_distributed_benchmark_measures_each_rank_count_and_the_efficiency():
     assert all(entry["samples_per_s"] > 0 and entry["efficiency"] > 0 for entry in result["ranks"].values())
 
 
+DISTRIBUTED_OPTIONS = ["--size", "small", "--ranks", "1", "3", "--steps", "4", "--batch-size", "3", "--input-length", "6", "--target-length", "5"]
+
+
+def test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for(monkeypatch):
+    """A rank builds the shape asked for and trains --steps steps of --batch-size rows per rank, rows of the lengths
+    asked for; each rank count starts that many processes, and the efficiency is samples/s over ranks x one rank's."""
+    args = distributed_benchmark.build_parser().parse_args(DISTRIBUTED_OPTIONS)
+    sizes, trained = [], []
+    build = distributed_benchmark.build
+
+    def build_tiny(size, device):
+        sizes.append(size)
+        return build("tiny", device)
+
+    def train(model, tokenizer, rows, validation, config, *, output_dir, report, world):
+        trained.append((len(rows), {len(ids) for ids in rows["input_ids"]}, {len(ids) for ids in rows["labels"]}, config.batch_size, config.max_steps))
+        for step in range(1, config.max_steps + 1):
+            report("loss", "train", 1.0, step)
+
+    monkeypatch.setattr(distributed_benchmark, "build", build_tiny)
+    monkeypatch.setattr(distributed_benchmark, "train_adapters", train)
+    results = {}
+    distributed_benchmark.rank_main(0, 1, args, 0, results)
+    assert sizes == ["small"] and trained == [(3 * 1 * 4, {6}, {5}, 3, 4)] and results[1]["samples_per_s"] > 0
+
+    started = []
+
+    def start_processes(rank_main, args, nprocs, start_method):
+        started.append(nprocs)
+        args[-1][nprocs] = {"samples_per_s": {1: 10.0, 3: 24.0}[nprocs], "peak_mb_per_gpu": None}
+
+    monkeypatch.setattr(distributed_benchmark.mp, "start_processes", start_processes)
+    result = distributed_benchmark.main(DISTRIBUTED_OPTIONS)
+    assert started == [1, 3]
+    assert result["ranks"][3] == {"samples_per_s": 24.0, "peak_mb_per_gpu": None, "samples_per_s_per_rank": 8.0, "efficiency": 0.8}
+    assert (result["size"], result["batch_per_rank"], result["steps"]) == ("small", 3, 4)
+
+
 def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for(monkeypatch):
     """Each engine and precision generates --max-new-tokens tokens for each of --texts texts in batches, then for
     --single-texts texts one at a time; ruT5-large's shape is recorded, the small shape's export stands in."""
