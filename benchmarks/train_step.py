@@ -32,9 +32,10 @@ from components.modeling import apply_peft
 from components.prompt_tuning import extend_attention_mask
 
 VARIANTS = ("ours", "ours_lora", "peft_lora", "floor")
+H100_BF16_TFLOPS = 790.0  # measured
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -48,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in every variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 ceiling for model-FLOPs utilisation (H100, measured)")
-    return parser.parse_args(argv)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's ceiling for model-FLOPs utilisation (default on CUDA: 790, an H100's bf16, measured; none on the CPU)")
+    return parser
 
 
 class Variant:
@@ -131,7 +133,7 @@ def model_flops(base, args, prompt_length: int) -> float:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     device, sync = device_and_sync()
     base = build_model(args.size, device)
     vocab = base.config.vocab_size
@@ -158,6 +160,7 @@ def main(argv=None) -> dict:
     ratio_vs_floor = median([a / b for a, b in zip(times["ours"], times["floor"])])
     tokens = args.batch_size * (args.input_length + args.target_length)
     flops = model_flops(base, args, args.prompt_length)
+    peak_tflops = args.peak_tflops or (H100_BF16_TFLOPS if device.type == "cuda" else None)
     result = {
         "ours_s": round(seconds["ours"], 5),
         "ours_lora_s": round(seconds["ours_lora"], 5),
@@ -174,7 +177,7 @@ def main(argv=None) -> dict:
         "batch": [args.batch_size, args.input_length, args.target_length],
         "ours_samples_per_s": round(args.batch_size / seconds["ours"], 2),
         "ours_tokens_per_s": round(tokens / seconds["ours"], 1),
-        "ours_mfu": round(flops / seconds["ours"] / (args.peak_tflops * 1e12), 4) if device.type == "cuda" else None,
+        "ours_mfu": round(flops / seconds["ours"] / (peak_tflops * 1e12), 4) if peak_tflops else None,
         "memory_measure": "step peak above resident (CUDA)" if device.type == "cuda" else "activations saved for backward",
         "all_peak_mb": {k: round(v, 1) for k, v in peak.items()},
     }

@@ -44,7 +44,7 @@ MISSING = "MISSING:"
 FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
 # The scripts whose build_parser() the table covers: the project's commands, and any step script not among them yet.
 ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"} - set(COMMANDS)),
-                "benchmarks/generation.py", "benchmarks/serving.py", "benchmarks/distributed.py")
+                "benchmarks/generation.py", "benchmarks/serving.py", "benchmarks/distributed.py", "benchmarks/train_step.py")
 
 # Tests that several entries name.
 INGESTED = "tests/test_steps.py::test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test"
@@ -206,6 +206,10 @@ EFFECTS: dict[str, dict[str, str]] = {
                                for option in ("--size", "--texts", "--single-texts", "--max-new-tokens")},
     "benchmarks/distributed.py": {option: "tests/test_benchmarks.py::test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for"
                                   for option in ("--size", "--ranks", "--steps", "--batch-size", "--input-length", "--target-length")},
+    "benchmarks/train_step.py": {option: "tests/test_benchmarks.py::test_train_step_benchmark_times_the_variants_its_options_ask_for"
+                                 for option in ("--size", "--batch-size", "--input-length", "--target-length", "--lora-rank", "--lora-alpha",
+                                                "--lora-dropout", "--prompt-length", "--precision", "--checkpointing", "--warmup", "--rounds",
+                                                "--peak-tflops")},
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",
         "--local": LOCAL_ANYWHERE,

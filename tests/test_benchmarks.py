@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from components.lora import LoRALayer
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -25,6 +27,55 @@ def test_train_step_reports_every_variant_and_the_paired_ratios(capsys):
         assert key in result
     assert result["all_peak_mb"]["ours"] > result["all_peak_mb"]["floor"] > 0  # adapters save more for backward
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"ours_s"')
+
+
+TRAIN_STEP_OPTIONS = ["--size", "rut5-large", "--batch-size", "2", "--input-length", "5", "--target-length", "3", "--lora-rank", "2",
+                      "--lora-alpha", "6", "--lora-dropout", "0.2", "--prompt-length", "3", "--precision", "bf16", "--checkpointing",
+                      "--warmup", "1", "--rounds", "2", "--peak-tflops", "0.001"]
+
+
+def test_train_step_benchmark_times_the_variants_its_options_ask_for(monkeypatch):
+    """Every option away from its default reaches the variants timed: the adapters' rank, alpha, dropout and prompt,
+    PEFT's LoRA alike, bf16 autocast, checkpointing, the batch's shape, warm-up and timed rounds; the model-FLOPs
+    utilisation is recomputed from the formula (4 x parameters x tokens) at the --peak-tflops given."""
+    sizes, variants, steps = [], {}, []
+    small = train_step.build_model
+
+    def build_model(size, device):
+        sizes.append(size)
+        return small("small", device)
+
+    class Recorded(train_step.Variant):
+        def __init__(self, name, base, args, device):
+            super().__init__(name, base, args, device)
+            variants[name] = self
+
+        def step(self, batch):
+            steps.append((self.name, tuple(batch["input_ids"].shape), tuple(batch["attention_mask"].shape), tuple(batch["labels"].shape)))
+
+    monkeypatch.setattr(train_step, "build_model", build_model)
+    monkeypatch.setattr(train_step, "Variant", Recorded)
+    monkeypatch.setattr(train_step, "timed", lambda fn, sync: (fn(), 0.5)[1])
+    result = train_step.main(TRAIN_STEP_OPTIONS)
+    assert sizes == ["rut5-large"]
+    for name in ("ours", "ours_lora"):
+        lora = [m for m in variants[name].model.modules() if isinstance(m, LoRALayer)]
+        assert lora and all((m.rank, m.alpha, m.dropout.p) == (2, 6.0, 0.2) for m in lora), name
+    config = variants["peft_lora"].model.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (2, 6.0, 0.2)
+    assert [variants[name].prompt_length for name in train_step.VARIANTS] == [3, 0, 0, 0]
+    assert all(v.autocast.fast_dtype == torch.bfloat16 for v in variants.values())
+    assert all(any(getattr(m, "gradient_checkpointing", False) for m in v.model.modules()) for v in variants.values())
+    # 1 warm-up, 2 timed rounds and the memory measure: 4 steps of each variant, each on the batch asked for
+    for name in train_step.VARIANTS:
+        width = 5 + variants[name].prompt_length
+        assert [step[1:] for step in steps if step[0] == name] == [((2, 5), (2, width), (2, 3))] * 4, name
+    base = small("small", torch.device("cpu"))
+    encoder = sum(p.numel() for p in base.encoder.block.parameters())
+    decoder = sum(p.numel() for p in base.decoder.block.parameters()) + base.lm_head.weight.numel()
+    flops = 4.0 * (encoder * 2 * (5 + 3) + decoder * 2 * 3)
+    assert result["ours_mfu"] == round(flops / 0.5 / 0.001e12, 4) and result["ours_samples_per_s"] == 2 / 0.5
+    assert (result["batch"], result["precision"], result["checkpointing"], result["size"]) == ([2, 5, 3], "bf16", True, "rut5-large")
 
 
 def test_generation_benchmark_does_equal_work_both_ways():
