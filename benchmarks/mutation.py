@@ -131,13 +131,17 @@ def copy_tracked_files(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("module", help="a product file, e.g. components/metrics.py")
     parser.add_argument("--tests", help="pytest's arguments, space-separated: test files, node ids, --deselect=... "
                                          "(default: the test files that import the module)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count(), help="mutants tested at once (default: one per core)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.module.split("/")[0] not in PACKAGES or not (ROOT / args.module).is_file():
         sys.exit(f"error: MODULE={args.module}: not a .py file under {', '.join(PACKAGES)}.")
     tests = args.tests.split() if args.tests else importers(args.module)

@@ -24,10 +24,14 @@ from common import ROOT, print_json_last
 from components.tiny import build_tiny_model
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--output-dir", default=None, help="where the pipeline's outputs go (default: a temporary folder)")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
     output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="bench-pipeline-")).resolve()
     build_tiny_model()
     subprocess.run([sys.executable, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir)],

@@ -36,10 +36,14 @@ def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, list[float]]
     return round(time.perf_counter() - started, 1), round(os.getloadavg()[0], 2)
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", help="where the clone and the cache go (default: a temporary folder)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="tiny-learns-")).resolve()
     clone = work / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)

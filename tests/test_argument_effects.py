@@ -2,9 +2,10 @@
 
 An argument that no test sets can stop working without any test noticing: renamed on one
 side of the pipeline wiring, dropped on its way into a config, read under another name.
-So ``EFFECTS`` names, for every option of every step script and of the pipeline and sweep
-entry points, a test that sets it to a value other than its default and asserts what that
-changes (a value in an output file, a shape, a schedule, an error). A new argument comes
+So ``EFFECTS`` names, for every option of every command (``components.cli.COMMANDS``: the steps,
+the pipeline and sweep entry points, the components' tools) and of every benchmark, a test that
+sets it to a value other than its default and asserts what that changes (a value in an output
+file, a shape, a schedule, an error, the work a benchmark times). A new argument comes
 with such a test and its entry here: without an entry, test_every_argument_has_an_effect_entry
 fails.
 
@@ -42,9 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 MISSING = "MISSING:"
 FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
-# The scripts whose build_parser() the table covers: the project's commands, and any step script not among them yet.
+# The scripts whose build_parser() the table covers: the project's commands, any step script not among them yet,
+# and every benchmark with a command line (its options change what is measured).
 ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"} - set(COMMANDS)),
-                "benchmarks/generation.py", "benchmarks/serving.py", "benchmarks/distributed.py", "benchmarks/train_step.py")
+                *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py") if "ArgumentParser(" in p.read_text(encoding="utf-8")))
 
 # Tests that several entries name.
 INGESTED = "tests/test_steps.py::test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test"
@@ -210,6 +212,11 @@ EFFECTS: dict[str, dict[str, str]] = {
                                  for option in ("--size", "--batch-size", "--input-length", "--target-length", "--lora-rank", "--lora-alpha",
                                                 "--lora-dropout", "--prompt-length", "--precision", "--checkpointing", "--warmup", "--rounds",
                                                 "--peak-tflops")},
+    "benchmarks/pipeline.py": {"--output-dir": "tests/test_benchmarks.py::test_the_pipeline_benchmark_reads_the_run_it_made_in_output_dir"},
+    "benchmarks/tiny_learns.py": {"--work-dir": "tests/test_benchmarks.py::test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_its_ratios"},
+    "benchmarks/first_run_on_agents.py": {"--work-dir": "tests/test_benchmarks.py::test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir"},
+    "benchmarks/mutation.py": {option: "tests/test_benchmarks.py::test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy"
+                               for option in ("--tests", "--max-children")},
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",
         "--local": LOCAL_ANYWHERE,

@@ -4,8 +4,12 @@ Tiny shapes and a single round: these are smoke tests, not timings (timings live
 benchmarks/ and the README, never in assertions).
 """
 
+import json
+import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from components.lora import LoRALayer
@@ -15,8 +19,12 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import distributed as distributed_benchmark  # noqa: E402
+import first_run_on_agents  # noqa: E402
 import generation as generation_benchmark  # noqa: E402
+import mutation  # noqa: E402
+import pipeline as pipeline_benchmark  # noqa: E402
 import serving as serving_benchmark  # noqa: E402
+import tiny_learns  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -183,3 +191,87 @@ def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_optio
     assert all(rate["batch_1"] > 0 and rate["batch_16"] > 0 for rate in result["new_tokens_per_s"].values())
     assert (result["size"], result["texts"], result["single_texts"], result["max_new_tokens"]) == ("rut5-large", 3, 1, 2)
     assert result["greedy_agreement"] == 1.0  # one search on the same weights: a difference is a conversion bug
+
+
+def test_the_pipeline_benchmark_reads_the_run_it_made_in_output_dir(monkeypatch, tmp_path):
+    """The tiny pipeline runs into --output-dir; each step's share of ClearML time and the totals are recomputed here
+    from the summary and results a run wrote (a stand-in run: the real one is the README's make tiny)."""
+    launched = []
+
+    def run(command, cwd, check, stdout):
+        launched.append(command)
+        output = Path(command[command.index("--output-dir") + 1])
+        (output / "summary.json").write_text(json.dumps({"step_seconds": {"ingest": 2.0, "train": 10.0}}))
+        for step, seconds in {"ingest": {"step": 1.5, "clearml": 0.5}, "train": {"step": 8.0, "clearml": 1.0}}.items():
+            (output / step).mkdir()
+            (output / step / "result.json").write_text(json.dumps({"seconds": seconds}))
+
+    monkeypatch.setattr(pipeline_benchmark.subprocess, "run", run)
+    result = pipeline_benchmark.main(["--output-dir", str(tmp_path)])
+    assert launched[0][1:5] == ["pipelines/run_pipeline.py", "--local", "--preset", "tiny"] and launched[0][-1] == str(tmp_path)
+    assert result["steps"]["ingest"] == {"wall_s": 2.0, "in_step_s": 1.5, "clearml_s": 0.5, "clearml_share_of_wall": 0.25}
+    assert result["steps"]["train"]["clearml_share_of_wall"] == 0.1
+    assert result["total"] == {"wall_s": 12.0, "in_step_s": 9.5, "clearml_s": 1.5}
+
+
+def test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_its_ratios(monkeypatch, tmp_path):
+    ran = []
+
+    def run(command, cwd=None, env=None, check=True, stdout=None, stderr=None):
+        ran.append((command, cwd, env and env["RUT5_TINY_CACHE"]))
+        if command[:2] == ["git", "clone"]:
+            Path(command[-1]).mkdir(parents=True)
+        if command[:2] == ["make", "tiny"]:
+            (cwd / "runs" / "tiny").mkdir(parents=True)
+            (cwd / "runs" / "tiny" / "summary.json").write_text(json.dumps({
+                "metrics": {"loss": 1.5, "chrf": 0.3}, "base_metrics": {"loss": 3.0, "chrf": 0.1}, "step_seconds": {"train": 30.0}}))
+
+    monkeypatch.setattr(tiny_learns.subprocess, "run", run)
+    result = tiny_learns.main(["--work-dir", str(tmp_path)])
+    clone = tmp_path / "clone"
+    assert ran[0][0][-1] == str(clone) and [cwd for _, cwd, _ in ran[1:]] == [clone, clone]
+    assert {cache for _, _, cache in ran[1:]} == {str(tmp_path / "cache")}
+    assert (result["loss_ratio"], result["chrf_ratio"], result["step_seconds"]) == (0.5, 3.0, {"train": 30.0})
+
+
+def test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir(monkeypatch, tmp_path):
+    """Where --work-dir sends the server's state and the agents' logs (the run itself takes 10 minutes: a stand-in
+    server stops it at its start)."""
+    class Stop(Exception):
+        pass
+
+    class Server:
+        def __init__(self, state_dir):
+            raise Stop(state_dir)
+
+    monkeypatch.setattr(first_run_on_agents, "ClearMLTestServer", Server)
+    with pytest.raises(Stop) as stopped:
+        first_run_on_agents.main(["--work-dir", str(tmp_path / "work")])
+    assert stopped.value.args == (tmp_path / "work" / "server",) and (tmp_path / "work" / "logs").is_dir()
+
+
+def test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy(monkeypatch, tmp_path):
+    """The copy's setup.cfg names the module and each pytest argument on its own line; mutmut runs there with
+    --max-children; the tests that import the module are the default."""
+    calls, real_run = [], subprocess.run
+
+    def run(command, cwd, check, env=None, capture_output=False, text=False):
+        if command[0] == "git":  # the copy lists the tracked files
+            return real_run(command, cwd=cwd, check=check, capture_output=capture_output, text=text)
+        calls.append((command[3:], Path(cwd)))
+        if "export-cicd-stats" in command:
+            (Path(cwd) / "mutants").mkdir()
+            (Path(cwd) / "mutants" / "mutmut-cicd-stats.json").write_text(json.dumps(
+                {"total": 10, "killed": 8, "timeout": 1, "survived": 1, "no_tests": 0, "suspicious": 0}))
+        return subprocess.CompletedProcess(command, 0, stdout="    components.comparison.x_ratio__mutmut_1: survived\n")
+
+    monkeypatch.setattr(mutation, "WORK", tmp_path)
+    monkeypatch.setattr(mutation.subprocess, "run", run)
+    stats = mutation.main(["components/comparison.py", "--tests", "tests/test_report.py --deselect=tests/test_report.py::x", "--max-children", "1"])
+    work = tmp_path / "components.comparison"
+    assert calls == [(["run", "--max-children", "1"], work), (["export-cicd-stats"], work), (["results"], work)]
+    config = (work / "setup.cfg").read_text()
+    assert "only_mutate =\n    components/comparison.py\n" in config
+    assert "pytest_add_cli_args_test_selection =\n    tests/test_report.py\n    --deselect=tests/test_report.py::x\n" in config
+    assert (work / "components" / "comparison.py").read_bytes() == (ROOT / "components" / "comparison.py").read_bytes()
+    assert stats["killed"] == 8 and mutation.importers("components/comparison.py") == ["tests/test_report.py"]
