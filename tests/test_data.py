@@ -105,10 +105,11 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_parse_returns_every_invalid_row_and_keeps_the_valid_ones(tmp_path):
-    path = write(tmp_path, f"{HEADER}\nа\t\tв\t\n\t\tв\t\nб\t\t\t\nг\t\tд\t\n")
+    path = write(tmp_path, f"{HEADER}\nа\t\tв\t\n\t\tв\t\nб\t\t\t\nд\tе\n\nг\t\tд\t\n")
     frame, invalid = parse_tsv(path)
     assert frame["instruction"].tolist() == ["а", "г"]
-    assert [(row.line, row.reason) for row in invalid] == [(3, "empty instruction"), (4, "empty output")]
+    assert [(row.line, row.reason) for row in invalid] == [(3, "empty instruction"), (4, "empty output"),
+                                                           (5, "expected 4 tab-separated fields, found 2")]
 
 
 def test_source_text_joins_instruction_and_input():
