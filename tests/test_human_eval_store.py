@@ -68,10 +68,10 @@ def test_predictions_that_are_not_an_evaluations_are_one_sentence_and_texts_stay
                                 "(--compare-base false); give two evaluations to compare instead.")
     # "NA", "None", "1,5" and "007" are answers, not missing values or numbers; the file's separator is the tab.
     rows = [("NA", "None", "1,5"), ("007", "a,b", "c")]
-    frame = pd.DataFrame(rows, columns=["instruction", "input", "output"]).assign(prediction=["NA", "1,5"], base_prediction=["None", "007"])
+    frame = pd.DataFrame(rows, columns=["instruction", "input", "output"]).assign(prediction=["NA", "1,5"], base_prediction=["1.50", "007"])
     frame.to_csv(tmp_path / "texts.tsv", sep="\t", index=False)
     items = items_from_evaluation(tmp_path / "texts.tsv")
-    assert [(i.instruction, i.input, i.reference, i.answer_a, i.answer_b) for i in items] == [("NA", "None", "1,5", "NA", "None"), ("007", "a,b", "c", "1,5", "007")]
+    assert [(i.instruction, i.input, i.reference, i.answer_a, i.answer_b) for i in items] == [("NA", "None", "1,5", "NA", "1.50"), ("007", "a,b", "c", "1,5", "007")]
 
 
 def test_a_shorter_evaluation_differs_where_it_ends(tmp_path):
