@@ -153,6 +153,31 @@ def test_a_rater_continues_where_they_stopped_and_a_repeated_vote_counts_once(st
         RatingStore.create(store.path, [], [], {})
 
 
+def test_the_store_shows_each_item_as_drawn_and_gives_back_each_vote_as_cast(tmp_path):
+    """Shown texts and sides, a position past the end, a vote without a comment, the preferred system of a left
+    and of a right vote; a session in folders not made yet, and none where there is no file."""
+    items = items_from_evaluation(predictions(tmp_path / "p.tsv", "тюн"))[:4]
+    store = RatingStore.create(tmp_path / "new" / "folders" / "s.db", items, assign(items, ["ann"], overlap=1, seed=2), {})
+    by_id = {item.id: item for item in items}
+    sides = set()
+    while (shown := store.next_item("ann")) is not None:
+        item = by_id[store.item_at("ann", shown.position)]
+        assert (shown.item_id, shown.instruction, shown.input) == (item.id, item.instruction, item.input)
+        left_is_a = shown.left_answer == item.answer_a
+        sides.add(left_is_a)
+        assert (shown.left_answer, shown.right_answer) == ((item.answer_a, item.answer_b) if left_is_a else (item.answer_b, item.answer_a))
+        store.record_vote("ann", shown.item_id, "left" if len(sides) % 2 else "right")
+    assert sides == {True, False}  # both orders were drawn
+    assert store.item_at("ann", len(items)) is None
+    for rating in store.ratings():
+        shown_left = rating["left_system"]
+        assert rating["comment"] == "" and rating["preferred"] == (shown_left if rating["choice"] == "left" else rating["right_system"])
+        assert {rating["left_system"], rating["right_system"]} == {"tuned", "base"}
+    with pytest.raises(UserError) as error:
+        RatingStore(tmp_path / "none.db")
+    assert str(error.value) == f"{tmp_path / 'none.db'}: no rating session there; create one first."
+
+
 def test_every_acknowledged_vote_survives_a_sigkill_at_any_moment(store):
     """A child votes as fast as it can and acknowledges each vote on a pipe once record_vote returned; it is killed
     after a while, mid-write or between writes. Every acknowledged vote is in the file (at most one more, unacknowledged)."""
