@@ -194,3 +194,51 @@ def test_a_metric_agrees_where_it_scores_the_raters_majority_answer_higher():
 def test_a_vote_outside_the_choices_is_one_sentence():
     with pytest.raises(UserError, match=r"rater 'r' on item '7' is 'better'; a choice is one of left, right, tie, both_bad\."):
         Vote("7", "r", "a", "b", "better")
+
+
+def three_systems_session():
+    """Items pairing three systems on two test rows, and votes of two raters, both orders shown."""
+    from components.human_eval.session import PairItem
+
+    items = [PairItem(f"{row}:{a}:{b}", row, f"вопрос {row}", "", f"ответ {row}", a, f"ответ {row}" if a == "a" else f"{a} {row}", b, f"{b} {row}")
+             for row in range(2) for a, b in (("a", "b"), ("a", "c"), ("b", "c"))]
+    preferred = {"0:a:b": "a", "0:a:c": "a", "0:b:c": "tie", "1:a:b": "b", "1:a:c": "a", "1:b:c": "c"}
+    votes = [vote(item.id, rater, preferred[item.id], systems=(item.system_a, item.system_b), flip=(rank + item.row) % 2 == 1)
+             for item in items for rank, rater in enumerate(("r1", "r2"))]
+    return items, votes
+
+
+def test_the_summary_holds_each_statistic_of_the_votes_and_its_json_names_them():
+    from components.human_eval.summary import sentence_scores, summarise
+
+    items, votes = three_systems_session()
+    summary = summarise(votes, items, bootstrap=20, seed=3)
+    assert (summary.votes, summary.systems) == (12, ["a", "b", "c"])
+    assert summary.strengths == bradley_terry(votes, bootstrap=20, seed=3)
+    assert summarise(votes, items).strengths == bradley_terry(votes, bootstrap=1000, seed=0)  # the defaults
+    scores = sentence_scores(items)
+    assert {name: summary.metric_agreement[name] for name in scores} == {name: metric_agreement(votes, by_item) for name, by_item in scores.items()}
+    # a's 8 votes (2 raters x 4 items): 0:a:b, 0:a:c and 1:a:c prefer a, 1:a:b prefers b -> 6 of 8
+    a = summary.win_rate("a")
+    assert (a.count, a.total, (a.low, a.high)) == (6, 8, (wilson(6, 8).low, wilson(6, 8).high))
+    c = summary.win_rate("c")  # 0:a:c and 1:a:c lost twice each, 0:b:c tied twice, 1:b:c won twice
+    assert (c.count, c.total) == (2, 8)
+    data = summary.as_dict()
+    assert list(data) == ["votes", "systems", "pairs", "position_bias", "agreement", "bradley_terry", "metric_agreement"]
+    assert (data["votes"], data["systems"], data["agreement"], data["bradley_terry"]) == (12, ["a", "b", "c"], agreement(votes), summary.strengths)
+    bias = position_bias(votes)
+    assert data["position_bias"] == {"count": bias.count, "total": bias.total, "rate": bias.rate, "low": bias.low, "high": bias.high}
+    [ab, *_] = data["pairs"]
+    assert (ab["system"], ab["other"], ab["wins"]["count"], ab["losses"]["count"], ab["ties"]["total"]) == ("a", "b", 2, 2, 4)
+    assert set(data["metric_agreement"]) == {"chrf", "bleu", "meteor"}
+
+
+def test_two_systems_have_no_bradley_terry_and_no_votes_have_no_rates():
+    from components.human_eval.summary import summarise
+
+    items, votes = three_systems_session()
+    two = [item for item in items if (item.system_a, item.system_b) == ("a", "b")]
+    assert summarise([v for v in votes if v.item in {i.id for i in two}], two, bootstrap=5).strengths is None
+    nothing = summarise([], items).as_dict()
+    assert nothing["bradley_terry"] is None and nothing["votes"] == 0
+    assert nothing["position_bias"] == {"count": 0, "total": 0, "rate": None, "low": None, "high": None}
