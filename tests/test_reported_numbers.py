@@ -84,6 +84,16 @@ def matches(name: str, pattern: str) -> bool:
     return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), name) is not None
 
 
+def reported_by_the_rating_summary() -> set[tuple[str, str]]:
+    """The names of human_evaluation.json (steps/rate.py writes summarise(...).as_dict()), from a session of three systems."""
+    from test_human_eval_statistics import three_systems_session
+
+    from components.human_eval.summary import summarise
+
+    items, votes = three_systems_session()
+    return {("human_evaluation.json", name) for name in numeric_names(summarise(votes, items, bootstrap=5).as_dict())}
+
+
 def inventory() -> dict[tuple[str, str], str]:
     return {(output.strip("`"), name.strip("`")): tests for output, name, tests in table_rows(INVENTORY.read_text(), INVENTORY_HEADER)}
 
@@ -104,7 +114,7 @@ def scalars(session: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
 
 def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeline):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
-    reported, entries = reported_by_the_pipeline(tiny_pipeline, summary), inventory()
+    reported, entries = reported_by_the_pipeline(tiny_pipeline, summary) | reported_by_the_rating_summary(), inventory()
     covered = {output: [name for entry_output, name in entries if entry_output == output] for output, _ in reported}
     unlisted = sorted((output, name) for output, name in reported if not any(matches(name, pattern) for pattern in covered[output]))
     assert not unlisted, f"reported numbers with no entry in {INVENTORY.relative_to(ROOT)} (name the test that recomputes each): {unlisted}"
