@@ -106,7 +106,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Decoding flags shared by the CLI and the evaluate step; a preset fills what is not given."""
     parser.add_argument("--decoding", choices=sorted(DECODING_PRESETS), default=DECODING, help=f"decoding preset (default {DECODING})")
     parser.add_argument("--num-beams", type=int, help="beam count (overrides the preset)")
-    parser.add_argument("--do-sample", type=parse_bool, default=None, metavar="true|false", help="sample instead of searching")
+    parser.add_argument("--do-sample", type=parse_bool, metavar="true|false", help="sample instead of searching")
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)

@@ -224,3 +224,6 @@ def test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for(capsy
     trainable = 144 * 4 * 2048 + 10 * 1024
     assert (stats["total"], stats["trainable"]) == (base + trainable, trainable)
     assert "LoRA r=4 on q/v + 10-token prompt" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        stats_main(["--help"])
+    assert "\n    python -m components.stats [--lora-rank R] [--prompt-length P]\n" in capsys.readouterr().out  # the docstring's layout kept

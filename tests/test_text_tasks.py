@@ -12,10 +12,13 @@ def test_the_shipped_files_are_what_the_generator_writes():
 
 
 def test_the_command_writes_the_shipped_files_where_it_is_told(tmp_path, capsys):
-    main(["--output-dir", str(tmp_path / "tasks")])
-    for name in ("train", "test"):
-        assert (tmp_path / "tasks" / f"{name}.tsv").read_bytes() == (TASKS_DIR / f"{name}.tsv").read_bytes(), name
-    assert f"train: 687 rows in {tmp_path / 'tasks' / 'train.tsv'}" in capsys.readouterr().out
+    """Into folders it makes, and again over its own files."""
+    folder = tmp_path / "new" / "tasks"
+    for _ in range(2):
+        main(["--output-dir", str(folder)])
+        for name in ("train", "test"):
+            assert (folder / f"{name}.tsv").read_bytes() == (TASKS_DIR / f"{name}.tsv").read_bytes(), name
+    assert f"train: 687 rows in {folder / 'train.tsv'}" in capsys.readouterr().out
 
 
 def test_no_test_sentence_is_trained_on():
