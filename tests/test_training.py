@@ -3,6 +3,7 @@ loss, resume equivalence under dropout, the best checkpoint, early stopping, len
 the NaN guard and precision."""
 
 import copy
+import math
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -348,3 +349,30 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_
         train_adapters(model, tokenizer, train, validation, TrainConfig(**CONFIG), output_dir=tmp_path)
     state = json.loads((tmp_path / "checkpoints/last/state.json").read_text())
     assert state["step"] == 2
+
+
+def test_an_fp16_step_whose_loss_overflows_is_skipped_counted_and_too_many_stop_the_run(tiny_model_dir, diverging, tmp_path, monkeypatch):
+    """fp16 (stood in for on the CPU by fp32 steps and a grad scaler): a step whose loss is not finite changes no
+    weight and is counted in skipped_steps, and the run goes on; more than MAX_SKIPPED_FP16_STEPS stop it in one sentence."""
+    tokenizer, train, validation = diverging
+    real_backward, overflowing = training.backward_token_mean, {2, 3}
+
+    def backward(model, micro_batches, trainable, world, precision, scaler):
+        step = len(seen) + 1
+        seen.append(step)
+        loss_sum, tokens = real_backward(model, micro_batches, trainable, world, "fp32", scaler)
+        return (math.inf, tokens) if step in overflowing else (loss_sum, tokens)
+
+    monkeypatch.setattr(training, "resolve_precision", lambda requested, device: "fp16")
+    monkeypatch.setattr(training, "backward_token_mean", backward)
+    weights = {}
+    record = lambda title, series, value, step: weights.setdefault(step, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})  # noqa: E731
+    seen, model = [], fresh_model(tiny_model_dir)
+    result = train_adapters(model, tokenizer, train, validation, TrainConfig(**{**CONFIG, "max_steps": 4}), output_dir=tmp_path / "run", report=record)
+    assert result.skipped_steps == 2 and result.steps == 4
+    assert all(torch.equal(weights[2][name], weights[1][name]) and torch.equal(weights[3][name], weights[1][name]) for name in weights[1])
+    assert any(not torch.equal(weights[4][name], weights[1][name]) for name in weights[1])
+    overflowing = set(range(1, 100))
+    seen, model = [], fresh_model(tiny_model_dir)
+    with pytest.raises(TrainingError, match=rf"^The fp16 loss was not finite in {training.MAX_SKIPPED_FP16_STEPS + 1} steps"):
+        train_adapters(model, tokenizer, train, validation, TrainConfig(**{**CONFIG, "max_steps": 40}), output_dir=tmp_path / "stopped")
