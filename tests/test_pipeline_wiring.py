@@ -11,7 +11,7 @@ from conftest import ROOT, run_script
 from pipelines.controller import step_parser
 from components.errors import UserError
 from pipelines.definition import PARAMETER_STEPS, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, grid_size, run_steps, script_path, step_arguments
-from pipelines.local import as_flags
+from pipelines.local import StepFailed, as_flags, run_step_locally
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
 from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
@@ -83,6 +83,22 @@ def test_a_sweeps_grid_is_the_product_of_its_value_counts_and_each_step_is_a_scr
     assert grid_size({"lora_rank": [4, 8, 16], "prompt_length": [10, 20]}) == 6 and grid_size({"lora_rank": [8]}) == 1
     for step in STEPS:
         assert script_path(STEP_BY_NAME[step.name]) == str(ROOT / "steps" / f"{step.name}.py")
+
+
+def test_a_local_step_gets_its_arguments_as_flags_and_hands_back_its_result(clearml_home, tmp_path, monkeypatch, capsys):
+    """Texts keep their case, booleans are true/false; a step that fails is one sentence with the command to rerun it."""
+    assert as_flags({"model": "ai-forever/ruT5-large", "compare_base": True, "export": False, "lora_rank": 8}) == [
+        "--model", "ai-forever/ruT5-large", "--compare-base", "true", "--export", "false", "--lora-rank", "8"]
+    for name, value in clearml_home.items():
+        monkeypatch.setenv(name, value)
+    splits = {"train_tsv": str(ROOT / "data" / "sample" / "train.tsv"), "test_tsv": str(ROOT / "data" / "sample" / "test.tsv")}
+    result = run_step_locally(STEP_BY_NAME["ingest"], {**splits, "validation_size": 7}, tmp_path / "ingest")
+    assert result["step"] == "ingest" and result["outputs"]["rows"]["validation"] == 7
+    assert f"=== ingest: {ROOT / 'steps' / 'ingest.py'} --local --output-dir {tmp_path / 'ingest'} --train-tsv" in capsys.readouterr().out
+    with pytest.raises(StepFailed) as failed:
+        run_step_locally(STEP_BY_NAME["ingest"], {"train_tsv": str(tmp_path / "absent.tsv")}, tmp_path / "failed")
+    assert str(failed.value) == (f"Step ingest failed with exit status 1 (its output is above); rerun it alone with: {ROOT / 'steps' / 'ingest.py'} "
+                                 f"--local --output-dir {tmp_path / 'failed'} --train-tsv {tmp_path / 'absent.tsv'}")
 
 
 def test_the_export_step_runs_only_when_asked():
