@@ -1,3 +1,4 @@
+import json
 import logging
 
 import pytest
@@ -227,3 +228,11 @@ def test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for(capsy
     with pytest.raises(SystemExit):
         stats_main(["--help"])
     assert "\n    python -m components.stats [--lora-rank R] [--prompt-length P]\n" in capsys.readouterr().out  # the docstring's layout kept
+
+
+def test_adapter_settings_go_to_json_and_back_unchanged():
+    """adapter_config.json's adapter fields: every setting by name, the targets as a JSON list, read back as the tuple."""
+    settings = AdapterSettings(lora_rank=4, lora_alpha=8.0, lora_dropout=0.1, prompt_length=6, lora_targets=("q", "k", "v"))
+    written = settings.to_dict()
+    assert written == {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1, "prompt_length": 6, "lora_targets": ["q", "k", "v"]}
+    assert AdapterSettings.from_dict({**json.loads(json.dumps(written)), "base_model": "elsewhere"}) == settings
