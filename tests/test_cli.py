@@ -1,0 +1,36 @@
+"""The command-line helpers every step and tool shares: booleans, flags, --help before a task, usage errors."""
+
+import argparse
+
+import pytest
+
+from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool
+
+
+@pytest.mark.parametrize("text, value", [("true", True), (" TRUE ", True), ("1", True), ("yes", True), ("On", True),
+                                         ("false", False), ("0", False), ("No", False), ("off", False), (True, True), (False, False)])
+def test_a_boolean_is_read_from_any_usual_spelling(text, value):
+    assert parse_bool(text) is value
+
+
+def test_anything_else_is_refused_in_one_sentence_and_a_flag_is_its_dashed_name(capsys):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^expected true or false, got 'maybe'$"):
+        parse_bool("maybe")
+    assert option_flag("max_new_tokens") == "--max-new-tokens"
+    parser = ArgumentParser(prog="step")
+    parser.add_argument("--compare-base", type=parse_bool)
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["--compare-base", "maybe"])
+    assert refused.value.code == 1  # argparse's own is 2: every error a user causes exits 1
+    assert capsys.readouterr().err.endswith("step: error: argument --compare-base: expected true or false, got 'maybe'\n")
+
+
+def test_help_is_answered_before_anything_else_and_only_when_asked(capsys):
+    parser = ArgumentParser(prog="step", description="Does a step.")
+    parser.add_argument("--lora-rank", type=int, required=True)
+    exit_if_help_asked(parser, ["--lora-rank", "8"])  # no help asked: nothing happens, not even the parse
+    exit_if_help_asked(parser, [])
+    for asked in (["-h"], ["--help", "--lora-rank", "x"]):
+        with pytest.raises(SystemExit) as helped:
+            exit_if_help_asked(parser, asked)
+        assert helped.value.code == 0 and "Does a step." in capsys.readouterr().out
