@@ -28,6 +28,7 @@ test-cpu-variants: install-dev
 ## The mutation score of one module (make mutation MODULE=components/metrics.py [TESTS="tests/test_metrics.py ..."]);
 ## the record of every module's score is benchmarks/results/mutation.md.
 mutation: install-dev
+	$(if $(MODULE),,$(error MODULE is not set: make mutation MODULE=components/metrics.py))
 	$(PYTHON) benchmarks/mutation.py $(MODULE) $(if $(TESTS),--tests "$(TESTS)")
 
 ## The whole pipeline offline on this machine with the tiny model and data/sample.
