@@ -101,6 +101,29 @@ def test_a_local_step_gets_its_arguments_as_flags_and_hands_back_its_result(clea
                                  f"--local --output-dir {tmp_path / 'failed'} --train-tsv {tmp_path / 'absent.tsv'}")
 
 
+LOCAL_STEP_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from pipelines.definition import STEP_BY_NAME
+from pipelines.local import run_step_locally
+run_step_locally(STEP_BY_NAME["ingest"], {"train_tsv": "data/sample/train.tsv", "test_tsv": "data/sample/test.tsv"}, __import__("pathlib").Path(sys.argv[2]))
+"""
+
+
+def test_a_local_step_runs_from_the_repository_and_its_header_comes_before_its_output(clearml_home, tmp_path):
+    """Run from another folder with its output in a pipe: the data paths are the repository's (README commands name
+    them from its root), and the === header is flushed before the step writes a line."""
+    import subprocess
+    import sys
+
+    buffered = {name: value for name, value in clearml_home.items() if name != "PYTHONUNBUFFERED"}  # a pipe, as on an agent
+    ran = subprocess.run([sys.executable, "-c", LOCAL_STEP_SCRIPT, str(ROOT), str(tmp_path / "ingest")], cwd=tmp_path, env=buffered,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    lines = [line for line in ran.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("=== ingest: ") and len(lines) > 1
+
+
 def test_the_export_step_runs_only_when_asked():
     """The controller above was built without --export: five steps. The local runner and the controller take the same steps."""
     def steps_of(*argv: str) -> list[str]:
