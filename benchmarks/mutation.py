@@ -128,7 +128,7 @@ def copy_tracked_files(target: Path) -> None:
         source = ROOT / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+            shutil.copy2(source, target / name, follow_symlinks=False)  # a link stays a link (components/ru_text_metrics/metrics.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
