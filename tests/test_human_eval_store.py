@@ -141,6 +141,10 @@ def test_a_rater_continues_where_they_stopped_and_a_repeated_vote_counts_once(st
     assert reopened.next_item("ann").position == shown.position + 1
     [stored] = reopened.votes()
     assert (stored.rater, stored.item, stored.choice) == ("ann", shown.item_id, "left")
+    assert {stored.left, stored.right} == {"tuned", "base"}
+    assert reopened.all_progress() == {"ann": (1, len(ROWS)), "bob": (0, len(ROWS))}
+    assert reopened.setting("seed") == "3" and len(reopened.setting("results_token")) >= 20
+    assert reopened.items() == sorted(items_from_evaluation(predictions(store.path.parent / "again.tsv", "тюн")), key=lambda i: (i.row, i.id))
     row = int(shown.item_id.split(":")[0])
     left_system = stored.left
     assert shown.left_answer == (f"тюн {row}" if left_system == "tuned" else f"база {row}")  # the page's left is the vote's left
