@@ -76,6 +76,18 @@ def _default(action: argparse.Action, root) -> str:
     return f"`{default}`"
 
 
+def parser_reference(command: str, parser: argparse.ArgumentParser, root) -> list[str]:
+    """One command's section of docs/cli.md: its description's first paragraph, then a row per option."""
+    summary = (parser.description or "").strip().split("\n\n")[0].replace("\n", " ")
+    lines = [f"## `{command}`", "", summary, "", "| option | default | values | help |", "|---|---|---|---|"]
+    for action in parser._actions:
+        if action.dest != "help":
+            name = ", ".join(f"`{option}`" for option in action.option_strings) or f"`{action.dest}`"
+            help_text = (action.help or "") % {**vars(action), "prog": parser.prog}  # as argparse expands it
+            lines.append(f"| {name} | {_default(action, root)} | {_cell(_values(action))} | {_cell(help_text)} |")
+    return [*lines, ""]
+
+
 def reference() -> str:
     """docs/cli.md: every command's options with their defaults, values and help, from the parsers themselves."""
     import importlib
@@ -85,15 +97,7 @@ def reference() -> str:
     lines = ["# Command-line reference", "", "Written by `python -m components.cli > docs/cli.md` from the commands' own parsers "
              "(`tests/test_argument_effects.py` checks it is current).", ""]
     for path in COMMANDS:
-        parser = importlib.import_module(path.removesuffix(".py").replace("/", ".")).build_parser()
-        summary = (parser.description or "").strip().split("\n\n")[0].replace("\n", " ")
-        lines += [f"## `{command_line(path)}`", "", summary, "", "| option | default | values | help |", "|---|---|---|---|"]
-        for action in parser._actions:
-            if action.dest != "help":
-                name = ", ".join(f"`{option}`" for option in action.option_strings) or f"`{action.dest}`"
-                help_text = (action.help or "") % {**vars(action), "prog": parser.prog}  # as argparse expands it
-                lines.append(f"| {name} | {_default(action, root)} | {_cell(_values(action))} | {_cell(help_text)} |")
-        lines.append("")
+        lines += parser_reference(command_line(path), importlib.import_module(path.removesuffix(".py").replace("/", ".")).build_parser(), root)
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """The command-line helpers every step and tool shares: booleans, flags, --help before a task, usage errors."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool
+from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool, parser_reference
 
 
 @pytest.mark.parametrize("text, value", [("true", True), (" TRUE ", True), ("1", True), ("yes", True), ("On", True),
@@ -34,3 +35,22 @@ def test_help_is_answered_before_anything_else_and_only_when_asked(capsys):
         with pytest.raises(SystemExit) as helped:
             exit_if_help_asked(parser, asked)
         assert helped.value.code == 0 and "Does a step." in capsys.readouterr().out
+
+
+def test_a_commands_reference_has_a_row_per_option_with_its_default_values_and_help(tmp_path):
+    parser = ArgumentParser(prog="tool")
+    parser.add_argument("-n", "--num", type=int, default=3, help="how many (%(prog)s: %(default)s)")
+    parser.add_argument("--names", nargs="*", help="names | aliases,\nmany")
+    parser.add_argument("--where", type=Path, default=tmp_path / "data", help="a folder")
+    parser.add_argument("--fast", action="store_true")
+    parser.add_argument("--mode", choices=["a", "b"], required=True)
+    parser.add_argument("texts", nargs="+")
+    assert parser_reference("python tool.py", parser, tmp_path) == [
+        "## `python tool.py`", "", "", "", "| option | default | values | help |", "|---|---|---|---|",
+        "| `-n`, `--num` | `3` | int | how many (tool: 3) |",
+        "| `--names` |  | text ... | names \\| aliases, many |",
+        "| `--where` | `data` | Path | a folder |",
+        "| `--fast` | `False` | flag |  |",
+        "| `--mode` | required | a, b |  |",
+        "| `texts` | required | text ... |  |",
+        ""]
