@@ -242,3 +242,57 @@ def test_two_systems_have_no_bradley_terry_and_no_votes_have_no_rates():
     nothing = summarise([], items).as_dict()
     assert nothing["bradley_terry"] is None and nothing["votes"] == 0
     assert nothing["position_bias"] == {"count": 0, "total": 0, "rate": None, "low": None, "high": None}
+
+
+class RecordingLogger:
+    """The calls report_summary makes on a ClearML logger (any other call fails: the double has no such method)."""
+
+    def __init__(self):
+        self.values, self.tables, self.figures = {}, {}, []
+
+    def report_single_value(self, name, value):
+        self.values[name] = value
+
+    def report_table(self, title, series, iteration, table_plot):
+        self.tables[(title, series, iteration)] = table_plot
+
+    def report_matplotlib_figure(self, title, series, figure, iteration, report_image):
+        self.figures.append((title, series, iteration, report_image, len(figure.axes[0].patches)))
+
+
+def test_the_task_reports_each_statistic_under_its_name_with_the_tables_and_the_plot():
+    from components.human_eval.reporting import report_summary
+    from components.human_eval.summary import summarise
+
+    items, votes = three_systems_session()
+    summary = summarise(votes, items, bootstrap=20, seed=3)
+    logger = RecordingLogger()
+    report_summary(type("Task", (), {"get_logger": lambda self: logger})(), summary)
+    expected = {"votes": 12, "position bias (left wins)": summary.position_bias.rate, "cohen kappa": summary.agreement["cohen_kappa"],
+                "krippendorff alpha": summary.agreement["krippendorff_alpha"]}
+    for o in summary.outcomes:
+        expected |= {f"{o.system} vs {o.other}: {kind}": getattr(o, field).rate
+                     for kind, field in (("wins", "wins"), ("ties", "ties"), ("both bad", "both_bad"), ("losses", "losses"))}
+    expected |= {f"{name} agrees with raters": share.rate for name, share in summary.metric_agreement.items() if share.total}
+    assert logger.values == pytest.approx(expected)
+    pairs = logger.tables[("human evaluation", "pairs", 0)]
+    assert list(pairs.columns) == ["system", "other", "votes", *(f"{k}{s}" for k in ("wins", "ties", "both_bad", "losses") for s in ("", " low", " high"))]
+    assert pairs[["system", "other", "votes"]].values.tolist() == [["a", "b", 4], ["a", "c", 4], ["b", "c", 4]]
+    assert pairs["wins low"].tolist() == [o.wins.low for o in summary.outcomes]
+    strengths = logger.tables[("human evaluation", "bradley-terry", 0)]
+    assert strengths["system"].tolist() == sorted(summary.strengths, key=lambda s: -summary.strengths[s]["strength"])
+    checks = logger.tables[("human evaluation", "checks", 0)]
+    assert checks["check"].tolist() == ["position bias (left wins)", *(f"{name} prefers the raters' answer" for name in summary.metric_agreement)]
+    assert checks.iloc[0][["rate", "low", "high", "of"]].tolist() == pytest.approx([summary.position_bias.rate, summary.position_bias.low,
+                                                                                     summary.position_bias.high, summary.position_bias.total])
+    assert logger.figures == [("human evaluation", "pairs", 0, True, 3 * 4)]  # a bar per pair and outcome
+
+
+def test_a_session_without_votes_reports_its_count_and_no_undefined_figure():
+    from components.human_eval.reporting import report_summary
+    from components.human_eval.summary import summarise
+
+    items, _ = three_systems_session()
+    logger = RecordingLogger()
+    report_summary(type("Task", (), {"get_logger": lambda self: logger})(), summarise([], items))
+    assert logger.values == {"votes": 0} and logger.figures == [] and ("human evaluation", "bradley-terry", 0) not in logger.tables
