@@ -23,7 +23,8 @@ def test_anything_else_is_refused_in_one_sentence_and_a_flag_is_its_dashed_name(
     with pytest.raises(SystemExit) as refused:
         parser.parse_args(["--compare-base", "maybe"])
     assert refused.value.code == 1  # argparse's own is 2: every error a user causes exits 1
-    assert capsys.readouterr().err.endswith("step: error: argument --compare-base: expected true or false, got 'maybe'\n")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "usage: step [-h] [--compare-base COMPARE_BASE]\nstep: error: argument --compare-base: expected true or false, got 'maybe'\n"
 
 
 def test_help_is_answered_before_anything_else_and_only_when_asked(capsys):
