@@ -14,7 +14,7 @@ from components import clearml_connection
 from components.clearml_connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
 from components.errors import UserError
 from pipelines.hpo_server import TrialRecord, best_trial
-from pipelines.repository import RepositoryNotReady, check_repository, repository_path
+from pipelines.repository import RepositoryNotReady, check_repository, is_local_path_remote, repository_path
 from conftest import run_script
 
 CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID",
@@ -154,6 +154,37 @@ def test_data_files_for_agents_are_committed_files_relative_to_the_repository(re
     (repository / "new.tsv").write_text("x")
     with pytest.raises(RepositoryNotReady, match="--test-tsv new.tsv is not committed"):
         repository_path(str(repository / "new.tsv"), "--test-tsv", root=repository)
+
+
+@pytest.mark.parametrize("url, local", [("/srv/repo.git", True), ("../repo", True), ("file:///srv/repo.git", True), ("repo", True),
+                                        ("https://github.com/org/repo.git", False), ("git@github.com:org/repo.git", False),
+                                        ("ssh://git@host/repo.git", False), ("git://host/repo.git", False), ("host:org/repo.git", False),
+                                        ("C:/nowhere", False)])
+def test_a_remote_is_local_when_it_is_a_path_of_this_machine(url, local):
+    """scp-like ``host:path`` names a machine; ``C:/...`` reads as one too (a Windows path is not a supported remote)."""
+    assert is_local_path_remote(url) is local
+
+
+def test_each_refusal_of_the_repository_is_its_whole_sentence(repository, tmp_path, monkeypatch):
+    not_a_repository = tmp_path / "plain"
+    not_a_repository.mkdir()
+    with pytest.raises(RepositoryNotReady) as refused:
+        check_repository(not_a_repository)
+    assert str(refused.value) == f"{not_a_repository} is not a git repository; agents clone the code from a git remote: git init, commit and push it."
+    empty = tmp_path / "empty"
+    git(tmp_path, "init", "-q", str(empty))
+    git(empty, "remote", "add", "origin", "https://example.invalid/repo.git")
+    with pytest.raises(RepositoryNotReady) as refused:
+        check_repository(empty)
+    assert str(refused.value) == f"The repository {empty} has no commit yet; commit and push it."
+    monkeypatch.chdir(repository)
+    with pytest.raises(RepositoryNotReady) as refused:
+        repository_path("absent.tsv", "--test-tsv", root=repository)
+    assert str(refused.value) == "--test-tsv absent.tsv: no such file."
+    (repository / "-n.tsv").write_text("x")  # a name git would read as an option without "--"
+    git(repository, "add", "--", "-n.tsv")
+    git(repository, "commit", "-q", "-m", "dash")
+    assert repository_path("-n.tsv", "--test-tsv", root=repository) == "-n.tsv"
 
 
 def test_the_best_trial_is_a_completed_one_that_reported_the_objective():
