@@ -130,8 +130,10 @@ def test_a_local_path_remote_needs_the_flag_and_an_unpushed_commit_is_refused(re
     git(tmp_path, "init", "-q", "--bare", str(remote))
     git(repository, "remote", "add", "origin", str(remote))
     git(repository, "push", "-q", "-u", "origin", "main")
-    with pytest.raises(RepositoryNotReady, match="is a path on this machine.*--allow-local-repository"):
+    with pytest.raises(RepositoryNotReady) as refused:
         check_repository(repository)
+    assert str(refused.value) == (f"The git remote {remote} is a path on this machine, which agents elsewhere cannot clone; push to a shared "
+                                  "remote, or pass --allow-local-repository if every agent runs on this machine.")
     check_repository(repository, allow_local=True)
     (repository / "more.txt").write_text("x")
     git(repository, "add", "more.txt")
@@ -139,7 +141,9 @@ def test_a_local_path_remote_needs_the_flag_and_an_unpushed_commit_is_refused(re
     with pytest.raises(RepositoryNotReady, match=r"Commit [0-9a-f]{12} is not on any branch of the remote .*git push"):
         check_repository(repository, allow_local=True)
     git(repository, "push", "-q")
-    check_repository(repository, allow_local=True)
+    assert not check_repository(repository, allow_local=True).diff
+    (repository / "more.txt").write_text("uncommitted")  # agents apply the recorded diff on top of the commit
+    assert "+uncommitted" in check_repository(repository, allow_local=True).diff
 
 
 def test_data_files_for_agents_are_committed_files_relative_to_the_repository(repository, tmp_path, monkeypatch):
@@ -159,7 +163,7 @@ def test_data_files_for_agents_are_committed_files_relative_to_the_repository(re
 @pytest.mark.parametrize("url, local", [("/srv/repo.git", True), ("../repo", True), ("file:///srv/repo.git", True), ("repo", True),
                                         ("https://github.com/org/repo.git", False), ("git@github.com:org/repo.git", False),
                                         ("ssh://git@host/repo.git", False), ("git://host/repo.git", False), ("host:org/repo.git", False),
-                                        ("C:/nowhere", False)])
+                                        ("C:/nowhere", False), ("../odd:name/repo.git", True)])
 def test_a_remote_is_local_when_it_is_a_path_of_this_machine(url, local):
     """scp-like ``host:path`` names a machine; ``C:/...`` reads as one too (a Windows path is not a supported remote)."""
     assert is_local_path_remote(url) is local
