@@ -71,8 +71,9 @@ _mutation_record, _mutation_active, _mutation_written = _mutation_trampoline.rec
 
 
 def _mutation_active_here():
-    module, _, mutant = _mutation_active().rpartition(".")
-    return f"__main__.{mutant}" if _mutation_main and module == _mutation_main else _mutation_active()
+    active = _mutation_active()
+    module, _, mutant = active.rpartition(".")
+    return f"__main__.{mutant}" if _mutation_main and module == _mutation_main else active
 
 
 def _mutation_record_hit(name, caller=None):  # mutmut calls it only while it collects its stats

@@ -47,9 +47,14 @@ COMMANDS = (
 )
 
 
+def module_name(path: str) -> str:
+    """``components/generation.py`` -> ``components.generation``."""
+    return path.removesuffix(".py").replace("/", ".")
+
+
 def command_line(path: str) -> str:
     """How a user runs a command: scripts by path, the components' tools as modules."""
-    return f"python -m {path.removesuffix('.py').replace('/', '.')}" if path.startswith("components/") else f"python {path}"
+    return f"python -m {module_name(path)}" if path.startswith("components/") else f"python {path}"
 
 
 def _cell(text) -> str:
@@ -91,13 +96,13 @@ def parser_reference(command: str, parser: argparse.ArgumentParser, root) -> lis
 def reference() -> str:
     """docs/cli.md: every command's options with their defaults, values and help, from the parsers themselves."""
     import importlib
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    from components.settings import PROJECT_ROOT
+
     lines = ["# Command-line reference", "", "Written by `python -m components.cli > docs/cli.md` from the commands' own parsers "
              "(`tests/test_argument_effects.py` checks it is current).", ""]
     for path in COMMANDS:
-        lines += parser_reference(command_line(path), importlib.import_module(path.removesuffix(".py").replace("/", ".")).build_parser(), root)
+        lines += parser_reference(command_line(path), importlib.import_module(module_name(path)).build_parser(), PROJECT_ROOT)
     return "\n".join(lines)
 
 

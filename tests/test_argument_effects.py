@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import COMMANDS, reference
+from components.cli import COMMANDS, module_name, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -295,7 +295,7 @@ def parser_options(script: str) -> dict[str, str]:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         module = importlib.import_module(Path(script).stem)
     else:
-        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+        module = importlib.import_module(module_name(script))
     return {action.option_strings[0]: action.dest for action in module.build_parser()._actions
             if action.option_strings and action.dest != "help"}
 
