@@ -136,7 +136,7 @@ def serve(store: RatingStore, host: str, port: int) -> bool:
     previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     thread = threading.Thread(target=server.serve_forever, name="rating-server", daemon=True)
     thread.start()
-    base = f"http://{socket.getfqdn() if host in ('0.0.0.0', '::') else host}:{server.server_port}"
+    base = f"http://{socket.getfqdn() if host in ('0.0.0.0', '::') else host}:{server.port}"
     links = "".join(f"  {rater}: {base}/r/{token}\n" for rater, token in store.tokens().items())
     print_outside_task_log(f"Rater links (send each rater their own):\n{links}Results: {base}/results/{store.setting('results_token')}\n")
     print(f"Serving {len(store.tokens())} raters on {base}; stop with Ctrl-C.", flush=True)

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 from collections.abc import Callable
-from pathlib import Path
 
 from flask import Flask, abort, redirect, render_template, request, url_for
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server, select_address_family
 
 from components.errors import UserError
 from components.human_eval.statistics import CHOICES
 from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
 
-HERE = Path(__file__).parent
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -42,7 +41,7 @@ MAX_COMMENT = 2000  # characters kept of a comment
 
 def create_app(store: RatingStore, on_vote: Callable[[], None] = lambda: None) -> Flask:
     """The app; ``on_vote`` is called after each newly stored vote (the server checks whether the session is complete)."""
-    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app = Flask(__name__)  # its templates/ and static/ folders, beside this module
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     results_token = store.setting("results_token")
 
@@ -95,8 +94,18 @@ class RedactingRequestHandler(WSGIRequestHandler):
 
 
 def start_server(store: RatingStore, host: str, port: int, on_vote: Callable[[], None]) -> BaseWSGIServer:
-    """A threaded server for the app on ``host``:``port`` (0: a free port), not yet serving: call ``serve_forever``."""
+    """A threaded server for the app on ``host``:``port`` (0: a free port), not yet serving: call ``serve_forever``.
+
+    The socket is bound here and handed to Werkzeug: Werkzeug's own bind answers a port in use with two lines of
+    its own on stderr and ``sys.exit(1)``."""
+    listening = socket.socket(select_address_family(host, port), socket.SOCK_STREAM)
     try:
-        return make_server(host, port, create_app(store, on_vote), threaded=True, request_handler=RedactingRequestHandler)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Werkzeug binds: a port whose server just stopped is free
+        listening.bind((host, port))
+        listening.listen()
     except OSError as error:
+        listening.close()
         raise UserError(f"Cannot serve on {host}:{port} ({error.strerror}); choose another --port or --host.") from None
+    with listening:  # Werkzeug serves on a duplicate of it
+        return make_server(host, port, create_app(store, on_vote), threaded=True, request_handler=RedactingRequestHandler,
+                           fd=listening.fileno())
