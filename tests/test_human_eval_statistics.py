@@ -296,3 +296,75 @@ def test_a_session_without_votes_reports_its_count_and_no_undefined_figure():
     logger = RecordingLogger()
     report_summary(type("Task", (), {"get_logger": lambda self: logger})(), summarise([], items))
     assert logger.values == {"votes": 0} and logger.figures == [] and ("human evaluation", "bradley-terry", 0) not in logger.tables
+
+
+def test_the_plot_draws_each_pairs_shares_with_their_intervals_under_its_name():
+    """Per pair a group of four bars (the outcomes, in OUTCOMES order) filling 80 % of the pair's row, each as long as
+    its share with its Wilson interval as the error bar, and the pair's name at the group's middle."""
+    from matplotlib.container import BarContainer
+    from matplotlib.font_manager import FontProperties
+
+    from components.human_eval.reporting import pairs_figure
+    from components.human_eval.summary import OUTCOMES, summarise
+
+    items, votes = three_systems_session()
+    summary = summarise(votes, items, bootstrap=20, seed=3)
+    figure = pairs_figure(summary)
+    [axes] = figure.axes
+    assert tuple(figure.get_size_inches()) == pytest.approx((7, 1.2 + 0.9 * 3))  # 0.9 inch per pair
+    bar = 0.8 / len(OUTCOMES)
+    centres = []
+    for k, (kind, container) in enumerate(zip(OUTCOMES, [c for c in axes.containers if isinstance(c, BarContainer)], strict=True)):
+        assert container.get_label() == kind.replace("_", " ")
+        shares = [getattr(outcome, kind) for outcome in summary.outcomes]
+        assert [p.get_width() for p in container.patches] == pytest.approx([share.rate for share in shares])
+        assert [p.get_height() for p in container.patches] == pytest.approx([bar] * 3)
+        centres.append([p.get_y() + p.get_height() / 2 for p in container.patches])
+        assert centres[-1] == pytest.approx([i + k * bar for i in range(3)])
+        _, caps, [whiskers] = container.errorbar.lines
+        segments = np.array(whiskers.get_segments())  # per bar: (x, y) at each end
+        assert segments[:, :, 0] == pytest.approx(np.array([[share.low, share.high] for share in shares]))
+        assert segments[:, :, 1] == pytest.approx(np.array([[y, y] for y in centres[-1]]))
+        assert len(caps) == 2 and all(cap.get_markersize() == 2 * 3 for cap in caps)  # caps at both ends, 3 points each side
+    assert axes.get_yticks() == pytest.approx(np.mean(centres, axis=0))
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["a\nvs b", "a\nvs c", "b\nvs c"]
+    assert axes.get_xlim() == (0, 1)
+    assert axes.get_xlabel() == "share of the pair's votes (95% Wilson interval)"
+    legend = axes.get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["wins", "ties", "both bad", "losses"]
+    assert legend._loc == 4  # "lower right", where the short bars leave room
+    assert {text.get_fontsize() for text in legend.get_texts()} == {FontProperties(size="small").get_size_in_points()}
+
+
+def test_the_human_win_rate_goes_on_each_registered_model_of_a_rated_train_task(monkeypatch):
+    """``tuned`` of one evaluate task, or each of several evaluate tasks by its id; an evaluation without a train task,
+    or a system without votes, gives no metadata."""
+    from components import tracking
+    from components.human_eval import reporting
+    from components.human_eval.session import PairItem
+    from components.human_eval.summary import summarise
+
+    train_task_of = {"evaluate-1": "train-1", "evaluate-2": "train-2", "evaluate-3": None, "evaluate-4": "train-4"}
+    models = {"train-1": ["model-1a", "model-1b"], "train-2": ["model-2"], "train-4": ["model-4"]}
+    written = []
+    monkeypatch.setattr(tracking, "artifact_object", lambda task_id, name: {"evaluation": {"train_task_id": train_task_of[task_id]}}[name])
+    monkeypatch.setattr(tracking, "registered_models_of", lambda task_id: [type("Model", (), {"id": m})() for m in models[task_id]])
+    monkeypatch.setattr(tracking, "add_model_metadata", lambda model, metadata: written.append((model.id, metadata)))
+    task = type("Task", (), {"id": "rating-task"})()
+
+    def session(systems, preferred):
+        items = [PairItem(f"{row}:{a}:{b}", row, "", "", "", a, "", b, "") for row in range(len(preferred)) for a, b in [systems]]
+        return summarise([vote(item.id, "r", preferred[item.row], systems=systems) for item in items], items, bootstrap=2)
+
+    tuned = session(("base", "tuned"), ["tuned", "tuned", "base", "tie"])  # tuned: 2 of 4
+    assert reporting.add_win_rates_to_registered_models(task, tuned, ["evaluate-1"]) == ["model-1a", "model-1b"]
+    share = wilson(2, 4)
+    assert written == [(m, {"human_win_rate": share.rate, "human_votes": 4, "human_evaluation_task_id": "rating-task"}) for m in ("model-1a", "model-1b")]
+
+    written.clear()
+    several = session(("evaluate-1", "evaluate-2"), ["evaluate-2", "evaluate-2", "evaluate-1"])
+    # evaluate-3 trained nothing registered, evaluate-4 had no votes in this session; the tasks after them still count
+    assert reporting.add_win_rates_to_registered_models(task, several, ["evaluate-1", "evaluate-3", "evaluate-4", "evaluate-2"]) == [
+        "model-1a", "model-1b", "model-2"]
+    assert [(m, metadata["human_win_rate"], metadata["human_votes"]) for m, metadata in written] == [
+        ("model-1a", wilson(1, 3).rate, 3), ("model-1b", wilson(1, 3).rate, 3), ("model-2", wilson(2, 3).rate, 3)]
