@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RUT5_TINY_CACHE", str(ROOT / ".cache" / "tiny"))
 NETWORK_GUARD = ROOT / "tests" / "network_guard"
+# A machine whose locale encoding is not UTF-8 (ASCII here: the C locale, with Python's UTF-8 coercion and mode off):
+# a file the product opens without encoding="utf-8" fails on Russian text there.
+ASCII_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 
 
 def small_t5_config(**overrides) -> T5Config:

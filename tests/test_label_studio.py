@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ASCII_LOCALE, ROOT
 from components.errors import UserError
 from components.human_eval import label_studio
 from components.human_eval.label_studio import export_project, import_votes
@@ -19,10 +20,6 @@ from components.human_eval.session import PairItem, assign
 from components.human_eval.store import RatingStore
 
 ITEMS = 40  # enough pairs that both left/right orders are drawn (all one side: probability 2**-39)
-ROOT = Path(__file__).resolve().parent.parent
-# A machine whose locale encoding is not UTF-8 (ASCII here: the C locale, with Python's UTF-8 coercion and mode off):
-# a file the module opened without encoding="utf-8" fails on the Russian texts.
-ASCII_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 
 
 def pair(row: int) -> PairItem:
