@@ -8,6 +8,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import certifi
 import pytest
 
 from components import clearml_connection
@@ -101,6 +102,11 @@ def test_a_self_signed_server_is_reachable_when_verification_is_off(https_server
         clearml_connection.check_server_reachable()
     (tmp_path / "clearml.conf").write_text("api { verify_certificate: false }")
     clearml_connection.check_server_reachable()  # answered: no exception
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # requests would let it override the session's setting
+    clearml_connection.check_server_reachable()
+    for name, value in {"CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s", "CLEARML_FILES_HOST": https_server}.items():
+        monkeypatch.setenv(name, value)  # the log-in and the files server's ping too
+    clearml_connection.check_server_reachable()
 
 
 def git(root: Path, *args: str) -> str:
