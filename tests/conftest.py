@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +51,23 @@ def tiny_model_dir() -> Path:
     from components.tiny import build_tiny_model
 
     return build_tiny_model()
+
+
+TINY_EXPORT_MAX_TOKENS = 12  # the input length the tiny export's tokenizer truncates at
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as an export folder: a tokenizer that truncates (at ``TINY_EXPORT_MAX_TOKENS``), a generation
+    config that suppresses two tokens (as the export suppresses the prompt tokens), and a model card."""
+    folder = tmp_path_factory.mktemp("tiny-export")
+    for file in tiny_model_dir.iterdir():
+        shutil.copy(file, folder / file.name)
+    for name, changes in (("generation_config.json", {"suppress_tokens": [5, 7]}), ("tokenizer_config.json", {"model_max_length": TINY_EXPORT_MAX_TOKENS})):
+        settings = json.loads((folder / name).read_text(encoding="utf-8"))
+        (folder / name).write_text(json.dumps({**settings, **changes}), encoding="utf-8")
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# Модель\n", encoding="utf-8")
+    return folder
 
 
 @pytest.fixture(scope="session")

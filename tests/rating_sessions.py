@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +37,22 @@ def write_evaluations(folder: Path, rows: int = 12, systems: dict[str, str] = SY
 
 def system_of(answer: str, systems: dict[str, str] = SYSTEMS) -> str:
     return next(system for system, prefix in systems.items() if answer.startswith(prefix))
+
+
+@contextmanager
+def serving(store, port: int = 0, on_vote: Callable[[], None] = lambda: None) -> Iterator[str]:
+    """The rating app served in this process (on a free port by default): its base address."""
+    from components.human_eval.web import start_server
+
+    server = start_server(store, "127.0.0.1", port, on_vote=on_vote)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=20)
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import urllib.request
-from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -17,11 +16,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from browser import headless_chromium
-from rating_sessions import SYSTEMS, free_port, rating_commands, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
+from rating_sessions import SYSTEMS, free_port, rating_commands, serving, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
 
 from components.human_eval.session import assign, items_from_evaluations
 from components.human_eval.store import RatingStore
-from components.human_eval.web import start_server
 
 KEYS = {"left": ("1", Keys.ARROW_LEFT), "right": ("2", Keys.ARROW_RIGHT), "tie": ("3", "t"), "both_bad": ("4", "b")}
 WAIT_S = 20
@@ -92,19 +90,6 @@ def test_a_rater_votes_with_the_keyboard_through_a_server_kill_and_each_vote_is_
     expected_preferred = [system_of({"left": left, "right": right}[choice]) if choice in ("left", "right") else choice
                           for (left, right), choice in zip(shown, planned)]
     assert ratings.sort_values("position", key=lambda p: p.astype(int))["preferred"].tolist() == expected_preferred
-
-
-@contextmanager
-def serving(store: RatingStore):
-    """The rating app on a free port in this process: its base address."""
-    server = start_server(store, "127.0.0.1", 0, on_vote=lambda: None)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def session_of(tmp_path, raters: list[str], overlap: int, **evaluations) -> RatingStore:

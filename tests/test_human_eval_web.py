@@ -8,10 +8,8 @@ import html
 import logging
 import re
 import socket
-import threading
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 
@@ -20,7 +18,7 @@ from components.human_eval import web
 from components.human_eval.session import PairItem, assign
 from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
-from rating_sessions import free_port
+from rating_sessions import free_port, serving
 
 ROWS = 4
 
@@ -101,19 +99,6 @@ def test_the_results_page_shows_the_sessions_statistics_and_each_raters_progress
     [outcome] = summarise(store.votes(), store.items()).outcomes
     row = re.search(r"<tr><td>a</td><td>b</td><td>(\d+)</td><td>([\d.]+) ", text)
     assert row.groups() == (str(outcome.wins.total), f"{outcome.wins.rate:.2f}")
-
-
-@contextmanager
-def serving(store: RatingStore, port: int, on_vote):
-    server = web.start_server(store, "127.0.0.1", port, on_vote=on_vote)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=20)
 
 
 def test_the_server_serves_the_app_on_the_port_asked_for_and_logs_no_token(store, caplog):

@@ -6,18 +6,15 @@ clearml-serving itself in front of it, on the tiny pipeline's export: test_servi
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
 import sys
 
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding
 
-from conftest import ROOT
+from conftest import ROOT, TINY_EXPORT_MAX_TOKENS
 
 MODULE_FILE = ROOT / "components" / "export" / "clearml_serving_preprocess.py"
-MAX_INPUT_TOKENS = 12
 FORM = 'the request body must be a JSON object {"text": "..."} or {"text": ["...", ...]}'
 
 
@@ -34,21 +31,10 @@ def serving_module():
 
 
 @pytest.fixture
-def engine(serving_module, exported):
+def engine(serving_module, tiny_export):
     preprocess = serving_module.Preprocess()
-    assert preprocess.load(str(exported)) is preprocess.model
+    assert preprocess.load(str(tiny_export)) is preprocess.model
     return preprocess
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_model_dir, tmp_path_factory):
-    """The tiny model as an export whose tokenizer, like the export step's, truncates inputs (to 12 tokens here)."""
-    folder = tmp_path_factory.mktemp("export")
-    for file in tiny_model_dir.iterdir():
-        shutil.copy(file, folder / file.name)
-    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": MAX_INPUT_TOKENS}), encoding="utf-8")
-    return folder
 
 
 def answer(engine, body, statistics=None):
@@ -86,9 +72,9 @@ def test_a_malformed_request_is_a_value_error_saying_what_to_send(engine, body, 
     assert str(refused.value) == message
 
 
-def test_one_text_or_a_list_is_answered_in_the_same_form_and_order_in_batches(engine, exported, monkeypatch):
+def test_one_text_or_a_list_is_answered_in_the_same_form_and_order_in_batches(engine, tiny_export, monkeypatch):
     texts = [f"Переведи на английский.\nСлово номер {n}" for n in range(17)]
-    tokenizer, model = AutoTokenizer.from_pretrained(exported), AutoModelForSeq2SeqLM.from_pretrained(exported).eval()
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_export), AutoModelForSeq2SeqLM.from_pretrained(tiny_export).eval()
 
     def reference(batch):  # transformers alone, the generation config's decoding, the same batch
         with torch.inference_mode():
@@ -104,25 +90,25 @@ def test_one_text_or_a_list_is_answered_in_the_same_form_and_order_in_batches(en
     assert engine.preprocess({"text": ["a"] * 256}, {}) == ["a"] * 256  # the most one request may hold
 
 
-def test_a_long_input_is_cut_where_the_exports_tokenizer_says(engine, exported, monkeypatch):
+def test_a_long_input_is_cut_where_the_exports_tokenizer_says(engine, tiny_export, monkeypatch):
     """The model is given the text's first tokens and the end-of-sequence token (the tiny model's answers hardly depend
     on the end of a long text, so the input is what is compared)."""
-    tokenizer = AutoTokenizer.from_pretrained(exported)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
     text = "Перескажи кратко. " + " ".join(f"слово{n}" for n in range(40))
     ids = tokenizer(text).input_ids
-    assert len(ids) > MAX_INPUT_TOKENS
+    assert len(ids) > TINY_EXPORT_MAX_TOKENS
     given, generate = [], engine.model.generate
     monkeypatch.setattr(engine.model, "generate", lambda **inputs: given.append(inputs["input_ids"].tolist()) or generate(**inputs))
     answer(engine, {"text": text})
-    assert given == [[ids[:MAX_INPUT_TOKENS - 1] + [tokenizer.eos_token_id]]]
+    assert given == [[ids[:TINY_EXPORT_MAX_TOKENS - 1] + [tokenizer.eos_token_id]]]
 
 
 @pytest.mark.parametrize("cuda", [True, False])
-def test_the_model_goes_to_the_gpu_when_there_is_one(serving_module, exported, monkeypatch, cuda):
+def test_the_model_goes_to_the_gpu_when_there_is_one(serving_module, tiny_export, monkeypatch, cuda):
     moved = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.nn.Module, "to", lambda module, *args, **kwargs: moved.append(args) or module)
-    serving_module.Preprocess().load(str(exported))
+    serving_module.Preprocess().load(str(tiny_export))
     assert moved == [("cuda" if cuda else "cpu",)]
 
 
