@@ -70,6 +70,19 @@ def tiny_export(tiny_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture
+def unconfigured_sdk(monkeypatch, tmp_path) -> Path:
+    """This process as a machine with no ClearML configuration, for tests that call the SDK here: no ClearML variables,
+    HOME in ``tmp_path``, and ``CLEARML_CONFIG_FILE`` naming ``tmp_path/clearml.conf`` (absent until a test writes it),
+    so the developer's own ``~/clearml.conf`` is never read. Returns that file's path."""
+    for name in list(os.environ):
+        if name.startswith(("CLEARML_", "TRAINS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "clearml.conf"))
+    return tmp_path / "clearml.conf"
+
+
 @pytest.fixture(scope="session")
 def clearml_home(tmp_path_factory) -> dict[str, str]:
     """Environment for step subprocesses: no ClearML configuration at all, sessions in a temp dir, and no network.

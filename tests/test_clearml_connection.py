@@ -21,22 +21,8 @@ from conftest import ROOT
 from tests.clearml_server import ClearMLTestServer
 from tests.clearml_server.auth import ACCESS_KEY, SECRET_KEY
 
-CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_FILES_HOST", "CLEARML_WEB_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY",
-                     "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID", "TRAINS_TASK_ID", "CLEARML_OFFLINE_MODE", "CLEARML_API_HOST_VERIFY_CERT",
-                     "CLEARML_AUTH_TOKEN")
 ENVIRONMENT_KEYS = "CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY"
 TIMEOUT_S = 1.0  # the check's timeout in these tests (5 s by default)
-
-
-@pytest.fixture
-def machine(monkeypatch, tmp_path):
-    """A machine with no ClearML configuration: no variables, and ``CLEARML_CONFIG_FILE`` naming ``tmp_path/clearml.conf``
-    (absent until a test writes it). Returns that file's path."""
-    for name in CLEARML_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "clearml.conf"))
-    return tmp_path / "clearml.conf"
 
 
 @pytest.mark.parametrize("variables, conf, expected", [
@@ -56,19 +42,19 @@ def machine(monkeypatch, tmp_path):
     ({"CLEARML_AUTH_TOKEN": "t"}, None, ServerSettings("https://api.clear.ml", True, None, "None", False, None)),
     ({}, 'api { host: "http://old:8008" }', ServerSettings("http://old:8008", False, None, "{conf}", True, "{conf}")),  # the old key
 ])
-def test_the_settings_are_read_from_the_variables_and_the_file_in_effect(machine, monkeypatch, variables, conf, expected):
+def test_the_settings_are_read_from_the_variables_and_the_file_in_effect(unconfigured_sdk, monkeypatch, variables, conf, expected):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     if conf is not None:
-        machine.write_text(conf)
-    named = {field: str(machine) if value == "{conf}" else value for field, value in vars(expected).items()}
+        unconfigured_sdk.write_text(conf)
+    named = {field: str(unconfigured_sdk) if value == "{conf}" else value for field, value in vars(expected).items()}
     assert server_settings() == ServerSettings(**named)
 
 
-def test_reading_the_settings_leaves_the_sdks_own_configuration_unloaded(machine):
+def test_reading_the_settings_leaves_the_sdks_own_configuration_unloaded(unconfigured_sdk):
     """So that a later switch to offline still takes configs/clearml-offline.conf (a fresh process: this one's SDK
     may have loaded its configuration in another test)."""
-    machine.write_text('api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }')
+    unconfigured_sdk.write_text('api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }')
     program = ("from components.clearml_connection import server_settings; import clearml.config; "
                "settings = server_settings(); print(settings.api_host, clearml.config.ConfigWrapper._config is None)")
     completed = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120)
@@ -76,13 +62,13 @@ def test_reading_the_settings_leaves_the_sdks_own_configuration_unloaded(machine
 
 
 @pytest.mark.parametrize("variable, on_agent", [("CLEARML_TASK_ID", True), ("TRAINS_TASK_ID", True), (None, False)])
-def test_a_task_id_in_the_environment_means_an_agent_runs_this(machine, monkeypatch, variable, on_agent):
+def test_a_task_id_in_the_environment_means_an_agent_runs_this(unconfigured_sdk, monkeypatch, variable, on_agent):
     if variable:
         monkeypatch.setenv(variable, "abc")
     assert clearml_connection.running_on_agent() is on_agent
 
 
-def test_offline_mode_is_exported_to_the_processes_this_one_starts(machine, monkeypatch):
+def test_offline_mode_is_exported_to_the_processes_this_one_starts(unconfigured_sdk, monkeypatch):
     calls = []
     monkeypatch.setattr("clearml.Task.set_offline", lambda offline_mode: calls.append(offline_mode))
     monkeypatch.setenv("CLEARML_OFFLINE_MODE", "")  # undone by monkeypatch after the test, as the next line's variable
@@ -92,8 +78,8 @@ def test_offline_mode_is_exported_to_the_processes_this_one_starts(machine, monk
     assert clearml_connection.offline_mode_exported()
 
 
-def test_with_credentials_the_server_is_checked_and_tasks_record_the_projects_requirements(machine, monkeypatch):
-    machine.write_text('api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }')
+def test_with_credentials_the_server_is_checked_and_tasks_record_the_projects_requirements(unconfigured_sdk, monkeypatch):
+    unconfigured_sdk.write_text('api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }')
     checked, frozen = [], []
     monkeypatch.setattr(clearml_connection, "check_server_reachable", lambda config=None: checked.append(config.get("api.api_server")))
     monkeypatch.setattr("clearml.Task.force_requirements_env_freeze", lambda requirements_file: frozen.append(requirements_file))
@@ -101,9 +87,9 @@ def test_with_credentials_the_server_is_checked_and_tasks_record_the_projects_re
     assert (checked, frozen) == (["http://c:8008"], [str(REQUIREMENTS_FILE)])  # the configuration read once, passed on
 
 
-def test_a_server_address_in_the_environment_without_credentials_names_the_environment(machine, monkeypatch):
+def test_a_server_address_in_the_environment_without_credentials_names_the_environment(unconfigured_sdk, monkeypatch):
     monkeypatch.setenv("CLEARML_API_HOST", "http://h:8008")
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(machine.parent / "absent.conf"))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(unconfigured_sdk.parent / "absent.conf"))
     with pytest.raises(ServerMisconfigured) as refused:
         clearml_connection.prepare_clearml(local_flag=False)
     assert str(refused.value) == ("A ClearML server (http://h:8008) is configured in the environment (CLEARML_API_HOST) but no "
@@ -167,7 +153,7 @@ def pointed_at(monkeypatch, api: str, files: str, keys: tuple[str, str] = ("k", 
         monkeypatch.setenv(name, value)
 
 
-def test_the_test_server_with_its_keys_passes_the_check_and_unknown_keys_are_one_sentence(machine, monkeypatch, tmp_path):
+def test_the_test_server_with_its_keys_passes_the_check_and_unknown_keys_are_one_sentence(unconfigured_sdk, monkeypatch, tmp_path):
     with ClearMLTestServer(tmp_path / "state") as server:
         pointed_at(monkeypatch, server.api_host, server.files_host, (ACCESS_KEY, SECRET_KEY))
         clearml_connection.check_server_reachable(timeout_s=TIMEOUT_S)  # answered, keys known: no exception
@@ -180,12 +166,12 @@ def test_the_test_server_with_its_keys_passes_the_check_and_unknown_keys_are_one
             "CLEARML_API_SECRET_KEY, or run with --local.")
         for name in ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
             monkeypatch.delenv(name)
-        machine.write_text(f'api {{ credentials {{ access_key: "{ACCESS_KEY}", secret_key: "wrong" }} }}')
-        with pytest.raises(ServerMisconfigured, match=f"refused the key pair in {machine} "):
+        unconfigured_sdk.write_text(f'api {{ credentials {{ access_key: "{ACCESS_KEY}", secret_key: "wrong" }} }}')
+        with pytest.raises(ServerMisconfigured, match=f"refused the key pair in {unconfigured_sdk} "):
             clearml_connection.check_server_reachable(timeout_s=TIMEOUT_S)
 
 
-def test_the_check_asks_once_with_the_key_pair(machine, monkeypatch, fake_servers):
+def test_the_check_asks_once_with_the_key_pair(unconfigured_sdk, monkeypatch, fake_servers):
     api, files = fake_servers(), fake_servers()
     pointed_at(monkeypatch, api.url, files.url)
     clearml_connection.check_server_reachable(timeout_s=TIMEOUT_S)
@@ -203,7 +189,7 @@ def test_the_check_asks_once_with_the_key_pair(machine, monkeypatch, fake_server
     ("/", "The ClearML files server {files}", "ConnectionError", "api.files_server in clearml.conf (or CLEARML_FILES_HOST), where every task uploads "
                                                  "its artifacts and models (or send them to a bucket with sdk.development.default_output_uri)"),
 ])
-def test_a_request_that_is_never_answered_is_one_sentence_after_the_timeout(machine, monkeypatch, fake_servers, silent, what, error, setting):
+def test_a_request_that_is_never_answered_is_one_sentence_after_the_timeout(unconfigured_sdk, monkeypatch, fake_servers, silent, what, error, setting):
     api = fake_servers({silent: None} if silent != "/" else {})
     files = fake_servers({"/": None} if silent == "/" else {})
     pointed_at(monkeypatch, api.url, files.url)
@@ -215,11 +201,11 @@ def test_a_request_that_is_never_answered_is_one_sentence_after_the_timeout(mach
     assert (api.requests + files.requests).count(silent) == 1  # asked once: no retry
 
 
-def test_a_files_server_that_is_down_is_one_sentence_unless_artifacts_go_elsewhere(machine, monkeypatch, fake_servers):
+def test_a_files_server_that_is_down_is_one_sentence_unless_artifacts_go_elsewhere(unconfigured_sdk, monkeypatch, fake_servers):
     api, files = fake_servers(), fake_servers()
     files.close()  # nothing listens there now
     pointed_at(monkeypatch, api.url, files.url)
     with pytest.raises(ServerUnreachable, match=rf"^The ClearML files server {files.url} did not answer within 1 s \(ConnectionError\); "):
         clearml_connection.check_server_reachable(timeout_s=TIMEOUT_S)
-    machine.write_text('sdk { development { default_output_uri: "s3://bucket/artifacts" } }')
+    unconfigured_sdk.write_text('sdk { development { default_output_uri: "s3://bucket/artifacts" } }')
     clearml_connection.check_server_reachable(timeout_s=TIMEOUT_S)  # no exception: the files server is not used

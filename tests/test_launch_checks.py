@@ -18,21 +18,11 @@ from pipelines.hpo_server import TrialRecord, best_trial
 from pipelines.repository import RepositoryNotReady, check_repository, is_local_path_remote, repository_path
 from conftest import run_script
 
-CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CONFIG_FILE", "CLEARML_TASK_ID",
-                     "TRAINS_TASK_ID", "CLEARML_OFFLINE_MODE", "CLEARML_API_HOST_VERIFY_CERT", "CLEARML_AUTH_TOKEN")
 
 
 @pytest.fixture
-def decisions(monkeypatch, tmp_path):
-    """A machine with no ClearML configuration; records what prepare_clearml does instead of doing it.
-
-    ``CLEARML_CONFIG_FILE`` names ``tmp_path/clearml.conf`` (absent until a test writes it), so
-    the developer's own ``~/clearml.conf`` is never read.
-    """
-    for name in CLEARML_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "clearml.conf"))
+def decisions(unconfigured_sdk, monkeypatch):
+    """A machine with no ClearML configuration (``unconfigured_sdk``); records what prepare_clearml does instead of doing it."""
     done = []
     monkeypatch.setattr(clearml_connection, "enter_offline_mode", lambda: done.append("offline"))
     monkeypatch.setattr(clearml_connection, "check_server_reachable", lambda config=None: done.append("ping"))
@@ -93,10 +83,7 @@ def https_server(tmp_path_factory):
     server.server_close()
 
 
-def test_a_self_signed_server_is_reachable_when_verification_is_off(https_server, monkeypatch, tmp_path):
-    for name in CLEARML_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "clearml.conf"))
+def test_a_self_signed_server_is_reachable_when_verification_is_off(https_server, unconfigured_sdk, monkeypatch, tmp_path):
     monkeypatch.setenv("CLEARML_API_HOST", https_server)
     with pytest.raises(ServerUnreachable, match="certificate this machine does not trust.*api.verify_certificate"):
         clearml_connection.check_server_reachable()

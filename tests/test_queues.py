@@ -24,12 +24,8 @@ AGENT = "CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue
 
 
 @pytest.fixture
-def api(tmp_path, monkeypatch) -> ServerApi:
+def api(unconfigured_sdk, tmp_path, monkeypatch) -> ServerApi:
     """A fresh test server (only the ``default`` queue) that the SDK in this process talks to, as a new user's would."""
-    for name in os.environ:
-        if name.startswith(("CLEARML_", "TRAINS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
     with ClearMLTestServer(tmp_path / "state") as server:
         for name, value in server.environment().items():
             monkeypatch.setenv(name, value)

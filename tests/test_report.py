@@ -145,7 +145,7 @@ def test_a_report_without_the_base_shows_the_tuned_model_alone(tmp_path):
 
 def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked(tmp_path, monkeypatch):
     import matplotlib.figure
-    from matplotlib import rcParams
+    from matplotlib import pyplot, rcParams
     from matplotlib.colors import to_hex
 
     from pipelines.report import plot_loss_curves
@@ -182,7 +182,7 @@ def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked
             "validation (step 0: untuned)": (to_hex("tab:orange"), None, rcParams["lines.linewidth"], "-", "o"),
             "best, step 4": (to_hex("tab:green"), None, 1, "--", "None")}.items() if label in expected}
         assert {(line.get_visible(), line.get_alpha()) for line in axes.xaxis.get_gridlines() + axes.yaxis.get_gridlines()} == {(True, 0.3)}
-        assert figure.number not in __import__("matplotlib.pyplot").pyplot.get_fignums()  # closed: a long run's reports leak no figures
+        assert figure.number not in pyplot.get_fignums()  # closed: a long run's reports leak no figures
 
 
 def test_the_report_is_written_and_read_as_utf_8_whatever_the_locale(tmp_path, clearml_home):
