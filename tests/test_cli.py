@@ -1,11 +1,12 @@
 """The command-line helpers every step and tool shares: booleans, flags, --help before a task, usage errors."""
 
 import argparse
+import importlib
 from pathlib import Path
 
 import pytest
 
-from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool, parser_reference
+from components.cli import COMMANDS, ArgumentParser, exit_if_help_asked, module_name, option_flag, parse_bool, parser_reference
 
 
 @pytest.mark.parametrize("text, value", [("true", True), (" TRUE ", True), ("1", True), ("yes", True), ("On", True),
@@ -55,3 +56,17 @@ def test_a_commands_reference_has_a_row_per_option_with_its_default_values_and_h
         "| `--mode` | required | a, b |  |",
         "| `texts` | required | text ... |  |",
         ""]
+
+
+def docstring_commands() -> list[str]:
+    """The commands whose ``--help`` description is their module's docstring."""
+    return [path for path in COMMANDS if (module := importlib.import_module(module_name(path))).build_parser().description == module.__doc__]
+
+
+@pytest.mark.parametrize("path", docstring_commands())
+def test_help_shows_the_commands_docstring_with_its_example_lines_as_written(path):
+    """The docstrings hold indented example commands: ``--help`` keeps their lines instead of reflowing them into prose."""
+    module = importlib.import_module(module_name(path))
+    examples = [line for line in module.__doc__.splitlines() if line.startswith("    python ")]
+    assert examples
+    assert set(examples) <= set(module.build_parser().format_help().splitlines())

@@ -1,0 +1,68 @@
+"""A step's ``main`` run in a forked copy of the test process (no interpreter start, the libraries already imported), in
+the environment ``clearml_home`` gives the step scripts, and what its offline ClearML task recorded.
+
+The scripts themselves, run as a user runs them, are ``tests/test_steps.py``'s; these runs let a test call a step
+many times in seconds (and let the mutation run measure the steps' modules).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from forked import Completed, run_main
+
+
+def run_step(main, argv: list[str], env: dict[str, str]) -> tuple[Completed, dict | None]:
+    """The forked run and its ``result.json`` (None when the step wrote none); ``argv`` names ``--output-dir``."""
+    completed = run_main(main, argv, env)
+    output_dir = Path(argv[argv.index("--output-dir") + 1])
+    result_file = output_dir / "result.json"
+    return completed, json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else None
+
+
+def task_record(result: dict) -> dict:
+    """The task as the offline session stores it (``task.json``: name, type, ``hyperparams``)."""
+    return json.loads((Path(result["offline_session"]).with_suffix("") / "task.json").read_text(encoding="utf-8"))
+
+
+def arguments(result: dict) -> dict[str, str]:
+    """The task's ``Args/`` section, name -> value as ClearML stores it (a string)."""
+    return {name: entry["value"] for name, entry in task_record(result)["hyperparams"]["Args"].items()}
+
+
+def artifacts(task_id: str, env: dict[str, str], tmp_path: Path) -> dict[str, Path]:
+    """The local copy of each artifact of an offline task, read back by ``Task.get_task`` as a downstream step reads it."""
+    listing = tmp_path / f"artifacts-{task_id}.json"
+
+    def read(_argv) -> None:
+        from clearml import Task
+
+        Task.set_offline(True)
+        task = Task.get_task(task_id=task_id)
+        listing.write_text(json.dumps({name: artifact.get_local_copy() for name, artifact in task.artifacts.items()}), encoding="utf-8")
+
+    completed = run_main(read, [], env)
+    assert completed.returncode == 0, completed.stderr
+    return {name: Path(path) for name, path in json.loads(listing.read_text(encoding="utf-8")).items()}
+
+
+def make_task(name: str, uploads: dict[str, Path], env: dict[str, str], tmp_path: Path, *, local: bool = True) -> str:
+    """A task of this name holding ``uploads`` (name -> file or folder) as artifacts, as an upstream step leaves one
+    (offline with ``local``, else on the server ``env`` names); returns its id."""
+    id_file = tmp_path / f"task-{name}-{len(list(tmp_path.glob('task-*')))}.id"
+
+    def make(_argv) -> None:
+        from components import tracking
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(local)
+        task = tracking.init_task(name, "custom")
+        for artifact, path in uploads.items():
+            tracking.upload_path(task, artifact, path)
+        id_file.write_text(task.id, encoding="utf-8")
+        task.close()
+
+    completed = run_main(make, [], env)
+    assert completed.returncode == 0, completed.stderr
+    return id_file.read_text(encoding="utf-8")

@@ -1,0 +1,147 @@
+"""``components.export.plain_checkpoint`` on adapters the tests train by hand (random LoRA and prompt tensors on the tiny
+model): every weight of the export recomputed from the base and the adapter file, the tokenizer's prompt, the
+generation settings, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
+
+from components.export.plain_checkpoint import export_plain_checkpoint
+from components.modeling import apply_adapter_settings, load_base_model, load_finetuned, load_tokenizer, save_adapter
+from components.prompt_tuning import extend_attention_mask
+from components.settings import AdapterSettings
+
+SETTINGS = AdapterSettings(lora_rank=2, lora_alpha=6.0, lora_dropout=0.0, prompt_length=3)  # alpha / r = 3, not the default 2
+DECODING = {"num_beams": 2, "do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "max_new_tokens": 7, "description": "beam sampling"}
+MAX_INPUT_LENGTH = 6
+TEXTS = ["Назови столицу России.", "Сколько будет два плюс два? Ответь одним словом, пожалуйста, и коротко."]
+
+
+def trained_adapter(base: Path, folder: Path, settings: AdapterSettings = SETTINGS) -> Path:
+    """An adapter folder as the train step writes it, with random (non-zero) LoRA B and prompt tensors."""
+    model = apply_adapter_settings(load_base_model(str(base)), settings)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return save_adapter(model, folder, str(base), settings, load_tokenizer(str(base)))
+
+
+@pytest.fixture(scope="module")
+def padded_base(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny base with 5 vocabulary rows past its tokenizer (as ruT5's padded embedding has)."""
+    folder = tmp_path_factory.mktemp("padded-base")
+    model = T5ForConditionalGeneration.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(model.config.vocab_size + 5, mean_resizing=False)
+    model.save_pretrained(folder)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["tiny", "padded"])
+def exported(request, tiny_model_dir, padded_base, tmp_path_factory) -> tuple[Path, Path, Path, dict]:
+    """(base folder, adapter folder, export folder, what the export returned)."""
+    base = tiny_model_dir if request.param == "tiny" else padded_base
+    adapter = trained_adapter(base, tmp_path_factory.mktemp("adapter"))
+    output = tmp_path_factory.mktemp("export") / "model"
+    described = export_plain_checkpoint(adapter, output, decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
+    return base, adapter, output, described
+
+
+def test_each_weight_is_the_bases_with_lora_folded_in_and_the_prompt_rows_appended(exported):
+    base, adapter, output, _ = exported
+    base_weights = T5ForConditionalGeneration.from_pretrained(base).state_dict()
+    export = AutoModelForSeq2SeqLM.from_pretrained(output)
+    weights = export.state_dict()
+    tensors = load_file(str(adapter / "adapter.safetensors"))
+    vocabulary = base_weights["shared.weight"].shape[0]
+    prompt_ids = range(vocabulary, vocabulary + SETTINGS.prompt_length)
+    assert export.config.vocab_size == vocabulary + SETTINGS.prompt_length
+    assert weights.keys() == base_weights.keys()
+    folded = {name.removesuffix(".lora_A") + ".weight" for name in tensors if name.endswith(".lora_A")}
+    config = export.config  # q and v of each encoder self-attention, and of each decoder self- and cross-attention
+    assert len(folded) == 2 * config.num_layers + 4 * config.num_decoder_layers
+    scale = SETTINGS.lora_alpha / SETTINGS.lora_rank
+    for name, weight in weights.items():
+        if name in folded:
+            stem = name.removesuffix(".weight")
+            expected = base_weights[name] + scale * tensors[f"{stem}.lora_B"] @ tensors[f"{stem}.lora_A"]
+            torch.testing.assert_close(weight, expected, rtol=0, atol=1e-6 * expected.abs().max().item())
+            assert not torch.equal(weight, base_weights[name])
+        elif name in ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(weight[:vocabulary], base_weights[name]), name  # the padded rows included
+            assert torch.equal(weight[vocabulary:], tensors["encoder.embed_tokens.prompt"]), name
+        else:
+            assert torch.equal(weight, base_weights[name]), name
+    assert list(prompt_ids) == list(range(vocabulary, export.config.vocab_size))
+
+
+def test_the_tokenizer_puts_the_prompt_tokens_first_and_cuts_where_the_pipeline_does(exported):
+    base, _, output, described = exported
+    vocabulary = T5ForConditionalGeneration.from_pretrained(base).config.vocab_size
+    prompt = list(range(vocabulary, vocabulary + SETTINGS.prompt_length))
+    tokenizer, base_tokenizer = AutoTokenizer.from_pretrained(output), load_tokenizer(str(base))
+    assert described["prompt_token_ids"] == prompt
+    assert tokenizer.convert_ids_to_tokens(prompt) == ["<prompt_0>", "<prompt_1>", "<prompt_2>"]
+    for text in TEXTS:
+        assert tokenizer(text)["input_ids"] == prompt + base_tokenizer(text)["input_ids"]
+    first, second = (base_tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS)
+    eos = base_tokenizer.eos_token_id
+    assert tokenizer(*TEXTS)["input_ids"] == prompt + first + [eos] + second + [eos]
+    assert tokenizer.model_max_length == MAX_INPUT_LENGTH + SETTINGS.prompt_length
+    cut = tokenizer(TEXTS[1], truncation=True)["input_ids"]
+    assert cut == prompt + base_tokenizer(TEXTS[1], truncation=True, max_length=MAX_INPUT_LENGTH)["input_ids"]
+    assert tokenizer.decode(tokenizer(TEXTS[0])["input_ids"], skip_special_tokens=True) == base_tokenizer.decode(
+        base_tokenizer(TEXTS[0])["input_ids"], skip_special_tokens=True)
+    config_text = (output / "tokenizer_config.json").read_text(encoding="utf-8")
+    config = json.loads(config_text)
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert config_text == json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    padded_rows = [f"<unused_{i}>" for i in range(len(base_tokenizer), vocabulary)]
+    assert tokenizer.convert_ids_to_tokens(list(range(len(base_tokenizer), vocabulary))) == padded_rows
+
+
+def test_generation_is_the_adapter_models_with_the_prompt_suppressed(exported, one_thread):
+    base, adapter, output, described = exported
+    export = AutoModelForSeq2SeqLM.from_pretrained(output).eval()
+    base_config = T5ForConditionalGeneration.from_pretrained(base).config
+    generation = export.generation_config
+    assert generation.suppress_tokens == described["prompt_token_ids"] and generation.renormalize_logits is True
+    assert {key: getattr(generation, key) for key in DECODING if key != "description"} == {k: v for k, v in DECODING.items() if k != "description"}
+    assert (generation.decoder_start_token_id, generation.eos_token_id, generation.pad_token_id) == (
+        base_config.decoder_start_token_id, base_config.eos_token_id, base_config.pad_token_id)
+    assert described == {"base_model": str(base), "prompt_token_ids": described["prompt_token_ids"], "lora_rank": SETTINGS.lora_rank,
+                         "decoding": DECODING, "max_input_length": MAX_INPUT_LENGTH}
+
+    model, tokenizer = load_finetuned(adapter)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": extend_attention_mask(batch["attention_mask"], SETTINGS.prompt_length)}
+    stock = AutoTokenizer.from_pretrained(output)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.generate(**inputs, num_beams=1, max_new_tokens=5).tolist()
+        assert export.generate(**stock, num_beams=1, do_sample=False, max_new_tokens=5).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "settings, change, error",
+    [
+        (AdapterSettings(lora_rank=2, prompt_length=0), None, "The model has no prompt to export."),
+        (SETTINGS, "<extra_token>", "The prompt tokens got ids 1001..1003, not 1000..: the tokenizer does not end at the vocabulary."),
+    ],
+)
+def test_an_adapter_the_export_cannot_carry_is_refused(settings, change, error, tiny_model_dir, tmp_path):
+    adapter = trained_adapter(tiny_model_dir, tmp_path / "adapter", settings)
+    if change:  # a tokenizer longer than the model's vocabulary: the prompt tokens would not get the rows that hold the prompt
+        tokenizer = load_tokenizer(str(adapter))
+        tokenizer.add_tokens([change])
+        tokenizer.save_pretrained(adapter)
+    with pytest.raises((TypeError, ValueError)) as refused:
+        export_plain_checkpoint(adapter, tmp_path / "out", decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
+    assert str(refused.value) == error
