@@ -70,6 +70,19 @@ def tiny_export(tiny_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+def random_adapter(base: Path, folder: Path, settings) -> Path:
+    """An adapter folder as the train step writes it, for ``settings`` (AdapterSettings), with random (non-zero) LoRA B and prompt tensors."""
+    from components.modeling import apply_adapter_settings, load_base_model, load_tokenizer, save_adapter
+
+    model = apply_adapter_settings(load_base_model(str(base)), settings)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return save_adapter(model, folder, str(base), settings, load_tokenizer(str(base)))
+
+
 @pytest.fixture
 def unconfigured_sdk(monkeypatch, tmp_path) -> Path:
     """This process as a machine with no ClearML configuration, for tests that call the SDK here: no ClearML variables,

@@ -32,13 +32,16 @@ def arguments(result: dict) -> dict[str, str]:
 
 
 def artifacts(task_id: str, env: dict[str, str], tmp_path: Path) -> dict[str, Path]:
-    """The local copy of each artifact of an offline task, read back by ``Task.get_task`` as a downstream step reads it."""
+    """The local copy of each artifact of a task (offline, or on the server ``env`` names), read back by ``Task.get_task``
+    as a downstream step reads it."""
     listing = tmp_path / f"artifacts-{task_id}.json"
 
     def read(_argv) -> None:
         from clearml import Task
 
-        Task.set_offline(True)
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(False)  # the server env names, else offline
         task = Task.get_task(task_id=task_id)
         listing.write_text(json.dumps({name: artifact.get_local_copy() for name, artifact in task.artifacts.items()}), encoding="utf-8")
 
@@ -66,3 +69,13 @@ def make_task(name: str, uploads: dict[str, Path], env: dict[str, str], tmp_path
     completed = run_main(make, [], env)
     assert completed.returncode == 0, completed.stderr
     return id_file.read_text(encoding="utf-8")
+
+
+def scalars(session: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(title, series) -> [(iteration, value)] of an offline session's scalars, read from its metrics.jsonl."""
+    found: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for line in (session / "metrics.jsonl").read_text().splitlines():
+        for event in json.loads(line) if line.strip() else []:
+            if event.get("type") == "training_stats_scalar":
+                found.setdefault((event["metric"], event["variant"]), []).append((event["iter"], event["value"]))
+    return found

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import random_adapter
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
 
 from components.export.plain_checkpoint import export_plain_checkpoint
-from components.modeling import apply_adapter_settings, load_base_model, load_finetuned, load_tokenizer, save_adapter
+from components.modeling import load_finetuned, load_tokenizer
 from components.prompt_tuning import extend_attention_mask
 from components.settings import AdapterSettings
 
@@ -21,17 +22,6 @@ SETTINGS = AdapterSettings(lora_rank=2, lora_alpha=6.0, lora_dropout=0.0, prompt
 DECODING = {"num_beams": 2, "do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "max_new_tokens": 7, "description": "beam sampling"}
 MAX_INPUT_LENGTH = 6
 TEXTS = ["Назови столицу России.", "Сколько будет два плюс два? Ответь одним словом, пожалуйста, и коротко."]
-
-
-def trained_adapter(base: Path, folder: Path, settings: AdapterSettings = SETTINGS) -> Path:
-    """An adapter folder as the train step writes it, with random (non-zero) LoRA B and prompt tensors."""
-    model = apply_adapter_settings(load_base_model(str(base)), settings)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return save_adapter(model, folder, str(base), settings, load_tokenizer(str(base)))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def padded_base(tiny_model_dir, tmp_path_factory) -> Path:
 def exported(request, tiny_model_dir, padded_base, tmp_path_factory) -> tuple[Path, Path, Path, dict]:
     """(base folder, adapter folder, export folder, what the export returned)."""
     base = tiny_model_dir if request.param == "tiny" else padded_base
-    adapter = trained_adapter(base, tmp_path_factory.mktemp("adapter"))
+    adapter = random_adapter(base, tmp_path_factory.mktemp("adapter"), SETTINGS)
     output = tmp_path_factory.mktemp("export") / "model"
     described = export_plain_checkpoint(adapter, output, decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
     return base, adapter, output, described
@@ -137,7 +127,7 @@ def test_generation_is_the_adapter_models_with_the_prompt_suppressed(exported, o
     ],
 )
 def test_an_adapter_the_export_cannot_carry_is_refused(settings, change, error, tiny_model_dir, tmp_path):
-    adapter = trained_adapter(tiny_model_dir, tmp_path / "adapter", settings)
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter", settings)
     if change:  # a tokenizer longer than the model's vocabulary: the prompt tokens would not get the rows that hold the prompt
         tokenizer = load_tokenizer(str(adapter))
         tokenizer.add_tokens([change])

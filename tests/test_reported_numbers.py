@@ -21,6 +21,7 @@ from conftest import run_script
 from markdown_tables import table_rows
 from reference_model import source
 from safetensors.torch import load_file
+from step_runs import scalars
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from components.metrics import PROTOCOL_METRICS, ROUGE_TYPES
@@ -100,16 +101,6 @@ def inventory() -> dict[tuple[str, str], str]:
 
 def session_of(summary: dict, step: str) -> Path:
     return Path(next(session for session in summary["offline_sessions"] if Path(session).stem == summary["task_ids"][step])).with_suffix("")
-
-
-def scalars(session: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """(title, series) -> [(iteration, value)] of an offline session's scalars, read from its metrics.jsonl."""
-    found: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for line in (session / "metrics.jsonl").read_text().splitlines():
-        for event in json.loads(line) if line.strip() else []:
-            if event.get("type") == "training_stats_scalar":
-                found.setdefault((event["metric"], event["variant"]), []).append((event["iter"], event["value"]))
-    return found
 
 
 def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeline):

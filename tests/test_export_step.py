@@ -1,0 +1,143 @@
+"""``steps/export.py`` in forked runs (``step_runs``) on random adapters of the tiny model: the decoding and input
+length the export carries, its model card figure by figure, the CTranslate2 folder when asked, and on a server the
+registered export with its parent, name, tags, metadata and publication."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import random_adapter
+from markdown_tables import table_rows
+from forked import run_main
+from step_runs import artifacts, run_step
+from transformers import AutoTokenizer, GenerationConfig
+
+from components.settings import AdapterSettings
+from steps import export
+from tests.clearml_server import ClearMLTestServer
+from tests.e2e.server_api import ServerApi
+
+SETTINGS = AdapterSettings(lora_rank=3, prompt_length=2)
+EVALUATION = {
+    "metrics": {"bleu": 0.123456, "chrf": 0.98765, "loss": 2.5},
+    "rows": 17,
+    "decoding": {"preset": "beam", "num_beams": 3, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 9,
+                 "description": "beam search with 3 beams, at most 9 new tokens"},
+}
+
+
+@pytest.fixture(scope="module")
+def registered(tiny_model_dir, tmp_path_factory) -> Path:
+    """A registered model folder: an adapter with the evaluation the register step adds."""
+    folder = random_adapter(tiny_model_dir, tmp_path_factory.mktemp("registered"), SETTINGS)
+    (folder / "evaluation.json").write_text(json.dumps(EVALUATION), encoding="utf-8")
+    return folder
+
+
+def card_figures(card: str) -> dict:
+    return {"rows": table_rows(card, "| metric | value |") if "| metric |" in card else None, "front matter": card.split("---")[1].strip().splitlines()}
+
+
+def test_the_export_carries_the_evaluations_decoding_the_input_length_asked_for_and_its_scores(registered, tiny_model_dir, clearml_home, tmp_path):
+    out = tmp_path / "out"
+    completed, result = run_step(export.main, ["--local", "--model-dir", str(registered), "--max-input-length", "7", "--output-dir", str(out)],
+                                 clearml_home)
+    assert completed.returncode == 0, completed.stderr
+    model = out / "model"
+    generation = GenerationConfig.from_pretrained(model)
+    assert {key: getattr(generation, key) for key in ("num_beams", "do_sample", "max_new_tokens")} == {"num_beams": 3, "do_sample": False, "max_new_tokens": 9}
+    assert AutoTokenizer.from_pretrained(model).model_max_length == 7 + SETTINGS.prompt_length
+    prompt_ids = [1000, 1001]
+    assert result["outputs"] == {"model_dir": str(model), "base_model": str(tiny_model_dir), "prompt_token_ids": prompt_ids, "lora_rank": 3,
+                                 "decoding": EVALUATION["decoding"], "max_input_length": 7, "model_id": None}
+    assert f"Exported {registered} to {model}: a plain checkpoint, prompt tokens 1000..1001." in completed.stdout.splitlines()
+    assert not (out / "ctranslate2").exists() and "CTranslate2" not in completed.stdout
+
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert card_figures(card) == {"rows": [["bleu", "0.1235"], ["chrf", "0.9877"], ["loss", "2.5000"]], "front matter": [
+        "library_name: transformers", "pipeline_tag: text2text-generation", f"base_model: {tiny_model_dir}", "language: ru"]}
+    assert f"# {tiny_model_dir}, fine-tuned with LoRA (rank 3) and prompt tuning (2 tokens), merged\n" in card
+    assert "every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did\n" \
+           "(beam search with 3 beams, at most 9 new tokens) and never emits the prompt tokens. Inputs are truncated at 7 tokens plus the prompt." in card
+    assert "weights, and the trained prompt is 2 added tokens (`<prompt_0>` ...)" in card
+    assert "## Evaluation\n\nOn 17 test rows, beam search with 3 beams, at most 9 new tokens:\n\n| metric | value |\n|---|---|\n" in card
+    assert uploaded_names(result, clearml_home, tmp_path) == []  # offline: the folders are the step's output, not artifacts
+
+
+def uploaded_names(result: dict, env: dict, tmp_path: Path) -> list[str]:
+    return sorted(artifacts(result["task_id"], env, tmp_path))
+
+
+@pytest.mark.parametrize("flag", [["--ctranslate2"], ["--ctranslate2", "true"]])
+def test_a_folder_without_an_evaluation_exports_greedy_and_converts_when_asked(flag, registered, clearml_home, tmp_path):
+    folder = shutil.copytree(registered, tmp_path / "unevaluated")
+    (folder / "evaluation.json").unlink()
+    out = tmp_path / "out"
+    completed, result = run_step(export.main, ["--local", "--model-dir", str(folder), *flag, "--output-dir", str(out)], clearml_home)
+    assert completed.returncode == 0, completed.stderr
+    generation = GenerationConfig.from_pretrained(out / "model")
+    assert (generation.num_beams, generation.do_sample, generation.max_new_tokens) == (1, False, 200)
+    assert result["outputs"]["decoding"]["description"] == "greedy decoding, at most 200 new tokens"
+    assert AutoTokenizer.from_pretrained(out / "model").model_max_length == 100 + SETTINGS.prompt_length  # the default input length
+    card = (out / "model" / "README.md").read_text(encoding="utf-8")
+    assert card.endswith("## Evaluation\n\nNot evaluated: the exported folder had no evaluation.json.\n")
+    assert "(greedy decoding, at most 200 new tokens) and never emits" in card
+    converted = out / "ctranslate2"
+    assert (converted / "model.bin").is_file() and (converted / "README.md").read_bytes() == (out / "model" / "README.md").read_bytes()
+    assert result["outputs"]["ctranslate2_dir"] == str(converted) and f"Converted it for CTranslate2 into {converted}." in completed.stdout.splitlines()
+
+
+def test_without_a_model_the_step_names_both_options(clearml_home, tmp_path):
+    completed, result = run_step(export.main, ["--local", "--output-dir", str(tmp_path)], clearml_home)
+    assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (
+        1, "error: Give --register-task-id (a ClearML task id) or --model-dir (a model folder).", None)
+
+
+def register_task(folder: Path, model_name: str, publish: bool, env: dict, tmp_path: Path) -> tuple[str, str]:
+    """A register task on the server, holding ``folder`` as its model artifact and registered model; (task id, model id)."""
+    ids = tmp_path / "register-ids.json"
+
+    def make(_argv) -> None:
+        from components import tracking
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(False)
+        task = tracking.init_task("register", "custom")
+        tracking.upload_path(task, "model", folder)
+        model_id = tracking.register_model(task, model_name, folder, tags=["best"], metadata={}, publish=publish)
+        ids.write_text(json.dumps([task.id, model_id]), encoding="utf-8")
+        task.close()
+
+    completed = run_main(make, [], env)
+    assert completed.returncode == 0, completed.stderr
+    return tuple(json.loads(ids.read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("source", ["published register task", "model folder"])  # published or not: both publish values
+def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(source, registered, tiny_model_dir, clearml_home, tmp_path):
+    with ClearMLTestServer(tmp_path / "state") as server:
+        env = {**clearml_home, **server.environment()}
+        api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+        if source == "model folder":
+            given, adapter_id, published = ["--model-dir", str(registered)], None, False
+        else:
+            published = source.startswith("published")
+            task_id, adapter_id = register_task(registered, "Мой T5", published, env, tmp_path)
+            given = ["--register-task-id", task_id]
+        completed, result = run_step(export.main, [*given, "--ctranslate2", "--output-dir", str(tmp_path / "out")], env)
+        assert completed.returncode == 0, completed.stderr
+        model_id = result["outputs"]["model_id"]
+        model = api.call("models.get_by_id", model=model_id)["model"]
+        uploaded = uploaded_names(result, env, tmp_path)
+    name = "Мой T5 (plain checkpoint)" if adapter_id else "ruT5-large LoRA+prompt (plain checkpoint)"
+    assert (model["name"], model["tags"], model["task"], model.get("parent"), model["ready"]) == (
+        name, ["plain checkpoint"], result["task_id"], adapter_id, published)
+    metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
+    assert metadata == {"test_bleu": "0.123456", "test_chrf": "0.98765", "test_loss": "2.5", "base_model": str(tiny_model_dir), "lora_rank": "3",
+                        "prompt_tokens": "2", "adapter_model_id": adapter_id or ""}
+    lineage = f"from adapter model {adapter_id}" if adapter_id else "with no adapter model (given by --model-dir)"
+    assert f"Registered the export as model {model_id}, {lineage}." in completed.stdout.splitlines()
+    assert uploaded == ["ctranslate2"]
