@@ -36,13 +36,19 @@ def padded_base(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", params=["tiny", "padded"])
-def exported(request, tiny_model_dir, padded_base, tmp_path_factory) -> tuple[Path, Path, Path, dict]:
-    """(base folder, adapter folder, export folder, what the export returned)."""
+def adapter(request, tiny_model_dir, padded_base, tmp_path_factory) -> tuple[Path, Path]:
+    """(base folder, adapter folder)."""
     base = tiny_model_dir if request.param == "tiny" else padded_base
-    adapter = random_adapter(base, tmp_path_factory.mktemp("adapter"), SETTINGS)
-    output = tmp_path_factory.mktemp("export") / "model"
-    described = export_plain_checkpoint(adapter, output, decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
-    return base, adapter, output, described
+    return base, random_adapter(base, tmp_path_factory.mktemp("adapter"), SETTINGS)
+
+
+@pytest.fixture  # each test exports (in a second): the export's calls then count for every test that reads it (mutmut's selection)
+def exported(adapter, tmp_path) -> tuple[Path, Path, Path, dict]:
+    """(base folder, adapter folder, export folder, what the export returned), into a folder whose parent does not exist yet."""
+    base, folder = adapter
+    output = tmp_path / "exports" / "model"
+    described = export_plain_checkpoint(folder, output, decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
+    return base, folder, output, described
 
 
 def test_each_weight_is_the_bases_with_lora_folded_in_and_the_prompt_rows_appended(exported):
@@ -117,6 +123,14 @@ def test_generation_is_the_adapter_models_with_the_prompt_suppressed(exported, o
     with torch.no_grad():
         expected = model.generate(**inputs, num_beams=1, max_new_tokens=5).tolist()
         assert export.generate(**stock, num_beams=1, do_sample=False, max_new_tokens=5).tolist() == expected
+
+
+def test_exporting_again_into_the_same_folder_replaces_the_export(exported):
+    _, folder, output, _ = exported
+    weights = (output / "model.safetensors").read_bytes()
+    (output / "model.safetensors").write_bytes(b"from an earlier export")
+    export_plain_checkpoint(folder, output, decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
+    assert (output / "model.safetensors").read_bytes() == weights
 
 
 @pytest.mark.parametrize(
