@@ -269,7 +269,9 @@ def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    if world_from_environment().rank > 0:  # torchrun's other ranks: the command line's arguments, no task
+    with tracking.failures_end_the_process():  # a torch.distributed environment missing a variable is the user's error
+        started_by = world_from_environment()
+    if started_by.rank > 0:  # torchrun's other ranks: the command line's arguments, no task
         args = build_parser().parse_args(argv)
         args.output_dir = Path(args.output_dir or tempfile.gettempdir())  # rank 0 alone writes there
         with tracking.failures_end_the_process():
