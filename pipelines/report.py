@@ -28,12 +28,10 @@ def read_json(path: Path) -> dict:
 
 def plot_loss_curves(training: dict, path: Path) -> Path:
     """Train loss at every optimizer step and validation loss at every evaluation, from the untuned start (step 0)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global figure to close, no GUI backend to choose
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.subplots()
     if training["train_losses"]:
         steps, losses = zip(*training["train_losses"])
         axes.plot(steps, losses, color="tab:blue", alpha=0.45, linewidth=1, label="train (each step)")
@@ -47,7 +45,6 @@ def plot_loss_curves(training: dict, path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
     return path
 
 

@@ -7,9 +7,11 @@ it raised), and is killed when it outlives its deadline, which fails the test.
 
 from __future__ import annotations
 
+import importlib.util
 import locale
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +23,12 @@ from pathlib import Path
 import torch
 
 CHILD_TIMEOUT_S = 120
+
+# Imported here, in the parent, when installed: in forked children a ClearML thread importing IPython (it looks for a notebook)
+# while the step drew a matplotlib figure left the canvas reading a half-imported module ("partially initialized module
+# 'IPython' has no attribute 'version_info"; 1 run in 3 of tests/test_rate_step.py, never in the steps run as scripts).
+if importlib.util.find_spec("IPython") is not None:
+    import IPython  # noqa: F401
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,31 +89,79 @@ class Completed:
     stderr: str
 
 
+def _as_a_new_process(env: dict[str, str], stdout: int, stderr: int) -> None:
+    """In a forked child: ``env`` as the whole environment (and its locale), the repository root as the working directory,
+    ``stdout`` and ``stderr`` as file descriptors 1 and 2 (and ``sys.stdout``, ``sys.stderr``, which pytest's capture replaced)."""
+    os.environ.clear()
+    os.environ.update(env)
+    locale.setlocale(locale.LC_ALL, "")  # the locale env names (the default encoding of open(), as in a new process)
+    os.chdir(ROOT)
+    for number, descriptor in ((1, stdout), (2, stderr)):
+        os.dup2(descriptor, number)
+    sys.stdout, sys.stderr = (open(number, "w", closefd=False) for number in (1, 2))
+
+
+def _call_main(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """``main(argv)`` as its script runs it: an uncaught ``SystemExit`` is the exit status (start_child ends the child)."""
+    try:
+        main(argv)
+    except SystemExit as exit:
+        sys.stdout.flush()
+        if exit.code not in (None, 0):
+            if not isinstance(exit.code, int):
+                print(exit.code, file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(exit.code if isinstance(exit.code, int) else 1)
+    sys.stdout.flush()
+
+
 def run_main(main: Callable[[list[str]], object], argv: list[str], env: dict[str, str], timeout_s: float = CHILD_TIMEOUT_S) -> Completed:
     """``main(argv)`` in a forked child with ``env`` as its whole environment, from the repository root, as its script
-    would run it (an uncaught ``SystemExit`` is the exit status), without the seconds of a new interpreter's imports."""
+    would run it, without the seconds of a new interpreter's imports."""
     with tempfile.TemporaryDirectory() as folder:
         outputs = [Path(folder) / "stdout", Path(folder) / "stderr"]
 
         def work() -> None:
-            os.environ.clear()
-            os.environ.update(env)
-            locale.setlocale(locale.LC_ALL, "")  # the locale env names (the default encoding of open(), as in a new process)
-            os.chdir(ROOT)
-            for number, path in enumerate(outputs, start=1):
-                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT), number)
-            sys.stdout, sys.stderr = (open(number, "w", closefd=False) for number in (1, 2))  # pytest's capture replaced them
-            try:
-                main(argv)
-            except SystemExit as exit:
-                sys.stdout.flush()
-                if exit.code not in (None, 0):
-                    if not isinstance(exit.code, int):
-                        print(exit.code, file=sys.stderr)
-                    sys.stderr.flush()
-                    os._exit(exit.code if isinstance(exit.code, int) else 1)
-            sys.stdout.flush()
+            _as_a_new_process(env, *(os.open(path, os.O_WRONLY | os.O_CREAT) for path in outputs))
+            _call_main(main, argv)
 
         [status] = wait_children([start_child(work)], timeout_s)
         stdout, stderr = (path.read_text(encoding="utf-8") for path in outputs)
     return Completed(os.waitstatus_to_exitcode(status), stdout, stderr)
+
+
+class ForkedProcess:
+    """``main(argv)`` running in a forked child (as ``run_main`` runs it) with the part of ``subprocess.Popen``'s interface
+    that tests of a long-running command use: ``stdout`` (stderr merged) as a text pipe, ``poll``, ``wait``, ``send_signal``."""
+
+    def __init__(self, main: Callable[[list[str]], object], argv: list[str], env: dict[str, str]):
+        read, write = os.pipe()
+
+        def work() -> None:
+            os.close(read)
+            _as_a_new_process(env, write, write)
+            _call_main(main, argv)
+
+        self.pid = start_child(work)
+        os.close(write)
+        self.stdout = open(read, encoding="utf-8")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"forked {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def send_signal(self, signal_number: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal_number)

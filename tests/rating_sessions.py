@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +59,21 @@ def serving(store, port: int = 0, on_vote: Callable[[], None] = lambda: None) ->
         thread.join(timeout=20)
 
 
+def page(url: str, data: dict | None = None) -> str:
+    body = urllib.parse.urlencode(data).encode() if data else None
+    with urllib.request.urlopen(url, data=body, timeout=20) as response:
+        return response.read().decode()
+
+
+def shown_item(text: str) -> dict[str, str] | None:
+    """The position and texts of the item on a rating page (None on the page that says all are done)."""
+    found = {name: re.search(rf'<div class="text" id="{name}">(.*?)</div>', text, re.S) for name in ("instruction", "input", "left", "right")}
+    position = re.search(r'name="position" value="(\d+)"', text)
+    if position is None:
+        return None
+    return {"position": position.group(1), **{name: html.unescape(match.group(1)) if match else "" for name, match in found.items()}}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -62,11 +81,19 @@ def free_port() -> int:
 
 
 class RatingCommand:
-    """``steps/rate.py`` in a subprocess, serving: its rater links (and the results link) read from its output."""
+    """``steps/rate.py`` in a subprocess (or, ``forked``, its ``main`` in a forked copy of this process: no imports to
+    wait for), serving: its rater links (and the results link) read from its output."""
 
-    def __init__(self, env: dict, arguments: list[str]):
-        self.process = subprocess.Popen([sys.executable, "steps/rate.py", *arguments], cwd=ROOT, env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def __init__(self, env: dict, arguments: list[str], forked: bool = False):
+        if forked:
+            from forked import ForkedProcess
+
+            from steps import rate
+
+            self.process = ForkedProcess(rate.main, arguments, env)
+        else:
+            self.process = subprocess.Popen([sys.executable, "steps/rate.py", *arguments], cwd=ROOT, env=env, text=True,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -111,11 +138,11 @@ class RatingCommand:
 
 @pytest.fixture
 def rating_commands():
-    """Start ``steps/rate.py`` commands (``rating_commands(env, arguments)``); any still running when the test ends is killed."""
+    """Start ``steps/rate.py`` commands (``rating_commands(env, arguments[, forked])``); any still running when the test ends is killed."""
     started: list[RatingCommand] = []
 
-    def start(env: dict, arguments: list[str]) -> RatingCommand:
-        started.append(RatingCommand(env, arguments))
+    def start(env: dict, arguments: list[str], forked: bool = False) -> RatingCommand:
+        started.append(RatingCommand(env, arguments, forked))
         return started[-1]
 
     yield start

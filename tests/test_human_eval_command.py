@@ -4,7 +4,6 @@ continued, or refused with other options."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -12,7 +11,6 @@ import shlex
 import signal
 import sqlite3
 import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
@@ -25,7 +23,7 @@ from components.errors import UserError
 from components.human_eval.label_studio import export_project, import_votes
 from components.human_eval.session import assign, items_from_evaluations
 from components.human_eval.store import RatingStore
-from rating_sessions import rating_commands, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
+from rating_sessions import page, rating_commands, shown_item, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
 from readme_commands import the_command
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -36,21 +34,6 @@ def wilson(count: int, total: int) -> tuple[float, float]:
     p, z2 = count / total, Z95 ** 2
     centre, half = (p + z2 / (2 * total)) / (1 + z2 / total), Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total ** 2)) / (1 + z2 / total)
     return centre - half, centre + half
-
-
-def page(url: str, data: dict | None = None) -> str:
-    body = urllib.parse.urlencode(data).encode() if data else None
-    with urllib.request.urlopen(url, data=body, timeout=20) as response:
-        return response.read().decode()
-
-
-def shown_item(text: str) -> dict[str, str] | None:
-    """The position and texts of the item on a rating page (None on the page that says all are done)."""
-    found = {name: re.search(rf'<div class="text" id="{name}">(.*?)</div>', text, re.S) for name in ("instruction", "input", "left", "right")}
-    position = re.search(r'name="position" value="(\d+)"', text)
-    if position is None:
-        return None
-    return {"position": position.group(1), **{name: html.unescape(match.group(1)) if match else "" for name, match in found.items()}}
 
 
 def offline_events(cache: Path, task_id: str) -> list[dict]:

@@ -22,10 +22,11 @@ def evaluation(scores: dict, train_task_id: str | None) -> dict:
     return {"rows": 5, "metrics": metrics, "base_metrics": None, "train_task_id": train_task_id}
 
 
-def make_candidates(env: dict, tmp_path: Path, *, local: bool = True) -> tuple[list[str], list[str | None], list[Path]]:
-    """Evaluate task ids in ``SCORES``' order, the train task each one scored (None for the last), and its adapter folder."""
+def make_candidates(env: dict, tmp_path: Path, *, local: bool = True, count: int = len(SCORES)) -> tuple[list[str], list[str | None], list[Path]]:
+    """Evaluate task ids for the first ``count`` of ``SCORES``, the train task each one scored (None for the fourth), and
+    its adapter folder."""
     evaluate_ids, train_ids, adapters = [], [], []
-    for number, scores in enumerate(SCORES):
+    for number, scores in enumerate(SCORES[:count]):
         adapter = tmp_path / f"adapter-{number}"
         adapter.mkdir()
         (adapter / "adapter.safetensors").write_bytes(bytes([number]) * 64)
@@ -95,20 +96,22 @@ def test_a_list_without_a_registrable_best_is_refused_in_one_sentence(candidates
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (1, sentence.replace("LAST", evaluate_ids[3]), None)
 
 
-@pytest.mark.parametrize("publish", ["true", "false"])
-def test_on_a_server_the_winner_is_a_registered_model_with_its_scores(publish, clearml_home, tmp_path):
+def test_on_a_server_the_winner_is_a_registered_model_with_its_scores(clearml_home, tmp_path):
+    """Registered twice from the same candidates (the second time under another name, unpublished); ``SCORES``' first two."""
     with ClearMLTestServer(tmp_path / "state") as server:
         env = {**clearml_home, **server.environment()}
-        evaluate_ids, train_ids, _ = make_candidates(env, tmp_path, local=False)
-        completed, result = run_step(register.main, ["--candidates", ",".join(evaluate_ids), "--metric", "bleu", "--model-name", "Мой T5",
-                                                     "--publish", publish, "--output-dir", str(tmp_path / "out")], env)
-        assert completed.returncode == 0, completed.stderr
-        model_id = result["outputs"]["model_id"]
+        evaluate_ids, train_ids, _ = make_candidates(env, tmp_path, local=False, count=2)
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
-        model = api.call("models.get_by_id", model=model_id)["model"]
-    assert (model["name"], model["tags"], model["task"]) == ("Мой T5", ["best", "by bleu"], result["task_id"])
-    assert model["ready"] is (publish == "true")
-    metadata = {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()}
-    assert metadata == {**{f"test_{name}": (str(value), "float") for name, value in evaluation(SCORES[1], None)["metrics"].items()},
-                        "train_task_id": (train_ids[1], "str")}
-    assert f"registered as model {model_id}; model directory" in completed.stdout
+        registered = []
+        for name, publish in (("Мой T5", "true"), ("Мой T5, черновик", "false")):
+            completed, result = run_step(register.main, ["--candidates", ",".join(evaluate_ids), "--metric", "bleu", "--model-name", name,
+                                                         "--publish", publish, "--output-dir", str(tmp_path / publish)], env)
+            assert completed.returncode == 0, completed.stderr
+            model_id = result["outputs"]["model_id"]
+            assert f"registered as model {model_id}; model directory" in completed.stdout
+            registered.append((result["task_id"], api.call("models.get_by_id", model=model_id)["model"]))
+    for (task_id, model), name, ready in zip(registered, ("Мой T5", "Мой T5, черновик"), (True, False)):
+        assert (model["name"], model["tags"], model["task"], model["ready"]) == (name, ["best", "by bleu"], task_id, ready)
+        metadata = {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()}
+        assert metadata == {**{f"test_{metric}": (str(value), "float") for metric, value in evaluation(SCORES[1], None)["metrics"].items()},
+                            "train_task_id": (train_ids[1], "str")}

@@ -150,7 +150,7 @@ def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked
 
     from pipelines.report import plot_loss_curves
 
-    saved = []
+    saved, open_figures = [], pyplot.get_fignums()
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, path, **options: saved.append((figure, path, options)))
     for training, marked in ((TRAINING, True), ({**TRAINING, "best_metric": "bleu"}, False), ({**TRAINING, "best_step": None}, False),
                              ({**TRAINING, "train_losses": []}, True)):
@@ -182,7 +182,7 @@ def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked
             "validation (step 0: untuned)": (to_hex("tab:orange"), None, rcParams["lines.linewidth"], "-", "o"),
             "best, step 4": (to_hex("tab:green"), None, 1, "--", "None")}.items() if label in expected}
         assert {(line.get_visible(), line.get_alpha()) for line in axes.xaxis.get_gridlines() + axes.yaxis.get_gridlines()} == {(True, 0.3)}
-        assert figure.number not in pyplot.get_fignums()  # closed: a long run's reports leak no figures
+        assert pyplot.get_fignums() == open_figures  # none left open: a long run's reports leak no figures
 
 
 def test_the_report_is_written_and_read_as_utf_8_whatever_the_locale(tmp_path, clearml_home):

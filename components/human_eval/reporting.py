@@ -53,12 +53,10 @@ def pairs_table(summary: Summary) -> pd.DataFrame:
 
 
 def pairs_figure(summary: Summary):
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global figure to close, no GUI backend to choose
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 1.2 + 0.9 * len(summary.outcomes)))
+    figure = Figure(figsize=(7, 1.2 + 0.9 * len(summary.outcomes)))
+    axes = figure.subplots()
     height = 0.8 / len(OUTCOMES)
     for k, kind in enumerate(OUTCOMES):
         shares = [getattr(outcome, kind) for outcome in summary.outcomes]
