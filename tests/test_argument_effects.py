@@ -49,9 +49,9 @@ ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "s
                 *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py") if "ArgumentParser(" in p.read_text(encoding="utf-8")))
 
 # Tests that several entries name.
-INGESTED = "tests/test_steps.py::test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test"
-SKIPPED_ROWS = "tests/test_steps.py::test_ingest_can_skip_invalid_rows_and_records_them"
-PREPROCESSED = "tests/test_steps.py::test_preprocess_by_task_id_tokenizes_the_ingest_tasks_splits"
+INGESTED = "tests/test_ingest_step.py::test_validation_is_carved_from_train_with_the_seed_and_size_asked_for"
+SKIPPED_ROWS = "tests/test_ingest_step.py::test_skipped_invalid_rows_are_recorded_and_counted"
+PREPROCESSED = "tests/test_preprocess_step.py::test_an_ingest_task_id_is_read_before_a_splits_folder"
 TRUNCATED = "tests/test_data.py::test_preprocess_truncates_and_tokenizes_sources_and_labels"
 TRAINED_THEN_EVALUATED = "tests/test_steps.py::test_train_outputs_the_best_adapter_then_evaluate_uses_it"
 RESUMED = "tests/test_steps.py::test_train_resumes_another_tasks_checkpoint_with_its_best_adapter"
@@ -85,9 +85,9 @@ EFFECTS: dict[str, dict[str, str]] = {
     "steps/ingest.py": {
         "--train-tsv": INGESTED,
         "--test-tsv": INGESTED,
-        "--dataset-id": "tests/test_steps.py::test_ingest_loads_a_dataset_by_id_when_no_tsv_is_given",
+        "--dataset-id": "tests/test_ingest_step.py::test_the_hub_datasets_one_split_gives_the_published_test_size_and_drops_unusable_rows",
         "--validation-size": INGESTED,
-        "--seed": "tests/test_steps.py::test_ingest_validation_follows_the_seed_and_is_scaled_down_for_small_data",
+        "--seed": INGESTED,
         "--skip-invalid-rows": SKIPPED_ROWS,
         "--local": LOCAL_ANYWHERE,
         "--output-dir": SKIPPED_ROWS,
@@ -104,7 +104,7 @@ EFFECTS: dict[str, dict[str, str]] = {
     "steps/train.py": {
         "--preprocess-task-id": "tests/test_steps.py::test_missing_artifact_is_named",
         "--data-dir": TRAINED_THEN_EVALUATED,
-        "--model": "tests/test_steps.py::test_train_refuses_data_tokenized_for_another_model",
+        "--model": "tests/test_train_step.py::test_data_tokenized_for_another_model_is_refused",
         "--lora-rank": TRAINED_THEN_EVALUATED,
         "--lora-alpha": ONE_STEP,
         "--lora-dropout": "tests/test_lora.py::test_same_weights_as_hf_peft_give_the_same_outputs",

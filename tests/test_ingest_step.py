@@ -130,3 +130,23 @@ def test_a_hub_dataset_that_cannot_be_loaded_is_one_sentence(clearml_home, tmp_p
     assert (completed.returncode, result) == (1, None)
     assert last.startswith("error: Cannot load the dataset 'nobody/no-such-dataset' from the Hugging Face Hub (")
     assert last.endswith("); pass --train-tsv and --test-tsv instead.") and "\n" not in last
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"instruction\tinput\toutput\n\xd0\xb0\t\t\xd0\xb1\n", "line 1: missing column(s) full_output"),
+        (HEADER.encode() + "вопрос\t\t\t\n".encode(), "line 2: empty output"),
+        (HEADER.encode() + "вопрос\t\tответ\t\t\n".encode(), "line 2: expected 4 tab-separated fields, found 5"),
+        (HEADER.encode(), "the header has no rows under it"),
+        (HEADER.encode() + "вопрос\t\tответ\t\n".encode("cp1251"), "line 2: not valid UTF-8"),
+    ],
+    ids=["missing-column", "empty-output", "field-count", "header-only", "not-utf8"],
+)
+def test_a_bad_tsv_file_fails_the_step_in_one_line_naming_the_file(content, message, clearml_home, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(content)
+    completed, result = run_ingest(["--train-tsv", str(bad), "--test-tsv", "data/sample/test.tsv"], clearml_home, tmp_path / "out")
+    last_line = completed.stderr.splitlines()[-1]
+    assert (completed.returncode, result) == (1, None)
+    assert last_line.startswith("error: ") and str(bad) in last_line and message in last_line and "Traceback" not in completed.stderr

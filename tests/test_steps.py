@@ -10,7 +10,7 @@ from conftest import run_script
 from datasets import load_from_disk
 from safetensors.torch import load_file
 
-from components.data import preprocess, read_tsv
+from components.data import read_tsv
 from components.generation import generate_predictions
 from components.modeling import apply_peft, load_base_model, load_finetuned, load_tokenizer, save_adapter
 from components.settings import AdapterSettings
@@ -87,79 +87,6 @@ def test_every_step_has_help(clearml_home):
         assert text.startswith("usage: ") and "--local" in text and "--output-dir" in text
 
 
-def carved(output_dir: Path, seed: int, size: int) -> None:
-    """The ingest task's validation split is the rows pandas samples from train with ``seed``; train keeps the rest, in order."""
-    original = read_tsv("data/sample/train.tsv")
-    expected = original.sample(n=size, random_state=seed)
-    assert read_tsv(output_dir / "splits" / "validation.tsv").to_dict("records") == expected.to_dict("records")
-    assert read_tsv(output_dir / "splits" / "train.tsv").to_dict("records") == original.drop(expected.index).to_dict("records")
-
-
-def test_ingest_carves_validation_from_train_with_seed_42_and_keeps_test(ingested):
-    outputs = result(ingested)["outputs"]
-    test = read_tsv(ingested / "splits" / "test.tsv")
-    original_train, original_test = read_tsv("data/sample/train.tsv"), read_tsv("data/sample/test.tsv")
-    assert outputs["rows"] == {"train": len(original_train) - 15, "validation": 15, "test": len(original_test)}
-    assert outputs["seed"] == 42
-    carved(ingested, seed=42, size=15)
-    assert test.to_dict("records") == original_test.to_dict("records")
-
-
-def test_ingest_validation_follows_the_seed_and_is_scaled_down_for_small_data(clearml_home, tmp_path):
-    run_script(clearml_home, "steps/ingest.py", "--local", *SAMPLE, "--seed", "7", "--output-dir", str(tmp_path))
-    rows = result(tmp_path)["outputs"]["rows"]
-    assert rows["validation"] == (rows["train"] + rows["validation"]) // 10  # 1,000 requested, a tenth of train given
-    carved(tmp_path, seed=7, size=rows["validation"])
-
-
-HEADER = b"instruction\tinput\toutput\tfull_output\n"
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (b"instruction\tinput\toutput\n\xd0\xb0\t\t\xd0\xb1\n", "line 1: missing column(s) full_output"),
-        (HEADER + "вопрос\t\t\t\n".encode(), "line 2: empty output"),
-        (HEADER + "вопрос\t\tответ\t\t\n".encode(), "line 2: expected 4 tab-separated fields, found 5"),
-        (HEADER, "the header has no rows under it"),
-        (HEADER + "вопрос\t\tответ\t\n".encode("cp1251"), "line 2: not valid UTF-8"),
-    ],
-    ids=["missing-column", "empty-output", "field-count", "header-only", "not-utf8"],
-)
-def test_ingest_bad_tsv_fails_with_one_line_naming_the_file(clearml_home, tmp_path, content, message):
-    bad = tmp_path / "bad.tsv"
-    bad.write_bytes(content)
-    completed = run_script(clearml_home, "steps/ingest.py", "--local", "--train-tsv", str(bad), "--test-tsv", "data/sample/test.tsv",
-                           "--output-dir", str(tmp_path / "out"), check=False)
-    assert completed.returncode == USER_ERROR
-    last_line = completed.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: ") and str(bad) in last_line and message in last_line
-    assert "Traceback" not in completed.stderr
-
-
-def test_ingest_can_skip_invalid_rows_and_records_them(clearml_home, tmp_path):
-    train = tmp_path / "train.tsv"
-    good = Path("data/sample/train.tsv").read_bytes()
-    train.write_bytes(good + "вопрос без ответа\t\t\t\n".encode())
-    run_script(clearml_home, "steps/ingest.py", "--local", "--train-tsv", str(train), "--test-tsv", "data/sample/test.tsv",
-               "--skip-invalid-rows", "--output-dir", str(tmp_path / "out"))
-    outputs = result(tmp_path / "out")["outputs"]
-    assert outputs["invalid_rows_skipped"] == 1
-    [row] = json.loads((tmp_path / "out" / "invalid_rows.json").read_text())
-    assert row["path"] == str(train) and row["line"] == good.count(b"\n") + 1 and row["reason"] == "empty output"
-
-
-def test_preprocess_by_task_id_tokenizes_the_ingest_tasks_splits(ingested, clearml_home, tmp_path):
-    """Inputs are the source text, labels the ``output`` column, of the splits the ingest task uploaded."""
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--ingest-task-id", result(ingested)["task_id"], "--model", "tiny",
-               "--output-dir", str(tmp_path))
-    tokenizer = load_tokenizer("tiny")
-    for split in ("train", "validation", "test"):
-        tokenized = load_from_disk(str(tmp_path / "tokenized" / split))
-        expected = preprocess(read_tsv(ingested / "splits" / f"{split}.tsv"), tokenizer)
-        assert tokenized["input_ids"] == expected["input_ids"] and tokenized["labels"] == expected["labels"]
-
-
 def test_preprocess_labels_are_the_output_column(diverging):
     tokenizer = load_tokenizer("tiny")
     labels = load_from_disk(str(diverging / "train"))["labels"]
@@ -195,12 +122,6 @@ def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml
     assert evaluation["base_metrics"] is None and evaluation["difference"] is None  # --compare-base false: no base pass
     predictions = (tmp_path / "eval" / "predictions.tsv").read_text(encoding="utf-8")
     assert predictions.splitlines()[0] == "instruction\tinput\toutput\tprediction"
-
-
-def test_train_refuses_data_tokenized_for_another_model(diverging, clearml_home, tmp_path):
-    completed = run_script(clearml_home, "steps/train.py", "--local", "--data-dir", str(diverging),
-                           "--model", "some/other-model", "--output-dir", str(tmp_path / "train"), check=False)
-    assert completed.returncode == USER_ERROR and "tokenized for 'tiny'" in completed.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -344,21 +265,3 @@ def test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_t
     # The seed draws LoRA's A and the batch order, not the untuned model (B zero, the prompt from its own seed).
     assert trained[5]["initial_validation_loss"] == trained[6]["initial_validation_loss"]
     assert trained[5]["train_losses"][0] != trained[6]["train_losses"][0]
-
-
-def test_ingest_loads_a_dataset_by_id_when_no_tsv_is_given(clearml_home, tmp_path):
-    """--dataset-id naming a local dataset folder (as the hub id is resolved by ``datasets.load_dataset``): its one
-    split is the data, the test rows carved with the seed; the splits together are exactly its rows."""
-    rows = pd.concat([read_tsv("data/sample/train.tsv"), read_tsv("data/sample/test.tsv")], ignore_index=True)
-    dataset = tmp_path / "my-dataset"
-    dataset.mkdir()
-    rows.to_parquet(dataset / "train.parquet", index=False)
-    run_script(clearml_home, "steps/ingest.py", "--local", "--dataset-id", str(dataset), "--validation-size", "20", "--output-dir", str(tmp_path / "out"))
-    outputs = result(tmp_path / "out")["outputs"]
-    assert outputs["sources"] == {"train": str(dataset), "test": str(dataset)}
-    assert outputs["rows"] == {"train": len(rows) - len(rows) // 10 - 20, "validation": 20, "test": len(rows) // 10}
-    splits = pd.concat([read_tsv(tmp_path / "out" / "splits" / f"{name}.tsv") for name in ("train", "validation", "test")])
-    key = ["instruction", "input", "output", "full_output"]
-    assert sorted(map(tuple, splits[key].values.tolist())) == sorted(map(tuple, rows[key].values.tolist()))
-    expected_test = rows.sample(n=len(rows) // 10, random_state=42)
-    assert read_tsv(tmp_path / "out" / "splits" / "test.tsv").to_dict("records") == expected_test.to_dict("records")
