@@ -1,0 +1,114 @@
+"""``components.distributed.launch.LocalRanks`` starting real rank processes with entries from ``tests/rank_entries.py``:
+the environment and arguments each rank gets, its output forwarded, and how a rank's failure or rank 0's ends the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from forked import start_child, wait_children
+
+from components.distributed.launch import ROOT, LocalRanks
+from components.distributed.world import RankLostError
+
+VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def own_environment(monkeypatch):
+    """LocalRanks sets rank 0's variables in this process: they are restored after each test."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_each_started_rank_gets_torchruns_environment_and_rank_0s_arguments(tmp_path, capfd):
+    with LocalRanks(3, "tests.rank_entries:record", {"folder": tmp_path, "word": "привет"}, node_rank=1, nodes=2):
+        own = {name: os.environ[name] for name in VARIABLES}
+    port = own["MASTER_PORT"]
+    assert own == {"RANK": "3", "LOCAL_RANK": "0", "WORLD_SIZE": "6", "LOCAL_WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    assert 0 < int(port) < 65536
+    recorded = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in tmp_path.glob("rank*.json")}
+    assert sorted(recorded) == ["rank4.json", "rank5.json"]
+    for rank, local_rank in ((4, 1), (5, 2)):
+        values = recorded[f"rank{rank}.json"]
+        assert values["arguments"] == {"folder": str(tmp_path), "word": "привет"}
+        environment = values["environment"]
+        assert environment.pop("PYTHONPATH").split(os.pathsep)[0] == str(ROOT)
+        assert environment == {**own, "RANK": str(rank), "LOCAL_RANK": str(local_rank), "PYTHONUNBUFFERED": "1"}
+    printed = capfd.readouterr().out.splitlines()
+    assert sorted(line for line in printed if line.startswith("[rank")) == [
+        "[rank 4] second line", "[rank 4] рank says привет", "[rank 5] second line", "[rank 5] рank says привет"]
+
+
+def test_an_address_and_port_already_set_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.7")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    with LocalRanks(2, "tests.rank_entries:record", {"folder": tmp_path, "word": "a"}):
+        pass
+    environment = json.loads((tmp_path / "rank1.json").read_text(encoding="utf-8"))["environment"]
+    assert (environment["MASTER_ADDR"], environment["MASTER_PORT"]) == ("10.0.0.7", "29517")
+
+
+@pytest.mark.parametrize("status, description", [(3, "rank 1 exited with status 3"), (-9, "rank 1 was killed by SIGKILL")])
+def test_a_rank_that_failed_fails_the_block_naming_it(status, description, tmp_path):
+    entry, arguments = ("tests.rank_entries:fail", {"status": status}) if status > 0 else ("tests.rank_entries:wait", {"folder": tmp_path})
+    with pytest.raises(RankLostError) as stopped:
+        with LocalRanks(2, entry, arguments):
+            if status < 0:
+                os.kill(int(wait_for(tmp_path / "pid1")), signal.SIGKILL)
+    assert str(stopped.value) == f"Training stopped: {description} (its output above says why); rerun with --resume to continue from the last checkpoint."
+
+
+def wait_for(path: Path, timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_rank_0s_own_error_stops_the_ranks_and_is_raised_as_it_is(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="rank 0 broke"):
+        with LocalRanks(3, "tests.rank_entries:wait", {"folder": tmp_path}) as ranks:
+            wait_for(tmp_path / "pid1"), wait_for(tmp_path / "pid2")
+            raise ValueError("rank 0 broke")
+    assert time.monotonic() - started < 30  # the waiting ranks were killed, not waited for
+    assert all(process.poll() is not None for process in ranks.processes.values())
+
+
+def test_a_lost_peer_seen_by_rank_0_is_named_when_its_rank_ended(tmp_path):
+    with pytest.raises(RankLostError) as stopped:
+        with LocalRanks(2, "tests.rank_entries:fail", {"status": 4}) as ranks:
+            ranks.processes[1].wait()
+            raise RankLostError("a collective found its peer gone")
+    assert str(stopped.value).startswith("Training stopped: rank 1 exited with status 4 (its output above says why)")
+
+
+def test_a_rank_dies_with_the_process_that_started_it(tmp_path):
+    def rank_0() -> None:
+        with LocalRanks(2, "tests.rank_entries:wait", {"folder": tmp_path}):
+            time.sleep(600)
+
+    own = {name: os.environ.get(name) for name in VARIABLES}
+    launcher = start_child(rank_0)
+    rank_1 = int(wait_for(tmp_path / "pid1"))
+    os.kill(launcher, signal.SIGKILL)
+    wait_children([launcher])
+    deadline = time.monotonic() + 10
+    while process_alive(rank_1):
+        assert time.monotonic() < deadline, "rank 1 outlived rank 0"
+        time.sleep(0.05)
+    assert {name: os.environ.get(name) for name in VARIABLES} == own
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
