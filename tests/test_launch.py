@@ -100,9 +100,13 @@ def test_a_rank_dies_with_the_process_that_started_it(tmp_path):
     os.kill(launcher, signal.SIGKILL)
     wait_children([launcher])
     deadline = time.monotonic() + 10
-    while process_alive(rank_1):
-        assert time.monotonic() < deadline, "rank 1 outlived rank 0"
-        time.sleep(0.05)
+    try:
+        while process_alive(rank_1):
+            assert time.monotonic() < deadline, "rank 1 outlived rank 0"
+            time.sleep(0.05)
+    finally:
+        if process_alive(rank_1):
+            os.kill(rank_1, signal.SIGKILL)
     assert {name: os.environ.get(name) for name in VARIABLES} == own
 
 
