@@ -95,10 +95,20 @@ def _as_a_new_process(env: dict[str, str], stdout: int, stderr: int) -> None:
     os.environ.clear()
     os.environ.update(env)
     locale.setlocale(locale.LC_ALL, "")  # the locale env names (the default encoding of open(), as in a new process)
+    _reread_hub_offline()
     os.chdir(ROOT)
     for number, descriptor in ((1, stdout), (2, stderr)):
         os.dup2(descriptor, number)
     sys.stdout, sys.stderr = (open(number, "w", closefd=False) for number in (1, 2))
+
+
+def _reread_hub_offline() -> None:
+    """``HF_HUB_OFFLINE`` as this environment says: the Hugging Face libraries read it once, when the parent imported them
+    (without it, a hub id that cannot load is a minute of retries instead of an error at once)."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    for module, attribute in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+        if module in sys.modules:
+            setattr(sys.modules[module], attribute, offline)
 
 
 def _call_main(main: Callable[[list[str]], object], argv: list[str]) -> None:
