@@ -4,6 +4,7 @@ artifacts it leaves, invalid rows failed or skipped and recorded, the hub datase
 import json
 from pathlib import Path
 
+import datasets
 import pandas as pd
 import pytest
 from step_runs import arguments, artifacts, run_step, task_record
@@ -101,22 +102,24 @@ def test_one_tsv_file_without_the_other_is_refused(given, clearml_home, tmp_path
         1, "error: Give both --train-tsv and --test-tsv, or neither to load --dataset-id from the hub.", None)
 
 
-def test_the_hub_datasets_one_split_gives_the_published_test_size_and_drops_unusable_rows(clearml_home, tmp_path):
-    """A dataset folder as ``datasets.load_dataset`` resolves a hub id: one split of 12,000 rows (so the test split is the
-    published 1,125, not a tenth), an extra column, no ``full_output``, and rows without an instruction or an output."""
-    rows = pd.DataFrame({"instruction": [f"вопрос {n}" for n in range(12_000)], "input": [f"текст {n}" if n % 3 else None for n in range(12_000)],
-                         "output": [f"ответ {n}" for n in range(12_000)], "source": "gpt4"})
+@pytest.mark.parametrize("size, test_rows", [(12_000, 1125), (250, 24)])
+def test_the_hub_datasets_one_split_gives_the_published_test_size_and_drops_unusable_rows(size, test_rows, clearml_home, tmp_path):
+    """A dataset folder as ``datasets.load_dataset`` resolves a hub id: one split (of 12,000 rows the test split is the
+    published 1,125; of 250, a tenth of the 246 usable), an extra column, no ``full_output``, and rows without an
+    instruction or an output."""
+    rows = pd.DataFrame({"instruction": [f"вопрос {n}" for n in range(size)], "input": [f"текст {n}" if n % 3 else None for n in range(size)],
+                         "output": [f"ответ {n}" for n in range(size)], "source": "gpt4"})
     rows.loc[[5, 17], "instruction"] = ["  ", None]
     rows.loc[[40, 41], "output"] = ["", None]
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     rows.to_parquet(dataset / "train.parquet", index=False)
     out = tmp_path / "out"
-    completed, result = run_ingest(["--dataset-id", str(dataset), "--validation-size", "50", "--seed", "5"], clearml_home, out)
+    completed, result = run_ingest(["--dataset-id", str(dataset), "--validation-size", "10", "--seed", "5"], clearml_home, out)
     assert completed.returncode == 0, completed.stderr
     usable = rows.drop(index=[5, 17, 40, 41]).reindex(columns=COLUMNS).fillna("")
-    test = usable.sample(n=1125, random_state=5)
-    validation = usable.drop(test.index).sample(n=50, random_state=5)
+    test = usable.sample(n=test_rows, random_state=5)
+    validation = usable.drop(test.index).sample(n=10, random_state=5)
     splits = {name: tsv(out / "splits" / f"{name}.tsv") for name in ("train", "validation", "test")}
     assert splits["test"].to_dict("records") == test.to_dict("records")
     assert splits["validation"].to_dict("records") == validation.to_dict("records")
@@ -124,12 +127,23 @@ def test_the_hub_datasets_one_split_gives_the_published_test_size_and_drops_unus
     assert result["outputs"]["sources"] == {"train": str(dataset), "test": str(dataset)}
 
 
-def test_a_hub_dataset_that_cannot_be_loaded_is_one_sentence(clearml_home, tmp_path):
+def test_a_hub_dataset_that_cannot_be_loaded_is_one_sentence_with_the_libraries_error(clearml_home, tmp_path, monkeypatch):
     completed, result = run_ingest(["--dataset-id", "nobody/no-such-dataset"], clearml_home, tmp_path / "out")
-    last = completed.stderr.splitlines()[-1]
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as the step ran (clearml_home sets HF_HUB_OFFLINE)
+    with pytest.raises(Exception) as raised:
+        datasets.load_dataset("nobody/no-such-dataset", split="train")
     assert (completed.returncode, result) == (1, None)
-    assert last.startswith("error: Cannot load the dataset 'nobody/no-such-dataset' from the Hugging Face Hub (")
-    assert last.endswith("); pass --train-tsv and --test-tsv instead.") and "\n" not in last
+    assert completed.stderr.splitlines()[-1] == (f"error: Cannot load the dataset 'nobody/no-such-dataset' from the Hugging Face Hub "
+                                                 f"({type(raised.value).__name__}); pass --train-tsv and --test-tsv instead.")
+
+
+def test_ingesting_again_into_the_same_folder_replaces_the_splits(clearml_home, tmp_path):
+    out = tmp_path / "out"
+    for seed in ("1", "2"):
+        completed, result = run_ingest(["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv", "--seed", seed], clearml_home, out)
+        assert completed.returncode == 0, completed.stderr
+    validation = tsv("data/sample/train.tsv").sample(n=result["outputs"]["rows"]["validation"], random_state=2)
+    assert tsv(out / "splits" / "validation.tsv").to_dict("records") == validation.to_dict("records")
 
 
 @pytest.mark.parametrize(
