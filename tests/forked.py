@@ -95,6 +95,7 @@ def _as_a_new_process(env: dict[str, str], stdout: int, stderr: int) -> None:
     os.environ.clear()
     os.environ.update(env)
     locale.setlocale(locale.LC_ALL, "")  # the locale env names (the default encoding of open(), as in a new process)
+    tempfile.tempdir = None  # TMPDIR as env names it (tempfile keeps the folder it chose first)
     _reread_hub_offline()
     os.chdir(ROOT)
     for number, descriptor in ((1, stdout), (2, stderr)):
