@@ -155,3 +155,29 @@ def test_a_missing_input_names_the_two_options_that_give_it(argv, sentence, adap
     argv = [str(adapter) if value == "ADAPTER" else value for value in argv]
     completed, result = run_step(evaluate_step.main, ["--local", *argv, "--output-dir", str(tmp_path)], clearml_home)
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (1, sentence, None)
+
+
+def test_on_a_machine_with_a_gpu_both_models_are_moved_to_it(adapter, clearml_home, tmp_path):
+    """``torch.cuda.is_available()`` made true and ``Module.to`` recorded (the models stay on this CPU)."""
+    record = tmp_path / "devices.json"
+
+    def main(argv):
+        moves = []
+        real_to = torch.nn.Module.to
+
+        def to(module, *args, **kwargs):
+            if isinstance(module, torch.nn.Module) and module.__class__.__name__.startswith("T5"):
+                moves.append(str(args[0]) if args else str(kwargs))
+                return module
+            return real_to(module, *args, **kwargs)
+
+        torch.cuda.is_available = lambda: True
+        torch.nn.Module.to = to
+        try:
+            evaluate_step.main(argv)
+        finally:
+            record.write_text(json.dumps(moves), encoding="utf-8")
+
+    completed, _ = run_step(main, ["--local", "--model-dir", str(adapter), "--test-tsv", "data/sample/test.tsv", "--max-samples", "2",
+                                   "--max-new-tokens", "1", "--output-dir", str(tmp_path / "out")], clearml_home)
+    assert (completed.returncode, json.loads(record.read_text(encoding="utf-8"))) == (0, ["cuda", "cuda"]), completed.stderr[-2000:]
