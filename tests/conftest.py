@@ -140,7 +140,10 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
 # 210, 175, 130 (plus the tiny model's build on a fresh clone), 100, 60, 45, 40 and 35 s.
 LONG_UNITS = ("tests/test_steps.py", "tests/test_hpo.py", "tiny_pipeline", "tests/test_distributed_steps.py", "tests/test_server_options.py",
               "tests/test_agent_rerun.py",
-              "tests/test_launch_checks.py", "tests/test_server_errors.py")
+              "tests/test_launch_checks.py", "tests/test_server_errors.py",
+              # the forked step runs (tests/step_runs.py), about 70, 60, 45, 45, 30 and 30 s
+              "tests/test_register_step.py", "tests/test_train_step.py", "tests/test_export_step.py", "tests/test_ingest_step.py",
+              "tests/test_rate_step.py", "tests/test_tracking.py")
 
 
 # A test that uses one of these runs the project's scripts in subprocesses (seconds to minutes each): marked runs_steps.
