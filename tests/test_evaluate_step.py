@@ -120,14 +120,14 @@ def session_events(result: dict) -> list[dict]:
 
 def test_task_ids_come_before_paths_and_without_a_base_nothing_of_it_is_computed(adapter, clearml_home, tmp_path):
     """The train and ingest tasks' artifacts are used when paths are given too (paths to nothing here); every test row
-    without --max-samples; with --compare-base false no base pass, column or figures."""
+    with --max-samples 0; with --compare-base false no base pass, column or figures."""
     test_rows = pd.read_csv("data/sample/test.tsv", sep="\t", dtype=str, keep_default_na=False).iloc[30:36]
     test_rows.to_csv(tmp_path / "test.tsv", sep="\t", index=False)
     train_id, ingest_id = (make_task(name, {artifact: path}, clearml_home, tmp_path)
                            for name, artifact, path in (("train", "adapter", adapter), ("ingest", "test", tmp_path / "test.tsv")))
     out, record = tmp_path / "out", tmp_path / "calls.json"
     completed, result = run_step(recording_main(record), ["--local", "--train-task-id", train_id, "--model-dir", "/nonexistent", "--ingest-task-id", ingest_id,
-                                                          "--test-tsv", "/nonexistent.tsv", "--max-new-tokens", "2", "--compare-base", "false",
+                                                          "--test-tsv", "/nonexistent.tsv", "--max-samples", "0", "--max-new-tokens", "2", "--compare-base", "false",
                                                           "--output-dir", str(out)], clearml_home)
     assert completed.returncode == 0, completed.stderr
     calls = json.loads(record.read_text(encoding="utf-8"))
