@@ -19,7 +19,7 @@ from components import checkpoint
 from components.checkpoint import (
     CheckpointError, newest_checkpoint, read_checkpoint, restore_checkpoint, rng_state, save_checkpoint, write_file_atomically,
 )
-from components.modeling import adapter_state_dict, apply_peft
+from components.modeling import ModelLoadError, adapter_state_dict, apply_peft
 
 
 class Setup:
@@ -219,3 +219,60 @@ def test_an_atomic_write_replaces_the_file_whole_or_leaves_it(tmp_path, monkeypa
     assert str(refused.value) == (f"Writing {target} failed (No space left on device); the checkpoints are intact: free disk space, "
                                   "then rerun with --resume.")
     assert target.read_bytes() == b"new" and sorted(path.name for path in tmp_path.iterdir()) == ["best.safetensors"]  # no scratch file left
+
+
+def test_the_first_save_makes_the_checkpoints_folder(trained, tmp_path):
+    assert trained.save(tmp_path / "run" / "checkpoints") == tmp_path / "run" / "checkpoints" / "last"
+
+
+def test_a_checkpoint_of_two_ranks_resumes_with_two_and_is_refused_with_one(trained, tmp_path):
+    save_checkpoint(tmp_path, trained.model, trained.optimizer, trained.scheduler, trained.scaler, {"step": 2, "world_size": 2},
+                    rng_states=[{"cpu": torch.get_rng_state()}, {"cpu": torch.get_rng_state()}])
+    files = read_checkpoint(tmp_path / "last")
+    assert restore_checkpoint(files, trained.model, trained.optimizer, trained.scheduler, trained.scaler, rank=1, world_size=2)["world_size"] == 2
+    with pytest.raises(CheckpointError, match=r"^The checkpoint was written by a run of 2 rank\(s\) and this one has 1; "):
+        restore_checkpoint(files, trained.model, trained.optimizer, trained.scheduler, trained.scaler)
+
+
+def test_a_checkpoint_of_other_adapters_is_named_as_the_checkpoints_file(trained, tmp_path):
+    trained.save(tmp_path)
+    torch.manual_seed(0)
+    other = apply_peft(T5ForConditionalGeneration(small_t5_config()), lora_rank=4, prompt_length=3)
+    optimizer = torch.optim.AdamW([p for p in other.parameters() if p.requires_grad])
+    with pytest.raises(ModelLoadError, match=r"^the checkpoint.s adapter\.safetensors: \S+ has shape \("):
+        restore_checkpoint(read_checkpoint(tmp_path / "last"), other, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1), trained.scaler)
+
+
+def test_an_optimizer_without_betas_round_trips(trained, tmp_path):
+    """SGD's groups have no betas (AdamW's are made a tuple again on loading)."""
+    trainable = [p for p in trained.model.parameters() if p.requires_grad]
+    trained.optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
+    trained.scheduler = torch.optim.lr_scheduler.LambdaLR(trained.optimizer, lambda step: 1.0)
+    trained.step()
+    trained.save(tmp_path)
+    fresh = torch.optim.SGD(trainable, lr=0.5, momentum=0.1)
+    restore_checkpoint(read_checkpoint(tmp_path / "last"), trained.model, fresh, torch.optim.lr_scheduler.LambdaLR(fresh, lambda step: 1.0), trained.scaler)
+    assert fresh.state_dict()["param_groups"] == trained.optimizer.state_dict()["param_groups"]
+    assert all(torch.equal(fresh.state[p]["momentum_buffer"], trained.optimizer.state[p]["momentum_buffer"]) for p in trainable)
+
+
+def test_on_a_gpu_its_random_state_is_saved_and_restored_beside_the_cpus(trained, tmp_path, monkeypatch):
+    """CUDA made available, its random state a recorded stand-in."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.ByteTensor([7, 7, 7]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: restored.append(state.tolist()))
+    assert {device: state.tolist() for device, state in rng_state().items() if device == "cuda"} == {"cuda": [7, 7, 7]}
+    trained.save(tmp_path, rng_states=[{"cpu": torch.get_rng_state(), "cuda": torch.ByteTensor([1, 2])}, {"cpu": torch.get_rng_state()}])
+    files = read_checkpoint(tmp_path / "last")
+    restore_checkpoint(files, trained.model, trained.optimizer, trained.scheduler, trained.scaler, rank=0)
+    restore_checkpoint(files, trained.model, trained.optimizer, trained.scheduler, trained.scaler, rank=1)  # saved without a GPU state
+    assert restored == [[1, 2]]
+
+
+def test_an_atomic_write_that_cannot_start_is_the_same_sentence(tmp_path):
+    target = tmp_path / "missing-folder" / "best.safetensors"
+    with pytest.raises(CheckpointError) as refused:
+        write_file_atomically(target, b"new")
+    assert str(refused.value) == (f"Writing {target} failed (No such file or directory); the checkpoints are intact: free disk space, "
+                                  "then rerun with --resume.")
