@@ -24,6 +24,17 @@ def fail(args) -> None:
     sys.exit(args.status)
 
 
+def undecodable(args) -> None:
+    """Write bytes that are not UTF-8, then a line that is."""
+    os.write(1, b"\xff\xfe bytes\n")
+    print("после")
+
+
+def stdin_of(args) -> None:
+    """Write what this rank's standard input is to ``args.folder/stdin<RANK>``."""
+    (Path(args.folder) / f"stdin{os.environ['RANK']}").write_text(os.readlink("/proc/self/fd/0"), encoding="utf-8")
+
+
 def wait(args) -> None:
     """Write this rank's pid to ``args.folder/pid<RANK>``, then wait until killed."""
     (Path(args.folder) / f"pid{os.environ['RANK']}").write_text(str(os.getpid()), encoding="utf-8")

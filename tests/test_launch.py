@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from forked import start_child, wait_children
+from forked import exited_cleanly, start_child, wait_children
 
 from components.distributed.launch import ROOT, LocalRanks
 from components.distributed.world import RankLostError
@@ -20,24 +20,26 @@ VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 @pytest.fixture(autouse=True)
 def own_environment(monkeypatch):
-    """LocalRanks sets rank 0's variables in this process: they are restored after each test."""
-    for name in VARIABLES:
+    """LocalRanks sets rank 0's variables in this process: they are restored after each test. PYTHONUNBUFFERED is unset,
+    as in a user's shell, so that the ranks' own setting of it shows."""
+    for name in (*VARIABLES, "PYTHONUNBUFFERED"):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_each_started_rank_gets_torchruns_environment_and_rank_0s_arguments(tmp_path, capfd):
+def test_each_started_rank_gets_torchruns_environment_and_rank_0s_arguments(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/some/extra")
     with LocalRanks(3, "tests.rank_entries:record", {"folder": tmp_path, "word": "привет"}, node_rank=1, nodes=2):
         own = {name: os.environ[name] for name in VARIABLES}
     port = own["MASTER_PORT"]
     assert own == {"RANK": "3", "LOCAL_RANK": "0", "WORLD_SIZE": "6", "LOCAL_WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    assert 0 < int(port) < 65536
+    assert 1024 <= int(port) < 65536  # a port the kernel chose: never a privileged one
     recorded = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in tmp_path.glob("rank*.json")}
     assert sorted(recorded) == ["rank4.json", "rank5.json"]
     for rank, local_rank in ((4, 1), (5, 2)):
         values = recorded[f"rank{rank}.json"]
         assert values["arguments"] == {"folder": str(tmp_path), "word": "привет"}
         environment = values["environment"]
-        assert environment.pop("PYTHONPATH").split(os.pathsep)[0] == str(ROOT)
+        assert environment.pop("PYTHONPATH") == f"{ROOT}{os.pathsep}/some/extra"
         assert environment == {**own, "RANK": str(rank), "LOCAL_RANK": str(local_rank), "PYTHONUNBUFFERED": "1"}
     printed = capfd.readouterr().out.splitlines()
     assert sorted(line for line in printed if line.startswith("[rank")) == [
@@ -50,7 +52,8 @@ def test_an_address_and_port_already_set_are_kept(tmp_path, monkeypatch):
     with LocalRanks(2, "tests.rank_entries:record", {"folder": tmp_path, "word": "a"}):
         pass
     environment = json.loads((tmp_path / "rank1.json").read_text(encoding="utf-8"))["environment"]
-    assert (environment["MASTER_ADDR"], environment["MASTER_PORT"]) == ("10.0.0.7", "29517")
+    assert (environment["MASTER_ADDR"], environment["MASTER_PORT"], environment["WORLD_SIZE"]) == ("10.0.0.7", "29517", "2")  # one node
+    assert environment["PYTHONPATH"] == str(ROOT)
 
 
 @pytest.mark.parametrize("status, description", [(3, "rank 1 exited with status 3"), (-9, "rank 1 was killed by SIGKILL")])
@@ -79,6 +82,39 @@ def test_rank_0s_own_error_stops_the_ranks_and_is_raised_as_it_is(tmp_path):
             raise ValueError("rank 0 broke")
     assert time.monotonic() - started < 30  # the waiting ranks were killed, not waited for
     assert all(process.poll() is not None for process in ranks.processes.values())
+
+
+def test_every_failed_rank_is_named(tmp_path):
+    with pytest.raises(RankLostError, match=r"^Training stopped: rank 1 exited with status 3, rank 2 exited with status 3 \(its output"):
+        with LocalRanks(3, "tests.rank_entries:fail", {"status": 3}):
+            pass
+
+
+def test_a_rank_that_hangs_after_a_lost_peer_is_killed_after_a_few_seconds(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(RankLostError, match="^a collective found its peer gone$"):
+        with LocalRanks(2, "tests.rank_entries:wait", {"folder": tmp_path}):
+            wait_for(tmp_path / "pid1")
+            raise RankLostError("a collective found its peer gone")
+    assert time.monotonic() - started < 30
+
+
+def test_output_that_is_not_utf_8_is_forwarded_with_replacement_characters(capfd):
+    with LocalRanks(2, "tests.rank_entries:undecodable", {}):
+        pass
+    printed = capfd.readouterr().out.splitlines()
+    assert [line for line in printed if line.startswith("[rank 1]")] == ["[rank 1] \ufffd\ufffd bytes", "[rank 1] после"]
+
+
+def test_a_ranks_standard_input_is_empty_whatever_rank_0s_is(tmp_path):
+    def rank_0() -> None:
+        read, _ = os.pipe()
+        os.dup2(read, 0)  # rank 0 reading a terminal or a pipe
+        with LocalRanks(2, "tests.rank_entries:stdin_of", {"folder": tmp_path}):
+            pass
+
+    assert exited_cleanly(*wait_children([start_child(rank_0)]))
+    assert (tmp_path / "stdin1").read_text(encoding="utf-8") == "/dev/null"
 
 
 def test_a_lost_peer_seen_by_rank_0_is_named_when_its_rank_ended(tmp_path):
