@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import huggingface_hub
 import pytest
 import torch
-from conftest import random_adapter
+from conftest import ASCII_LOCALE, random_adapter
+from forked import run_main
+from safetensors import safe_open
 from safetensors.torch import load, load_file
 from transformers import T5ForConditionalGeneration
 
@@ -190,3 +193,54 @@ def test_rut5_large_with_the_published_adapters_has_the_published_counts():
     assert (config.d_model, config.num_layers, config.vocab_size, config.eos_token_id) == (1024, 24, 32128, 2)
     # 144 wrapped linears (q, v of 24 encoder and 2 x 24 decoder attentions), each r x (1024 + 1024); no prompt.
     assert parameter_stats(rut5_large_on_meta(AdapterSettings(lora_rank=4, prompt_length=0)))["trainable"] == 144 * 4 * 2048
+
+
+@pytest.mark.parametrize("load, auto", [(load_base_model, ("config.json", "AutoModelForSeq2SeqLM", "custom.Model")),
+                                        (load_tokenizer, ("tokenizer_config.json", "AutoTokenizer", ["custom.Tokenizer", None]))])
+def test_code_in_a_model_folder_is_never_run(load, auto, tiny_model_dir, tmp_path):
+    """A folder whose config maps the class to its own Python file (``auto_map``): loaded as the stock T5 class, the file
+    never imported."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    file, auto_class, target = auto
+    config = json.loads((folder / file).read_text(encoding="utf-8"))
+    (folder / file).write_text(json.dumps({**config, "auto_map": {auto_class: target}}), encoding="utf-8")
+    marker = tmp_path / "ran"
+    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    loaded = load(str(folder))
+    assert type(loaded).__module__.startswith("transformers.") and not marker.exists()
+
+
+def test_an_adapter_file_is_safetensors_marked_as_pytorch_tensors(tiny_model_dir, tmp_path):
+    folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
+    with safe_open(str(folder / "adapter.safetensors"), framework="pt") as opened:
+        assert opened.metadata() == {"format": "pt"}  # what transformers and PEFT check before loading
+
+
+def test_an_adapter_is_saved_into_a_new_nested_folder_and_again_over_it(tiny_model_dir, tmp_path):
+    model = apply_adapter_settings(load_base_model(str(tiny_model_dir)), SETTINGS)
+    target = tmp_path / "runs" / "one" / "adapter"
+    for _ in range(2):
+        assert save_adapter(model, target, "tiny", SETTINGS, load_tokenizer("tiny")) == target
+    assert (target / "adapter.safetensors").read_bytes() == adapter_weights_bytes(model)
+
+
+def test_an_adapter_file_that_does_not_fit_is_named_by_its_path(tiny_model_dir, tmp_path):
+    folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
+    other = apply_adapter_settings(load_base_model(str(tiny_model_dir)), AdapterSettings(lora_rank=5, prompt_length=2, lora_targets=("q", "k")))
+    with pytest.raises(ModelLoadError, match=rf"^{re.escape(str(folder / 'adapter.safetensors'))}: \S+ has shape \("):
+        load_adapter_weights(other, folder / "adapter.safetensors")
+
+
+def test_an_adapter_of_a_base_with_a_russian_name_is_utf_8_whatever_the_locale(tiny_model_dir, clearml_home, tmp_path):
+    """Saved and read back under the C locale (in a forked run): its config keeps the name as it is, in UTF-8."""
+    base = shutil.copytree(tiny_model_dir, tmp_path / "база")
+    found = tmp_path / "found.json"
+
+    def main(_argv):
+        folder = random_adapter(base, tmp_path / "adapter", SETTINGS)
+        found.write_text(json.dumps(read_adapter_config(folder)[0]), encoding="utf-8")
+
+    completed = run_main(main, [], {**clearml_home, **ASCII_LOCALE})
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(found.read_text(encoding="utf-8")) == str(base)
+    assert f'"base_model": "{base}"' in (tmp_path / "adapter" / "adapter_config.json").read_text(encoding="utf-8")
