@@ -4,8 +4,12 @@ registered export with its parent, name, tags, metadata and publication."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import urllib.parse
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -116,13 +120,15 @@ def register_task(folder: Path, model_name: str, publish: bool, env: dict, tmp_p
     return tuple(json.loads(ids.read_text(encoding="utf-8")))
 
 
-@pytest.mark.parametrize("source", ["published register task", "model folder"])  # published or not: both publish values
+@pytest.mark.parametrize("source", ["published register task", "unevaluated model folder"])  # published or not: both publish values
 def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(source, registered, tiny_model_dir, clearml_home, tmp_path):
     with ClearMLTestServer(tmp_path / "state") as server:
         env = {**clearml_home, **server.environment()}
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
-        if source == "model folder":
-            given, adapter_id, published = ["--model-dir", str(registered)], None, False
+        if source == "unevaluated model folder":
+            folder = shutil.copytree(registered, tmp_path / "unevaluated")
+            (folder / "evaluation.json").unlink()
+            given, adapter_id, published = ["--model-dir", str(folder)], None, False
         else:
             published = source.startswith("published")
             task_id, adapter_id = register_task(registered, "Мой T5", published, env, tmp_path)
@@ -132,12 +138,16 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
         model_id = result["outputs"]["model_id"]
         model = api.call("models.get_by_id", model=model_id)["model"]
         uploaded = uploaded_names(result, env, tmp_path)
+        assert model["uri"].startswith(server.files_host)
+        with urllib.request.urlopen(urllib.parse.quote(model["uri"], safe=":/"), timeout=30) as response:
+            package = zipfile.ZipFile(io.BytesIO(response.read()))
+    assert {Path(name).name for name in package.namelist()} >= {"model.safetensors", "tokenizer.json", "README.md"}  # the export folder
     name = "Мой T5 (plain checkpoint)" if adapter_id else "ruT5-large LoRA+prompt (plain checkpoint)"
     assert (model["name"], model["tags"], model["task"], model.get("parent"), model["ready"]) == (
         name, ["plain checkpoint"], result["task_id"], adapter_id, published)
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
-    assert metadata == {"test_bleu": "0.123456", "test_chrf": "0.98765", "test_loss": "2.5", "base_model": str(tiny_model_dir), "lora_rank": "3",
-                        "prompt_tokens": "2", "adapter_model_id": adapter_id or ""}
+    scores = {"test_bleu": "0.123456", "test_chrf": "0.98765", "test_loss": "2.5"} if adapter_id else {}
+    assert metadata == {**scores, "base_model": str(tiny_model_dir), "lora_rank": "3", "prompt_tokens": "2", "adapter_model_id": adapter_id or ""}
     lineage = f"from adapter model {adapter_id}" if adapter_id else "with no adapter model (given by --model-dir)"
     assert f"Registered the export as model {model_id}, {lineage}." in completed.stdout.splitlines()
     assert uploaded == ["ctranslate2"]
