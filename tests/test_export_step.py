@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import random_adapter
+from conftest import ASCII_LOCALE, random_adapter
 from markdown_tables import table_rows
 from forked import run_main
 from step_runs import artifacts, run_step
@@ -151,3 +151,13 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
     lineage = f"from adapter model {adapter_id}" if adapter_id else "with no adapter model (given by --model-dir)"
     assert f"Registered the export as model {model_id}, {lineage}." in completed.stdout.splitlines()
     assert uploaded == ["ctranslate2"]
+
+
+def test_the_evaluation_and_the_card_are_utf_8_whatever_the_locale(registered, clearml_home, tmp_path):
+    """Under the C locale, an evaluation whose decoding is described in Russian reaches the card as it is."""
+    folder = shutil.copytree(registered, tmp_path / "registered")
+    described = {**EVALUATION, "decoding": {**EVALUATION["decoding"], "description": "лучевой поиск, 3 луча"}}
+    (folder / "evaluation.json").write_text(json.dumps(described, ensure_ascii=False), encoding="utf-8")
+    completed, _ = run_step(export.main, ["--local", "--model-dir", str(folder), "--output-dir", str(tmp_path / "out")], {**clearml_home, **ASCII_LOCALE})
+    assert completed.returncode == 0, completed.stderr
+    assert "On 17 test rows, лучевой поиск, 3 луча:" in (tmp_path / "out" / "model" / "README.md").read_text(encoding="utf-8")
