@@ -16,7 +16,7 @@ import pytest
 from conftest import ASCII_LOCALE, random_adapter
 from markdown_tables import table_rows
 from forked import run_main
-from step_runs import artifacts, run_step
+from step_runs import artifacts, run_step, task_record
 from transformers import AutoTokenizer, GenerationConfig
 
 from components.settings import AdapterSettings
@@ -24,7 +24,7 @@ from steps import export
 from tests.clearml_server import ClearMLTestServer
 from tests.e2e.server_api import ServerApi
 
-SETTINGS = AdapterSettings(lora_rank=3, prompt_length=2)
+SETTINGS = AdapterSettings(lora_rank=3, prompt_length=3)
 EVALUATION = {
     "metrics": {"bleu": 0.123456, "chrf": 0.98765, "loss": 2.5},
     "rows": 17,
@@ -47,26 +47,27 @@ def card_figures(card: str) -> dict:
 
 def test_the_export_carries_the_evaluations_decoding_the_input_length_asked_for_and_its_scores(registered, tiny_model_dir, clearml_home, tmp_path):
     out = tmp_path / "out"
-    completed, result = run_step(export.main, ["--local", "--model-dir", str(registered), "--max-input-length", "7", "--output-dir", str(out)],
-                                 clearml_home)
+    completed, result = run_step(export.main, ["--local", "--model-dir", str(registered), "--max-input-length", "7", "--ctranslate2", "false",
+                                                "--output-dir", str(out)], clearml_home)
     assert completed.returncode == 0, completed.stderr
     model = out / "model"
     generation = GenerationConfig.from_pretrained(model)
     assert {key: getattr(generation, key) for key in ("num_beams", "do_sample", "max_new_tokens")} == {"num_beams": 3, "do_sample": False, "max_new_tokens": 9}
     assert AutoTokenizer.from_pretrained(model).model_max_length == 7 + SETTINGS.prompt_length
-    prompt_ids = [1000, 1001]
+    prompt_ids = [1000, 1001, 1002]
     assert result["outputs"] == {"model_dir": str(model), "base_model": str(tiny_model_dir), "prompt_token_ids": prompt_ids, "lora_rank": 3,
                                  "decoding": EVALUATION["decoding"], "max_input_length": 7, "model_id": None}
-    assert f"Exported {registered} to {model}: a plain checkpoint, prompt tokens 1000..1001." in completed.stdout.splitlines()
-    assert not (out / "ctranslate2").exists() and "CTranslate2" not in completed.stdout
+    assert f"Exported {registered} to {model}: a plain checkpoint, prompt tokens 1000..1002." in completed.stdout.splitlines()
+    assert not (out / "ctranslate2").exists() and "CTranslate2" not in completed.stdout and "Registered" not in completed.stdout
+    assert (task_record(result)["name"], task_record(result)["type"]) == ("export", "custom")
 
     card = (model / "README.md").read_text(encoding="utf-8")
     assert card_figures(card) == {"rows": [["bleu", "0.1235"], ["chrf", "0.9877"], ["loss", "2.5000"]], "front matter": [
         "library_name: transformers", "pipeline_tag: text2text-generation", f"base_model: {tiny_model_dir}", "language: ru"]}
-    assert f"# {tiny_model_dir}, fine-tuned with LoRA (rank 3) and prompt tuning (2 tokens), merged\n" in card
+    assert f"# {tiny_model_dir}, fine-tuned with LoRA (rank 3) and prompt tuning (3 tokens), merged\n" in card
     assert "every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did\n" \
            "(beam search with 3 beams, at most 9 new tokens) and never emits the prompt tokens. Inputs are truncated at 7 tokens plus the prompt." in card
-    assert "weights, and the trained prompt is 2 added tokens (`<prompt_0>` ...)" in card
+    assert "weights, and the trained prompt is 3 added tokens (`<prompt_0>` ...)" in card
     assert "## Evaluation\n\nOn 17 test rows, beam search with 3 beams, at most 9 new tokens:\n\n| metric | value |\n|---|---|\n" in card
     assert uploaded_names(result, clearml_home, tmp_path) == []  # offline: the folders are the step's output, not artifacts
 
@@ -137,7 +138,7 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
         assert completed.returncode == 0, completed.stderr
         model_id = result["outputs"]["model_id"]
         model = api.call("models.get_by_id", model=model_id)["model"]
-        uploaded = uploaded_names(result, env, tmp_path)
+        uploaded = artifacts(result["task_id"], env, tmp_path)
         assert model["uri"].startswith(server.files_host)
         with urllib.request.urlopen(urllib.parse.quote(model["uri"], safe=":/"), timeout=30) as response:
             package = zipfile.ZipFile(io.BytesIO(response.read()))
@@ -147,10 +148,10 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
         name, ["plain checkpoint"], result["task_id"], adapter_id, published)
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
     scores = {"test_bleu": "0.123456", "test_chrf": "0.98765", "test_loss": "2.5"} if adapter_id else {}
-    assert metadata == {**scores, "base_model": str(tiny_model_dir), "lora_rank": "3", "prompt_tokens": "2", "adapter_model_id": adapter_id or ""}
+    assert metadata == {**scores, "base_model": str(tiny_model_dir), "lora_rank": "3", "prompt_tokens": "3", "adapter_model_id": adapter_id or ""}
     lineage = f"from adapter model {adapter_id}" if adapter_id else "with no adapter model (given by --model-dir)"
     assert f"Registered the export as model {model_id}, {lineage}." in completed.stdout.splitlines()
-    assert uploaded == ["ctranslate2"]
+    assert list(uploaded) == ["ctranslate2"] and (uploaded["ctranslate2"] / "model.bin").is_file()
 
 
 def test_the_evaluation_and_the_card_are_utf_8_whatever_the_locale(registered, clearml_home, tmp_path):
