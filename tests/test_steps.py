@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_script
+from step_runs import run_step
 from datasets import load_from_disk
 from safetensors.torch import load_file
 
@@ -16,6 +17,8 @@ from components.modeling import apply_peft, load_base_model, load_finetuned, loa
 from components.settings import AdapterSettings
 from reference_model import PlainModel, adapter_tensors, source
 from tolerances import LOSS_RTOL
+
+from steps import train
 
 SAMPLE = ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv"]
 USER_ERROR = 1  # the exit status of every error a user can cause (README), after one line on stderr
@@ -151,11 +154,12 @@ def test_train_resumes_another_tasks_checkpoint_with_its_best_adapter(diverging,
     """The second task continues the first one's run in a fresh output directory; the best evaluation
     (step 2) came before the hand-over, so its adapter can only travel inside the checkpoint."""
     common = [*DIVERGING_TRAINING, "--data-dir", str(diverging), "--eval-every", "2"]
-    run_script(clearml_home, "steps/train.py", *common, "--max-steps", "4", "--output-dir", str(tmp_path / "first"))
-    first = result(tmp_path / "first")
+    completed, first = run_step(train.main, [*common, "--max-steps", "4", "--output-dir", str(tmp_path / "first")], clearml_home)  # forked
+    assert completed.returncode == 0, completed.stderr[-3000:]
     assert first["outputs"]["best_step"] == 2
-    run_script(clearml_home, "steps/train.py", *common, "--max-steps", "6", "--resume-from-task-id", first["task_id"],
-               "--output-dir", str(tmp_path / "second"))
+    completed, _ = run_step(train.main, [*common, "--max-steps", "6", "--resume-from-task-id", first["task_id"], "--output-dir", str(tmp_path / "second")],
+                            clearml_home)
+    assert completed.returncode == 0, completed.stderr[-3000:]
     first_history = json.loads((tmp_path / "first" / "training.json").read_text())["history"]
     second = json.loads((tmp_path / "second" / "training.json").read_text())
     assert second["resumed_from"] and second["steps"] == 6
@@ -249,9 +253,10 @@ EVERY_TRAINING_OPTION = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-dropou
 @pytest.mark.numeric
 def test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training(diverging, clearml_home, tmp_path):
     trained = {}
-    for seed in (5, 6):
-        run_script(clearml_home, "steps/train.py", "--local", "--model", "tiny", "--data-dir", str(diverging), *EVERY_TRAINING_OPTION,
-                   "--seed", str(seed), "--output-dir", str(tmp_path / str(seed)))
+    for seed in (5, 6):  # forked runs of the step's main (tests/step_runs.py): the script's imports once, not twice
+        completed, _ = run_step(train.main, ["--local", "--model", "tiny", "--data-dir", str(diverging), *EVERY_TRAINING_OPTION,
+                                             "--seed", str(seed), "--output-dir", str(tmp_path / str(seed))], clearml_home)
+        assert completed.returncode == 0, completed.stderr[-3000:]
         trained[seed] = json.loads((tmp_path / str(seed) / "training.json").read_text())
     training = trained[5]
     assert training["training"] == {
