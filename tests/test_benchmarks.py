@@ -5,6 +5,7 @@ benchmarks/ and the README, never in assertions).
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -274,5 +275,6 @@ def test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy(monk
     assert "only_mutate =\n    components/comparison.py\n" in config
     assert "pytest_add_cli_args_test_selection =\n    tests/test_report.py\n    --deselect=tests/test_report.py::x\n" in config
     assert (work / "components" / "comparison.py").read_bytes() == (ROOT / "components" / "comparison.py").read_bytes()
-    importing = sorted(f"tests/{path.name}" for path in (ROOT / "tests").glob("test_*.py") if "from components.comparison import" in path.read_text(encoding="utf-8"))
+    importing = sorted(f"tests/{path.name}" for path in (ROOT / "tests").glob("test_*.py")
+                       if re.search(r"^from components\.comparison import", path.read_text(encoding="utf-8"), re.MULTILINE))
     assert stats["killed"] == 8 and "tests/test_report.py" in importing and mutation.importers("components/comparison.py") == importing
