@@ -9,8 +9,6 @@ from step_runs import artifacts, make_task, run_step, task_record
 
 from components.metrics import PROTOCOL_METRICS
 from steps import register
-from tests.clearml_server import ClearMLTestServer
-from tests.e2e.server_api import ServerApi
 
 # Each evaluation's scores: the best by bleu (the second) is not the best by chrf, the default metric (the third), and the
 # fourth scored a local --model-dir (no train task).
@@ -94,24 +92,3 @@ def test_a_list_without_a_registrable_best_is_refused_in_one_sentence(candidates
     candidates = candidates.replace("LAST", evaluate_ids[3])
     completed, result = run_step(register.main, ["--local", "--candidates", candidates, "--output-dir", str(tmp_path)], clearml_home)
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (1, sentence.replace("LAST", evaluate_ids[3]), None)
-
-
-def test_on_a_server_the_winner_is_a_registered_model_with_its_scores(clearml_home, tmp_path):
-    """Registered twice from the same candidates (the second time under another name, unpublished); ``SCORES``' first two."""
-    with ClearMLTestServer(tmp_path / "state") as server:
-        env = {**clearml_home, **server.environment()}
-        evaluate_ids, train_ids, _ = make_candidates(env, tmp_path, local=False, count=2)
-        api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
-        registered = []
-        for name, publish in (("Мой T5", "true"), ("Мой T5, черновик", "false")):
-            completed, result = run_step(register.main, ["--candidates", ",".join(evaluate_ids), "--metric", "bleu", "--model-name", name,
-                                                         "--publish", publish, "--output-dir", str(tmp_path / publish)], env)
-            assert completed.returncode == 0, completed.stderr
-            model_id = result["outputs"]["model_id"]
-            assert f"registered as model {model_id}; model directory" in completed.stdout
-            registered.append((result["task_id"], api.call("models.get_by_id", model=model_id)["model"]))
-    for (task_id, model), name, ready in zip(registered, ("Мой T5", "Мой T5, черновик"), (True, False)):
-        assert (model["name"], model["tags"], model["task"], model["ready"]) == (name, ["best", "by bleu"], task_id, ready)
-        metadata = {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()}
-        assert metadata == {**{f"test_{metric}": (str(value), "float") for metric, value in evaluation(SCORES[1], None)["metrics"].items()},
-                            "train_task_id": (train_ids[1], "str")}
