@@ -20,19 +20,18 @@ def evaluation(scores: dict, train_task_id: str | None) -> dict:
     return {"rows": 5, "metrics": metrics, "base_metrics": None, "train_task_id": train_task_id}
 
 
-def make_candidates(env: dict, tmp_path: Path, *, local: bool = True, count: int = len(SCORES)) -> tuple[list[str], list[str | None], list[Path]]:
-    """Evaluate task ids for the first ``count`` of ``SCORES``, the train task each one scored (None for the fourth), and
-    its adapter folder."""
+def make_candidates(env: dict, tmp_path: Path) -> tuple[list[str], list[str | None], list[Path]]:
+    """Evaluate task ids in ``SCORES``' order, the train task each one scored (None for the fourth), and its adapter folder."""
     evaluate_ids, train_ids, adapters = [], [], []
-    for number, scores in enumerate(SCORES[:count]):
+    for number, scores in enumerate(SCORES):
         adapter = tmp_path / f"adapter-{number}"
         adapter.mkdir()
         (adapter / "adapter.safetensors").write_bytes(bytes([number]) * 64)
         (adapter / "adapter_config.json").write_text(json.dumps({"lora_rank": number + 1}), encoding="utf-8")
-        train_id = make_task("train", {"adapter": adapter}, env, tmp_path, local=local) if number < 3 else None
+        train_id = make_task("train", {"adapter": adapter}, env, tmp_path) if number < 3 else None
         evaluation_file = tmp_path / f"evaluation-{number}.json"
         evaluation_file.write_text(json.dumps(evaluation(scores, train_id)), encoding="utf-8")
-        evaluate_ids.append(make_task("evaluate", {"evaluation": evaluation_file}, env, tmp_path, local=local))
+        evaluate_ids.append(make_task("evaluate", {"evaluation": evaluation_file}, env, tmp_path))
         train_ids.append(train_id)
         adapters.append(adapter)
     return evaluate_ids, train_ids, adapters
