@@ -1,4 +1,5 @@
-"""Each step script on its own, as a user or an agent runs it, with local paths or task ids."""
+"""Each step on its own, with local paths or task ids: its ``main`` in a forked run (tests/step_runs.py), with the
+environment a new process has; the scripts themselves run as scripts in tests/test_launch_checks.py and the flows."""
 
 import json
 from pathlib import Path
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_script
+from forked import run_main
 from step_runs import run_step
 from datasets import load_from_disk
 from safetensors.torch import load_file
@@ -18,14 +20,17 @@ from components.settings import AdapterSettings
 from reference_model import PlainModel, adapter_tensors, source
 from tolerances import LOSS_RTOL
 
-from steps import train
+from steps import evaluate, ingest, preprocess, register, train
 
 SAMPLE = ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv"]
 USER_ERROR = 1  # the exit status of every error a user can cause (README), after one line on stderr
 
 
-def result(output_dir: Path) -> dict:
-    return json.loads((output_dir / "result.json").read_text())
+def succeeded(main, clearml_home, *argv: str) -> dict:
+    """The step's ``result.json`` after a forked run of its ``main`` that ended with status 0."""
+    completed, step_result = run_step(main, list(argv), clearml_home)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return step_result
 
 
 def assert_same_tensors(got: Path, expected: Path) -> None:
@@ -35,11 +40,9 @@ def assert_same_tensors(got: Path, expected: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ingested(clearml_home, tmp_path_factory) -> Path:
-    """The ingest step with its default --seed (42)."""
-    out = tmp_path_factory.mktemp("ingest")
-    run_script(clearml_home, "steps/ingest.py", "--local", *SAMPLE, "--validation-size", "15", "--output-dir", str(out))
-    return out
+def ingested(clearml_home, tmp_path_factory) -> dict:
+    """The result of the ingest step with its default --seed (42)."""
+    return succeeded(ingest.main, clearml_home, "--local", *SAMPLE, "--validation-size", "15", "--output-dir", str(tmp_path_factory.mktemp("ingest")))
 
 
 TRAIN_ANSWER = "Да."
@@ -60,7 +63,7 @@ def diverging(clearml_home, tmp_path_factory) -> Path:
     sample.iloc[:40].assign(output=TRAIN_ANSWER, full_output="Полный ответ: да.").to_csv(splits / "train.tsv", sep="\t", index=False)
     sample.iloc[40:60].to_csv(splits / "validation.tsv", sep="\t", index=False)
     read_tsv("data/sample/test.tsv").to_csv(splits / "test.tsv", sep="\t", index=False)
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(splits), "--model", "tiny", "--output-dir", str(out / "pre"))
+    succeeded(preprocess.main, clearml_home, "--local", "--splits-dir", str(splits), "--model", "tiny", "--output-dir", str(out / "pre"))
     return out / "pre" / "tokenized"
 
 
@@ -97,10 +100,9 @@ def test_preprocess_labels_are_the_output_column(diverging):
 
 
 def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml_home, tmp_path):
-    run_script(clearml_home, "steps/train.py", *DIVERGING_TRAINING, "--data-dir", str(diverging), "--max-steps", "3", "--eval-every", "1",
-               "--lora-rank", "4", "--prompt-length", "5", "--gradient-checkpointing", "true", "--group-by-length", "false",
-               "--output-dir", str(tmp_path / "train"))
-    trained = result(tmp_path / "train")["outputs"]
+    trained = succeeded(train.main, clearml_home, *DIVERGING_TRAINING, "--data-dir", str(diverging), "--max-steps", "3", "--eval-every", "1",
+                        "--lora-rank", "4", "--prompt-length", "5", "--gradient-checkpointing", "true", "--group-by-length", "false",
+                        "--output-dir", str(tmp_path / "train"))["outputs"]
     assert trained["steps"] == 3
     config = json.loads((tmp_path / "train" / "adapter" / "adapter_config.json").read_text())
     assert (config["base_model"], config["lora_rank"], config["prompt_length"]) == ("tiny", 4, 5)
@@ -117,8 +119,8 @@ def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml
     assert_same_tensors(checkpoints / "last" / "best_adapter.safetensors", adapter)  # ... carried in the checkpoint
     assert adapter.read_bytes() != (checkpoints / "last" / "adapter.safetensors").read_bytes()  # ... not the last, step 3
 
-    run_script(clearml_home, "steps/evaluate.py", "--local", "--model-dir", trained["adapter_dir"], "--test-tsv", "data/sample/test.tsv",
-               "--max-samples", "5", "--max-new-tokens", "4", "--compare-base", "false", "--output-dir", str(tmp_path / "eval"))
+    succeeded(evaluate.main, clearml_home, "--local", "--model-dir", trained["adapter_dir"], "--test-tsv", "data/sample/test.tsv",
+              "--max-samples", "5", "--max-new-tokens", "4", "--compare-base", "false", "--output-dir", str(tmp_path / "eval"))
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["rows"] == 5 and evaluation["decoding"]["description"].startswith("greedy decoding")
     assert evaluation["metrics"]["loss"] > 0  # the test loss, beside the text metrics
@@ -130,23 +132,25 @@ def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml
 @pytest.mark.parametrize(
     "command, message",
     [
-        (["steps/preprocess.py", "--local", "--ingest-task-id", "offline-doesnotexist", "--model", "tiny"], "No ClearML task with id"),
-        (["steps/preprocess.py", "--local", "--model", "tiny"], "Give --ingest-task-id"),
-        (["steps/register.py", "--local", "--candidates", ""], "--candidates is empty"),
-        (["steps/evaluate.py", "--local", "--model-dir", "/nonexistent", "--test-tsv", "data/sample/test.tsv"], "adapter_config.json not found"),
-        (["steps/preprocess.py", "--local", "--splits-dir", "data/sample", "--model", "/nonexistent/model"], "Cannot load the tokenizer"),
+        ((preprocess, "--local", "--ingest-task-id", "offline-doesnotexist", "--model", "tiny"), "No ClearML task with id"),
+        ((preprocess, "--local", "--model", "tiny"), "Give --ingest-task-id"),
+        ((register, "--local", "--candidates", ""), "--candidates is empty"),
+        ((evaluate, "--local", "--model-dir", "/nonexistent", "--test-tsv", "data/sample/test.tsv"), "adapter_config.json not found"),
+        ((preprocess, "--local", "--splits-dir", "data/sample", "--model", "/nonexistent/model"), "Cannot load the tokenizer"),
     ],
+    ids=lambda value: value if isinstance(value, str) else value[0].__name__,
 )
 def test_user_errors_are_one_line_without_traceback(clearml_home, tmp_path, command, message):
-    completed = run_script(clearml_home, *command, "--output-dir", str(tmp_path), check=False)
+    step, *argv = command
+    completed = run_main(step.main, [*argv, "--output-dir", str(tmp_path)], clearml_home)
     assert completed.returncode == USER_ERROR
     assert message in completed.stderr.strip().splitlines()[-1]
     assert "Traceback" not in completed.stderr
 
 
 def test_missing_artifact_is_named(ingested, clearml_home, tmp_path):
-    completed = run_script(clearml_home, "steps/train.py", "--local", "--preprocess-task-id", result(ingested)["task_id"],
-                           "--model", "tiny", "--output-dir", str(tmp_path), check=False)
+    completed = run_main(train.main, ["--local", "--preprocess-task-id", ingested["task_id"], "--model", "tiny", "--output-dir", str(tmp_path)],
+                         clearml_home)
     assert completed.returncode == USER_ERROR and "has no artifact 'tokenized'" in completed.stderr.strip().splitlines()[-1]
 
 
@@ -167,7 +171,7 @@ def test_train_resumes_another_tasks_checkpoint_with_its_best_adapter(diverging,
     assert second["best_step"] == 2
     assert_same_tensors(tmp_path / "second" / "adapter" / "adapter.safetensors", tmp_path / "first" / "checkpoints" / "best" / "adapter.safetensors")
 
-    completed = run_script(clearml_home, "steps/train.py", *common, "--resume", "--output-dir", str(tmp_path / "empty"), check=False)
+    completed = run_main(train.main, [*common, "--resume", "--output-dir", str(tmp_path / "empty")], clearml_home)
     assert completed.returncode == USER_ERROR and "--resume: no checkpoint in" in completed.stderr.strip().splitlines()[-1]
 
 
@@ -194,8 +198,8 @@ def test_rows(tmp_path_factory) -> Path:
 
 
 def evaluated(clearml_home, adapter_dir: Path, rows: Path, output_dir: Path, *options: str) -> tuple[dict, pd.DataFrame]:
-    run_script(clearml_home, "steps/evaluate.py", "--local", "--model-dir", str(adapter_dir), "--test-tsv", str(rows), "--compare-base", "false",
-               *options, "--output-dir", str(output_dir))
+    succeeded(evaluate.main, clearml_home, "--local", "--model-dir", str(adapter_dir), "--test-tsv", str(rows), "--compare-base", "false",
+              *options, "--output-dir", str(output_dir))
     table = pd.read_csv(output_dir / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
     return json.loads((output_dir / "evaluation.json").read_text()), table
 
