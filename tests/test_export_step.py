@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from components.settings import AdapterSettings
 from steps import export
-from tests.clearml_server import ClearMLTestServer
+from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
 
 SETTINGS = AdapterSettings(lora_rank=3, prompt_length=3)
@@ -123,7 +123,7 @@ def register_task(folder: Path, model_name: str, publish: bool, env: dict, tmp_p
 
 @pytest.mark.parametrize("source", ["published register task", "unevaluated model folder"])  # published or not: both publish values
 def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(source, registered, tiny_model_dir, clearml_home, tmp_path):
-    with ClearMLTestServer(tmp_path / "state") as server:
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
         env = {**clearml_home, **server.environment()}
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         if source == "unevaluated model folder":

@@ -16,7 +16,7 @@ from step_runs import artifacts, make_task, task_record
 
 from components import tracking
 from components.errors import UserError
-from tests.clearml_server import ClearMLTestServer
+from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
 
 
@@ -275,7 +275,7 @@ def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publicat
         found.write_text(json.dumps({"task": task.id, "parent": parent, "child": child, "last": tracking.output_model_of(task.id).id}), encoding="utf-8")
         task.close()
 
-    with ClearMLTestServer(tmp_path / "state") as server:
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
         env = {**clearml_home, **server.environment()}
         completed = run_main(main, [], env)
         assert completed.returncode == 0, completed.stderr

@@ -19,7 +19,7 @@ from components.modeling import apply_adapter_settings, load_base_model, paramet
 from components.settings import AdapterSettings
 from components.training import TrainConfig
 from steps import preprocess, train
-from tests.clearml_server import ClearMLTestServer
+from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
 
 ADAPTER = {"lora_rank": 3, "lora_alpha": 5.0, "lora_dropout": 0.1, "prompt_length": 4}  # each away from its default
@@ -210,7 +210,7 @@ def test_two_ranks_get_the_fetched_data_and_train_as_one_run(tokenized, clearml_
 
 
 def test_on_a_server_the_adapter_is_a_model_named_and_tagged_by_its_settings(tokenized, clearml_home, tmp_path):
-    with ClearMLTestServer(tmp_path / "state") as server:
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
         env = {**clearml_home, **server.environment()}
         completed, result = run_step(train.main, ["--model", "tiny", "--data-dir", str(tokenized), "--lora-rank", "2", "--prompt-length", "3", "--max-steps", "1",
                                                   "--output-dir", str(tmp_path / "out")], env)

@@ -29,6 +29,9 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+ENVIRONMENT_VARIABLES = ("CLEARML_API_HOST", "CLEARML_WEB_HOST", "CLEARML_FILES_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY")
+
+
 class ClearMLTestServer:
     """The test server on ``port`` (API) and ``port + 1`` (files); ``port=0`` picks free ports."""
 
@@ -74,14 +77,8 @@ class ClearMLTestServer:
         return f"http://{HOST}:{self._files.server_port + 1}"
 
     def environment(self) -> dict[str, str]:
-        """The standard variables that point the SDK and the agent at this server."""
-        return {
-            "CLEARML_API_HOST": self.api_host,
-            "CLEARML_WEB_HOST": self.web_host,
-            "CLEARML_FILES_HOST": self.files_host,
-            "CLEARML_API_ACCESS_KEY": ACCESS_KEY,
-            "CLEARML_API_SECRET_KEY": SECRET_KEY,
-        }
+        """The standard variables that point the SDK and the agent at this server (``ENVIRONMENT_VARIABLES``)."""
+        return dict(zip(ENVIRONMENT_VARIABLES, (self.api_host, self.web_host, self.files_host, ACCESS_KEY, SECRET_KEY), strict=True))
 
     def start(self) -> "ClearMLTestServer":
         for server in (self._api, self._files):
