@@ -133,6 +133,9 @@ def test_register_names_the_model_and_leaves_it_a_draft_without_publish(user_she
     assert named["name"] != published["name"]
     # Both are the registered adapter, with its evaluation and tags; only the name and the state differ.
     assert named["tags"] == published["tags"] == ["best", "by chrf"]
+    for model in (named, published):  # the candidate's test scores (CANDIDATE_SCRIPT) and the train task, with their types
+        assert {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()} == {
+            "test_chrf": ("0.5", "float"), "test_bleu": ("0.25", "float"), "train_task_id": (ids["train"], "str")}
     assert sorted(path.name for path in (draft_dir / "model").iterdir()) == [
         "adapter.safetensors", "adapter_config.json", "evaluation.json", "spiece.model", "tokenizer_config.json"]
 
