@@ -1,13 +1,17 @@
 """A step's ``main`` run in a forked copy of the test process (no interpreter start, the libraries already imported), in
 the environment ``clearml_home`` gives the step scripts, and what its offline ClearML task recorded.
 
-The scripts themselves, run as a user runs them, are ``tests/test_steps.py``'s; these runs let a test call a step
-many times in seconds (and let the mutation run measure the steps' modules).
+The scripts themselves run as a user runs them in ``tests/test_launch_checks.py`` and the end-to-end flows; these runs let
+a test call a step many times in seconds (and let the mutation run measure the steps' modules).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import urllib.parse
+import urllib.request
+import zipfile
 from pathlib import Path
 
 from forked import Completed, run_main
@@ -51,20 +55,29 @@ def artifacts(task_id: str, env: dict[str, str], tmp_path: Path) -> dict[str, Pa
 
 
 def make_task(name: str, uploads: dict[str, Path], env: dict[str, str], tmp_path: Path, *, local: bool = True) -> str:
-    """A task of this name holding ``uploads`` (name -> file or folder) as artifacts, as an upstream step leaves one
-    (offline with ``local``, else on the server ``env`` names); returns its id."""
+    """A completed task of this name holding ``uploads`` (name -> file or folder) as artifacts, as an upstream step leaves
+    one (offline with ``local``, else on the server ``env`` names); returns its id.
+
+    On a server the task is made with ``Task.create``, as the UI's "new task" does, not run with ``Task.init``: a running
+    task's close waits seconds for its reporting process."""
     id_file = tmp_path / f"task-{name}-{len(list(tmp_path.glob('task-*')))}.id"
 
     def make(_argv) -> None:
+        from clearml import Task
+
         from components import tracking
         from components.clearml_connection import prepare_clearml
 
         prepare_clearml(local)
-        task = tracking.init_task(name, "custom")
+        task = tracking.init_task(name, "custom") if local else Task.create(project_name=tracking.CLEARML_PROJECT, task_name=name, task_type="custom")
         for artifact, path in uploads.items():
             tracking.upload_path(task, artifact, path)
         id_file.write_text(task.id, encoding="utf-8")
-        task.close()
+        if local:
+            task.close()
+        else:
+            task.mark_started(force=True)
+            task.mark_completed(force=True)
 
     completed = run_main(make, [], env)
     assert completed.returncode == 0, completed.stderr
@@ -79,3 +92,10 @@ def scalars(session: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
             if event.get("type") == "training_stats_scalar":
                 found.setdefault((event["metric"], event["variant"]), []).append((event["iter"], event["value"]))
     return found
+
+
+def model_package(uri: str) -> dict[str, bytes]:
+    """The files of a registered model's package (the zip ``register_model`` uploads to the files server), by file name."""
+    with urllib.request.urlopen(urllib.parse.quote(uri, safe=":/"), timeout=30) as response:
+        package = zipfile.ZipFile(io.BytesIO(response.read()))
+    return {Path(name).name: package.read(name) for name in package.namelist() if not name.endswith("/")}

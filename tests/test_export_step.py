@@ -4,19 +4,15 @@ registered export with its parent, name, tags, metadata and publication."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import urllib.parse
-import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import ASCII_LOCALE, random_adapter
 from markdown_tables import table_rows
 from forked import run_main
-from step_runs import artifacts, run_step, task_record
+from step_runs import artifacts, model_package, run_step, task_record
 from transformers import AutoTokenizer, GenerationConfig
 
 from components.settings import AdapterSettings
@@ -140,9 +136,8 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
         model = api.call("models.get_by_id", model=model_id)["model"]
         uploaded = artifacts(result["task_id"], env, tmp_path)
         assert model["uri"].startswith(server.files_host)
-        with urllib.request.urlopen(urllib.parse.quote(model["uri"], safe=":/"), timeout=30) as response:
-            package = zipfile.ZipFile(io.BytesIO(response.read()))
-    assert {Path(name).name for name in package.namelist()} >= {"model.safetensors", "tokenizer.json", "README.md"}  # the export folder
+        package = model_package(model["uri"])
+    assert set(package) >= {"model.safetensors", "tokenizer.json", "README.md"}  # the export folder
     name = "Мой T5 (plain checkpoint)" if adapter_id else "ruT5-large LoRA+prompt (plain checkpoint)"
     assert (model["name"], model["tags"], model["task"], model.get("parent"), model["ready"]) == (
         name, ["plain checkpoint"], result["task_id"], adapter_id, published)

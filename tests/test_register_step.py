@@ -5,10 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-from step_runs import artifacts, make_task, run_step, task_record
+from conftest import ASCII_LOCALE
+from step_runs import artifacts, make_task, model_package, run_step, task_record
 
 from components.metrics import PROTOCOL_METRICS
 from steps import register
+from tests.clearml_server.process import ServerProcess
+from tests.e2e.server_api import ServerApi
 
 # Each evaluation's scores: the best by bleu (the second) is not the best by chrf, the default metric (the third), and the
 # fourth scored a local --model-dir (no train task).
@@ -17,21 +20,22 @@ SCORES = [{"bleu": 0.1, "chrf": 0.3}, {"bleu": 0.25, "chrf": 0.2}, {"bleu": 0.05
 
 def evaluation(scores: dict, train_task_id: str | None) -> dict:
     metrics = {name: scores.get(name, 0.123456) for name in PROTOCOL_METRICS} | {"loss": 2.5}
-    return {"rows": 5, "metrics": metrics, "base_metrics": None, "train_task_id": train_task_id}
+    return {"rows": 5, "metrics": metrics, "base_metrics": None, "train_task_id": train_task_id, "test_tsv": "данные/test.tsv"}
 
 
-def make_candidates(env: dict, tmp_path: Path) -> tuple[list[str], list[str | None], list[Path]]:
-    """Evaluate task ids in ``SCORES``' order, the train task each one scored (None for the fourth), and its adapter folder."""
+def make_candidates(env: dict, tmp_path: Path, *, local: bool = True, count: int = len(SCORES)) -> tuple[list[str], list[str | None], list[Path]]:
+    """Evaluate task ids for the first ``count`` of ``SCORES``, the train task each one scored (None for the fourth), and
+    its adapter folder."""
     evaluate_ids, train_ids, adapters = [], [], []
-    for number, scores in enumerate(SCORES):
+    for number, scores in enumerate(SCORES[:count]):
         adapter = tmp_path / f"adapter-{number}"
         adapter.mkdir()
         (adapter / "adapter.safetensors").write_bytes(bytes([number]) * 64)
         (adapter / "adapter_config.json").write_text(json.dumps({"lora_rank": number + 1}), encoding="utf-8")
-        train_id = make_task("train", {"adapter": adapter}, env, tmp_path) if number < 3 else None
+        train_id = make_task("train", {"adapter": adapter}, env, tmp_path, local=local) if number < 3 else None
         evaluation_file = tmp_path / f"evaluation-{number}.json"
         evaluation_file.write_text(json.dumps(evaluation(scores, train_id)), encoding="utf-8")
-        evaluate_ids.append(make_task("evaluate", {"evaluation": evaluation_file}, env, tmp_path))
+        evaluate_ids.append(make_task("evaluate", {"evaluation": evaluation_file}, env, tmp_path, local=local))
         train_ids.append(train_id)
         adapters.append(adapter)
     return evaluate_ids, train_ids, adapters
@@ -69,11 +73,15 @@ def test_the_best_by_the_metric_asked_for_is_copied_with_its_evaluation(offline_
 
 
 def test_the_default_metric_picks_by_chrf_and_replaces_an_earlier_model_folder(offline_candidates, clearml_home, tmp_path):
-    evaluate_ids, _, adapters = offline_candidates
+    """Under ``ASCII_LOCALE``: the evaluation's Russian text is written as UTF-8 whatever the locale."""
+    evaluate_ids, train_ids, adapters = offline_candidates
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "left-over.bin").write_bytes(b"from an earlier run")
-    completed, result = run_step(register.main, ["--local", "--candidates", ",".join(evaluate_ids), "--output-dir", str(tmp_path)], clearml_home)
+    completed, result = run_step(register.main, ["--local", "--candidates", ",".join(evaluate_ids), "--output-dir", str(tmp_path)],
+                                 {**clearml_home, **ASCII_LOCALE})
     assert completed.returncode == 0, completed.stderr
+    record = json.loads((tmp_path / "model" / "evaluation.json").read_text(encoding="utf-8"))
+    assert record == {"evaluate_task_id": evaluate_ids[2], "metric": "chrf", **evaluation(SCORES[2], train_ids[2])}
     assert result["outputs"]["best_evaluate_task_id"] == evaluate_ids[2] and result["outputs"]["metric"] == "chrf"
     assert set(files(tmp_path / "model")) == {"adapter.safetensors", "adapter_config.json", "evaluation.json"}
     assert files(tmp_path / "model")["adapter.safetensors"] == files(adapters[2])["adapter.safetensors"]
@@ -91,3 +99,27 @@ def test_a_list_without_a_registrable_best_is_refused_in_one_sentence(candidates
     candidates = candidates.replace("LAST", evaluate_ids[3])
     completed, result = run_step(register.main, ["--local", "--candidates", candidates, "--output-dir", str(tmp_path)], clearml_home)
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (1, sentence.replace("LAST", evaluate_ids[3]), None)
+
+
+def test_on_a_server_the_winner_is_a_registered_model_with_its_scores(clearml_home, tmp_path):
+    """Registered twice from the same candidates, ``SCORES``' first two: by bleu under another name as a draft, then
+    with every default (by chrf, published)."""
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
+        env = {**clearml_home, **server.environment()}
+        evaluate_ids, train_ids, _ = make_candidates(env, tmp_path, local=False, count=2)
+        api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+        registered = []
+        for options in (["--metric", "bleu", "--model-name", "Мой T5, черновик", "--publish", "false"], []):
+            completed, result = run_step(register.main, ["--candidates", ",".join(evaluate_ids), *options, "--output-dir", str(tmp_path / str(len(options)))], env)
+            assert completed.returncode == 0, completed.stderr
+            model_id = result["outputs"]["model_id"]
+            assert f"registered as model {model_id}; model directory" in completed.stdout
+            model = api.call("models.get_by_id", model=model_id)["model"]
+            assert model["uri"].startswith(server.files_host) and model_package(model["uri"]) == files(tmp_path / str(len(options)) / "model")
+            registered.append((result["task_id"], model))
+    expected = (("Мой T5, черновик", "bleu", False, 1), (register.build_parser().get_default("model_name"), "chrf", True, 0))
+    for (task_id, model), (name, metric, ready, best) in zip(registered, expected):
+        assert (model["name"], model["tags"], model["task"], model["ready"]) == (name, ["best", f"by {metric}"], task_id, ready)
+        metadata = {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()}
+        assert metadata == {**{f"test_{score}": (str(value), "float") for score, value in evaluation(SCORES[best], None)["metrics"].items()},
+                            "train_task_id": (train_ids[best], "str")}
