@@ -136,14 +136,11 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
     return output_dir
 
 
-# The longest units besides the end-to-end flows, longest first (pytest --durations=0, summed by unit):
-# 210, 175, 130 (plus the tiny model's build on a fresh clone), 100, 60, 45, 40 and 35 s.
-LONG_UNITS = ("tests/test_steps.py", "tests/test_hpo.py", "tiny_pipeline", "tests/test_distributed_steps.py", "tests/test_server_options.py",
-              "tests/test_agent_rerun.py",
-              "tests/test_launch_checks.py", "tests/test_server_errors.py",
-              # the forked step runs (tests/step_runs.py), about 70, 60, 45, 45, 30 and 30 s
-              "tests/test_register_step.py", "tests/test_train_step.py", "tests/test_export_step.py", "tests/test_ingest_step.py",
-              "tests/test_rate_step.py", "tests/test_tracking.py")
+# The longest units besides the end-to-end flows, longest first (pytest --durations=0 summed by unit, two workers):
+# about 180 (plus the tiny model's build on a fresh clone), 115, 115, 110, 45, 40, 35, 35, 30, 30, 30, 30, 20 and 15 s.
+LONG_UNITS = ("tiny_pipeline", "tests/test_server_errors.py", "tests/test_distributed_steps.py", "tests/test_hpo.py", "tests/test_server_options.py",
+              "tests/test_train_step.py", "tests/test_register_step.py", "tests/test_export_step.py", "tests/test_agent_rerun.py",
+              "tests/test_launch_checks.py", "tests/test_steps.py", "tests/test_rate_step.py", "tests/test_tracking.py", "tests/test_ingest_step.py")
 
 
 # A test that uses one of these runs the project's scripts in subprocesses (seconds to minutes each): marked runs_steps.
