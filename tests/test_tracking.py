@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import ASCII_LOCALE
 from forked import run_main
 from step_runs import artifacts, make_task, task_record
 
@@ -45,16 +47,28 @@ def run_test_step(argv: list[str], env: dict):
     return run_main(lambda arguments: tracking.run_step("a step", "custom", step_parser, step_body, arguments), argv, env)
 
 
+def run_from_the_command_line(arguments: list[str]) -> None:
+    """``run_step`` without ``argv``, as a step's ``main()`` is called: it reads ``sys.argv``."""
+    sys.argv = ["steps/a_step.py", *arguments]
+    tracking.run_step("a step", "custom", step_parser, step_body)
+
+
 def test_a_step_runs_as_its_own_task_and_writes_its_result(clearml_home, tmp_path):
-    completed = run_test_step(["--local", "--word", "другое", "--output-dir", str(tmp_path / "out")], clearml_home)
+    """From the command line, into an output folder that does not exist yet, under ``ASCII_LOCALE`` (its result holds
+    Russian text, written as UTF-8 whatever the locale)."""
+    out = tmp_path / "new" / "out"
+    started = time.perf_counter()
+    completed = run_main(run_from_the_command_line, ["--word", "другое", "--local", "--output-dir", str(out)], {**clearml_home, **ASCII_LOCALE})
+    elapsed = time.perf_counter() - started
     assert completed.returncode == 0, completed.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
-    assert result["outputs"] == {"word": "другое", "output_dir": str(tmp_path / "out"), "task": "a step"}
+    result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert result["outputs"] == {"word": "другое", "output_dir": str(out), "task": "a step"}
     assert (result["step"], result["offline"]) == ("a step", True) and result["task_id"].startswith("offline-")
     assert result["offline_session"] == str(Path(clearml_home["CLEARML_CACHE_DIR"]) / "offline" / result["task_id"]) + ".zip"
     assert Path(result["offline_session"]).is_file()
     seconds = result["seconds"]
-    assert 0.05 <= seconds["step"] and 0 < seconds["clearml"] < seconds["step"]
+    assert 0.05 <= seconds["step"] < elapsed and 0 < seconds["clearml"] < seconds["step"]
+    assert all(isinstance(value, float) and round(value, 3) == value for value in seconds.values())  # milliseconds
     record = task_record(result)
     assert (record["name"], record["type"], record["project_name"]) == ("a step", "custom", "ruT5 LoRA+Prompt")
     assert record["hyperparams"]["Args"]["word"]["value"] == "другое"
@@ -70,6 +84,28 @@ def test_without_an_output_folder_a_step_writes_to_a_new_temporary_one(clearml_h
     assert run_main(main, ["--local"], {**clearml_home, "TMPDIR": str(tmp_path)}).returncode == 0
     output_dir = Path(json.loads(listing.read_text(encoding="utf-8"))["outputs"]["output_dir"])
     assert output_dir.parent == tmp_path and output_dir.name.startswith("named-") and (output_dir / "result.json").is_file()
+
+
+def test_help_is_printed_before_any_task(clearml_home):
+    offline = Path(clearml_home["CLEARML_CACHE_DIR"], "offline")
+    before = set(offline.glob("*"))
+    completed = run_test_step(["--local", "--help"], clearml_home)
+    assert completed.returncode == 0 and completed.stdout.startswith("usage: ") and "--output-dir OUTPUT_DIR" in completed.stdout
+    assert set(offline.glob("*")) == before  # no offline session: no task
+
+
+def test_on_a_server_local_runs_offline_and_a_failure_is_the_tasks_reason(clearml_home, tmp_path):
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
+        env = {**clearml_home, **server.environment()}
+        api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+        local = run_test_step(["--local", "--output-dir", str(tmp_path / "local")], env)
+        assert local.returncode == 0, local.stderr
+        assert json.loads((tmp_path / "local" / "result.json").read_text(encoding="utf-8"))["offline"] is True
+        assert api.call("tasks.get_all", only_fields=["id"])["tasks"] == []
+        failed = run_test_step(["--fail", "user", "--output-dir", str(tmp_path / "failed")], env)
+        [task] = api.call("tasks.get_all", only_fields=["status", "status_reason", "status_message"])["tasks"]
+    assert (failed.returncode, failed.stderr.splitlines()[-1]) == (1, "error: the setting --word is wrong")
+    assert (task["status"], task["status_reason"], task["status_message"]) == ("failed", "the setting --word is wrong", "the setting --word is wrong")
 
 
 @pytest.mark.parametrize("fail, last_line, traceback", [
@@ -131,18 +167,21 @@ def test_an_unknown_task_or_artifact_is_named_in_one_sentence(clearml_home, tmp_
 
 
 def test_an_artifact_object_is_its_json(clearml_home, tmp_path):
-    (tmp_path / "value.json").write_text('{"числа": [1, 2]}', encoding="utf-8")
-    task_id = make_task("upstream", {"value": tmp_path / "value.json"}, clearml_home, tmp_path)
+    """Uploaded by ``upload_json`` and read back by ``artifact_object`` under ``ASCII_LOCALE``: UTF-8 whatever the locale."""
     found = tmp_path / "found.json"
 
     def main(_argv):
         from components.clearml_connection import prepare_clearml
 
         prepare_clearml(True)
-        found.write_text(json.dumps(tracking.artifact_object(task_id, "value")), encoding="utf-8")
+        task = tracking.init_task("upstream", "custom")
+        written = tracking.upload_json(task, "value", {"числа": [1, 2]}, tmp_path)
+        task.close()
+        found.write_text(json.dumps([written.read_bytes().decode("utf-8"), tracking.artifact_object(task.id, "value")]), encoding="utf-8")
 
-    assert run_main(main, [], clearml_home).returncode == 0
-    assert json.loads(found.read_text(encoding="utf-8")) == {"числа": [1, 2]}
+    completed = run_main(main, [], {**clearml_home, **ASCII_LOCALE})
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(found.read_text(encoding="utf-8")) == [tracking.to_json({"числа": [1, 2]}), {"числа": [1, 2]}]
 
 
 class Files(http.server.SimpleHTTPRequestHandler):
