@@ -126,12 +126,15 @@ def follow_start(task_id: str, queue: str, wait_s: float) -> None:
         if status in FAILED_STATUSES:
             raise StartFailed(f"Task {task_id} {status} on queue {queue!r} before it started ({task.status_reason or 'no reason given'}); "
                               f"its log ends: {last_log_error(client, task_id)}")
-        if status in STARTED_STATUSES and task.status_reason not in PREPARING_REASONS:
-            print(f"Task {task_id} started on agent {task.last_worker} (queue {queue!r}).", flush=True)
+        # The agent's name reaches the task with the agent's next status report, which can come after the task started.
+        agent, ended = task.last_worker, time.monotonic() >= deadline
+        if status in STARTED_STATUSES and task.status_reason not in PREPARING_REASONS and (agent or ended):
+            print(f"Task {task_id} started{f' on agent {agent}' if agent else ''} (queue {queue!r}).", flush=True)
             return
-        if time.monotonic() >= deadline:
+        if ended:
             where = (f"is still queued on {queue!r} after {wait_s:.0f} s: no agent of that queue has taken it yet" if status == "queued"
-                     else f"is being prepared by agent {task.last_worker} (queue {queue!r}) after {wait_s:.0f} s: its environment is being built")
+                     else f"is being prepared{f' by agent {agent}' if agent else ''} (queue {queue!r}) after {wait_s:.0f} s: "
+                          "its environment is being built")
             print(f"Task {task_id} {where}; it continues there.", flush=True)
             return
         time.sleep(FOLLOW_POLL_S)

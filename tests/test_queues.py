@@ -117,6 +117,25 @@ def test_following_waits_until_the_agent_starts_the_task(api, queued, capsys):
     assert 1.5 <= time.monotonic() - started < 10
 
 
+def test_a_task_started_before_its_agent_reported_it_is_followed_until_the_agent_is_known(api, queued, capsys):
+    """The task's own process marks it started; the agent's status report, which names it on the task, can come later."""
+    api.call("tasks.started", task=queued, status_reason="worker starting task execution", force=True)
+    queues.follow_start(queued, "gpu", 0.4)  # no report within the wait: the agent is not named
+    assert capsys.readouterr().out == f"Task {queued} started (queue 'gpu').\n"
+    api.call("tasks.started", task=queued, status_reason="worker started execution", force=True)
+    queues.follow_start(queued, "gpu", 0.4)
+    assert capsys.readouterr().out == (f"Task {queued} is being prepared (queue 'gpu') after 0 s: its environment is being built; "
+                                       "it continues there.\n")
+    api.call("tasks.started", task=queued, status_reason="worker starting task execution", force=True)
+    timer = threading.Timer(1.5, lambda: api.call("workers.status_report", worker="gpu-box:0", timestamp=int(time.time() * 1000), task=queued))
+    timer.start()
+    try:
+        queues.follow_start(queued, "gpu", 60)
+    finally:
+        timer.join()
+    assert capsys.readouterr().out == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
+
+
 def test_a_queue_no_agent_listens_on_is_not_waited_for(api, capsys):
     queue = api.queue_id("gpu", create=True)
     task_id = api.call("tasks.create", name="train", type="training")["id"]
