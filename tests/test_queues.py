@@ -8,6 +8,7 @@ import argparse
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import clearml.task
 import pytest
@@ -77,10 +78,26 @@ def queued(api) -> str:
     return task_id
 
 
+def reported(api: ServerApi, task_id: str) -> None:
+    """Agent ``gpu-box:0``'s status report naming the task as its current one (which writes ``last_worker`` on it)."""
+    api.call("workers.status_report", worker="gpu-box:0", timestamp=int(time.time() * 1000), task=task_id)
+
+
 def taken(api: ServerApi, task_id: str, reason: str) -> None:
     """What the agent does when it takes the task: reports it as its task, marks it started with its reason."""
-    api.call("workers.status_report", worker="gpu-box:0", timestamp=int(time.time() * 1000), task=task_id)
+    reported(api, task_id)
     api.call("tasks.started", task=task_id, status_reason=reason, force=True)
+
+
+def followed_while(meanwhile: Callable[[], object], task_id: str, capsys) -> str:
+    """What ``follow_start`` (60 s at most) prints while ``meanwhile`` runs 1.5 s after it began, as an agent acts."""
+    timer = threading.Timer(1.5, meanwhile)
+    timer.start()
+    try:
+        queues.follow_start(task_id, "gpu", 60)
+    finally:
+        timer.join()
+    return capsys.readouterr().out
 
 
 def log(api: ServerApi, task_id: str, *lines: str) -> None:
@@ -107,13 +124,8 @@ def test_following_a_task_says_where_it_is_when_the_wait_ends(api, queued, capsy
 
 def test_following_waits_until_the_agent_starts_the_task(api, queued, capsys):
     started = time.monotonic()
-    timer = threading.Timer(1.5, taken, (api, queued, "worker starting task execution"))
-    timer.start()
-    try:
-        queues.follow_start(queued, "gpu", 60)
-    finally:
-        timer.join()
-    assert capsys.readouterr().out == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
+    said = followed_while(lambda: taken(api, queued, "worker starting task execution"), queued, capsys)
+    assert said == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
     assert 1.5 <= time.monotonic() - started < 10
 
 
@@ -127,13 +139,7 @@ def test_a_task_started_before_its_agent_reported_it_is_followed_until_the_agent
     assert capsys.readouterr().out == (f"Task {queued} is being prepared (queue 'gpu') after 0 s: its environment is being built; "
                                        "it continues there.\n")
     api.call("tasks.started", task=queued, status_reason="worker starting task execution", force=True)
-    timer = threading.Timer(1.5, lambda: api.call("workers.status_report", worker="gpu-box:0", timestamp=int(time.time() * 1000), task=queued))
-    timer.start()
-    try:
-        queues.follow_start(queued, "gpu", 60)
-    finally:
-        timer.join()
-    assert capsys.readouterr().out == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
+    assert followed_while(lambda: reported(api, queued), queued, capsys) == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
 
 
 def test_a_queue_no_agent_listens_on_is_not_waited_for(api, capsys):
