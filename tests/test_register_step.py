@@ -110,12 +110,13 @@ def test_on_a_server_the_winner_is_a_registered_model_with_its_scores(clearml_ho
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         registered = []
         for options in (["--metric", "bleu", "--model-name", "Мой T5, черновик", "--publish", "false"], []):
-            completed, result = run_step(register.main, ["--candidates", ",".join(evaluate_ids), *options, "--output-dir", str(tmp_path / str(len(options)))], env)
+            output_dir = tmp_path / str(len(options))
+            completed, result = run_step(register.main, ["--candidates", ",".join(evaluate_ids), *options, "--output-dir", str(output_dir)], env)
             assert completed.returncode == 0, completed.stderr
             model_id = result["outputs"]["model_id"]
             assert f"registered as model {model_id}; model directory" in completed.stdout
             model = api.call("models.get_by_id", model=model_id)["model"]
-            assert model["uri"].startswith(server.files_host) and model_package(model["uri"]) == files(tmp_path / str(len(options)) / "model")
+            assert model["uri"].startswith(server.files_host) and model_package(model["uri"]) == files(output_dir / "model")
             registered.append((result["task_id"], model))
     expected = (("Мой T5, черновик", "bleu", False, 1), (register.build_parser().get_default("model_name"), "chrf", True, 0))
     for (task_id, model), (name, metric, ready, best) in zip(registered, expected):
