@@ -53,6 +53,12 @@ def run_from_the_command_line(arguments: list[str]) -> None:
     tracking.run_step("a step", "custom", step_parser, step_body)
 
 
+def assert_whole_milliseconds(result: dict) -> None:
+    """The step's and ClearML's seconds are rounded to milliseconds (each test that reads a result checks it again: one
+    rounding to 4 decimals in ten ends in a 0 and passes one reading)."""
+    assert all(isinstance(value, float) and round(value, 3) == value for value in result["seconds"].values()), result["seconds"]
+
+
 def test_a_step_runs_as_its_own_task_and_writes_its_result(clearml_home, tmp_path):
     """From the command line, into an output folder that does not exist yet, under ``ASCII_LOCALE`` (its result holds
     Russian text, written as UTF-8 whatever the locale)."""
@@ -68,7 +74,7 @@ def test_a_step_runs_as_its_own_task_and_writes_its_result(clearml_home, tmp_pat
     assert Path(result["offline_session"]).is_file()
     seconds = result["seconds"]
     assert 0.05 <= seconds["step"] < elapsed and 0 < seconds["clearml"] < seconds["step"]
-    assert all(isinstance(value, float) and round(value, 3) == value for value in seconds.values())  # milliseconds
+    assert_whole_milliseconds(result)
     record = task_record(result)
     assert (record["name"], record["type"], record["project_name"]) == ("a step", "custom", "ruT5 LoRA+Prompt")
     assert record["hyperparams"]["Args"]["word"]["value"] == "другое"
@@ -82,7 +88,9 @@ def test_without_an_output_folder_a_step_writes_to_a_new_temporary_one(clearml_h
         listing.write_text(json.dumps(result), encoding="utf-8")
 
     assert run_main(main, ["--local"], {**clearml_home, "TMPDIR": str(tmp_path)}).returncode == 0
-    output_dir = Path(json.loads(listing.read_text(encoding="utf-8"))["outputs"]["output_dir"])
+    result = json.loads(listing.read_text(encoding="utf-8"))
+    assert_whole_milliseconds(result)
+    output_dir = Path(result["outputs"]["output_dir"])
     assert output_dir.parent == tmp_path and output_dir.name.startswith("named-") and (output_dir / "result.json").is_file()
 
 
@@ -100,7 +108,9 @@ def test_on_a_server_local_runs_offline_and_a_failure_is_the_tasks_reason(clearm
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         local = run_test_step(["--local", "--output-dir", str(tmp_path / "local")], env)
         assert local.returncode == 0, local.stderr
-        assert json.loads((tmp_path / "local" / "result.json").read_text(encoding="utf-8"))["offline"] is True
+        result = json.loads((tmp_path / "local" / "result.json").read_text(encoding="utf-8"))
+        assert result["offline"] is True
+        assert_whole_milliseconds(result)
         assert api.call("tasks.get_all", only_fields=["id"])["tasks"] == []
         failed = run_test_step(["--fail", "user", "--output-dir", str(tmp_path / "failed")], env)
         [task] = api.call("tasks.get_all", only_fields=["status", "status_reason", "status_message"])["tasks"]
@@ -129,6 +139,41 @@ def test_an_error_before_any_task_ends_the_process_the_same_way(clearml_home):
 
     completed = run_main(main, [], clearml_home)
     assert (completed.returncode, completed.stderr) == (1, "error: no task yet\n")
+
+
+class Exited(Exception):
+    pass
+
+
+@pytest.mark.parametrize("poll_period, wait", [(None, 6.0), ("", 6.0), ("2.5", 3.5)])
+def test_on_an_agent_a_failed_step_outlives_one_poll_period_of_its_agent(poll_period, wait, monkeypatch):
+    """So that clearml-agent, which checks the task once per ``CLEARML_AGENT_QUEUE_POLL_FREQ_SEC`` (5 s unset or empty),
+    sees the failure and keeps its reason. The task and the exit are doubles here: a real run of this wait is
+    end-to-end flow 6."""
+    monkeypatch.delenv("TRAINS_TASK_ID", raising=False)  # the SDK's older name for it
+    monkeypatch.setenv("CLEARML_TASK_ID", "a task the agent runs")
+    if poll_period is None:
+        monkeypatch.delenv("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC", raising=False)
+    else:
+        monkeypatch.setenv("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC", poll_period)
+    events = []
+    monkeypatch.setattr(tracking, "_current_task", lambda: "the task")
+    monkeypatch.setattr(tracking, "close_failed", lambda task, message: events.append(("closed", task, message)))
+    monkeypatch.setattr(time, "sleep", lambda seconds: events.append(("slept", seconds)))
+
+    def exit(status):
+        events.append(("exit", status))
+        raise Exited
+
+    monkeypatch.setattr(tracking.os, "_exit", exit)
+    with pytest.raises(Exited):
+        tracking.exit_with_error("bad input")
+    assert events == [("closed", "the task", "bad input"), ("slept", wait), ("exit", 1)]
+    monkeypatch.delenv("CLEARML_TASK_ID")
+    events.clear()
+    with pytest.raises(Exited):
+        tracking.exit_with_error("bad input")
+    assert events == [("closed", "the task", "bad input"), ("exit", 1)]  # not on an agent: no wait
 
 
 def test_an_unknown_task_or_artifact_is_named_in_one_sentence(clearml_home, tmp_path):

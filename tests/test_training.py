@@ -113,9 +113,11 @@ def test_precision_auto_is_fp32_on_cpu():
 GRADIENT_REGIMES = {"unclipped": 8.0, "clipped": 64.0}
 
 
-@pytest.fixture(scope="module", params=sorted(GRADIENT_REGIMES))
+@pytest.fixture(params=sorted(GRADIENT_REGIMES))
 def one_step(request, tiny_model_dir, splits, tmp_path_factory):
-    """One optimizer step of 2 micro-batches of 4, with the gradient AdamW was given and the model before it."""
+    """One optimizer step of 2 micro-batches of 4, with the gradient AdamW was given and the model before it.
+
+    Per test (a step takes well under a second): mutmut counts a fixture's calls for the first test that uses it only."""
     tokenizer, train, validation = splits
     model = fresh_model(tiny_model_dir, dropout_rate=0.0, lora_alpha=GRADIENT_REGIMES[request.param], lora_dropout=0.0)
     with torch.no_grad():
