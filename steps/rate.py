@@ -119,6 +119,15 @@ def print_outside_task_log(text: str) -> None:
     os.write(1, text.encode())
 
 
+def link_base(host: str, port: int) -> str:
+    """The links' start: served on every interface (``0.0.0.0``, ``::``), this machine's name; an IPv6 address in brackets."""
+    if host in ("0.0.0.0", "::"):
+        host = socket.getfqdn()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def serve(store: RatingStore, host: str, port: int) -> bool:
     """Serve the raters' pages until every vote is in (True) or a signal stops it (False)."""
     finished = threading.Event()
@@ -136,7 +145,7 @@ def serve(store: RatingStore, host: str, port: int) -> bool:
     previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     thread = threading.Thread(target=server.serve_forever, name="rating-server", daemon=True)
     thread.start()
-    base = f"http://{socket.getfqdn() if host in ('0.0.0.0', '::') else host}:{server.port}"
+    base = link_base(host, server.port)
     links = "".join(f"  {rater}: {base}/r/{token}\n" for rater, token in store.tokens().items())
     print_outside_task_log(f"Rater links (send each rater their own):\n{links}Results: {base}/results/{store.setting('results_token')}\n")
     print(f"Serving {len(store.tokens())} raters on {base}; stop with Ctrl-C.", flush=True)

@@ -3,9 +3,11 @@ continued, stopped by a signal, sent to Label Studio and read back; where its pa
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -91,6 +93,24 @@ def test_on_every_interface_the_links_name_this_machine(two_systems, rating_comm
     assert all(link.startswith(f"http://{socket.getfqdn()}:") for link in command.links.values())
     command.process.send_signal(signal.SIGTERM)
     assert command.wait() == 0
+
+
+@pytest.mark.parametrize("host, base", [
+    ("127.0.0.1", "http://127.0.0.1:8080"), ("localhost", "http://localhost:8080"), ("0.0.0.0", None), ("::", None), ("::1", "http://[::1]:8080"),
+])
+def test_the_links_name_the_host_served_on_this_machine_for_every_interface_and_ipv6_in_brackets(host, base):
+    assert rate.link_base(host, 8080) == (base or f"http://{socket.getfqdn()}:8080")
+
+
+def test_the_links_bypass_the_task_log_to_the_terminals_standard_output(capfd, monkeypatch):
+    """ClearML copies what goes through ``sys.stdout`` and ``sys.stderr`` into the task's log: the links are written to
+    file descriptor 1 under them (what was printed before them first)."""
+    through_python = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", through_python)
+    print("printed before", flush=False)
+    rate.print_outside_task_log("  anna: http://127.0.0.1:1/r/secret\n")
+    assert through_python.getvalue() == "printed before\n"
+    assert capfd.readouterr() == ("  anna: http://127.0.0.1:1/r/secret\n", "")
 
 
 def test_the_session_goes_to_label_studio_and_comes_back(two_systems, clearml_home, tmp_path):
