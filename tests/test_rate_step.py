@@ -181,12 +181,48 @@ def test_a_session_without_its_sources_or_raters_is_refused(change, sentence, tw
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (1, "error: " + sentence.replace("SAME_NAME", ",".join(alike)), None)
 
 
+def with_options(options: list[str], **values: str) -> list[str]:
+    """``options`` with the value of each ``--flag`` named (``seed="5"``) replaced."""
+    changed = [*options]
+    for name, value in values.items():
+        changed[changed.index(f"--{name}") + 1] = value
+    return changed
+
+
 def test_a_session_started_with_other_options_is_refused_naming_each_difference(two_systems, clearml_home, tmp_path):
     first = [*session_options(two_systems, tmp_path), "--label-studio-export", str(tmp_path / "project"), "--output-dir", str(tmp_path / "out")]
     assert run_step(rate.main, first, clearml_home)[0].returncode == 0
-    changed = [*first]
-    changed[changed.index("--raters") + 1], changed[changed.index("--seed") + 1] = "anna", "5"
-    completed, _ = run_step(rate.main, changed, clearml_home)
-    session = tmp_path / "session.sqlite"
-    assert completed.stderr.splitlines()[-1] == (f"error: {session} is a session with other options (raters 'anna,boris', not 'anna', seed '4', not '5'); "
-                                                 "give the same options to continue it, or another --session to start a new one.")
+    session, sources = tmp_path / "session.sqlite", ",".join(two_systems)
+    other_sources = f"{two_systems[0]},{tmp_path / 'third'}"
+    for changes, differences in (({"raters": "anna", "seed": "5"}, "raters 'anna,boris', not 'anna', seed '4', not '5'"),
+                                 ({"predictions": other_sources, "overlap": "2", "items": "4"},
+                                  f"sources '{sources}', not '{other_sources}', overlap '1', not '2', items '6', not '4'")):
+        completed, _ = run_step(rate.main, with_options(first, **changes), clearml_home)
+        assert completed.stderr.splitlines()[-1] == (f"error: {session} is a session with other options ({differences}); "
+                                                     "give the same options to continue it, or another --session to start a new one.")
+
+
+def test_the_seed_decides_the_pairs_their_order_and_who_rates_each(two_systems, clearml_home, tmp_path):
+    def new_session(name: str, seed: str) -> tuple:
+        session = tmp_path / f"{name}.sqlite"
+        options = with_options(session_options(two_systems, tmp_path), session=str(session), seed=seed)
+        completed, _ = run_step(rate.main, [*options, "--label-studio-export", str(tmp_path / name), "--output-dir", str(tmp_path / name / "out")],
+                                clearml_home)
+        assert completed.returncode == 0, completed.stderr
+        store = RatingStore(session)
+        dealt = {rater: [store.item_at(rater, position) for position in range(store.progress(rater)[1])] for rater in store.tokens()}
+        return store.items(), dealt
+
+    first = new_session("first", "4")
+    assert len(first[0]) == 6 and sum(map(len, first[1].values())) == 6  # 6 of the 8 rows, each rated once
+    assert new_session("again", "4") == first != new_session("other", "5")
+
+
+def test_predictions_files_given_themselves_are_systems_named_by_their_paths(two_systems, clearml_home, tmp_path):
+    files = [str(Path(folder) / "predictions.tsv") for folder in two_systems]
+    options = with_options(session_options(two_systems, tmp_path), predictions=",".join(files))
+    completed, _ = run_step(rate.main, [*options, "--label-studio-export", str(tmp_path / "project"), "--output-dir", str(tmp_path / "out")],
+                            clearml_home)
+    assert completed.returncode == 0, completed.stderr
+    items = RatingStore(tmp_path / "session.sqlite").items()
+    assert len(items) == 6 and {(item.system_a, item.system_b) for item in items} <= {tuple(files), tuple(reversed(files))}
