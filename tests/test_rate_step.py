@@ -63,6 +63,8 @@ def test_a_session_is_served_until_its_last_vote_then_reported(two_systems, rati
     assert (task_record(result)["name"], task_record(result)["type"]) == ("rate", "qc")
     uploaded = artifacts(result["task_id"], clearml_home, tmp_path)
     assert sorted(uploaded) == ["human_evaluation", "ratings"]
+    assert uploaded["ratings"].read_bytes() == (out / "ratings.tsv").read_bytes()
+    assert json.loads(uploaded["human_evaluation"].read_text(encoding="utf-8")) == statistics
     tokens = [*store.tokens().values(), store.setting("results_token")]
     session_files = [path for path in Path(result["offline_session"]).with_suffix("").rglob("*") if path.is_file()]
     assert not [path for path in session_files for token in tokens if token.encode() in path.read_bytes()]  # no link in the task's log
@@ -113,6 +115,15 @@ def test_the_links_bypass_the_task_log_to_the_terminals_standard_output(capfd, m
     assert capfd.readouterr() == ("  anna: http://127.0.0.1:1/r/secret\n", "")
 
 
+def write_export_all_left(project: Path, path: Path) -> None:
+    """Label Studio's JSON export of the project the step wrote, every pair annotated "left" by its user 7."""
+    tasks = json.loads((project / "tasks.json").read_text(encoding="utf-8"))
+    selected = [{"from_name": "preference", "to_name": "preference", "type": "pairwise", "value": {"selected": "left"}}]
+    export = [{"id": 100 + n, **task, "annotations": [{"id": n, "completed_by": 7, "result": selected, "was_cancelled": False}]}
+              for n, task in enumerate(tasks)]
+    path.write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
+
+
 def test_the_session_goes_to_label_studio_and_comes_back(two_systems, clearml_home, tmp_path):
     project = tmp_path / "project"
     completed, result = run_step(rate.main, [*session_options(two_systems, tmp_path), "--label-studio-export", str(project),
@@ -124,11 +135,7 @@ def test_the_session_goes_to_label_studio_and_comes_back(two_systems, clearml_ho
             in completed.stdout.splitlines())
     assert not (tmp_path / "out" / "ratings.tsv").exists()
 
-    tasks = json.loads((project / "tasks.json").read_text(encoding="utf-8"))
-    selected = [{"from_name": "preference", "to_name": "preference", "type": "pairwise", "value": {"selected": "left"}}]
-    export = [{"id": 100 + n, **task, "annotations": [{"id": n, "completed_by": 7, "result": selected, "was_cancelled": False}]}
-              for n, task in enumerate(tasks)]
-    (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
+    write_export_all_left(project, tmp_path / "export.json")
     out = tmp_path / "imported"
     completed, result = run_step(rate.main, [*session_options(two_systems, tmp_path), "--label-studio-import", str(tmp_path / "export.json"),
                                              "--output-dir", str(out)], clearml_home)
@@ -154,6 +161,11 @@ def test_evaluate_tasks_are_the_systems_by_their_ids_and_one_task_is_tuned_again
         assert {system for item in items for system in (item.system_a, item.system_b)} == systems and len(items) == 4  # --items 0: every pair
         properties = task_record(result)["hyperparams"]["properties"]
         assert {name: entry["value"] for name, entry in properties.items()} == {f"compared {n}": task_id for n, task_id in enumerate(given, 1)}
+    write_export_all_left(tmp_path / "project-1", tmp_path / "export.json")
+    imported, _ = run_step(rate.main, ["--local", "--evaluate-task-ids", single, "--items", "0", "--session", str(tmp_path / "session-1.sqlite"),
+                                       "--label-studio-import", str(tmp_path / "export.json"), "--output-dir", str(tmp_path / "imported")], clearml_home)
+    assert imported.returncode == 0, imported.stderr  # offline, no registered model is looked for (these tasks hold no evaluation)
+    assert "4 votes (imported from Label Studio)" in imported.stdout and "Registered model" not in imported.stdout
 
 
 @pytest.mark.parametrize(
