@@ -32,9 +32,9 @@ DURABILITY = {
     ("components/human_eval/store.py", 'connection.execute("PRAGMA synchronous=FULL")'): VOTE_SETTINGS,
     ("components/human_eval/store.py", 'connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file'): VOTE_SETTINGS,
     ("components/tiny.py", "fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: a process that waited here finds it built"):
-        "tests/test_data.py::test_two_builds_of_the_tiny_model_at_once_pretrain_it_once",
+        "tests/test_tiny.py::test_two_builds_of_the_tiny_model_at_once_pretrain_it_once",
     ("components/tiny.py", "os.rename(scratch, target)  # complete or absent, for a process that does not lock (or was killed mid-build)"):
-        "tests/test_data.py::test_a_build_that_dies_before_its_last_file_leaves_no_model_behind",
+        "tests/test_tiny.py::test_a_build_that_dies_before_its_last_file_leaves_no_model_behind",
 }
 
 
