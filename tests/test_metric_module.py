@@ -87,3 +87,20 @@ def test_the_evaluate_step_scores_through_the_module(tiny_pipeline, clearml_home
     # the step loaded the module through evaluate (its copy lands in the step's Hugging Face cache)
     cache = Path(clearml_home["HOME"]) / ".cache" / "huggingface" / "modules" / "evaluate_modules" / "metrics" / "ru_text_metrics"
     assert list(cache.glob("*/ru_text_metrics.py"))
+
+
+def test_the_module_card_is_the_documented_one_and_its_inputs_are_two_string_columns(tmp_path, monkeypatch):
+    """The card evaluate shows (description, citation, inputs, code) and the features it checks the inputs against,
+    read from the module imported here (evaluate.load imports a copy, whose mutants a mutation run cannot reach)."""
+    import datasets
+
+    from components.ru_text_metrics import ru_text_metrics as module
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    metric = module.RuTextMetrics(cache_dir=str(tmp_path))
+    info = metric.info
+    assert (info.module_type, info.description, info.citation, info.inputs_description) == (
+        "metric", module._DESCRIPTION, module._CITATION, module._KWARGS_DESCRIPTION)
+    assert info.features == datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+    assert info.codebase_urls == ["https://github.com/mjpost/sacrebleu", "https://github.com/google-research/google-research/tree/master/rouge"]
+    assert metric.compute(predictions=PREDICTIONS, references=REFERENCES) == compute_metrics(PREDICTIONS, REFERENCES)
