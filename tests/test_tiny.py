@@ -22,6 +22,11 @@ def test_the_tiny_tokenizer_is_reproducible():
     assert first.decode(first("Ёжик в тумане.")["input_ids"], skip_special_tokens=True) == "Ёжик в тумане."
 
 
+def settings_of(config: T5Config) -> dict:
+    """The config's settings, without the two that ``save_pretrained`` adds (the model class and its dtype)."""
+    return {key: value for key, value in config.to_diff_dict().items() if key not in ("architectures", "dtype")}
+
+
 def test_the_tiny_model_has_the_layout_of_rut5_large_at_a_small_size(tiny_model_dir):
     tokenizer = T5Tokenizer.from_pretrained(tiny_model_dir)
     config = tiny.build_tiny_config(tokenizer)
@@ -30,8 +35,7 @@ def test_the_tiny_model_has_the_layout_of_rut5_large_at_a_small_size(tiny_model_
         "feed_forward_proj": "relu", "relative_attention_num_buckets": 32, "tie_word_embeddings": True}
     assert (config.d_model, config.d_ff, config.d_kv, config.num_heads, config.num_layers, config.num_decoder_layers) == (64, 128, 16, 4, 2, 2)
     assert (config.vocab_size, config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (1000, 0, 1, 0)
-    saved = T5Config.from_pretrained(tiny_model_dir).to_diff_dict()
-    assert {key: value for key, value in saved.items() if key not in ("architectures", "dtype")} == config.to_diff_dict()  # the build saved it
+    assert settings_of(T5Config.from_pretrained(tiny_model_dir)) == settings_of(config)  # the build saved it
 
 
 PRETRAIN_STEPS = 30  # of the build's 300, enough to see each part of a step
@@ -101,6 +105,57 @@ def test_pretraining_restores_each_text_from_a_copy_with_some_of_its_tokens_dele
     second = pretrain_recorded(tokenizer, texts, global_seed=2)
     for mine, theirs in zip(first["batches"], second["batches"], strict=True):
         assert all(torch.equal(mine[name], theirs[name]) for name in mine)
+
+
+def test_the_cache_is_under_the_home_folder_unless_rut5_tiny_cache_names_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RUT5_TINY_CACHE")
+    assert tiny.cache_root() == tmp_path / ".cache" / "rut5-peft"
+    monkeypatch.setenv("RUT5_TINY_CACHE", "")
+    assert tiny.cache_root() == tmp_path / ".cache" / "rut5-peft"
+    monkeypatch.setenv("RUT5_TINY_CACHE", str(tmp_path / "elsewhere"))
+    assert tiny.cache_root() == tmp_path / "elsewhere"
+
+
+def test_the_build_is_named_by_its_spec_and_its_data(tmp_path, monkeypatch):
+    """A change to the build's settings, its alphabet or the sample data makes another build; the same ones find it."""
+    sample = SAMPLE_DATA_DIR / "train.tsv"
+    key = tiny._cache_key(sample)
+    assert len(key) == 12 and int(key, 16) >= 0 and tiny._cache_key(sample) == key
+    edited = tmp_path / "train.tsv"
+    edited.write_bytes(sample.read_bytes()[:-1])  # one byte less
+    assert tiny._cache_key(edited) != key
+    for name, value in (("BUILD_VERSION", tiny.BUILD_VERSION + 1), ("PRETRAIN_STEPS", 301), ("ALPHABET", [*tiny.ALPHABET, "ў"]),
+                        ("TINY_ARCHITECTURE", {**tiny.TINY_ARCHITECTURE, "d_ff": 256})):
+        with monkeypatch.context() as changed:
+            changed.setattr(tiny, name, value)
+            assert tiny._cache_key(sample) != key, name
+
+
+def test_a_build_pretrains_the_new_model_on_one_thread_in_a_scratch_folder_beside_the_cache(tmp_path, monkeypatch):
+    """In a cache folder that does not exist yet; the scratch folder is in it, so that the finished build is renamed into
+    place (atomic), not copied across file systems. A build found in the cache is returned without waiting on the lock."""
+    cache = tmp_path / "not" / "yet"
+    monkeypatch.setenv("RUT5_TINY_CACHE", str(cache))
+    seen = {}
+
+    def pretrain(model, tokenizer, texts):
+        seen.update(model=model, tokenizer=tokenizer, texts=texts, threads=torch.get_num_threads(), cache=[p.name for p in cache.iterdir()])
+
+    monkeypatch.setattr(tiny, "pretrain_to_denoise", pretrain)
+    built = tiny.build_tiny_model()
+    assert built.parent == cache and seen["threads"] == 1 and seen["texts"] == tiny.sample_corpus(SAMPLE_DATA_DIR / "train.tsv")
+    assert len(seen["tokenizer"]) == 1000 and settings_of(seen["model"].config) == settings_of(tiny.build_tiny_config(seen["tokenizer"]))
+    [scratch] = [name for name in seen["cache"] if not name.endswith(".lock")]
+    assert scratch != built.name and not (cache / scratch).exists()
+    saved = T5ForConditionalGeneration.from_pretrained(built)
+    assert torch.equal(saved.shared.weight, seen["model"].shared.weight)  # the model pretraining was given is the one saved
+
+    def locked(*args):
+        raise AssertionError("the lock was taken for a model already built")
+
+    monkeypatch.setattr(tiny.fcntl, "flock", locked)
+    assert tiny.build_tiny_model() == built
 
 
 def test_two_builds_of_the_tiny_model_at_once_pretrain_it_once(tmp_path, monkeypatch):
