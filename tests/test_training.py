@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from transformers import T5ForConditionalGeneration
 
 from components import training
-from components.data import preprocess, read_tsv
+from components.data import preprocess, read_tsv, source_text
 from components.errors import UserError
-from components.metrics import PROTOCOL_METRICS
+from components.generation import generate_predictions
+from components.metrics import PROTOCOL_METRICS, compute_metrics
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
 from components.prompt_tuning import prompt_length_of
 from components.training import TrainConfig, TrainingError, resolve_precision, train_adapters
@@ -102,10 +103,58 @@ def assert_same_tensors(got: dict, expected: dict) -> None:
 CONFIG = dict(batch_size=8, grad_accum_steps=2, learning_rate=3e-3, epochs=3, eval_every=2, gradient_checkpointing=False, seed=7)
 
 
-def test_precision_auto_is_fp32_on_cpu():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    with pytest.raises(UserError, match="needs a CUDA GPU"):
-        resolve_precision("bf16", torch.device("cpu"))
+@pytest.mark.parametrize("device, bf16_supported, requested, resolved", [
+    ("cpu", False, "auto", "fp32"), ("cpu", False, "fp32", "fp32"),
+    ("cuda", True, "auto", "bf16"), ("cuda", False, "auto", "fp16"),  # T5 v1.0 overflows in fp16: only where bf16 is not supported
+    ("cuda", True, "fp16", "fp16"), ("cuda", False, "bf16", "bf16"), ("cuda", True, "fp32", "fp32"),
+])
+def test_precision_auto_is_bf16_on_gpus_that_support_it_fp16_on_older_ones_fp32_on_cpu(device, bf16_supported, requested, resolved, monkeypatch):
+    """A GPU is simulated: only ``torch.cuda.is_bf16_supported`` is asked."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
+    assert resolve_precision(requested, torch.device(device)) == resolved
+
+
+@pytest.mark.parametrize("requested, message", [
+    ("bf16", "--precision bf16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."),
+    ("fp16", "--precision fp16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."),
+    ("fp8", "--precision must be one of auto, bf16, fp16, fp32, got 'fp8'."),
+])
+def test_a_precision_the_device_cannot_run_is_refused_in_one_sentence(requested, message):
+    with pytest.raises(UserError) as refused:
+        resolve_precision(requested, torch.device("cpu"))
+    assert str(refused.value) == message
+
+
+def test_mixed_precision_computes_in_its_dtype_and_fp32_in_float32():
+    layer, inputs = torch.nn.Linear(4, 4), torch.ones(2, 4)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+        with training._autocast(precision, torch.device("cpu")):
+            assert layer(inputs).dtype == dtype, precision
+
+
+def test_an_epochs_order_is_drawn_with_the_seed_plus_the_epoch(splits):
+    """So epoch 2 of seed 7 is epoch 1 of seed 8, grouped by length or not, and the next epoch is another order."""
+    _, train, _ = splits
+    for grouped in (True, False):
+        def order(seed, epoch):
+            return training.epoch_order(train, TrainConfig(seed=seed, group_by_length=grouped), 8, epoch)
+
+        assert order(7, 2) == order(8, 1) == order(9, 0) != order(7, 3)
+        assert sorted(order(7, 2)) == list(range(len(train)))
+
+
+def test_generation_metrics_score_the_answers_to_the_first_validation_rows_against_their_outputs(tiny_model_dir):
+    """Recomputed from the TSV's texts (not decoded from the tokenized split), with the configured answer length."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows = read_tsv("data/sample/train.tsv").iloc[48:60]
+    validation = preprocess(rows, tokenizer, 512, 512)
+    model = fresh_model(tiny_model_dir, dropout_rate=0.0, lora_dropout=0.0).eval()
+    config = TrainConfig(generation_eval_samples=3, generation_max_new_tokens=5, eval_batch_size=2)
+    first = rows.iloc[:3]
+    answers = generate_predictions(model, tokenizer, [source_text(i, x) for i, x in zip(first["instruction"], first["input"])], max_new_tokens=5)
+    assert max(len(tokenizer(answer)["input_ids"]) for answer in answers) <= 6  # 5 tokens and </s>: the length was applied
+    expected = compute_metrics(answers, first["output"].tolist())
+    assert training.validation_generation_metrics(model, tokenizer, validation, config) == {name: expected[name] for name in PROTOCOL_METRICS}
 
 
 # lora_alpha sets the size of the first gradient: 8 keeps its norm under the clipping
