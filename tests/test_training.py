@@ -358,10 +358,14 @@ def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model
     assert_same_tensors(load_file(str(tmp_path / "checkpoints/last/best_adapter.safetensors")), best)
 
 
-def test_a_generation_metric_needs_generation_samples(tiny_model_dir, splits, tmp_path):
+def test_a_best_metric_that_is_not_measured_is_refused_in_one_sentence(tiny_model_dir, splits, tmp_path):
     tokenizer, train, validation = splits
     with pytest.raises(UserError, match="needs --generation-eval-samples"):
         train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(best_metric="validation_bleu"), output_dir=tmp_path)
+    with pytest.raises(UserError) as unknown:
+        train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(best_metric="bleu"), output_dir=tmp_path)
+    assert str(unknown.value) == ("--best-metric must be one of validation_loss, validation_bleu, validation_chrf, validation_rouge1, "
+                                  "validation_rouge2, validation_rougeL, validation_meteor, got 'bleu'.")
 
 
 def test_batches_are_grouped_by_length(tiny_model_dir, splits, tmp_path):
