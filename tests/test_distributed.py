@@ -78,8 +78,11 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
         if ranks > 1:
             dist.init_process_group("gloo", init_method=f"file://{output_dir}/store", rank=rank, world_size=ranks)
         world = World(rank=rank, size=ranks, local_rank=rank)
-        result = train_adapters(model, tokenizer, train, validation, config, output_dir=output_dir, world=world)
+        called = set()
+        result = train_adapters(model, tokenizer, train, validation, config, output_dir=output_dir, world=world,
+                                report=lambda *args: called.add("report"), on_checkpoint=lambda *args: called.add("on_checkpoint"))
         (output_dir / f"steps-of-rank-{rank}").write_text(str(result.steps))
+        (output_dir / f"hooks-of-rank-{rank}").write_text(json.dumps(sorted(called)))
         if world.is_main:
             save_file(adapter_state_dict(model), output_dir / "trained.safetensors")
             (output_dir / "history.json").write_text(json.dumps(result.history))
@@ -89,6 +92,8 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
     statuses = wait_children([start_child(lambda rank=rank: rank_work(rank)) for rank in range(ranks)])
     assert all(exited_cleanly(status) for status in statuses), statuses
     assert len({(output_dir / f"steps-of-rank-{rank}").read_text() for rank in range(ranks)}) == 1  # every rank stopped at one step
+    hooks = [json.loads((output_dir / f"hooks-of-rank-{rank}").read_text()) for rank in range(ranks)]
+    assert hooks == [["on_checkpoint", "report"]] + [[]] * (ranks - 1)  # rank 0 alone reports and hands on checkpoints
     gradients = json.loads((output_dir / "gradients.json").read_text())  # empty unless RecordingSGD stood in for AdamW
     return (load_file(str(output_dir / "trained.safetensors")), json.loads((output_dir / "history.json").read_text()),
             [{int(i): value for i, value in step.items()} for step in gradients])
