@@ -230,7 +230,7 @@ def test_the_validation_loss_is_token_weighted_over_the_validation_split(one_ste
     assert evaluation["validation_loss"] == pytest.approx(losses.mean().item(), rel=LOSS_RTOL)
 
 
-def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_model_dir, diverging, tmp_path):
+def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_model_dir, diverging, tmp_path, caplog):
     """Dropout on, the global RNG disturbed differently before each run: only the seed and the checkpoint
     decide. The resumed run writes to a fresh directory, as on another machine, so the best adapter
     (from before the interruption) can only come from the checkpoint."""
@@ -255,7 +255,9 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
 
     resumed = fresh_model(tiny_model_dir, seed=123)  # different init: everything must come from the checkpoint
     torch.manual_seed(3003)
-    result = train_adapters(resumed, tokenizer, train, validation, config, output_dir=tmp_path / "elsewhere", resume_from=checkpoint)
+    with caplog.at_level("INFO", logger="components.training"):
+        result = train_adapters(resumed, tokenizer, train, validation, config, output_dir=tmp_path / "elsewhere", resume_from=checkpoint)
+    assert f"Resumed from {checkpoint} at step 4 (epoch 1, step 1 of it)." in caplog.messages
     assert result.steps == 9 and result.history == full.history
     assert (result.best_step, result.best_value) == (full.best_step, full.best_value)
     assert_same_tensors(adapter_state_dict(resumed), adapter_state_dict(straight))
@@ -356,6 +358,24 @@ def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model
     assert not all(torch.equal(best[k], snapshots[9][k]) for k in best)
     # the checkpoint carries the best adapter too
     assert_same_tensors(load_file(str(tmp_path / "checkpoints/last/best_adapter.safetensors")), best)
+
+
+def test_each_step_and_each_evaluation_is_reported_at_its_step(tiny_model_dir, splits, tmp_path):
+    """What the train step sends to ClearML as scalars: per step the train loss and learning rate, per evaluation every
+    validation figure (its title without ``validation_``); the same numbers as the result's records."""
+    tokenizer, train, validation = splits
+    reported = []
+    config = TrainConfig(**{**CONFIG, "epochs": 1}, generation_eval_samples=2, generation_max_new_tokens=3)
+    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
+                            report=lambda *call: reported.append(call))
+    evaluations = {evaluation["step"]: evaluation for evaluation in result.history}
+    assert sorted(evaluations) == [2, 3] and set(evaluations[2]) == {"step", "validation_loss", *(f"validation_{m}" for m in PROTOCOL_METRICS)}
+    expected = []
+    for (step, loss), (_, learning_rate) in zip(result.train_losses, result.learning_rates, strict=True):
+        expected += [("loss", "train", loss, step), ("learning_rate", "lr", learning_rate, step)]
+        expected += [("loss" if name == "validation_loss" else name.removeprefix("validation_"), "validation", value, step)
+                     for name, value in evaluations.get(step, {}).items() if name != "step"]
+    assert [step for step, _ in result.train_losses] == [1, 2, 3] and reported == expected
 
 
 def test_a_best_metric_that_is_not_measured_is_refused_in_one_sentence(tiny_model_dir, splits, tmp_path):
