@@ -311,6 +311,14 @@ def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
     # lr 0: the first evaluation is the best, the next two do not improve -> stop at step 6 of 30
     assert result.stopped_early and result.steps == 6 and result.total_steps == 30
     assert result.best_step == 2 and len(result.history) == 3
+    saved = json.loads((tmp_path / "checkpoints" / "last" / "state.json").read_text())
+    assert {key: saved[key] for key in ("step", "epoch", "epoch_step", "world_size", "best_step", "bad_evaluations", "skipped_steps", "stopped_early")} == {
+        "step": 6, "epoch": 2, "epoch_step": 0, "world_size": 1, "best_step": 2, "bad_evaluations": 2, "skipped_steps": 0, "stopped_early": True}
+    assert saved["history"] == result.history and saved["best_value"] == result.best_value
+    # resumed in the same folder (its best/ there already), a run that stopped early stays stopped
+    again = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
+                           resume_from=tmp_path / "checkpoints" / "last")
+    assert (again.steps, again.stopped_early, again.history) == (6, True, result.history)
 
 
 def scripted_validation_loss(values):
