@@ -315,6 +315,7 @@ def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
     assert {key: saved[key] for key in ("step", "epoch", "epoch_step", "world_size", "best_step", "bad_evaluations", "skipped_steps", "stopped_early")} == {
         "step": 6, "epoch": 2, "epoch_step": 0, "world_size": 1, "best_step": 2, "bad_evaluations": 2, "skipped_steps": 0, "stopped_early": True}
     assert saved["history"] == result.history and saved["best_value"] == result.best_value
+    assert saved["scaler"] == {}  # fp32: no grad scaler
     # resumed in the same folder (its best/ there already), a run that stopped early stays stopped
     again = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
                            resume_from=tmp_path / "checkpoints" / "last")
@@ -453,6 +454,8 @@ def test_an_fp16_step_whose_loss_overflows_is_skipped_counted_and_too_many_stop_
     seen, model = [], fresh_model(tiny_model_dir)
     result = train_adapters(model, tokenizer, train, validation, TrainConfig(**{**CONFIG, "max_steps": 4}), output_dir=tmp_path / "run", report=record)
     assert result.skipped_steps == 2 and result.steps == 4
+    scaler = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())["scaler"]
+    assert scaler["scale"] == 2.0 ** 16 / 4  # the grad scaler is on: its initial scale, halved at each skipped step
     assert all(torch.equal(weights[2][name], weights[1][name]) and torch.equal(weights[3][name], weights[1][name]) for name in weights[1])
     assert any(not torch.equal(weights[4][name], weights[1][name]) for name in weights[1])
     overflowing = set(range(1, 100))
