@@ -16,6 +16,7 @@ from transformers import T5ForConditionalGeneration
 
 from components import training
 from components.data import preprocess, read_tsv, source_text
+from components.distributed.world import World
 from components.errors import UserError
 from components.generation import generate_predictions
 from components.metrics import PROTOCOL_METRICS, compute_metrics
@@ -130,6 +131,21 @@ def test_mixed_precision_computes_in_its_dtype_and_fp32_in_float32():
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         with training._autocast(precision, torch.device("cpu")):
             assert layer(inputs).dtype == dtype, precision
+
+
+def test_each_rank_evaluates_its_contiguous_shard_of_the_validation_split_in_batches_of_the_size_asked(tiny_model_dir, splits):
+    """12 rows, batches of 5: one process takes them all (5, 5, 2); of 2 ranks, rank 1 takes rows 6 to 11 (5, 1)."""
+    tokenizer, _, validation = splits
+    model = fresh_model(tiny_model_dir)
+    prompt_length = prompt_length_of(model)
+
+    def rows_of(world):
+        batches = list(training.evaluation_loader(model, tokenizer, validation, 5, world))
+        return [len(batch["input_ids"]) for batch in batches], [
+            ids[mask[prompt_length:].bool()].tolist() for batch in batches for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+    assert rows_of(World()) == ([5, 5, 2], validation["input_ids"])
+    assert rows_of(World(rank=1, size=2, local_rank=1)) == ([5, 1], validation["input_ids"][6:])
 
 
 def test_an_epochs_order_is_drawn_with_the_seed_plus_the_epoch(splits):
