@@ -357,19 +357,21 @@ def scripted_chrf(values):
 @pytest.mark.parametrize(
     "best_metric, patched, script, values, best_step",
     [
-        ("validation_loss", "validation_loss", scripted_validation_loss, [3.0, 1.0, 2.0, 2.5, 1.5], 4),  # lower is better
-        ("validation_chrf", "validation_generation_metrics", scripted_chrf, [0.2, 0.3, 0.5, 0.1, 0.4], 6),  # higher is better
+        ("validation_loss", "validation_loss", scripted_validation_loss, [3.0, 1.0, 2.0, 1.0, 1.5], 4),  # lower is better
+        ("validation_chrf", "validation_generation_metrics", scripted_chrf, [0.2, 0.3, 0.5, 0.5, 0.4], 6),  # higher is better
     ],
     ids=["loss", "chrf"],
 )
 def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model_dir, splits, tmp_path, monkeypatch,
                                                                       best_metric, patched, script, values, best_step):
-    """Scripted values at the evaluations of steps 2, 4, 6, 8, 9: the best is neither the first, the last nor the other extreme."""
+    """Scripted values at the evaluations of steps 2, 4, 6, 8, 9: the best is neither the first, the last nor the other extreme,
+    and a later evaluation that only ties it does not replace it."""
     tokenizer, train, validation = splits
     monkeypatch.setattr(training, patched, script(iter(values)))
     snapshots = {}
 
     def snapshot(kind, directory):
+        assert (kind, directory) == ("last", tmp_path / "checkpoints" / "last")
         state = json.loads((directory / "state.json").read_text())
         snapshots[state["step"]] = load_file(str(directory / "adapter.safetensors"))
 
@@ -385,14 +387,15 @@ def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model
     assert_same_tensors(load_file(str(tmp_path / "checkpoints/last/best_adapter.safetensors")), best)
 
 
-def test_each_step_and_each_evaluation_is_reported_at_its_step(tiny_model_dir, splits, tmp_path):
+def test_each_step_and_each_evaluation_is_reported_at_its_step_and_logged(tiny_model_dir, splits, tmp_path, caplog):
     """What the train step sends to ClearML as scalars: per step the train loss and learning rate, per evaluation every
     validation figure (its title without ``validation_``); the same numbers as the result's records."""
     tokenizer, train, validation = splits
     reported = []
     config = TrainConfig(**{**CONFIG, "epochs": 1}, generation_eval_samples=2, generation_max_new_tokens=3)
-    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
-                            report=lambda *call: reported.append(call))
+    model = fresh_model(tiny_model_dir)
+    with caplog.at_level("INFO", logger="components.training"):
+        result = train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path, report=lambda *call: reported.append(call))
     evaluations = {evaluation["step"]: evaluation for evaluation in result.history}
     assert sorted(evaluations) == [2, 3] and set(evaluations[2]) == {"step", "validation_loss", *(f"validation_{m}" for m in PROTOCOL_METRICS)}
     expected = []
@@ -401,6 +404,13 @@ def test_each_step_and_each_evaluation_is_reported_at_its_step(tiny_model_dir, s
         expected += [("loss" if name == "validation_loss" else name.removeprefix("validation_"), "validation", value, step)
                      for name, value in evaluations.get(step, {}).items() if name != "step"]
     assert [step for step, _ in result.train_losses] == [1, 2, 3] and reported == expected
+    trainable = sum(p.requires_grad for p in model.parameters())
+    losses = [evaluations[step]["validation_loss"] for step in (2, 3)]
+    best = min(losses)
+    assert caplog.messages[0] == f"Training 3 steps (3 per epoch) in fp32, {trainable} trainable tensors, 1 rank(s)."
+    assert [message for message in caplog.messages if message.startswith("step ")] == [
+        f"step 2: validation_loss {losses[0]:.4f} (best {losses[0]:.4f} at step 2)",
+        f"step 3: validation_loss {losses[1]:.4f} (best {best:.4f} at step {2 if losses[0] <= losses[1] else 3})"]
 
 
 def test_a_best_metric_that_is_not_measured_is_refused_in_one_sentence(tiny_model_dir, splits, tmp_path):
