@@ -254,8 +254,13 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     config = TrainConfig(**{**CONFIG, "learning_rate": DIVERGING_LR})  # 9 steps; evaluations and checkpoints at 2, 4, 6, 8, 9
     straight = fresh_model(tiny_model_dir)
     torch.manual_seed(1001)
-    full = train_adapters(straight, tokenizer, train, validation, config, output_dir=tmp_path / "straight")
+    with caplog.at_level("INFO", logger="components.training"):
+        full = train_adapters(straight, tokenizer, train, validation, config, output_dir=tmp_path / "straight")
     assert full.steps == 9 and full.best_step == 2  # the best comes before the interruption
+    best = full.history[0]["validation_loss"]
+    assert [message for message in caplog.messages if message.startswith("step ")] == [
+        f"step {evaluation['step']}: validation_loss {evaluation['validation_loss']:.4f} (best {best:.4f} at step 2)" for evaluation in full.history]
+    caplog.clear()
 
     def crash_after_step_5(title, series, value, step):
         if title == "loss" and series == "train" and step == 5:
