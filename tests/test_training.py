@@ -359,6 +359,15 @@ def scripted_chrf(values):
     return metrics
 
 
+@pytest.mark.parametrize("epochs, steps", [(0.01, 1), (0.5, 2)])
+def test_a_fraction_of_an_epoch_is_rounded_up_to_whole_steps_at_least_one(epochs, steps, tiny_model_dir, splits, tmp_path):
+    """48 rows in global batches of 16: 3 steps an epoch; half an epoch is 2 steps, a hundredth 1."""
+    tokenizer, train, validation = splits
+    config = TrainConfig(**{**CONFIG, "epochs": epochs})
+    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path)
+    assert (result.total_steps, result.steps) == (steps, steps)
+
+
 def test_an_improvement_starts_the_patience_again(tiny_model_dir, splits, tmp_path, monkeypatch):
     """Patience 2, validation losses 3, 4, 2, 5, 6 at steps 2, 4, 6, 8, 10: the bad evaluation at step 4 is forgotten once
     step 6 improves, so the run stops at step 10 (the second bad one since), not at step 8."""
