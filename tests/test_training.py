@@ -369,14 +369,14 @@ def test_a_fraction_of_an_epoch_is_rounded_up_to_whole_steps_at_least_one(epochs
 
 
 def test_an_improvement_starts_the_patience_again(tiny_model_dir, splits, tmp_path, monkeypatch):
-    """Patience 2, validation losses 3, 4, 2, 5, 6 at steps 2, 4, 6, 8, 10: the bad evaluation at step 4 is forgotten once
-    step 6 improves, so the run stops at step 10 (the second bad one since), not at step 8."""
+    """Patience 2, validation losses 3, 4, 2, 5, 6 at steps 1 to 5: the bad evaluation at step 2 is forgotten once
+    step 3 improves, so the run stops at step 5 (the second bad one since), not at step 4."""
     tokenizer, train, validation = splits
     monkeypatch.setattr(training, "validation_loss", scripted_validation_loss(iter([3.0, 4.0, 2.0, 5.0, 6.0])))
-    config = TrainConfig(**{**CONFIG, "epochs": 10}, early_stopping_patience=2)
+    config = TrainConfig(**{**CONFIG, "epochs": 10, "eval_every": 1}, early_stopping_patience=2)
     result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path)
-    assert [entry["step"] for entry in result.history] == [2, 4, 6, 8, 10] and result.best_step == 6
-    assert result.stopped_early and result.steps == 10 and result.total_steps == 30
+    assert [entry["step"] for entry in result.history] == [1, 2, 3, 4, 5] and result.best_step == 3
+    assert result.stopped_early and result.steps == 5 and result.total_steps == 30
 
 
 @pytest.mark.parametrize(
