@@ -7,6 +7,7 @@ it raised), and is killed when it outlives its deadline, which fails the test.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import locale
 import os
@@ -134,9 +135,14 @@ def run_main(main: Callable[[list[str]], object], argv: list[str], env: dict[str
 
         def work() -> None:
             _as_a_new_process(env, *(os.open(path, os.O_WRONLY | os.O_CREAT) for path in outputs))
+            # Where a child that hangs is stuck, every thread's stack, in its stderr before the parent kills it.
+            faulthandler.dump_traceback_later(max(timeout_s - 2, 1), file=sys.stderr)
             _call_main(main, argv)
 
-        [status] = wait_children([start_child(work)], timeout_s)
+        try:
+            [status] = wait_children([start_child(work)], timeout_s)
+        except AssertionError as overran:
+            raise AssertionError(f"{overran}; its stderr ends:\n{outputs[1].read_text(encoding='utf-8')[-20000:]}") from None
         stdout, stderr = (path.read_text(encoding="utf-8") for path in outputs)
     return Completed(os.waitstatus_to_exitcode(status), stdout, stderr)
 
