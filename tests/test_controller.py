@@ -1,0 +1,183 @@
+"""``pipelines/controller.py``'s tasks on the test ClearML server, made in forked runs (``tests/forked.py``): the step
+templates, the runs cloned from them with the controller's code, and the controller task's own code. The DAG it builds
+is read in ``tests/test_pipeline_wiring.py``; the whole pipeline on agents in ``tests/e2e``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from forked import run_main
+
+from components.settings import REQUIREMENTS_FILE
+from pipelines.controller import CONTROLLER_ENTRY_POINT, TEMPLATE_TAG
+from tests.clearml_server.process import ServerProcess
+from tests.e2e.server_api import ServerApi
+
+PROJECT = "Дообучение"  # not ASCII: the templates project is named after it
+
+
+@pytest.fixture
+def server(clearml_home, tmp_path):
+    with ServerProcess(tmp_path / "state") as running:  # not in this process: the tests fork
+        env = {**clearml_home, **running.environment()}
+        yield SimpleNamespace(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]))
+
+
+def on_server(server, tmp_path: Path, work) -> object:
+    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server``."""
+    output = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}.json"
+
+    def main(_argv) -> None:
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(False)
+        output.write_text(json.dumps(work()), encoding="utf-8")
+
+    completed = run_main(main, [], server.env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(output.read_text(encoding="utf-8"))
+
+
+def arguments_of(task: dict) -> dict[str, str]:
+    return {name: entry["value"] for name, entry in task["hyperparams"].get("Args", {}).items()}
+
+
+def test_a_steps_template_is_made_once_under_templates_with_the_steps_defaults_and_the_oldest_match_is_it(server, tmp_path):
+    def templates() -> dict:
+        from clearml import Task
+
+        from pipelines.controller import find_or_create_template
+        from pipelines.definition import STEP_BY_NAME
+
+        first = find_or_create_template(STEP_BY_NAME["train"], PROJECT)
+        # A user's clone of the template in the same project, tags and all, and tasks that only look like templates.
+        clone = Task.clone(source_task=first, name="train")
+        clone.set_tags([TEMPLATE_TAG])
+        Task.create(project_name=f"{PROJECT}/templates", task_name="train", task_type="training")  # untagged
+        Task.create(project_name=f"{PROJECT}/templates", task_name="train v2", task_type="training").set_tags([TEMPLATE_TAG])
+        archived = Task.create(project_name=f"{PROJECT}/templates", task_name="evaluate", task_type="testing")
+        archived.set_tags([TEMPLATE_TAG])
+        archived.set_archived(True)
+        return {"first": first.id, "again": find_or_create_template(STEP_BY_NAME["train"], PROJECT).id, "clone": clone.id,
+                "evaluate": find_or_create_template(STEP_BY_NAME["evaluate"], PROJECT).id, "archived": archived.id,
+                "other_project": find_or_create_template(STEP_BY_NAME["train"], "Другой").id}
+
+    made = on_server(server, tmp_path, templates)
+    assert made["again"] == made["first"] != made["clone"]  # the oldest match, not the user's newer clone
+    assert made["evaluate"] != made["archived"]  # an archived template is not used: a new one is made
+    assert made["other_project"] != made["first"]
+    api = server.api
+    template = api.task(made["first"])
+    [project] = api.call("projects.get_all", id=[template["project"]], only_fields=["name"])["projects"]
+    assert project["name"] == f"{PROJECT}/templates"
+    assert (template["name"], template["type"], template["tags"]) == ("train", "training", [TEMPLATE_TAG])
+    assert (template["script"]["entry_point"], template["script"]["working_dir"]) == ("steps/train.py", ".")
+    assert template["script"]["requirements"]["pip"].splitlines() == REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
+    assert template["output"]["destination"] == server.env["CLEARML_FILES_HOST"]  # output_uri=True: the files server
+    args = arguments_of(template)
+    assert not {"help", "local", "output_dir"} & set(args)
+    assert (args["lora_rank"], args["prompt_length"], args["learning_rate"], args["max_steps"]) == ("8", "20", "0.0003", "")
+    evaluate = arguments_of(api.task(made["evaluate"]))
+    assert (evaluate["batch_size"], evaluate["decoding"], evaluate["compare_base"]) == ("16", "greedy", "True")
+
+
+def test_a_step_run_is_a_clone_of_its_template_in_the_pipeline_project_without_the_tag_running_the_given_code(server, tmp_path):
+    code = {"repository": "https://git.example.com/team/rut5.git", "branch": "экспериментальная", "commit": "0123abc",
+            "diff": "diff --git a/x b/x\n+строка\n", "requirements": "torch==2.13.0\nclearml\n"}
+
+    def runs() -> dict:
+        from clearml import Task
+
+        from pipelines.controller import CodeVersion, find_or_create_template, new_step_task
+        from pipelines.definition import STEP_BY_NAME
+
+        template = find_or_create_template(STEP_BY_NAME["preprocess"], PROJECT)
+        template.add_tags(["мой"])
+        parent = Task.create(project_name=PROJECT, task_name="controller")
+        run = new_step_task(STEP_BY_NAME["preprocess"], PROJECT, CodeVersion(**code), parent.id)
+        orphan = new_step_task(STEP_BY_NAME["preprocess"], PROJECT, CodeVersion(**code), None)
+        return {"template": template.id, "run": run.id, "parent": parent.id, "orphan": orphan.id}
+
+    made = on_server(server, tmp_path, runs)
+    api = server.api
+    template, run = api.task(made["template"]), api.task(made["run"])
+    [project] = api.call("projects.get_all", id=[run["project"]], only_fields=["name"])["projects"]
+    assert project["name"] == PROJECT
+    assert (run["name"], run["type"], run["status"], run["parent"]) == ("preprocess", "data_processing", "created", made["parent"])
+    assert api.task(made["orphan"])["parent"] == made["template"]  # Task.clone's parent when none is given
+    assert run["tags"] == ["мой"] and sorted(template["tags"]) == sorted([TEMPLATE_TAG, "мой"])
+    script = run["script"]
+    assert (script["repository"], script["branch"], script["version_num"], script["diff"]) == (
+        code["repository"], code["branch"], code["commit"], code["diff"])
+    assert script["entry_point"] == "steps/preprocess.py"
+    assert script["requirements"]["pip"] == code["requirements"]
+    assert arguments_of(run) == arguments_of(template)
+    assert template["script"]["repository"] != code["repository"]  # the template keeps its own code
+
+
+def test_a_factory_run_is_the_child_of_the_task_that_runs_the_controller(server, tmp_path):
+    def runs() -> dict:
+        from clearml import Task
+
+        from pipelines.controller import CodeVersion, find_or_create_template, step_factory
+        from pipelines.definition import STEP_BY_NAME
+
+        code = lambda: CodeVersion("https://git.example.com/r.git", "main", "abc", "", "clearml\n")  # noqa: E731
+        create = step_factory(STEP_BY_NAME["ingest"], PROJECT, code)
+        without = create(None)
+        controller = Task.init(project_name=PROJECT, task_name="controller", auto_connect_frameworks=False,
+                               auto_resource_monitoring=False, auto_connect_streams=False)
+        within = create(None)
+        ids = {"without": without.id, "within": within.id, "controller": controller.id,
+               "template": find_or_create_template(STEP_BY_NAME["ingest"], PROJECT).id}
+        controller.close()
+        return ids
+
+    made = on_server(server, tmp_path, runs)
+    assert server.api.task(made["without"])["parent"] == made["template"]  # no controller task: Task.clone's default
+    within = server.api.task(made["within"])
+    assert within["parent"] == made["controller"]
+    assert (within["name"], within["script"]["version_num"]) == ("ingest", "abc")
+
+
+def test_the_controllers_code_is_what_its_task_records_with_this_checkouts_requirements(server, tmp_path):
+    launched = {"url": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "fedcba9", "diff": None}
+
+    def codes() -> dict:
+        from dataclasses import asdict
+
+        from clearml import Task
+
+        from pipelines.controller import CodeVersion, complete_controller_code
+
+        recorded = Task.create(project_name=PROJECT, task_name="recorded", repo=None)
+        recorded.set_script(repository="https://git.example.com/other.git", branch="dev", commit="1111111", diff="d",
+                            working_dir="sub", entry_point="pipelines/run_pipeline.py")
+        empty = Task.create(project_name=PROJECT, task_name="empty", repo=None)
+        no_entry = Task.create(project_name=PROJECT, task_name="no entry point", repo=None)
+        no_entry.set_script(repository="https://git.example.com/other.git", entry_point="")
+        for task in (recorded, empty, no_entry):
+            complete_controller_code(task, SimpleNamespace(**launched))
+        bare = Task.create(project_name=PROJECT, task_name="bare", repo=None)
+        bare.set_script(repository="", branch="", commit="", diff="")
+        return {"recorded": recorded.id, "empty": empty.id, "no_entry": no_entry.id,
+                "code": asdict(CodeVersion.of_task(Task.get_task(task_id=recorded.id))),
+                "bare_code": asdict(CodeVersion.of_task(Task.get_task(task_id=bare.id)))}
+
+    made = on_server(server, tmp_path, codes)
+    api = server.api
+    kept = api.task(made["recorded"])["script"]
+    assert (kept["repository"], kept["branch"], kept["version_num"], kept["working_dir"]) == (
+        "https://git.example.com/other.git", "dev", "1111111", "sub")
+    for name in ("empty", "no_entry"):
+        script = api.task(made[name])["script"]
+        assert (script["repository"], script["branch"], script["version_num"], script.get("diff", "")) == (
+            launched["url"], launched["branch"], launched["commit"], ""), name
+        assert (script["entry_point"], script["working_dir"]) == (CONTROLLER_ENTRY_POINT, "."), name
+    requirements = REQUIREMENTS_FILE.read_text(encoding="utf-8")
+    assert made["code"] == {"repository": "https://git.example.com/other.git", "branch": "dev", "commit": "1111111",
+                            "diff": "d", "requirements": requirements}
+    assert made["bare_code"] == {"repository": "", "branch": "", "commit": "", "diff": "", "requirements": requirements}
