@@ -30,14 +30,6 @@ from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 from pipelines.definition import STEP_NAMES, StepSpec, run_steps, step_arguments
 
 TEMPLATE_TAG = "template"
-DESCRIPTIONS = {
-    "model": "hub id or local directory of the base model",
-    "lora_rank": "LoRA rank on the attention q and v projections",
-    "prompt_length": "number of trainable prompt vectors prepended to the encoder input",
-    "metric": "test metric that picks the model to register",
-    "export": "true: after register, export the registered model as a plain Hugging Face checkpoint (a few GB for ruT5-large)",
-    "export_ctranslate2": "true: the export step also converts it for CTranslate2 (needs export true)",
-}
 
 
 @dataclass(frozen=True)
@@ -157,14 +149,15 @@ def controller_code() -> CodeVersion:
 
 def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *, project: str, name: str,
                      code: Callable[[], CodeVersion] = controller_code, version: str | None = None):
-    """The PipelineController, built but not started: ``get_pipeline_dag()`` shows its wiring."""
+    """The PipelineController, built but not started: ``get_pipeline_dag()`` shows its wiring. The parameters'
+    descriptions in the UI are the help of the launch's options of the same names (``pipelines/run_pipeline.py``)."""
     from clearml import PipelineController
 
     # Step states are polled every 3 s (ClearML's default is 12 s): a few API calls, and short steps follow each other at once.
     pipe = PipelineController(name=name, project=project, version=version, add_pipeline_tags=True, output_uri=True, pool_frequency=0.05)
     pipe.set_default_execution_queue(queues["cpu"])
     for key, value in parameters.items():
-        pipe.add_parameter(name=key, default="" if value is None else value, description=DESCRIPTIONS.get(key))
+        pipe.add_parameter(name=key, default="" if value is None else value)
     references = {key: f"${{pipeline.{key}}}" for key in parameters}
     upstream_ids = {step: f"${{{step}.id}}" for step in STEP_NAMES}
     for step in run_steps(parameters):  # the export step only when the parameter asks for it

@@ -44,30 +44,43 @@ from pipelines.repository import check_repository, repository_path
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="published",
-                        help="published: ruT5-large with the published settings; tiny: a tiny local model on data/sample (CPU, minutes)")
+                        help="published: ruT5-large with the published settings; tiny: a tiny local model on data/tasks (CPU, minutes)")
     parser.add_argument("--local", action="store_true", help="run offline on this machine even if a ClearML server is configured")
     parser.add_argument("--output-dir", help="local run: where steps write their outputs and summary.json (default runs/<preset>-<time>)")
-    overrides = parser.add_argument_group("overrides of the preset (pipeline parameters)")
+    # Each pipeline parameter is an option here, and its help is what the UI shows beside the parameter: the controller
+    # task's Args hold the launch's options and the pipeline's parameters under the same names, with the options' help.
+    overrides = parser.add_argument_group("overrides of the preset (pipeline parameters; unset: the preset's value)")
     for flag, kind, text in (
         ("--model", str, "hub id or local directory of the base model"),
         ("--train-tsv", str, "training TSV file"),
         ("--test-tsv", str, "test TSV file"),
         ("--validation-size", int, "rows carved from train for validation"),
-        ("--lora-rank", int, None), ("--lora-alpha", float, None), ("--lora-dropout", float, None),
-        ("--prompt-length", int, None), ("--batch-size", int, None), ("--grad-accum-steps", int, None),
-        ("--learning-rate", float, None), ("--weight-decay", float, None), ("--epochs", float, None),
+        ("--max-input-length", int, "tokens kept of each input (instruction and input), in training, evaluation and the export"),
+        ("--max-target-length", int, "tokens kept of each reference output in training and evaluation"),
+        ("--lora-rank", int, "LoRA rank on the attention q and v projections"),
+        ("--lora-alpha", float, "LoRA scaling: the low-rank update is multiplied by alpha / rank"),
+        ("--lora-dropout", float, "dropout on the input of the LoRA branch"),
+        ("--prompt-length", int, "number of trainable prompt vectors prepended to the encoder input (0: LoRA only)"),
+        ("--batch-size", int, "training examples per batch, on each rank"),
+        ("--grad-accum-steps", int, "batches whose gradients add up to one optimizer step"),
+        ("--learning-rate", float, "AdamW's learning rate, decayed linearly to 0 over the run"),
+        ("--weight-decay", float, "AdamW's weight decay"),
+        ("--epochs", float, "passes over the training rows (a fraction is rounded up to whole steps)"),
         ("--max-steps", int, "stop training after this many optimizer steps"),
         ("--eval-every", int, "optimizer steps between validations and checkpoints (default: once per epoch)"),
         ("--early-stopping-patience", int, "stop training after this many validations without improvement"),
         ("--nproc-per-node", int, "ranks of the train step on its machine: one per GPU of the agent (default 1)"),
         ("--max-new-tokens", int, "generation length in evaluation"),
         ("--max-test-samples", int, "evaluate on the first N test rows only"),
-        ("--seed", int, None),
+        ("--seed", int, "seed of the data split, the adapters' initialisation, the batch order and dropout"),
     ):
         overrides.add_argument(flag, type=kind, help=text)
+    overrides.add_argument("--gradient-checkpointing", type=parse_bool, metavar="true|false",
+                           help="recompute activations in the backward pass: less GPU memory, more time")
     overrides.add_argument("--compare-base", type=parse_bool, metavar="true|false",
                            help="the evaluate step also scores the untuned base on the test rows (default true)")
-    overrides.add_argument("--precision", choices=PRECISIONS)
+    overrides.add_argument("--precision", choices=PRECISIONS,
+                           help="of the train step; auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
     overrides.add_argument("--decoding", choices=("greedy", "beam", "sampling"), help="decoding preset of the evaluate step")
     overrides.add_argument("--metric", choices=PROTOCOL_METRICS, help="test metric that picks the model to register")
     overrides.add_argument("--export", type=parse_bool, metavar="true|false",

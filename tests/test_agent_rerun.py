@@ -34,13 +34,13 @@ def simulate(env: dict, mode: str, *args: str, task_id: str | None = None):
 
 
 # A value away from the published default for every pipeline parameter: given at the launch (command line)
-# or edited in the UI on the stored controller task before the agent's run (the parameters with no flag).
-LAUNCHED = {"model": "org/other-t5", "validation_size": 20, "lora_rank": 16, "lora_alpha": 32.0, "lora_dropout": 0.2,
-            "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "weight_decay": 0.1, "epochs": 3.0, "max_steps": 100,
-            "eval_every": 7, "early_stopping_patience": 2, "nproc_per_node": 4, "seed": 7, "precision": "fp32", "decoding": "beam", "max_new_tokens": 9,
-            "max_test_samples": 5, "compare_base": False, "metric": "bleu"}
-EDITED_IN_THE_UI = {"prompt_length": 10, "max_input_length": 64, "max_target_length": 32, "gradient_checkpointing": False,
-                    "export": True, "export_ctranslate2": True}  # the launch had no export step: the UI edit adds it
+# or edited in the UI on the stored controller task before the agent's run.
+LAUNCHED = {"model": "org/other-t5", "validation_size": 20, "max_input_length": 64, "max_target_length": 32, "lora_rank": 16,
+            "lora_alpha": 32.0, "lora_dropout": 0.2, "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "weight_decay": 0.1,
+            "epochs": 3.0, "max_steps": 100, "gradient_checkpointing": False, "eval_every": 7, "early_stopping_patience": 2,
+            "nproc_per_node": 4, "seed": 7, "precision": "fp32", "decoding": "beam", "max_new_tokens": 9, "max_test_samples": 5,
+            "compare_base": False, "metric": "bleu"}
+EDITED_IN_THE_UI = {"prompt_length": 10, "export": True, "export_ctranslate2": True}  # the launch had no export step: the UI edit adds it
 DATA = {"train_tsv": "data/sample/train.tsv", "test_tsv": "data/sample/test.tsv"}  # as agents get them: relative to the repository
 
 

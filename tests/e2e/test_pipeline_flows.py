@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.definition import PARAMETER_STEPS
+from pipelines.run_pipeline import build_parser
 from tests.e2e.flows import (
     AGENTS, CPU, GPU, PROJECT, SERVICES, STEP_QUEUES, STEPS, artifact_names, artifact_uri, clone_and_enqueue, download_json,
     launch_pipeline, pipeline_steps, project_id,
@@ -47,6 +49,15 @@ def test_flow1_the_best_model_is_published_with_its_metrics_on_the_files_server(
     assert metadata["train_task_id"] == pipeline_run["steps"]["train"]["id"]
     [adapter_model] = api.models_of(pipeline_run["steps"]["train"]["id"])
     assert adapter_model["uri"].startswith(files_host + "/") and "lora_rank=8" in adapter_model["tags"]
+
+
+def test_flow1_the_pipeline_page_shows_every_parameter_with_its_value_and_description(pipeline_run, clearml_server):
+    """The controller task's ``Args`` (PipelineController's section for its parameters, beside the launch's options):
+    what the UI's "New run" form and the pipeline's details show. Each description is its option's help."""
+    section = clearml_server.api.task(pipeline_run["controller"]["id"])["hyperparams"]["Args"]
+    described = {action.dest: action.help for action in build_parser()._actions}
+    assert {name: section[name].get("description") for name in PARAMETER_STEPS} == {name: described[name] for name in PARAMETER_STEPS}
+    assert (section["lora_rank"]["value"], section["model"]["value"], section["export"]["value"]) == ("8", "tiny", "False")
 
 
 NEW_REQUIREMENT = "termcolor==3.3.0"  # small, pure Python, and installed nowhere on this machine
