@@ -3,13 +3,16 @@ adapter, the seed's initialisation, the outputs and what its task holds, resumin
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 from clearml.utilities.pyhocon import ConfigFactory
+from conftest import ASCII_LOCALE
 from safetensors.torch import load_file
 from forked import run_main
 from step_runs import arguments, artifacts, make_task, run_step, scalars, task_record
@@ -190,6 +193,26 @@ def test_each_wrong_setting_is_one_sentence_before_any_training(argv, environmen
     out = tmp_path / "out"
     completed, result = run_train(argv, {**clearml_home, **environment}, out)
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (1, "error: " + sentence.replace("OUT", str(out)), None)
+
+
+def test_the_smallest_adapter_is_accepted():
+    """The refusals above stop at their bounds: rank 1 without a prompt (LoRA only) is an adapter."""
+    args = argparse.Namespace(lora_rank=1, lora_alpha=2.0, lora_dropout=0.0, prompt_length=0)
+    assert train.adapter_settings(args) == AdapterSettings(lora_rank=1, lora_alpha=2.0, lora_dropout=0.0, prompt_length=0)
+
+
+def test_the_tokenization_summary_is_read_as_utf_8_whatever_the_locale(tokenized, clearml_home, tmp_path):
+    """A model folder with a Russian name, as the preprocess step writes it (UTF-8), read under a locale that is not."""
+    data = Path(shutil.copytree(tokenized, tmp_path / "data"))
+    summary = data / train.TOKENIZATION_FILE
+    summary.write_text(json.dumps({**json.loads(summary.read_text(encoding="utf-8")), "model": "модель"}, ensure_ascii=False), encoding="utf-8")
+
+    def rows(_argv) -> None:
+        splits = train.load_splits(data, "модель")
+        print(*(split.num_rows for split in splits))
+
+    completed = run_main(rows, [], {**clearml_home, **ASCII_LOCALE})
+    assert (completed.returncode, completed.stdout.split()) == (0, ["30", "6"]), completed.stderr[-3000:]
 
 
 def test_data_tokenized_for_another_model_is_refused(tokenized, clearml_home, tmp_path):
