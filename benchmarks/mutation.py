@@ -116,8 +116,10 @@ def importers(module: str) -> list[str]:
 def setup_cfg(module: str, tests: list[str]) -> str:
     package = module.split("/")[0]
     lines = ["[mutmut]", f"source_paths = {package}/", "only_mutate =", f"    {module}", "also_copy ="]
-    # README.md: the tests that run the README's own command lines read them there (tests/readme_commands.py).
-    lines += [f"    {path}" for path in ("tests/", "data/", "configs/", "docs/", "pytest.ini", "README.md", *(f"{p}/" for p in PACKAGES if p != package))]
+    # README.md: the tests that run the README's own command lines read them there (tests/readme_commands.py);
+    # requirements.txt: the packages a pipeline step's task records (components/settings.py's REQUIREMENTS_FILE).
+    lines += [f"    {path}" for path in ("tests/", "data/", "configs/", "docs/", "pytest.ini", "README.md", "requirements.txt",
+                                         *(f"{p}/" for p in PACKAGES if p != package))]
     # mutmut splits list options on newlines only: one test path per line.
     lines += ["pytest_add_cli_args = -p no:xdist -p no:cacheprovider -q", "pytest_add_cli_args_test_selection ="]
     lines += [f"    {path}" for path in tests]

@@ -5,13 +5,14 @@ is read in ``tests/test_pipeline_wiring.py``; the whole pipeline on agents in ``
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from forked import run_main
 
-from components.settings import REQUIREMENTS_FILE
+from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 from pipelines.controller import CONTROLLER_ENTRY_POINT, TEMPLATE_TAG
 from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
@@ -39,6 +40,13 @@ def on_server(server, tmp_path: Path, work) -> object:
     completed = run_main(main, [], server.env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(output.read_text(encoding="utf-8"))
+
+
+def in_repository(path: str) -> str:
+    """``path`` of the project as ClearML records a script: relative to the root of the git repository that holds it
+    (the checkout's root, or a folder above it for the copies that ``make mutation`` tests)."""
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=PROJECT_ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    return (PROJECT_ROOT / path).relative_to(Path(root).resolve()).as_posix()
 
 
 def arguments_of(task: dict) -> dict[str, str]:
@@ -74,7 +82,7 @@ def test_a_steps_template_is_made_once_under_templates_with_the_steps_defaults_a
     [project] = api.call("projects.get_all", id=[template["project"]], only_fields=["name"])["projects"]
     assert project["name"] == f"{PROJECT}/templates"
     assert (template["name"], template["type"], template["tags"]) == ("train", "training", [TEMPLATE_TAG])
-    assert (template["script"]["entry_point"], template["script"]["working_dir"]) == ("steps/train.py", ".")
+    assert (template["script"]["entry_point"], template["script"]["working_dir"]) == (in_repository("steps/train.py"), ".")
     assert template["script"]["requirements"]["pip"].splitlines() == REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
     assert template["output"]["destination"] == server.env["CLEARML_FILES_HOST"]  # output_uri=True: the files server
     args = arguments_of(template)
@@ -112,7 +120,7 @@ def test_a_step_run_is_a_clone_of_its_template_in_the_pipeline_project_without_t
     script = run["script"]
     assert (script["repository"], script["branch"], script["version_num"], script["diff"]) == (
         code["repository"], code["branch"], code["commit"], code["diff"])
-    assert script["entry_point"] == "steps/preprocess.py"
+    assert script["entry_point"] == in_repository("steps/preprocess.py")
     assert script["requirements"]["pip"] == code["requirements"]
     assert arguments_of(run) == arguments_of(template)
     assert template["script"]["repository"] != code["repository"]  # the template keeps its own code
