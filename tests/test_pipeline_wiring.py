@@ -7,6 +7,7 @@ import time
 
 import pytest
 from conftest import ROOT, run_script
+from forked import run_main
 
 from pipelines.controller import step_parser
 from components.errors import UserError
@@ -16,26 +17,24 @@ from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
 from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
 
-DAG_SCRIPT = """
-import json, sys
-sys.path.insert(0, ".")
-from components.clearml_connection import enter_offline_mode
-enter_offline_mode()
-from pipelines.controller import build_controller
-from pipelines.run_pipeline import build_parser, pipeline_parameters
-from components.settings import PRESETS
-parameters = pipeline_parameters(PRESETS["published"], build_parser().parse_args(["--lora-rank", "16"]))
-pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project="proj", name="pipe")
-dag = {name: {"parents": node.parents, "queue": node.queue, "parameters": node.parameters, "cache": node.cache_executed_step}
-       for name, node in pipe.get_pipeline_dag().items()}
-print("DAG=" + json.dumps({"dag": dag, "pipeline": pipe.get_parameters()}))
-"""
+def print_offline_dag(_argv) -> None:
+    """The published pipeline's controller, built offline with ``--lora-rank 16``: its DAG and parameters as one line."""
+    from components.clearml_connection import enter_offline_mode
+    from pipelines.controller import build_controller
+
+    enter_offline_mode()
+    parameters = pipeline_parameters(PRESETS["published"], build_parser().parse_args(["--lora-rank", "16"]))
+    pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project="proj", name="pipe")
+    dag = {name: {"parents": node.parents, "queue": node.queue, "parameters": node.parameters, "cache": node.cache_executed_step}
+           for name, node in pipe.get_pipeline_dag().items()}
+    print("DAG=" + json.dumps({"dag": dag, "pipeline": pipe.get_parameters()}))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, in a forked run: mutmut counts a fixture's calls for the first test that uses it only
 def controller(clearml_home):
-    out = run_script(clearml_home, "-c", DAG_SCRIPT).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("DAG="))[4:])
+    completed = run_main(print_offline_dag, [], clearml_home)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(next(line for line in completed.stdout.splitlines() if line.startswith("DAG="))[4:])
 
 
 def test_steps_parents_and_queues(controller):
