@@ -136,13 +136,9 @@ def test_the_export_step_runs_only_when_asked():
     assert "set export (--export true) too" in str(refused.value)
 
 
-def launch_option_help() -> dict[str, str | None]:
-    return {action.dest: action.help for action in build_parser()._actions}
-
-
 def test_every_pipeline_parameter_is_a_launch_option_with_help():
     """The help is the parameter's description in the UI (tests/e2e: the pipeline page)."""
-    described = launch_option_help()
+    described = {action.dest: action.help for action in build_parser()._actions}
     assert {name: bool(described.get(name)) for name in PARAMETER_STEPS} == dict.fromkeys(PARAMETER_STEPS, True)
 
 
