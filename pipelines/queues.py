@@ -99,7 +99,7 @@ class StartFailed(UserError):
 def add_wait_for_start(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--wait-for-start", type=float, default=WAIT_FOR_START_S, metavar="SECONDS",
                         help=f"after enqueuing {what}, follow it this long until an agent starts it; one that fails first "
-                             "ends the command with its reason and exit status 1 (0: do not wait) (default: %(default)s)")
+                             f"ends the command with its reason and exit status 1 (0: do not wait; default {WAIT_FOR_START_S:g})")
 
 
 def enqueue_and_follow(enqueue_and_leave: Callable[[], object], task_id: str, queue: str, wait_s: float) -> None:

@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "preprocess first; on a server, the template's data)")
     server = parser.add_argument_group("ClearML server")
     server.add_argument("--template-task-id", help="train task whose clones are the trials")
-    server.add_argument("--project", default=CLEARML_PROJECT)
+    server.add_argument("--project", default=CLEARML_PROJECT,
+                        help="ClearML project of the optimizer, its trials and the final evaluate and register tasks; its newest "
+                             "completed train task is the template unless --template-task-id names one")
     server.add_argument("--queue", default="gpu", help="queue of the trials and of the final evaluation")
     server.add_argument("--cpu-queue", default="cpu", help="queue of the register step")
     server.add_argument("--concurrent", type=int, default=2, help="trials running at the same time")

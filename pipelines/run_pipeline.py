@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--export-ctranslate2", type=parse_bool, metavar="true|false",
                            help="the export step also converts the checkpoint for CTranslate2 (needs --export true; default false)")
     server = parser.add_argument_group("ClearML server")
-    server.add_argument("--project", default=CLEARML_PROJECT)
-    server.add_argument("--pipeline-name", default="ruT5 LoRA+prompt fine-tuning")
+    server.add_argument("--project", default=CLEARML_PROJECT,
+                        help="ClearML project of the steps' runs (the controller task is in <project>/.pipelines/<name>, the step templates in "
+                             "<project>/templates)")
+    server.add_argument("--pipeline-name", default="ruT5 LoRA+prompt fine-tuning", help="name of the pipeline (its controller task) in the UI")
     server.add_argument("--cpu-queue", default="cpu", help="queue of ingest, preprocess and register")
     server.add_argument("--gpu-queue", default="gpu", help="queue of train and evaluate")
     server.add_argument("--controller-queue", default="services", help="queue of the pipeline controller")

@@ -13,6 +13,7 @@ from pipelines.controller import step_parser
 from components.errors import UserError
 from pipelines.definition import PARAMETER_STEPS, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, grid_size, run_steps, script_path, step_arguments
 from pipelines.local import StepFailed, as_flags, run_step_locally
+from pipelines.run_hpo import build_parser as build_hpo_parser
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from components.settings import PRESETS
 from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
@@ -140,6 +141,14 @@ def test_every_pipeline_parameter_is_a_launch_option_with_help():
     """The help is the parameter's description in the UI (tests/e2e: the pipeline page)."""
     described = {action.dest: action.help for action in build_parser()._actions}
     assert {name: bool(described.get(name)) for name in PARAMETER_STEPS} == dict.fromkeys(PARAMETER_STEPS, True)
+
+
+@pytest.mark.parametrize("parser", [build_parser, build_hpo_parser], ids=["run_pipeline", "run_hpo"])
+def test_every_option_of_a_launch_is_described_as_the_ui_shows_it(parser):
+    """ClearML stores each option's help, as written, as its description in the task's Args: none is missing
+    (the UI would show "None") and none holds an argparse placeholder such as ``%(default)s``."""
+    unreadable = {action.dest: action.help for action in parser()._actions if action.dest != "help" and (not action.help or "%(" in action.help)}
+    assert unreadable == {}
 
 
 def test_presets_fill_every_parameter_the_steps_need():
