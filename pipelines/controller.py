@@ -118,11 +118,11 @@ def find_or_create_template(step: StepSpec, project: str):
 
 
 def new_step_task(step: StepSpec, project: str, code: CodeVersion, parent_id: str | None):
-    """A run of ``step``: a clone of its template in ``project``, untagged, running ``code``."""
+    """A run of ``step``: a clone of its template (named after it, so after the step) in ``project``, untagged, running ``code``."""
     from clearml import Task
 
     template = find_or_create_template(step, project)
-    run = Task.clone(source_task=template, name=step.name, parent=parent_id, project=Task.get_project_id(project))
+    run = Task.clone(source_task=template, parent=parent_id, project=Task.get_project_id(project))
     run.set_tags([tag for tag in run.get_tags() if tag != TEMPLATE_TAG])
     code.apply_to(run)
     return run
@@ -148,13 +148,13 @@ def controller_code() -> CodeVersion:
 
 
 def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *, project: str, name: str,
-                     code: Callable[[], CodeVersion] = controller_code, version: str | None = None):
+                     code: Callable[[], CodeVersion] = controller_code):
     """The PipelineController, built but not started: ``get_pipeline_dag()`` shows its wiring. The parameters'
     descriptions in the UI are the help of the launch's options of the same names (``pipelines/run_pipeline.py``)."""
     from clearml import PipelineController
 
     # Step states are polled every 3 s (ClearML's default is 12 s): a few API calls, and short steps follow each other at once.
-    pipe = PipelineController(name=name, project=project, version=version, add_pipeline_tags=True, output_uri=True, pool_frequency=0.05)
+    pipe = PipelineController(name=name, project=project, add_pipeline_tags=True, output_uri=True, pool_frequency=0.05)
     pipe.set_default_execution_queue(queues["cpu"])
     for key, value in parameters.items():
         pipe.add_parameter(name=key, default="" if value is None else value)

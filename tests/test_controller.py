@@ -5,11 +5,13 @@ is read in ``tests/test_pipeline_wiring.py``; the whole pipeline on agents in ``
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import ASCII_LOCALE
 from forked import run_main
 
 from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
@@ -18,6 +20,12 @@ from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
 
 PROJECT = "Дообучение"  # not ASCII: the templates project is named after it
+REMOTE = "https://git.example.com/team/rut5.git"
+# For the tests that call Task.init: its reports sent from a thread of the process. ClearML's reporting subprocess, forked by
+# Task.init, inherits the SDK's pooled connections; with the controller's own calls on them, 3 runs in 25 of the started
+# controller's test on a loaded machine lost a response and waited out the SDK's 300 s read timeout (0 in 18 with this
+# setting). The pipelines of tests/e2e run with the default.
+THREAD_REPORTING = "sdk.development.report_use_subprocess: false\n"
 
 
 @pytest.fixture
@@ -27,8 +35,9 @@ def server(clearml_home, tmp_path):
         yield SimpleNamespace(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]))
 
 
-def on_server(server, tmp_path: Path, work) -> object:
-    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server``."""
+def on_server(server, tmp_path: Path, work, sdk_configuration: str | None = None) -> object:
+    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server`` (and ``sdk_configuration``,
+    a clearml.conf's text, where given: the SDK's defaults otherwise)."""
     output = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}.json"
 
     def main(_argv) -> None:
@@ -37,7 +46,12 @@ def on_server(server, tmp_path: Path, work) -> object:
         prepare_clearml(False)
         output.write_text(json.dumps(work()), encoding="utf-8")
 
-    completed = run_main(main, [], server.env)
+    env = server.env
+    if sdk_configuration:
+        configuration = tmp_path / "clearml.conf"
+        configuration.write_text(sdk_configuration, encoding="utf-8")
+        env = {**env, "CLEARML_CONFIG_FILE": str(configuration)}
+    completed = run_main(main, [], env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(output.read_text(encoding="utf-8"))
 
@@ -53,18 +67,33 @@ def arguments_of(task: dict) -> dict[str, str]:
     return {name: entry["value"] for name, entry in task["hyperparams"].get("Args", {}).items()}
 
 
+def pushed_checkout(path: Path) -> Path:
+    """A checkout of the step scripts whose commit is on its remote, as ``check_repository`` requires of a launch."""
+    shutil.copytree(PROJECT_ROOT / "steps", path / "steps")
+    for command in (["init", "-q"], ["add", "."], ["-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "steps"],
+                    ["remote", "add", "origin", REMOTE]):
+        subprocess.run(["git", *command], cwd=path, check=True, capture_output=True)
+    return path
+
+
 def test_a_steps_template_is_made_once_under_templates_with_the_steps_defaults_and_the_oldest_match_is_it(server, tmp_path):
     def templates() -> dict:
+        import os
+
         from clearml import Task
 
+        from pipelines import controller
         from pipelines.controller import find_or_create_template
         from pipelines.definition import STEP_BY_NAME
 
+        checkout = pushed_checkout(tmp_path / "checkout")
+        controller.PROJECT_ROOT = checkout  # in this forked run only
+        os.chdir(tmp_path)  # launched from another folder: python checkout/pipelines/run_pipeline.py
+        Task.create(project_name=f"{PROJECT}/templates", task_name="train", task_type="training")  # older, but untagged
         first = find_or_create_template(STEP_BY_NAME["train"], PROJECT)
         # A user's clone of the template in the same project, tags and all, and tasks that only look like templates.
         clone = Task.clone(source_task=first, name="train")
         clone.set_tags([TEMPLATE_TAG])
-        Task.create(project_name=f"{PROJECT}/templates", task_name="train", task_type="training")  # untagged
         Task.create(project_name=f"{PROJECT}/templates", task_name="train v2", task_type="training").set_tags([TEMPLATE_TAG])
         archived = Task.create(project_name=f"{PROJECT}/templates", task_name="evaluate", task_type="testing")
         archived.set_tags([TEMPLATE_TAG])
@@ -82,7 +111,9 @@ def test_a_steps_template_is_made_once_under_templates_with_the_steps_defaults_a
     [project] = api.call("projects.get_all", id=[template["project"]], only_fields=["name"])["projects"]
     assert project["name"] == f"{PROJECT}/templates"
     assert (template["name"], template["type"], template["tags"]) == ("train", "training", [TEMPLATE_TAG])
-    assert (template["script"]["entry_point"], template["script"]["working_dir"]) == (in_repository("steps/train.py"), ".")
+    script = template["script"]
+    assert (script["repository"], script["entry_point"], script["working_dir"]) == (REMOTE, "steps/train.py", ".")
+    assert '+(__name__ != "__main__") or Task.init()' not in script.get("diff", "").splitlines()  # the step calls Task.init itself
     assert template["script"]["requirements"]["pip"].splitlines() == REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
     assert template["output"]["destination"] == server.env["CLEARML_FILES_HOST"]  # output_uri=True: the files server
     args = arguments_of(template)
@@ -144,7 +175,7 @@ def test_a_factory_run_is_the_child_of_the_task_that_runs_the_controller(server,
         controller.close()
         return ids
 
-    made = on_server(server, tmp_path, runs)
+    made = on_server(server, tmp_path, runs, THREAD_REPORTING)
     assert server.api.task(made["without"])["parent"] == made["template"]  # no controller task: Task.clone's default
     within = server.api.task(made["within"])
     assert within["parent"] == made["controller"]
@@ -152,40 +183,135 @@ def test_a_factory_run_is_the_child_of_the_task_that_runs_the_controller(server,
 
 
 def test_the_controllers_code_is_what_its_task_records_with_this_checkouts_requirements(server, tmp_path):
-    launched = {"url": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "fedcba9", "diff": None}
+    launched = {"url": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "fedcba9"}
+    diffs = {"empty": "diff --git a/x b/x\n+патч\n", "no_entry": None}  # what the launch's check found uncommitted
+    controller_script = {"repository": "https://git.example.com/controller.git", "branch": "b", "commit": "c0ffee", "diff": ""}
 
     def codes() -> dict:
         from dataclasses import asdict
 
         from clearml import Task
 
-        from pipelines.controller import CodeVersion, complete_controller_code
+        from pipelines.controller import CodeVersion, complete_controller_code, controller_code
 
         recorded = Task.create(project_name=PROJECT, task_name="recorded", repo=None)
         recorded.set_script(repository="https://git.example.com/other.git", branch="dev", commit="1111111", diff="d",
                             working_dir="sub", entry_point="pipelines/run_pipeline.py")
+        complete_controller_code(recorded, SimpleNamespace(**launched, diff="unused"))
         empty = Task.create(project_name=PROJECT, task_name="empty", repo=None)
         no_entry = Task.create(project_name=PROJECT, task_name="no entry point", repo=None)
-        no_entry.set_script(repository="https://git.example.com/other.git", entry_point="")
-        for task in (recorded, empty, no_entry):
-            complete_controller_code(task, SimpleNamespace(**launched))
+        no_entry.set_script(repository="https://git.example.com/other.git", entry_point="", diff="an older diff")
+        for name, task in (("empty", empty), ("no_entry", no_entry)):
+            complete_controller_code(task, SimpleNamespace(**launched, diff=diffs[name]))
         bare = Task.create(project_name=PROJECT, task_name="bare", repo=None)
         bare.set_script(repository="", branch="", commit="", diff="")
+        running = Task.init(project_name=PROJECT, task_name="controller", auto_connect_frameworks=False, auto_resource_monitoring=False)
+        complete_controller_code(running, SimpleNamespace(**launched, diff=None))  # waits for Task.init's own code detection
+        running.set_script(**controller_script)
         return {"recorded": recorded.id, "empty": empty.id, "no_entry": no_entry.id,
                 "code": asdict(CodeVersion.of_task(Task.get_task(task_id=recorded.id))),
-                "bare_code": asdict(CodeVersion.of_task(Task.get_task(task_id=bare.id)))}
+                "bare_code": asdict(CodeVersion.of_task(Task.get_task(task_id=bare.id))), "running_code": asdict(controller_code())}
 
-    made = on_server(server, tmp_path, codes)
+    made = on_server(server, tmp_path, codes, THREAD_REPORTING)
     api = server.api
     kept = api.task(made["recorded"])["script"]
-    assert (kept["repository"], kept["branch"], kept["version_num"], kept["working_dir"]) == (
-        "https://git.example.com/other.git", "dev", "1111111", "sub")
+    assert (kept["repository"], kept["branch"], kept["version_num"], kept["diff"], kept["working_dir"]) == (
+        "https://git.example.com/other.git", "dev", "1111111", "d", "sub")
     for name in ("empty", "no_entry"):
         script = api.task(made[name])["script"]
         assert (script["repository"], script["branch"], script["version_num"], script.get("diff", "")) == (
-            launched["url"], launched["branch"], launched["commit"], ""), name
+            launched["url"], launched["branch"], launched["commit"], diffs[name] or ""), name
         assert (script["entry_point"], script["working_dir"]) == (CONTROLLER_ENTRY_POINT, "."), name
     requirements = REQUIREMENTS_FILE.read_text(encoding="utf-8")
     assert made["code"] == {"repository": "https://git.example.com/other.git", "branch": "dev", "commit": "1111111",
                             "diff": "d", "requirements": requirements}
     assert made["bare_code"] == {"repository": "", "branch": "", "commit": "", "diff": "", "requirements": requirements}
+    assert made["running_code"] == {**controller_script, "requirements": requirements}  # the task this process runs
+
+
+def test_the_requirements_are_read_as_utf_8_whatever_the_locale(clearml_home, tmp_path):
+    """A comment in Russian in ``requirements.txt``, read under a locale that is not UTF-8."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# для обучения\nclearml\n", encoding="utf-8")
+    output = tmp_path / "code.json"
+
+    def main(_argv) -> None:
+        from dataclasses import asdict
+
+        from pipelines import controller
+
+        controller.REQUIREMENTS_FILE = requirements  # in this forked run only
+        script = SimpleNamespace(repository=None, branch=None, version_num=None, diff=None)
+        output.write_text(json.dumps(asdict(controller.CodeVersion.of_task(SimpleNamespace(data=SimpleNamespace(script=script))))))
+
+    completed = run_main(main, [], {**clearml_home, **ASCII_LOCALE})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(output.read_text()) == {"repository": "", "branch": "", "commit": "", "diff": "",
+                                              "requirements": "# для обучения\nclearml\n"}
+
+
+def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_step_when_its_parent_completes(server, tmp_path):
+    """``build_controller``'s pipeline, started here, with an agent's part played by hand on the cpu queue: its task, the
+    steps it makes from the templates with the given code, and the 3 s poll after which a completed step's child follows."""
+    api = server.api
+    cpu_queue = api.queue_id("cpu-q", create=True)
+    code = {"repository": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "0123abc", "diff": "",
+            "requirements": "clearml\n"}
+
+    def as_an_agent_sees_it() -> dict:
+        import argparse
+        import threading
+        import time
+
+        from clearml import Task
+
+        from components.settings import PRESETS
+        from pipelines.controller import CodeVersion, build_controller, find_or_create_template
+        from pipelines.definition import STEPS
+        from pipelines.run_pipeline import pipeline_parameters
+
+        for step in STEPS:  # made beforehand, as by an earlier launch: the poll period is what is timed below
+            find_or_create_template(step, PROJECT)
+        parameters = pipeline_parameters(PRESETS["tiny"], argparse.Namespace(lora_rank=4))  # no parse_args: its Args are not stored
+        pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project=PROJECT, name="Мой конвейер",
+                                code=lambda: CodeVersion(**code))
+        controller = Task.current_task()
+        threading.Thread(target=pipe.start_locally, kwargs={"run_pipeline_steps_locally": False}, daemon=True).start()
+
+        def next_task(deadline_s: float) -> str:
+            deadline = time.monotonic() + deadline_s
+            while time.monotonic() < deadline:
+                entry = api.call("queues.get_next_task", queue=cpu_queue).get("entry")
+                if entry:
+                    return entry["task"]
+                time.sleep(0.1)
+            raise AssertionError(f"nothing was enqueued on cpu-q within {deadline_s} s")
+
+        ingest = next_task(60)
+        api.call("tasks.started", task=ingest)
+        api.call("tasks.completed", task=ingest)
+        completed = time.monotonic()
+        preprocess = next_task(60)
+        return {"controller": controller.id, "ingest": ingest, "preprocess": preprocess,
+                "followed_after_s": time.monotonic() - completed,
+                "unset": sorted(name for name, value in parameters.items() if value is None)}
+
+    made = on_server(server, tmp_path, as_an_agent_sees_it, THREAD_REPORTING)
+    controller = api.task(made["controller"])
+    [project] = api.call("projects.get_all", id=[controller["project"]], only_fields=["name"])["projects"]
+    assert (project["name"], controller["name"], controller["type"]) == (f"{PROJECT}/.pipelines/Мой конвейер", "Мой конвейер", "controller")
+    assert controller["output"]["destination"] == server.env["CLEARML_FILES_HOST"]  # output_uri=True: the files server
+    assert api.hyperparameter(made["controller"], "pipeline", "default_queue") == "cpu-q"
+    args = {p["name"]: p["value"] for p in api.call("tasks.get_hyper_params", tasks=[made["controller"]])["params"][0]["hyperparams"]
+            if p["section"] == "Args"}
+    assert (args["lora_rank"], args["model"]) == ("4", "tiny")
+    assert made["unset"] and {name: args[name] for name in made["unset"]} == dict.fromkeys(made["unset"], "")
+    for name in ("ingest", "preprocess"):
+        step = api.task(made[name])
+        [step_project] = api.call("projects.get_all", id=[step["project"]], only_fields=["name"])["projects"]
+        assert (step["name"], step_project["name"], step["parent"]) == (name, PROJECT, made["controller"])
+        assert step["tags"] == [f"pipe: {made['controller']}"]  # add_pipeline_tags: the steps of a run are found by its id
+        assert (step["script"]["repository"], step["script"]["version_num"]) == (code["repository"], code["commit"])
+    assert api.hyperparameter(made["preprocess"], "Args", "ingest_task_id") == made["ingest"]
+    # The controller polls its steps every 3 s (pool_frequency=0.05 min); ClearML's default, 12 s, would double a short step's time.
+    assert made["followed_after_s"] < 10
