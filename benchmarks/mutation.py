@@ -83,7 +83,7 @@ def _mutation_record_hit(name, caller=None):  # mutmut calls it only while it co
         return _mutation_record(name, caller=caller)
     if name not in _mutation_written:
         _mutation_written.add(name)
-        with open(_mutation_os.environ["MUTATION_HITS"], "a") as hits:
+        with open(_mutation_os.environ["MUTATION_HITS"], "a", encoding="utf-8") as hits:  # a method's name holds "ǁ"; any locale
             hits.write(name + "\\n")
 
 
@@ -100,7 +100,7 @@ def pytest_runtest_teardown(item, nextitem):
     hits = _mutation_os.environ["MUTATION_HITS"]
     if _mutation_os.path.exists(hits):
         from mutmut.state import state
-        with open(hits) as recorded:
+        with open(hits, encoding="utf-8") as recorded:
             state()._stats.update(filter(None, recorded.read().splitlines()))
         _mutation_os.remove(hits)
 """

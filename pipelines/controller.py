@@ -13,9 +13,9 @@ edit a template in the UI to change what every later run starts from. When sever
 tasks match, the oldest is the template, so a UI clone of it is never taken for it.
 
 Pipeline parameters reach the steps as ``Args/<name>`` overrides, upstream task ids as
-``${<step>.id}``. Every parameter is always added (``""`` meaning unset): the controller
-re-run on the ``services`` agent rebuilds the DAG from code, and ClearML restores only
-the parameters the code adds again.
+``${<step>.id}``. Every parameter is always added, an unset one (None) too, which ClearML
+stores and hands to the steps as ``""``: the controller re-run on the ``services`` agent
+rebuilds the DAG from code, and ClearML restores only the parameters the code adds again.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *
     pipe = PipelineController(name=name, project=project, add_pipeline_tags=True, output_uri=True, pool_frequency=0.05)
     pipe.set_default_execution_queue(queues["cpu"])
     for key, value in parameters.items():
-        pipe.add_parameter(name=key, default="" if value is None else value)
+        pipe.add_parameter(name=key, default=value)
     references = {key: f"${{pipeline.{key}}}" for key in parameters}
     upstream_ids = {step: f"${{{step}.id}}" for step in STEP_NAMES}
     for step in run_steps(parameters):  # the export step only when the parameter asks for it

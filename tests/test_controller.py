@@ -254,7 +254,7 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
     """``build_controller``'s pipeline, started here, with an agent's part played by hand on the cpu queue: its task, the
     steps it makes from the templates with the given code, and the 3 s poll after which a completed step's child follows."""
     api = server.api
-    cpu_queue = api.queue_id("cpu-q", create=True)
+    queues = {name: api.queue_id(name, create=True) for name in ("cpu-q", "gpu-q")}
     code = {"repository": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "0123abc", "diff": "",
             "requirements": "clearml\n"}
 
@@ -278,23 +278,27 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
         controller = Task.current_task()
         threading.Thread(target=pipe.start_locally, kwargs={"run_pipeline_steps_locally": False}, daemon=True).start()
 
-        def next_task(deadline_s: float) -> str:
+        def next_task(queue: str, deadline_s: float = 60) -> str:
             deadline = time.monotonic() + deadline_s
             while time.monotonic() < deadline:
-                entry = api.call("queues.get_next_task", queue=cpu_queue).get("entry")
+                entry = api.call("queues.get_next_task", queue=queues[queue]).get("entry")
                 if entry:
                     return entry["task"]
                 time.sleep(0.1)
-            raise AssertionError(f"nothing was enqueued on cpu-q within {deadline_s} s")
+            raise AssertionError(f"nothing was enqueued on {queue} within {deadline_s} s")
 
-        ingest = next_task(60)
-        api.call("tasks.started", task=ingest)
-        api.call("tasks.completed", task=ingest)
-        completed = time.monotonic()
-        preprocess = next_task(60)
-        return {"controller": controller.id, "ingest": ingest, "preprocess": preprocess,
-                "followed_after_s": time.monotonic() - completed,
-                "unset": sorted(name for name, value in parameters.items() if value is None)}
+        def run(task_id: str) -> float:
+            api.call("tasks.started", task=task_id)
+            api.call("tasks.completed", task=task_id)
+            return time.monotonic()
+
+        ingest = next_task("cpu-q")
+        completed = run(ingest)
+        preprocess = next_task("cpu-q")
+        followed_after_s = time.monotonic() - completed
+        run(preprocess)
+        return {"controller": controller.id, "ingest": ingest, "preprocess": preprocess, "train": next_task("gpu-q"),
+                "followed_after_s": followed_after_s, "unset": sorted(name for name, value in parameters.items() if value is None)}
 
     made = on_server(server, tmp_path, as_an_agent_sees_it, THREAD_REPORTING)
     controller = api.task(made["controller"])
@@ -306,12 +310,14 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
             if p["section"] == "Args"}
     assert (args["lora_rank"], args["model"]) == ("4", "tiny")
     assert made["unset"] and {name: args[name] for name in made["unset"]} == dict.fromkeys(made["unset"], "")
-    for name in ("ingest", "preprocess"):
+    for name in ("ingest", "preprocess", "train"):
         step = api.task(made[name])
         [step_project] = api.call("projects.get_all", id=[step["project"]], only_fields=["name"])["projects"]
         assert (step["name"], step_project["name"], step["parent"]) == (name, PROJECT, made["controller"])
         assert step["tags"] == [f"pipe: {made['controller']}"]  # add_pipeline_tags: the steps of a run are found by its id
         assert (step["script"]["repository"], step["script"]["version_num"]) == (code["repository"], code["commit"])
     assert api.hyperparameter(made["preprocess"], "Args", "ingest_task_id") == made["ingest"]
+    train = {name: api.hyperparameter(made["train"], "Args", name) for name in ("preprocess_task_id", "lora_rank", "max_steps", "early_stopping_patience")}
+    assert train == {"preprocess_task_id": made["preprocess"], "lora_rank": "4", "max_steps": "", "early_stopping_patience": ""}  # unset: ""
     # The controller polls its steps every 3 s (pool_frequency=0.05 min); ClearML's default, 12 s, would double a short step's time.
     assert made["followed_after_s"] < 10
