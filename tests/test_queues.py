@@ -197,4 +197,4 @@ def test_the_wait_option_is_seconds_with_its_default_shown():
     assert parser.parse_args(["--wait-for-start", "2.5"]).wait_for_start == 2.5
     assert " ".join(parser.format_help().split()).endswith(
         "--wait-for-start SECONDS after enqueuing the controller, follow it this long until an agent starts it; one that fails "
-        "first ends the command with its reason and exit status 1 (0: do not wait) (default: 60.0)")
+        "first ends the command with its reason and exit status 1 (0: do not wait; default 60)")
