@@ -68,7 +68,7 @@ def arguments_of(task: dict) -> dict[str, str]:
 
 
 def pushed_checkout(path: Path) -> Path:
-    """A checkout of the step scripts whose commit is on its remote, as ``check_repository`` requires of a launch."""
+    """A committed checkout of the step scripts with a remote, as a user's clone has (the remote is only named, not reached)."""
     shutil.copytree(PROJECT_ROOT / "steps", path / "steps")
     for command in (["init", "-q"], ["add", "."], ["-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "steps"],
                     ["remote", "add", "origin", REMOTE]):
