@@ -22,6 +22,7 @@ not what the SDK detects in this environment: its analysis of the repository lis
 tests' packages (pytest, selenium, peft) and this machine's builds (``torch == 2.13.0+cpu``,
 which a package index does not serve). The controller and the optimizer need them all: they
 create the steps' templates from the steps' own parsers. So one virtualenv serves every task.
+In both modes ``Task.init`` then detects the repository in its caller's thread, where it cannot hang.
 """
 
 from __future__ import annotations
@@ -164,6 +165,26 @@ def prepare_clearml(local_flag: bool) -> bool:
     """Choose offline or server mode before any task exists; returns True when offline (see the module docstring)."""
     if running_on_agent():
         return False
+    offline = _choose_offline_or_server(local_flag)
+    _detect_repositories_in_the_calling_thread()
+    return offline
+
+
+def _detect_repositories_in_the_calling_thread() -> None:
+    """``Task.init`` detects the repository in the calling thread, not in a thread of its own
+    (``sdk.development.vcs_repo_detect_async``, true in the SDK's default configuration).
+
+    With a thread, clearml 2.1.12's ``Task.init`` can hang for good: the task's edit lock is a file
+    lock created on first use, and when Task.init's thread and the repository thread first use it at
+    the same moment each creates one; a thread holding one then waits on the other's ``flock`` (a CI
+    run: Task.init stuck in ``_reload``). The lock's creation is not ours to fix; one thread cannot race."""
+    from clearml.config import ConfigSDKWrapper, config_obj
+
+    config_obj.set_overrides({"sdk": {"development": {"vcs_repo_detect_async": False}}})
+    ConfigSDKWrapper.clear_config_impl()  # it holds the "sdk" section as first read
+
+
+def _choose_offline_or_server(local_flag: bool) -> bool:
     if local_flag or offline_mode_exported():
         enter_offline_mode()
         return True

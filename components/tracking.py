@@ -112,7 +112,7 @@ def run_step(
         args.output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix=f"{name}-"))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         outputs = run(args, task)
-    result = {"step": name, "task_id": task.id, "offline": task.is_offline(), "outputs": outputs}
+    result = {"step": name, "task_id": task.id, "offline": bool(task.is_offline()), "outputs": outputs}
     if task.is_offline():
         result["offline_session"] = f"{task.get_offline_mode_folder()}.zip"  # written by close()
     _ClearMLClock.measure(task.close)()

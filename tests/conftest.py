@@ -87,7 +87,13 @@ def random_adapter(base: Path, folder: Path, settings) -> Path:
 def unconfigured_sdk(monkeypatch, tmp_path) -> Path:
     """This process as a machine with no ClearML configuration, for tests that call the SDK here: no ClearML variables,
     HOME in ``tmp_path``, and ``CLEARML_CONFIG_FILE`` naming ``tmp_path/clearml.conf`` (absent until a test writes it),
-    so the developer's own ``~/clearml.conf`` is never read. Returns that file's path."""
+    so the developer's own ``~/clearml.conf`` is never read. The SDK's configuration starts unloaded and what the test
+    loads (``prepare_clearml`` does) is dropped afterwards: the tests forked later from this process inherit none of it.
+    Returns that file's path."""
+    from clearml.config import ConfigSDKWrapper, ConfigWrapper
+
+    monkeypatch.setattr(ConfigWrapper, "_config", None)
+    monkeypatch.setattr(ConfigSDKWrapper, "_config_sdk", None)
     for name in list(os.environ):
         if name.startswith(("CLEARML_", "TRAINS_")):
             monkeypatch.delenv(name)

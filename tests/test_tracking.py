@@ -342,6 +342,65 @@ def test_clearml_seconds_count_nested_calls_once(monkeypatch):
     assert tracking._ClearMLClock.depth == 0
 
 
+def force_the_edit_lock_race(made_by: Path) -> None:
+    """In this (forked) process, ClearML's threads first use a task's edit lock in the order that hung Task.init in a CI
+    run, wherever a repository-detection thread runs beside Task.init's: that thread detects the repository once Task.init's
+    thread is creating the lock, creates one of its own meanwhile, and waits for Task.init's thread to take its lock. The
+    threads that created one are appended to ``made_by``."""
+    import clearml.utilities.locks.utils as locks
+    from clearml.backend_interface.task.repo import ScriptInfo
+
+    main_creating, other_creating, main_took = threading.Event(), threading.Event(), threading.Event()
+    create, acquire, detect = locks.RLock.__init__, locks.RLock.acquire, ScriptInfo.get
+    in_main_thread = lambda: threading.current_thread() is threading.main_thread()  # noqa: E731
+
+    def late_detect(*args, **kwargs):
+        if not in_main_thread():
+            main_creating.wait(10)
+        return detect(*args, **kwargs)
+
+    def interleaved_create(lock, filename, *args, **kwargs):
+        create(lock, filename, *args, **kwargs)
+        if not Path(filename).name.startswith("clearml_"):  # a cache's lock, not the task's edit lock
+            return
+        with made_by.open("a", encoding="utf-8") as record:
+            record.write(threading.current_thread().name + "\n")
+        if in_main_thread():
+            main_creating.set()
+            repository = [thread for thread in threading.enumerate() if thread.name.endswith("(_update_repository)")]
+            while repository and repository[0].is_alive() and not other_creating.wait(0.05):
+                pass
+        else:
+            other_creating.set()
+            main_took.wait(10)
+
+    def noted_acquire(lock, *args, **kwargs):
+        taken = acquire(lock, *args, **kwargs)
+        if in_main_thread():
+            main_took.set()
+        return taken
+
+    ScriptInfo.get = late_detect
+    locks.RLock.__init__, locks.RLock.acquire = interleaved_create, noted_acquire
+
+
+@pytest.mark.parametrize("where", ["server", "--local"])
+def test_a_steps_task_is_created_however_clearmls_threads_interleave(where, clearml_home, tmp_path):
+    made_by = tmp_path / "edit-locks-made-by.txt"
+
+    def main(argv):
+        sys.argv = [__file__, *argv]  # a script in the repository, as a step's is: ClearML detects its repository
+        force_the_edit_lock_race(made_by)
+        tracking.run_step("a step", "custom", step_parser, step_body, argv)
+
+    argv = ["--output-dir", str(tmp_path / "out"), *([where] if where == "--local" else [])]
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
+        completed = run_main(main, argv, {**clearml_home, **server.environment()}, timeout_s=60)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))["offline"] is (where == "--local")
+    assert made_by.read_text(encoding="utf-8") == "MainThread\n"  # one lock, made by Task.init's own thread
+
+
 def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publication(clearml_home, tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()
