@@ -5,7 +5,7 @@ configuration resolution (environment variables, ``CLEARML_CONFIG_FILE`` with ``
 expanded, ``~/clearml.conf``), in this order:
 
 1. Under an agent (``CLEARML_TASK_ID`` set): the task runs as the agent configured it;
-   nothing is decided or checked here.
+   nothing is decided or checked here (but for ``SDK_OVERRIDES``, below).
 2. ``CLEARML_OFFLINE_MODE`` exported as true: offline, as ClearML itself would be.
 3. ``--local``: offline.
 4. Credentials configured: the server, pinged once (honouring ``api.verify_certificate``)
@@ -16,13 +16,14 @@ expanded, ``~/clearml.conf``), in this order:
 6. Nothing configured: offline.
 
 Offline, ``configs/clearml-offline.conf`` replaces the user's configuration (no server
-address or credentials are read) and makes ``Task.close()`` fast. On a server, every task
-this process creates records ``requirements.txt`` as the packages an agent installs for it,
-not what the SDK detects in this environment: its analysis of the repository lists the
-tests' packages (pytest, selenium, peft) and this machine's builds (``torch == 2.13.0+cpu``,
-which a package index does not serve). The controller and the optimizer need them all: they
-create the steps' templates from the steps' own parsers. So one virtualenv serves every task.
-In both modes ``Task.init`` then detects the repository in its caller's thread, where it cannot hang.
+address or credentials are read). On a server, every task this process creates records
+``requirements.txt`` as the packages an agent installs for it, not what the SDK detects here:
+its analysis of the repository lists the tests' packages (pytest, selenium, peft) and this
+machine's builds (``torch == 2.13.0+cpu``, which a package index does not serve). The
+controller and the optimizer need them all: they create the steps' templates from the steps'
+own parsers. So one virtualenv serves every task.
+
+In every case, under an agent too, ``SDK_OVERRIDES`` then changes two of the SDK's defaults.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ from components.errors import UserError
 from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 
 OFFLINE_CONFIG = PROJECT_ROOT / "configs" / "clearml-offline.conf"
+# ClearML settings of every process here, whatever clearml.conf says: with the SDK's defaults (clearml 2.1.12) Task.init
+# can hang a process for good or hand it another request's answer. (A server's configuration vault, where it has one,
+# replaces them: the SDK keeps one list of overrides.)
+SDK_OVERRIDES = {"sdk": {"development": {
+    # Reports are sent from a thread, not from a subprocess that Task.init forks: the subprocess inherits the process's
+    # pooled connections to the server and both send on them, so each can read the other's answer (a tasks.get_all call
+    # was answered with events.add_batch's answer; another waited out the 300 s read timeout). Task.close() also no
+    # longer waits about 10 s for the subprocess to end.
+    "report_use_subprocess": False,
+    # The repository is detected in Task.init's thread, not in one of its own: the task's edit lock, a file lock created
+    # on first use, is created twice when both threads first use it at once, and one then waits for good on the other's
+    # flock (a CI run: Task.init stuck in _reload).
+    "vcs_repo_detect_async": False,
+}}}
 SERVER_CHECK_TIMEOUT_S = 5.0
 
 
@@ -162,26 +177,14 @@ def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_
 
 
 def prepare_clearml(local_flag: bool) -> bool:
-    """Choose offline or server mode before any task exists; returns True when offline (see the module docstring)."""
-    if running_on_agent():
-        return False
-    offline = _choose_offline_or_server(local_flag)
-    _detect_repositories_in_the_calling_thread()
-    return offline
-
-
-def _detect_repositories_in_the_calling_thread() -> None:
-    """``Task.init`` detects the repository in the calling thread, not in a thread of its own
-    (``sdk.development.vcs_repo_detect_async``, true in the SDK's default configuration).
-
-    With a thread, clearml 2.1.12's ``Task.init`` can hang for good: the task's edit lock is a file
-    lock created on first use, and when Task.init's thread and the repository thread first use it at
-    the same moment each creates one; a thread holding one then waits on the other's ``flock`` (a CI
-    run: Task.init stuck in ``_reload``). The lock's creation is not ours to fix; one thread cannot race."""
+    """Choose offline or server mode before any task exists, and set ``SDK_OVERRIDES``; returns True when offline
+    (see the module docstring)."""
+    offline = False if running_on_agent() else _choose_offline_or_server(local_flag)
     from clearml.config import ConfigSDKWrapper, config_obj
 
-    config_obj.set_overrides({"sdk": {"development": {"vcs_repo_detect_async": False}}})
+    config_obj.set_overrides(SDK_OVERRIDES)  # read after the choice: offline, CLEARML_CONFIG_FILE names OFFLINE_CONFIG
     ConfigSDKWrapper.clear_config_impl()  # it holds the "sdk" section as first read
+    return offline
 
 
 def _choose_offline_or_server(local_flag: bool) -> bool:

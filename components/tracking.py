@@ -198,8 +198,7 @@ def close_failed(task, reason: str) -> None:
     """End a task whose step failed; on a server it is marked failed with ``reason``.
 
     On a server the reports are flushed and the task marked failed, not closed: ``close()``
-    waits for ClearML's reporting subprocess (about 10 s) and, for a task run from a shell,
-    marks it stopped. Offline, ``close()`` writes the session (and is fast: its reporter is a thread).
+    marks a task run from a shell stopped. Offline, ``close()`` writes the session.
     """
     if task.is_offline():
         task.close()

@@ -21,11 +21,6 @@ from tests.e2e.server_api import ServerApi
 
 PROJECT = "Дообучение"  # not ASCII: the templates project is named after it
 REMOTE = "https://git.example.com/team/rut5.git"
-# For the tests that call Task.init: its reports sent from a thread of the process. ClearML's reporting subprocess, forked by
-# Task.init, inherits the SDK's pooled connections; with the controller's own calls on them, 3 runs in 25 of the started
-# controller's test on a loaded machine lost a response and waited out the SDK's 300 s read timeout (0 in 18 with this
-# setting). The pipelines of tests/e2e run with the default.
-THREAD_REPORTING = "sdk.development.report_use_subprocess: false\n"
 
 
 @pytest.fixture
@@ -35,9 +30,8 @@ def server(clearml_home, tmp_path):
         yield SimpleNamespace(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]))
 
 
-def on_server(server, tmp_path: Path, work, sdk_configuration: str | None = None) -> object:
-    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server`` (and ``sdk_configuration``,
-    a clearml.conf's text, where given: the SDK's defaults otherwise)."""
+def on_server(server, tmp_path: Path, work) -> object:
+    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server`` (its default configuration)."""
     output = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}.json"
 
     def main(_argv) -> None:
@@ -46,12 +40,7 @@ def on_server(server, tmp_path: Path, work, sdk_configuration: str | None = None
         prepare_clearml(False)
         output.write_text(json.dumps(work()), encoding="utf-8")
 
-    env = server.env
-    if sdk_configuration:
-        configuration = tmp_path / "clearml.conf"
-        configuration.write_text(sdk_configuration, encoding="utf-8")
-        env = {**env, "CLEARML_CONFIG_FILE": str(configuration)}
-    completed = run_main(main, [], env)
+    completed = run_main(main, [], server.env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(output.read_text(encoding="utf-8"))
 
@@ -175,7 +164,7 @@ def test_a_factory_run_is_the_child_of_the_task_that_runs_the_controller(server,
         controller.close()
         return ids
 
-    made = on_server(server, tmp_path, runs, THREAD_REPORTING)
+    made = on_server(server, tmp_path, runs)
     assert server.api.task(made["without"])["parent"] == made["template"]  # no controller task: Task.clone's default
     within = server.api.task(made["within"])
     assert within["parent"] == made["controller"]
@@ -212,7 +201,7 @@ def test_the_controllers_code_is_what_its_task_records_with_this_checkouts_requi
                 "code": asdict(CodeVersion.of_task(Task.get_task(task_id=recorded.id))),
                 "bare_code": asdict(CodeVersion.of_task(Task.get_task(task_id=bare.id))), "running_code": asdict(controller_code())}
 
-    made = on_server(server, tmp_path, codes, THREAD_REPORTING)
+    made = on_server(server, tmp_path, codes)
     api = server.api
     kept = api.task(made["recorded"])["script"]
     assert (kept["repository"], kept["branch"], kept["version_num"], kept["diff"], kept["working_dir"]) == (
@@ -300,7 +289,7 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
         return {"controller": controller.id, "ingest": ingest, "preprocess": preprocess, "train": next_task("gpu-q"),
                 "followed_after_s": followed_after_s, "unset": sorted(name for name, value in parameters.items() if value is None)}
 
-    made = on_server(server, tmp_path, as_an_agent_sees_it, THREAD_REPORTING)
+    made = on_server(server, tmp_path, as_an_agent_sees_it)
     controller = api.task(made["controller"])
     [project] = api.call("projects.get_all", id=[controller["project"]], only_fields=["name"])["projects"]
     assert (project["name"], controller["name"], controller["type"]) == (f"{PROJECT}/.pipelines/Мой конвейер", "Мой конвейер", "controller")

@@ -202,9 +202,18 @@ def test_a_server_that_does_not_answer_stops_the_step_after_5_seconds(clearml_ho
     assert len(waited) == 1 and SERVER_CHECK_TIMEOUT_S - 0.5 <= waited[0] < SERVER_CHECK_TIMEOUT_S + 3
 
 
-def test_offline_mode_uses_the_fast_close_configuration(clearml_home):
+@pytest.mark.parametrize("where, variables, conf", [
+    ("offline", {}, None),
+    ("on an agent, whatever its configuration says", {"CLEARML_TASK_ID": "abc"},
+     "sdk.development { report_use_subprocess: true, vcs_repo_detect_async: true }"),
+])
+def test_every_process_reports_from_a_thread_and_detects_the_repository_in_task_inits(where, variables, conf, clearml_home, tmp_path):
+    env = {**clearml_home, **variables}
+    if conf:
+        (tmp_path / "clearml.conf").write_text(conf, encoding="utf-8")
+        env["CLEARML_CONFIG_FILE"] = str(tmp_path / "clearml.conf")
     script = (
         "import sys; sys.path.insert(0, '.'); from components.clearml_connection import prepare_clearml; print(prepare_clearml(False));"
-        "from clearml.config import config; print(config.get('development.report_use_subprocess'))"
+        "from clearml.config import config; print(config.get('development.report_use_subprocess'), config.get('development.vcs_repo_detect_async'))"
     )
-    assert run_script(clearml_home, "-c", script).stdout.split()[-2:] == ["True", "False"]
+    assert run_script(env, "-c", script).stdout.split()[-3:] == [str(where == "offline"), "False", "False"]

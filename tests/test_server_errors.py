@@ -2,8 +2,7 @@
 message, with exit status 1 and one sentence, and leaves nothing on the server it need not.
 
 Each test starts the test server fresh (only the ``default`` queue) and runs the command as a new
-user's shell does: the server's variables, a new HOME, and the SDK's default configuration
-(its reporting subprocess included, which the other server tests replace by a thread).
+user's shell does: the server's variables, a new HOME, and the SDK's default configuration.
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ from tests.e2e.server_api import ApiError, ServerApi
 from tests.readme_commands import agent_commands, the_command
 
 ROOT = Path(__file__).resolve().parents[1]
-# After its message a failing command flushes its streams and, when a task exists, waits for the
-# reporting subprocess to send what the task reported (one flush period: 5-6 s measured here) and
-# marks the task failed (one API call). A linger of ClearML's threads after an error, the defect
-# tested here, was seen at 16 s and at 5 minutes.
+# After its message a failing command flushes its streams and, when a task exists, waits for what
+# the task reported to be sent and marks the task failed (one API call). A linger of ClearML's
+# threads after an error, the defect tested here, was seen at 16 s and at 5 minutes.
 AFTER_MESSAGE_S = 12.0
 DEADLINE_S = 60.0  # the whole command, imports of torch and transformers included
 

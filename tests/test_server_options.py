@@ -3,11 +3,7 @@ that changes on the server, beside what the default does there.
 
 As in tests/test_server_errors.py, each test starts the test server fresh (only the ``default``
 queue), runs the commands as a new user's shell does (the server's variables, a new HOME) and reads
-the server's state through its REST API. One difference: the SDK reports from a thread, as in the
-end-to-end tests (tests/e2e/clearml.conf), instead of its default forked reporting subprocess. With
-the subprocess, a pipeline launch was seen to hang in about one of four runs, its main thread waiting
-for an answer to a request the server had answered (a connection the forked reporter shares), and
-every Task.close() waits about 10 s for the subprocess to end.
+the server's state through its REST API, with the SDK's default configuration.
 
 Every command runs in its own process group, killed when it ends or runs past ``COMMAND_TIMEOUT_S``.
 """
@@ -21,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import CLEARML_CONFIG, git, git_env, run_in_group
+from tests.e2e.harness import git, git_env, run_in_group
 from tests.e2e.server_api import ServerApi
 from tests.test_server_errors import api, new_user_environment, server  # noqa: F401 (api and server are fixtures)
 
@@ -66,7 +62,7 @@ print("IDS=" + json.dumps({"train": train.id, "evaluate": evaluate.id}))
 
 @pytest.fixture
 def user_shell(server, tmp_path) -> dict[str, str]:
-    return {**new_user_environment(server, tmp_path), "CLEARML_CONFIG_FILE": str(CLEARML_CONFIG)}
+    return new_user_environment(server, tmp_path)
 
 
 @pytest.fixture

@@ -401,6 +401,36 @@ def test_a_steps_task_is_created_however_clearmls_threads_interleave(where, clea
     assert made_by.read_text(encoding="utf-8") == "MainThread\n"  # one lock, made by Task.init's own thread
 
 
+def test_a_step_that_reports_gets_the_answers_to_its_own_requests(clearml_home, tmp_path):
+    """A step reports (scalars and log lines) while it asks the server for tasks, a few seconds long: every answer is
+    its own, and Task.init has forked no process to report from (one shared the step's connections to the server and
+    read its answers: a step got events.add_batch's answer to tasks.get_all, or waited 300 s for one)."""
+
+    def reporting_and_asking(args, task) -> dict:
+        import psutil
+        from clearml import Task
+
+        children = [child.pid for child in psutil.Process().children()]
+        answers, end = [], time.monotonic() + 5
+        while time.monotonic() < end:
+            for value in range(20):
+                task.get_logger().report_scalar("loss", "train", value, iteration=len(answers) * 20 + value)
+                print("строка", value)
+            asked = time.monotonic()
+            found = [found.id for found in Task.get_tasks(project_name=tracking.CLEARML_PROJECT, task_name="a step")]
+            answers.append((found == [task.id], time.monotonic() - asked))
+        return {"children": children, "answers": len(answers), "wrong": sum(not right for right, _ in answers),
+                "slowest_s": max(seconds for _, seconds in answers)}
+
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
+        completed = run_main(lambda argv: tracking.run_step("a step", "custom", step_parser, reporting_and_asking, argv),
+                             ["--output-dir", str(tmp_path / "out")], {**clearml_home, **server.environment()})
+    assert completed.returncode == 0, completed.stderr
+    outputs = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))["outputs"]
+    assert (outputs["children"], outputs["wrong"]) == ([], 0) and outputs["answers"] >= 5
+    assert outputs["slowest_s"] < 5  # 0.16 s measured; the SDK waits 300 s for an answer that went to another process
+
+
 def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publication(clearml_home, tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()

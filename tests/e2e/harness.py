@@ -26,7 +26,6 @@ from tests.readme_commands import environment_and_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE_NAME = "project.git"
-CLEARML_CONFIG = Path(__file__).with_name("clearml.conf")  # read by the SDK, the agent and the tasks it runs
 AGENT_POLL_S = "1"  # CLEARML_AGENT_QUEUE_POLL_FREQ_SEC: poll queues every second instead of 5
 # A real server instead of the test double: set all of these (or none).
 REAL_SERVER_VARIABLES = ("CLEARML_E2E_API_HOST", "CLEARML_E2E_API_ACCESS_KEY", "CLEARML_E2E_API_SECRET_KEY",
@@ -203,13 +202,13 @@ def real_server_from_environment() -> ServerTarget | None:
 
 
 def client_environment(server: ServerTarget, home: Path) -> dict[str, str]:
-    """What a user's shell has: the server's variables, a clean HOME (and TMPDIR under it) and
-    ``tests/e2e/clearml.conf``, no other ClearML setting (``TEST_ONLY_SETTINGS`` says why each differs)."""
+    """What a user's shell has: the server's variables and a clean HOME (and TMPDIR under it), no other ClearML setting:
+    the SDK's default configuration (``TEST_ONLY_SETTINGS`` says why each setting differs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
     env.update(server.env)
     tmp = home / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", TMPDIR=str(tmp), CLEARML_CONFIG_FILE=str(CLEARML_CONFIG))
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", TMPDIR=str(tmp))
     return env
 
 
@@ -221,10 +220,6 @@ TEST_ONLY_SETTINGS = {
             "git identity is read",
     "TMPDIR": "temporary files inside the test session's folder, removed with it",
     "PYTHONUNBUFFERED": "a command's output reaches its log in the order it was printed (for failure messages)",
-    "CLEARML_CONFIG_FILE": "tests/e2e/clearml.conf: the SDK reports from a thread instead of its subprocess, so a "
-                           "Task.close() does not wait about 10 s for the subprocess (dozens of tasks close in the "
-                           "flows); tests/test_server_errors.py runs the README's launch and sweep with the SDK's "
-                           "default configuration, subprocess included",
     "CLEARML_AGENT_QUEUE_POLL_FREQ_SEC": "agents poll their queues every second instead of every 5 s",
     "CLEARML_WORKER_ID": "each agent's worker id names its queue, so a test can tell which agent ran a task",
     "GIT_CONFIG_NOSYSTEM": "git in the agents reads no system configuration of this machine",
