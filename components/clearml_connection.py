@@ -179,7 +179,7 @@ def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_
 def prepare_clearml(local_flag: bool) -> bool:
     """Choose offline or server mode before any task exists, and set ``SDK_OVERRIDES``; returns True when offline
     (see the module docstring)."""
-    offline = False if running_on_agent() else _choose_offline_or_server(local_flag)
+    offline = False if running_on_agent() else choose_offline_or_server(local_flag)
     from clearml.config import ConfigSDKWrapper, config_obj
 
     config_obj.set_overrides(SDK_OVERRIDES)  # read after the choice: offline, CLEARML_CONFIG_FILE names OFFLINE_CONFIG
@@ -187,7 +187,8 @@ def prepare_clearml(local_flag: bool) -> bool:
     return offline
 
 
-def _choose_offline_or_server(local_flag: bool) -> bool:
+def choose_offline_or_server(local_flag: bool) -> bool:
+    """Steps 2 to 6 of the module docstring: True for offline (entered here), False for the server (checked here)."""
     if local_flag or offline_mode_exported():
         enter_offline_mode()
         return True

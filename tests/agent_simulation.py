@@ -120,7 +120,8 @@ def _record_queue_check(module: ModuleType) -> None:
 
 
 def _server_path(module: ModuleType) -> None:
-    module.prepare_clearml = lambda local_flag: False
+    """The server is chosen without a check; the SDK settings every process makes are made."""
+    module.choose_offline_or_server = lambda local_flag: False
 
 
 def launch(script: str, argv: list[str]) -> None:
