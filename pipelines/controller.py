@@ -66,8 +66,10 @@ def complete_controller_code(task, launched) -> None:
     """Make sure the controller task records its code (``launched``: the checked repository) before it is enqueued.
 
     clearml 2.1.12's ``PipelineController.__init__`` calls ``Task.set_script``, which reloads the
-    task outside the lock of ``Task.init``'s background repository detection and can write back
-    an empty script (no repository, no entry point): the services agent would have nothing to run.
+    task outside the lock of ``Task.init``'s repository detection when that runs in a thread, and
+    can write back an empty script (no repository, no entry point): the services agent would have
+    nothing to run. ``SDK_OVERRIDES`` has it run in Task.init's thread instead, unless a server's
+    configuration vault replaces them (see ``components.clearml_connection``); then this waits for it.
     """
     task._wait_for_repo_detection(timeout=300.0)
     task.reload()
