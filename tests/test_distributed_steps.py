@@ -129,12 +129,17 @@ def test_the_ranks_of_nproc_per_node_die_with_their_rank_0(offline, tokenized, t
 
 def test_torchrun_rank_0_killed_then_resumed_ends_bit_identical_to_the_nproc_per_node_run(
         offline, tokenized, tiny_model_dir, uninterrupted, tmp_path):
-    command = [*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, tmp_path)]
-    status, _, _ = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=0)
+    """A run is one task, rank 0's: torchrun's other rank trains without one."""
+    sessions = tmp_path / "clearml-cache" / "offline"
+    env = {**offline, "CLEARML_CACHE_DIR": str(sessions.parent)}
+    output_dir = tmp_path / "out"
+    command = [*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, output_dir)]
+    status, _, _ = kill_rank_after_first_checkpoint(env, command, output_dir, rank=0)
     assert status != 0
-    subprocess.run([*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--resume")], cwd=ROOT, env=offline,
+    subprocess.run([*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, output_dir, "--resume")], cwd=ROOT, env=env,
                    check=True, capture_output=True, timeout=300)
-    assert outcome(tmp_path) == uninterrupted
+    assert outcome(output_dir) == uninterrupted
+    assert len(list(sessions.glob("*.zip"))) == 1  # the completed run's task, closed; the killed run's was never closed
 
 
 def started_by_hand(env: dict, rank: int, port: int) -> dict:
