@@ -142,6 +142,19 @@ def test_torchrun_rank_0_killed_then_resumed_ends_bit_identical_to_the_nproc_per
     assert len(list(sessions.glob("*.zip"))) == 1  # the completed run's task, closed; the killed run's was never closed
 
 
+def test_torchrun_without_an_output_folder_trains_into_a_new_temporary_one(offline, tokenized, tiny_model_dir, tmp_path):
+    """Rank 0 writes into a new folder (the step's default); the other rank, which writes nothing, runs too."""
+    arguments = train_arguments(tokenized, tiny_model_dir, tmp_path, "--max-steps", "2", "--eval-every", "2")
+    given = arguments.index("--output-dir")
+    del arguments[given:given + 2]
+    completed = subprocess.run([*TORCHRUN, *arguments], cwd=ROOT, env={**offline, "TMPDIR": str(tmp_path)},
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    [adapter] = [Path(line.rsplit("Adapter in ", 1)[1].rstrip(".")) for line in completed.stdout.splitlines() if "Adapter in " in line]
+    assert adapter.parent.parent == tmp_path and adapter.parent.name.startswith("train-")
+    assert (adapter / "adapter.safetensors").is_file()
+
+
 def started_by_hand(env: dict, rank: int, port: int) -> dict:
     """The environment torchrun would give rank ``rank`` of 2, rank 0 listening on 127.0.0.1:``port``."""
     return {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
