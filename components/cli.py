@@ -82,15 +82,23 @@ def _default(action: argparse.Action, root) -> str:
 
 
 def parser_reference(command: str, parser: argparse.ArgumentParser, root) -> list[str]:
-    """One command's section of docs/cli.md: its description's first paragraph, then a row per option."""
+    """One command's section of docs/cli.md: its description's first paragraph, then a row per option, in a table per
+    argument group (each under its title, as ``--help`` shows them) where the command has groups of its own."""
     summary = (parser.description or "").strip().split("\n\n")[0].replace("\n", " ")
-    lines = [f"## `{command}`", "", summary, "", "| option | default | values | help |", "|---|---|---|---|"]
-    for action in parser._actions:
-        if action.dest != "help":
+    lines = [f"## `{command}`", "", summary, ""]
+    groups = [[action for action in group._group_actions if action.dest != "help"] for group in parser._action_groups]
+    titled = sum(map(bool, groups)) > 1
+    for group, actions in zip(parser._action_groups, groups):
+        if not actions:
+            continue
+        lines += [f"**{group.title}**", ""] if titled else []
+        lines += ["| option | default | values | help |", "|---|---|---|---|"]
+        for action in actions:
             name = ", ".join(f"`{option}`" for option in action.option_strings) or f"`{action.dest}`"
             help_text = (action.help or "") % {**vars(action), "prog": parser.prog}  # as argparse expands it
             lines.append(f"| {name} | {_default(action, root)} | {_cell(_values(action))} | {_cell(help_text)} |")
-    return [*lines, ""]
+        lines.append("")
+    return lines
 
 
 def reference() -> str:

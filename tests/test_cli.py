@@ -44,18 +44,19 @@ def test_a_commands_reference_has_a_row_per_option_with_its_default_values_and_h
     parser.add_argument("-n", "--num", type=int, default=3, help="how many (%(prog)s: %(default)s)")
     parser.add_argument("--names", nargs="*", help="names | aliases,\nmany")
     parser.add_argument("--where", type=Path, default=tmp_path / "data", help="a folder")
-    parser.add_argument("--fast", action="store_true")
     parser.add_argument("--mode", choices=["a", "b"], required=True)
+    header = ["| option | default | values | help |", "|---|---|---|---|"]
+    rows = ["| `-n`, `--num` | `3` | int | how many (tool: 3) |", "| `--names` |  | text ... | names \\| aliases, many |",
+            "| `--where` | `data` | Path | a folder |", "| `--mode` | required | a, b |  |"]
+    assert parser_reference("python tool.py", parser, tmp_path) == ["## `python tool.py`", "", "", "", *header, *rows, ""]
+    parser.add_argument_group("speed").add_argument("--fast", action="store_true")
+    parser.add_argument_group("empty")
     parser.add_argument("texts", nargs="+")
-    assert parser_reference("python tool.py", parser, tmp_path) == [
-        "## `python tool.py`", "", "", "", "| option | default | values | help |", "|---|---|---|---|",
-        "| `-n`, `--num` | `3` | int | how many (tool: 3) |",
-        "| `--names` |  | text ... | names \\| aliases, many |",
-        "| `--where` | `data` | Path | a folder |",
-        "| `--fast` | `False` | flag |  |",
-        "| `--mode` | required | a, b |  |",
-        "| `texts` | required | text ... |  |",
-        ""]
+    assert parser_reference("python tool.py", parser, tmp_path) == [  # a table per group, under its title, as --help shows
+        "## `python tool.py`", "", "", "",
+        "**positional arguments**", "", *header, "| `texts` | required | text ... |  |", "",
+        "**options**", "", *header, *rows, "",
+        "**speed**", "", *header, "| `--fast` | `False` | flag |  |", ""]
 
 
 def docstring_commands() -> list[str]:
