@@ -44,8 +44,8 @@ OFFLINE_CONFIG = PROJECT_ROOT / "configs" / "clearml-offline.conf"
 SDK_OVERRIDES = {"sdk": {"development": {
     # Reports are sent from a thread, not from a subprocess that Task.init forks: the subprocess inherits the process's
     # pooled connections to the server and both send on them, so each can read the other's answer (a tasks.get_all call
-    # was answered with events.add_batch's answer; another waited out the 300 s read timeout). Task.close() also no
-    # longer waits about 10 s for the subprocess to end.
+    # got an answer without tasks; another waited for one past 120 s, the SDK waits 300). Task.close() also no longer
+    # waits about 10 s for the subprocess to end.
     "report_use_subprocess": False,
     # The repository is detected in Task.init's thread, not in one of its own: the task's edit lock, a file lock created
     # on first use, is created twice when both threads first use it at once, and one then waits for good on the other's

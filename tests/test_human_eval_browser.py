@@ -9,7 +9,7 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -33,7 +33,14 @@ def browser():
 
 
 def count_shown(driver) -> str:
-    return driver.find_element(By.ID, "count").text
+    """The count's text, or "" while the page is being replaced: Chromium may then answer for the old page's element with
+    "Node with given id does not belong to the document", which selenium raises as a plain WebDriverException."""
+    try:
+        return driver.find_element(By.ID, "count").text
+    except WebDriverException as replaced:
+        if "does not belong to the document" not in str(replaced):
+            raise
+        return ""
 
 
 def wait_for_count(driver, expected: str) -> None:

@@ -404,7 +404,7 @@ def test_a_steps_task_is_created_however_clearmls_threads_interleave(where, clea
 def test_a_step_that_reports_gets_the_answers_to_its_own_requests(clearml_home, tmp_path):
     """A step reports (scalars and log lines) while it asks the server for tasks, a few seconds long: every answer is
     its own, and Task.init has forked no process to report from (one shared the step's connections to the server and
-    read its answers: a step got events.add_batch's answer to tasks.get_all, or waited 300 s for one)."""
+    read its answers: a step's tasks.get_all got an answer without tasks, or none for minutes)."""
 
     def reporting_and_asking(args, task) -> dict:
         import psutil
