@@ -86,12 +86,10 @@ def parser_reference(command: str, parser: argparse.ArgumentParser, root) -> lis
     argument group (each under its title, as ``--help`` shows them) where the command has groups of its own."""
     summary = (parser.description or "").strip().split("\n\n")[0].replace("\n", " ")
     lines = [f"## `{command}`", "", summary, ""]
-    groups = [[action for action in group._group_actions if action.dest != "help"] for group in parser._action_groups]
-    titled = sum(map(bool, groups)) > 1
-    for group, actions in zip(parser._action_groups, groups):
-        if not actions:
-            continue
-        lines += [f"**{group.title}**", ""] if titled else []
+    groups = [(group.title, [action for action in group._group_actions if action.dest != "help"]) for group in parser._action_groups]
+    groups = [(title, actions) for title, actions in groups if actions]
+    for title, actions in groups:
+        lines += [f"**{title}**", ""] if len(groups) > 1 else []
         lines += ["| option | default | values | help |", "|---|---|---|---|"]
         for action in actions:
             name = ", ".join(f"`{option}`" for option in action.option_strings) or f"`{action.dest}`"
