@@ -17,8 +17,10 @@ files server, or ``sdk.development.default_output_uri`` when the user configured
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -231,15 +233,40 @@ def artifact_path(task_id: str, name: str, *, force_download: bool = False) -> P
     """Local copy of an upstream task's file or folder artifact.
 
     ``force_download`` skips ClearML's cache: an artifact uploaded again under the same
-    name (a checkpoint) keeps its URL, and the cache would return the old content.
+    name (a checkpoint) keeps its URL, and the cache would return the old content. For a
+    folder (a zip) ClearML's own ``force_download`` is not enough: it downloads the zip again
+    but returns the folder it extracted from the first one (clearml 2.1.12), so the zip is
+    extracted here, into a folder named by its content.
     """
     task = get_task(task_id)
     if name not in task.artifacts:
         raise StepInputError(f"Task {task_id} ({task.name}) has no artifact {name!r}; it has {sorted(task.artifacts) or 'none'}.")
-    local = task.artifacts[name].get_local_copy(force_download=force_download)
+    artifact = task.artifacts[name]
+    if force_download and artifact.type == "archive":
+        archive = artifact.get_local_copy(extract_archive=False, force_download=True)
+        local = archive and _extracted_by_content(Path(archive))
+    else:
+        local = artifact.get_local_copy(force_download=force_download)
     if not local:
         raise StepInputError(f"Artifact {name!r} of task {task_id} could not be downloaded; check the storage it was uploaded to.")
     return Path(local)
+
+
+def _extracted_by_content(archive: Path) -> Path:
+    """The zip's files in ClearML's cache folder, under a name that holds the zip's SHA-256: new content, a new folder."""
+    from clearml.storage.cache import CacheManager
+
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    cache = Path(CacheManager.get_cache_manager().get_cache_folder())
+    target = cache / f"{archive.stem}.{digest}"
+    if not target.is_dir():
+        partial = Path(tempfile.mkdtemp(dir=cache, prefix=f"{target.name}.partial-"))
+        shutil.unpack_archive(archive, partial, "zip")
+        try:
+            partial.rename(target)
+        except OSError:  # another process extracted the same content first
+            shutil.rmtree(partial)
+    return target
 
 
 @_ClearMLClock.measure

@@ -4,6 +4,7 @@ adapter, the seed's initialisation, the outputs and what its task holds, resumin
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 from dataclasses import asdict
@@ -166,6 +167,40 @@ def test_a_task_that_already_holds_a_checkpoint_continues_from_it_before_any_opt
     assert completed.stdout.splitlines().count("This task already holds a checkpoint (it was aborted or preempted before): continuing from it.") == 1
 
 
+def test_a_checkpoint_uploaded_again_is_downloaded_again(clearml_home, tmp_path):
+    """On a server a checkpoint uploaded again keeps its URL (every evaluation replaces the last), so ClearML's cache would
+    hand back the first one it downloaded: the step's own task (an agent's rerun) and --resume-from-task-id both read the
+    newest."""
+    folders = [tmp_path / str(step) / "checkpoints" / "last" for step in (2, 4)]  # the folder the training uploads
+    for step, folder in zip((2, 4), folders):
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+    seen = tmp_path / "seen.json"
+
+    def resume_twice(_argv) -> None:
+        from clearml import Task
+
+        from components import tracking
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(False)
+        holder, fresh = (Task.create(project_name=tracking.CLEARML_PROJECT, task_name=name, task_type="training") for name in ("train", "rerun"))
+        own = train.build_parser().parse_args([])
+        other = train.build_parser().parse_args(["--resume-from-task-id", holder.id])
+        states = []
+        for folder in folders:
+            tracking.upload_path(holder, train.CHECKPOINT_ARTIFACT, folder)
+            holder.reload()
+            for args, task in ((own, holder), (other, fresh)):
+                states.append(json.loads((train.checkpoint_to_resume(args, task) / "state.json").read_text(encoding="utf-8"))["step"])
+        seen.write_text(json.dumps(states), encoding="utf-8")
+
+    with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
+        completed = run_main(resume_twice, [], {**clearml_home, **server.environment()})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(seen.read_text(encoding="utf-8")) == [2, 2, 4, 4]
+
+
 TORCHRUN_RANK_0 = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
 
@@ -246,3 +281,29 @@ def test_on_a_server_the_adapter_is_a_model_named_and_tagged_by_its_settings(tok
     assert metadata == {"validation_loss": str(summary["best_value"]), "best_step": str(summary["best_step"])}
     design = ConfigFactory.parse_string(model["design"]["design"]).as_plain_ordered_dict()  # the SDK's text of config_dict
     assert dict(design) == {**summary["adapter"], **summary["training"], "base_model": "tiny"}
+
+
+@pytest.mark.parametrize("local_rank", [None, "1"])
+def test_on_an_agent_nodes_asks_clearml_for_the_machines_and_takes_this_ones_node_rank(local_rank, clearml_home, tmp_path):
+    """--nodes 2 --nproc-per-node 3 as the clone for the second machine runs it: ClearML's ``launch_multi_node`` (its real
+    signature, ``create_autospec``) is asked for 2 nodes of 3 devices and to wait for them; the answer is the clone's
+    configuration. ``LOCAL_RANK`` defaults to 0 (this process is its machine's first rank) and a given one is kept.
+    The whole path, on two simulated agents, is ``tests/e2e/test_ranks.py``; this is the step's part, fast enough for mutmut.
+    In a fork: once a test process has imported ClearML, the steps it forks later were seen hanging in its git detection."""
+    joined = tmp_path / "joined.json"
+
+    def join(_argv) -> None:
+        from unittest.mock import create_autospec
+
+        from clearml import Task
+
+        train.running_on_agent = lambda: True
+        task = create_autospec(Task, instance=True)
+        task.launch_multi_node.return_value = {"master_addr": "10.0.0.5", "master_port": 29511, "node_rank": 1, "wait": True, "devices": 3}
+        node_rank = train.join_nodes(train.build_parser().parse_args(["--nodes", "2", "--nproc-per-node", "3"]), task)
+        task.launch_multi_node.assert_called_once_with(2, wait=True, devices=3)
+        joined.write_text(json.dumps([node_rank, os.environ["LOCAL_RANK"]]), encoding="utf-8")
+
+    completed = run_main(join, [], {**clearml_home, **({} if local_rank is None else {"LOCAL_RANK": local_rank})})
+    assert (completed.returncode, completed.stdout) == (0, "Node 1 of 2; rank 0 at 10.0.0.5:29511.\n"), completed.stderr[-3000:]
+    assert json.loads(joined.read_text(encoding="utf-8")) == [1, local_rank or "0"]
