@@ -142,8 +142,11 @@ def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters
 
     trials = [trial_record(t) for t in finished(study)]
     complete = [t for t in trials if t["status"] == "completed"]
-    if not complete:
-        raise UserError(f"All {len(trials)} trials failed; their errors are in {output_dir / 'hpo_summary.json'} and above.")
+    summary = {"objective": OBJECTIVE, "space": space, "trials": trials, "best": None, "data_task_ids": ids, "noise": None}
+    summary_path = output_dir / "hpo_summary.json"
+    if not complete:  # the summary still holds every trial's error
+        summary_path.write_text(tracking.to_json(summary), encoding="utf-8")
+        raise UserError(f"All {len(trials)} trials failed; their errors are in {summary_path} and above.")
     best = min(complete, key=lambda t: t["value"])
     noise = None
     if args.noise_seeds > 1:
@@ -153,21 +156,15 @@ def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters
                                 output_dir / "best" / "evaluate")
     register = run_step_locally(STEP_BY_NAME["register"], step_arguments("register", {**parameters, "metric": args.metric}, {"evaluate": evaluate["task_id"]}),
                                 output_dir / "best" / "register")
-    summary = {
-        "objective": OBJECTIVE,
-        "space": space,
-        "trials": trials,
-        "best": {"params": best["params"], "value": best["value"], "task_id": best["task_id"],
-                 "model_dir": register["outputs"]["model_dir"], "test_metrics": register["outputs"]["metrics"]},
-        "data_task_ids": ids,
-        "noise": noise,
-    }
-    (output_dir / "hpo_summary.json").write_text(tracking.to_json(summary), encoding="utf-8")
+    summary["best"] = {"params": best["params"], "value": best["value"], "task_id": best["task_id"],
+                       "model_dir": register["outputs"]["model_dir"], "test_metrics": register["outputs"]["metrics"]}
+    summary["noise"] = noise
+    summary_path.write_text(tracking.to_json(summary), encoding="utf-8")
     print_table(trials, best["number"])
     if noise:
         values = [t["value"] for t in complete]
         print(f"\nSeed-to-seed spread of {noise['params']} over seeds {noise['seeds']}: {noise['spread']:.4f} "
               f"({', '.join(f'{v:.4f}' for v in noise['values'])}); the trials span {max(values) - min(values):.4f}.")
     print(f"\nBest: {best['params']} (validation loss {best['value']:.4f}); registered model directory {summary['best']['model_dir']}.")
-    print(f"Summary: {output_dir / 'hpo_summary.json'}")
+    print(f"Summary: {summary_path}")
     return summary

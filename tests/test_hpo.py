@@ -221,3 +221,127 @@ def test_the_server_sampler_covers_the_grid_with_the_optimizers_threads(concurre
     study.optimize(objective, n_trials=4, n_jobs=concurrency)
     assert sorted(drawn) == sorted(itertools.product(*SMALL_GRID.values()))
     assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 4
+
+
+# The objective of each (lora_rank, prompt_length) as the stand-in train step reports it with the preset's seed (42); each
+# further seed adds 0.01 per seed. (4, 1) fails. The sampler's seed 0 tries (4, 3), (4, 1), (2, 3), (2, 1), (8, 1), then (8, 3):
+# the best of the first five, (2, 3), is neither the first nor the last to complete.
+STAND_IN_VALUES = {(2, 1): 0.9, (2, 3): 0.3, (4, 3): 0.7, (8, 1): 0.6, (8, 3): 0.5}
+FAILING_PAIR = (4, 1)
+
+
+def stand_in_steps(calls: list):
+    """``run_step_locally`` for a sweep's logic alone, without training: each step hands back a result as the real one
+    writes it (``result.json`` in its folder), and every call is recorded. A step the sweep should not run fails loudly."""
+    from components import tracking
+    from pipelines.local import StepFailed
+
+    def run(step, arguments: dict, output_dir: Path) -> dict:
+        calls.append({"step": step.name, "arguments": arguments, "output_dir": str(output_dir)})
+        task_id = f"{step.name}-{len(calls)}"
+        if step.name == "train":
+            pair = (arguments["lora_rank"], arguments["prompt_length"])
+            if pair == FAILING_PAIR:
+                raise StepFailed(f"Step train failed with exit status 1 (pair {pair})")
+            outputs = {"best_value": STAND_IN_VALUES[pair] + (arguments["seed"] - 42) * 0.01}
+        elif step.name == "register":
+            outputs = {"model_dir": f"/models/{arguments['candidates']}", "metrics": {"bleu": 0.25, "chrf": 0.5}}
+        else:
+            assert step.name in ("ingest", "preprocess", "evaluate"), step.name
+            outputs = {}
+        result = {"task_id": task_id, "outputs": outputs}
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / tracking.RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
+        return result
+
+    return run
+
+
+def run_stand_in_sweep(argv: list[str], env: dict, record: Path):
+    """``python pipelines/run_hpo.py --local ...`` in a fork, its steps the stand-ins; their calls are written to ``record``."""
+    from forked import run_main
+
+    def sweep_main(argv: list[str]) -> None:
+        from pipelines import hpo_local, run_hpo
+
+        calls = []
+        hpo_local.run_step_locally = stand_in_steps(calls)
+        try:
+            run_hpo.main(argv)
+        finally:
+            record.write_text(json.dumps(calls), encoding="utf-8")
+
+    return run_main(sweep_main, ["--local", "--preset", "tiny", "--lora-ranks", "2,4,8", "--prompt-lengths", "1,3", *argv], env)
+
+
+def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
+    """Five of the six pairs, one failing, the best neither the first nor the last; then the best pair's other two seeds, the
+    winner's evaluation and its registration with the metric asked for, every number of the summary and the table read
+    back from what the stand-in steps reported. Asked for 7 trials, the sweep runs the grid's 6."""
+    out, record = tmp_path / "sweep", tmp_path / "calls.json"
+    completed = run_stand_in_sweep(["--trials", "5", "--noise-seeds", "3", "--metric", "bleu", "--output-dir", str(out)], clearml_home, record)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    calls = json.loads(record.read_text(encoding="utf-8"))
+    summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
+
+    assert [call["step"] for call in calls] == ["ingest", "preprocess", *["train"] * 5, "train", "train", "evaluate", "register"]
+    ingest, preprocess, *trials, noise_43, noise_44, evaluate, register = calls
+    assert preprocess["arguments"]["ingest_task_id"] == "ingest-1"
+    assert all(call["arguments"]["preprocess_task_id"] == "preprocess-2" for call in (*trials, noise_43, noise_44))
+    pairs = [(call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in trials]
+    assert len(set(pairs)) == 5 and FAILING_PAIR in pairs
+    assert [call["output_dir"] for call in trials] == [str(out / "trials" / f"trial-{number}") for number in range(5)]
+    completed_pairs = [pair for pair in pairs if pair != FAILING_PAIR]
+    best_pair = min(completed_pairs, key=STAND_IN_VALUES.get)
+    assert best_pair not in (completed_pairs[0], completed_pairs[-1])  # the configuration tells the best from the first and the last
+    best_number = pairs.index(best_pair)
+
+    expected_trials = [
+        {"number": number, "params": {"lora_rank": pair[0], "prompt_length": pair[1]}, "value": None, "task_id": None, "status": "failed",
+         "error": f"Step train failed with exit status 1 (pair {pair})"} if pair == FAILING_PAIR else
+        {"number": number, "params": {"lora_rank": pair[0], "prompt_length": pair[1]}, "value": STAND_IN_VALUES[pair],
+         "task_id": f"train-{number + 3}", "status": "completed"}
+        for number, pair in enumerate(pairs)
+    ]
+    assert summary["trials"] == expected_trials
+    assert [(call["arguments"]["seed"], call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in (noise_43, noise_44)] == [
+        (43, *best_pair), (44, *best_pair)]
+    noise_values = [STAND_IN_VALUES[best_pair] + step * 0.01 for step in range(3)]
+    assert summary["noise"] == {"params": expected_trials[best_number]["params"], "seeds": [42, 43, 44], "values": noise_values,
+                                "spread": max(noise_values) - min(noise_values)}
+    assert evaluate["arguments"]["train_task_id"] == f"train-{best_number + 3}"
+    assert (register["arguments"]["candidates"], register["arguments"]["metric"]) == ("evaluate-10", "bleu")
+    assert summary["best"] == {"params": expected_trials[best_number]["params"], "value": STAND_IN_VALUES[best_pair],
+                               "task_id": f"train-{best_number + 3}", "model_dir": "/models/evaluate-10", "test_metrics": {"bleu": 0.25, "chrf": 0.5}}
+    assert summary["data_task_ids"] == {"ingest": "ingest-1", "preprocess": "preprocess-2"}
+
+    table = completed.stdout[completed.stdout.index("trial  lora_rank"):].splitlines()
+    assert table[0] == "trial  lora_rank  prompt_length  status     validation loss"
+    for line, trial in zip(table[1:6], expected_trials):
+        value = "" if trial["value"] is None else f"{trial['value']:.4f}" + ("  <- best" if trial["number"] == best_number else "")
+        assert line == f"{trial['number']:>5}  {trial['params']['lora_rank']:>9}  {trial['params']['prompt_length']:>13}  {trial['status']:<9}  {value}"
+    values = [trial["value"] for trial in expected_trials if trial["value"] is not None]
+    assert table[7] == (f"Seed-to-seed spread of {expected_trials[best_number]['params']} over seeds [42, 43, 44]: {summary['noise']['spread']:.4f} "
+                        f"({', '.join(f'{v:.4f}' for v in noise_values)}); the trials span {max(values) - min(values):.4f}.")
+    assert table[9:] == [f"Best: {expected_trials[best_number]['params']} (validation loss {STAND_IN_VALUES[best_pair]:.4f}); registered model "
+                         "directory /models/evaluate-10.", f"Summary: {out / 'hpo_summary.json'}"]
+
+    # Continued with more trials than the grid holds: the sixth pair only, the noise runs read back, not trained again.
+    completed = run_stand_in_sweep(["--trials", "7", "--noise-seeds", "3", "--output-dir", str(out)], clearml_home, record)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "The grid has 6 combinations: running 6 trials, not 7." in completed.stdout.splitlines()
+    calls = json.loads(record.read_text(encoding="utf-8"))
+    assert [call["step"] for call in calls] == ["train", "evaluate", "register"]
+    sixth = (calls[0]["arguments"]["lora_rank"], calls[0]["arguments"]["prompt_length"])
+    assert sorted([*pairs, sixth]) == sorted([*STAND_IN_VALUES, FAILING_PAIR])
+    assert calls[2]["arguments"]["metric"] == "chrf"  # the default --metric
+
+
+def test_a_sweep_whose_trials_all_fail_is_one_sentence(clearml_home, tmp_path):
+    out = tmp_path / "sweep"
+    completed = run_stand_in_sweep(["--lora-ranks", "4", "--prompt-lengths", "1", "--output-dir", str(out)], clearml_home, tmp_path / "calls.json")
+    assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
+        1, f"error: All 1 trials failed; their errors are in {out / 'hpo_summary.json'} and above.")
+    summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
+    assert [(trial["status"], trial["error"]) for trial in summary["trials"]] == [("failed", "Step train failed with exit status 1 (pair (4, 1))")]
+    assert summary["best"] is None
