@@ -315,6 +315,11 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
                                "task_id": f"train-{best_number + 3}", "model_dir": "/models/evaluate-10", "test_metrics": {"bleu": 0.25, "chrf": 0.5}}
     assert summary["data_task_ids"] == {"ingest": "ingest-1", "preprocess": "preprocess-2"}
 
+    for number, trial in enumerate(expected_trials):
+        done = [earlier for earlier in expected_trials[:number] if earlier["value"] is not None]
+        best_yet = min(done, key=lambda earlier: earlier["value"], default=None)
+        so_far = "none yet" if best_yet is None else f"{best_yet['value']:.4f} with {best_yet['params']}"
+        assert f"### Trial {number + 1} of 5: {trial['params']} (best so far: {so_far})" in completed.stdout.splitlines()
     table = completed.stdout[completed.stdout.index("trial  lora_rank"):].splitlines()
     assert table[0] == "trial  lora_rank  prompt_length  status     validation loss"
     for line, trial in zip(table[1:6], expected_trials):
