@@ -258,6 +258,7 @@ def _extracted_by_content(archive: Path) -> Path:
 
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
     cache = Path(CacheManager.get_cache_manager().get_cache_folder())
+    cache.mkdir(parents=True, exist_ok=True)  # an offline artifact is read in place: nothing may have made the cache yet
     target = cache / f"{archive.stem}.{digest}"
     if not target.is_dir():
         partial = Path(tempfile.mkdtemp(dir=cache, prefix=f"{target.name}.partial-"))
