@@ -17,6 +17,7 @@ from pipelines.hpo_local import OBJECTIVE, open_study
 from pipelines.hpo_server import GridInTrialOrder
 from pipelines.run_hpo import SWEPT
 from components.data import read_tsv
+from components.settings import PRESETS
 from reference_model import protocol_scores
 
 TRAIN = next(step for step in STEPS if step.name == "train")
@@ -279,7 +280,8 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     winner's evaluation and its registration with the metric asked for, every number of the summary and the table read
     back from what the stand-in steps reported. Asked for 7 trials, the sweep runs the grid's 6."""
     out, record = tmp_path / "sweep", tmp_path / "calls.json"
-    completed = run_stand_in_sweep(["--trials", "5", "--noise-seeds", "3", "--metric", "bleu", "--output-dir", str(out)], clearml_home, record)
+    shared = ["--epochs", "1.5", "--max-steps", "3", "--eval-every", "2", "--nproc-per-node", "2"]  # every trial's, each away from the preset's
+    completed = run_stand_in_sweep(["--trials", "5", "--noise-seeds", "3", "--metric", "bleu", *shared, "--output-dir", str(out)], clearml_home, record)
     assert completed.returncode == 0, completed.stderr[-3000:]
     calls = json.loads(record.read_text(encoding="utf-8"))
     summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
@@ -287,7 +289,9 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     assert [call["step"] for call in calls] == ["ingest", "preprocess", *["train"] * 5, "train", "train", "evaluate", "register"]
     ingest, preprocess, *trials, noise_43, noise_44, evaluate, register = calls
     assert preprocess["arguments"]["ingest_task_id"] == "ingest-1"
-    assert all(call["arguments"]["preprocess_task_id"] == "preprocess-2" for call in (*trials, noise_43, noise_44))
+    for call in (*trials, noise_43, noise_44):
+        assert {name: call["arguments"][name] for name in ("preprocess_task_id", "model", "epochs", "max_steps", "eval_every", "nproc_per_node")} == {
+            "preprocess_task_id": "preprocess-2", "model": PRESETS["tiny"].model, "epochs": 1.5, "max_steps": 3, "eval_every": 2, "nproc_per_node": 2}
     pairs = [(call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in trials]
     assert len(set(pairs)) == 5 and FAILING_PAIR in pairs
     assert [call["output_dir"] for call in trials] == [str(out / "trials" / f"trial-{number}") for number in range(5)]
