@@ -4,9 +4,13 @@ adapter, the seed's initialisation, the outputs and what its task holds, resumin
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import json
 import shutil
+import urllib.parse
+import urllib.request
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -275,6 +279,10 @@ def test_on_a_server_the_adapter_is_a_model_named_and_tagged_by_its_settings(tok
         assert completed.returncode == 0, completed.stderr
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         model = api.call("models.get_by_id", model=result["outputs"]["model_id"])["model"]
+        with urllib.request.urlopen(urllib.parse.quote(model["uri"], safe=":/")) as response:  # the adapter folder, file by file
+            package = zipfile.ZipFile(io.BytesIO(response.read()))
+    adapter = tmp_path / "out" / "adapter"
+    assert {name: package.read(name) for name in package.namelist()} == {path.name: path.read_bytes() for path in adapter.iterdir()}
     summary = json.loads((tmp_path / "out" / "training.json").read_text(encoding="utf-8"))
     assert (model["name"], model["tags"], model["task"]) == ("ruT5 LoRA r2 + prompt 3", ["adapter", "lora_rank=2", "prompt_length=3"], result["task_id"])
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
