@@ -4,13 +4,9 @@ adapter, the seed's initialisation, the outputs and what its task holds, resumin
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import json
 import shutil
-import urllib.parse
-import urllib.request
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from clearml.utilities.pyhocon import ConfigFactory
 from conftest import ASCII_LOCALE
 from safetensors.torch import load_file
 from forked import run_main
-from step_runs import arguments, artifacts, make_task, run_step, scalars, task_record
+from step_runs import arguments, artifacts, make_task, model_package, run_step, scalars, task_record
 
 from components.lora import LoRALayer
 from components.modeling import apply_adapter_settings, load_base_model, parameter_stats
@@ -133,9 +129,12 @@ def test_resuming_continues_the_checkpoint_of_the_output_folder_or_of_another_ta
     assert completed.returncode == 0, completed.stderr
     assert resumed["outputs"]["steps"] == 4
     assert json.loads((first / "training.json").read_text(encoding="utf-8"))["resumed_from"] == str(first / "checkpoints" / "last")
+    # Continued, not started again (which, seeded, would end the same): the resumed task trained steps 3 and 4 only.
+    assert [step for step, _ in scalars(Path(resumed["offline_session"]).with_suffix(""))[("loss", "train")]] == [3, 4]
 
     completed, from_task = run_train([*base, "--resume-from-task-id", interrupted["task_id"]], clearml_home, tmp_path / "second")
     assert completed.returncode == 0, completed.stderr
+    assert [step for step, _ in scalars(Path(from_task["offline_session"]).with_suffix(""))[("loss", "train")]] == [3, 4]
     summary = json.loads((tmp_path / "second" / "training.json").read_text(encoding="utf-8"))
     assert summary["resumed_from"] is not None and summary["resumed_from"] != str(first / "checkpoints" / "last")
     assert (tmp_path / "second" / "adapter" / "adapter.safetensors").read_bytes() == (first / "adapter" / "adapter.safetensors").read_bytes()
@@ -279,10 +278,8 @@ def test_on_a_server_the_adapter_is_a_model_named_and_tagged_by_its_settings(tok
         assert completed.returncode == 0, completed.stderr
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         model = api.call("models.get_by_id", model=result["outputs"]["model_id"])["model"]
-        with urllib.request.urlopen(urllib.parse.quote(model["uri"], safe=":/")) as response:  # the adapter folder, file by file
-            package = zipfile.ZipFile(io.BytesIO(response.read()))
-    adapter = tmp_path / "out" / "adapter"
-    assert {name: package.read(name) for name in package.namelist()} == {path.name: path.read_bytes() for path in adapter.iterdir()}
+        package = model_package(model["uri"])
+    assert package == {path.name: path.read_bytes() for path in (tmp_path / "out" / "adapter").iterdir()}  # the adapter, file by file
     summary = json.loads((tmp_path / "out" / "training.json").read_text(encoding="utf-8"))
     assert (model["name"], model["tags"], model["task"]) == ("ruT5 LoRA r2 + prompt 3", ["adapter", "lora_rank=2", "prompt_length=3"], result["task_id"])
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
