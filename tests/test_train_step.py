@@ -16,6 +16,7 @@ from clearml.utilities.pyhocon import ConfigFactory
 from conftest import ASCII_LOCALE
 from safetensors.torch import load_file
 from forked import run_main
+from tolerances import LOSS_RTOL
 from step_runs import arguments, artifacts, make_task, model_package, run_step, scalars, task_record
 
 from components.lora import LoRALayer
@@ -268,6 +269,11 @@ def test_two_ranks_get_the_fetched_data_and_train_as_one_run(tokenized, clearml_
     summary = json.loads((tmp_path / "out" / "training.json").read_text(encoding="utf-8"))
     assert (summary["ranks"], summary["steps"]) == (2, 1)
     assert "; 2 ranks." in completed.stdout
+    # The untuned validation loss is the whole split's, as one rank computes it, not rank 0's half (batched otherwise: LOSS_RTOL).
+    completed, _ = run_train(["--data-dir", str(tokenized), "--max-steps", "1", "--batch-size", "2", "--grad-accum-steps", "1"], clearml_home, tmp_path / "one")
+    assert completed.returncode == 0, completed.stderr
+    one_rank = json.loads((tmp_path / "one" / "training.json").read_text(encoding="utf-8"))
+    assert summary["initial_validation_loss"] == pytest.approx(one_rank["initial_validation_loss"], rel=LOSS_RTOL)
 
 
 def test_on_a_server_the_adapter_is_a_model_named_and_tagged_by_its_settings(tokenized, clearml_home, tmp_path):
