@@ -10,6 +10,7 @@ from __future__ import annotations
 import faulthandler
 import importlib.util
 import locale
+import logging
 import os
 import signal
 import subprocess
@@ -101,7 +102,14 @@ def _as_a_new_process(env: dict[str, str], stdout: int, stderr: int) -> None:
     os.chdir(ROOT)
     for number, descriptor in ((1, stdout), (2, stderr)):
         os.dup2(descriptor, number)
+    parent_stdout = (sys.stdout, sys.__stdout__)
     sys.stdout, sys.stderr = (open(number, "w", closefd=False) for number in (1, 2))
+    # A library's log handler made in the parent (optuna's) writes to the stream the parent had then (under pytest, its
+    # capture; under mutmut, its progress spinner); in a new process it would write to this one's stderr (or stdout).
+    for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, "handlers", ()):
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stdout if any(handler.stream is stream for stream in parent_stdout) else sys.stderr  # not setStream: it flushes the old one, which may be closed
 
 
 def _reread_hub_offline() -> None:

@@ -108,6 +108,8 @@ def test_with_a_zero_learning_rate_the_adapter_is_the_seeds_initialisation(token
     assert any(layer.lora_A.abs().sum() > 0 for layer in model.modules() if isinstance(layer, LoRALayer))
     summary = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert (summary["training"]["seed"], summary["training"]["learning_rate"]) == (13, 0.0)
+    # Nothing moved, so the evaluation after the step is the untuned one: the same computation, the same number.
+    assert summary["history"][0]["validation_loss"] == summary["initial_validation_loss"]
 
 
 def test_early_stopping_is_said_in_the_last_line(tokenized, clearml_home, tmp_path):
