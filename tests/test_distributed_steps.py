@@ -116,6 +116,8 @@ def test_nproc_per_node_a_rank_killed_fails_the_run_in_one_sentence_and_resume_e
                                                "rerun with --resume to continue from the last checkpoint.")
     run_script(offline, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2", "--resume"))
     assert outcome(tmp_path) == uninterrupted
+    # Continued from the checkpoint, not started again (which, seeded, would end the same).
+    assert json.loads((tmp_path / "training.json").read_text())["resumed_from"] == str(tmp_path / "checkpoints" / "last")
 
 
 def test_the_ranks_of_nproc_per_node_die_with_their_rank_0(offline, tokenized, tiny_model_dir, tmp_path):
