@@ -258,19 +258,30 @@ def stand_in_steps(calls: list):
     return run
 
 
-def run_stand_in_sweep(argv: list[str], env: dict, record: Path):
-    """``python pipelines/run_hpo.py --local ...`` in a fork, its steps the stand-ins; their calls are written to ``record``."""
+def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_arguments: dict | None = None):
+    """``python pipelines/run_hpo.py --local ...`` in a fork, its steps the stand-ins; their calls are written to ``record``.
+
+    With ``preprocess_arguments``, an offline preprocess task holding them as ``Args`` is made first and given as
+    ``--preprocess-task-id`` (its id is the first call recorded)."""
     from forked import run_main
 
     def sweep_main(argv: list[str]) -> None:
+        from components import tracking
+        from components.clearml_connection import prepare_clearml
         from pipelines import hpo_local, run_hpo
 
         calls = []
+        if preprocess_arguments is not None:
+            prepare_clearml(True)
+            task = tracking.init_task("preprocess", "data_processing")
+            task.connect(dict(preprocess_arguments), name="Args")
+            task.close()
+            calls.append({"preprocess_task_id": task.id})
+            argv = [*argv, "--preprocess-task-id", task.id]
+        record.write_text(json.dumps(calls), encoding="utf-8")  # a refusal ends the process at once (os._exit)
         hpo_local.run_step_locally = stand_in_steps(calls)
-        try:
-            run_hpo.main(argv)
-        finally:
-            record.write_text(json.dumps(calls), encoding="utf-8")
+        run_hpo.main(argv)
+        record.write_text(json.dumps(calls), encoding="utf-8")
 
     return run_main(sweep_main, ["--local", "--preset", "tiny", "--lora-ranks", "2,4,8", "--prompt-lengths", "1,3", *argv], env)
 
@@ -354,3 +365,19 @@ def test_a_sweep_whose_trials_all_fail_is_one_sentence(clearml_home, tmp_path):
     summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
     assert [(trial["status"], trial["error"]) for trial in summary["trials"]] == [("failed", "Step train failed with exit status 1 (pair (4, 1))")]
     assert summary["best"] is None
+
+
+def test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_its_ingest(clearml_home, tmp_path):
+    record = tmp_path / "calls.json"
+    completed = run_stand_in_sweep(["--lora-ranks", "2", "--prompt-lengths", "1,3", "--noise-seeds", "0", "--output-dir", str(tmp_path / "sweep")],
+                                   clearml_home, record, preprocess_arguments={"ingest_task_id": "the-ingest-task"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    given, *calls = json.loads(record.read_text(encoding="utf-8"))
+    assert [call["step"] for call in calls] == ["train", "train", "evaluate", "register"]  # no ingest, no preprocess
+    assert [call["arguments"]["preprocess_task_id"] for call in calls[:2]] == [given["preprocess_task_id"]] * 2
+    assert calls[2]["arguments"]["ingest_task_id"] == "the-ingest-task"
+
+    completed = run_stand_in_sweep(["--output-dir", str(tmp_path / "other")], clearml_home, record, preprocess_arguments={"model": "tiny"})
+    given = json.loads(record.read_text(encoding="utf-8"))[0]["preprocess_task_id"]
+    assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
+        1, f"error: Task {given} has no Args/ingest_task_id; give a preprocess task made from an ingest task.")
