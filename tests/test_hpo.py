@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 import optuna
@@ -226,7 +227,7 @@ def test_the_server_sampler_covers_the_grid_with_the_optimizers_threads(concurre
 
 # The objective of each (lora_rank, prompt_length) as the stand-in train step reports it with the preset's seed (42); each
 # further seed adds 0.01 per seed. (4, 1) fails. The sampler's seed 0 tries (4, 3), (4, 1), (2, 3), (2, 1), (8, 1), then (8, 3):
-# the best of the first five, (2, 3), is neither the first nor the last to complete.
+# the best of the first four, (2, 3), is neither the first nor the last to complete.
 STAND_IN_VALUES = {(2, 1): 0.9, (2, 3): 0.3, (4, 3): 0.7, (8, 1): 0.6, (8, 3): 0.5}
 FAILING_PAIR = (4, 1)
 
@@ -239,6 +240,7 @@ def stand_in_steps(calls: list):
 
     def run(step, arguments: dict, output_dir: Path) -> dict:
         calls.append({"step": step.name, "arguments": arguments, "output_dir": str(output_dir)})
+        os.write(1, f"(output of {step.name})\n".encode())  # as a step's subprocess writes: past this process's buffer
         task_id = f"{step.name}-{len(calls)}"
         if step.name == "train":
             pair = (arguments["lora_rank"], arguments["prompt_length"])
@@ -287,25 +289,27 @@ def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_argu
 
 
 def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
-    """Five of the six pairs, one failing, the best neither the first nor the last; then the best pair's other two seeds, the
+    """Four of the six pairs, one failing, the best neither the first nor the last; then the best pair's second seed, the
     winner's evaluation and its registration with the metric asked for, every number of the summary and the table read
-    back from what the stand-in steps reported. Asked for 7 trials, the sweep runs the grid's 6."""
-    out, record = tmp_path / "sweep", tmp_path / "calls.json"
+    back from what the stand-in steps reported. Continued with 5 trials, the sweep runs one more; asked for 7, the grid's 6."""
+    out, record = tmp_path / "runs" / "sweep", tmp_path / "calls.json"
     shared = ["--epochs", "1.5", "--max-steps", "3", "--eval-every", "2", "--nproc-per-node", "2"]  # every trial's, each away from the preset's
-    completed = run_stand_in_sweep(["--trials", "5", "--noise-seeds", "3", "--metric", "bleu", *shared, "--output-dir", str(out)], clearml_home, record)
+    completed = run_stand_in_sweep(["--trials", "4", "--noise-seeds", "2", "--metric", "bleu", *shared, "--output-dir", str(out)], clearml_home, record)
     assert completed.returncode == 0, completed.stderr[-3000:]
     calls = json.loads(record.read_text(encoding="utf-8"))
     summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
+    lines = completed.stdout.splitlines()
 
-    assert [call["step"] for call in calls] == ["ingest", "preprocess", *["train"] * 5, "train", "train", "evaluate", "register"]
-    ingest, preprocess, *trials, noise_43, noise_44, evaluate, register = calls
+    assert [call["step"] for call in calls] == ["ingest", "preprocess", *["train"] * 4, "train", "evaluate", "register"]
+    ingest, preprocess, *trials, noise_43, evaluate, register = calls
+    assert [ingest["output_dir"], preprocess["output_dir"]] == [str(out / "data" / "ingest"), str(out / "data" / "preprocess")]
     assert preprocess["arguments"]["ingest_task_id"] == "ingest-1"
-    for call in (*trials, noise_43, noise_44):
+    for call in (*trials, noise_43):
         assert {name: call["arguments"][name] for name in ("preprocess_task_id", "model", "epochs", "max_steps", "eval_every", "nproc_per_node")} == {
             "preprocess_task_id": "preprocess-2", "model": PRESETS["tiny"].model, "epochs": 1.5, "max_steps": 3, "eval_every": 2, "nproc_per_node": 2}
     pairs = [(call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in trials]
-    assert len(set(pairs)) == 5 and FAILING_PAIR in pairs
-    assert [call["output_dir"] for call in trials] == [str(out / "trials" / f"trial-{number}") for number in range(5)]
+    assert len(set(pairs)) == 4 and FAILING_PAIR in pairs
+    assert [call["output_dir"] for call in trials] == [str(out / "trials" / f"trial-{number}") for number in range(4)]
     completed_pairs = [pair for pair in pairs if pair != FAILING_PAIR]
     best_pair = min(completed_pairs, key=STAND_IN_VALUES.get)
     assert best_pair not in (completed_pairs[0], completed_pairs[-1])  # the configuration tells the best from the first and the last
@@ -319,42 +323,59 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
         for number, pair in enumerate(pairs)
     ]
     assert summary["trials"] == expected_trials
-    assert [(call["arguments"]["seed"], call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in (noise_43, noise_44)] == [
-        (43, *best_pair), (44, *best_pair)]
-    noise_values = [STAND_IN_VALUES[best_pair] + step * 0.01 for step in range(3)]
-    assert summary["noise"] == {"params": expected_trials[best_number]["params"], "seeds": [42, 43, 44], "values": noise_values,
-                                "spread": max(noise_values) - min(noise_values)}
+    best_params = expected_trials[best_number]["params"]
+    assert ((noise_43["arguments"]["seed"], noise_43["arguments"]["lora_rank"], noise_43["arguments"]["prompt_length"]), noise_43["output_dir"]) == (
+        (43, *best_pair), str(out / "noise" / "seed-43"))
+    noise_values = [STAND_IN_VALUES[best_pair], STAND_IN_VALUES[best_pair] + 0.01]
+    assert summary["noise"] == {"params": best_params, "seeds": [42, 43], "values": noise_values, "spread": max(noise_values) - min(noise_values)}
     assert evaluate["arguments"]["train_task_id"] == f"train-{best_number + 3}"
-    assert (register["arguments"]["candidates"], register["arguments"]["metric"]) == ("evaluate-10", "bleu")
-    assert summary["best"] == {"params": expected_trials[best_number]["params"], "value": STAND_IN_VALUES[best_pair],
-                               "task_id": f"train-{best_number + 3}", "model_dir": "/models/evaluate-10", "test_metrics": {"bleu": 0.25, "chrf": 0.5}}
+    assert (register["arguments"]["candidates"], register["arguments"]["metric"]) == ("evaluate-8", "bleu")
+    assert summary["best"] == {"params": best_params, "value": STAND_IN_VALUES[best_pair], "task_id": f"train-{best_number + 3}",
+                               "model_dir": "/models/evaluate-8", "test_metrics": {"bleu": 0.25, "chrf": 0.5}}
     assert summary["data_task_ids"] == {"ingest": "ingest-1", "preprocess": "preprocess-2"}
 
+    # What the sweep says, each line before the output of the step it announces (flushed: steps write past its buffer).
+    assert not any(line.startswith("The grid has") for line in lines)  # 4 of 6: all asked for are run
     for number, trial in enumerate(expected_trials):
         done = [earlier for earlier in expected_trials[:number] if earlier["value"] is not None]
         best_yet = min(done, key=lambda earlier: earlier["value"], default=None)
         so_far = "none yet" if best_yet is None else f"{best_yet['value']:.4f} with {best_yet['params']}"
-        assert f"### Trial {number + 1} of 5: {trial['params']} (best so far: {so_far})" in completed.stdout.splitlines()
-    table = completed.stdout[completed.stdout.index("trial  lora_rank"):].splitlines()
-    assert table[0] == "trial  lora_rank  prompt_length  status     validation loss"
-    for line, trial in zip(table[1:6], expected_trials):
+        header = lines.index(f"### Trial {number + 1} of 4: {trial['params']} (best so far: {so_far})")
+        assert lines[header + 1] == "(output of train)"
+        if trial["status"] == "failed":
+            assert lines[header + 2] == f"Trial {number} failed; the sweep goes on."
+    assert lines[lines.index(f"### Seed-to-seed noise: {best_params} with seed 43") + 1] == "(output of train)"
+    assert "\n\ntrial  lora_rank  prompt_length  status     validation loss\n" in completed.stdout
+    table = lines[lines.index("trial  lora_rank  prompt_length  status     validation loss"):]
+    for line, trial in zip(table[1:5], expected_trials):
         value = "" if trial["value"] is None else f"{trial['value']:.4f}" + ("  <- best" if trial["number"] == best_number else "")
         assert line == f"{trial['number']:>5}  {trial['params']['lora_rank']:>9}  {trial['params']['prompt_length']:>13}  {trial['status']:<9}  {value}"
     values = [trial["value"] for trial in expected_trials if trial["value"] is not None]
-    assert table[7] == (f"Seed-to-seed spread of {expected_trials[best_number]['params']} over seeds [42, 43, 44]: {summary['noise']['spread']:.4f} "
-                        f"({', '.join(f'{v:.4f}' for v in noise_values)}); the trials span {max(values) - min(values):.4f}.")
-    assert table[9:] == [f"Best: {expected_trials[best_number]['params']} (validation loss {STAND_IN_VALUES[best_pair]:.4f}); registered model "
-                         "directory /models/evaluate-10.", f"Summary: {out / 'hpo_summary.json'}"]
+    assert table[5:] == ["", f"Seed-to-seed spread of {best_params} over seeds [42, 43]: {summary['noise']['spread']:.4f} "
+                             f"({', '.join(f'{v:.4f}' for v in noise_values)}); the trials span {max(values) - min(values):.4f}.",
+                         "", f"Best: {best_params} (validation loss {STAND_IN_VALUES[best_pair]:.4f}); registered model directory /models/evaluate-8.",
+                         f"Summary: {out / 'hpo_summary.json'}"]
 
-    # Continued with more trials than the grid holds: the sixth pair only, the noise runs read back, not trained again.
-    completed = run_stand_in_sweep(["--trials", "7", "--noise-seeds", "3", "--output-dir", str(out)], clearml_home, record)
+    # Continued with one trial more: the fifth pair only, the noise run read back, not trained again.
+    completed = run_stand_in_sweep(["--trials", "5", "--noise-seeds", "2", "--output-dir", str(out)], clearml_home, record)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    calls = json.loads(record.read_text(encoding="utf-8"))
+    assert [call["step"] for call in calls] == ["train", "evaluate", "register"]
+    assert calls[2]["arguments"]["metric"] == "chrf"  # the default --metric
+    fifth = (calls[0]["arguments"]["lora_rank"], calls[0]["arguments"]["prompt_length"])
+    # Asked for more trials than the grid holds: the sixth pair, and no more.
+    completed = run_stand_in_sweep(["--trials", "7", "--noise-seeds", "2", "--output-dir", str(out)], clearml_home, record)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "The grid has 6 combinations: running 6 trials, not 7." in completed.stdout.splitlines()
     calls = json.loads(record.read_text(encoding="utf-8"))
     assert [call["step"] for call in calls] == ["train", "evaluate", "register"]
     sixth = (calls[0]["arguments"]["lora_rank"], calls[0]["arguments"]["prompt_length"])
-    assert sorted([*pairs, sixth]) == sorted([*STAND_IN_VALUES, FAILING_PAIR])
-    assert calls[2]["arguments"]["metric"] == "chrf"  # the default --metric
+    assert sorted([*pairs, fifth, sixth]) == sorted([*STAND_IN_VALUES, FAILING_PAIR])
+    # The study was made for its space: another one is refused.
+    completed = run_stand_in_sweep(["--prompt-lengths", "1", "--output-dir", str(out)], clearml_home, record)
+    assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
+        1, f"error: The study in {out} was made for the space {{'lora_rank': [2, 4, 8], 'prompt_length': [1, 3]}}, not "
+           "{'lora_rank': [2, 4, 8], 'prompt_length': [1]}; use another --output-dir.")
 
 
 def test_a_sweep_whose_trials_all_fail_is_one_sentence(clearml_home, tmp_path):
@@ -362,20 +383,23 @@ def test_a_sweep_whose_trials_all_fail_is_one_sentence(clearml_home, tmp_path):
     completed = run_stand_in_sweep(["--lora-ranks", "4", "--prompt-lengths", "1", "--output-dir", str(out)], clearml_home, tmp_path / "calls.json")
     assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
         1, f"error: All 1 trials failed; their errors are in {out / 'hpo_summary.json'} and above.")
-    summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
-    assert [(trial["status"], trial["error"]) for trial in summary["trials"]] == [("failed", "Step train failed with exit status 1 (pair (4, 1))")]
-    assert summary["best"] is None
+    assert json.loads((out / "hpo_summary.json").read_text(encoding="utf-8")) == {
+        "objective": OBJECTIVE, "space": {"lora_rank": [4], "prompt_length": [1]},
+        "trials": [{"number": 0, "params": {"lora_rank": 4, "prompt_length": 1}, "value": None, "task_id": None, "status": "failed",
+                    "error": "Step train failed with exit status 1 (pair (4, 1))"}],
+        "best": None, "data_task_ids": {"ingest": "ingest-1", "preprocess": "preprocess-2"}, "noise": None}
 
 
 def test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_its_ingest(clearml_home, tmp_path):
     record = tmp_path / "calls.json"
-    completed = run_stand_in_sweep(["--lora-ranks", "2", "--prompt-lengths", "1,3", "--noise-seeds", "0", "--output-dir", str(tmp_path / "sweep")],
+    completed = run_stand_in_sweep(["--lora-ranks", "2", "--prompt-lengths", "1,3", "--noise-seeds", "1", "--output-dir", str(tmp_path / "sweep")],
                                    clearml_home, record, preprocess_arguments={"ingest_task_id": "the-ingest-task"})
     assert completed.returncode == 0, completed.stderr[-3000:]
     given, *calls = json.loads(record.read_text(encoding="utf-8"))
     assert [call["step"] for call in calls] == ["train", "train", "evaluate", "register"]  # no ingest, no preprocess
     assert [call["arguments"]["preprocess_task_id"] for call in calls[:2]] == [given["preprocess_task_id"]] * 2
     assert calls[2]["arguments"]["ingest_task_id"] == "the-ingest-task"
+    assert json.loads((tmp_path / "sweep" / "hpo_summary.json").read_text(encoding="utf-8"))["noise"] is None  # one seed: no spread to measure
 
     completed = run_stand_in_sweep(["--output-dir", str(tmp_path / "other")], clearml_home, record, preprocess_arguments={"model": "tiny"})
     given = json.loads(record.read_text(encoding="utf-8"))[0]["preprocess_task_id"]
