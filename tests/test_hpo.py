@@ -92,12 +92,14 @@ def test_an_interrupted_sweep_continues_where_it_stopped(sweep):
     assert summary["data_task_ids"] == first["data_task_ids"]
 
 
-def test_a_trial_left_running_is_failed_and_queued_again(tmp_path):
+def test_a_trial_left_running_is_failed_and_queued_again(tmp_path, capsys):
     space = {"lora_rank": [2, 4], "prompt_length": [4]}
     study = open_study(tmp_path, space, seed=0)
     distributions = {name: optuna.distributions.CategoricalDistribution(v) for name, v in space.items()}
     killed = study.ask(distributions)
+    capsys.readouterr()
     reopened = open_study(tmp_path, space, seed=0)
+    assert capsys.readouterr().out == f"Trial {killed.number} was interrupted; it is queued again.\n"
     states = {t.number: t.state for t in reopened.get_trials()}
     assert states[killed.number] == TrialState.FAIL
     assert reopened.ask(distributions).params == killed.params  # the next trial reruns it
@@ -329,6 +331,8 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     noise_values = [STAND_IN_VALUES[best_pair], STAND_IN_VALUES[best_pair] + 0.01]
     assert summary["noise"] == {"params": best_params, "seeds": [42, 43], "values": noise_values, "spread": max(noise_values) - min(noise_values)}
     assert evaluate["arguments"]["train_task_id"] == f"train-{best_number + 3}"
+    assert [evaluate["output_dir"], register["output_dir"]] == [str(out / "best" / "evaluate"), str(out / "best" / "register")]
+    assert (out / "hpo_study.db").is_file()  # the study, where the README says it lives
     assert (register["arguments"]["candidates"], register["arguments"]["metric"]) == ("evaluate-8", "bleu")
     assert summary["best"] == {"params": best_params, "value": STAND_IN_VALUES[best_pair], "task_id": f"train-{best_number + 3}",
                                "model_dir": "/models/evaluate-8", "test_metrics": {"bleu": 0.25, "chrf": 0.5}}
