@@ -106,10 +106,11 @@ def _as_a_new_process(env: dict[str, str], stdout: int, stderr: int) -> None:
     sys.stdout, sys.stderr = (open(number, "w", closefd=False) for number in (1, 2))
     # A library's log handler made in the parent (optuna's) writes to the stream the parent had then (under pytest, its
     # capture; under mutmut, its progress spinner); in a new process it would write to this one's stderr (or stdout).
+    # Assigned, not setStream: that flushes the old stream, which may be closed.
     for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values()):
         for handler in getattr(logger, "handlers", ()):
             if type(handler) is logging.StreamHandler:
-                handler.stream = sys.stdout if any(handler.stream is stream for stream in parent_stdout) else sys.stderr  # not setStream: it flushes the old one, which may be closed
+                handler.stream = sys.stdout if any(handler.stream is stream for stream in parent_stdout) else sys.stderr
 
 
 def _reread_hub_offline() -> None:
