@@ -461,3 +461,43 @@ def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publicat
     assert {key: (entry["value"], entry["type"]) for key, entry in child["metadata"].items()} == {
         "score": ("0.5", "float"), "steps": ("3", "int"), "name": ("x", "str")}
     assert child["uri"].startswith(server.files_host) and "rank = 4" in child["design"]["design"]
+
+
+def test_a_checkpoint_extraction_cut_short_leaves_no_folder_that_a_later_one_would_take(clearml_home, tmp_path):
+    """A folder artifact fetched anew (``force_download``) is extracted into a scratch folder and renamed when complete:
+    an extraction that fails half-way (a full disk, a kill) leaves no folder under the content's name, so the next fetch
+    extracts it whole instead of taking the half."""
+    import shutil
+
+    source = tmp_path / "checkpoint"
+    source.mkdir()
+    for name in ("adapter.safetensors", "state.json"):
+        (source / name).write_text(name, encoding="utf-8")
+    archive = Path(shutil.make_archive(str(tmp_path / "checkpoint"), "zip", source))
+    listed = tmp_path / "listed.json"
+
+    def extract_twice(_argv) -> None:
+        import zipfile
+
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(True)
+        unpack = shutil.unpack_archive
+
+        def first_file_then_disk_full(path, folder, kind):
+            with zipfile.ZipFile(path) as opened:
+                opened.extract(opened.namelist()[0], folder)
+            raise OSError(28, "No space left on device")
+
+        shutil.unpack_archive = first_file_then_disk_full
+        try:
+            tracking._extracted_by_content(archive)
+        except OSError:
+            pass
+        shutil.unpack_archive = unpack
+        folder = tracking._extracted_by_content(archive)
+        listed.write_text(json.dumps(sorted(path.name for path in folder.iterdir())), encoding="utf-8")
+
+    completed = run_main(extract_twice, [], clearml_home)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(listed.read_text(encoding="utf-8")) == ["adapter.safetensors", "state.json"]
