@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -43,10 +44,17 @@ TRAIN_STEP_OPTIONS = ["--size", "rut5-large", "--batch-size", "2", "--input-leng
                       "--warmup", "1", "--rounds", "2", "--peak-tflops", "0.001"]
 
 
+# Seconds of each variant's two timed rounds: the medians of the paired ratios (0.5 and 2.5 -> 1.5; 2.0 and 1.5 -> 1.75)
+# are not the ratios of the medians (2.25 / 2.5 = 0.9; 2.0 / 1.25 = 1.6).
+ROUND_SECONDS = {"ours": [1.0, 3.0], "ours_lora": [2.0, 2.5], "peft_lora": [4.0, 1.0], "floor": [0.5, 2.0]}
+PEAK_MB = {"ours": 10.04, "ours_lora": 9.0, "peft_lora": 8.06, "floor": 7.0}
+
+
 def test_train_step_benchmark_times_the_variants_its_options_ask_for(monkeypatch):
     """Every option away from its default reaches the variants timed: the adapters' rank, alpha, dropout and prompt,
-    PEFT's LoRA alike, bf16 autocast, checkpointing, the batch's shape, warm-up and timed rounds; the model-FLOPs
-    utilisation is recomputed from the formula (4 x parameters x tokens) at the --peak-tflops given."""
+    PEFT's LoRA alike, bf16 autocast, checkpointing, the batch's shape, warm-up and timed rounds. The record is the
+    timer's: each variant's median seconds, the medians of the per-round ratios, each variant's memory measure, and
+    the rates and model-FLOPs utilisation (4 x parameters x tokens, at the --peak-tflops given) recomputed here."""
     sizes, variants, steps = [], {}, []
     small = train_step.build_model
 
@@ -64,7 +72,9 @@ def test_train_step_benchmark_times_the_variants_its_options_ask_for(monkeypatch
 
     monkeypatch.setattr(train_step, "build_model", build_model)
     monkeypatch.setattr(train_step, "Variant", Recorded)
-    monkeypatch.setattr(train_step, "timed", lambda fn, sync: (fn(), 0.5)[1])
+    rounds = {name: iter(seconds) for name, seconds in ROUND_SECONDS.items()}
+    monkeypatch.setattr(train_step, "timed", lambda fn, sync: (fn(), next(rounds[steps[-1][0]]))[1])
+    monkeypatch.setattr(train_step, "saved_activation_mb", lambda variant, batch: (variant.step(batch), PEAK_MB[variant.name])[1])
     result = train_step.main(TRAIN_STEP_OPTIONS)
     assert sizes == ["rut5-large"]
     for name in ("ours", "ours_lora"):
@@ -83,8 +93,26 @@ def test_train_step_benchmark_times_the_variants_its_options_ask_for(monkeypatch
     encoder = sum(p.numel() for p in base.encoder.block.parameters())
     decoder = sum(p.numel() for p in base.decoder.block.parameters()) + base.lm_head.weight.numel()
     flops = 4.0 * (encoder * 2 * (5 + 3) + decoder * 2 * 3)
-    assert result["ours_mfu"] == round(flops / 0.5 / 0.001e12, 4) and result["ours_samples_per_s"] == 2 / 0.5
+    assert {key: result[key] for key in ("ours_s", "ours_lora_s", "peft_lora_s", "floor_s", "ratio_vs_peft", "ratio_vs_floor")} == {
+        "ours_s": 2.0, "ours_lora_s": 2.25, "peft_lora_s": 2.5, "floor_s": 1.25, "ratio_vs_peft": 1.5, "ratio_vs_floor": 1.75}
+    assert (result["ours_peak_mb"], result["peft_peak_mb"], result["all_peak_mb"]) == (
+        10.0, 8.1, {"ours": 10.0, "ours_lora": 9.0, "peft_lora": 8.1, "floor": 7.0})
+    assert result["ours_mfu"] == round(flops / 2.0 / 0.001e12, 4)
+    assert (result["ours_samples_per_s"], result["ours_tokens_per_s"]) == (2 / 2.0, 2 * (5 + 3) / 2.0)  # rows, and their input and target tokens
     assert (result["batch"], result["precision"], result["checkpointing"], result["size"]) == ([2, 5, 3], "bf16", True, "rut5-large")
+
+
+def test_the_cpu_memory_measure_is_the_bytes_saved_for_backward_without_the_parameters():
+    """One step of sum(tanh(x W^T)), x requiring a gradient too: autograd keeps x (for W's gradient), W (for x's) and
+    tanh's output (for its own); W, a parameter, is not counted, nor is a tensor saved twice."""
+    class Step:
+        model = torch.nn.Linear(8, 3, bias=False)
+
+        def step(self, batch):
+            hidden = torch.tanh(batch @ self.model.weight.t())
+            (hidden.sum() + (hidden * hidden).sum()).backward()  # hidden is saved again by the product: counted once
+
+    assert train_step.saved_activation_mb(Step(), torch.randn(4, 8, requires_grad=True)) == (4 * 8 + 4 * 3) * 4 / 2**20  # float32: 4 bytes
 
 
 def test_generation_benchmark_does_equal_work_both_ways():
@@ -120,6 +148,7 @@ def test_generation_benchmark_times_the_work_its_options_ask_for(monkeypatch):
     # warm-up on one batch, the timed batched run, then the first 2 texts one at a time
     assert calls == [(2, 2, 2, 3, torch.bfloat16), (5, 2, 2, 3, torch.bfloat16), (1, 1, 2, 3, torch.bfloat16), (1, 1, 2, 3, torch.bfloat16)]
     assert (result["batched_tokens_per_s"], result["single_tokens_per_s"], result["speedup"]) == (5 * 3 / 3.0, 2 * 3 / 2.0, 1.67)  # (5 / 3) / (2 / 2)
+    assert result["batched_s"] == 3.0
     assert {key: result[key] for key in ("texts", "single_texts", "max_new_tokens", "batch_size", "num_beams", "size", "dtype")} == {
         "texts": 5, "single_texts": 2, "max_new_tokens": 3, "batch_size": 2, "num_beams": 2, "size": "rut5-large", "dtype": "bf16"}
 
@@ -145,15 +174,22 @@ def test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for(mon
         return build("tiny", device)
 
     def train(model, tokenizer, rows, validation, config, *, output_dir, report, world):
-        trained.append((len(rows), {len(ids) for ids in rows["input_ids"]}, {len(ids) for ids in rows["labels"]}, config.batch_size, config.max_steps))
+        trained.append((len(rows), {len(ids) for ids in rows["input_ids"]}, {len(ids) for ids in rows["labels"]}, config.batch_size,
+                        config.max_steps, torch.get_num_threads()))
         for step in range(1, config.max_steps + 1):
             report("loss", "train", 1.0, step)
 
+    clock = iter([10.0, 10.5, 12.0, 13.0])  # the time of each step's report: 3 steps of 3 rows in 3 s after the first
     monkeypatch.setattr(distributed_benchmark, "build", build_tiny)
     monkeypatch.setattr(distributed_benchmark, "train_adapters", train)
-    results = {}
-    distributed_benchmark.rank_main(0, 1, args, 0, results)
-    assert sizes == ["small"] and trained == [(3 * 1 * 4, {6}, {5}, 3, 4)] and results[1]["samples_per_s"] > 0
+    monkeypatch.setattr(distributed_benchmark, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    results, threads = {}, torch.get_num_threads()
+    try:
+        distributed_benchmark.rank_main(0, 1, args, 0, results)
+    finally:
+        torch.set_num_threads(threads)
+    assert sizes == ["small"] and trained == [(3 * 1 * 4, {6}, {5}, 3, 4, 1)]  # one thread per rank, as the record says
+    assert results[1] == {"samples_per_s": 3 * 3 / 3.0, "peak_mb_per_gpu": None}
 
     started = []
 
@@ -165,13 +201,13 @@ def test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for(mon
     result = distributed_benchmark.main(DISTRIBUTED_OPTIONS)
     assert started == [1, 3]
     assert result["ranks"][3] == {"samples_per_s": 24.0, "peak_mb_per_gpu": None, "samples_per_s_per_rank": 8.0, "efficiency": 0.8}
-    assert (result["size"], result["batch_per_rank"], result["steps"]) == ("small", 3, 4)
+    assert (result["size"], result["batch_per_rank"], result["steps"], result["threads_per_rank"]) == ("small", 3, 4, 1)
 
 
 def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for(monkeypatch):
     """Each engine and precision generates --max-new-tokens tokens for each of --texts texts in batches, then for
     --single-texts texts one at a time; ruT5-large's shape is recorded, the small shape's export stands in."""
-    sizes, timed_work = [], []
+    sizes, timed_work, answers = [], [], []
     export, rates = serving_benchmark.export_random_model, serving_benchmark.rates
 
     def export_small(size, folder):
@@ -181,6 +217,9 @@ def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_optio
     def recorded_rates(generate, texts, single_texts, new_tokens):
         rate = rates(generate, texts, single_texts, new_tokens)
         timed_work.append((len(texts), single_texts, new_tokens, {len(tokens) for tokens in rate["tokens"]}))
+        answers.append(list(rate["tokens"]))
+        if len(answers) == 2:  # CTranslate2 in float32: one answer of three made to differ, for the agreement to count
+            rate["tokens"] = [[-1], *rate["tokens"][1:]]
         return rate
 
     monkeypatch.setattr(serving_benchmark, "export_random_model", export_small)
@@ -191,7 +230,22 @@ def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_optio
     assert set(result["new_tokens_per_s"]) == engines
     assert all(rate["batch_1"] > 0 and rate["batch_16"] > 0 for rate in result["new_tokens_per_s"].values())
     assert (result["size"], result["texts"], result["single_texts"], result["max_new_tokens"]) == ("rut5-large", 3, 1, 2)
-    assert result["greedy_agreement"] == 1.0  # one search on the same weights: a difference is a conversion bug
+    assert answers[0] == answers[1]  # transformers and CTranslate2 in float32: one search on the same weights, a difference is a conversion bug
+    assert result["greedy_agreement"] == 0.667  # 2 of the 3 answers the same
+
+
+def test_serving_rates_are_the_new_tokens_over_the_timed_runs_in_batches_of_16(monkeypatch):
+    calls = []
+
+    def generate(batch):
+        calls.append(len(batch))
+        return [[len(calls)]] * len(batch)
+
+    seconds = iter([2.0, 0.5])  # batched, then one at a time
+    monkeypatch.setattr(serving_benchmark, "timed", lambda fn, sync: (fn(), next(seconds))[1])
+    rate = serving_benchmark.rates(generate, [f"text {i}" for i in range(20)], 3, 4)
+    assert calls == [16, 16, 4, 1, 1, 1]  # the warm-up batch, the batched run, then 3 texts one at a time
+    assert rate == {"batch_1": 3 * 4 / 0.5, "batch_16": 20 * 4 / 2.0, "tokens": [[2]] * 16 + [[3]] * 4}
 
 
 def test_the_pipeline_benchmark_reads_the_run_it_made_in_output_dir(monkeypatch, tmp_path):
@@ -227,12 +281,18 @@ def test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_
             (cwd / "runs" / "tiny" / "summary.json").write_text(json.dumps({
                 "metrics": {"loss": 1.5, "chrf": 0.3}, "base_metrics": {"loss": 3.0, "chrf": 0.1}, "step_seconds": {"train": 30.0}}))
 
+    clock, load = iter([100.0, 112.34, 120.0, 165.0]), iter([0.5, 1.25, 1.75])  # the build's start and end, then make tiny's
     monkeypatch.setattr(tiny_learns.subprocess, "run", run)
+    monkeypatch.setattr(tiny_learns, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(tiny_learns.os, "getloadavg", lambda: (next(load), 0.0, 0.0))
     result = tiny_learns.main(["--work-dir", str(tmp_path)])
     clone = tmp_path / "clone"
     assert ran[0][0][-1] == str(clone) and [cwd for _, cwd, _ in ran[1:]] == [clone, clone]
     assert {cache for _, _, cache in ran[1:]} == {str(tmp_path / "cache")}
     assert (result["loss_ratio"], result["chrf_ratio"], result["step_seconds"]) == (0.5, 3.0, {"train": 30.0})
+    assert {key: result[key] for key in ("base_loss", "tuned_loss", "base_chrf", "tuned_chrf", "build_s", "make_tiny_s", "load_average_1min")} == {
+        "base_loss": 3.0, "tuned_loss": 1.5, "base_chrf": 0.1, "tuned_chrf": 0.3, "build_s": 12.3, "make_tiny_s": 45.0,
+        "load_average_1min": {"before": 0.5, "after_build": 1.25, "after_make": 1.75}}
 
 
 def test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir(monkeypatch, tmp_path):
@@ -249,6 +309,70 @@ def test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir(monkeypat
     with pytest.raises(Stop) as stopped:
         first_run_on_agents.main(["--work-dir", str(tmp_path / "work")])
     assert stopped.value.args == (tmp_path / "work" / "server",) and (tmp_path / "work" / "logs").is_dir()
+
+
+def test_the_first_run_benchmark_times_the_launch_the_run_and_each_tasks_wait_and_run(monkeypatch, tmp_path):
+    """The record's times: the launch command's and the whole run's (until the controller completed) on the benchmark's
+    clock, and each task's wait for an agent (created to started) and run (started to completed) from the times the
+    server recorded; the step templates are left out (stand-ins for the server, agents and launch: the run takes 10 minutes)."""
+    waited_for, agents_started = [], []
+
+    class Server:
+        def __init__(self, state_dir):
+            pass
+
+        def start(self):
+            return self
+
+        def environment(self):
+            return {"CLEARML_API_HOST": "http://api", "CLEARML_API_ACCESS_KEY": "key", "CLEARML_API_SECRET_KEY": "secret"}
+
+        def stop(self):
+            pass
+
+    class Api:
+        def __init__(self, host, key, secret):
+            pass
+
+        def wait_for_status(self, task_id, statuses, timeout_s, diagnostics):
+            waited_for.append((task_id, statuses))
+
+        def tasks(self, order_by):
+            return [{"name": "ingest", "tags": ["template"], "created": "2026-12-07T09:00:00", "status": "draft"},
+                    {"name": "ingest", "tags": [], "created": "2026-12-07T10:00:00+00:00", "started": "2026-12-07T10:00:04.500+00:00",
+                     "completed": "2026-12-07T10:01:00.300+00:00", "status": "completed"},
+                    {"name": "train", "created": "2026-12-07T10:01:00+00:00", "status": "queued"}]
+
+    class Runner:
+        def __init__(self, clone, shell):
+            pass
+
+        def run(self, command, timeout_s):
+            return SimpleNamespace(stdout="ClearML Task: created new task id=controller-1\n", stderr="")
+
+        created_task_ids = staticmethod(lambda text: ["controller-1"] if "id=controller-1" in text else [])
+
+    class Agents:
+        def __init__(self, processes, target, work):
+            pass
+
+        def start(self, command, builds_venv, extra_env):
+            agents_started.append(command)
+
+    clock = iter([100.0, 112.5, 700.0])  # the launch's start and end, then the controller completed
+    monkeypatch.setattr(first_run_on_agents, "ClearMLTestServer", Server)
+    monkeypatch.setattr(first_run_on_agents, "ServerApi", Api)
+    monkeypatch.setattr(first_run_on_agents, "ServerTarget", SimpleNamespace)
+    monkeypatch.setattr(first_run_on_agents, "Processes", lambda logs: SimpleNamespace(stop_all=lambda: None))
+    monkeypatch.setattr(first_run_on_agents, "start_git_remote", lambda processes, folder: SimpleNamespace(clone=folder / "clone"))
+    monkeypatch.setattr(first_run_on_agents, "Agents", Agents)
+    monkeypatch.setattr(first_run_on_agents, "ProjectRunner", Runner)
+    monkeypatch.setattr(first_run_on_agents, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    result = first_run_on_agents.main(["--work-dir", str(tmp_path)])
+    assert waited_for == [("controller-1", ("completed",))] and len(agents_started) == 3  # the README's cpu, gpu and services agents
+    assert (result["launch_s"], result["run_s"]) == (12.5, 600.0)
+    assert result["tasks"] == {"ingest": {"waited_s": 4.5, "ran_s": 55.8, "status": "completed"},
+                               "train": {"waited_s": None, "ran_s": None, "status": "queued"}}
 
 
 def test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy(monkeypatch, tmp_path):

@@ -278,13 +278,16 @@ def test_the_task_reports_each_statistic_under_its_name_with_the_tables_and_the_
     pairs = logger.tables[("human evaluation", "pairs", 0)]
     assert list(pairs.columns) == ["system", "other", "votes", *(f"{k}{s}" for k in ("wins", "ties", "both_bad", "losses") for s in ("", " low", " high"))]
     assert pairs[["system", "other", "votes"]].values.tolist() == [["a", "b", 4], ["a", "c", 4], ["b", "c", 4]]
-    assert pairs["wins low"].tolist() == [o.wins.low for o in summary.outcomes]
+    for kind in ("wins", "ties", "both_bad", "losses"):
+        shares = [getattr(o, kind) for o in summary.outcomes]
+        assert pairs[[kind, f"{kind} low", f"{kind} high"]].values.tolist() == [[share.rate, share.low, share.high] for share in shares], kind
     strengths = logger.tables[("human evaluation", "bradley-terry", 0)]
     assert strengths["system"].tolist() == sorted(summary.strengths, key=lambda s: -summary.strengths[s]["strength"])
+    assert {row.pop("system"): row for row in strengths.to_dict("records")} == summary.strengths
     checks = logger.tables[("human evaluation", "checks", 0)]
     assert checks["check"].tolist() == ["position bias (left wins)", *(f"{name} prefers the raters' answer" for name in summary.metric_agreement)]
-    assert checks.iloc[0][["rate", "low", "high", "of"]].tolist() == pytest.approx([summary.position_bias.rate, summary.position_bias.low,
-                                                                                     summary.position_bias.high, summary.position_bias.total])
+    shares = [summary.position_bias, *summary.metric_agreement.values()]
+    assert checks[["rate", "low", "high", "of"]].values.tolist() == [[s.rate, s.low, s.high, s.total] for s in shares]  # handed on, not computed
     assert logger.figures == [("human evaluation", "pairs", 0, True, 3 * 4)]  # a bar per pair and outcome
 
 

@@ -165,8 +165,9 @@ def test_the_store_shows_each_item_as_drawn_and_gives_back_each_vote_as_cast(tmp
     items = items_from_evaluation(predictions(tmp_path / "p.tsv", "тюн"))[:4]
     store = RatingStore.create(tmp_path / "new" / "folders" / "s.db", items, assign(items, ["ann"], overlap=1, seed=2), {})
     by_id = {item.id: item for item in items}
-    sides = set()
+    sides, positions = set(), {}
     while (shown := store.next_item("ann")) is not None:
+        positions[shown.item_id] = shown.position
         item = by_id[store.item_at("ann", shown.position)]
         assert (shown.item_id, shown.instruction, shown.input) == (item.id, item.instruction, item.input)
         left_is_a = shown.left_answer == item.answer_a
@@ -175,6 +176,9 @@ def test_the_store_shows_each_item_as_drawn_and_gives_back_each_vote_as_cast(tmp
         store.record_vote("ann", shown.item_id, "left" if len(sides) % 2 else "right")
     assert sides == {True, False}  # both orders were drawn
     assert store.item_at("ann", len(items)) is None
+    assert sorted(positions.values()) == list(range(len(items)))
+    assert {rating["item"]: (rating["position"], rating["row"]) for rating in store.ratings()} == {
+        item_id: (position, by_id[item_id].row) for item_id, position in positions.items()}  # where the rater saw it, and its test row
     for rating in store.ratings():
         shown_left = rating["left_system"]
         assert rating["comment"] == "" and rating["preferred"] == (shown_left if rating["choice"] == "left" else rating["right_system"])

@@ -31,6 +31,7 @@ from pipelines.report import REPORT_FILE
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = ROOT / "docs" / "testing.md"
 INVENTORY_HEADER = "| output | name | recomputed by |"
+BENCHMARK_RECORDS = ROOT / "benchmarks" / "results" / "cpu.jsonl"
 METRICS = {*PROTOCOL_METRICS, *(f"published_{rouge}" for rouge in ROUGE_TYPES), "loss"}
 SPLITS = {"train", "validation", "test"}
 # The steps' JSON outputs, under the run's output folder.
@@ -85,14 +86,46 @@ def matches(name: str, pattern: str) -> bool:
     return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), name) is not None
 
 
-def reported_by_the_rating_summary() -> set[tuple[str, str]]:
-    """The names of human_evaluation.json (steps/rate.py writes summarise(...).as_dict()), from a session of three systems."""
-    from test_human_eval_statistics import three_systems_session
+def reported_by_the_rating_step(tmp_path: Path) -> set[tuple[str, str]]:
+    """The names a rating session reports (steps/rate.py), from a session of three systems: ``human_evaluation.json``
+    (``summarise(...).as_dict()``), the task's single values and tables (``report_summary``, recorded) and the numeric
+    columns of ``ratings.tsv`` (``RatingStore.ratings()``, every vote of one rater)."""
+    from test_human_eval_statistics import RecordingLogger, three_systems_session
 
+    from components.human_eval.reporting import report_summary
+    from components.human_eval.session import assign
+    from components.human_eval.store import RatingStore
     from components.human_eval.summary import summarise
 
     items, votes = three_systems_session()
-    return {("human_evaluation.json", name) for name in numeric_names(summarise(votes, items, bootstrap=5).as_dict())}
+    summary = summarise(votes, items, bootstrap=5)
+    logger = RecordingLogger()
+    report_summary(type("Task", (), {"get_logger": lambda self: logger})(), summary)
+    reported = {("human_evaluation.json", name) for name in numeric_names(summary.as_dict())}
+    reported |= {("ClearML single values of rate", generic(name)) for name in logger.values}
+    reported |= {("ClearML tables of rate", f"{series} column {column}") for (_, series, _), table in logger.tables.items()
+                 for column in table.select_dtypes("number").columns}
+    store = RatingStore.create(tmp_path / "session.db", items, assign(items, ["r1"], overlap=1, seed=0), {})
+    while (shown := store.next_item("r1")) is not None:
+        store.record_vote("r1", shown.item_id, "left")
+    return reported | {("ratings.tsv", column) for rating in store.ratings() for column, value in rating.items() if isinstance(value, (int, float))}
+
+
+def reported_by_a_sweep(env: dict, tmp_path: Path) -> set[tuple[str, str]]:
+    """The names of ``hpo_summary.json``, from a local sweep with a failed trial and the seed-to-seed noise (its steps
+    stand-ins: tests/test_hpo.py's ``run_stand_in_sweep``)."""
+    from test_hpo import run_stand_in_sweep
+
+    out = tmp_path / "sweep"
+    completed = run_stand_in_sweep(["--trials", "4", "--noise-seeds", "2", "--output-dir", str(out)], env, tmp_path / "calls.json")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {("hpo_summary.json", name) for name in numeric_names(json.loads((out / "hpo_summary.json").read_text(encoding="utf-8")))}
+
+
+def reported_by_the_benchmarks() -> set[tuple[str, str]]:
+    """The names of the benchmark records the README's tables are read from (``benchmarks/results/cpu.jsonl``), per script."""
+    records = [json.loads(line) for line in BENCHMARK_RECORDS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {(f"benchmark {record['benchmark'].split()[0]}", name) for record in records for name in numeric_names(record)}
 
 
 def inventory() -> dict[tuple[str, str], str]:
@@ -103,9 +136,11 @@ def session_of(summary: dict, step: str) -> Path:
     return Path(next(session for session in summary["offline_sessions"] if Path(session).stem == summary["task_ids"][step])).with_suffix("")
 
 
-def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeline):
+def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeline, clearml_home, tmp_path):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
-    reported, entries = reported_by_the_pipeline(tiny_pipeline, summary) | reported_by_the_rating_summary(), inventory()
+    reported = (reported_by_the_pipeline(tiny_pipeline, summary) | reported_by_the_rating_step(tmp_path) | reported_by_a_sweep(clearml_home, tmp_path)
+                | reported_by_the_benchmarks())
+    entries = inventory()
     covered = {output: [name for entry_output, name in entries if entry_output == output] for output, _ in reported}
     unlisted = sorted((output, name) for output, name in reported if not any(matches(name, pattern) for pattern in covered[output]))
     assert not unlisted, f"reported numbers with no entry in {INVENTORY.relative_to(ROOT)} (name the test that recomputes each): {unlisted}"
