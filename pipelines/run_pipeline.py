@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             return None
         args = parser.parse_args(argv)
         if not args.local:
-            print("No ClearML server to use (none configured, or CLEARML_OFFLINE_MODE set): running locally in offline mode.")
+            print("No ClearML server to use (none configured, or CLEARML_OFFLINE_MODE set): running locally in offline mode.", flush=True)
         output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         summary = run_local(with_local_paths(pipeline_parameters(PRESETS[args.preset], args)), output_dir)
     print_summary(summary, output_dir)

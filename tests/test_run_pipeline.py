@@ -1,0 +1,146 @@
+"""``python pipelines/run_pipeline.py`` run locally, its steps stand-ins: the steps it runs and what each is handed, the
+summary, the report and what it prints. Seconds per run instead of the minutes of the tiny pipeline's real run, whose
+figures tests/test_pipeline_local.py and tests/test_reported_numbers.py recompute."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+from forked import run_main
+from test_report import BASE_METRICS, METRICS, TRAINING
+
+from components.comparison import comparison_table
+from components.settings import PRESETS
+from components.tracking import RESULT_FILE, to_json
+from pipelines.report import HEADLINE_METRICS, REPORT_FILE
+
+ROOT = Path(__file__).resolve().parent.parent
+DECODING = "beam search, 2 beams"
+# What the register step hands on: the headline metrics and others, which summary.json keeps under all_metrics only.
+REGISTERED = {**{name: METRICS[name] for name in reversed(list(METRICS))}, "published_rouge1": 0.5}
+
+
+def stand_in_steps(calls: list):
+    """``run_step_locally`` for the launch's logic alone: each step records its call and hands back a result, and train and
+    evaluate write the files the report reads, as the real steps do."""
+
+    def run(step, arguments: dict, output_dir: Path) -> dict:
+        calls.append({"step": step.name, "arguments": arguments, "output_dir": str(output_dir)})
+        os.write(1, f"(output of {step.name})\n".encode())  # as a step's subprocess writes: past this process's buffer
+        output_dir.mkdir(parents=True, exist_ok=True)
+        task_id = f"{step.name}-{len(calls)}"
+        outputs = {}
+        if step.name == "train":
+            (output_dir / "training.json").write_text(to_json(TRAINING), encoding="utf-8")
+        elif step.name == "evaluate":
+            (output_dir / "evaluation.json").write_text(to_json({"rows": 2, "decoding": {"description": DECODING}}), encoding="utf-8")
+            pd.DataFrame({"instruction": ["Вопрос", "Ещё"], "input": ["", ""], "output": ["да", "нет"], "prediction": ["да", "да"]}).to_csv(
+                output_dir / "predictions.tsv", sep="\t", index=False)
+            outputs = {"decoding": {"description": DECODING}, "base_metrics": BASE_METRICS if arguments["compare_base"] else None}
+        elif step.name == "register":
+            outputs = {"metrics": REGISTERED, "model_dir": f"/models/{arguments['candidates']}"}
+        elif step.name == "export":
+            outputs = {"model_dir": "/exports/plain", **({"ctranslate2_dir": "/exports/ct2"} if arguments["ctranslate2"] else {})}
+        result = {"task_id": task_id, "outputs": outputs, "offline_session": f"/sessions/{task_id}.zip"}
+        (output_dir / RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
+        return result
+
+    return run
+
+
+def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root: Path):
+    """``main(argv)`` in a fork, its steps the stand-ins and its default output folder under ``project_root``."""
+
+    def pipeline_main(argv: list[str]) -> None:
+        from pipelines import run_pipeline
+
+        calls = []
+        run_pipeline.run_step_locally = stand_in_steps(calls)
+        run_pipeline.PROJECT_ROOT = project_root
+        record.write_text(json.dumps(calls), encoding="utf-8")  # a refusal ends the process at once (os._exit)
+        run_pipeline.main(argv)
+        record.write_text(json.dumps(calls), encoding="utf-8")
+
+    return run_main(pipeline_main, argv, env)
+
+
+def expected_output(summary: dict, output_dir: Path, compared: bool, export: dict | None) -> list[str]:
+    """The lines after the steps' output, as the README shows them."""
+    table = comparison_table({name: REGISTERED[name] for name in HEADLINE_METRICS},
+                             {name: BASE_METRICS[name] for name in HEADLINE_METRICS} if compared else None)
+    lines = ["", f"Pipeline finished (offline). Test metrics{' (the untuned base beside the fine-tuned model)' if compared else ''}, {DECODING}:",
+             *table.split("\n"), "", f"Report:   {output_dir / REPORT_FILE}", "Model directory: /models/evaluate-4",
+             '  try it:  python -m components.generation --model-dir /models/evaluate-4 "Назови столицу Франции."']
+    if export:
+        lines.append(f"Exported: {export['model_dir']} (a plain Hugging Face checkpoint)")
+        if "ctranslate2_dir" in export:
+            lines.append(f"  for CTranslate2: {export['ctranslate2_dir']}")
+    lines += [f"Summary:  {output_dir / 'summary.json'}", "Offline ClearML sessions, one per step; to import them into a server later:"]
+    return lines + [f"  python -c \"from clearml import Task; Task.import_offline_session('{session}')\"" for session in summary["offline_sessions"]]
+
+
+def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_hand_back(clearml_home, tmp_path):
+    """--local with the base left out and a relative output folder and data file; the steps in order, each handed the
+    upstream task ids; summary.json from what the steps handed back; the report; the lines printed."""
+    record, out = tmp_path / "calls.json", tmp_path / "out"
+    argv = ["--local", "--preset", "tiny", "--output-dir", os.path.relpath(out, ROOT), "--test-tsv", "data/tasks/test.tsv",
+            "--compare-base", "false", "--lora-rank", "3"]
+    completed = run_stand_in_pipeline(argv, clearml_home, record, tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    calls = json.loads(record.read_text(encoding="utf-8"))
+    assert [(call["step"], call["output_dir"]) for call in calls] == [(step, str(out / step)) for step in ("ingest", "preprocess", "train", "evaluate", "register")]
+    ingest, preprocess, train, evaluate, register = (call["arguments"] for call in calls)
+    assert (ingest["test_tsv"], ingest["train_tsv"]) == (str(ROOT / "data" / "tasks" / "test.tsv"), str((ROOT / PRESETS["tiny"].train_tsv).resolve()))
+    assert (preprocess["ingest_task_id"], train["preprocess_task_id"], train["lora_rank"]) == ("ingest-1", "preprocess-2", 3)
+    assert (evaluate["train_task_id"], evaluate["ingest_task_id"], evaluate["compare_base"], register["candidates"]) == ("train-3", "ingest-1", False, "evaluate-4")
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    seconds = summary.pop("step_seconds")
+    assert list(seconds) == ["ingest", "preprocess", "train", "evaluate", "register"] and all(value >= 0 for value in seconds.values())
+    parameters = summary.pop("parameters")
+    assert (parameters["lora_rank"], parameters["compare_base"], parameters["test_tsv"]) == (3, False, str(ROOT / "data" / "tasks" / "test.tsv"))
+    task_ids = {call["step"]: f"{call['step']}-{number}" for number, call in enumerate(calls, 1)}
+    assert summary == {
+        "metrics": {name: REGISTERED[name] for name in HEADLINE_METRICS}, "base_metrics": None, "all_metrics": REGISTERED, "decoding": DECODING,
+        "model_dir": "/models/evaluate-4", "task_ids": task_ids, "export": None,
+        "offline_sessions": [f"/sessions/{task_id}.zip" for task_id in task_ids.values()], "report": str(out / REPORT_FILE)}
+    assert list(summary["metrics"]) == list(HEADLINE_METRICS)  # in the protocol's order, whatever the step's
+    assert (out / REPORT_FILE).read_text(encoding="utf-8").startswith("# Pipeline run:")
+
+    lines = completed.stdout.splitlines()
+    assert lines[:5] == [f"(output of {step})" for step in ("ingest", "preprocess", "train", "evaluate", "register")]
+    assert lines[5:] == expected_output({**summary}, out, compared=False, export=None)
+
+
+def test_without_a_server_the_run_is_local_said_so_in_a_dated_folder_and_exports_when_asked(clearml_home, tmp_path):
+    """No --local and no server configured: the run says it runs offline, goes to runs/<preset>-<date>-<time> and, asked,
+    ends with the export step (with CTranslate2's conversion) handed the register task."""
+    record = tmp_path / "calls.json"
+    completed = run_stand_in_pipeline(["--preset", "tiny", "--export", "true", "--export-ctranslate2", "true"], clearml_home, record, tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    [out] = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"tiny-\d{8}-\d{6}", out.name)
+    calls = json.loads(record.read_text(encoding="utf-8"))
+    assert [call["step"] for call in calls] == ["ingest", "preprocess", "train", "evaluate", "register", "export"]
+    assert (calls[5]["arguments"]["register_task_id"], calls[5]["arguments"]["ctranslate2"], calls[5]["output_dir"]) == ("register-5", True, str(out / "export"))
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    export = {"model_dir": "/exports/plain", "ctranslate2_dir": "/exports/ct2"}
+    assert (summary["export"], summary["base_metrics"]) == (export, {name: BASE_METRICS[name] for name in HEADLINE_METRICS})
+    assert summary["task_ids"]["export"] == "export-6" and summary["parameters"]["export_ctranslate2"] is True
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "No ClearML server to use (none configured, or CLEARML_OFFLINE_MODE set): running locally in offline mode."
+    assert lines[7:] == expected_output(summary, out, compared=True, export=export)
+
+
+def test_a_conversion_without_the_export_it_converts_is_one_sentence_before_any_step(clearml_home, tmp_path):
+    record = tmp_path / "calls.json"
+    completed = run_stand_in_pipeline(["--local", "--preset", "tiny", "--export-ctranslate2", "true", "--output-dir", str(tmp_path / "out")],
+                                      clearml_home, record, tmp_path)
+    assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
+        1, "error: export_ctranslate2 (--export-ctranslate2 true) converts the export step's checkpoint, and this run has no export step: "
+           "set export (--export true) too.")
+    assert json.loads(record.read_text(encoding="utf-8")) == [] and not (tmp_path / "out").exists()
