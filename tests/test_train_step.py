@@ -67,7 +67,7 @@ def test_every_option_reaches_the_training_and_the_adapter(tokenized, clearml_ho
     assert (summary["model"], summary["ranks"], summary["resumed_from"]) == ("tiny", 1, None)
     model = apply_adapter_settings(load_base_model("tiny"), AdapterSettings(**ADAPTER))
     assert summary["parameters"] == parameter_stats(model)
-    assert (summary["steps"], summary["total_steps"], summary["best_metric"]) == (3, 3, "validation_chrf")
+    assert (summary["steps"], summary["total_steps"], summary["best_metric"], summary["precision"]) == (3, 3, "validation_chrf", "fp32")
     assert [entry["step"] for entry in summary["history"]] == [2, 3]
 
     outputs = result["outputs"]

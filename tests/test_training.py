@@ -283,6 +283,10 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     assert (result.best_step, result.best_value) == (full.best_step, full.best_value)
     assert_same_tensors(adapter_state_dict(resumed), adapter_state_dict(straight))
     assert_same_tensors(*(load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors")) for run in ("elsewhere", "straight")))
+    # A finished run resumed takes no further step.
+    again = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path / "again",
+                           resume_from=tmp_path / "straight" / "checkpoints" / "last")
+    assert (again.steps, again.train_losses, again.history) == (9, full.train_losses, full.history)
 
 
 @pytest.mark.numeric
@@ -323,6 +327,49 @@ def test_gradient_checkpointing_recomputes_each_block_in_backward_and_changes_no
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     for name, got, want in zip(names, gradients[True], gradients[False]):
         assert_same_gradient(got, want, name)  # activations kept or recomputed
+
+
+class RecordedBar:
+    """tqdm as the training loop uses it, its options and calls recorded."""
+
+    bars: list = []
+
+    def __init__(self, **options):
+        self.options, self.updates, self.postfixes, self.closed = options, [], [], False
+        RecordedBar.bars.append(self)
+
+    def update(self, steps):
+        self.updates.append(steps)
+
+    def set_postfix(self, **values):
+        self.postfixes.append(values)
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_progress_bar_counts_each_step_from_where_the_run_starts_with_its_loss(tiny_model_dir, splits, tmp_path, monkeypatch):
+    """A bar of every step of the run, started at the step a resumed run continues from, one update per step with that
+    step's loss, shown at most every 2 s on the main rank, and closed when training ends or fails."""
+    tokenizer, train, validation = splits
+    config = TrainConfig(**{**CONFIG, "max_steps": 4})
+
+    def interrupt_after_step_3(title, series, value, step):
+        if (title, series, step) == ("loss", "train", 3):
+            raise Interrupt
+
+    monkeypatch.setattr(RecordedBar, "bars", [])
+    monkeypatch.setattr(training, "tqdm", RecordedBar)
+    with pytest.raises(Interrupt):
+        train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path, report=interrupt_after_step_3)
+    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
+                            resume_from=tmp_path / "checkpoints" / "last")
+    interrupted, resumed = RecordedBar.bars
+    options = {"total": 4, "desc": "train", "unit": "step", "mininterval": 2.0, "disable": False}
+    assert (interrupted.options, resumed.options) == ({**options, "initial": 0}, {**options, "initial": 2})  # the checkpoint of step 2
+    assert (interrupted.updates, interrupted.closed) == ([1, 1], True)  # step 3 failed before its update
+    assert (resumed.updates, resumed.closed) == ([1, 1], True)
+    assert resumed.postfixes == [{"loss": f"{loss:.4f}"} for _, loss in result.train_losses[2:]]
 
 
 def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
