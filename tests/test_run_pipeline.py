@@ -8,13 +8,14 @@ import json
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 from forked import run_main
 from test_report import BASE_METRICS, METRICS, TRAINING
 
 from components.comparison import comparison_table
-from components.settings import PRESETS
+from components.settings import CLEARML_PROJECT, PRESETS
 from components.tracking import RESULT_FILE, to_json
 from pipelines.report import HEADLINE_METRICS, REPORT_FILE
 
@@ -144,3 +145,75 @@ def test_a_conversion_without_the_export_it_converts_is_one_sentence_before_any_
         1, "error: export_ctranslate2 (--export-ctranslate2 true) converts the export step's checkpoint, and this run has no export step: "
            "set export (--export true) too.")
     assert json.loads(record.read_text(encoding="utf-8")) == [] and not (tmp_path / "out").exists()
+
+
+def launch_on_a_stand_in_server(argv: list[str], env: dict, log: Path, on_agent: bool = False):
+    """``main(argv)`` in a fork with a server configured, its ClearML side stood in for: each call it makes is written to
+    ``log``, one JSON line each (the controller's checks, the pipeline built and started, the task followed)."""
+
+    def launch_main(argv: list[str]) -> None:
+        import clearml
+
+        from pipelines import controller, run_pipeline
+
+        def record(*call) -> None:
+            with log.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(call) + "\n")
+
+        class Pipeline:
+            def start(self, queue):
+                record("start", queue)
+
+            def start_locally(self, run_pipeline_steps_locally):
+                record("start_locally", run_pipeline_steps_locally)
+
+        run_pipeline.prepare_clearml = lambda local: record("prepare_clearml", local) or False
+        run_pipeline.tracking.parse_task_arguments = lambda parser, argv: record("arguments", argv) or parser.parse_args(argv)
+        run_pipeline.running_on_agent = lambda: on_agent
+        run_pipeline.check_queues = lambda uses: record("check_queues", [[use.name, use.kind, use.option, use.purpose] for use in uses])
+        run_pipeline.check_repository = lambda allow_local: record("check_repository", allow_local) or "the launch's code"
+        run_pipeline.repository_path = lambda path, option: f"{option} {path} in the repository"
+        run_pipeline.enqueue_and_follow = lambda enqueue, task_id, queue, wait_s: record("enqueue_and_follow", task_id, queue, wait_s) or enqueue()
+        controller.build_controller = lambda parameters, queues, project, name: record("build_controller", parameters, queues, project, name) or Pipeline()
+        controller.complete_controller_code = lambda task, launched: record("complete_controller_code", task.id, launched)
+        clearml.Task.current_task = staticmethod(lambda: SimpleNamespace(id="controller-1"))
+        run_pipeline.main(argv)
+
+    log.unlink(missing_ok=True)
+    completed = run_main(launch_main, argv, env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+STEP_QUEUES = [["cpu", "cpu", "--cpu-queue", "ingest, preprocess, register"], ["gpu", "gpu", "--gpu-queue", "train, evaluate"]]
+
+
+def test_on_a_server_the_launch_checks_its_queues_and_repository_then_enqueues_the_controller_and_follows_it(clearml_home, tmp_path):
+    log = tmp_path / "calls.jsonl"
+    argv = ["--preset", "tiny", "--cpu-queue", "cpu2", "--controller-queue", "svc", "--wait-for-start", "9", "--project", "P", "--pipeline-name", "N",
+            "--allow-local-repository", "--export", "true"]
+    calls = launch_on_a_stand_in_server(argv, clearml_home, log)
+    assert [call[0] for call in calls] == ["prepare_clearml", "arguments", "check_queues", "check_repository", "build_controller",
+                                           "complete_controller_code", "enqueue_and_follow", "start"]
+    assert calls[:2] == [["prepare_clearml", False], ["arguments", argv]]
+    assert calls[2] == ["check_queues", [["cpu2", "cpu", "--cpu-queue", "ingest, preprocess, register, export"], STEP_QUEUES[1],
+                                         ["svc", "services", "--controller-queue", "the pipeline controller"]]]
+    assert calls[3] == ["check_repository", True]
+    _, parameters, queues, project, name = calls[4]
+    tiny = PRESETS["tiny"]
+    assert (parameters["train_tsv"], parameters["test_tsv"]) == (f"--train-tsv {tiny.train_tsv} in the repository", f"--test-tsv {tiny.test_tsv} in the repository")
+    assert (parameters["model"], parameters["export"], queues, project, name) == (tiny.model, True, {"cpu": "cpu2", "gpu": "gpu"}, "P", "N")
+    assert calls[5:] == [["complete_controller_code", "controller-1", "the launch's code"], ["enqueue_and_follow", "controller-1", "svc", 9.0],
+                         ["start", "svc"]]
+
+
+def test_the_controller_runs_in_the_launching_shell_or_on_its_agent_without_the_services_queue(clearml_home, tmp_path):
+    log = tmp_path / "calls.jsonl"
+    here = launch_on_a_stand_in_server(["--controller-here"], clearml_home, log)
+    assert [call[0] for call in here] == ["prepare_clearml", "arguments", "check_queues", "check_repository", "build_controller",
+                                          "complete_controller_code", "start_locally"]
+    assert (here[2], here[3], here[-1]) == (["check_queues", STEP_QUEUES], ["check_repository", False], ["start_locally", False])
+    assert here[4][3:] == [CLEARML_PROJECT, "ruT5 LoRA+prompt fine-tuning"]
+    on_agent = launch_on_a_stand_in_server(["--controller-queue", "svc"], clearml_home, log, on_agent=True)
+    assert [call[0] for call in on_agent] == ["prepare_clearml", "arguments", "check_queues", "build_controller", "start"]
+    assert (on_agent[2], on_agent[-1]) == (["check_queues", STEP_QUEUES], ["start", "svc"])
