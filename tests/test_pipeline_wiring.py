@@ -156,6 +156,10 @@ def test_presets_fill_every_parameter_the_steps_need():
         parameters = pipeline_parameters(preset, build_parser().parse_args([]))
         assert set(parameters) == set(PARAMETER_STEPS)
         assert parameters["model"] and parameters["lora_rank"] and parameters["prompt_length"]
+        assert {name: parameters[name] for name in ("validation_size", "max_new_tokens", "eval_every")} == {
+            "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens, "eval_every": preset.eval_every}
+        assert {name: parameters[name] for name in ("nproc_per_node", "precision", "decoding", "metric", "compare_base", "export", "export_ctranslate2")} == {
+            "nproc_per_node": 1, "precision": "auto", "decoding": "greedy", "metric": "chrf", "compare_base": True, "export": False, "export_ctranslate2": False}
 
 
 def test_compare_base_is_a_pipeline_parameter_the_evaluate_step_receives(controller):

@@ -53,15 +53,21 @@ def stand_in_steps(calls: list):
     return run
 
 
-def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root: Path):
-    """``main(argv)`` in a fork, its steps the stand-ins and its default output folder under ``project_root``."""
+def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root: Path, clock: list[float] | None = None):
+    """``main(argv)`` in a fork, its steps the stand-ins and its default output folder under ``project_root``; with
+    ``clock``, the readings of its timer."""
 
     def pipeline_main(argv: list[str]) -> None:
+        import time
+
         from pipelines import run_pipeline
 
         calls = []
         run_pipeline.run_step_locally = stand_in_steps(calls)
         run_pipeline.PROJECT_ROOT = project_root
+        if clock is not None:
+            readings = iter(clock)
+            run_pipeline.time = SimpleNamespace(perf_counter=lambda: next(readings), strftime=time.strftime)
         record.write_text(json.dumps(calls), encoding="utf-8")  # a refusal ends the process at once (os._exit)
         run_pipeline.main(argv)
         record.write_text(json.dumps(calls), encoding="utf-8")
@@ -90,7 +96,8 @@ def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_ha
     record, out = tmp_path / "calls.json", tmp_path / "out"
     argv = ["--local", "--preset", "tiny", "--output-dir", os.path.relpath(out, ROOT), "--test-tsv", "data/tasks/test.tsv",
             "--compare-base", "false", "--lora-rank", "3"]
-    completed = run_stand_in_pipeline(argv, clearml_home, record, tmp_path)
+    clock = [100.0, 100.004, 101.0, 103.5, 110.0, 110.126, 200.0, 260.555, 300.0, 300.5]  # each step's start and end
+    completed = run_stand_in_pipeline(argv, clearml_home, record, tmp_path, clock)
     assert completed.returncode == 0, completed.stderr[-3000:]
     calls = json.loads(record.read_text(encoding="utf-8"))
     assert [(call["step"], call["output_dir"]) for call in calls] == [(step, str(out / step)) for step in ("ingest", "preprocess", "train", "evaluate", "register")]
@@ -100,8 +107,7 @@ def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_ha
     assert (evaluate["train_task_id"], evaluate["ingest_task_id"], evaluate["compare_base"], register["candidates"]) == ("train-3", "ingest-1", False, "evaluate-4")
 
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    seconds = summary.pop("step_seconds")
-    assert list(seconds) == ["ingest", "preprocess", "train", "evaluate", "register"] and all(value >= 0 for value in seconds.values())
+    assert summary.pop("step_seconds") == {"ingest": 0.0, "preprocess": 2.5, "train": 0.13, "evaluate": 60.56, "register": 0.5}  # to 0.01 s
     parameters = summary.pop("parameters")
     assert (parameters["lora_rank"], parameters["compare_base"], parameters["test_tsv"]) == (3, False, str(ROOT / "data" / "tasks" / "test.tsv"))
     task_ids = {call["step"]: f"{call['step']}-{number}" for number, call in enumerate(calls, 1)}
@@ -217,3 +223,10 @@ def test_the_controller_runs_in_the_launching_shell_or_on_its_agent_without_the_
     on_agent = launch_on_a_stand_in_server(["--controller-queue", "svc"], clearml_home, log, on_agent=True)
     assert [call[0] for call in on_agent] == ["prepare_clearml", "arguments", "check_queues", "build_controller", "start"]
     assert (on_agent[2], on_agent[-1]) == (["check_queues", STEP_QUEUES], ["start", "svc"])
+
+
+def test_help_lists_the_options_before_anything_else(clearml_home):
+    from pipelines import run_pipeline
+
+    helped = run_main(run_pipeline.main, ["--help"], clearml_home)
+    assert (helped.returncode, helped.stdout.split()[0], "--lora-rank LORA_RANK" in helped.stdout) == (0, "usage:", True)
