@@ -95,7 +95,7 @@ def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_ha
     upstream task ids; summary.json from what the steps handed back; the report; the lines printed."""
     record, out = tmp_path / "calls.json", tmp_path / "out"
     argv = ["--local", "--preset", "tiny", "--output-dir", os.path.relpath(out, ROOT), "--test-tsv", "data/tasks/test.tsv",
-            "--compare-base", "false", "--lora-rank", "3"]
+            "--compare-base", "false", "--lora-rank", "3", "--gradient-checkpointing", "false"]
     clock = [100.0, 100.004, 101.0, 103.5, 110.0, 110.126, 200.0, 260.555, 300.0, 300.5]  # each step's start and end
     completed = run_stand_in_pipeline(argv, clearml_home, record, tmp_path, clock)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -109,7 +109,8 @@ def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_ha
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary.pop("step_seconds") == {"ingest": 0.0, "preprocess": 2.5, "train": 0.13, "evaluate": 60.56, "register": 0.5}  # to 0.01 s
     parameters = summary.pop("parameters")
-    assert (parameters["lora_rank"], parameters["compare_base"], parameters["test_tsv"]) == (3, False, str(ROOT / "data" / "tasks" / "test.tsv"))
+    assert (parameters["lora_rank"], parameters["compare_base"], parameters["gradient_checkpointing"], parameters["test_tsv"]) == (
+        3, False, False, str(ROOT / "data" / "tasks" / "test.tsv"))  # true|false options read as booleans
     task_ids = {call["step"]: f"{call['step']}-{number}" for number, call in enumerate(calls, 1)}
     assert summary == {
         "metrics": {name: REGISTERED[name] for name in HEADLINE_METRICS}, "base_metrics": None, "all_metrics": REGISTERED, "decoding": DECODING,
