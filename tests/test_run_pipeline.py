@@ -121,7 +121,7 @@ def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_ha
 
     lines = completed.stdout.splitlines()
     assert lines[:5] == [f"(output of {step})" for step in ("ingest", "preprocess", "train", "evaluate", "register")]
-    assert lines[5:] == expected_output({**summary}, out, compared=False, export=None)
+    assert lines[5:] == expected_output(summary, out, compared=False, export=None)
 
 
 def test_without_a_server_the_run_is_local_said_so_in_a_dated_folder_and_exports_when_asked(clearml_home, tmp_path):
