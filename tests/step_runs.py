@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import urllib.parse
 import urllib.request
 import zipfile
@@ -23,6 +24,24 @@ def run_step(main, argv: list[str], env: dict[str, str]) -> tuple[Completed, dic
     output_dir = Path(argv[argv.index("--output-dir") + 1])
     result_file = output_dir / "result.json"
     return completed, json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else None
+
+
+def stand_in_steps(calls: list, outputs_of):
+    """``run_step_locally`` for a runner's own logic, without the steps: each call is recorded in ``calls`` and says
+    "(output of <step>)" as a step's subprocess does (past the runner's buffer); its folder is made and its result written
+    there as the real step writes it (``result.json``), with task id ``<step>-<call number>`` and the outputs
+    ``outputs_of(step name, arguments, folder)`` gives (which may write the step's files, or raise as a failing step)."""
+
+    def run(step, arguments: dict, output_dir: Path) -> dict:
+        calls.append({"step": step.name, "arguments": arguments, "output_dir": str(output_dir)})
+        os.write(1, f"(output of {step.name})\n".encode())
+        output_dir.mkdir(parents=True, exist_ok=True)
+        task_id = f"{step.name}-{len(calls)}"
+        result = {"task_id": task_id, "outputs": outputs_of(step.name, arguments, output_dir), "offline_session": f"/sessions/{task_id}.zip"}
+        (output_dir / "result.json").write_text(json.dumps(result), encoding="utf-8")
+        return result
+
+    return run
 
 
 def task_record(result: dict) -> dict:

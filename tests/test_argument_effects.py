@@ -262,7 +262,7 @@ EFFECTS: dict[str, dict[str, str]] = {
     },
     "pipelines/run_hpo.py": {
         "--local": LOCAL_ANYWHERE,
-        "--preset": "tests/test_launch_checks.py::test_local_only_sweep_options_are_refused_on_a_server",
+        "--preset": "tests/test_run_hpo.py::test_local_only_sweep_options_are_refused_on_a_server_in_one_sentence",
         "--output-dir": LOCAL_SWEEP,
         "--lora-ranks": SWEEP_ON_GIVEN_DATA,
         "--prompt-lengths": UI_LISTS,

@@ -3,7 +3,6 @@
 import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import optuna
@@ -20,6 +19,7 @@ from pipelines.run_hpo import SWEPT
 from components.data import read_tsv
 from components.settings import PRESETS
 from reference_model import protocol_scores
+from step_runs import stand_in_steps
 
 TRAIN = next(step for step in STEPS if step.name == "train")
 # Four steps at a learning rate high enough to make the validation loss bounce, evaluated after each:
@@ -234,32 +234,20 @@ STAND_IN_VALUES = {(2, 1): 0.9, (2, 3): 0.3, (4, 3): 0.7, (8, 1): 0.6, (8, 3): 0
 FAILING_PAIR = (4, 1)
 
 
-def stand_in_steps(calls: list):
-    """``run_step_locally`` for a sweep's logic alone, without training: each step hands back a result as the real one
-    writes it (``result.json`` in its folder), and every call is recorded. A step the sweep should not run fails loudly."""
-    from components import tracking
+def stand_in_outputs(step: str, arguments: dict, output_dir: Path) -> dict:
+    """What each step hands the sweep, without training (tests/step_runs.py's ``stand_in_steps``). A step the sweep should
+    not run fails loudly."""
     from pipelines.local import StepFailed
 
-    def run(step, arguments: dict, output_dir: Path) -> dict:
-        calls.append({"step": step.name, "arguments": arguments, "output_dir": str(output_dir)})
-        os.write(1, f"(output of {step.name})\n".encode())  # as a step's subprocess writes: past this process's buffer
-        task_id = f"{step.name}-{len(calls)}"
-        if step.name == "train":
-            pair = (arguments["lora_rank"], arguments["prompt_length"])
-            if pair == FAILING_PAIR:
-                raise StepFailed(f"Step train failed with exit status 1 (pair {pair})")
-            outputs = {"best_value": STAND_IN_VALUES[pair] + (arguments["seed"] - 42) * 0.01}
-        elif step.name == "register":
-            outputs = {"model_dir": f"/models/{arguments['candidates']}", "metrics": {"bleu": 0.25, "chrf": 0.5}}
-        else:
-            assert step.name in ("ingest", "preprocess", "evaluate"), step.name
-            outputs = {}
-        result = {"task_id": task_id, "outputs": outputs}
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / tracking.RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
-        return result
-
-    return run
+    if step == "train":
+        pair = (arguments["lora_rank"], arguments["prompt_length"])
+        if pair == FAILING_PAIR:
+            raise StepFailed(f"Step train failed with exit status 1 (pair {pair})")
+        return {"best_value": STAND_IN_VALUES[pair] + (arguments["seed"] - 42) * 0.01}
+    if step == "register":
+        return {"model_dir": f"/models/{arguments['candidates']}", "metrics": {"bleu": 0.25, "chrf": 0.5}}
+    assert step in ("ingest", "preprocess", "evaluate"), step
+    return {}
 
 
 def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_arguments: dict | None = None):
@@ -283,7 +271,7 @@ def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_argu
             calls.append({"preprocess_task_id": task.id})
             argv = [*argv, "--preprocess-task-id", task.id]
         record.write_text(json.dumps(calls), encoding="utf-8")  # a refusal ends the process at once (os._exit)
-        hpo_local.run_step_locally = stand_in_steps(calls)
+        hpo_local.run_step_locally = stand_in_steps(calls, stand_in_outputs)
         run_hpo.main(argv)
         record.write_text(json.dumps(calls), encoding="utf-8")
 

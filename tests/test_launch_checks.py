@@ -13,7 +13,6 @@ import pytest
 
 from components import clearml_connection
 from components.clearml_connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
-from components.errors import UserError
 from pipelines.hpo_server import TrialRecord, best_trial
 from pipelines.repository import RepositoryNotReady, check_repository, is_local_path_remote, repository_path
 from conftest import run_script
@@ -194,14 +193,6 @@ def test_the_best_trial_is_a_completed_one_that_reported_the_objective():
     ]
     assert best_trial(trials).task_id == "better"
     assert best_trial(trials[:3]) is None
-
-
-@pytest.mark.parametrize("option", [["--preset", "tiny"], ["--output-dir", "x"]])
-def test_local_only_sweep_options_are_refused_on_a_server(option):
-    from pipelines.run_hpo import build_parser, check_server_sweep
-
-    with pytest.raises(UserError, match="applies to a local sweep"):
-        check_server_sweep(build_parser().parse_args(["--template-task-id", "t", *option]))
 
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once

@@ -11,46 +11,36 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+from conftest import ROOT
 from forked import run_main
+from step_runs import stand_in_steps
 from test_report import BASE_METRICS, METRICS, TRAINING
 
 from components.comparison import comparison_table
 from components.settings import CLEARML_PROJECT, PRESETS
-from components.tracking import RESULT_FILE, to_json
+from components.tracking import to_json
 from pipelines.report import HEADLINE_METRICS, REPORT_FILE
 
-ROOT = Path(__file__).resolve().parent.parent
 DECODING = "beam search, 2 beams"
 # What the register step hands on: the headline metrics and others, which summary.json keeps under all_metrics only.
 REGISTERED = {**{name: METRICS[name] for name in reversed(list(METRICS))}, "published_rouge1": 0.5}
 
 
-def stand_in_steps(calls: list):
-    """``run_step_locally`` for the launch's logic alone: each step records its call and hands back a result, and train and
-    evaluate write the files the report reads, as the real steps do."""
-
-    def run(step, arguments: dict, output_dir: Path) -> dict:
-        calls.append({"step": step.name, "arguments": arguments, "output_dir": str(output_dir)})
-        os.write(1, f"(output of {step.name})\n".encode())  # as a step's subprocess writes: past this process's buffer
-        output_dir.mkdir(parents=True, exist_ok=True)
-        task_id = f"{step.name}-{len(calls)}"
-        outputs = {}
-        if step.name == "train":
-            (output_dir / "training.json").write_text(to_json(TRAINING), encoding="utf-8")
-        elif step.name == "evaluate":
-            (output_dir / "evaluation.json").write_text(to_json({"rows": 2, "decoding": {"description": DECODING}}), encoding="utf-8")
-            pd.DataFrame({"instruction": ["Вопрос", "Ещё"], "input": ["", ""], "output": ["да", "нет"], "prediction": ["да", "да"]}).to_csv(
-                output_dir / "predictions.tsv", sep="\t", index=False)
-            outputs = {"decoding": {"description": DECODING}, "base_metrics": BASE_METRICS if arguments["compare_base"] else None}
-        elif step.name == "register":
-            outputs = {"metrics": REGISTERED, "model_dir": f"/models/{arguments['candidates']}"}
-        elif step.name == "export":
-            outputs = {"model_dir": "/exports/plain", **({"ctranslate2_dir": "/exports/ct2"} if arguments["ctranslate2"] else {})}
-        result = {"task_id": task_id, "outputs": outputs, "offline_session": f"/sessions/{task_id}.zip"}
-        (output_dir / RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
-        return result
-
-    return run
+def stand_in_outputs(step: str, arguments: dict, output_dir: Path) -> dict:
+    """What each step hands the launch (tests/step_runs.py's ``stand_in_steps``); train and evaluate write the files the
+    report reads, as the real steps do."""
+    if step == "train":
+        (output_dir / "training.json").write_text(to_json(TRAINING), encoding="utf-8")
+    elif step == "evaluate":
+        (output_dir / "evaluation.json").write_text(to_json({"rows": 2, "decoding": {"description": DECODING}}), encoding="utf-8")
+        pd.DataFrame({"instruction": ["Вопрос", "Ещё"], "input": ["", ""], "output": ["да", "нет"], "prediction": ["да", "да"]}).to_csv(
+            output_dir / "predictions.tsv", sep="\t", index=False)
+        return {"decoding": {"description": DECODING}, "base_metrics": BASE_METRICS if arguments["compare_base"] else None}
+    elif step == "register":
+        return {"metrics": REGISTERED, "model_dir": f"/models/{arguments['candidates']}"}
+    elif step == "export":
+        return {"model_dir": "/exports/plain", **({"ctranslate2_dir": "/exports/ct2"} if arguments["ctranslate2"] else {})}
+    return {}
 
 
 def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root: Path, clock: list[float] | None = None):
@@ -63,7 +53,7 @@ def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root
         from pipelines import run_pipeline
 
         calls = []
-        run_pipeline.run_step_locally = stand_in_steps(calls)
+        run_pipeline.run_step_locally = stand_in_steps(calls, stand_in_outputs)
         run_pipeline.PROJECT_ROOT = project_root
         if clock is not None:
             readings = iter(clock)
