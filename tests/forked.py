@@ -103,7 +103,8 @@ def _as_a_new_process(env: dict[str, str], stdout: int, stderr: int) -> None:
     for number, descriptor in ((1, stdout), (2, stderr)):
         os.dup2(descriptor, number)
     parent_stdout = (sys.stdout, sys.__stdout__)
-    sys.stdout, sys.stderr = (open(number, "w", closefd=False) for number in (1, 2))
+    io_encoding = os.environ.get("PYTHONIOENCODING", "").split(":")[0] or None  # as in a new process: else the locale's
+    sys.stdout, sys.stderr = (open(number, "w", closefd=False, encoding=io_encoding) for number in (1, 2))
     # A library's log handler made in the parent (optuna's) writes to the stream the parent had then (under pytest, its
     # capture; under mutmut, its progress spinner); in a new process it would write to this one's stderr (or stdout).
     # Assigned, not setStream: that flushes the old stream, which may be closed.

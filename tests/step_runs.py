@@ -17,6 +17,8 @@ from pathlib import Path
 
 from forked import Completed, run_main
 
+from components.tracking import to_json
+
 
 def run_step(main, argv: list[str], env: dict[str, str]) -> tuple[Completed, dict | None]:
     """The forked run and its ``result.json`` (None when the step wrote none); ``argv`` names ``--output-dir``."""
@@ -29,7 +31,7 @@ def run_step(main, argv: list[str], env: dict[str, str]) -> tuple[Completed, dic
 def stand_in_steps(calls: list, outputs_of):
     """``run_step_locally`` for a runner's own logic, without the steps: each call is recorded in ``calls`` and says
     "(output of <step>)" as a step's subprocess does (past the runner's buffer); its folder is made and its result written
-    there as the real step writes it (``result.json``), with task id ``<step>-<call number>`` and the outputs
+    there as the real step writes it (``result.json``, UTF-8 with its text unescaped), with task id ``<step>-<call number>`` and the outputs
     ``outputs_of(step name, arguments, folder)`` gives (which may write the step's files, or raise as a failing step)."""
 
     def run(step, arguments: dict, output_dir: Path) -> dict:
@@ -38,7 +40,7 @@ def stand_in_steps(calls: list, outputs_of):
         output_dir.mkdir(parents=True, exist_ok=True)
         task_id = f"{step.name}-{len(calls)}"
         result = {"task_id": task_id, "outputs": outputs_of(step.name, arguments, output_dir), "offline_session": f"/sessions/{task_id}.zip"}
-        (output_dir / "result.json").write_text(json.dumps(result), encoding="utf-8")
+        (output_dir / "result.json").write_text(to_json(result), encoding="utf-8")
         return result
 
     return run

@@ -13,11 +13,10 @@ from types import SimpleNamespace
 import pytest
 from conftest import ASCII_LOCALE
 from forked import run_main
+from server_runs import on_server, running_server
 
 from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 from pipelines.controller import CONTROLLER_ENTRY_POINT, TEMPLATE_TAG
-from tests.clearml_server.process import ServerProcess
-from tests.e2e.server_api import ServerApi
 
 PROJECT = "Дообучение"  # not ASCII: the templates project is named after it
 REMOTE = "https://git.example.com/team/rut5.git"
@@ -25,24 +24,8 @@ REMOTE = "https://git.example.com/team/rut5.git"
 
 @pytest.fixture
 def server(clearml_home, tmp_path):
-    with ServerProcess(tmp_path / "state") as running:  # not in this process: the tests fork
-        env = {**clearml_home, **running.environment()}
-        yield SimpleNamespace(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]))
-
-
-def on_server(server, tmp_path: Path, work) -> object:
-    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server`` (its default configuration)."""
-    output = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}.json"
-
-    def main(_argv) -> None:
-        from components.clearml_connection import prepare_clearml
-
-        prepare_clearml(False)
-        output.write_text(json.dumps(work()), encoding="utf-8")
-
-    completed = run_main(main, [], server.env)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(output.read_text(encoding="utf-8"))
+    with running_server(clearml_home, tmp_path / "state") as running:  # not in this process: the tests fork
+        yield running
 
 
 def in_repository(path: str) -> str:

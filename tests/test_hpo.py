@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import ASCII_LOCALE, run_script
 from optuna.trial import TrialState
 
 from pipelines.controller import step_parser
@@ -250,8 +250,9 @@ def stand_in_outputs(step: str, arguments: dict, output_dir: Path) -> dict:
     return {}
 
 
-def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_arguments: dict | None = None):
-    """``python pipelines/run_hpo.py --local ...`` in a fork, its steps the stand-ins; their calls are written to ``record``.
+def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_arguments: dict | None = None, outputs_of=stand_in_outputs):
+    """``python pipelines/run_hpo.py --local ...`` in a fork, its steps the stand-ins (handing back ``outputs_of``'s outputs);
+    their calls are written to ``record``.
 
     With ``preprocess_arguments``, an offline preprocess task holding them as ``Args`` is made first and given as
     ``--preprocess-task-id`` (its id is the first call recorded)."""
@@ -271,7 +272,7 @@ def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_argu
             calls.append({"preprocess_task_id": task.id})
             argv = [*argv, "--preprocess-task-id", task.id]
         record.write_text(json.dumps(calls), encoding="utf-8")  # a refusal ends the process at once (os._exit)
-        hpo_local.run_step_locally = stand_in_steps(calls, stand_in_outputs)
+        hpo_local.run_step_locally = stand_in_steps(calls, outputs_of)
         run_hpo.main(argv)
         record.write_text(json.dumps(calls), encoding="utf-8")
 
@@ -380,6 +381,39 @@ def test_a_sweep_whose_trials_all_fail_is_one_sentence(clearml_home, tmp_path):
         "trials": [{"number": 0, "params": {"lora_rank": 4, "prompt_length": 1}, "value": None, "task_id": None, "status": "failed",
                     "error": "Step train failed with exit status 1 (pair (4, 1))"}],
         "best": None, "data_task_ids": {"ingest": "ingest-1", "preprocess": "preprocess-2"}, "noise": None}
+
+
+def in_folders_named_in_russian(step: str, arguments: dict, output_dir: Path) -> dict:
+    """``stand_in_outputs`` as steps run in folders a Russian user named hand them back: text that a locale encoding other
+    than UTF-8 cannot hold (ASCII here; Windows' cp1252 as well)."""
+    from pipelines.local import StepFailed
+
+    try:
+        outputs = stand_in_outputs(step, arguments, output_dir)
+    except StepFailed as failed:
+        raise StepFailed(f"{failed}; rerun it alone with: steps/train.py --output-dir /эксперименты/{output_dir.name}") from None
+    folder = {"train": "adapter_dir", "register": "model_dir"}.get(step)
+    return {**outputs, folder: f"/эксперименты/{output_dir.name}"} if folder else outputs
+
+
+def test_the_sweeps_files_are_utf_8_whatever_the_locale(clearml_home, tmp_path):
+    """Under a locale whose encoding cannot hold Russian (with the terminal's UTF-8): the summary of a sweep whose trials
+    all failed, of one that finished, and the seed run's result that a continued sweep reads back instead of training."""
+    env, record = {**clearml_home, **ASCII_LOCALE, "PYTHONIOENCODING": "utf-8"}, tmp_path / "calls.json"
+    failed = run_stand_in_sweep(["--lora-ranks", "4", "--prompt-lengths", "1", "--output-dir", str(tmp_path / "failed")], env, record,
+                                outputs_of=in_folders_named_in_russian)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    [trial] = json.loads((tmp_path / "failed" / "hpo_summary.json").read_text(encoding="utf-8"))["trials"]
+    assert trial["error"].endswith("--output-dir /эксперименты/trial-0")
+    out = tmp_path / "sweep"
+    for run in ("first", "continued"):
+        completed = run_stand_in_sweep(["--lora-ranks", "2,8", "--prompt-lengths", "3", "--trials", "2", "--noise-seeds", "2", "--output-dir", str(out)],
+                                       env, record, outputs_of=in_folders_named_in_russian)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))["best"]["model_dir"] == "/эксперименты/register"
+        steps = [call["step"] for call in json.loads(record.read_text(encoding="utf-8"))]
+        assert steps == (["ingest", "preprocess", "train", "train", "train", "evaluate", "register"] if run == "first" else ["evaluate", "register"])
+    assert json.loads((out / "noise" / "seed-43" / "result.json").read_text(encoding="utf-8"))["outputs"]["adapter_dir"] == "/эксперименты/seed-43"
 
 
 def test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_its_ingest(clearml_home, tmp_path):

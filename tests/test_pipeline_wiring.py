@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ASCII_LOCALE, ROOT, run_script
 from forked import run_main
 
 from pipelines.controller import step_parser
@@ -99,6 +99,22 @@ def test_a_local_step_gets_its_arguments_as_flags_and_hands_back_its_result(clea
         run_step_locally(STEP_BY_NAME["ingest"], {"train_tsv": str(tmp_path / "absent.tsv")}, tmp_path / "failed")
     assert str(failed.value) == (f"Step ingest failed with exit status 1 (its output is above); rerun it alone with: {ROOT / 'steps' / 'ingest.py'} "
                                  f"--local --output-dir {tmp_path / 'failed'} --train-tsv {tmp_path / 'absent.tsv'}")
+
+
+def test_a_local_steps_result_is_read_as_utf_8_whatever_the_locale(clearml_home, tmp_path, monkeypatch):
+    """A step's ``result.json`` is UTF-8 with its text as it is (``tracking.to_json``); the runner reads it back under a
+    locale whose encoding cannot hold Russian (ASCII here; Windows' cp1252 as well)."""
+    from pipelines import local
+
+    step = tmp_path / "step.py"
+    step.write_text("import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--output-dir') + 1])\nout.mkdir()\n"
+                    "(out / 'result.json').write_bytes('{\"model_dir\": \"/модели/дообученная\"}'.encode('utf-8'))\n", encoding="utf-8")
+    monkeypatch.setattr(local, "script_path", lambda _step: str(step))  # in the forked run below
+    read = tmp_path / "read.json"
+    completed = run_main(lambda _argv: read.write_text(json.dumps(run_step_locally(STEP_BY_NAME["ingest"], {}, tmp_path / "out"))), [],
+                         {**clearml_home, **ASCII_LOCALE})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(read.read_text()) == {"model_dir": "/модели/дообученная"}
 
 
 LOCAL_STEP_SCRIPT = """

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-from conftest import ROOT
+from conftest import ASCII_LOCALE, ROOT
 from forked import run_main
 from step_runs import stand_in_steps
 from test_report import BASE_METRICS, METRICS, TRAINING
@@ -43,9 +43,10 @@ def stand_in_outputs(step: str, arguments: dict, output_dir: Path) -> dict:
     return {}
 
 
-def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root: Path, clock: list[float] | None = None):
-    """``main(argv)`` in a fork, its steps the stand-ins and its default output folder under ``project_root``; with
-    ``clock``, the readings of its timer."""
+def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root: Path, clock: list[float] | None = None,
+                          outputs_of=stand_in_outputs):
+    """``main(argv)`` in a fork, its steps the stand-ins (handing back ``outputs_of``'s outputs) and its default output
+    folder under ``project_root``; with ``clock``, the readings of its timer."""
 
     def pipeline_main(argv: list[str]) -> None:
         import time
@@ -53,7 +54,7 @@ def run_stand_in_pipeline(argv: list[str], env: dict, record: Path, project_root
         from pipelines import run_pipeline
 
         calls = []
-        run_pipeline.run_step_locally = stand_in_steps(calls, stand_in_outputs)
+        run_pipeline.run_step_locally = stand_in_steps(calls, outputs_of)
         run_pipeline.PROJECT_ROOT = project_root
         if clock is not None:
             readings = iter(clock)
@@ -132,6 +133,22 @@ def test_without_a_server_the_run_is_local_said_so_in_a_dated_folder_and_exports
     lines = completed.stdout.splitlines()
     assert lines[0] == "No ClearML server to use (none configured, or CLEARML_OFFLINE_MODE set): running locally in offline mode."
     assert lines[7:] == expected_output(summary, out, compared=True, export=export)
+
+
+def test_the_summary_is_utf_8_whatever_the_locale(clearml_home, tmp_path):
+    """A model directory a Russian user named, under a locale whose encoding cannot hold it (ASCII here; Windows' cp1252 as
+    well) with the terminal's UTF-8."""
+
+    def in_a_folder_named_in_russian(step: str, arguments: dict, output_dir: Path) -> dict:
+        outputs = stand_in_outputs(step, arguments, output_dir)
+        return {**outputs, "model_dir": "/модели/дообученная"} if step == "register" else outputs
+
+    out = tmp_path / "out"
+    completed = run_stand_in_pipeline(["--local", "--preset", "tiny", "--output-dir", str(out)], {**clearml_home, **ASCII_LOCALE, "PYTHONIOENCODING": "utf-8"},
+                                      tmp_path / "calls.json", tmp_path, outputs_of=in_a_folder_named_in_russian)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["model_dir"] == "/модели/дообученная"
+    assert "Model directory: /модели/дообученная" in completed.stdout.splitlines()
 
 
 def test_a_conversion_without_the_export_it_converts_is_one_sentence_before_any_step(clearml_home, tmp_path):

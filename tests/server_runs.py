@@ -1,0 +1,39 @@
+"""Code that uses the ClearML SDK, run against the test ClearML server in a forked copy of the test process
+(``tests/forked.py``: the SDK is never imported by the test process itself, whose later forks it would hang)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+from forked import run_main
+
+from tests.clearml_server.process import ServerProcess
+from tests.e2e.server_api import ServerApi
+
+
+@contextmanager
+def running_server(clearml_home: dict, state_dir: Path) -> Iterator[SimpleNamespace]:
+    """A test server in its own process; ``env`` sets the SDK up for it (its default configuration otherwise),
+    ``api`` calls it directly."""
+    with ServerProcess(state_dir) as running:
+        env = {**clearml_home, **running.environment()}
+        yield SimpleNamespace(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]))
+
+
+def on_server(server: SimpleNamespace, tmp_path: Path, work: Callable[[], object]) -> object:
+    """``work()``'s JSON value, computed in a forked run with the SDK set up for ``server``."""
+    output = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}.json"
+
+    def main(_argv) -> None:
+        from components.clearml_connection import prepare_clearml
+
+        prepare_clearml(False)
+        output.write_text(json.dumps(work()), encoding="utf-8")
+
+    completed = run_main(main, [], server.env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(output.read_text(encoding="utf-8"))

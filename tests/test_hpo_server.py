@@ -1,0 +1,238 @@
+"""``pipelines/hpo_server.py`` on the test ClearML server, in forked runs (``tests/server_runs.py``): the template a sweep
+finds or makes, and whole sweeps with ClearML's HyperParameterOptimizer and OptimizerOptuna, the agents' part played by
+hand (each trial reports the validation losses the test chooses, or fails, or is stopped). The sweep on real agents is
+flow 5 of ``tests/e2e/test_sweep_and_errors.py``; the optimizer's settings are read in ``tests/test_hpo.py``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from forked import run_main
+from server_runs import on_server, running_server
+
+from pipelines.hpo_server import GridInTrialOrder
+
+PROJECT = "Подбор"
+CODE = {"repository": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "0123abc", "diff": "", "requirements": "clearml\n"}
+
+# The validation losses each trial (lora_rank, prompt_length) reports at its evaluations (steps 2, 4, 6), and how it ends.
+# The best by its lowest loss, (2, 3), is not the best by its last loss, (4, 3); lower losses still are reported by the
+# trials that fail or are stopped, and (8, 1) reports none.
+TRIALS = {(2, 1): ([0.9, 0.8, 0.85], "completed"), (2, 3): ([0.5, 0.3, 0.6], "completed"), (4, 1): ([0.2], "failed"),
+          (4, 3): ([0.6, 0.45, 0.4], "completed"), (8, 1): ([], "completed"), (8, 3): ([0.1, 0.25], "stopped")}
+SWEEP_OPTIONS = ["--project", PROJECT, "--lora-ranks", "2,4,8", "--prompt-lengths", "1,3", "--queue", "gpu-q", "--cpu-queue", "cpu-q",
+                 "--trials", "5", "--seed", "2", "--max-steps", "6", "--eval-every", "2", "--metric", "rouge1"]
+
+
+@pytest.fixture
+def server(clearml_home, tmp_path):
+    with running_server(clearml_home, tmp_path / "state") as running:  # not in this process: the tests fork
+        yield running
+
+
+def completed_task(api, name: str, project: str = PROJECT, **args: str) -> str:
+    """A task of this name and ``Args`` that ran to completion (as an agent marks it)."""
+    from clearml import Task
+
+    task = Task.create(project_name=project, task_name=name)
+    task.set_parameters({f"Args/{key}": value for key, value in args.items()})
+    api.call("tasks.started", task=task.id)
+    api.call("tasks.completed", task=task.id)
+    return task.id
+
+
+def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_path):
+    """Newest by its last update, not by creation; running tasks, other names and other projects do not count."""
+
+    def template() -> dict:
+        from clearml import Task
+
+        from pipelines.controller import CodeVersion
+        from pipelines.hpo_server import find_template
+
+        api = server.api
+        updated_last = Task.create(project_name=PROJECT, task_name="train")
+        created_last = completed_task(api, "train")
+        api.call("tasks.started", task=updated_last.id)
+        api.call("tasks.completed", task=updated_last.id)
+        completed_task(api, "train (copy)")
+        completed_task(api, "train", project=f"{PROJECT} 2")
+        running = Task.create(project_name=PROJECT, task_name="train")
+        api.call("tasks.started", task=running.id)
+        return {"found": find_template(PROJECT, CodeVersion(**CODE)), "updated_last": updated_last.id, "created_last": created_last}
+
+    made = on_server(server, tmp_path, template)
+    assert made["found"] == made["updated_last"] != made["created_last"]
+
+
+def test_without_a_train_task_the_template_is_a_new_train_task_on_the_newest_completed_preprocess_tasks_data(server, tmp_path):
+    def template() -> dict:
+        from clearml import Task
+
+        from pipelines.controller import CodeVersion
+        from pipelines.hpo_server import find_template
+
+        api = server.api
+        older = completed_task(api, "preprocess", model="ai-forever/ruT5-large", ingest_task_id="i1")
+        newer = completed_task(api, "preprocess", model="tiny", ingest_task_id="i2")
+        Task.create(project_name=PROJECT, task_name="preprocess")  # not run
+        return {"found": find_template(PROJECT, CodeVersion(**CODE)), "older": older, "newer": newer}
+
+    made = on_server(server, tmp_path, template)
+    api = server.api
+    template = api.task(made["found"])
+    [project] = api.call("projects.get_all", id=[template["project"]], only_fields=["name"])["projects"]
+    assert (project["name"], template["name"], template["type"], template["status"]) == (PROJECT, "train", "training", "created")
+    args = {name: entry["value"] for name, entry in template["hyperparams"]["Args"].items()}
+    assert (args["preprocess_task_id"], args["model"]) == (made["newer"], "tiny")
+    assert (args["lora_rank"], args["prompt_length"]) == ("8", "20")  # the train step's defaults otherwise
+    assert (template["script"]["repository"], template["script"]["version_num"]) == (CODE["repository"], CODE["commit"])
+
+
+def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_one_sentence(server, tmp_path):
+    def template() -> str:
+        from clearml import Task
+
+        from components.errors import UserError
+        from pipelines.controller import CodeVersion
+        from pipelines.hpo_server import find_template
+
+        completed_task(server.api, "preprocess", project=f"{PROJECT} 2", model="tiny")
+        Task.create(project_name=PROJECT, task_name="train")  # not run
+        try:
+            find_template(PROJECT, CodeVersion(**CODE))
+        except UserError as refused:
+            return str(refused)
+        return "no error"
+
+    assert on_server(server, tmp_path, template) == (
+        f"No completed train or preprocess task in project {PROJECT!r}: run pipelines/run_pipeline.py first, or pass --template-task-id.")
+
+
+def sweep(server, tmp_path, trials: dict, options: list[str]):
+    """``run_server_sweep`` as ``pipelines/run_hpo.py`` calls it in an optimizer task, over a template made from a completed
+    preprocess task, with the agents' part played by hand: each trial reports ``trials[pair]``'s losses and ends as it says;
+    evaluate and register complete. Returns the summary (or the sentence the sweep stopped with), the optimizer task's
+    id, each task as an agent took it, and the standard output."""
+    output = tmp_path / "sweep.json"
+
+    def main(_argv) -> None:
+        import threading
+        import time
+
+        from clearml import Task
+
+        from components import tracking
+        from components.clearml_connection import prepare_clearml
+        from components.errors import UserError
+        from pipelines.hpo_server import run_server_sweep
+        from pipelines.run_hpo import build_parser, search_space
+
+        prepare_clearml(False)
+        api = server.api
+        ingest = completed_task(api, "ingest")
+        preprocess = completed_task(api, "preprocess", model="tiny", ingest_task_id=ingest)
+        queues = {name: api.queue_id(name, create=True) for name in ("gpu-q", "cpu-q")}
+        taken: list[dict] = []
+
+        def run(task: dict, queue: str) -> None:
+            args = {name: entry["value"] for name, entry in task["hyperparams"].get("Args", {}).items()}
+            step = task["name"].split(":")[0]
+            taken.append({"step": step, "queue": queue, "id": task["id"], "parent": task["parent"], "args": args})
+            api.call("tasks.started", task=task["id"])
+            losses, end = trials[(int(args["lora_rank"]), int(args["prompt_length"]))] if step == "train" else ([], "completed")
+            if losses:
+                api.call_batch("events.add_batch", [
+                    {"task": task["id"], "type": "training_stats_scalar", "metric": "loss", "variant": "validation", "value": loss,
+                     "iter": 2 * (number + 1), "timestamp": int(time.time() * 1000)} for number, loss in enumerate(losses)])
+            api.call(f"tasks.{end}", task=task["id"])
+
+        def agents() -> None:
+            while not taken or taken[-1]["step"] != "register":
+                for queue, queue_id in queues.items():
+                    entry = api.call("queues.get_next_task", queue=queue_id).get("entry")
+                    if entry:
+                        run(api.task(entry["task"]), queue)
+                time.sleep(0.05)
+
+        threading.Thread(target=agents, daemon=True).start()
+        optimizer = Task.init(project_name=PROJECT, task_name="HPO", task_type=Task.TaskTypes.optimizer, auto_connect_frameworks=False,
+                              auto_resource_monitoring=False, auto_connect_streams=False)
+        args = build_parser().parse_args(options)
+        try:
+            outcome = run_server_sweep(optimizer, args, search_space(args))
+        except UserError as stopped:  # as pipelines/run_hpo.py's main ends the task for it (then the process, with status 1)
+            outcome = str(stopped)
+            tracking.close_failed(optimizer, outcome)
+        output.write_text(json.dumps({"outcome": outcome, "optimizer": optimizer.id, "taken": taken, "ingest": ingest,
+                                      "preprocess": preprocess}), encoding="utf-8")
+
+    completed = run_main(main, [], server.env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(output.read_text(encoding="utf-8")), completed.stdout
+
+
+def trials_table(api, task_id: str) -> list[dict]:
+    """The ``trials`` table the optimizer task reported, row by row (ClearML sends a table as a plotly table)."""
+    [event] = [e for e in api.call("events.get_task_events", task=task_id, event_type="plot")["events"] if e["metric"] == "trials"]
+    table = json.loads(event["plot_str"])["data"][0]
+    header, columns = table["header"]["values"], table["cells"]["values"]
+    return [dict(zip([name for [name] in header], row)) for row in zip(*columns)]
+
+
+def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_the_completed_trial_with_the_lowest_loss(server, tmp_path):
+    made, stdout = sweep(server, tmp_path, TRIALS, SWEEP_OPTIONS)
+    api, optimizer = server.api, made["optimizer"]
+    summary = made["outcome"]
+    trials = [task for task in made["taken"] if task["step"] == "train"]
+    # five trials (--trials) of the six pairs, in the order --seed gives the grid, none twice, each on --queue under the optimizer
+    grid = GridInTrialOrder({"lora_rank": ["2", "4", "8"], "prompt_length": ["1", "3"], "resume_from_task_id": [""], "max_steps": ["6"],
+                             "eval_every": ["2"]}, seed=2)._grid
+    pairs = [(trial["args"]["lora_rank"], trial["args"]["prompt_length"]) for trial in trials]
+    assert sorted(pairs) == sorted((combination["lora_rank"], combination["prompt_length"]) for combination in grid[:5])
+    for trial in trials:
+        assert (trial["queue"], trial["parent"]) == ("gpu-q", optimizer)
+        # from scratch, with the sweep's flags, on the template's data and model
+        assert {name: trial["args"][name] for name in ("resume_from_task_id", "max_steps", "eval_every", "preprocess_task_id", "model")} == {
+            "resume_from_task_id": "", "max_steps": "6", "eval_every": "2", "preprocess_task_id": made["preprocess"], "model": "tiny"}
+        assert trial["args"]["learning_rate"] == "0.0003"  # not swept: the template's
+    # every trial recorded with its status and lowest loss, in the order it was created
+    created = [task["id"] for task in api.tasks(parent=optimizer, order_by=["created"]) if task["type"] == "training"]
+    expected = []
+    for trial_id in created:
+        [trial] = [trial for trial in trials if trial["id"] == trial_id]
+        losses, end = TRIALS[(int(trial["args"]["lora_rank"]), int(trial["args"]["prompt_length"]))]
+        expected.append({"task_id": trial_id, "status": end, "value": min(losses, default=None),
+                         "params": {"lora_rank": trial["args"]["lora_rank"], "prompt_length": trial["args"]["prompt_length"]}})
+    assert summary["trials"] == expected
+    assert summary["objective"] == {"title": "loss", "series": "validation", "sign": "min"}
+    [best] = [trial for trial in trials if (trial["args"]["lora_rank"], trial["args"]["prompt_length"]) == ("2", "3")]
+    [evaluate] = [task for task in made["taken"] if task["step"] == "evaluate"]
+    [register] = [task for task in made["taken"] if task["step"] == "register"]
+    assert summary["best"] == {"task_id": best["id"], "evaluate_task_id": evaluate["id"], "register_task_id": register["id"]}
+    assert (evaluate["queue"], evaluate["parent"], evaluate["args"]["train_task_id"], evaluate["args"]["ingest_task_id"]) == (
+        "gpu-q", optimizer, best["id"], made["ingest"])
+    assert (register["queue"], register["parent"], register["args"]["candidates"], register["args"]["metric"]) == (
+        "cpu-q", optimizer, evaluate["id"], "rouge1")
+    for step in (evaluate, register):
+        assert (api.task(step["id"])["script"]["repository"], api.task(step["id"])["project"]) == (
+            api.task(optimizer)["script"]["repository"], api.task(optimizer)["project"])  # the optimizer's own code, in its project
+    assert f"Best trial {best['id']} ({{'lora_rank': '2', 'prompt_length': '3'}}, validation loss 0.3000); evaluated by {evaluate['id']}, " \
+           f"registered by {register['id']}." in stdout
+    table = trials_table(api, optimizer)
+    assert [(row["task_id"], row["status"], row["lora_rank"], row["prompt_length"], row["best"]) for row in table] == [
+        (trial["task_id"], trial["status"], trial["params"]["lora_rank"], trial["params"]["prompt_length"],
+         "yes" if trial["task_id"] == best["id"] else "") for trial in expected]
+    assert [row["validation_loss"] for row in table] == ["nan" if trial["value"] is None else trial["value"] for trial in expected]
+
+
+def test_a_server_sweep_whose_trials_all_fail_reports_them_and_stops_in_one_sentence(server, tmp_path):
+    failing = {(2, 1): ([0.5], "failed"), (2, 3): ([], "completed")}  # the second completes without a validation loss
+    made, _ = sweep(server, tmp_path, failing, ["--project", PROJECT, "--lora-ranks", "2", "--prompt-lengths", "1,3", "--queue", "gpu-q",
+                                                      "--cpu-queue", "cpu-q"])
+    optimizer = made["optimizer"]
+    assert made["outcome"] == f"No trial of optimizer task {optimizer} completed with a loss/validation value; see the trials' logs."
+    assert {task["step"] for task in made["taken"]} == {"train"}
+    assert server.api.task(optimizer)["status"] == "failed"
+    assert sorted((row["status"], row["best"]) for row in trials_table(server.api, optimizer)) == [("completed", ""), ("failed", "")]
