@@ -78,7 +78,8 @@ SESSION_OPTIONS = "tests/test_human_eval_command.py::test_a_session_continues_wi
 EXPORTED = "tests/test_export.py::test_a_stock_runtime_generates_what_the_adapter_model_generates"
 PIPELINE_EXPORT = "tests/test_export.py::test_the_pipeline_exports_its_registered_model_when_asked"
 CLI_ANSWERS = "tests/test_generation.py::test_the_command_line_answers_as_each_option_asks"
-SWEEP_ON_GIVEN_DATA = "tests/test_hpo.py::test_a_failing_trial_is_recorded_and_the_sweep_goes_on"
+SWEEP_CHOICES = "tests/test_hpo.py::test_the_sweeps_choices_are_its_trials_values"
+SERVER_SWEEP = "tests/test_hpo_server.py::test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_the_completed_trial_with_the_lowest_loss"
 
 
 EFFECTS: dict[str, dict[str, str]] = {
@@ -264,23 +265,23 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--local": LOCAL_ANYWHERE,
         "--preset": "tests/test_run_hpo.py::test_local_only_sweep_options_are_refused_on_a_server_in_one_sentence",
         "--output-dir": LOCAL_SWEEP,
-        "--lora-ranks": SWEEP_ON_GIVEN_DATA,
+        "--lora-ranks": SWEEP_CHOICES,
         "--prompt-lengths": UI_LISTS,
         "--learning-rates": SERVER_OPTIMIZER,
         "--trials": LOCAL_SWEEP,
         "--seed": SERVER_OPTIMIZER,
-        "--epochs": SWEEP_ON_GIVEN_DATA,
+        "--epochs": SWEEP_CHOICES,
         "--max-steps": SERVER_OPTIMIZER,
         "--eval-every": LOCAL_SWEEP,
         "--nproc-per-node": SERVER_OPTIMIZER,
-        "--metric": SWEEP_ON_GIVEN_DATA,
+        "--metric": SERVER_SWEEP,
         "--noise-seeds": "tests/test_hpo.py::test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds",
-        "--preprocess-task-id": SWEEP_ON_GIVEN_DATA,
+        "--preprocess-task-id": "tests/test_hpo.py::test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_its_ingest",
         "--template-task-id": "tests/e2e/test_sweep_and_errors.py::"
                               "test_flow6_a_wrong_template_task_id_is_one_sentence_and_nothing_on_the_server",
         "--project": "tests/test_server_options.py::test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project",
         "--queue": SERVER_OPTIMIZER,
-        "--cpu-queue": "tests/test_server_options.py::test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project",
+        "--cpu-queue": SERVER_SWEEP,
         "--concurrent": SERVER_OPTIMIZER,
         "--wait-for-start": FOLLOWED,
         "--trial-time-limit": SERVER_OPTIMIZER,

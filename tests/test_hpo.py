@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import math
 from pathlib import Path
 
 import optuna
@@ -16,7 +15,6 @@ from pipelines.definition import STEPS
 from pipelines.hpo_local import OBJECTIVE, open_study
 from pipelines.hpo_server import GridInTrialOrder
 from pipelines.run_hpo import SWEPT
-from components.data import read_tsv
 from components.settings import PRESETS
 from reference_model import protocol_scores
 from step_runs import stand_in_steps
@@ -31,17 +29,16 @@ QUICK = ["--local", "--preset", "tiny", "--max-steps", "4", "--eval-every", "1",
 
 @pytest.fixture(scope="module")
 def sweep(clearml_home, tmp_path_factory) -> Path:
-    """Two trials, then the same sweep asked for three: the study continues with one more."""
+    """Three trials and the best pair's second seed, with the real steps (the sweep's own logic, a continued sweep and
+    failing trials among it, is tested in seconds with stand-in steps below)."""
     out = tmp_path_factory.mktemp("hpo")
-    run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "2", "--noise-seeds", "1", "--output-dir", str(out))
-    first = json.loads((out / "hpo_summary.json").read_text())
     run_script(clearml_home, "pipelines/run_hpo.py", *QUICK, "--trials", "3", "--noise-seeds", "2", "--output-dir", str(out))
-    return out, first
+    return out
 
 
 @pytest.mark.numeric
 def test_local_sweep_summary(sweep):
-    out, _ = sweep
+    out = sweep
     summary = json.loads((out / "hpo_summary.json").read_text())
     assert summary["objective"] == {"title": "loss", "series": "validation", "sign": "min"}
     assert len(summary["trials"]) == 3
@@ -68,8 +65,7 @@ def test_local_sweep_summary(sweep):
 
 
 def test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds(sweep):
-    out, first = sweep
-    assert first["noise"] is None  # --noise-seeds 1: not measured
+    out = sweep
     summary = json.loads((out / "hpo_summary.json").read_text())
     noise = summary["noise"]
     assert noise["params"] == summary["best"]["params"] and noise["seeds"] == [42, 43]
@@ -82,14 +78,6 @@ def test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds(sweep)
     args = json.loads((out / "noise" / "seed-43" / "training.json").read_text())
     assert args["training"]["seed"] == 43 and (args["adapter"]["lora_rank"], args["adapter"]["prompt_length"]) == (
         noise["params"]["lora_rank"], noise["params"]["prompt_length"])
-
-
-def test_an_interrupted_sweep_continues_where_it_stopped(sweep):
-    out, first = sweep
-    summary = json.loads((out / "hpo_summary.json").read_text())
-    assert summary["trials"][:2] == first["trials"]  # the first two trials were kept, not rerun
-    assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial-0", "trial-1", "trial-2"]
-    assert summary["data_task_ids"] == first["data_task_ids"]
 
 
 def test_a_trial_left_running_is_failed_and_queued_again(tmp_path, capsys):
@@ -105,29 +93,6 @@ def test_a_trial_left_running_is_failed_and_queued_again(tmp_path, capsys):
     assert reopened.ask(distributions).params == killed.params  # the next trial reruns it
     with pytest.raises(Exception, match="made for the space"):
         open_study(tmp_path, {"lora_rank": [8]}, seed=0)
-
-
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(sweep, clearml_home, tmp_path):
-    """Also three options away from their defaults: the data of a given preprocess task (no ingest or preprocess
-    run), --epochs instead of --max-steps, and --metric for the registered model."""
-    out, _ = sweep
-    data = json.loads((out / "hpo_summary.json").read_text())["data_task_ids"]
-    run_script(clearml_home, "pipelines/run_hpo.py", "--local", "--preset", "tiny", "--epochs", "0.02", "--lora-ranks", "0,2",
-               "--prompt-lengths", "4", "--trials", "2", "--noise-seeds", "0", "--preprocess-task-id", data["preprocess"], "--metric", "bleu",
-               "--output-dir", str(tmp_path))
-    summary = json.loads((tmp_path / "hpo_summary.json").read_text())
-    status = {t["params"]["lora_rank"]: t["status"] for t in summary["trials"]}
-    assert status == {0: "failed", 2: "completed"}
-    failed = next(t for t in summary["trials"] if t["status"] == "failed")
-    assert failed["value"] is None and "exit status" in failed["error"]
-    assert summary["best"]["params"]["lora_rank"] == 2
-
-    assert summary["data_task_ids"] == data and not (tmp_path / "data").exists()
-    completed = next(t for t in summary["trials"] if t["status"] == "completed")
-    training = json.loads((tmp_path / "trials" / f"trial-{completed['number']}" / "training.json").read_text())
-    rows = len(read_tsv(out / "data" / "ingest" / "splits" / "train.tsv"))
-    assert training["training"]["epochs"] == 0.02 and training["steps"] == math.ceil(math.ceil(rows / 8) * 0.02) == 2
-    assert json.loads((Path(summary["best"]["model_dir"]) / "evaluation.json").read_text())["metric"] == "bleu"
 
 
 def test_swept_names_are_arguments_of_the_train_step():
@@ -176,7 +141,7 @@ print("GRID=" + repr(sampler._grid))
 
 def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_home):
     """Built offline around a real (offline) train task: ClearML finds every swept Args/ name on it."""
-    out, _ = sweep
+    out = sweep
     train_task_id = json.loads((out / "hpo_summary.json").read_text())["best"]["task_id"]
     completed = run_script(clearml_home, "-c", OPTIMIZER_SCRIPT, train_task_id)
     lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}

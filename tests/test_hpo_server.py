@@ -162,6 +162,7 @@ def sweep(server, tmp_path, trials: dict, options: list[str]):
         args = build_parser().parse_args(options)
         try:
             outcome = run_server_sweep(optimizer, args, search_space(args))
+            optimizer.close()  # its reports sent, as when pipelines/run_hpo.py's process ends
         except UserError as stopped:  # as pipelines/run_hpo.py's main ends the task for it (then the process, with status 1)
             outcome = str(stopped)
             tracking.close_failed(optimizer, outcome)
