@@ -39,3 +39,12 @@ def wait(args) -> None:
     """Write this rank's pid to ``args.folder/pid<RANK>``, then wait until killed."""
     (Path(args.folder) / f"pid{os.environ['RANK']}").write_text(str(os.getpid()), encoding="utf-8")
     time.sleep(600)
+
+
+def leaves_a_child(args) -> None:
+    """Start a process that keeps this rank's output open for two minutes (its pid in ``args.folder/child<RANK>``), then end."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (Path(args.folder) / f"child{os.environ['RANK']}").write_text(str(child.pid), encoding="utf-8")
+    print("started")

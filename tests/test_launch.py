@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from forked import exited_cleanly, start_child, wait_children
+from conftest import ASCII_LOCALE
+from forked import exited_cleanly, run_main, start_child, wait_children
 
 from components.distributed.launch import ROOT, LocalRanks
 from components.distributed.world import RankLostError
@@ -104,6 +107,41 @@ def test_output_that_is_not_utf_8_is_forwarded_with_replacement_characters(capfd
         pass
     printed = capfd.readouterr().out.splitlines()
     assert [line for line in printed if line.startswith("[rank 1]")] == ["[rank 1] \ufffd\ufffd bytes", "[rank 1] после"]
+
+
+def test_the_ranks_output_is_read_as_utf_8_whatever_rank_0s_locale(tmp_path):
+    """Under a locale whose encoding cannot hold Russian (ASCII here; Windows' cp1252 as well), with UTF-8 output."""
+
+    def rank_0(_argv) -> None:
+        with LocalRanks(2, "tests.rank_entries:record", {"folder": tmp_path, "word": "привет"}):
+            pass
+
+    completed = run_main(rank_0, [], {**os.environ, **ASCII_LOCALE, "PYTHONIOENCODING": "utf-8"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "[rank 1] рank says привет" in completed.stdout.splitlines()
+
+
+LAUNCH_AND_END = """
+import sys
+from components.distributed.launch import LocalRanks
+with LocalRanks(2, "tests.rank_entries:leaves_a_child", {"folder": sys.argv[1]}):
+    pass
+print("rank 0 ends", flush=True)
+"""
+
+
+def test_rank_0_ends_when_its_ranks_do_even_if_a_process_they_started_keeps_their_output_open(tmp_path):
+    """A rank's child that outlives it (a data loader's worker, a compiler's) holds the rank's output pipe: rank 0 stops
+    forwarding it a few seconds after the rank ended, and exits, instead of waiting for that child (two minutes here)."""
+    started = time.monotonic()
+    try:
+        completed = subprocess.run([sys.executable, "-c", LAUNCH_AND_END, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=90)
+    finally:
+        if (tmp_path / "child1").exists():
+            os.kill(int((tmp_path / "child1").read_text(encoding="utf-8")), signal.SIGKILL)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines()[-2:] == ["[rank 1] started", "rank 0 ends"]
+    assert time.monotonic() - started < 60  # imports and the 5 s given to the forwarder, on a loaded machine
 
 
 def test_a_ranks_standard_input_is_empty_whatever_rank_0s_is(tmp_path):
