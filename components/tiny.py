@@ -58,8 +58,9 @@ def sample_corpus(train_tsv: Path) -> list[str]:
 def build_tiny_tokenizer(texts: list[str]) -> T5Tokenizer:
     """A T5 tokenizer (Unigram, metaspace) trained by SentencePiece on the sample texts.
 
-    SentencePiece with one thread trains the same vocabulary every time (the tokenizers
-    library's Unigram trainer does not), so the tiny model is reproducible.
+    SentencePiece trains the same vocabulary every time for a given number of threads (the
+    tokenizers library's Unigram trainer does not), so the tiny model is reproducible. Each
+    number adds its threads' counts in an order of its own, so it is fixed here (one).
     """
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(

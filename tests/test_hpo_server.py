@@ -66,30 +66,6 @@ def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_pa
     assert made["found"] == made["updated_last"] != made["created_last"]
 
 
-def test_without_a_train_task_the_template_is_a_new_train_task_on_the_newest_completed_preprocess_tasks_data(server, tmp_path):
-    def template() -> dict:
-        from clearml import Task
-
-        from pipelines.controller import CodeVersion
-        from pipelines.hpo_server import find_template
-
-        api = server.api
-        older = completed_task(api, "preprocess", model="ai-forever/ruT5-large", ingest_task_id="i1")
-        newer = completed_task(api, "preprocess", model="tiny", ingest_task_id="i2")
-        Task.create(project_name=PROJECT, task_name="preprocess")  # not run
-        return {"found": find_template(PROJECT, CodeVersion(**CODE)), "older": older, "newer": newer}
-
-    made = on_server(server, tmp_path, template)
-    api = server.api
-    template = api.task(made["found"])
-    [project] = api.call("projects.get_all", id=[template["project"]], only_fields=["name"])["projects"]
-    assert (project["name"], template["name"], template["type"], template["status"]) == (PROJECT, "train", "training", "created")
-    args = {name: entry["value"] for name, entry in template["hyperparams"]["Args"].items()}
-    assert (args["preprocess_task_id"], args["model"]) == (made["newer"], "tiny")
-    assert (args["lora_rank"], args["prompt_length"]) == ("8", "20")  # the train step's defaults otherwise
-    assert (template["script"]["repository"], template["script"]["version_num"]) == (CODE["repository"], CODE["commit"])
-
-
 def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_one_sentence(server, tmp_path):
     def template() -> str:
         from clearml import Task
@@ -111,8 +87,8 @@ def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_
 
 
 def sweep(server, tmp_path, trials: dict, options: list[str]):
-    """``run_server_sweep`` as ``pipelines/run_hpo.py`` calls it in an optimizer task, over a template made from a completed
-    preprocess task, with the agents' part played by hand: each trial reports ``trials[pair]``'s losses and ends as it says;
+    """``run_server_sweep`` as ``pipelines/run_hpo.py`` calls it in an optimizer task, over the template it makes from the
+    newest completed preprocess task (of two, and one not run), with the agents' part played by hand: each trial reports ``trials[pair]``'s losses and ends as it says;
     evaluate and register complete. Returns the summary (or the sentence the sweep stopped with), the optimizer task's
     id, each task as an agent took it, and the standard output."""
     output = tmp_path / "sweep.json"
@@ -132,7 +108,9 @@ def sweep(server, tmp_path, trials: dict, options: list[str]):
         prepare_clearml(False)
         api = server.api
         ingest = completed_task(api, "ingest")
+        completed_task(api, "preprocess", model="ai-forever/ruT5-large", ingest_task_id="an-older-ingest")
         preprocess = completed_task(api, "preprocess", model="tiny", ingest_task_id=ingest)
+        Task.create(project_name=PROJECT, task_name="preprocess")  # not run
         queues = {name: api.queue_id(name, create=True) for name in ("gpu-q", "cpu-q")}
         taken: list[dict] = []
 
@@ -194,7 +172,7 @@ def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_t
     assert sorted(pairs) == sorted((combination["lora_rank"], combination["prompt_length"]) for combination in grid[:5])
     for trial in trials:
         assert (trial["queue"], trial["parent"]) == ("gpu-q", optimizer)
-        # from scratch, with the sweep's flags, on the template's data and model
+        # from scratch, with the sweep's flags, on the data and model of the newest completed preprocess task
         assert {name: trial["args"][name] for name in ("resume_from_task_id", "max_steps", "eval_every", "preprocess_task_id", "model")} == {
             "resume_from_task_id": "", "max_steps": "6", "eval_every": "2", "preprocess_task_id": made["preprocess"], "model": "tiny"}
         assert trial["args"]["learning_rate"] == "0.0003"  # not swept: the template's
@@ -216,9 +194,11 @@ def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_t
         "gpu-q", optimizer, best["id"], made["ingest"])
     assert (register["queue"], register["parent"], register["args"]["candidates"], register["args"]["metric"]) == (
         "cpu-q", optimizer, evaluate["id"], "rouge1")
-    for step in (evaluate, register):
-        assert (api.task(step["id"])["script"]["repository"], api.task(step["id"])["project"]) == (
-            api.task(optimizer)["script"]["repository"], api.task(optimizer)["project"])  # the optimizer's own code, in its project
+    own = api.task(optimizer)
+    for step in (*trials, evaluate, register):  # the optimizer's own code (the trials' template's too), in its project
+        task = api.task(step["id"])
+        assert (task["script"]["repository"], task["script"]["version_num"], task["project"]) == (
+            own["script"]["repository"], own["script"]["version_num"], own["project"])
     assert f"Best trial {best['id']} ({{'lora_rank': '2', 'prompt_length': '3'}}, validation loss 0.3000); evaluated by {evaluate['id']}, " \
            f"registered by {register['id']}." in stdout
     table = trials_table(api, optimizer)
