@@ -126,14 +126,17 @@ def find_template(project: str, code: CodeVersion) -> str:
 
 
 def launch_step(name: str, arguments: dict, queue: str, project: str, code: CodeVersion, parent_id: str):
-    """Run a step as a new task (its template's settings, these ``Args``), enqueued, and wait for it to complete."""
+    """Run a step as a new task (its template's settings, these ``Args``), enqueued; return it once it completed."""
     from clearml import Task
 
     task = new_step_task(STEP_BY_NAME[name], project, code, parent_id)
     task.update_parameters({f"Args/{key}": value for key, value in arguments.items()})
     Task.enqueue(task, queue_name=queue)
-    task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped),
-                         check_interval_sec=3.0)
+    try:
+        task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped),
+                             check_interval_sec=3.0)
+    except RuntimeError:  # the status it ended with
+        raise UserError(f"The sweep's {name} task {task.id} ended {task.status} on queue {queue!r}; its log in the ClearML UI says why.") from None
     return task
 
 

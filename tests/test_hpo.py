@@ -114,52 +114,6 @@ def test_the_objective_is_what_the_train_step_reports(tiny_model_dir, tmp_path):
     assert (OBJECTIVE["title"], OBJECTIVE["series"]) in reported
 
 
-OPTIMIZER_SCRIPT = """
-import sys
-sys.path.insert(0, ".")
-from components.clearml_connection import enter_offline_mode
-enter_offline_mode()
-from pipelines.hpo_server import build_optimizer
-from pipelines.run_hpo import build_parser, search_space
-args = build_parser().parse_args(["--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
-                                  "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--nproc-per-node", "4", "--seed", "7",
-                                  "--trial-time-limit", "5",
-                                  "--time-limit", "30"])
-import time
-controller = build_optimizer(sys.argv[1], args, search_space(args))
-optimizer = controller.optimizer
-print("LIMITS=" + repr((optimizer.time_limit_per_job, round((controller.optimization_timeout - time.time()) / 60))))
-print("PARAMS=" + repr([(p.name, list(p.values)) for p in optimizer._hyper_parameters]))
-objective = optimizer._objective_metric
-print("OBJECTIVE=" + repr((objective.title, objective.series, objective.order, objective.extremum)))
-print("JOBS=" + repr((optimizer._execution_queue, optimizer._num_concurrent_workers, optimizer.total_max_jobs)))
-sampler, pruner = optimizer._optuna_sampler, optimizer._optuna_pruner
-print("OPTUNA=" + repr((type(sampler).__name__, type(pruner).__name__)))
-print("GRID=" + repr(sampler._grid))
-"""
-
-
-def test_the_server_optimizer_sweeps_the_train_tasks_arguments(sweep, clearml_home):
-    """Built offline around a real (offline) train task: ClearML finds every swept Args/ name on it."""
-    out = sweep
-    train_task_id = json.loads((out / "hpo_summary.json").read_text())["best"]["task_id"]
-    completed = run_script(clearml_home, "-c", OPTIMIZER_SCRIPT, train_task_id)
-    lines = {line.split("=", 1)[0]: eval(line.split("=", 1)[1]) for line in completed.stdout.splitlines() if "=" in line and line.split("=")[0].isupper()}
-    assert lines["PARAMS"] == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
-                               ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]),
-                               ("Args/eval_every", [5]), ("Args/nproc_per_node", [4])]  # every trial: from scratch, the sweep's flags
-    assert lines["LIMITS"] == (5.0, 30)  # minutes per trial, minutes left of the whole sweep
-    assert lines["OBJECTIVE"] == (["loss"], ["validation"], ["min"], [True])
-    assert lines["JOBS"] == ("gpu-q", 3, 24)  # 30 trials asked, 24 combinations: no pair twice
-    # every combination once, in an order --seed sets, and no pruning (Optuna's defaults are TPE and MedianPruner)
-    assert lines["OPTUNA"] == ("GridInTrialOrder", "NopPruner")
-    grid = [tuple(combination.values()) for combination in lines["GRID"]]
-    assert sorted(grid) == sorted(itertools.product(*[values for _, values in lines["PARAMS"]]))
-    other_seed = GridInTrialOrder(dict(lines["PARAMS"]), seed=8)._grid
-    assert lines["GRID"] == GridInTrialOrder(dict(lines["PARAMS"]), seed=7)._grid != other_seed
-    assert "Could not find requested hyper-parameters" not in completed.stdout + completed.stderr
-
-
 SMALL_GRID = {"Args/lora_rank": [4, 16], "Args/prompt_length": [10, 20], "Args/resume_from_task_id": [""]}  # 2 x 2, one fixed value
 
 

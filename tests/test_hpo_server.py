@@ -5,6 +5,7 @@ flow 5 of ``tests/e2e/test_sweep_and_errors.py``; the optimizer's settings are r
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -66,6 +67,56 @@ def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_pa
     assert made["found"] == made["updated_last"] != made["created_last"]
 
 
+OPTIMIZER_OPTIONS = ["--project", PROJECT, "--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
+                     "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--nproc-per-node", "4", "--seed", "7",
+                     "--trial-time-limit", "5", "--time-limit", "30", "--preprocess-task-id", "the-data"]
+
+
+def test_the_optimizer_is_built_with_the_sweeps_options_over_the_templates_arguments(server, tmp_path):
+    """Read back from ClearML's optimizer, built in an optimizer task over the train step's template as the sweep makes it."""
+
+    def optimizer() -> dict:
+        import time
+
+        from clearml import Task
+
+        from pipelines.controller import CodeVersion
+        from pipelines.hpo_server import build_optimizer, find_template
+        from pipelines.run_hpo import build_parser, search_space
+
+        completed_task(server.api, "preprocess", model="tiny", ingest_task_id="i")
+        template = find_template(PROJECT, CodeVersion(**CODE))
+        own = Task.init(project_name=PROJECT, task_name="HPO", task_type=Task.TaskTypes.optimizer, auto_connect_frameworks=False,
+                        auto_connect_arg_parser=False, auto_resource_monitoring=False, auto_connect_streams=False)
+        args = build_parser().parse_args(OPTIMIZER_OPTIONS)
+        built = build_optimizer(template, args, search_space(args))
+        strategy = built.optimizer
+        objective = strategy._objective_metric
+        return {"template": template, "own": own.id, "params": [(p.name, list(p.values)) for p in strategy._hyper_parameters],
+                "limits": [strategy.time_limit_per_job, round((built.optimization_timeout - time.time()) / 60), strategy.max_iteration_per_job],
+                "objective": [objective.title, objective.series, objective.order, objective.extremum],
+                "jobs": [strategy._execution_queue, strategy._num_concurrent_workers, strategy.total_max_jobs, strategy.pool_period_minutes],
+                "optuna": [type(strategy._optuna_sampler).__name__, type(strategy._optuna_pruner).__name__], "grid": strategy._optuna_sampler._grid}
+
+    made = on_server(server, tmp_path, optimizer)
+    params = [tuple(param) for param in made["params"]]
+    assert params == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
+                      ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]), ("Args/eval_every", [5]),
+                      ("Args/nproc_per_node", [4]), ("Args/preprocess_task_id", ["the-data"])]  # every trial: from scratch, the sweep's flags
+    template = server.api.task(made["template"])
+    assert {name for name, _ in params} <= {f"Args/{name}" for name in template["hyperparams"]["Args"]}  # each an argument of the train step
+    assert made["limits"] == [5.0, 30, 10**9]  # minutes per trial, minutes left of the whole sweep, a trial's steps never cut short
+    assert made["objective"] == [["loss"], ["validation"], ["min"], [True]]  # the lowest validation loss over the trial
+    assert made["jobs"] == ["gpu-q", 3, 24, 0.05]  # 30 trials asked, 24 combinations: no pair twice; polled every 3 s
+    # every combination once, in an order --seed sets, and no pruning (Optuna's defaults are TPE and MedianPruner)
+    assert made["optuna"] == ["GridInTrialOrder", "NopPruner"]
+    assert sorted(tuple(combination.values()) for combination in made["grid"]) == sorted(itertools.product(*[values for _, values in params]))
+    assert made["grid"] == GridInTrialOrder(dict(params), seed=7)._grid != GridInTrialOrder(dict(params), seed=8)._grid
+    # The sweep's Args are the single source of its ranges: ClearML's own copy is not connected to the optimizer task.
+    own = server.api.task(made["own"])
+    assert (own.get("hyperparams", {}), own.get("configuration", {})) == ({}, {})
+
+
 def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_one_sentence(server, tmp_path):
     def template() -> str:
         from clearml import Task
@@ -86,10 +137,11 @@ def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_
         f"No completed train or preprocess task in project {PROJECT!r}: run pipelines/run_pipeline.py first, or pass --template-task-id.")
 
 
-def sweep(server, tmp_path, trials: dict, options: list[str]):
+def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dict | None = None):
     """``run_server_sweep`` as ``pipelines/run_hpo.py`` calls it in an optimizer task, over the template it makes from the
-    newest completed preprocess task (of two, and one not run), with the agents' part played by hand: each trial reports ``trials[pair]``'s losses and ends as it says;
-    evaluate and register complete. Returns the summary (or the sentence the sweep stopped with), the optimizer task's
+    newest completed preprocess task (of two, and one not run), or over a completed train task with ``template_args`` on
+    that data, with the agents' part played by hand: each trial reports ``trials[pair]``'s losses and ends as it says;
+    evaluate and register end as ``trials[name]`` says (else they complete). Returns the summary (or the sentence the sweep stopped with), the optimizer task's
     id, each task as an agent took it, and the standard output."""
     output = tmp_path / "sweep.json"
 
@@ -111,6 +163,8 @@ def sweep(server, tmp_path, trials: dict, options: list[str]):
         completed_task(api, "preprocess", model="ai-forever/ruT5-large", ingest_task_id="an-older-ingest")
         preprocess = completed_task(api, "preprocess", model="tiny", ingest_task_id=ingest)
         Task.create(project_name=PROJECT, task_name="preprocess")  # not run
+        if template_args is not None:
+            completed_task(api, "train", preprocess_task_id=preprocess, **template_args)
         queues = {name: api.queue_id(name, create=True) for name in ("gpu-q", "cpu-q")}
         taken: list[dict] = []
 
@@ -119,7 +173,7 @@ def sweep(server, tmp_path, trials: dict, options: list[str]):
             step = task["name"].split(":")[0]
             taken.append({"step": step, "queue": queue, "id": task["id"], "parent": task["parent"], "args": args})
             api.call("tasks.started", task=task["id"])
-            losses, end = trials[(int(args["lora_rank"]), int(args["prompt_length"]))] if step == "train" else ([], "completed")
+            losses, end = trials[(int(args["lora_rank"]), int(args["prompt_length"]))] if step == "train" else trials.get(step, ([], "completed"))
             if losses:
                 api.call_batch("events.add_batch", [
                     {"task": task["id"], "type": "training_stats_scalar", "metric": "loss", "variant": "validation", "value": loss,
@@ -127,7 +181,7 @@ def sweep(server, tmp_path, trials: dict, options: list[str]):
             api.call(f"tasks.{end}", task=task["id"])
 
         def agents() -> None:
-            while not taken or taken[-1]["step"] != "register":
+            while not taken or taken[-1]["step"] != "register":  # (a daemon: it ends with the process otherwise)
                 for queue, queue_id in queues.items():
                     entry = api.call("queues.get_next_task", queue=queue_id).get("entry")
                     if entry:
@@ -217,3 +271,13 @@ def test_a_server_sweep_whose_trials_all_fail_reports_them_and_stops_in_one_sent
     assert {task["step"] for task in made["taken"]} == {"train"}
     assert server.api.task(optimizer)["status"] == "failed"
     assert sorted((row["status"], row["best"]) for row in trials_table(server.api, optimizer)) == [("completed", ""), ("failed", "")]
+
+
+def test_a_sweep_over_a_train_task_that_resumed_trains_from_scratch_and_stops_in_one_sentence_when_its_evaluation_fails(server, tmp_path):
+    made, _ = sweep(server, tmp_path, {(2, 3): ([0.4], "completed"), "evaluate": ([], "failed")},
+                    ["--project", PROJECT, "--lora-ranks", "2", "--prompt-lengths", "3", "--queue", "gpu-q", "--cpu-queue", "cpu-q"],
+                    template_args={"model": "tiny", "resume_from_task_id": "an-earlier-train", "lora_rank": "8", "prompt_length": "20"})
+    [trial, evaluate] = made["taken"]
+    assert (trial["step"], trial["args"]["resume_from_task_id"], trial["args"]["model"]) == ("train", "", "tiny")
+    assert made["outcome"] == (f"The sweep's evaluate task {evaluate['id']} ended failed on queue 'gpu-q'; its log in the ClearML UI says why.")
+    assert server.api.task(made["optimizer"])["status"] == "failed"

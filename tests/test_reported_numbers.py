@@ -122,6 +122,20 @@ def reported_by_a_sweep(env: dict, tmp_path: Path) -> set[tuple[str, str]]:
     return {("hpo_summary.json", name) for name in numeric_names(json.loads((out / "hpo_summary.json").read_text(encoding="utf-8")))}
 
 
+def reported_by_the_server_sweep() -> set[tuple[str, str]]:
+    """The numeric columns of the ``trials`` table a sweep on a server reports to its optimizer task (``report_trials``,
+    recorded, for a completed trial and a failed one)."""
+    from test_human_eval_statistics import RecordingLogger
+
+    from pipelines.hpo_server import TrialRecord, report_trials
+
+    logger = RecordingLogger()
+    records = [TrialRecord("t1", "completed", 0.5, {"lora_rank": "4"}), TrialRecord("t2", "failed", None, {"lora_rank": "8"})]
+    report_trials(type("Task", (), {"get_logger": lambda self: logger})(), records, records[0])
+    return {("ClearML tables of the server sweep", f"{series} column {column}") for (_, series, _), table in logger.tables.items()
+            for column in table.select_dtypes("number").columns}
+
+
 def reported_by_the_benchmarks() -> set[tuple[str, str]]:
     """The names of the benchmark records the README's tables are read from (``benchmarks/results/cpu.jsonl``), per script."""
     records = [json.loads(line) for line in BENCHMARK_RECORDS.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -139,7 +153,7 @@ def session_of(summary: dict, step: str) -> Path:
 def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeline, clearml_home, tmp_path):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     reported = (reported_by_the_pipeline(tiny_pipeline, summary) | reported_by_the_rating_step(tmp_path) | reported_by_a_sweep(clearml_home, tmp_path)
-                | reported_by_the_benchmarks())
+                | reported_by_the_server_sweep() | reported_by_the_benchmarks())
     entries = inventory()
     covered = {output: [name for entry_output, name in entries if entry_output == output] for output, _ in reported}
     unlisted = sorted((output, name) for output, name in reported if not any(matches(name, pattern) for pattern in covered[output]))
