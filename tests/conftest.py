@@ -143,8 +143,9 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
 
 
 # The longest units besides the end-to-end flows, longest first (pytest --durations=0 summed by unit, two workers):
-# about 180 (plus the tiny model's build on a fresh clone), 115, 115, 110, 45, 40, 35, 35, 30, 30, 30, 30, 20 and 15 s.
-LONG_UNITS = ("tiny_pipeline", "tests/test_server_errors.py", "tests/test_distributed_steps.py", "tests/test_hpo.py", "tests/test_server_options.py",
+# about 180 (plus the tiny model's build on a fresh clone), 115, 115, 80, 55, 45, 40, 35, 35, 30, 30, 30, 30, 20 and 15 s.
+LONG_UNITS = ("tiny_pipeline", "tests/test_server_errors.py", "tests/test_distributed_steps.py", "tests/test_hpo.py", "tests/test_hpo_server.py",
+              "tests/test_server_options.py",
               "tests/test_train_step.py", "tests/test_register_step.py", "tests/test_export_step.py", "tests/test_agent_rerun.py",
               "tests/test_launch_checks.py", "tests/test_steps.py", "tests/test_rate_step.py", "tests/test_tracking.py", "tests/test_ingest_step.py")
 

@@ -130,6 +130,16 @@ def test_the_server_sampler_gives_trials_started_together_their_own_pairs():
     assert sorted(tuple(trial.params[name] for name in SMALL_GRID) for trial in trials) == sorted(itertools.product(*SMALL_GRID.values()))
 
 
+def test_the_server_sampler_refuses_a_trial_past_the_grid_in_one_sentence():
+    """The optimizer never asks for one (its total_max_jobs is the grid's size); were it to, the trial would fail saying why."""
+    study = optuna.create_study(sampler=GridInTrialOrder({"Args/lora_rank": [4]}, seed=0))
+    first, second = study.ask(), study.ask()
+    assert first.suggest_categorical("Args/lora_rank", [4, 8]) == 4  # (a single choice would not ask the sampler)
+    with pytest.raises(RuntimeError) as refused:
+        second.suggest_categorical("Args/lora_rank", [4, 8])
+    assert str(refused.value) == "Trial 1 asked for a combination past the grid's 1; the study should have stopped."
+
+
 @pytest.mark.parametrize("concurrency", [2, 6])
 def test_the_server_sampler_covers_the_grid_with_the_optimizers_threads(concurrency):
     """The study as ClearML runs it, ``optimize(n_trials, n_jobs=concurrency)``, with 2 threads and with more threads

@@ -44,7 +44,8 @@ def completed_task(api, name: str, project: str = PROJECT, **args: str) -> str:
 
 
 def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_path):
-    """Newest by its last update, not by creation; running tasks, other names and other projects do not count."""
+    """Newest by its last update: of three, the one created second (neither the first nor the last created, which the
+    server's natural order or the newest first would give); running tasks, other names and other projects do not count."""
 
     def template() -> dict:
         from clearml import Task
@@ -53,6 +54,7 @@ def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_pa
         from pipelines.hpo_server import find_template
 
         api = server.api
+        completed_task(api, "train")
         updated_last = Task.create(project_name=PROJECT, task_name="train")
         created_last = completed_task(api, "train")
         api.call("tasks.started", task=updated_last.id)
@@ -207,8 +209,10 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
 
 
 def trials_table(api, task_id: str) -> list[dict]:
-    """The ``trials`` table the optimizer task reported, row by row (ClearML sends a table as a plotly table)."""
-    [event] = [e for e in api.call("events.get_task_events", task=task_id, event_type="plot")["events"] if e["metric"] == "trials"]
+    """The ``trials`` table the optimizer task reported (its series ``all``, once), row by row (ClearML sends a table as a
+    plotly table)."""
+    [event] = [e for e in api.call("events.get_task_events", task=task_id, event_type="plot")["events"]
+               if (e["metric"], e["variant"], e["iter"]) == ("trials", "all", 0)]
     table = json.loads(event["plot_str"])["data"][0]
     header, columns = table["header"]["values"], table["cells"]["values"]
     return [dict(zip([name for [name] in header], row)) for row in zip(*columns)]
@@ -253,6 +257,9 @@ def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_t
         task = api.task(step["id"])
         assert (task["script"]["repository"], task["script"]["version_num"], task["project"]) == (
             own["script"]["repository"], own["script"]["version_num"], own["project"])
+    [template] = api.tasks(project=[own["project"]], name="^train$", status=["created"])  # the trials are its clones
+    assert f"Sweeping {{'lora_rank': [2, 4, 8], 'prompt_length': [1, 3]}} over clones of train task {template['id']} (train) on queue 'gpu-q'." \
+        in stdout.splitlines()
     assert f"Best trial {best['id']} ({{'lora_rank': '2', 'prompt_length': '3'}}, validation loss 0.3000); evaluated by {evaluate['id']}, " \
            f"registered by {register['id']}." in stdout
     table = trials_table(api, optimizer)
