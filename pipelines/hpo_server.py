@@ -136,7 +136,7 @@ def launch_step(name: str, arguments: dict, queue: str, project: str, code: Code
         task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped),
                              check_interval_sec=3.0)
     except RuntimeError:  # the status it ended with
-        raise UserError(f"The sweep's {name} task {task.id} ended {task.status} on queue {queue!r}; its log in the ClearML UI says why.") from None
+        raise UserError(f"The sweep's {name} task {task.id} ended with status {task.status} (queue {queue!r}); its log in the ClearML UI says why.") from None
     return task
 
 
