@@ -156,17 +156,17 @@ STEP_FIXTURES = {"clearml_home", "tiny_pipeline"}
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
-    """Marks the tests that run the project's scripts (``runs_steps``), and forms the work units of ``make test``'s two pytest-xdist workers (``--dist loadgroup``).
+    """Marks the tests that run the project's scripts (``runs_steps``), and forms the work units of ``make test``'s pytest-xdist workers (``--dist loadgroup``).
 
     The end-to-end flows share one server, its agents and one pipeline run: one unit, which a
-    worker runs while the other runs the rest (the flows spend much of their time waiting on
+    worker runs while the others run the rest (the flows spend much of their time waiting on
     agents). The tests of the session's tiny pipeline run are one unit, so that the run is made
     once; every other file is a unit with its module fixtures.
 
     Units are handed out in this order (``make test`` passes ``--no-loadscope-reorder``; xdist's
     default orders them by their number of tests, which put the flows behind minutes of other
     units). The end-to-end unit, the longest by far, comes first; then the long units, so the other
-    worker runs them while the flows run; the short ones last. A worker takes its next unit when
+    workers run them while the flows run; the short ones last. A worker takes its next unit when
     its current one has two tests left, so the unit after the flows waits behind their last two:
     it had better be short.
     """
