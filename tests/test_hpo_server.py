@@ -1,7 +1,8 @@
 """``pipelines/hpo_server.py`` on the test ClearML server, in forked runs (``tests/server_runs.py``): the template a sweep
-finds or makes, and whole sweeps with ClearML's HyperParameterOptimizer and OptimizerOptuna, the agents' part played by
-hand (each trial reports the validation losses the test chooses, or fails, or is stopped). The sweep on real agents is
-flow 5 of ``tests/e2e/test_sweep_and_errors.py``; the optimizer's settings are read in ``tests/test_hpo.py``."""
+finds or makes, the optimizer it builds (read back from ClearML's objects), and whole sweeps with ClearML's
+HyperParameterOptimizer and OptimizerOptuna, the agents' part played by the test (each trial reports the validation
+losses the test chooses, or fails, or is stopped). The sweep on real agents is flow 5 of
+``tests/e2e/test_sweep_and_errors.py``."""
 
 from __future__ import annotations
 
