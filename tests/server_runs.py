@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from forked import run_main
 
 from tests.clearml_server.process import ServerProcess
@@ -22,6 +23,18 @@ def running_server(clearml_home: dict, state_dir: Path) -> Iterator[SimpleNamesp
     with ServerProcess(state_dir) as running:
         env = {**clearml_home, **running.environment()}
         yield SimpleNamespace(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]))
+
+
+@pytest.fixture
+def server(clearml_home, tmp_path):
+    """A test server for one test (imported by the test files that use it)."""
+    with running_server(clearml_home, tmp_path / "state") as running:  # not in this process: the tests fork
+        yield running
+
+
+def arguments_of(task: dict) -> dict[str, str]:
+    """A task's ``Args/`` section as the server holds it (``tasks.get_by_id``), name -> value."""
+    return {name: entry["value"] for name, entry in task["hyperparams"].get("Args", {}).items()}
 
 
 def on_server(server: SimpleNamespace, tmp_path: Path, work: Callable[[], object]) -> object:

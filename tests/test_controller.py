@@ -10,10 +10,9 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from conftest import ASCII_LOCALE
 from forked import run_main
-from server_runs import on_server, running_server
+from server_runs import arguments_of, on_server, server  # noqa: F401 (server is a fixture)
 
 from components.settings import PROJECT_ROOT, REQUIREMENTS_FILE
 from pipelines.controller import CONTROLLER_ENTRY_POINT, TEMPLATE_TAG
@@ -22,21 +21,11 @@ PROJECT = "Дообучение"  # not ASCII: the templates project is named af
 REMOTE = "https://git.example.com/team/rut5.git"
 
 
-@pytest.fixture
-def server(clearml_home, tmp_path):
-    with running_server(clearml_home, tmp_path / "state") as running:  # not in this process: the tests fork
-        yield running
-
-
 def in_repository(path: str) -> str:
     """``path`` of the project as ClearML records a script: relative to the root of the git repository that holds it
     (the checkout's root, or a folder above it for the copies that ``make mutation`` tests)."""
     root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=PROJECT_ROOT, check=True, capture_output=True, text=True).stdout.strip()
     return (PROJECT_ROOT / path).relative_to(Path(root).resolve()).as_posix()
-
-
-def arguments_of(task: dict) -> dict[str, str]:
-    return {name: entry["value"] for name, entry in task["hyperparams"].get("Args", {}).items()}
 
 
 def pushed_checkout(path: Path) -> Path:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 
-import pytest
 from forked import run_main
-from server_runs import on_server, running_server
+from server_runs import arguments_of, on_server, server  # noqa: F401 (server is a fixture)
 
 from pipelines.hpo_server import GridInTrialOrder
 
@@ -25,12 +24,6 @@ TRIALS = {(2, 1): ([0.9, 0.8, 0.85], "completed"), (2, 3): ([0.5, 0.3, 0.6], "co
           (4, 3): ([0.6, 0.45, 0.4], "completed"), (8, 1): ([], "completed"), (8, 3): ([0.1, 0.25], "stopped")}
 SWEEP_OPTIONS = ["--project", PROJECT, "--lora-ranks", "2,4,8", "--prompt-lengths", "1,3", "--queue", "gpu-q", "--cpu-queue", "cpu-q",
                  "--trials", "5", "--seed", "2", "--max-steps", "6", "--eval-every", "2", "--metric", "rouge1"]
-
-
-@pytest.fixture
-def server(clearml_home, tmp_path):
-    with running_server(clearml_home, tmp_path / "state") as running:  # not in this process: the tests fork
-        yield running
 
 
 def completed_task(api, name: str, project: str = PROJECT, **args: str) -> str:
@@ -172,7 +165,7 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
         taken: list[dict] = []
 
         def run(task: dict, queue: str) -> None:
-            args = {name: entry["value"] for name, entry in task["hyperparams"].get("Args", {}).items()}
+            args = arguments_of(task)
             step = task["name"].split(":")[0]
             taken.append({"step": step, "queue": queue, "id": task["id"], "parent": task["parent"], "args": args})
             api.call("tasks.started", task=task["id"])
