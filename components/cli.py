@@ -1,9 +1,20 @@
-"""Command-line helpers shared by the step scripts and the tools."""
+"""Command-line helpers shared by the step scripts and the tools, and the declaration of a setting.
+
+A step's settings are the fields of one dataclass (``steps/config.py``), each made with
+:func:`setting`: its default and type are the field's, its help and what else it is (a pipeline
+parameter, a sweepable hyperparameter, a ``--help`` section) its metadata. :func:`add_settings`
+turns the dataclass into the step's options; the pipeline's parameters, their routing to the
+steps and the sweep's space are read from the same fields (``pipelines/definition.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 def parse_bool(value: str | bool) -> bool:
@@ -30,8 +41,91 @@ def exit_if_help_asked(parser: argparse.ArgumentParser, argv: list[str]) -> None
         parser.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What a configuration field declares beyond its type and default."""
+
+    help: str
+    pipeline: bool | str = False  # a pipeline parameter: True under the field's own name, or the parameter's name
+    sweep: str | None = None  # sweepable: the values a sweep tries unless told others ("" : not swept unless asked)
+    group: str | None = None  # the section of --help it is listed in (None: the first, "options")
+    choices: tuple | None = None
+    switch: bool = False  # a flag that is on when given (argparse's store_true) rather than an option with a value
+    bare_means_true: bool = False  # a boolean option given without a value means true
+
+
+SETTING = "setting"  # the metadata key of a field's Setting
+
+
+def setting(default: Any, help: str, **declared) -> Any:
+    """A configuration field: ``lora_rank: int = setting(8, "LoRA rank ...", pipeline=True, sweep="4,8,16,32")``."""
+    return field(default=default, metadata={SETTING: Setting(help, **declared)})
+
+
+def declared(config: type) -> list[tuple[str, type, Any, Setting]]:
+    """Name, value type (``int | None`` -> ``int``), default and Setting of each field of a configuration dataclass."""
+    hints = typing.get_type_hints(config)
+    return [(f.name, value_type(hints[f.name]), f.default, f.metadata[SETTING]) for f in fields(config)]
+
+
+def value_type(hint) -> type:
+    """The type of the values an option parses: ``int | None`` and ``Optional[int]`` -> ``int``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        [hint] = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return hint
+
+
+def option_kwargs(kind: type, declared_as: Setting) -> dict[str, Any]:
+    """``add_argument``'s keywords for a value of ``kind`` declared so (not its default or help)."""
+    if declared_as.switch:
+        return {"action": "store_true"}
+    kwargs: dict[str, Any] = {"type": parse_bool, "metavar": "true|false"} if kind is bool else {} if kind is str else {"type": kind}
+    if declared_as.bare_means_true:
+        kwargs.update(nargs="?", const=True)
+    if declared_as.choices:
+        kwargs["choices"] = declared_as.choices
+    return kwargs
+
+
+def add_settings(parser: argparse.ArgumentParser, config: type) -> None:
+    """An option per field of ``config``: ``--lora-rank`` for ``lora_rank``, with its type, default and help, in its group."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, kind, default, declared_as in declared(config):
+        target = parser
+        if declared_as.group is not None:
+            if declared_as.group not in groups:
+                groups[declared_as.group] = parser.add_argument_group(declared_as.group)
+            target = groups[declared_as.group]
+        target.add_argument(option_flag(name), default=default, help=declared_as.help, **option_kwargs(kind, declared_as))
+
+
+def shown_default(value: Any) -> str:
+    """A default as a user types it: booleans as ``true``/``false`` (what parse_bool reads, and the UI shows)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def help_with_default(action: argparse.Action) -> str:
+    """An option's help as ``--help`` shows it: its default appended, unless the help already says it (a default of None
+    means something the help must say: "default: once per epoch"), or the option is a switch or required."""
+    text = action.help or ""
+    if action.nargs == 0 or action.required or action.default in (None, argparse.SUPPRESS) or "default" in text:
+        return text
+    return f"{text} (default: {shown_default(action.default).replace('%', '%%')})"  # argparse expands % in help
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (their example commands stay on their lines) and every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return help_with_default(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose usage errors exit with status 1, as every other error a user can cause does (argparse: 2)."""
+    """argparse's parser whose usage errors exit with status 1, as every other error a user can cause does (argparse: 2),
+    and whose ``--help`` shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"formatter_class": HelpFormatter, **kwargs})
 
     def error(self, message: str):
         self.print_usage(sys.stderr)
@@ -73,7 +167,7 @@ def _values(action: argparse.Action) -> str:
 def _default(action: argparse.Action, root) -> str:
     if action.required:
         return "required"
-    if action.default is None or action.default == argparse.SUPPRESS:
+    if action.default in (None, "", argparse.SUPPRESS):
         return ""
     default = action.default
     if hasattr(default, "relative_to") and default.is_absolute():  # a folder of the repository, wherever it is cloned

@@ -11,55 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from components.cli import ArgumentParser, parse_bool
+from components.cli import ArgumentParser, add_settings
+from components.decoding import DECODING_PRESETS, Decoding
 from components.errors import UserError
 from components.prompt_tuning import extend_attention_mask, prompt_length_of
-from components.settings import DECODING, TokenizationSettings
+from components.settings import TokenizationSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Decoding settings; temperature, top_k and top_p only act when ``do_sample``."""
-
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    max_new_tokens: int = TokenizationSettings.max_target_length
-
-    def describe(self) -> str:
-        if self.do_sample:
-            mode = f"sampling (temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p})"
-            if self.num_beams > 1:
-                mode = f"beam sampling with {self.num_beams} beams, " + mode
-        else:
-            mode = f"beam search with {self.num_beams} beams" if self.num_beams > 1 else "greedy decoding"
-            if (self.temperature, self.top_k, self.top_p) != (Decoding.temperature, Decoding.top_k, Decoding.top_p):
-                mode += " (temperature/top_k/top_p are set but do nothing without do_sample)"
-        return f"{mode}, at most {self.max_new_tokens} new tokens"
-
-    def generate_kwargs(self) -> dict:
-        kwargs = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        return kwargs
-
-
-# Three ways to decode, for evaluation and the CLI: the deterministic default, a
-# beam search for quality, and sampling for variety.
-DECODING_PRESETS = {
-    "greedy": Decoding(),
-    "beam": Decoding(num_beams=4),
-    "sampling": Decoding(do_sample=True, temperature=0.7, top_k=50, top_p=0.95),
-}
 
 
 @torch.no_grad()
@@ -102,27 +65,20 @@ def generate_predictions(
     return predictions
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags shared by the CLI and the evaluate step; a preset fills what is not given."""
-    parser.add_argument("--decoding", choices=sorted(DECODING_PRESETS), default=DECODING, help=f"decoding preset (default {DECODING})")
-    parser.add_argument("--num-beams", type=int, help="beam count (overrides the preset)")
-    parser.add_argument("--do-sample", type=parse_bool, metavar="true|false", help="sample instead of searching")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--max-new-tokens", type=int)
-
-
 def decoding_from_args(args: argparse.Namespace) -> Decoding:
     overrides = {name: getattr(args, name) for name in asdict(Decoding()) if getattr(args, name) is not None}
     return replace(DECODING_PRESETS[args.decoding], **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steps.config import (
+        DecodingOptions,  # the evaluate step's decoding options (this command moves out of the library)
+    )
+
     parser = ArgumentParser(description="Generate answers with a fine-tuned model directory.")
     parser.add_argument("--model-dir", required=True, help="directory written by the train or register step")
-    parser.add_argument("--batch-size", type=int, default=16)
-    add_decoding_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=16, help="texts generated together")
+    add_settings(parser, DecodingOptions)
     parser.add_argument("texts", nargs="+", help="instructions (with their input on a new line)")
     return parser
 

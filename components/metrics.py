@@ -29,6 +29,7 @@ import sacrebleu
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 PROTOCOL_METRICS = ("bleu", "chrf", *ROUGE_TYPES, "meteor")  # the keys every run is compared on
+BEST_METRICS = ("validation_loss", *(f"validation_{m}" for m in PROTOCOL_METRICS))  # what can pick a run's best adapter
 _WORD = re.compile(r"\w+")
 
 

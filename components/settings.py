@@ -1,7 +1,8 @@
-"""The one place every default lives: the published configuration of the reference run.
+"""The library's defaults: the published configuration of the reference run.
 
-Steps, pipelines and the sweep read their argparse defaults from here, so a default is
-changed once. ``TINY`` swaps in the tiny local model and sample data for a CPU run.
+The library's functions and dataclasses default to these values; the steps' options
+(``steps/config.py``) declare them as their defaults, so a value is changed once. The
+pipeline's presets (``pipelines/definition.py``) override them for a run.
 """
 
 from __future__ import annotations
@@ -63,40 +64,4 @@ class TrainingSettings:
     seed: int = 42
 
 
-@dataclass(frozen=True)
-class Preset:
-    """What a pipeline run trains on: model, data and the training length."""
-
-    model: str
-    train_tsv: str | None
-    test_tsv: str | None
-    validation_size: int
-    training: TrainingSettings
-    max_new_tokens: int = TokenizationSettings.max_target_length
-    eval_every: int | None = None  # optimizer steps between validations; None: once per epoch
-
-
-PUBLISHED = Preset(
-    model=BASE_MODEL,
-    train_tsv=None,  # the dataset id is used when no TSV is given
-    test_tsv=None,
-    validation_size=1000,
-    training=TrainingSettings(),
-)
-
 TINY_MODEL = "tiny"  # resolved by components.modeling to the tiny model built from the sample data
-
-# The tiny model on data/tasks, questions about Russian sentences that it learns in about a minute
-# on a CPU (components/text_tasks.py). Paths are relative to the repository root: the working
-# directory of every step, locally and on agents.
-TINY = Preset(
-    model=TINY_MODEL,
-    train_tsv="data/tasks/train.tsv",
-    test_tsv="data/tasks/test.tsv",
-    validation_size=60,
-    training=TrainingSettings(batch_size=8, grad_accum_steps=1, learning_rate=1e-2, epochs=5.0, gradient_checkpointing=False),
-    max_new_tokens=16,
-    eval_every=40,
-)
-
-PRESETS = {"published": PUBLISHED, "tiny": TINY}

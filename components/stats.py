@@ -7,7 +7,6 @@ The defaults reproduce the published figures: 740,047,872 total, 2,379,776 train
 
 from __future__ import annotations
 
-import argparse
 
 from components.cli import ArgumentParser
 from components.modeling import parameter_stats, rut5_large_on_meta
@@ -15,7 +14,7 @@ from components.settings import BASE_MODEL, AdapterSettings
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--lora-rank", type=int, default=AdapterSettings.lora_rank, help="LoRA's rank on q and v")
     parser.add_argument("--prompt-length", type=int, default=AdapterSettings.prompt_length, help="trainable prompt vectors")
     return parser

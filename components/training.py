@@ -53,14 +53,13 @@ from components.collator import PTDataCollator
 from components.distributed.world import World
 from components.errors import UserError
 from components.generation import generate_predictions
-from components.metrics import PROTOCOL_METRICS, compute_metrics
+from components.metrics import BEST_METRICS, PROTOCOL_METRICS, compute_metrics
 from components.modeling import adapter_weights_bytes
 from components.prompt_tuning import prompt_length_of
 from components.settings import PRECISIONS, TrainingSettings
 
 log = logging.getLogger(__name__)
 
-BEST_METRICS = ("validation_loss", *(f"validation_{m}" for m in PROTOCOL_METRICS))
 MAX_SKIPPED_FP16_STEPS = 10
 # report(title, series, value, iteration): where scalars go (ClearML in the train step).
 Reporter = Callable[[str, str, float, int], None]

@@ -1,4 +1,4 @@
-"""Hyperparameter sweep over lora_rank and prompt_length (optionally learning_rate).
+"""Hyperparameter sweep over lora_rank and prompt_length (and any other sweepable parameter: --help lists them).
 
     python pipelines/run_hpo.py --template-task-id <train task id>       # ClearML: HyperParameterOptimizer + Optuna
     python pipelines/run_hpo.py --local --preset tiny --trials 3 --output-dir runs/hpo   # offline, this machine
@@ -30,14 +30,21 @@ from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
 from components.cli import ArgumentParser, exit_if_help_asked, option_flag
 from components.errors import UserError
-from components.settings import CLEARML_PROJECT, PRESETS, PROJECT_ROOT, SELECTION_METRIC
+from components.settings import CLEARML_PROJECT, PROJECT_ROOT, SELECTION_METRIC
+from pipelines.definition import PARAMETERS, PRESETS
+from pipelines.queues import (
+    QueueUse,
+    add_wait_for_start,
+    check_queues,
+    enqueue_and_follow,
+)
+from pipelines.repository import check_repository
 from pipelines.run_pipeline import build_parser as pipeline_parser
 from pipelines.run_pipeline import pipeline_parameters
-from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
-from pipelines.repository import check_repository
 
-# Swept train-step argument -> (the sweep's option holding its values, their type).
-SWEPT = {"lora_rank": ("lora_ranks", int), "prompt_length": ("prompt_lengths", int), "learning_rate": ("learning_rates", float)}
+# Sweepable train-step argument -> (the sweep's option holding its values, their type, the values tried unless told others):
+# the pipeline parameters declared with ``sweep`` (steps/config.py).
+SWEPT = {name: (parameter.sweep_option, parameter.kind, parameter.sweep) for name, parameter in PARAMETERS.items() if parameter.sweep is not None}
 
 
 def parse_values(text: str, kind: type, option: str) -> list:
@@ -56,20 +63,20 @@ def parse_values(text: str, kind: type, option: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--local", action="store_true", help="run offline on this machine with plain Optuna")
     local = parser.add_argument_group("local sweep only (on a server, trials take these from the template train task)")
     local.add_argument("--preset", choices=sorted(PRESETS), help="model, data and training settings of every trial (default published)")
     local.add_argument("--output-dir", help="study, trials and hpo_summary.json (default runs/hpo-<preset>)")
     space = parser.add_argument_group("search space (parameter names as the train step exposes them)")
-    space.add_argument("--lora-ranks", default="4,8,16,32", help="values of lora_rank (default 4,8,16,32)")
-    space.add_argument("--prompt-lengths", default="10,20,50", help="values of prompt_length (default 10,20,50)")
-    space.add_argument("--learning-rates", default="", help="values of learning_rate (default: the preset's, not swept)")
+    for name, (option, _, values) in SWEPT.items():
+        space.add_argument(option_flag(option), default=values,
+                           help=f"values of {name} (default: {values or 'not swept: the value of the preset, or of the template'})")
     parser.add_argument("--trials", type=int, default=12, help="number of trials (total jobs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the order in which the grid is tried)")
     parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's, or the template's)")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial")
-    parser.add_argument("--eval-every", type=int, help="optimizer steps between a trial's evaluations (its objective is the best of them)")
+    parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial (default: the steps of --epochs)")
+    parser.add_argument("--eval-every", type=int, help="optimizer steps between a trial's evaluations, its objective being the best of them (default: the preset's, or the template's)")
     parser.add_argument("--nproc-per-node", type=int, help="ranks of each trial's train step: GPUs of its agent (default: the preset's 1, "
                                                            "or the template's)")
     parser.add_argument("--metric", default=SELECTION_METRIC, help="test metric recorded with the registered model")
@@ -79,16 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preprocess-task-id", help="train every trial on this preprocess task's data (default: locally, run ingest and "
                                                      "preprocess first; on a server, the template's data)")
     server = parser.add_argument_group("ClearML server")
-    server.add_argument("--template-task-id", help="train task whose clones are the trials")
+    server.add_argument("--template-task-id", help="train task whose clones are the trials (default: the newest completed train task of --project, else one made from "
+                                                            "its newest completed preprocess task)")
     server.add_argument("--project", default=CLEARML_PROJECT,
                         help="ClearML project of the optimizer, its trials and the final evaluate and register tasks; its newest "
                              "completed train task is the template unless --template-task-id names one")
     server.add_argument("--queue", default="gpu", help="queue of the trials and of the final evaluation")
     server.add_argument("--cpu-queue", default="cpu", help="queue of the register step")
     server.add_argument("--concurrent", type=int, default=2, help="trials running at the same time")
-    server.add_argument("--trial-time-limit", type=float, default=None, help="minutes one trial may run")
-    server.add_argument("--time-limit", type=float, default=None, help="minutes the whole sweep may run")
-    server.add_argument("--run-on", metavar="QUEUE", help="enqueue this optimizer task on QUEUE (e.g. services) instead of running it here")
+    server.add_argument("--trial-time-limit", type=float, default=None, help="minutes one trial may run (default: no limit)")
+    server.add_argument("--time-limit", type=float, default=None, help="minutes the whole sweep may run (default: no limit)")
+    server.add_argument("--run-on", metavar="QUEUE", help="enqueue this optimizer task on QUEUE (e.g. services) (default: run it here)")
     add_wait_for_start(server, "the optimizer (--run-on)")
     server.add_argument("--allow-local-repository", action="store_true",
                         help="accept a git remote that is a path on this machine (every agent runs on this machine)")
@@ -97,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def search_space(args: argparse.Namespace) -> dict[str, list]:
     """Swept train-step argument -> its values; an empty option is not swept."""
-    space = {name: parse_values(getattr(args, option), kind, option_flag(option)) for name, (option, kind) in SWEPT.items()}
+    space = {name: parse_values(getattr(args, option), kind, option_flag(option)) for name, (option, kind, _) in SWEPT.items()}
     return {name: values for name, values in space.items() if values}
 
 

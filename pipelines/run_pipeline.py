@@ -20,29 +20,47 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
 from components.clearml_connection import prepare_clearml, running_on_agent
-from components.cli import ArgumentParser, exit_if_help_asked, option_flag, parse_bool
+from components.cli import (
+    ArgumentParser,
+    Setting,
+    exit_if_help_asked,
+    option_flag,
+    option_kwargs,
+    shown_default,
+)
 from components.comparison import comparison_table
 from components.errors import UserError
-from components.metrics import PROTOCOL_METRICS
-from components.settings import (
-    CLEARML_PROJECT, DECODING, PRECISIONS, PRESETS, PROJECT_ROOT, SELECTION_METRIC, AdapterSettings, Preset, TokenizationSettings,
+from components.settings import CLEARML_PROJECT, PROJECT_ROOT
+from pipelines.definition import (
+    PARAMETERS,
+    PRESETS,
+    Parameter,
+    StepSpec,
+    preset_values,
+    run_steps,
+    step_arguments,
 )
-from pipelines.definition import PARAMETER_STEPS, StepSpec, run_steps, step_arguments
 from pipelines.local import run_step_locally
-from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
+from pipelines.queues import (
+    QueueUse,
+    add_wait_for_start,
+    check_queues,
+    enqueue_and_follow,
+)
 from pipelines.report import HEADLINE_METRICS, write_report
 from pipelines.repository import check_repository, repository_path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="published",
                         help="published: ruT5-large with the published settings; tiny: a tiny local model on data/tasks (CPU, minutes)")
     parser.add_argument("--local", action="store_true", help="run offline on this machine even if a ClearML server is configured")
@@ -50,44 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Each pipeline parameter is an option here, and its help is what the UI shows beside the parameter: the controller
     # task's Args hold the launch's options and the pipeline's parameters under the same names, with the options' help.
     overrides = parser.add_argument_group("overrides of the preset (pipeline parameters; unset: the preset's value)")
-    for flag, kind, text in (
-        ("--model", str, "hub id or local directory of the base model"),
-        ("--train-tsv", str, "training TSV file"),
-        ("--test-tsv", str, "test TSV file"),
-        ("--validation-size", int, "rows carved from train for validation"),
-        ("--max-input-length", int, "tokens kept of each input (instruction and input), in training, evaluation and the export"),
-        ("--max-target-length", int, "tokens kept of each reference output in training and evaluation"),
-        ("--lora-rank", int, "LoRA rank on the attention q and v projections"),
-        ("--lora-alpha", float, "LoRA scaling: the low-rank update is multiplied by alpha / rank"),
-        ("--lora-dropout", float, "dropout on the input of the LoRA branch"),
-        ("--prompt-length", int, "number of trainable prompt vectors prepended to the encoder input (0: LoRA only)"),
-        ("--batch-size", int, "training examples per batch, on each rank"),
-        ("--grad-accum-steps", int, "batches whose gradients add up to one optimizer step"),
-        ("--learning-rate", float, "AdamW's learning rate, decayed linearly to 0 over the run"),
-        ("--weight-decay", float, "AdamW's weight decay"),
-        ("--epochs", float, "passes over the training rows (a fraction is rounded up to whole steps)"),
-        ("--max-steps", int, "stop training after this many optimizer steps"),
-        ("--eval-every", int, "optimizer steps between validations and checkpoints (default: once per epoch)"),
-        ("--early-stopping-patience", int, "stop training after this many validations without improvement"),
-        ("--nproc-per-node", int, "ranks of the train step on its machine: one per GPU of the agent (default 1)"),
-        ("--max-new-tokens", int, "generation length in evaluation"),
-        ("--max-test-samples", int, "evaluate on the first N test rows only"),
-        ("--seed", int, "seed of the data split, the adapters' initialisation, the batch order and dropout"),
-    ):
-        overrides.add_argument(flag, type=kind, help=text)
-    overrides.add_argument("--gradient-checkpointing", type=parse_bool, metavar="true|false",
-                           help="recompute activations in the backward pass: less GPU memory, more time")
-    overrides.add_argument("--compare-base", type=parse_bool, metavar="true|false",
-                           help="the evaluate step also scores the untuned base on the test rows (default true)")
-    overrides.add_argument("--precision", choices=PRECISIONS,
-                           help="of the train step; auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
-    overrides.add_argument("--decoding", choices=("greedy", "beam", "sampling"), help="decoding preset of the evaluate step")
-    overrides.add_argument("--metric", choices=PROTOCOL_METRICS, help="test metric that picks the model to register")
-    overrides.add_argument("--export", type=parse_bool, metavar="true|false",
-                           help="after register, export the registered model as a plain Hugging Face checkpoint "
-                                "(steps/export.py; a few GB for ruT5-large; default false)")
-    overrides.add_argument("--export-ctranslate2", type=parse_bool, metavar="true|false",
-                           help="the export step also converts the checkpoint for CTranslate2 (needs --export true; default false)")
+    for parameter in PARAMETERS.values():
+        overrides.add_argument(option_flag(parameter.name), help=parameter_help(parameter),
+                               **option_kwargs(parameter.kind, Setting(parameter.help, choices=parameter.choices)))
     server = parser.add_argument_group("ClearML server")
     server.add_argument("--project", default=CLEARML_PROJECT,
                         help="ClearML project of the steps' runs (the controller task is in <project>/.pipelines/<name>, the step templates in "
@@ -103,17 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pipeline_parameters(preset: Preset, args: argparse.Namespace) -> dict:
-    """Every pipeline parameter: the preset's values, then the command line's overrides."""
-    defaults = {
-        **asdict(AdapterSettings()), **asdict(TokenizationSettings()), **asdict(preset.training),
-        "model": preset.model, "train_tsv": preset.train_tsv, "test_tsv": preset.test_tsv,
-        "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens, "eval_every": preset.eval_every,
-        "nproc_per_node": 1, "precision": "auto", "decoding": DECODING, "metric": SELECTION_METRIC, "compare_base": True,
-        "export": False, "export_ctranslate2": False,
-    }
-    parameters = {name: defaults.get(name) for name in PARAMETER_STEPS}
-    parameters.update({name: getattr(args, name) for name in PARAMETER_STEPS if getattr(args, name, None) is not None})
+def parameter_help(parameter: Parameter) -> str:
+    """The parameter's help and its value in each preset (when one gives it a value: else the help says what unset means)."""
+    values = {preset: shown_default(preset_values(PRESETS[preset])[parameter.name]) for preset in PRESETS}
+    if all(value == "None" for value in values.values()):
+        return parameter.help
+    if len(set(values.values())) == 1:
+        return f"{parameter.help} (default: {values.popitem()[1]})"
+    return f"{parameter.help} (default: {', '.join(f'{value} in the {preset} preset' for preset, value in values.items())})"
+
+
+def pipeline_parameters(preset: Mapping[str, Any], args: argparse.Namespace) -> dict:
+    """Every pipeline parameter: the preset's values (one of PRESETS), then the command line's overrides."""
+    parameters = preset_values(preset)
+    parameters.update({name: getattr(args, name) for name in PARAMETERS if getattr(args, name, None) is not None})
     if parameters["export_ctranslate2"] and not parameters["export"]:
         raise UserError("export_ctranslate2 (--export-ctranslate2 true) converts the export step's checkpoint, "
                         "and this run has no export step: set export (--export true) too.")

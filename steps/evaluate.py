@@ -32,32 +32,21 @@ import pandas as pd
 import torch
 
 from components import tracking
-from components.cli import ArgumentParser, parse_bool
+from components.cli import ArgumentParser, add_settings
 from components.comparison import compare, comparison_table
 from components.data import preprocess, read_tsv, source_text
-from components.generation import Decoding, add_decoding_arguments, decoding_from_args, generate_predictions
+from components.generation import Decoding, decoding_from_args, generate_predictions
 from components.modeling import load_finetuned, load_untuned, use_cpu_threads_for
-from components.settings import TokenizationSettings
 from components.training import evaluation_loader, validation_loss
+from steps.config import EvaluateOptions
 
 SAMPLE_ROWS = 20
 METRIC_MODULE = ROOT / "components" / "ru_text_metrics"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-task-id", help="ClearML task id of the train step (its adapter artifact is evaluated)")
-    parser.add_argument("--model-dir", help="instead of a task id: an adapter directory written by the train step")
-    parser.add_argument("--ingest-task-id", help="ClearML task id of the ingest step (its test split is used)")
-    parser.add_argument("--test-tsv", help="instead of a task id: a test TSV file")
-    parser.add_argument("--max-samples", type=int, default=None, help="score only the first N test rows")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length)
-    parser.add_argument("--max-target-length", type=int, default=TokenizationSettings.max_target_length, help="reference tokens in the test loss")
-    parser.add_argument("--compare-base", type=parse_bool, default=True, metavar="true|false",
-                        help="also score the untuned base (adapters at their initial values) on the same rows")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling")
-    add_decoding_arguments(parser)
+    parser = ArgumentParser(description=__doc__)
+    add_settings(parser, EvaluateOptions)
     tracking.add_common_arguments(parser)
     return parser
 

@@ -30,11 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
-from components.cli import ArgumentParser, parse_bool
+from components.cli import ArgumentParser, add_settings
 from components.export.ctranslate2_model import convert_to_ctranslate2
 from components.export.plain_checkpoint import export_plain_checkpoint
 from components.generation import Decoding
-from components.settings import TokenizationSettings
+from steps.config import ExportOptions
 
 PLAIN_MODEL_NAME = "ruT5-large LoRA+prompt (plain checkpoint)"  # with --model-dir; else the adapter model's name + " (plain checkpoint)"
 CARD = """---
@@ -62,13 +62,8 @@ out, and the model then answers without its trained prompt. `AutoTokenizer` (wit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--register-task-id", help="ClearML task id of the register step (its model artifact is exported)")
-    parser.add_argument("--model-dir", help="instead of a task id: a model folder written by the register or train step")
-    parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length,
-                        help="input tokens (before the prompt) that the exported tokenizer keeps, as the evaluate step does")
-    parser.add_argument("--ctranslate2", type=parse_bool, nargs="?", const=True, default=False, metavar="true|false",
-                        help="also convert the export for CTranslate2 (float32; quantize with compute_type when loading) into <output-dir>/ctranslate2")
+    parser = ArgumentParser(description=__doc__)
+    add_settings(parser, ExportOptions)
     tracking.add_common_arguments(parser)
     return parser
 

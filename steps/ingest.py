@@ -18,23 +18,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd
 
 from components import tracking
-from components.cli import ArgumentParser
-from components.data import COLUMNS, SPLITS, InvalidRow, TsvError, describe_invalid_rows, parse_tsv
+from components.cli import ArgumentParser, add_settings
+from components.data import (
+    COLUMNS,
+    SPLITS,
+    InvalidRow,
+    TsvError,
+    describe_invalid_rows,
+    parse_tsv,
+)
 from components.errors import UserError
-from components.settings import DATASET_ID, PUBLISHED
+from steps.config import IngestOptions
 
 HUB_TEST_SIZE = 1125  # the published test split size; the hub copy has a single split
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-tsv", help="training TSV file (instruction, input, output, full_output): a path or a URL (http, s3, gs, azure)")
-    parser.add_argument("--test-tsv", help="test TSV file, kept untouched as the test split: a path or a URL")
-    parser.add_argument("--dataset-id", default=DATASET_ID, help="hub dataset used when no TSV files are given")
-    parser.add_argument("--validation-size", type=int, default=PUBLISHED.validation_size,
-                        help="rows carved from train for validation; at most a tenth of train on small data")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the validation (and hub test) split")
-    parser.add_argument("--skip-invalid-rows", action="store_true", help="skip invalid rows (recorded as an artifact) instead of failing")
+    parser = ArgumentParser(description=__doc__)
+    add_settings(parser, IngestOptions)
     tracking.add_common_arguments(parser)
     return parser
 

@@ -15,21 +15,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
-from components.cli import ArgumentParser
+from components.cli import ArgumentParser, add_settings
 from components.data import SPLITS, TOKENIZATION_FILE, preprocess, read_tsv
 from components.errors import UserError
 from components.modeling import load_tokenizer
-from components.settings import BASE_MODEL, TokenizationSettings
-
+from steps.config import PreprocessOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ingest-task-id", help="ClearML task id of the ingest step (its split artifacts are used)")
-    parser.add_argument("--splits-dir", help="instead of a task id: a folder with train.tsv, validation.tsv, test.tsv")
-    parser.add_argument("--model", default=BASE_MODEL, help="hub id or local directory of the base model whose tokenizer is used")
-    parser.add_argument("--max-input-length", type=int, default=TokenizationSettings.max_input_length)
-    parser.add_argument("--max-target-length", type=int, default=TokenizationSettings.max_target_length)
+    parser = ArgumentParser(description=__doc__)
+    add_settings(parser, PreprocessOptions)
     tracking.add_common_arguments(parser)
     return parser
 

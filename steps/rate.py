@@ -34,8 +34,16 @@ from components import tracking
 from components.cli import ArgumentParser
 from components.errors import UserError
 from components.human_eval import label_studio
-from components.human_eval.reporting import add_win_rates_to_registered_models, report_summary
-from components.human_eval.session import assign, items_from_evaluation, items_from_evaluations, sample_items
+from components.human_eval.reporting import (
+    add_win_rates_to_registered_models,
+    report_summary,
+)
+from components.human_eval.session import (
+    assign,
+    items_from_evaluation,
+    items_from_evaluations,
+    sample_items,
+)
 from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
 from components.human_eval.web import start_server
@@ -45,7 +53,7 @@ SESSION_OPTIONS = ("sources", "raters", "overlap", "items", "seed")  # what make
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--evaluate-task-ids", default="", help="comma-separated ClearML task ids of evaluate steps")
     parser.add_argument("--predictions", default="", help="instead of task ids: comma-separated evaluate output folders or predictions.tsv files")
     parser.add_argument("--raters", default="rater1,rater2", help="comma-separated rater names (each gets a link)")
@@ -55,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--session", default="runs/rating/session.sqlite", help="the session's SQLite file: created, or continued when it exists")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8642, help="port to serve on (0: a free one)")
-    parser.add_argument("--label-studio-export", default=None, metavar="DIR", help="write the session as a Label Studio project to DIR instead of serving")
-    parser.add_argument("--label-studio-import", default=None, metavar="FILE", help="read Label Studio's JSON export of that project instead of serving")
+    parser.add_argument("--label-studio-export", default=None, metavar="DIR", help="write the session as a Label Studio project to DIR instead of serving (default: serve the rating page)")
+    parser.add_argument("--label-studio-import", default=None, metavar="FILE", help="read Label Studio's JSON export of that project instead of serving (default: serve the rating page)")
     tracking.add_common_arguments(parser)
     return parser
 

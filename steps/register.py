@@ -19,19 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking
-from components.cli import ArgumentParser, parse_bool
+from components.cli import ArgumentParser, add_settings
 from components.errors import UserError
-from components.metrics import PROTOCOL_METRICS
-from components.settings import SELECTION_METRIC
-
+from steps.config import RegisterOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", required=False, default="", help="comma-separated ClearML task ids of evaluate steps")
-    parser.add_argument("--metric", choices=PROTOCOL_METRICS, default=SELECTION_METRIC, help="test metric that picks the best (higher is better)")
-    parser.add_argument("--model-name", default="ruT5-large LoRA+prompt", help="name of the registered model")
-    parser.add_argument("--publish", type=parse_bool, default=True, metavar="true|false", help="publish the registered model (server only)")
+    parser = ArgumentParser(description=__doc__)
+    add_settings(parser, RegisterOptions)
     tracking.add_common_arguments(parser)
     return parser
 

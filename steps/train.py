@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,56 +36,42 @@ import torch
 
 from components import tracking
 from components.checkpoint import newest_checkpoint
-from components.cli import ArgumentParser, parse_bool
 from components.clearml_connection import prepare_clearml, running_on_agent
+from components.cli import ArgumentParser, add_settings
 from components.data import TOKENIZATION_FILE
 from components.distributed.launch import LocalRanks
-from components.distributed.world import World, join_world, leave_world, world_from_environment
+from components.distributed.world import (
+    World,
+    join_world,
+    leave_world,
+    world_from_environment,
+)
 from components.errors import UserError
 from components.modeling import (
-    apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter, use_cpu_threads_for,
+    apply_adapter_settings,
+    load_adapter_weights,
+    load_base_model,
+    load_tokenizer,
+    parameter_stats,
+    save_adapter,
+    use_cpu_threads_for,
 )
-from components.settings import BASE_MODEL, PRECISIONS, AdapterSettings, TrainingSettings
-from components.training import BEST_METRICS, TrainConfig, evaluation_loader, resolve_precision, train_adapters, validation_loss
+from components.settings import AdapterSettings
+from components.training import (
+    TrainConfig,
+    evaluation_loader,
+    resolve_precision,
+    train_adapters,
+    validation_loss,
+)
+from steps.config import TrainOptions
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preprocess-task-id", help="ClearML task id of the preprocess step (its tokenized artifact is used)")
-    parser.add_argument("--data-dir", help="instead of a task id: a folder of tokenized splits written by the preprocess step")
-    parser.add_argument("--model", default=BASE_MODEL, help="hub id or local directory of the base model")
-    adapter = parser.add_argument_group("adapter")
-    adapter.add_argument("--lora-rank", type=int, default=AdapterSettings.lora_rank)
-    adapter.add_argument("--lora-alpha", type=float, default=AdapterSettings.lora_alpha)
-    adapter.add_argument("--lora-dropout", type=float, default=AdapterSettings.lora_dropout)
-    adapter.add_argument("--prompt-length", type=int, default=AdapterSettings.prompt_length)
-    training = parser.add_argument_group("training")
-    training.add_argument("--batch-size", type=int, default=TrainingSettings.batch_size)
-    training.add_argument("--grad-accum-steps", type=int, default=TrainingSettings.grad_accum_steps)
-    training.add_argument("--learning-rate", type=float, default=TrainingSettings.learning_rate)
-    training.add_argument("--weight-decay", type=float, default=TrainingSettings.weight_decay)
-    training.add_argument("--epochs", type=float, default=TrainingSettings.epochs)
-    training.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
-    training.add_argument("--warmup-ratio", type=float, default=TrainingSettings.warmup_ratio)
-    training.add_argument("--gradient-checkpointing", type=parse_bool, default=TrainingSettings.gradient_checkpointing, metavar="true|false")
-    training.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
-    training.add_argument("--seed", type=int, default=TrainingSettings.seed)
-    training.add_argument("--group-by-length", type=parse_bool, default=True, metavar="true|false", help="batch similar lengths together (less padding)")
-    validation = parser.add_argument_group("validation, best model and early stopping")
-    validation.add_argument("--eval-every", type=int, default=None, help="optimizer steps between evaluations and checkpoints (default: once per epoch)")
-    validation.add_argument("--best-metric", choices=BEST_METRICS, default="validation_loss", help="picks the final adapter among the evaluations")
-    validation.add_argument("--early-stopping-patience", type=int, default=None, help="stop after this many evaluations without improvement")
-    validation.add_argument("--generation-eval-samples", type=int, default=0, help="validation rows to generate at each evaluation for text metrics")
-    ranks = parser.add_argument_group("data-parallel training (see components/distributed)")
-    ranks.add_argument("--nproc-per-node", type=int, default=1, help="ranks to start on this machine: one per GPU (nccl), or CPU processes (gloo)")
-    ranks.add_argument("--nodes", type=int, default=1, help="machines to train on, --nproc-per-node ranks each: on a ClearML server the task "
-                       "is cloned for an agent of its queue per further machine (Task.launch_multi_node)")
-    ranks.add_argument("--join-timeout", type=float, default=60.0, help="seconds a rank waits for the others to join before the step fails")
-    resume = parser.add_argument_group("resuming")
-    resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    resume.add_argument("--resume-from-task-id", help="continue from the checkpoint artifact of this train task")
+    parser = ArgumentParser(description=__doc__)
+    add_settings(parser, TrainOptions)
     tracking.add_common_arguments(parser)
     return parser
 
@@ -109,13 +95,8 @@ def adapter_settings(args: argparse.Namespace) -> AdapterSettings:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio,
-        gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, seed=args.seed,
-        group_by_length=args.group_by_length, eval_every=args.eval_every, best_metric=args.best_metric,
-        early_stopping_patience=args.early_stopping_patience, generation_eval_samples=args.generation_eval_samples,
-    )
+    """The training loop's settings: every option of the same name (the others keep the loop's defaults)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in vars(args)})
 
 
 def tokenized_input(args: argparse.Namespace) -> Path:
@@ -168,7 +149,7 @@ def join_nodes(args: argparse.Namespace, task) -> int:
         return 0
     if not running_on_agent():
         raise UserError(f"--nodes {args.nodes} trains on ClearML agents: create the train task, set Args/nodes to {args.nodes} "
-                        "and enqueue it on a queue that many agents serve (README: Training on several GPUs and machines).")
+                        "and enqueue it on a queue that many agents serve (docs/distributed.md).")
     node = task.launch_multi_node(args.nodes, wait=True, devices=args.nproc_per_node)
     os.environ.setdefault("LOCAL_RANK", "0")
     print(f"Node {node['node_rank']} of {args.nodes}; rank 0 at {node['master_addr']}:{node['master_port']}.")

@@ -14,8 +14,8 @@ import pytest
 from agent_simulation import edit_args, offline_task_file
 from conftest import ROOT, run_script
 
-from components.settings import PRESETS
-from pipelines.definition import PARAMETER_STEPS, RENAMED
+from pipelines.definition import PRESETS
+from pipelines.definition import PARAMETERS
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 
 
@@ -95,15 +95,15 @@ def test_the_agents_controller_uses_the_launch_options(controller):
 
 
 def test_every_pipeline_parameter_reaches_every_step_it_sets(controller):
-    """Each parameter of PARAMETER_STEPS, set away from its default, is the Args value of each of its steps
+    """Each pipeline parameter, set away from its default, is the Args value of each of its steps
     (a parameter added there without a value here fails the first assertion)."""
     values = {**LAUNCHED, **EDITED_IN_THE_UI, **DATA}
-    assert set(values) == set(PARAMETER_STEPS)
+    assert set(values) == set(PARAMETERS)
     published = pipeline_parameters(PRESETS["published"], build_parser().parse_args([]))
     assert all(published[name] != value for name, value in values.items()), "a value above is the published default"
     dag = controller["dag"]
-    got = {(step, name): dag[step]["parameters"][f"Args/{RENAMED.get((step, name), name)}"] for name, steps in PARAMETER_STEPS.items() for step in steps}
-    assert got == {(step, name): values[name] for name, steps in PARAMETER_STEPS.items() for step in steps}
+    got = {(step, name): dag[step]["parameters"][f"Args/{argument}"] for name in PARAMETERS for step, argument in PARAMETERS[name].arguments.items()}
+    assert got == {(step, name): values[name] for name in PARAMETERS for step in PARAMETERS[name].arguments}
 
 
 def test_the_controller_can_run_in_the_launching_shell(clearml_home):

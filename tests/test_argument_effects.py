@@ -43,9 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 MISSING = "MISSING:"
 FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
-# The scripts whose build_parser() the table covers: the project's commands, any step script not among them yet,
+# The scripts whose build_parser() the table covers: the project's commands, any step script not among them yet (a module
+# of steps/ with a command line),
 # and every benchmark with a command line (its options change what is measured).
-ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if p.name != "__init__.py"} - set(COMMANDS)),
+ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py")
+                                    if "def build_parser(" in p.read_text(encoding="utf-8")} - set(COMMANDS)),
                 *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py") if "ArgumentParser(" in p.read_text(encoding="utf-8")))
 
 # Tests that several entries name.

@@ -1,12 +1,16 @@
-"""The command-line helpers every step and tool shares: booleans, flags, --help before a task, usage errors."""
+"""The command-line helpers every step and tool shares: booleans, flags, --help before a task, usage errors, options
+declared as a dataclass's fields, and every option's help and default."""
 
 import argparse
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from components.cli import COMMANDS, ArgumentParser, exit_if_help_asked, module_name, option_flag, parse_bool, parser_reference
+from components.cli import (
+    COMMANDS, ArgumentParser, add_settings, exit_if_help_asked, help_with_default, module_name, option_flag, parse_bool, parser_reference, setting,
+)
 
 
 @pytest.mark.parametrize("text, value", [("true", True), (" TRUE ", True), ("1", True), ("yes", True), ("On", True),
@@ -71,3 +75,55 @@ def test_help_shows_the_commands_docstring_with_its_example_lines_as_written(pat
     examples = [line for line in module.__doc__.splitlines() if line.startswith("    python ")]
     assert examples
     assert set(examples) <= set(module.build_parser().format_help().splitlines())
+
+
+def every_option() -> list:
+    """(command, option) for every option of every command, ``--help`` aside."""
+    return [pytest.param(path, action, id=f"{path} {action.option_strings[0] if action.option_strings else action.dest}")
+            for path in COMMANDS for action in importlib.import_module(module_name(path)).build_parser()._actions if action.dest != "help"]
+
+
+@pytest.mark.parametrize("path, action", every_option())
+def test_every_option_of_every_command_shows_its_help_and_default(path, action):
+    """A switch (present or absent) and a required argument have no default to show; an option whose default is None
+    says in its help what leaving it unset does ("default: once per epoch")."""
+    shown = help_with_default(action)
+    assert action.help and "%(default)" not in action.help
+    assert action.nargs == 0 or action.required or "default" in shown
+
+
+def test_an_options_default_is_shown_as_typed_and_a_help_that_states_it_is_left_alone():
+    parser = ArgumentParser(prog="tool")
+    parser.add_argument("--share", type=float, default=0.5, help="50%% of it")
+    parser.add_argument("--compare-base", type=parse_bool, default=True, help="score the base")
+    parser.add_argument("--eval-every", type=int, help="steps between validations (default: once per epoch)")
+    parser.add_argument("--name", default="a%b", help="named")
+    parser.add_argument("--resume", action="store_true", help="continue")
+    text = " ".join(parser.format_help().split())
+    assert "50% of it (default: 0.5)" in text and "score the base (default: true)" in text and "named (default: a%b)" in text
+    assert "(default: once per epoch)" in text and "continue (default" not in text and "None" not in text
+
+
+@dataclass(frozen=True)
+class Declared:
+    rate: float = setting(0.1, "a rate", group="training")
+    steps: int | None = setting(None, "steps (default: all)")
+    fast: bool = setting(True, "go fast")
+    resume: bool = setting(False, "continue", switch=True)
+    bare: bool = setting(False, "convert too", bare_means_true=True)
+    mode: str = setting("a", "the mode", choices=("a", "b"))
+
+
+def test_a_declared_configuration_is_an_option_per_field_with_its_type_default_help_and_group():
+    parser = ArgumentParser(prog="tool")
+    add_settings(parser, Declared)
+    assert vars(parser.parse_args([])) == {"rate": 0.1, "steps": None, "fast": True, "resume": False, "bare": False, "mode": "a"}
+    given = parser.parse_args(["--rate", "0.5", "--steps", "3", "--fast", "false", "--resume", "--bare", "--mode", "b"])
+    assert vars(given) == {"rate": 0.5, "steps": 3, "fast": False, "resume": True, "bare": True, "mode": "b"}
+    assert parser.parse_args(["--bare", "false"]).bare is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "c"])
+    assert [group.title for group in parser._action_groups if group._group_actions][-1] == "training"
+    assert [action.dest for action in parser._action_groups[-1]._group_actions] == ["rate"]
+    assert {action.dest: action.help for action in parser._actions if action.dest != "help"} == {
+        "rate": "a rate", "steps": "steps (default: all)", "fast": "go fast", "resume": "continue", "bare": "convert too", "mode": "the mode"}

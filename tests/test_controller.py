@@ -226,7 +226,7 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
 
         from clearml import Task
 
-        from components.settings import PRESETS
+        from pipelines.definition import PRESETS
         from pipelines.controller import CodeVersion, build_controller, find_or_create_template
         from pipelines.definition import STEPS
         from pipelines.run_pipeline import pipeline_parameters

@@ -197,4 +197,4 @@ def test_nodes_outside_a_clearml_agent_is_one_sentence(offline, tokenized, tiny_
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1] == (
         "error: --nodes 2 trains on ClearML agents: create the train task, set Args/nodes to 2 and enqueue it on a queue that many "
-        "agents serve (README: Training on several GPUs and machines).")
+        "agents serve (docs/distributed.md).")

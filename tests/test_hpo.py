@@ -15,7 +15,7 @@ from pipelines.definition import STEPS
 from pipelines.hpo_local import OBJECTIVE, open_study
 from pipelines.hpo_server import GridInTrialOrder
 from pipelines.run_hpo import SWEPT
-from components.settings import PRESETS
+from pipelines.definition import PRESETS
 from reference_model import protocol_scores
 from step_runs import stand_in_steps
 
@@ -226,7 +226,7 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     assert preprocess["arguments"]["ingest_task_id"] == "ingest-1"
     for call in (*trials, noise_43):
         assert {name: call["arguments"][name] for name in ("preprocess_task_id", "model", "epochs", "max_steps", "eval_every", "nproc_per_node")} == {
-            "preprocess_task_id": "preprocess-2", "model": PRESETS["tiny"].model, "epochs": 1.5, "max_steps": 3, "eval_every": 2, "nproc_per_node": 2}
+            "preprocess_task_id": "preprocess-2", "model": PRESETS["tiny"]["model"], "epochs": 1.5, "max_steps": 3, "eval_every": 2, "nproc_per_node": 2}
     pairs = [(call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in trials]
     assert len(set(pairs)) == 4 and FAILING_PAIR in pairs
     assert [call["output_dir"] for call in trials] == [str(out / "trials" / f"trial-{number}") for number in range(4)]

@@ -2,6 +2,7 @@
 
 import json
 import socket
+from dataclasses import dataclass
 import threading
 import time
 
@@ -10,12 +11,16 @@ from conftest import ASCII_LOCALE, ROOT, run_script
 from forked import run_main
 
 from pipelines.controller import step_parser
+from components.cli import option_flag, setting
 from components.errors import UserError
-from pipelines.definition import PARAMETER_STEPS, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, grid_size, run_steps, script_path, step_arguments
+from pipelines.definition import (
+    PARAMETERS, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, configuration_reference, declared_parameters, grid_size, preset_values, run_steps,
+    script_path, step_arguments,
+)
 from pipelines.local import StepFailed, as_flags, run_step_locally
 from pipelines.run_hpo import build_parser as build_hpo_parser
 from pipelines.run_pipeline import build_parser, pipeline_parameters
-from components.settings import PRESETS
+from pipelines.definition import PRESETS
 from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
 
 def print_offline_dag(_argv) -> None:
@@ -65,7 +70,7 @@ def test_pipeline_parameters_reach_the_steps(controller):
 def test_every_override_names_an_argument_of_its_step(step):
     """A name that is not an argparse dest of the step would silently override nothing on an agent."""
     dests = {action.dest for action in step_parser(step)._actions}
-    everything = {name: "x" for name in PARAMETER_STEPS}
+    everything = {name: "x" for name in PARAMETERS}
     arguments = step_arguments(step.name, everything, {s.name: "id" for s in STEPS})
     assert set(arguments) <= dests, set(arguments) - dests
     assert set(UPSTREAM_ARGUMENTS.get(step.name, {})) <= set(arguments)
@@ -74,7 +79,7 @@ def test_every_override_names_an_argument_of_its_step(step):
 def test_a_step_gets_its_upstream_task_ids_and_the_parameters_it_takes():
     """Locally as on a server: each upstream argument holds that upstream step's task id; parameters of other steps,
     and parameters left at None (the step's own default), are not passed."""
-    parameters = {name: None for name in PARAMETER_STEPS} | {"max_test_samples": 16, "lora_rank": 4, "decoding": "beam"}
+    parameters = {name: None for name in PARAMETERS} | {"max_test_samples": 16, "lora_rank": 4, "decoding": "beam"}
     ids = {"ingest": "task-i", "train": "task-t"}
     assert step_arguments("evaluate", parameters, ids) == {"max_samples": 16, "decoding": "beam", "train_task_id": "task-t", "ingest_task_id": "task-i"}
 
@@ -156,7 +161,7 @@ def test_the_export_step_runs_only_when_asked():
 def test_every_pipeline_parameter_is_a_launch_option_with_help():
     """The help is the parameter's description in the UI (tests/e2e: the pipeline page)."""
     described = {action.dest: action.help for action in build_parser()._actions}
-    assert {name: bool(described.get(name)) for name in PARAMETER_STEPS} == dict.fromkeys(PARAMETER_STEPS, True)
+    assert {name: bool(described.get(name)) for name in PARAMETERS} == dict.fromkeys(PARAMETERS, True)
 
 
 @pytest.mark.parametrize("parser", [build_parser, build_hpo_parser], ids=["run_pipeline", "run_hpo"])
@@ -167,15 +172,22 @@ def test_every_option_of_a_launch_is_described_as_the_ui_shows_it(parser):
     assert unreadable == {}
 
 
-def test_presets_fill_every_parameter_the_steps_need():
-    for preset in PRESETS.values():
-        parameters = pipeline_parameters(preset, build_parser().parse_args([]))
-        assert set(parameters) == set(PARAMETER_STEPS)
-        assert parameters["model"] and parameters["lora_rank"] and parameters["prompt_length"]
-        assert {name: parameters[name] for name in ("validation_size", "max_new_tokens", "eval_every")} == {
-            "validation_size": preset.validation_size, "max_new_tokens": preset.max_new_tokens, "eval_every": preset.eval_every}
-        assert {name: parameters[name] for name in ("nproc_per_node", "precision", "decoding", "metric", "compare_base", "export", "export_ctranslate2")} == {
-            "nproc_per_node": 1, "precision": "auto", "decoding": "greedy", "metric": "chrf", "compare_base": True, "export": False, "export_ctranslate2": False}
+def test_a_preset_is_the_published_configuration_with_the_values_it_names():
+    """Every parameter of a run has a value: the preset's, else the default the steps declare (the published configuration)."""
+    published = pipeline_parameters(PRESETS["published"], build_parser().parse_args([]))
+    assert published == {name: parameter.default for name, parameter in PARAMETERS.items()}
+    assert {name: published[name] for name in ("model", "validation_size", "lora_rank", "prompt_length", "batch_size", "grad_accum_steps",
+                                              "learning_rate", "epochs", "max_new_tokens", "eval_every", "nproc_per_node", "precision",
+                                              "decoding", "metric", "compare_base", "export", "export_ctranslate2")} == {
+        "model": "ai-forever/ruT5-large", "validation_size": 1000, "lora_rank": 8, "prompt_length": 20, "batch_size": 8,
+        "grad_accum_steps": 4, "learning_rate": 3e-4, "epochs": 10.0, "max_new_tokens": None, "eval_every": None, "nproc_per_node": 1,
+        "precision": "auto", "decoding": "greedy", "metric": "chrf", "compare_base": True, "export": False, "export_ctranslate2": False}
+    tiny = pipeline_parameters(PRESETS["tiny"], build_parser().parse_args([]))
+    assert {name for name in PARAMETERS if tiny[name] != published[name]} == set(PRESETS["tiny"]) == {
+        "model", "train_tsv", "test_tsv", "validation_size", "grad_accum_steps", "learning_rate", "epochs", "gradient_checkpointing",
+        "eval_every", "max_new_tokens"}
+    with pytest.raises(KeyError, match=r"\['lora_ranks'\], which are no pipeline parameters"):
+        preset_values({"lora_ranks": 4})
 
 
 def test_compare_base_is_a_pipeline_parameter_the_evaluate_step_receives(controller):
@@ -237,3 +249,40 @@ def test_every_process_reports_from_a_thread_and_detects_the_repository_in_task_
         "from clearml.config import config; print(config.get('development.report_use_subprocess'), config.get('development.vcs_repo_detect_async'))"
     )
     assert run_script(env, "-c", script).stdout.split()[-3:] == [str(where == "offline"), "False", "False"]
+
+
+def test_the_configuration_reference_is_current():
+    """docs/configuration.md is written from the declarations: python -m pipelines.definition > docs/configuration.md."""
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == configuration_reference()
+
+
+def test_the_configuration_reference_has_a_row_per_parameter_with_its_presets_steps_and_sweep():
+    rows = {row.split(" | ")[0].strip("| `"): row.split(" | ")[1:] for row in configuration_reference().splitlines() if row.startswith("| `--")}
+    assert list(rows) == [option_flag(name) for name in PARAMETERS]
+    assert rows["--lora-rank"][:4] == ["`8`", "`8`", "train", "`--lora-ranks` (4,8,16,32)"]
+    assert rows["--learning-rate"][:4] == ["`0.0003`", "`0.01`", "train", "`--learning-rates` (only when given)"]
+    assert rows["--max-test-samples"][:4] == ["", "", "evaluate (`--max-samples`)", ""]
+    assert rows["--export"][:4] == ["`false`", "`false`", "adds the export step", ""]
+    assert rows["--seed"][4].startswith("ingest: seed of the validation split")  # the steps' help differ: each step's
+
+
+def test_a_parameter_is_declared_alike_by_every_step_that_takes_it_and_only_the_train_step_declares_sweeps():
+    @dataclass(frozen=True)
+    class Train:
+        lora_rank: int = setting(8, "rank", pipeline=True, sweep="4,8")
+        learning_rate: float = setting(0.1, "rate", pipeline=True)
+
+    @dataclass(frozen=True)
+    class Evaluate:
+        lora_rank: int = setting(4, "rank", pipeline=True)
+
+    @dataclass(frozen=True)
+    class Export:
+        max_input_length: int = setting(100, "tokens", sweep="")
+
+    swept = declared_parameters({"train": Train})
+    assert (swept["lora_rank"].sweep, swept["learning_rate"].sweep) == ("4,8", None)
+    with pytest.raises(TypeError, match=r"declare the pipeline parameter lora_rank with different types, defaults or choices"):
+        declared_parameters({"train": Train, "evaluate": Evaluate})
+    with pytest.raises(TypeError, match=r"^Export.max_input_length is sweepable: only a pipeline parameter of the train step"):
+        declared_parameters({"export": Export})

@@ -12,7 +12,7 @@ import pytest
 from forked import run_main
 
 from components.errors import UserError
-from components.settings import CLEARML_PROJECT, PRESETS
+from components.settings import BASE_MODEL, CLEARML_PROJECT
 from pipelines import hpo_local, hpo_server, run_hpo
 from pipelines.queues import QueueUse
 from pipelines.run_hpo import build_parser, parse_values, search_space
@@ -41,7 +41,7 @@ def test_a_local_sweep_defaults_to_the_published_preset_in_runs_hpo_published(mo
     [(preset, space, parameters, output_dir)] = swept
     assert (preset, output_dir) == ("published", tmp_path / "runs" / "hpo-published")
     assert space == {"lora_rank": [4, 8, 16, 32], "prompt_length": [10, 20, 50], "learning_rate": [1e-3]}
-    assert parameters["model"] == PRESETS["published"].model
+    assert parameters["model"] == BASE_MODEL
 
 
 @pytest.mark.parametrize("option", [["--template-task-id", "t"], ["--run-on", "services"]])

@@ -17,7 +17,8 @@ from step_runs import stand_in_steps
 from test_report import BASE_METRICS, METRICS, TRAINING
 
 from components.comparison import comparison_table
-from components.settings import CLEARML_PROJECT, PRESETS
+from components.settings import CLEARML_PROJECT
+from pipelines.definition import PRESETS
 from components.tracking import to_json
 from pipelines.report import HEADLINE_METRICS, REPORT_FILE
 
@@ -93,7 +94,7 @@ def test_a_local_run_hands_each_step_its_upstream_tasks_and_sums_up_what_they_ha
     calls = json.loads(record.read_text(encoding="utf-8"))
     assert [(call["step"], call["output_dir"]) for call in calls] == [(step, str(out / step)) for step in ("ingest", "preprocess", "train", "evaluate", "register")]
     ingest, preprocess, train, evaluate, register = (call["arguments"] for call in calls)
-    assert (ingest["test_tsv"], ingest["train_tsv"]) == (str(ROOT / "data" / "tasks" / "test.tsv"), str((ROOT / PRESETS["tiny"].train_tsv).resolve()))
+    assert (ingest["test_tsv"], ingest["train_tsv"]) == (str(ROOT / "data" / "tasks" / "test.tsv"), str((ROOT / PRESETS["tiny"]["train_tsv"]).resolve()))
     assert (preprocess["ingest_task_id"], train["preprocess_task_id"], train["lora_rank"]) == ("ingest-1", "preprocess-2", 3)
     assert (evaluate["train_task_id"], evaluate["ingest_task_id"], evaluate["compare_base"], register["candidates"]) == ("train-3", "ingest-1", False, "evaluate-4")
 
@@ -215,8 +216,8 @@ def test_on_a_server_the_launch_checks_its_queues_and_repository_then_enqueues_t
     assert calls[3] == ["check_repository", True]
     _, parameters, queues, project, name = calls[4]
     tiny = PRESETS["tiny"]
-    assert (parameters["train_tsv"], parameters["test_tsv"]) == (f"--train-tsv {tiny.train_tsv} in the repository", f"--test-tsv {tiny.test_tsv} in the repository")
-    assert (parameters["model"], parameters["export"], queues, project, name) == (tiny.model, True, {"cpu": "cpu2", "gpu": "gpu"}, "P", "N")
+    assert (parameters["train_tsv"], parameters["test_tsv"]) == (f"--train-tsv {tiny['train_tsv']} in the repository", f"--test-tsv {tiny['test_tsv']} in the repository")
+    assert (parameters["model"], parameters["export"], queues, project, name) == (tiny["model"], True, {"cpu": "cpu2", "gpu": "gpu"}, "P", "N")
     assert calls[5:] == [["complete_controller_code", "controller-1", "the launch's code"], ["enqueue_and_follow", "controller-1", "svc", 9.0],
                          ["start", "svc"]]
 

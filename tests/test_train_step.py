@@ -218,7 +218,7 @@ TORCHRUN_RANK_0 = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_AD
         (["--nproc-per-node", "0"], {}, "--nproc-per-node must be at least 1, got 0."),
         (["--nodes", "0"], {}, "--nodes must be at least 1, got 0."),
         (["--nodes", "2"], {}, "--nodes 2 trains on ClearML agents: create the train task, set Args/nodes to 2 and enqueue it on a queue that many "
-                               "agents serve (README: Training on several GPUs and machines)."),
+                               "agents serve (docs/distributed.md)."),
         (["--nproc-per-node", "2"], TORCHRUN_RANK_0,
          "This process is already rank 0 of 2 (torchrun started it); leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead."),
         (["--nodes", "2"], TORCHRUN_RANK_0,

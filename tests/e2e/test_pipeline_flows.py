@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.definition import PARAMETER_STEPS
+from pipelines.definition import PARAMETERS
 from pipelines.run_pipeline import build_parser
 from tests.e2e.flows import (
     AGENTS, CPU, GPU, PROJECT, SERVICES, STEP_QUEUES, STEPS, artifact_names, artifact_uri, clone_and_enqueue, download_json,
@@ -56,7 +56,7 @@ def test_flow1_the_pipeline_page_shows_every_parameter_with_its_value_and_descri
     what the UI's "New run" form and the pipeline's details show. Each description is its option's help."""
     section = clearml_server.api.task(pipeline_run["controller"]["id"])["hyperparams"]["Args"]
     described = {action.dest: action.help for action in build_parser()._actions}
-    assert {name: section[name].get("description") for name in PARAMETER_STEPS} == {name: described[name] for name in PARAMETER_STEPS}
+    assert {name: section[name].get("description") for name in PARAMETERS} == {name: described[name] for name in PARAMETERS}
     assert (section["lora_rank"]["value"], section["model"]["value"], section["export"]["value"]) == ("8", "tiny", "False")
 
 

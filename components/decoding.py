@@ -1,0 +1,48 @@
+"""How a model decodes: the settings of ``generate`` and the three named presets.
+
+Light on purpose (no torch): the steps' option declarations read the preset names from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.settings import TokenizationSettings
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings; temperature, top_k and top_p only act when ``do_sample``."""
+
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    max_new_tokens: int = TokenizationSettings.max_target_length
+
+    def describe(self) -> str:
+        if self.do_sample:
+            mode = f"sampling (temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p})"
+            if self.num_beams > 1:
+                mode = f"beam sampling with {self.num_beams} beams, " + mode
+        else:
+            mode = f"beam search with {self.num_beams} beams" if self.num_beams > 1 else "greedy decoding"
+            if (self.temperature, self.top_k, self.top_p) != (Decoding.temperature, Decoding.top_k, Decoding.top_p):
+                mode += " (temperature/top_k/top_p are set but do nothing without do_sample)"
+        return f"{mode}, at most {self.max_new_tokens} new tokens"
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
+
+
+# Three ways to decode, for evaluation and the CLI: the deterministic default, a
+# beam search for quality, and sampling for variety.
+DECODING_PRESETS = {
+    "greedy": Decoding(),
+    "beam": Decoding(num_beams=4),
+    "sampling": Decoding(do_sample=True, temperature=0.7, top_k=50, top_p=0.95),
+}
