@@ -116,7 +116,7 @@ def importers(module: str) -> list[str]:
 def setup_cfg(module: str, tests: list[str]) -> str:
     package = module.split("/")[0]
     lines = ["[mutmut]", f"source_paths = {package}/", "only_mutate =", f"    {module}", "also_copy ="]
-    # README.md: the tests that run the README's own command lines read them there (tests/readme_commands.py);
+    # README.md and docs/: the tests that run the documentation's own command lines read them there (tests/readme_commands.py);
     # requirements.txt: the packages a pipeline step's task records (components/settings.py's REQUIREMENTS_FILE).
     lines += [f"    {path}" for path in ("tests/", "data/", "configs/", "docs/", "pytest.ini", "README.md", "requirements.txt",
                                          *(f"{p}/" for p in PACKAGES if p != package))]

@@ -1,7 +1,7 @@
-"""The benchmark scripts still run and print the fields the README's tables are read from.
+"""The benchmark scripts still run and print the fields the tables of docs/performance.md are read from.
 
 Tiny shapes and a single round: these are smoke tests, not timings (timings live in
-benchmarks/ and the README, never in assertions).
+benchmarks/ and docs/performance.md, never in assertions).
 """
 
 import json

@@ -15,13 +15,13 @@ import shlex
 
 from tests.e2e.flows import AGENTS, LAUNCH, SWEEP, SWEEP_OPTIONS
 from tests.e2e.harness import TEST_ONLY_SETTINGS, ServerTarget, agent_environment, client_environment
-from tests.readme_commands import README, environment_and_argv, the_command
+from tests.readme_commands import documentation_text, environment_and_argv, the_command
 
 
 def readme_variables() -> set[str]:
     """What the README tells a user to set: the SDK's server variables (step 1 of "Running on a ClearML server")
     and the variables its agent commands set."""
-    [listed] = re.findall(r"or the standard\s+variables ((?:`CLEARML_\w+`,?\s*)+)", README.read_text(encoding="utf-8"))
+    [listed] = re.findall(r"or the standard\s+variables ((?:`CLEARML_\w+`,?\s*)+)", documentation_text())
     server = set(re.findall(r"`(CLEARML_\w+)`", listed))
     agents = {name for command in AGENTS.values() for name in environment_and_argv(command)[0]}
     return server | agents

@@ -137,7 +137,7 @@ def reported_by_the_server_sweep() -> set[tuple[str, str]]:
 
 
 def reported_by_the_benchmarks() -> set[tuple[str, str]]:
-    """The names of the benchmark records the README's tables are read from (``benchmarks/results/cpu.jsonl``), per script."""
+    """The names of the benchmark records the tables of docs/performance.md are read from (``benchmarks/results/cpu.jsonl``), per script."""
     records = [json.loads(line) for line in BENCHMARK_RECORDS.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {(f"benchmark {record['benchmark'].split()[0]}", name) for record in records for name in numeric_names(record)}
 

@@ -1,4 +1,4 @@
-"""Flow 9: the train step on two ranks through agents, as the README's "Training on several GPUs and machines" says.
+"""Flow 9: the train step on two ranks through agents, as docs/distributed.md says.
 
 A UI clone of the session pipeline's train task with ``nproc_per_node`` 2 runs on the gpu agent (two
 CPU ranks, gloo); another with ``nodes`` 2 on the README's multinode agent command, started twice
