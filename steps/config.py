@@ -90,7 +90,7 @@ class TrainOptions:
     max_steps: int | None = setting(None, "stop after this many optimizer steps (default: the steps of --epochs)", pipeline=True,
                                     group=TRAINING)
     warmup_ratio: float = setting(TrainingSettings.warmup_ratio, "share of the optimizer steps over which the learning rate rises "
-                                                                 "linearly from 0 to its peak", group=TRAINING)
+                                                                 "linearly from 0 to its peak", pipeline=True, sweep="", group=TRAINING)
     gradient_checkpointing: bool = setting(TrainingSettings.gradient_checkpointing, "recompute activations in the backward pass: "
                                                                                      "less GPU memory, more time", pipeline=True, group=TRAINING)
     precision: str = setting("auto", "auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU", pipeline=True,

@@ -36,7 +36,7 @@ def simulate(env: dict, mode: str, *args: str, task_id: str | None = None):
 # A value away from the published default for every pipeline parameter: given at the launch (command line)
 # or edited in the UI on the stored controller task before the agent's run.
 LAUNCHED = {"model": "org/other-t5", "validation_size": 20, "max_input_length": 64, "max_target_length": 32, "lora_rank": 16,
-            "lora_alpha": 32.0, "lora_dropout": 0.2, "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "weight_decay": 0.1,
+            "lora_alpha": 32.0, "lora_dropout": 0.2, "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "warmup_ratio": 0.25, "weight_decay": 0.1,
             "epochs": 3.0, "max_steps": 100, "gradient_checkpointing": False, "eval_every": 7, "early_stopping_patience": 2,
             "nproc_per_node": 4, "seed": 7, "precision": "fp32", "decoding": "beam", "max_new_tokens": 9, "max_test_samples": 5,
             "compare_base": False, "metric": "bleu"}

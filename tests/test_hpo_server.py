@@ -63,7 +63,8 @@ def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_pa
     assert made["found"] == made["updated_last"] != made["created_last"]
 
 
-OPTIMIZER_OPTIONS = ["--project", PROJECT, "--learning-rates", "1e-4,3e-4", "--queue", "gpu-q", "--concurrent", "3", "--trials", "30",
+OPTIMIZER_OPTIONS = ["--project", PROJECT, "--learning-rates", "1e-4,3e-4", "--warmup-ratios", "0,0.1", "--queue", "gpu-q", "--concurrent", "3",
+                     "--trials", "50",
                      "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--nproc-per-node", "4", "--seed", "7",
                      "--trial-time-limit", "5", "--time-limit", "30", "--preprocess-task-id", "the-data"]
 
@@ -97,13 +98,13 @@ def test_the_optimizer_is_built_with_the_sweeps_options_over_the_templates_argum
     made = on_server(server, tmp_path, optimizer)
     params = [tuple(param) for param in made["params"]]
     assert params == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
-                      ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]), ("Args/eval_every", [5]),
+                      ("Args/warmup_ratio", [0.0, 0.1]), ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]), ("Args/eval_every", [5]),
                       ("Args/nproc_per_node", [4]), ("Args/preprocess_task_id", ["the-data"])]  # every trial: from scratch, the sweep's flags
     template = server.api.task(made["template"])
     assert {name for name, _ in params} <= {f"Args/{name}" for name in template["hyperparams"]["Args"]}  # each an argument of the train step
     assert made["limits"] == [5.0, 30, 10**9]  # minutes per trial, minutes left of the whole sweep, a trial's steps never cut short
     assert made["objective"] == [["loss"], ["validation"], ["min"], [True]]  # the lowest validation loss over the trial
-    assert made["jobs"] == ["gpu-q", 3, 24, 0.05]  # 30 trials asked, 24 combinations: no pair twice; polled every 3 s
+    assert made["jobs"] == ["gpu-q", 3, 48, 0.05]  # 50 trials asked, 48 combinations: none twice; polled every 3 s
     # every combination once, in an order --seed sets, and no pruning (Optuna's defaults are TPE and MedianPruner)
     assert made["optuna"] == ["GridInTrialOrder", "NopPruner"]
     assert sorted(tuple(combination.values()) for combination in made["grid"]) == sorted(itertools.product(*[values for _, values in params]))
