@@ -110,7 +110,8 @@ def help_with_default(action: argparse.Action) -> str:
     text = action.help or ""
     if action.nargs == 0 or action.required or action.default in (None, argparse.SUPPRESS) or "default" in text:
         return text
-    return f"{text} (default: {shown_default(action.default).replace('%', '%%')})"  # argparse expands % in help
+    default = f"(default: {shown_default(action.default).replace('%', '%%')})"  # argparse expands % in help
+    return f"{text} {default}" if text else default
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

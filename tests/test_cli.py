@@ -5,11 +5,13 @@ import argparse
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from components.cli import (
-    COMMANDS, ArgumentParser, add_settings, exit_if_help_asked, help_with_default, module_name, option_flag, parse_bool, parser_reference, setting,
+    COMMANDS, ArgumentParser, add_settings, declared, exit_if_help_asked, help_with_default, module_name, option_flag, parse_bool, parser_reference,
+    setting, value_type,
 )
 
 
@@ -93,28 +95,43 @@ def test_every_option_of_every_command_shows_its_help_and_default(path, action):
 
 
 def test_an_options_default_is_shown_as_typed_and_a_help_that_states_it_is_left_alone():
-    parser = ArgumentParser(prog="tool")
+    parser = ArgumentParser("tool")
     parser.add_argument("--share", type=float, default=0.5, help="50%% of it")
     parser.add_argument("--compare-base", type=parse_bool, default=True, help="score the base")
     parser.add_argument("--eval-every", type=int, help="steps between validations (default: once per epoch)")
+    parser.add_argument("--where", help="a folder")
+    parser.add_argument("--ranks", default="4,8", help="values (default: 4,8)")
     parser.add_argument("--name", default="a%b", help="named")
+    parser.add_argument("--count", type=int, default=3)
+    parser.add_argument("--mode", default="a", required=True, help="the mode")
     parser.add_argument("--resume", action="store_true", help="continue")
+    assert parser.prog == "tool"
     text = " ".join(parser.format_help().split())
     assert "50% of it (default: 0.5)" in text and "score the base (default: true)" in text and "named (default: a%b)" in text
     assert "(default: once per epoch)" in text and "continue (default" not in text and "None" not in text
+    shown = {action.dest: help_with_default(action) for action in parser._actions if action.dest != "help"}
+    assert shown == {"share": "50%% of it (default: 0.5)", "compare_base": "score the base (default: true)",
+                     "eval_every": "steps between validations (default: once per epoch)", "where": "a folder", "ranks": "values (default: 4,8)",
+                     "name": "named (default: a%%b)", "count": "(default: 3)", "mode": "the mode", "resume": "continue"}
 
 
-@dataclass(frozen=True)
-class Declared:
-    rate: float = setting(0.1, "a rate", group="training")
-    steps: int | None = setting(None, "steps (default: all)")
-    fast: bool = setting(True, "go fast")
-    resume: bool = setting(False, "continue", switch=True)
-    bare: bool = setting(False, "convert too", bare_means_true=True)
-    mode: str = setting("a", "the mode", choices=("a", "b"))
+def test_an_options_type_is_its_fields_without_none():
+    assert [value_type(hint) for hint in (int | None, Optional[float], str, bool)] == [int, float, str, bool]
 
 
 def test_a_declared_configuration_is_an_option_per_field_with_its_type_default_help_and_group():
+    @dataclass(frozen=True)
+    class Declared:  # declared here, not at import: the test sees what setting() makes when it runs
+        rate: float = setting(0.1, "a rate", group="training")
+        steps: int | None = setting(None, "steps (default: all)")
+        fast: bool = setting(True, "go fast")
+        resume: bool = setting(False, "continue", switch=True)
+        bare: bool = setting(False, "convert too", bare_means_true=True)
+        mode: str = setting("a", "the mode", choices=("a", "b"))
+
+    assert [(name, kind, default, declared_as.help) for name, kind, default, declared_as in declared(Declared)] == [
+        ("rate", float, 0.1, "a rate"), ("steps", int, None, "steps (default: all)"), ("fast", bool, True, "go fast"),
+        ("resume", bool, False, "continue"), ("bare", bool, False, "convert too"), ("mode", str, "a", "the mode")]
     parser = ArgumentParser(prog="tool")
     add_settings(parser, Declared)
     assert vars(parser.parse_args([])) == {"rate": 0.1, "steps": None, "fast": True, "resume": False, "bare": False, "mode": "a"}

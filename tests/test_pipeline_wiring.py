@@ -13,8 +13,9 @@ from forked import run_main
 from pipelines.controller import step_parser
 from components.cli import option_flag, setting
 from components.errors import UserError
+from pipelines import definition
 from pipelines.definition import (
-    PARAMETERS, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, configuration_reference, declared_parameters, grid_size, preset_values, run_steps,
+    PARAMETERS, Parameter, RunOptions, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, configuration_reference, declared_parameters, grid_size, preset_values, run_steps,
     script_path, step_arguments,
 )
 from pipelines.local import StepFailed, as_flags, run_step_locally
@@ -266,11 +267,28 @@ def test_the_configuration_reference_has_a_row_per_parameter_with_its_presets_st
     assert rows["--seed"][4].startswith("ingest: seed of the validation split")  # the steps' help differ: each step's
 
 
-def test_a_parameter_is_declared_alike_by_every_step_that_takes_it_and_only_the_train_step_declares_sweeps():
+def test_a_parameter_is_declared_alike_by_every_step_that_takes_it_and_only_the_train_step_declares_sweeps(monkeypatch):
+    @dataclass(frozen=True)
+    class Preprocess:
+        max_length: int = setting(100, "tokens kept | cut", pipeline=True)
+        seed: int = setting(1, "seed of the split", pipeline=True)
+
     @dataclass(frozen=True)
     class Train:
         lora_rank: int = setting(8, "rank", pipeline=True, sweep="4,8")
-        learning_rate: float = setting(0.1, "rate", pipeline=True)
+        seed: int = setting(1, "seed of the batches", pipeline=True)
+        max_length: int = setting(100, "tokens kept | cut", pipeline=True)
+        limit: int | None = setting(None, "rows scored", pipeline="max_rows", choices=(1, 2))
+        own: float = setting(0.5, "not a parameter")
+
+    declared_here = declared_parameters({"preprocess": Preprocess, "train": Train, None: RunOptions})
+    assert declared_here == {
+        "max_length": Parameter("max_length", int, 100, None, "tokens kept | cut", {"preprocess": "max_length", "train": "max_length"}, None),
+        "seed": Parameter("seed", int, 1, None, "preprocess: seed of the split; train: seed of the batches", {"preprocess": "seed", "train": "seed"}, None),
+        "lora_rank": Parameter("lora_rank", int, 8, None, "rank", {"train": "lora_rank"}, "4,8"),
+        "max_rows": Parameter("max_rows", int, None, (1, 2), "rows scored", {"train": "limit"}, None),
+        "export": Parameter("export", bool, False, None, PARAMETERS["export"].help, {}, None),
+    }
 
     @dataclass(frozen=True)
     class Evaluate:
@@ -278,11 +296,14 @@ def test_a_parameter_is_declared_alike_by_every_step_that_takes_it_and_only_the_
 
     @dataclass(frozen=True)
     class Export:
-        max_input_length: int = setting(100, "tokens", sweep="")
+        max_input_length: int = setting(100, "tokens", pipeline=True, sweep="")
 
-    swept = declared_parameters({"train": Train})
-    assert (swept["lora_rank"].sweep, swept["learning_rate"].sweep) == ("4,8", None)
     with pytest.raises(TypeError, match=r"declare the pipeline parameter lora_rank with different types, defaults or choices"):
         declared_parameters({"train": Train, "evaluate": Evaluate})
-    with pytest.raises(TypeError, match=r"^Export.max_input_length is sweepable: only a pipeline parameter of the train step"):
+    with pytest.raises(TypeError) as refused:
         declared_parameters({"export": Export})
+    assert str(refused.value) == ("Export.max_input_length is sweepable: only a pipeline parameter of the train step (same name) can be, "
+                                  "as a sweep sets it on trials of the train step.")
+    monkeypatch.setattr(definition, "PARAMETERS", declared_here)
+    monkeypatch.setattr(definition, "PRESETS", {"published": {}})
+    assert "| `--max-length` | `100` | preprocess, train |  | tokens kept \\| cut |" in configuration_reference().splitlines()
