@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
-from components.modeling import RUT5_LARGE_CONFIG  # noqa: E402
+from components.settings import RUT5_LARGE_CONFIG  # noqa: E402
 
 # t5-small's published shape, in ruT5's T5 v1.0 layout and vocabulary.
 T5_SMALL_SHAPE = dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6, num_decoder_layers=6)

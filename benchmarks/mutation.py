@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("components", "steps", "pipelines", "benchmarks")
+PACKAGES = ("components", "clearml_adapter", "steps", "pipelines", "benchmarks")
 WORK = ROOT / ".mutation"
 
 

@@ -1,13 +1,14 @@
-"""How a model decodes: the settings of ``generate`` and the three named presets.
+"""How a model decodes: the settings of ``generate``, the three named presets, and the options that pick one.
 
-Light on purpose (no torch): the steps' option declarations read the preset names from here.
+Light on purpose (no torch): the steps' option declarations (``steps/config.py``) read them from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.settings import TokenizationSettings
+from components.cli import setting
+from components.settings import DECODING, TokenizationSettings
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,19 @@ DECODING_PRESETS = {
     "beam": Decoding(num_beams=4),
     "sampling": Decoding(do_sample=True, temperature=0.7, top_k=50, top_p=0.95),
 }
+
+
+DECODING_GROUP = "decoding (a preset, and what its options override)"
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    decoding: str = setting(DECODING, "decoding preset", pipeline=True, choices=tuple(sorted(DECODING_PRESETS)), group=DECODING_GROUP)
+    num_beams: int | None = setting(None, "beam count (default: the decoding preset's)", group=DECODING_GROUP)
+    do_sample: bool | None = setting(None, "sample instead of searching (default: the decoding preset's)", group=DECODING_GROUP)
+    temperature: float | None = setting(None, "sampling temperature (default: the decoding preset's)", group=DECODING_GROUP)
+    top_k: int | None = setting(None, "sample among the k likeliest tokens (default: the decoding preset's)", group=DECODING_GROUP)
+    top_p: float | None = setting(None, "sample among the likeliest tokens that make up this probability (default: the decoding preset's)",
+                                  group=DECODING_GROUP)
+    max_new_tokens: int | None = setting(None, f"tokens generated at most (default: the decoding preset's, {DECODING_PRESETS[DECODING].max_new_tokens})",
+                                         pipeline=True, group=DECODING_GROUP)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.cli import ArgumentParser, add_settings
-from components.decoding import DECODING_PRESETS, Decoding
+from components.decoding import DECODING_PRESETS, Decoding, DecodingOptions
 from components.errors import UserError
 from components.prompt_tuning import extend_attention_mask, prompt_length_of
 from components.settings import TokenizationSettings
@@ -71,10 +71,6 @@ def decoding_from_args(args: argparse.Namespace) -> Decoding:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from steps.config import (
-        DecodingOptions,  # the evaluate step's decoding options (this command moves out of the library)
-    )
-
     parser = ArgumentParser(description="Generate answers with a fine-tuned model directory.")
     parser.add_argument("--model-dir", required=True, help="directory written by the train or register step")
     parser.add_argument("--batch-size", type=int, default=16, help="texts generated together")

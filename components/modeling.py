@@ -11,8 +11,6 @@ An adapter directory holds only what was trained, never the frozen base::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,32 +22,11 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, 
 from components.errors import UserError
 from components.lora import LoRALayer, inject_lora, merge_lora
 from components.prompt_tuning import attach_prompt
-from components.settings import TINY_MODEL, AdapterSettings
+from components.settings import RUT5_LARGE_CONFIG, TINY_MODEL, AdapterSettings
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
-# Below this size a model computes faster on one CPU thread: its matrix products are too small
-# to share, and two threads waiting on each other are slow, the more so on a busy machine.
-ONE_THREAD_MAX_PARAMETERS = 10_000_000
 ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-
-# ai-forever/ruT5-large's published config.json (T5 v1.0 layout; note eos_token_id 2).
-RUT5_LARGE_CONFIG = dict(
-    d_model=1024,
-    d_ff=4096,
-    d_kv=64,
-    num_layers=24,
-    num_decoder_layers=24,
-    num_heads=16,
-    vocab_size=32128,
-    feed_forward_proj="relu",
-    relative_attention_num_buckets=32,
-    pad_token_id=0,
-    decoder_start_token_id=0,
-    eos_token_id=2,
-    tie_word_embeddings=True,
-)
-
 
 class ModelLoadError(UserError, RuntimeError):
     """A base model or adapter that cannot be loaded; the message names the setting."""
@@ -228,24 +205,6 @@ def _tokenizer_of(model_dir: str | Path) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"{Path(model_dir) / TOKENIZER_CONFIG} not found: a model directory holds its tokenizer, "
                              "so give the whole folder the train or register step wrote.")
     return load_tokenizer(str(model_dir))
-
-
-@contextmanager
-def cpu_threads(count: int) -> Iterator[None]:
-    """torch computes on ``count`` CPU threads inside the block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def use_cpu_threads_for(model: nn.Module) -> None:
-    """One CPU thread for a model under ONE_THREAD_MAX_PARAMETERS on the CPU (the tiny model); else unchanged."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu and sum(p.numel() for p in model.parameters()) < ONE_THREAD_MAX_PARAMETERS:
-        torch.set_num_threads(1)
 
 
 def rut5_large_on_meta(settings: AdapterSettings = AdapterSettings()) -> PreTrainedModel:

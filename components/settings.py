@@ -21,6 +21,23 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on GPUs that support
 SELECTION_METRIC = "chrf"  # picks the model to register: character n-grams credit Russian inflections
 DECODING = "greedy"
 
+# ai-forever/ruT5-large's published config.json (T5 v1.0 layout; note eos_token_id 2).
+RUT5_LARGE_CONFIG = dict(
+    d_model=1024,
+    d_ff=4096,
+    d_kv=64,
+    num_layers=24,
+    num_decoder_layers=24,
+    num_heads=16,
+    vocab_size=32128,
+    feed_forward_proj="relu",
+    relative_attention_num_buckets=32,
+    pad_token_id=0,
+    decoder_start_token_id=0,
+    eos_token_id=2,
+    tie_word_embeddings=True,
+)
+
 
 @dataclass(frozen=True)
 class AdapterSettings:

@@ -33,7 +33,8 @@ import sentencepiece as spm
 from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer, get_linear_schedule_with_warmup
 
 from components.data import read_tsv, source_text
-from components.modeling import RUT5_LARGE_CONFIG, cpu_threads
+from components.settings import RUT5_LARGE_CONFIG
+from components.threads import cpu_threads
 from components.settings import SAMPLE_DATA_DIR
 
 TINY_ARCHITECTURE = dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2)

@@ -69,7 +69,7 @@ def complete_controller_code(task, launched) -> None:
     task outside the lock of ``Task.init``'s repository detection when that runs in a thread, and
     can write back an empty script (no repository, no entry point): the services agent would have
     nothing to run. ``SDK_OVERRIDES`` has it run in Task.init's thread instead, unless a server's
-    configuration vault replaces them (see ``components.clearml_connection``); then this waits for it.
+    configuration vault replaces them (see ``clearml_adapter.connection``); then this waits for it.
     """
     task._wait_for_repo_detection(timeout=300.0)
     task.reload()

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from components import tracking
+from clearml_adapter import tracking
 from components.errors import UserError
 from pipelines.definition import OBJECTIVE, STEP_BY_NAME, grid_size, step_arguments
 from pipelines.local import StepFailed, run_step_locally

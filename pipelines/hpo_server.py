@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from components import tracking
+from clearml_adapter import tracking
 from components.errors import UserError
 from pipelines.controller import CodeVersion, new_step_task
 from pipelines.definition import OBJECTIVE, STEP_BY_NAME, grid_size

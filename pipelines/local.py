@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components import tracking
+from clearml_adapter import tracking
 from components.cli import option_flag
 from components.errors import UserError
 from components.settings import PROJECT_ROOT

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from components.errors import UserError
-from components.tracking import staying_after_enqueue
+from clearml_adapter.tracking import staying_after_enqueue
 
 # What serves each kind of queue: the README's agent commands (tests/test_server_errors.py keeps them equal).
 # The variable takes torch from the pip index; the agent's default looks on download.pytorch.org and fails on CPU machines.

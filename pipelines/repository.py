@@ -13,7 +13,7 @@ from pathlib import Path
 
 from components.errors import UserError
 from components.settings import PROJECT_ROOT
-from components.tracking import REMOTE_SCHEMES
+from clearml_adapter.tracking import REMOTE_SCHEMES
 
 GIT_URL_SCHEMES = ("http://", "https://", "ssh://", "git://", "git@")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import tracking
-from components.clearml_connection import prepare_clearml, running_on_agent
+from clearml_adapter import tracking
+from clearml_adapter.connection import prepare_clearml, running_on_agent
 from components.cli import ArgumentParser, exit_if_help_asked, option_flag
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PROJECT_ROOT, SELECTION_METRIC

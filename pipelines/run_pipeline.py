@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import tracking
-from components.clearml_connection import prepare_clearml, running_on_agent
+from clearml_adapter import tracking
+from clearml_adapter.connection import prepare_clearml, running_on_agent
 from components.cli import (
     ArgumentParser,
     Setting,

@@ -21,12 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.cli import setting
-from components.decoding import DECODING_PRESETS
+from components.decoding import DecodingOptions
 from components.metrics import BEST_METRICS, PROTOCOL_METRICS
 from components.settings import (
     BASE_MODEL,
     DATASET_ID,
-    DECODING,
     PRECISIONS,
     SELECTION_METRIC,
     AdapterSettings,
@@ -112,22 +111,6 @@ class TrainOptions:
     resume: bool = setting(False, "continue from the last checkpoint in --output-dir", switch=True, group=RESUMING)
     resume_from_task_id: str | None = setting(None, "continue from the checkpoint artifact of this train task (default: start "
                                                     "anew, or from this task's own checkpoint when an agent re-runs it)", group=RESUMING)
-
-
-DECODING_GROUP = "decoding (a preset, and what its options override)"
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    decoding: str = setting(DECODING, "decoding preset", pipeline=True, choices=tuple(sorted(DECODING_PRESETS)), group=DECODING_GROUP)
-    num_beams: int | None = setting(None, "beam count (default: the decoding preset's)", group=DECODING_GROUP)
-    do_sample: bool | None = setting(None, "sample instead of searching (default: the decoding preset's)", group=DECODING_GROUP)
-    temperature: float | None = setting(None, "sampling temperature (default: the decoding preset's)", group=DECODING_GROUP)
-    top_k: int | None = setting(None, "sample among the k likeliest tokens (default: the decoding preset's)", group=DECODING_GROUP)
-    top_p: float | None = setting(None, "sample among the likeliest tokens that make up this probability (default: the decoding preset's)",
-                                  group=DECODING_GROUP)
-    max_new_tokens: int | None = setting(None, f"tokens generated at most (default: the decoding preset's, {DECODING_PRESETS[DECODING].max_new_tokens})",
-                                         pipeline=True, group=DECODING_GROUP)
 
 
 @dataclass(frozen=True)

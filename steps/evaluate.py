@@ -31,12 +31,13 @@ import evaluate
 import pandas as pd
 import torch
 
-from components import tracking
+from clearml_adapter import tracking
 from components.cli import ArgumentParser, add_settings
 from components.comparison import compare, comparison_table
 from components.data import preprocess, read_tsv, source_text
 from components.generation import Decoding, decoding_from_args, generate_predictions
-from components.modeling import load_finetuned, load_untuned, use_cpu_threads_for
+from components.modeling import load_finetuned, load_untuned
+from components.threads import use_cpu_threads_for
 from components.training import evaluation_loader, validation_loss
 from steps.config import EvaluateOptions
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import tracking
+from clearml_adapter import tracking
 from components.cli import ArgumentParser, add_settings
 from components.export.ctranslate2_model import convert_to_ctranslate2
 from components.export.plain_checkpoint import export_plain_checkpoint

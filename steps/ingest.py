@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
-from components import tracking
+from clearml_adapter import tracking
 from components.cli import ArgumentParser, add_settings
 from components.data import (
     COLUMNS,

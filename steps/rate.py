@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
-from components import tracking
+from clearml_adapter import tracking
 from components.cli import ArgumentParser
 from components.errors import UserError
 from components.human_eval import label_studio
-from components.human_eval.reporting import (
+from clearml_adapter.human_evaluation import (
     add_win_rates_to_registered_models,
     report_summary,
 )

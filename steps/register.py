@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import tracking
+from clearml_adapter import tracking
 from components.cli import ArgumentParser, add_settings
 from components.errors import UserError
 from steps.config import RegisterOptions

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from components import tracking
+from clearml_adapter import tracking
 from components.checkpoint import newest_checkpoint
-from components.clearml_connection import prepare_clearml, running_on_agent
+from clearml_adapter.connection import prepare_clearml, running_on_agent
 from components.cli import ArgumentParser, add_settings
 from components.data import TOKENIZATION_FILE
 from components.distributed.launch import LocalRanks
@@ -54,9 +54,9 @@ from components.modeling import (
     load_tokenizer,
     parameter_stats,
     save_adapter,
-    use_cpu_threads_for,
 )
 from components.settings import AdapterSettings
+from components.threads import use_cpu_threads_for
 from components.training import (
     TrainConfig,
     evaluation_loader,

@@ -127,7 +127,7 @@ def _server_path(module: ModuleType) -> None:
 def launch(script: str, argv: list[str]) -> None:
     """The launching machine's run, on an offline session: the server path, with enqueueing recorded."""
     os.environ.update(CLEARML_OFFLINE_MODE="1", CLEARML_CONFIG_FILE=str(ROOT / "configs" / "clearml-offline.conf"))
-    _run(script, argv, {"components.clearml_connection": _server_path, "pipelines.repository": _skip_repository_check})
+    _run(script, argv, {"clearml_adapter.connection": _server_path, "pipelines.repository": _skip_repository_check})
 
 
 def rerun(script: str, stop_at: str | None = None) -> None:

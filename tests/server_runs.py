@@ -42,7 +42,7 @@ def on_server(server: SimpleNamespace, tmp_path: Path, work: Callable[[], object
     output = tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}.json"
 
     def main(_argv) -> None:
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(False)
         output.write_text(json.dumps(work()), encoding="utf-8")

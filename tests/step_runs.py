@@ -17,7 +17,7 @@ from pathlib import Path
 
 from forked import Completed, run_main
 
-from components.tracking import to_json
+from clearml_adapter.tracking import to_json
 
 
 def run_step(main, argv: list[str], env: dict[str, str]) -> tuple[Completed, dict | None]:
@@ -64,7 +64,7 @@ def artifacts(task_id: str, env: dict[str, str], tmp_path: Path) -> dict[str, Pa
     def read(_argv) -> None:
         from clearml import Task
 
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(False)  # the server env names, else offline
         task = Task.get_task(task_id=task_id)
@@ -86,8 +86,8 @@ def make_task(name: str, uploads: dict[str, Path], env: dict[str, str], tmp_path
     def make(_argv) -> None:
         from clearml import Task
 
-        from components import tracking
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter import tracking
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(local)
         task = tracking.init_task(name, "custom") if local else Task.create(project_name=tracking.CLEARML_PROJECT, task_name=name, task_type="custom")

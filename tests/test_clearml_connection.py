@@ -1,4 +1,4 @@
-"""``components.clearml_connection`` in this process: what it reads from each place ClearML's configuration can come
+"""``clearml_adapter.connection`` in this process: what it reads from each place ClearML's configuration can come
 from, and what its server check says to each kind of server (the test server, one that refuses the keys, one that
 never answers a given request, a files server that is down). The decision between offline and a server, and the
 commands that make it: test_launch_checks.py."""
@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from components import clearml_connection
-from components.clearml_connection import ServerMisconfigured, ServerSettings, ServerUnreachable, server_settings
+from clearml_adapter import connection as clearml_connection
+from clearml_adapter.connection import ServerMisconfigured, ServerSettings, ServerUnreachable, server_settings
 from components.settings import REQUIREMENTS_FILE
 from conftest import ROOT
 from tests.clearml_server import ClearMLTestServer
@@ -55,7 +55,7 @@ def test_reading_the_settings_leaves_the_sdks_own_configuration_unloaded(unconfi
     """So that a later switch to offline still takes configs/clearml-offline.conf (a fresh process: this one's SDK
     may have loaded its configuration in another test)."""
     unconfigured_sdk.write_text('api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }')
-    program = ("from components.clearml_connection import server_settings; import clearml.config; "
+    program = ("from clearml_adapter.connection import server_settings; import clearml.config; "
                "settings = server_settings(); print(settings.api_host, clearml.config.ConfigWrapper._config is None)")
     completed = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert completed.stdout.split() == ["http://c:8008", "True"], completed.stderr

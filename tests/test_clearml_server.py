@@ -334,7 +334,10 @@ def test_edit_hyper_params_merges_replaces_a_section_or_everything(api, project)
 
     task = new_task(api, project, hyperparams={"Args": {"a": item("Args", "a", "1"), "b": item("Args", "b", "2")},
                                                 "General": {"c": item("General", "c", "3")}})
-    values = lambda: {(p["section"], p["name"]): p["value"] for p in api.call("tasks.get_hyper_params", tasks=[task])["params"][0]["hyperparams"]}
+
+    def values():
+        return {(p["section"], p["name"]): p["value"] for p in api.call("tasks.get_hyper_params", tasks=[task])["params"][0]["hyperparams"]}
+
     api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("Args", "a", "10")])
     assert values() == {("Args", "a"): "10", ("Args", "b"): "2", ("General", "c"): "3"}
     api.call("tasks.edit_hyper_params", task=task, hyperparams=[item("Args", "z", "0")], replace_hyperparams="section")

@@ -116,7 +116,7 @@ def test_an_options_default_is_shown_as_typed_and_a_help_that_states_it_is_left_
 
 
 def test_an_options_type_is_its_fields_without_none():
-    assert [value_type(hint) for hint in (int | None, Optional[float], str, bool)] == [int, float, str, bool]
+    assert [value_type(hint) for hint in (int | None, Optional[float], str, bool)] == [int, float, str, bool]  # noqa: UP045
 
 
 def test_a_declared_configuration_is_an_option_per_field_with_its_type_default_help_and_group():

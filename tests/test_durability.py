@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("components", "steps", "pipelines", "benchmarks")
+PRODUCT = ("components", "clearml_adapter", "steps", "pipelines", "benchmarks")
 # The calls that make data durable, atomic or exclusive.
 DURABILITY_CALL = re.compile(r"os\.fsync\(|os\.replace\(|os\.rename\(|\.rename\(|fcntl\.flock\(|PRAGMA (synchronous|journal_mode)|O_EXCL")
 
@@ -31,7 +31,7 @@ DURABILITY = {
     ("components/checkpoint.py", "os.fsync(descriptor)"): CHECKPOINT_ORDER,
     ("components/human_eval/store.py", 'connection.execute("PRAGMA synchronous=FULL")'): VOTE_SETTINGS,
     ("components/human_eval/store.py", 'connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file'): VOTE_SETTINGS,
-    ("components/tracking.py", "partial.rename(target)"):
+    ("clearml_adapter/tracking.py", "partial.rename(target)"):
         "tests/test_tracking.py::test_a_checkpoint_extraction_cut_short_leaves_no_folder_that_a_later_one_would_take",
     ("components/tiny.py", "fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: a process that waited here finds it built"):
         "tests/test_tiny.py::test_two_builds_of_the_tiny_model_at_once_pretrain_it_once",

@@ -102,8 +102,8 @@ def register_task(folder: Path, model_name: str, publish: bool, env: dict, tmp_p
     ids = tmp_path / "register-ids.json"
 
     def make(_argv) -> None:
-        from components import tracking
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter import tracking
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(False)
         task = tracking.init_task("register", "custom")

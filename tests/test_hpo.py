@@ -188,8 +188,8 @@ def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_argu
     from forked import run_main
 
     def sweep_main(argv: list[str]) -> None:
-        from components import tracking
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter import tracking
+        from clearml_adapter.connection import prepare_clearml
         from pipelines import hpo_local, run_hpo
 
         calls = []

@@ -148,8 +148,8 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
 
         from clearml import Task
 
-        from components import tracking
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter import tracking
+        from clearml_adapter.connection import prepare_clearml
         from components.errors import UserError
         from pipelines.hpo_server import run_server_sweep
         from pipelines.run_hpo import build_parser, search_space

@@ -109,7 +109,7 @@ def penalised_fit_by_hand(systems: list[str], decisive: list[tuple[str, str]]) -
     index = {name: i for i, name in enumerate(systems)}
 
     def objective(s):
-        return BT_PENALTY * np.sum(s ** 2) + sum(np.logaddexp(0, -(s[index[w]] - s[index[l]])) for w, l in decisive)
+        return BT_PENALTY * np.sum(s ** 2) + sum(np.logaddexp(0, -(s[index[winner]] - s[index[loser]])) for winner, loser in decisive)
 
     fitted = minimize(objective, np.zeros(len(systems)), method="BFGS", options={"gtol": 1e-10}).x
     return {name: fitted[i] - fitted.mean() for name, i in index.items()}
@@ -261,7 +261,7 @@ class RecordingLogger:
 
 
 def test_the_task_reports_each_statistic_under_its_name_with_the_tables_and_the_plot():
-    from components.human_eval.reporting import report_summary
+    from clearml_adapter.human_evaluation import report_summary
     from components.human_eval.summary import summarise
 
     items, votes = three_systems_session()
@@ -292,7 +292,7 @@ def test_the_task_reports_each_statistic_under_its_name_with_the_tables_and_the_
 
 
 def test_a_session_without_votes_reports_its_count_and_no_undefined_figure():
-    from components.human_eval.reporting import report_summary
+    from clearml_adapter.human_evaluation import report_summary
     from components.human_eval.summary import summarise
 
     items, _ = three_systems_session()
@@ -307,7 +307,7 @@ def test_the_plot_draws_each_pairs_shares_with_their_intervals_under_its_name():
     from matplotlib.container import BarContainer
     from matplotlib.font_manager import FontProperties
 
-    from components.human_eval.reporting import pairs_figure
+    from clearml_adapter.human_evaluation import pairs_figure
     from components.human_eval.summary import OUTCOMES, summarise
 
     items, votes = three_systems_session()
@@ -342,8 +342,8 @@ def test_the_plot_draws_each_pairs_shares_with_their_intervals_under_its_name():
 def test_the_human_win_rate_goes_on_each_registered_model_of_a_rated_train_task(monkeypatch):
     """``tuned`` of one evaluate task, or each of several evaluate tasks by its id; an evaluation without a train task,
     or a system without votes, gives no metadata."""
-    from components import tracking
-    from components.human_eval import reporting
+    from clearml_adapter import tracking
+    from clearml_adapter import human_evaluation as reporting
     from components.human_eval.session import PairItem
     from components.human_eval.summary import summarise
 

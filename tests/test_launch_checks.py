@@ -11,8 +11,8 @@ from pathlib import Path
 import certifi
 import pytest
 
-from components import clearml_connection
-from components.clearml_connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
+from clearml_adapter import connection as clearml_connection
+from clearml_adapter.connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
 from pipelines.hpo_server import TrialRecord, best_trial
 from pipelines.repository import RepositoryNotReady, check_repository, is_local_path_remote, repository_path
 from conftest import run_script

@@ -16,12 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import load, load_file
 from transformers import T5ForConditionalGeneration
 
-from components import modeling
 from components.lora import LoRALayer, merge_lora
 from components.modeling import (
-    ModelLoadError, adapter_state_dict, adapter_weights_bytes, apply_adapter_settings, apply_peft, copy_adapter_tensors, cpu_threads,
+    ModelLoadError, adapter_state_dict, adapter_weights_bytes, apply_adapter_settings, apply_peft, copy_adapter_tensors,
     load_adapter_weights, load_base_model, load_finetuned, load_tokenizer, load_untuned, parameter_stats, read_adapter_config,
-    resolve_model_path, rut5_large_config, rut5_large_on_meta, save_adapter, use_cpu_threads_for,
+    resolve_model_path, rut5_large_config, rut5_large_on_meta, save_adapter,
 )
 from components.prompt_tuning import PromptTuningEmbedding
 from components.settings import AdapterSettings
@@ -159,30 +158,11 @@ def test_a_folder_that_is_not_an_adapter_is_refused_naming_what_to_give(tiny_mod
                                   "load it with AutoModelForSeq2SeqLM, or give the adapter folder of the train or register step.")
     folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
     (folder / "tokenizer_config.json").unlink()
-    for load in (load_finetuned, load_untuned):
+    for loader in (load_finetuned, load_untuned):
         with pytest.raises(ModelLoadError) as refused:
-            load(folder)
+            loader(folder)
         assert str(refused.value) == (f"{folder / 'tokenizer_config.json'} not found: a model directory holds its tokenizer, so give the whole folder "
                                       "the train or register step wrote.")
-
-
-def test_a_model_under_ten_million_parameters_on_the_cpu_computes_on_one_thread(tiny_model_dir, monkeypatch):
-    with cpu_threads(3):
-        assert torch.get_num_threads() == 3
-        use_cpu_threads_for(load_base_model(str(tiny_model_dir)))
-        assert torch.get_num_threads() == 1
-        torch.set_num_threads(3)
-        monkeypatch.setattr(modeling, "ONE_THREAD_MAX_PARAMETERS", sum(p.numel() for p in load_base_model(str(tiny_model_dir)).parameters()))
-        use_cpu_threads_for(load_base_model(str(tiny_model_dir)))  # exactly the limit: not under it
-        assert torch.get_num_threads() == 3
-
-
-def test_threads_are_restored_after_the_block_even_on_an_error():
-    before = torch.get_num_threads()
-    with pytest.raises(KeyError):
-        with cpu_threads(before + 1):
-            raise KeyError
-    assert torch.get_num_threads() == before
 
 
 def test_rut5_large_with_the_published_adapters_has_the_published_counts():

@@ -22,11 +22,11 @@ from pipelines.local import StepFailed, as_flags, run_step_locally
 from pipelines.run_hpo import build_parser as build_hpo_parser
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 from pipelines.definition import PRESETS
-from components.clearml_connection import SERVER_CHECK_TIMEOUT_S
+from clearml_adapter.connection import SERVER_CHECK_TIMEOUT_S
 
 def print_offline_dag(_argv) -> None:
     """The published pipeline's controller, built offline with ``--lora-rank 16``: its DAG and parameters as one line."""
-    from components.clearml_connection import enter_offline_mode
+    from clearml_adapter.connection import enter_offline_mode
     from pipelines.controller import build_controller
 
     enter_offline_mode()
@@ -246,7 +246,7 @@ def test_every_process_reports_from_a_thread_and_detects_the_repository_in_task_
         (tmp_path / "clearml.conf").write_text(conf, encoding="utf-8")
         env["CLEARML_CONFIG_FILE"] = str(tmp_path / "clearml.conf")
     script = (
-        "import sys; sys.path.insert(0, '.'); from components.clearml_connection import prepare_clearml; print(prepare_clearml(False));"
+        "import sys; sys.path.insert(0, '.'); from clearml_adapter.connection import prepare_clearml; print(prepare_clearml(False));"
         "from clearml.config import config; print(config.get('development.report_use_subprocess'), config.get('development.vcs_repo_detect_async'))"
     )
     assert run_script(env, "-c", script).stdout.split()[-3:] == [str(where == "offline"), "False", "False"]

@@ -12,7 +12,7 @@ from conftest import ASCII_LOCALE, ROOT
 from markdown_tables import table_rows
 
 from components.comparison import compare, comparison_table
-from components.tracking import to_json
+from clearml_adapter.tracking import to_json
 from pipelines.report import CURVES_FILE, HEADLINE_METRICS, REPORT_FILE, SIDE_BY_SIDE_ROWS
 
 

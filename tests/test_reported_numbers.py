@@ -92,7 +92,7 @@ def reported_by_the_rating_step(tmp_path: Path) -> set[tuple[str, str]]:
     columns of ``ratings.tsv`` (``RatingStore.ratings()``, every vote of one rater)."""
     from test_human_eval_statistics import RecordingLogger, three_systems_session
 
-    from components.human_eval.reporting import report_summary
+    from clearml_adapter.human_evaluation import report_summary
     from components.human_eval.session import assign
     from components.human_eval.store import RatingStore
     from components.human_eval.summary import summarise

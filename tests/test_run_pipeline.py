@@ -19,7 +19,7 @@ from test_report import BASE_METRICS, METRICS, TRAINING
 from components.comparison import comparison_table
 from components.settings import CLEARML_PROJECT
 from pipelines.definition import PRESETS
-from components.tracking import to_json
+from clearml_adapter.tracking import to_json
 from pipelines.report import HEADLINE_METRICS, REPORT_FILE
 
 DECODING = "beam search, 2 beams"

@@ -34,7 +34,7 @@ import json, sys, tempfile
 from dataclasses import asdict
 from pathlib import Path
 from clearml import Task
-from components import tracking
+from clearml_adapter import tracking
 from components.generation import DECODING_PRESETS
 
 work = Path(tempfile.mkdtemp())

@@ -10,7 +10,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
 from components import tiny
-from components.modeling import RUT5_LARGE_CONFIG, cpu_threads
+from components.settings import RUT5_LARGE_CONFIG
+from components.threads import cpu_threads
 from components.settings import SAMPLE_DATA_DIR
 
 

@@ -1,4 +1,4 @@
-"""``components.tracking`` called directly: a step's run and its ``result.json``, the one-line errors and the failed
+"""``clearml_adapter.tracking`` called directly: a step's run and its ``result.json``, the one-line errors and the failed
 task they leave, reading upstream tasks' artifacts (and each refusal), the reports, and models on a server."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import ASCII_LOCALE
 from forked import run_main
 from step_runs import artifacts, make_task, task_record
 
-from components import tracking
+from clearml_adapter import tracking
 from components.errors import UserError
 from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
@@ -185,7 +185,7 @@ def test_an_unknown_task_or_artifact_is_named_in_one_sentence(clearml_home, tmp_
     found = tmp_path / "found.json"
 
     def main(_argv):
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(True)
         messages = {}
@@ -216,7 +216,7 @@ def test_an_artifact_object_is_its_json(clearml_home, tmp_path):
     found = tmp_path / "found.json"
 
     def main(_argv):
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(True)
         task = tracking.init_task("upstream", "custom")
@@ -243,7 +243,7 @@ def test_a_url_is_downloaded_and_a_path_is_used_as_it_is(clearml_home, tmp_path)
     base, found = f"http://127.0.0.1:{server.server_port}", tmp_path / "found.json"
 
     def main(_argv):
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(True)
         copies = {"url": tracking.local_copy(f"{base}/train.tsv"), "path": tracking.local_copy("data/sample/train.tsv")}
@@ -438,7 +438,7 @@ def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publicat
     found = tmp_path / "found.json"
 
     def main(_argv):
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(False)
         task = tracking.init_task("register", "custom")
@@ -479,7 +479,7 @@ def test_a_checkpoint_extraction_cut_short_leaves_no_folder_that_a_later_one_wou
     def extract_twice(_argv) -> None:
         import zipfile
 
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(True)
         unpack = shutil.unpack_archive

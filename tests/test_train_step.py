@@ -159,7 +159,7 @@ def test_a_task_that_already_holds_a_checkpoint_continues_from_it_before_any_opt
     def resume(_argv) -> None:
         from clearml import Task
 
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(True)
         args = train.build_parser().parse_args(["--resume-from-task-id", other_id, "--resume", "--output-dir", str(tmp_path / "none")])
@@ -186,8 +186,8 @@ def test_a_checkpoint_uploaded_again_is_downloaded_again(clearml_home, tmp_path)
     def resume_twice(_argv) -> None:
         from clearml import Task
 
-        from components import tracking
-        from components.clearml_connection import prepare_clearml
+        from clearml_adapter import tracking
+        from clearml_adapter.connection import prepare_clearml
 
         prepare_clearml(False)
         holder, fresh = (Task.create(project_name=tracking.CLEARML_PROJECT, task_name=name, task_type="training") for name in ("train", "rerun"))

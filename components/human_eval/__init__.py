@@ -8,6 +8,6 @@
   intervals; Bradley-Terry strengths with bootstrap intervals; rater agreement (Cohen's kappa,
   Krippendorff's alpha); position bias; how often an automatic metric prefers the raters' answer.
 - :mod:`components.human_eval.summary`: all of them for one session, with the sentence-level metric scores.
-- :mod:`components.human_eval.reporting`: the summary in the session's ClearML task, and on the registered models rated.
+- :mod:`clearml_adapter.human_evaluation`: the summary in the session's ClearML task, and on the registered models rated.
 - :mod:`components.human_eval.label_studio`: the session as a Label Studio project, and its JSON export back as votes.
 """

@@ -3,7 +3,7 @@
 Every step script runs through :func:`run_step`, which
 
 1. chooses between a server and offline mode before any task exists
-   (:mod:`components.clearml_connection`);
+   (:mod:`clearml_adapter.connection`);
 2. parses the arguments, then creates the step's task, which stores them under ``Args/``
    (on an agent the arguments come from the task: the values edited in the UI);
 3. turns every error a user can cause into one line on stderr and exit status 1.
@@ -24,16 +24,16 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from components.clearml_connection import prepare_clearml, running_on_agent
+from clearml_adapter.connection import prepare_clearml, running_on_agent
 from components.cli import exit_if_help_asked
-from components.errors import UserError
+from components import errors
+from components.errors import UserError, errors_end_the_process
 from components.settings import CLEARML_PROJECT
 
 RESULT_FILE = "result.json"
@@ -136,22 +136,12 @@ def parse_task_arguments(parser: argparse.ArgumentParser, argv: Sequence[str]) -
     return parser.parse_args(argv)
 
 
-@contextmanager
-def failures_end_the_process() -> Iterator[None]:
-    """Any error in the block ends the process at once with exit status 1, its task (if one exists) failed.
+def failures_end_the_process():
+    """Any error in the block ends the process at once with exit status 1 and its task (if one exists) failed.
 
     A user's error is one line (``error: ...``); anything else prints its traceback first.
-    "At once" is ``os._exit`` after the streams are flushed and the task is marked failed: after an
-    exception, ClearML's exit hooks and threads (its reporter, a PipelineController's monitor)
-    were seen keeping a launch alive for minutes.
     """
-    try:
-        yield
-    except UserError as error:
-        exit_with_error(str(error))
-    except Exception as error:
-        traceback.print_exc()
-        exit_with_error(f"{type(error).__name__}: {error} (the traceback is above)")
+    return errors_end_the_process(fail_current_task)
 
 
 @contextmanager
@@ -175,7 +165,11 @@ def staying_after_enqueue() -> Iterator[None]:
 
 def exit_with_error(message: str) -> None:
     """``error: message`` on stderr; the current task, if any, failed with ``message``; exit status 1 now."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    errors.exit_with_error(message, fail_current_task)
+
+
+def fail_current_task(message: str) -> None:
+    """The task this process runs, if any, closed as failed with ``message``."""
     task = _current_task()
     if task is not None:
         close_failed(task, message)
@@ -184,9 +178,6 @@ def exit_with_error(message: str) -> None:
             # change when the process exits, marks it failed again with "worker execution exit code 1",
             # replacing this reason: stay alive one period (its CLEARML_AGENT_QUEUE_POLL_FREQ_SEC, default 5 s).
             time.sleep(float(os.environ.get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") or 5) + 1)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(1)
 
 
 def _current_task():

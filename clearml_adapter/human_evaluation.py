@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from components import tracking
+from clearml_adapter import tracking
 from components.human_eval.summary import OUTCOMES, Summary
 
 
