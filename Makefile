@@ -2,13 +2,18 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev test test-cpu-variants mutation tiny stats
+.PHONY: install install-dev lint test test-cpu-variants mutation tiny stats
 
 install:
 	$(PIP) -r requirements.txt
 
 install-dev:
 	$(PIP) -r requirements-dev.txt
+
+## The linter and the formatter's check (ruff; its settings are in pyproject.toml). ruff format fixes the layout.
+lint: install-dev
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 ## The test suite (CPU, 2 cores): three workers, the end-to-end flows on one of them (they spend much of their time
 ## waiting on agents and the server, which two workers left as idle cores).

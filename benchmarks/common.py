@@ -23,10 +23,7 @@ from components.settings import RUT5_LARGE_CONFIG  # noqa: E402
 
 # t5-small's published shape, in ruT5's T5 v1.0 layout and vocabulary.
 T5_SMALL_SHAPE = dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6, num_decoder_layers=6)
-SIZES = {
-    "small": {**RUT5_LARGE_CONFIG, **T5_SMALL_SHAPE},
-    "rut5-large": RUT5_LARGE_CONFIG,
-}
+SIZES = {"small": {**RUT5_LARGE_CONFIG, **T5_SMALL_SHAPE}, "rut5-large": RUT5_LARGE_CONFIG}
 
 
 def build_model(size: str, device: torch.device, seed: int = 0) -> T5ForConditionalGeneration:

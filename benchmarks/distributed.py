@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from common import SIZES, build_model, device_name, print_json_last
 
 from components.distributed.launch import free_port
@@ -41,8 +40,7 @@ def synthetic_rows(count: int, input_length: int, target_length: int, seed: int)
 
     generator = torch.Generator().manual_seed(seed)
     draw = lambda length: torch.randint(*VOCABULARY_IDS, (length,), generator=generator).tolist() + [1]  # noqa: E731
-    return Dataset.from_dict({"input_ids": [draw(input_length - 1) for _ in range(count)],
-                              "labels": [draw(target_length - 1) for _ in range(count)]})
+    return Dataset.from_dict({"input_ids": [draw(input_length - 1) for _ in range(count)], "labels": [draw(target_length - 1) for _ in range(count)]})
 
 
 def build(size: str, device: torch.device):
@@ -66,8 +64,15 @@ def rank_main(rank: int, ranks: int, args: argparse.Namespace, port: int, result
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
     model, tokenizer = build(args.size, device)
     rows = synthetic_rows(args.batch_size * ranks * args.steps, args.input_length, args.target_length, seed=1)
-    config = TrainConfig(batch_size=args.batch_size, grad_accum_steps=1, max_steps=args.steps, eval_every=args.steps,
-                         gradient_checkpointing=False, precision="auto", eval_batch_size=args.batch_size)
+    config = TrainConfig(
+        batch_size=args.batch_size,
+        grad_accum_steps=1,
+        max_steps=args.steps,
+        eval_every=args.steps,
+        gradient_checkpointing=False,
+        precision="auto",
+        eval_batch_size=args.batch_size,
+    )
     stamps: list[float] = []
 
     def report(title, series, value, step):
@@ -77,8 +82,16 @@ def rank_main(rank: int, ranks: int, args: argparse.Namespace, port: int, result
             stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as output_dir:
-        train_adapters(model, tokenizer, rows, rows.select(range(args.batch_size)), config, output_dir=Path(output_dir), report=report,
-                       world=World(rank=rank, size=ranks, local_rank=rank))
+        train_adapters(
+            model,
+            tokenizer,
+            rows,
+            rows.select(range(args.batch_size)),
+            config,
+            output_dir=Path(output_dir),
+            report=report,
+            world=World(rank=rank, size=ranks, local_rank=rank),
+        )
     if rank == 0:
         samples_per_s = (len(stamps) - 1) * args.batch_size * ranks / (stamps[-1] - stamps[0])
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -106,12 +119,25 @@ def main(argv=None) -> dict:
         mp.start_processes(rank_main, args=(ranks, args, free_port(), results), nprocs=ranks, start_method="spawn")
         print(f"{ranks} rank(s): {results[ranks]['samples_per_s']} samples/s", flush=True)
     one = results[args.ranks[0]]["samples_per_s"] / args.ranks[0]
-    scaling = {ranks: {**results[ranks], "samples_per_s_per_rank": round(results[ranks]["samples_per_s"] / ranks, 2),
-                       "efficiency": round(results[ranks]["samples_per_s"] / (ranks * one), 3)} for ranks in args.ranks}
+    scaling = {
+        ranks: {
+            **results[ranks],
+            "samples_per_s_per_rank": round(results[ranks]["samples_per_s"] / ranks, 2),
+            "efficiency": round(results[ranks]["samples_per_s"] / (ranks * one), 3),
+        }
+        for ranks in args.ranks
+    }
     cuda = torch.cuda.is_available()
     device = device_name(torch.device("cuda")) if cuda else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    result = {"benchmark": "distributed.py", "size": args.size, "device": device, "threads_per_rank": 1,
-              "batch_per_rank": args.batch_size, "steps": args.steps, "ranks": scaling}
+    result = {
+        "benchmark": "distributed.py",
+        "size": args.size,
+        "device": device,
+        "threads_per_rank": 1,
+        "batch_per_rank": args.batch_size,
+        "steps": args.steps,
+        "ranks": scaling,
+    }
     print_json_last(result)
     return result
 

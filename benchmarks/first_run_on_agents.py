@@ -63,12 +63,19 @@ def main(argv=None) -> dict:
             if queue == "multinode":
                 continue
             caches = work / f"caches-{queue}"
-            agents.start(command, builds_venv=True, extra_env={"CLEARML_AGENT__AGENT__VENVS_CACHE__PATH": str(caches / "venvs"),
-                                                                "PIP_CACHE_DIR": str(caches / "pip")})
+            agents.start(
+                command,
+                builds_venv=True,
+                extra_env={"CLEARML_AGENT__AGENT__VENVS_CACHE__PATH": str(caches / "venvs"), "PIP_CACHE_DIR": str(caches / "pip")},
+            )
         home = work / "user-home"
         (home / "tmp").mkdir(parents=True)
-        shell = {**{k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}, **env,
-                 "HOME": str(home), "TMPDIR": str(home / "tmp")}
+        shell = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))},
+            **env,
+            "HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
+        }
         launch = the_command("python pipelines/run_pipeline.py", "--preset tiny")
         started = time.monotonic()
         ran = ProjectRunner(clone, shell).run(launch, timeout_s=RUN_TIMEOUT_S)
@@ -80,13 +87,22 @@ def main(argv=None) -> dict:
         for task in target.api.tasks(order_by=["created"]):
             if "template" in (task.get("tags") or []):
                 continue
-            tasks[task["name"]] = {"waited_s": seconds_between(task.get("created"), task.get("started")),
-                                   "ran_s": seconds_between(task.get("started"), task.get("completed")), "status": task["status"]}
+            tasks[task["name"]] = {
+                "waited_s": seconds_between(task.get("created"), task.get("started")),
+                "ran_s": seconds_between(task.get("started"), task.get("completed")),
+                "status": task["status"],
+            }
     finally:
         processes.stop_all()
         server.stop()
-    result = {"benchmark": "first_run_on_agents.py", "launch_s": round(launch_s, 1), "run_s": round(run_s, 1), "tasks": tasks,
-              "device": f"CPU ({os.uname().machine}, {os.cpu_count()} cores)", "work_dir": str(work)}
+    result = {
+        "benchmark": "first_run_on_agents.py",
+        "launch_s": round(launch_s, 1),
+        "run_s": round(run_s, 1),
+        "tasks": tasks,
+        "device": f"CPU ({os.uname().machine}, {os.cpu_count()} cores)",
+        "work_dir": str(work),
+    }
     print(f"launch {launch_s:.0f} s; the run, launch to controller completed: {run_s:.0f} s")
     for name, timing in tasks.items():
         print(f"  {name:<40} waited {timing['waited_s']} s for its agent, ran {timing['ran_s']} s ({timing['status']})")

@@ -109,7 +109,10 @@ def pytest_runtest_teardown(item, nextitem):
 def importers(module: str) -> list[str]:
     """The test files (e2e aside) that import ``module`` (``components/metrics.py``) by its dotted name."""
     package, _, name = module.removesuffix(".py").replace("/", ".").rpartition(".")
-    pattern = re.compile(rf"^\s*(from {re.escape(package)}\.{name} import|import {re.escape(package)}\.{name}\b|from {re.escape(package)} import [^\n]*\b{name}\b)", re.MULTILINE)
+    pattern = re.compile(
+        rf"^\s*(from {re.escape(package)}\.{name} import|import {re.escape(package)}\.{name}\b|from {re.escape(package)} import [^\n]*\b{name}\b)",
+        re.MULTILINE,
+    )
     return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py") if pattern.search(path.read_text(encoding="utf-8")))
 
 
@@ -118,8 +121,19 @@ def setup_cfg(module: str, tests: list[str]) -> str:
     lines = ["[mutmut]", f"source_paths = {package}/", "only_mutate =", f"    {module}", "also_copy ="]
     # README.md and docs/: the tests that run the documentation's own command lines read them there (tests/readme_commands.py);
     # requirements.txt: the packages a pipeline step's task records (components/settings.py's REQUIREMENTS_FILE).
-    lines += [f"    {path}" for path in ("tests/", "data/", "configs/", "docs/", "pytest.ini", "README.md", "requirements.txt",
-                                         *(f"{p}/" for p in PACKAGES if p != package))]
+    lines += [
+        f"    {path}"
+        for path in (
+            "tests/",
+            "data/",
+            "configs/",
+            "docs/",
+            "pyproject.toml",
+            "README.md",
+            "requirements.txt",
+            *(f"{p}/" for p in PACKAGES if p != package),
+        )
+    ]
     # mutmut splits list options on newlines only: one test path per line.
     lines += ["pytest_add_cli_args = -p no:xdist -p no:cacheprovider -q", "pytest_add_cli_args_test_selection ="]
     lines += [f"    {path}" for path in tests]
@@ -138,8 +152,9 @@ def copy_tracked_files(target: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("module", help="a product file, e.g. components/metrics.py")
-    parser.add_argument("--tests", help="pytest's arguments, space-separated: test files, node ids, --deselect=... "
-                                         "(default: the test files that import the module)")
+    parser.add_argument(
+        "--tests", help="pytest's arguments, space-separated: test files, node ids, --deselect=... (default: the test files that import the module)"
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count(), help="mutants tested at once (default: one per core)")
     return parser
 
@@ -159,19 +174,27 @@ def main(argv: list[str] | None = None) -> dict:
     for name, addition in (("tests/network_guard/sitecustomize.py", HIT_RECORDER), ("tests/conftest.py", HIT_RECORDER + HITS_TO_MUTMUT)):
         with open(work / name, "a", encoding="utf-8") as file:
             file.write(addition)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUTATION_HITS": str(work / "subprocess-hits.txt"),
-                   "MUTATION_ROOT": str(work / "mutants")}
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MUTATION_HITS": str(work / "subprocess-hits.txt"),
+        "MUTATION_ROOT": str(work / "mutants"),
+    }
     environment.pop("MUTATION_HITS_PARENT", None)
     print(f"Mutating {args.module} against {' '.join(tests)} in {work}", flush=True)
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=environment, check=True)
     subprocess.run([sys.executable, "-m", "mutmut", "export-cicd-stats"], cwd=work, env=environment, check=True, capture_output=True)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text(encoding="utf-8"))
-    survivors = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=work, env=environment, check=True,
-                               capture_output=True, text=True).stdout
+    survivors = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results"], cwd=work, env=environment, check=True, capture_output=True, text=True
+    ).stdout
     killed = stats["killed"] + stats["timeout"]
     print(survivors)
-    print(f"{args.module}: {stats['total']} mutants, {killed} killed, score {100 * killed / max(stats['total'], 1):.1f} % "
-          f"(survived {stats['survived']}, no tests {stats['no_tests']}, suspicious {stats['suspicious']}, timeout {stats['timeout']})")
+    print(
+        f"{args.module}: {stats['total']} mutants, {killed} killed, score {100 * killed / max(stats['total'], 1):.1f} % "
+        f"(survived {stats['survived']}, no tests {stats['no_tests']}, suspicious {stats['suspicious']}, timeout {stats['timeout']})"
+    )
     return stats
 
 

@@ -53,10 +53,13 @@ def rates(generate, texts: list[str], single_texts: int, new_tokens: int) -> dic
     """New tokens per second at batch 1 and at batch 16, and the tokens of the batched run."""
     generate(texts[:BATCH])  # warm-up
     outputs: list[list[int]] = []
-    batched_s = timed(lambda: [outputs.extend(generate(texts[i: i + BATCH])) for i in range(0, len(texts), BATCH)], lambda: None)
+    batched_s = timed(lambda: [outputs.extend(generate(texts[i : i + BATCH])) for i in range(0, len(texts), BATCH)], lambda: None)
     single_s = timed(lambda: [generate([text]) for text in texts[:single_texts]], lambda: None)
-    return {"batch_1": round(single_texts * new_tokens / single_s, 1), f"batch_{BATCH}": round(len(texts) * new_tokens / batched_s, 1),
-            "tokens": outputs}
+    return {
+        "batch_1": round(single_texts * new_tokens / single_s, 1),
+        f"batch_{BATCH}": round(len(texts) * new_tokens / batched_s, 1),
+        "tokens": outputs,
+    }
 
 
 def transformers_generator(export: Path, tokenizer, precision: str, new_tokens: int):
@@ -99,12 +102,22 @@ def main(argv=None) -> dict:
             translator = ctranslate2.Translator(str(converted), device="cpu", compute_type=precision, intra_threads=threads)
             results[f"ctranslate2_{precision}"] = rates(
                 lambda batch: generate_with_ctranslate2(translator, tokenizer, batch, suppress=suppress, max_new_tokens=new, min_new_tokens=new),
-                texts, args.single_texts, new)
+                texts,
+                args.single_texts,
+                new,
+            )
     same = sum(a == b for a, b in zip(results["transformers_float32"]["tokens"], results["ctranslate2_float32"]["tokens"]))
-    result = {"benchmark": "serving.py", "size": args.size, "device": device_name(torch.device("cpu")), "max_new_tokens": new,
-              "texts": args.texts, "single_texts": args.single_texts, "ctranslate2": ctranslate2.__version__,
-              "new_tokens_per_s": {name: {key: value for key, value in rate.items() if key != "tokens"} for name, rate in results.items()},
-              "greedy_agreement": round(same / args.texts, 3)}
+    result = {
+        "benchmark": "serving.py",
+        "size": args.size,
+        "device": device_name(torch.device("cpu")),
+        "max_new_tokens": new,
+        "texts": args.texts,
+        "single_texts": args.single_texts,
+        "ctranslate2": ctranslate2.__version__,
+        "new_tokens_per_s": {name: {key: value for key, value in rate.items() if key != "tokens"} for name, rate in results.items()},
+        "greedy_agreement": round(same / args.texts, 3),
+    }
     print_json_last(result)
     return result
 

@@ -54,13 +54,21 @@ def main(argv=None) -> dict:
     summary = json.loads((clone / "runs" / "tiny" / "summary.json").read_text())
     tuned, base = summary["metrics"], summary["base_metrics"]
     result = {
-        "build_s": build_s, "make_tiny_s": make_s, "load_average_1min": {"before": load_before, "after_build": load_build, "after_make": load_make},
-        "base_loss": round(base["loss"], 4), "tuned_loss": round(tuned["loss"], 4), "loss_ratio": round(tuned["loss"] / base["loss"], 3),
-        "base_chrf": round(base["chrf"], 4), "tuned_chrf": round(tuned["chrf"], 4), "chrf_ratio": round(tuned["chrf"] / base["chrf"], 2),
-        "step_seconds": summary["step_seconds"], "cpu": f"{os.cpu_count()} cores",
+        "build_s": build_s,
+        "make_tiny_s": make_s,
+        "load_average_1min": {"before": load_before, "after_build": load_build, "after_make": load_make},
+        "base_loss": round(base["loss"], 4),
+        "tuned_loss": round(tuned["loss"], 4),
+        "loss_ratio": round(tuned["loss"] / base["loss"], 3),
+        "base_chrf": round(base["chrf"], 4),
+        "tuned_chrf": round(tuned["chrf"], 4),
+        "chrf_ratio": round(tuned["chrf"] / base["chrf"], 2),
+        "step_seconds": summary["step_seconds"],
+        "cpu": f"{os.cpu_count()} cores",
     }
     result["targets_met"] = {
-        "build_s": build_s <= TARGETS["build_s"], "make_tiny_s": make_s <= TARGETS["make_tiny_s"],
+        "build_s": build_s <= TARGETS["build_s"],
+        "make_tiny_s": make_s <= TARGETS["make_tiny_s"],
         "loss_ratio": result["loss_ratio"] <= TARGETS["loss_ratio"],
         "chrf": result["chrf_ratio"] >= TARGETS["chrf_ratio"] and tuned["chrf"] >= TARGETS["chrf"],
     }

@@ -49,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in every variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's ceiling for model-FLOPs utilisation (default on CUDA: 790, an H100's bf16, measured; none on the CPU)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's ceiling for model-FLOPs utilisation (default on CUDA: 790, an H100's bf16, measured; none on the CPU)",
+    )
     return parser
 
 
@@ -78,8 +82,11 @@ class Variant:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-        self.autocast = nullcontext() if args.precision == "fp32" else torch.autocast(
-            device.type, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float16)
+        self.autocast = (
+            nullcontext()
+            if args.precision == "fp32"
+            else torch.autocast(device.type, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float16)
+        )
         self.prompt_length = prompt_length
 
     def batch(self, input_ids, labels):
@@ -148,7 +155,7 @@ def main(argv=None) -> dict:
             v.step(batches[v.name])
     times = {v.name: [] for v in variants}
     for round_index in range(args.rounds):
-        order = variants[round_index % len(variants):] + variants[: round_index % len(variants)]
+        order = variants[round_index % len(variants) :] + variants[: round_index % len(variants)]
         for v in order:
             times[v.name].append(timed(lambda: v.step(batches[v.name]), sync))
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()), flush=True)

@@ -41,17 +41,21 @@ OFFLINE_CONFIG = PROJECT_ROOT / "configs" / "clearml-offline.conf"
 # ClearML settings of every process here, whatever clearml.conf says: with the SDK's defaults (clearml 2.1.12) Task.init
 # can hang a process for good or hand it another request's answer. (A server's configuration vault, where it has one,
 # replaces them: the SDK keeps one list of overrides.)
-SDK_OVERRIDES = {"sdk": {"development": {
-    # Reports are sent from a thread, not from a subprocess that Task.init forks: the subprocess inherits the process's
-    # pooled connections to the server and both send on them, so each can read the other's answer (a tasks.get_all call
-    # got an answer without tasks; another waited for one past 120 s, the SDK waits 300). Task.close() also no longer
-    # waits about 10 s for the subprocess to end.
-    "report_use_subprocess": False,
-    # The repository is detected in Task.init's thread, not in one of its own: the task's edit lock, a file lock created
-    # on first use, is created twice when both threads first use it at once, and one then waits for good on the other's
-    # flock (a CI run: Task.init stuck in _reload).
-    "vcs_repo_detect_async": False,
-}}}
+SDK_OVERRIDES = {
+    "sdk": {
+        "development": {
+            # Reports are sent from a thread, not from a subprocess that Task.init forks: the subprocess inherits the process's
+            # pooled connections to the server and both send on them, so each can read the other's answer (a tasks.get_all call
+            # got an answer without tasks; another waited for one past 120 s, the SDK waits 300). Task.close() also no longer
+            # waits about 10 s for the subprocess to end.
+            "report_use_subprocess": False,
+            # The repository is detected in Task.init's thread, not in one of its own: the task's edit lock, a file lock created
+            # on first use, is created twice when both threads first use it at once, and one then waits for good on the other's
+            # flock (a CI run: Task.init stuck in _reload).
+            "vcs_repo_detect_async": False,
+        }
+    }
+}
 SERVER_CHECK_TIMEOUT_S = 5.0
 
 
@@ -108,7 +112,8 @@ def server_settings(config=None) -> ServerSettings:
         api_host=Session.get_api_server_host(config),
         has_credentials=bool(key_pair or ENV_AUTH_TOKEN.get()),
         key_pair=None if ENV_AUTH_TOKEN.get() else key_pair,
-        key_pair_source="CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY" if ENV_ACCESS_KEY.get() and ENV_SECRET_KEY.get()
+        key_pair_source="CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY"
+        if ENV_ACCESS_KEY.get() and ENV_SECRET_KEY.get()
         else str(get_active_config_file()),
         host_configured=bool(explicit_host),
         config_file=get_active_config_file(),
@@ -170,8 +175,10 @@ def check_server_reachable(config=None, timeout_s: float = SERVER_CHECK_TIMEOUT_
         files = Session.get_files_server_host(config)
     except ValueError:  # neither configured nor derivable from the API address: the SDK names that itself when it uploads
         return
-    setting = ("api.files_server in clearml.conf (or CLEARML_FILES_HOST), where every task uploads its artifacts and models "
-               "(or send them to a bucket with sdk.development.default_output_uri)")
+    setting = (
+        "api.files_server in clearml.conf (or CLEARML_FILES_HOST), where every task uploads its artifacts and models "
+        "(or send them to a bucket with sdk.development.default_output_uri)"
+    )
     with _answering(f"The ClearML files server {files}", setting, timeout_s):
         session.get(files, timeout=timeout_s, verify=session.verify)
 

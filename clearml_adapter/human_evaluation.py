@@ -64,8 +64,7 @@ def pairs_figure(summary: Summary):
         rates = [share.rate for share in shares]
         errors = [[share.rate - share.low for share in shares], [share.high - share.rate for share in shares]]
         axes.barh(positions, rates, height, xerr=errors, capsize=3, label=kind.replace("_", " "))
-    axes.set_yticks([i + 1.5 * height for i in range(len(summary.outcomes))],
-                    [f"{o.system}\nvs {o.other}" for o in summary.outcomes])
+    axes.set_yticks([i + 1.5 * height for i in range(len(summary.outcomes))], [f"{o.system}\nvs {o.other}" for o in summary.outcomes])
     axes.set_xlim(0, 1)
     axes.set_xlabel("share of the pair's votes (95% Wilson interval)")
     axes.legend(loc="lower right", fontsize="small")

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from clearml_adapter.connection import prepare_clearml, running_on_agent
-from components.cli import exit_if_help_asked
 from components import errors
+from components.cli import exit_if_help_asked
 from components.errors import UserError, errors_end_the_process
 from components.settings import CLEARML_PROJECT
 
@@ -345,8 +345,9 @@ def report_metrics(task, metrics: dict[str, float], samples, base_metrics: dict[
 
 
 @_ClearMLClock.measure
-def register_model(task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False,
-                   parent_id: str | None = None) -> str | None:
+def register_model(
+    task, name: str, folder: Path, *, tags: list[str], metadata: dict[str, Any], publish: bool = False, parent_id: str | None = None
+) -> str | None:
     """Register ``folder`` as an output model of ``task`` on the server (offline: skipped, returns None).
 
     The folder is uploaded to the task's output destination before the model is published,

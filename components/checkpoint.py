@@ -98,8 +98,9 @@ def write_file_atomically(path: Path, data: bytes) -> None:
         _sync_dir(path.parent)
     except OSError as error:
         scratch.unlink(missing_ok=True)
-        raise CheckpointError(f"Writing {path} failed ({error.strerror or error}); the checkpoints are intact: "
-                              "free disk space, then rerun with --resume.") from None
+        raise CheckpointError(
+            f"Writing {path} failed ({error.strerror or error}); the checkpoints are intact: free disk space, then rerun with --resume."
+        ) from None
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -131,8 +132,16 @@ def _restore_rng(states: dict[str, torch.Tensor], rank: int) -> None:
         torch.cuda.set_rng_state(states[f"rank{rank}.cuda"])
 
 
-def save_checkpoint(checkpoints_dir: Path, model, optimizer, scheduler, scaler, loop_state: dict[str, Any],
-                    extra_files: dict[str, bytes] | None = None, rng_states: list[dict[str, torch.Tensor]] | None = None) -> Path:
+def save_checkpoint(
+    checkpoints_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    loop_state: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+    rng_states: list[dict[str, torch.Tensor]] | None = None,
+) -> Path:
     """Write a complete checkpoint as ``checkpoints_dir/last`` (see the module docstring); returns that directory.
 
     ``extra_files`` (name -> content) go in too, e.g. the best adapter so far; ``rng_states`` holds every
@@ -144,12 +153,18 @@ def save_checkpoint(checkpoints_dir: Path, model, optimizer, scheduler, scaler, 
     files = {
         "adapter.safetensors": adapter_weights_bytes(model),
         "optimizer.safetensors": save(optimizer_tensors),
-        "rng.safetensors": save({f"rank{rank}.{device}": state for rank, states in enumerate(rng_states or [rng_state()])
-                                 for device, state in states.items()}),
+        "rng.safetensors": save(
+            {f"rank{rank}.{device}": state for rank, states in enumerate(rng_states or [rng_state()]) for device, state in states.items()}
+        ),
         **(extra_files or {}),
     }
-    state = {**loop_state, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    state = {
+        **loop_state,
+        "optimizer": optimizer_meta,
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+    }
     _remove_tree(incoming)  # what a cut-off save left behind
     try:
         incoming.mkdir(parents=True)
@@ -159,8 +174,11 @@ def save_checkpoint(checkpoints_dir: Path, model, optimizer, scheduler, scaler, 
         _sync_dir(incoming)
     except OSError as error:
         _remove_tree(incoming)
-        kept = (f"the checkpoint before it in {checkpoints_dir} is intact: free disk space, then rerun with --resume"
-                if last.exists() or previous.exists() else "no checkpoint was saved before it: free disk space and start again")
+        kept = (
+            f"the checkpoint before it in {checkpoints_dir} is intact: free disk space, then rerun with --resume"
+            if last.exists() or previous.exists()
+            else "no checkpoint was saved before it: free disk space and start again"
+        )
         raise CheckpointError(f"Writing the checkpoint {incoming} failed ({error.strerror or error}); {kept}.") from None
     _remove_tree(previous)
     if last.exists():
@@ -207,8 +225,9 @@ def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
         if name != INCOMING:  # an incomplete incoming is what any crash during a save leaves
             problems.append(problem)
     if problems:
-        raise CheckpointError(f"{problems[0]}; no complete checkpoint is left in {checkpoints_dir}: "
-                              "delete that folder and run without --resume to start over.")
+        raise CheckpointError(
+            f"{problems[0]}; no complete checkpoint is left in {checkpoints_dir}: delete that folder and run without --resume to start over."
+        )
     return None
 
 
@@ -219,8 +238,10 @@ def read_checkpoint(directory: Path) -> dict[str, bytes]:
     """
     problem = _damage(directory)
     if problem:
-        raise CheckpointError(f"{problem}; this checkpoint cannot be resumed: train from the start "
-                              "(without --resume or --resume-from-task-id; a task resuming its own checkpoint: reset it).")
+        raise CheckpointError(
+            f"{problem}; this checkpoint cannot be resumed: train from the start "
+            "(without --resume or --resume-from-task-id; a task resuming its own checkpoint: reset it)."
+        )
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
 
 
@@ -230,8 +251,10 @@ def restore_checkpoint(files: dict[str, bytes], model, optimizer, scheduler, sca
     state.pop("files")
     saved_world = state.get("world_size", 1)
     if saved_world != world_size:
-        raise CheckpointError(f"The checkpoint was written by a run of {saved_world} rank(s) and this one has {world_size}; "
-                              f"resume with the same number of ranks (--nproc-per-node x --nodes = {saved_world}).")
+        raise CheckpointError(
+            f"The checkpoint was written by a run of {saved_world} rank(s) and this one has {world_size}; "
+            f"resume with the same number of ranks (--nproc-per-node x --nodes = {saved_world})."
+        )
     copy_adapter_tensors(model, load(files["adapter.safetensors"]), "the checkpoint's adapter.safetensors")
     _load_optimizer(optimizer, load(files["optimizer.safetensors"]), state.pop("optimizer")["param_groups"])
     scheduler.load_state_dict(state.pop("scheduler"))

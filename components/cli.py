@@ -137,8 +137,18 @@ class ArgumentParser(argparse.ArgumentParser):
 # docs/cli.md is written from them (python -m components.cli > docs/cli.md), and tests/test_argument_effects.py
 # holds an effect test for each of their options.
 COMMANDS = (
-    "steps/ingest.py", "steps/preprocess.py", "steps/train.py", "steps/evaluate.py", "steps/register.py", "steps/export.py", "steps/rate.py",
-    "pipelines/run_pipeline.py", "pipelines/run_hpo.py", "components/generation.py", "components/stats.py", "components/text_tasks.py",
+    "steps/ingest.py",
+    "steps/preprocess.py",
+    "steps/train.py",
+    "steps/evaluate.py",
+    "steps/register.py",
+    "steps/export.py",
+    "steps/rate.py",
+    "pipelines/run_pipeline.py",
+    "pipelines/run_hpo.py",
+    "components/generation.py",
+    "components/stats.py",
+    "components/text_tasks.py",
 )
 
 
@@ -200,8 +210,12 @@ def reference() -> str:
 
     from components.settings import PROJECT_ROOT
 
-    lines = ["# Command-line reference", "", "Written by `python -m components.cli > docs/cli.md` from the commands' own parsers "
-             "(`tests/test_argument_effects.py` checks it is current).", ""]
+    lines = [
+        "# Command-line reference",
+        "",
+        "Written by `python -m components.cli > docs/cli.md` from the commands' own parsers (`tests/test_argument_effects.py` checks it is current).",
+        "",
+    ]
     for path in COMMANDS:
         lines += parser_reference(command_line(path), importlib.import_module(module_name(path)).build_parser(), PROJECT_ROOT)
     return "\n".join(lines)

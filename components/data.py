@@ -84,7 +84,9 @@ def parse_tsv(path: str | Path) -> tuple[pd.DataFrame, list[InvalidRow]]:
         raise TsvError(f"{path} line {header_line}: missing column(s) {', '.join(missing)}; the header must name {', '.join(COLUMNS)}.")
     unknown = [name for name in header if name not in COLUMNS]
     if unknown or len(set(header)) != len(header):
-        raise TsvError(f"{path} line {header_line}: unexpected or repeated column(s) {unknown or header}; the header must name exactly {', '.join(COLUMNS)}.")
+        raise TsvError(
+            f"{path} line {header_line}: unexpected or repeated column(s) {unknown or header}; the header must name exactly {', '.join(COLUMNS)}."
+        )
     if len(records) == 1:
         raise TsvError(f"{path}: the header has no rows under it.")
 

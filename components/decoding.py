@@ -42,11 +42,7 @@ class Decoding:
 
 # Three ways to decode, for evaluation and the CLI: the deterministic default, a
 # beam search for quality, and sampling for variety.
-DECODING_PRESETS = {
-    "greedy": Decoding(),
-    "beam": Decoding(num_beams=4),
-    "sampling": Decoding(do_sample=True, temperature=0.7, top_k=50, top_p=0.95),
-}
+DECODING_PRESETS = {"greedy": Decoding(), "beam": Decoding(num_beams=4), "sampling": Decoding(do_sample=True, temperature=0.7, top_k=50, top_p=0.95)}
 
 
 DECODING_GROUP = "decoding (a preset, and what its options override)"
@@ -59,7 +55,12 @@ class DecodingOptions:
     do_sample: bool | None = setting(None, "sample instead of searching (default: the decoding preset's)", group=DECODING_GROUP)
     temperature: float | None = setting(None, "sampling temperature (default: the decoding preset's)", group=DECODING_GROUP)
     top_k: int | None = setting(None, "sample among the k likeliest tokens (default: the decoding preset's)", group=DECODING_GROUP)
-    top_p: float | None = setting(None, "sample among the likeliest tokens that make up this probability (default: the decoding preset's)",
-                                  group=DECODING_GROUP)
-    max_new_tokens: int | None = setting(None, f"tokens generated at most (default: the decoding preset's, {DECODING_PRESETS[DECODING].max_new_tokens})",
-                                         pipeline=True, group=DECODING_GROUP)
+    top_p: float | None = setting(
+        None, "sample among the likeliest tokens that make up this probability (default: the decoding preset's)", group=DECODING_GROUP
+    )
+    max_new_tokens: int | None = setting(
+        None,
+        f"tokens generated at most (default: the decoding preset's, {DECODING_PRESETS[DECODING].max_new_tokens})",
+        pipeline=True,
+        group=DECODING_GROUP,
+    )

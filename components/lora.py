@@ -76,13 +76,7 @@ class LoRALayer(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
-def inject_lora(
-    model: nn.Module,
-    target_names: Iterable[str],
-    rank: int,
-    alpha: float,
-    dropout: float = 0.0,
-) -> list[str]:
+def inject_lora(model: nn.Module, target_names: Iterable[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
     """Replace every ``nn.Linear`` whose attribute name is in ``target_names`` by a LoRALayer.
 
     Matching is on the last component of the module path (``q`` matches
@@ -90,11 +84,7 @@ def inject_lora(
     Returns the full names of the wrapped layers.
     """
     targets = set(target_names)
-    matches = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)
-    ]
+    matches = [(name, module) for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)]
     if not matches:
         raise ValueError(f"No nn.Linear named {sorted(targets)} in {type(model).__name__}: check the LoRA target modules.")
     for name, module in matches:

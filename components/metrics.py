@@ -22,7 +22,7 @@ imported where a score needs it, not by every step that only names the metrics.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from statistics import fmean
 
 import sacrebleu
@@ -38,14 +38,14 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("ё", "е"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _snowball():
     from nltk.stem.snowball import SnowballStemmer
 
     return SnowballStemmer("russian")
 
 
-@lru_cache(maxsize=None)
+@cache
 def stem(word: str) -> str:
     """Snowball Russian, cached: stemming dominates metric time otherwise."""
     return _snowball().stem(word)

@@ -28,6 +28,7 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
+
 class ModelLoadError(UserError, RuntimeError):
     """A base model or adapter that cannot be loaded; the message names the setting."""
 
@@ -119,8 +120,7 @@ def save_adapter_weights(model: nn.Module, path: str | Path) -> None:
     Path(path).write_bytes(adapter_weights_bytes(model))
 
 
-def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings,
-                 tokenizer: PreTrainedTokenizerBase) -> Path:
+def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings, tokenizer: PreTrainedTokenizerBase) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_adapter_weights(model, directory / ADAPTER_WEIGHTS)
@@ -135,8 +135,9 @@ def load_adapter_weights(model: nn.Module, weights_path: str | Path) -> None:
     try:
         saved = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
-        raise ModelLoadError(f"{weights_path} is not a readable safetensors file ({error}); copy the folder again "
-                             "from the train or register step.") from None
+        raise ModelLoadError(
+            f"{weights_path} is not a readable safetensors file ({error}); copy the folder again from the train or register step."
+        ) from None
     copy_adapter_tensors(model, saved, weights_path)
 
 
@@ -153,8 +154,10 @@ def copy_adapter_tensors(model: nn.Module, saved: dict[str, torch.Tensor], weigh
     with torch.no_grad():
         for name, tensor in saved.items():
             if params[name].shape != tensor.shape:
-                raise ModelLoadError(f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}: "
-                                     f"the adapter was not trained on the base model its {ADAPTER_CONFIG} names.")
+                raise ModelLoadError(
+                    f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}: "
+                    f"the adapter was not trained on the base model its {ADAPTER_CONFIG} names."
+                )
             params[name].copy_(tensor)
 
 
@@ -164,8 +167,10 @@ def read_adapter_config(model_dir: str | Path) -> tuple[str, AdapterSettings]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if (Path(model_dir) / "config.json").is_file():
-            raise ModelLoadError(f"{model_dir} is a plain model folder (config.json, no {ADAPTER_CONFIG}), such as the export step "
-                                 "writes: load it with AutoModelForSeq2SeqLM, or give the adapter folder of the train or register step.") from None
+            raise ModelLoadError(
+                f"{model_dir} is a plain model folder (config.json, no {ADAPTER_CONFIG}), such as the export step "
+                "writes: load it with AutoModelForSeq2SeqLM, or give the adapter folder of the train or register step."
+            ) from None
         raise ModelLoadError(f"{path} not found; --model-dir must be a directory written by the train or register step.") from None
     return config["base_model"], AdapterSettings.from_dict(config)
 
@@ -202,8 +207,10 @@ def load_untuned(model_dir: str | Path, *, dtype: torch.dtype | None = None) -> 
 def _tokenizer_of(model_dir: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved beside the adapter; never the base model's in its place (it may not be the one trained with)."""
     if not (Path(model_dir) / TOKENIZER_CONFIG).exists():
-        raise ModelLoadError(f"{Path(model_dir) / TOKENIZER_CONFIG} not found: a model directory holds its tokenizer, "
-                             "so give the whole folder the train or register step wrote.")
+        raise ModelLoadError(
+            f"{Path(model_dir) / TOKENIZER_CONFIG} not found: a model directory holds its tokenizer, "
+            "so give the whole folder the train or register step wrote."
+        )
     return load_tokenizer(str(model_dir))
 
 

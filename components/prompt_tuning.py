@@ -29,15 +29,7 @@ class PromptTuningEmbedding(nn.Module):
     starts on the scale and in the region the encoder was trained on.
     """
 
-    def __init__(
-        self,
-        embedding: nn.Embedding,
-        prompt_length: int,
-        *,
-        init_vocab_size: int = 5000,
-        num_special_tokens: int = 3,
-        seed: int = 0,
-    ):
+    def __init__(self, embedding: nn.Embedding, prompt_length: int, *, init_vocab_size: int = 5000, num_special_tokens: int = 3, seed: int = 0):
         super().__init__()
         if prompt_length < 1:
             raise ValueError(f"Prompt length must be a positive integer, got prompt_length={prompt_length}.")
@@ -47,11 +39,7 @@ class PromptTuningEmbedding(nn.Module):
         self.prompt = nn.Parameter(torch.empty(prompt_length, weight.shape[1], dtype=weight.dtype, device=weight.device))
         high = min(init_vocab_size, weight.shape[0])
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer(
-            "init_token_ids",
-            torch.randint(num_special_tokens, high, (prompt_length,), generator=generator),
-            persistent=False,
-        )
+        self.register_buffer("init_token_ids", torch.randint(num_special_tokens, high, (prompt_length,), generator=generator), persistent=False)
         self.reset_prompt()
 
     @torch.no_grad()

@@ -53,7 +53,7 @@ class AdapterSettings:
         return {**asdict(self), "lora_targets": list(self.lora_targets)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "AdapterSettings":
+    def from_dict(cls, values: dict) -> AdapterSettings:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         if "lora_targets" in kwargs:

@@ -7,7 +7,6 @@ The defaults reproduce the published figures: 740,047,872 total, 2,379,776 train
 
 from __future__ import annotations
 
-
 from components.cli import ArgumentParser
 from components.modeling import parameter_stats, rut5_large_on_meta
 from components.settings import BASE_MODEL, AdapterSettings

@@ -28,14 +28,13 @@ import string
 import tempfile
 from pathlib import Path
 
-import torch
 import sentencepiece as spm
+import torch
 from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer, get_linear_schedule_with_warmup
 
 from components.data import read_tsv, source_text
-from components.settings import RUT5_LARGE_CONFIG
+from components.settings import RUT5_LARGE_CONFIG, SAMPLE_DATA_DIR
 from components.threads import cpu_threads
-from components.settings import SAMPLE_DATA_DIR
 
 TINY_ARCHITECTURE = dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2)
 TINY_VOCAB_SIZE = 1000
@@ -65,9 +64,19 @@ def build_tiny_tokenizer(texts: list[str]) -> T5Tokenizer:
     """
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=TINY_VOCAB_SIZE, model_type="unigram",
-        character_coverage=1.0, normalization_rule_name="identity", required_chars="".join(ALPHABET),
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, minloglevel=2,
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=TINY_VOCAB_SIZE,
+        model_type="unigram",
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        required_chars="".join(ALPHABET),
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
     )
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
@@ -110,8 +119,22 @@ def pretrain_to_denoise(model: T5ForConditionalGeneration, tokenizer: T5Tokenize
 
 
 def _cache_key(train_tsv: Path) -> str:
-    spec = json.dumps([BUILD_VERSION, TINY_ARCHITECTURE, TINY_VOCAB_SIZE, SPECIAL_TOKENS, ALPHABET, SEED, PRETRAIN_STEPS, PRETRAIN_BATCH,
-                       PRETRAIN_MAX_TOKENS, PRETRAIN_DELETION, PRETRAIN_LEARNING_RATE], ensure_ascii=False)
+    spec = json.dumps(
+        [
+            BUILD_VERSION,
+            TINY_ARCHITECTURE,
+            TINY_VOCAB_SIZE,
+            SPECIAL_TOKENS,
+            ALPHABET,
+            SEED,
+            PRETRAIN_STEPS,
+            PRETRAIN_BATCH,
+            PRETRAIN_MAX_TOKENS,
+            PRETRAIN_DELETION,
+            PRETRAIN_LEARNING_RATE,
+        ],
+        ensure_ascii=False,
+    )
     return hashlib.sha256(spec.encode() + train_tsv.read_bytes()).hexdigest()[:12]
 
 

@@ -148,9 +148,9 @@ def rank_micro_batches(order: list[int], step_in_epoch: int, config: TrainConfig
     the ranks' shards are disjoint, cover the global batch, and at each micro-step hold neighbours in length.
     """
     global_batch = config.batch_size * config.grad_accum_steps * world.size
-    indices = order[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch]
-    chunks = [indices[start:start + config.batch_size] for start in range(0, len(indices), config.batch_size)]
-    return chunks[world.rank::world.size]
+    indices = order[step_in_epoch * global_batch : (step_in_epoch + 1) * global_batch]
+    chunks = [indices[start : start + config.batch_size] for start in range(0, len(indices), config.batch_size)]
+    return chunks[world.rank :: world.size]
 
 
 def evaluation_loader(model, tokenizer, dataset, batch_size: int, world: World = World()) -> DataLoader:
@@ -239,8 +239,20 @@ def train_adapters(
     model.config.use_cache = False
     eval_loader = evaluation_loader(model, tokenizer, validation_dataset, config.eval_batch_size, world)
 
-    state = {"step": 0, "epoch": 0, "epoch_step": 0, "world_size": world.size, "best_value": None, "best_step": None,
-             "bad_evaluations": 0, "skipped_steps": 0, "stopped_early": False, "history": [], "train_losses": [], "learning_rates": []}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "epoch_step": 0,
+        "world_size": world.size,
+        "best_value": None,
+        "best_step": None,
+        "bad_evaluations": 0,
+        "skipped_steps": 0,
+        "stopped_early": False,
+        "history": [],
+        "train_losses": [],
+        "learning_rates": [],
+    }
     torch.manual_seed(config.seed + world.rank)
     best_weights = None  # the best adapter so far, as written into each checkpoint (rank 0)
     checkpoint = world.broadcast(read_checkpoint(resume_from) if world.is_main and resume_from is not None else None)
@@ -277,16 +289,23 @@ def train_adapters(
         if world.is_main:
             # The best adapter travels inside the checkpoint, so a run resumed on another machine keeps it;
             # best/ is written after the checkpoint, so it never holds a best the checkpoints do not know.
-            save_checkpoint(checkpoints_dir, model, optimizer, scheduler, scaler, state,
-                            extra_files={BEST_IN_CHECKPOINT: best_weights}, rng_states=rng_states)
+            save_checkpoint(
+                checkpoints_dir, model, optimizer, scheduler, scaler, state, extra_files={BEST_IN_CHECKPOINT: best_weights}, rng_states=rng_states
+            )
             if improved:
                 write_file_atomically(best_dir / BEST_ADAPTER, best_weights)
             on_checkpoint("last", last_dir)
         world.barrier()  # no rank runs ahead of a checkpoint that may yet fail
         return stop
 
-    log.info("Training %d steps (%d per epoch) in %s, %d trainable tensors, %d rank(s).", total_steps, steps_per_epoch, precision,
-             len(trainable), world.size)
+    log.info(
+        "Training %d steps (%d per epoch) in %s, %d trainable tensors, %d rank(s).",
+        total_steps,
+        steps_per_epoch,
+        precision,
+        len(trainable),
+        world.size,
+    )
     model.train()
     progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0, disable=not world.is_main)
     stop = state.get("stopped_early", False) or state["step"] >= total_steps
@@ -320,7 +339,9 @@ def train_adapters(
                 scheduler.step()
                 # The data position after this step: where a resumed run continues.
                 last_of_epoch = step_in_epoch + 1 == steps_per_epoch
-                state.update(step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "epoch_step": 0} if last_of_epoch else {"epoch_step": step_in_epoch + 1}))
+                state.update(
+                    step=state["step"] + 1, **({"epoch": state["epoch"] + 1, "epoch_step": 0} if last_of_epoch else {"epoch_step": step_in_epoch + 1})
+                )
                 step_loss = step_loss_sum / step_tokens
                 state["train_losses"].append([state["step"], step_loss])
                 state["learning_rates"].append([state["step"], step_learning_rate])
@@ -336,9 +357,16 @@ def train_adapters(
         progress.close()
     model.eval()
     return TrainResult(
-        steps=state["step"], total_steps=total_steps, precision=precision, best_metric=config.best_metric,
-        best_value=state["best_value"], best_step=state["best_step"], stopped_early=bool(state.get("stopped_early")),
-        skipped_steps=state["skipped_steps"], history=state["history"], train_losses=state["train_losses"],
+        steps=state["step"],
+        total_steps=total_steps,
+        precision=precision,
+        best_metric=config.best_metric,
+        best_value=state["best_value"],
+        best_step=state["best_step"],
+        stopped_early=bool(state.get("stopped_early")),
+        skipped_steps=state["skipped_steps"],
+        history=state["history"],
+        train_losses=state["train_losses"],
         learning_rates=state["learning_rates"],
     )
 

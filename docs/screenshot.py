@@ -41,7 +41,8 @@ def main() -> None:
         for done, key in enumerate("13b"):
             driver.find_element(By.TAG_NAME, "body").send_keys(key)
             WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
-                lambda d: d.find_element(By.ID, "count").text == f"{done + 1} / 10")
+                lambda d: d.find_element(By.ID, "count").text == f"{done + 1} / 10"
+            )
         driver.save_screenshot(args.output)
     finally:
         driver.quit()

@@ -44,12 +44,13 @@ class CodeVersion:
     requirements: str
 
     @classmethod
-    def of_task(cls, task) -> "CodeVersion":
+    def of_task(cls, task) -> CodeVersion:
         """The code of ``task``, the task this process runs: so this checkout is that code, and its
         ``requirements.txt`` the code's (not the requirements ClearML detected for the task itself)."""
         script = task.data.script
-        return cls(script.repository or "", script.branch or "", script.version_num or "", script.diff or "",
-                   REQUIREMENTS_FILE.read_text(encoding="utf-8"))
+        return cls(
+            script.repository or "", script.branch or "", script.version_num or "", script.diff or "", REQUIREMENTS_FILE.read_text(encoding="utf-8")
+        )
 
     def apply_to(self, task) -> None:
         from clearml.backend_api.services import tasks
@@ -75,8 +76,14 @@ def complete_controller_code(task, launched) -> None:
     task.reload()
     script = task.data.script
     if not (script.repository and script.entry_point):
-        task.set_script(repository=launched.url, branch=launched.branch, commit=launched.commit, diff=launched.diff or "",
-                        working_dir=".", entry_point=CONTROLLER_ENTRY_POINT)
+        task.set_script(
+            repository=launched.url,
+            branch=launched.branch,
+            commit=launched.commit,
+            diff=launched.diff or "",
+            working_dir=".",
+            entry_point=CONTROLLER_ENTRY_POINT,
+        )
 
 
 def step_parser(step: StepSpec) -> argparse.ArgumentParser:
@@ -98,7 +105,10 @@ def find_or_create_template(step: StepSpec, project: str):
     from clearml import Task
 
     found = Task.get_tasks(
-        project_name=templates_project(project), task_name=f"^{step.name}$", tags=[TEMPLATE_TAG], allow_archived=False,
+        project_name=templates_project(project),
+        task_name=f"^{step.name}$",
+        tags=[TEMPLATE_TAG],
+        allow_archived=False,
         task_filter={"order_by": ["created"], "page_size": 1, "page": 0},
     )
     if found:
@@ -149,8 +159,9 @@ def controller_code() -> CodeVersion:
     return CodeVersion.of_task(Task.current_task())
 
 
-def build_controller(parameters: Mapping[str, Any], queues: Mapping[str, str], *, project: str, name: str,
-                     code: Callable[[], CodeVersion] = controller_code):
+def build_controller(
+    parameters: Mapping[str, Any], queues: Mapping[str, str], *, project: str, name: str, code: Callable[[], CodeVersion] = controller_code
+):
     """The PipelineController, built but not started: ``get_pipeline_dag()`` shows its wiring. The parameters'
     descriptions in the UI are the help of the launch's options of the same names (``pipelines/run_pipeline.py``)."""
     from clearml import PipelineController

@@ -56,12 +56,16 @@ def grid_size(space: dict[str, list]) -> int:
     """Combinations of a sweep's search space (swept name -> values): no sweep runs more trials than this."""
     return math.prod(len(values) for values in space.values())
 
+
 @dataclass(frozen=True)
 class RunOptions:
     """Pipeline parameters that no step takes: they shape the run."""
 
-    export: bool = setting(False, "after register, export the registered model as a plain Hugging Face checkpoint (steps/export.py; "
-                                  "a few GB for ruT5-large)", pipeline=True)
+    export: bool = setting(
+        False,
+        "after register, export the registered model as a plain Hugging Face checkpoint (steps/export.py; a few GB for ruT5-large)",
+        pipeline=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,10 @@ def declared_parameters(options_of: Mapping[str | None, type]) -> dict[str, Para
     for step, options in options_of.items():
         for argument, kind, default, declared_as in declared(options):
             if declared_as.sweep is not None and (step, declared_as.pipeline) != ("train", True):
-                raise TypeError(f"{options.__name__}.{argument} is sweepable: only a pipeline parameter of the train step (same name) "
-                                "can be, as a sweep sets it on trials of the train step.")
+                raise TypeError(
+                    f"{options.__name__}.{argument} is sweepable: only a pipeline parameter of the train step (same name) "
+                    "can be, as a sweep sets it on trials of the train step."
+                )
             if declared_as.pipeline:
                 name = argument if declared_as.pipeline is True else declared_as.pipeline
                 declarations.setdefault(name, []).append((step, argument, kind, default, declared_as))
@@ -116,9 +122,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The tiny model on data/tasks, questions about Russian sentences that it learns in about a minute on a CPU
     # (components/text_tasks.py). Paths are relative to the repository root: the working directory of every step,
     # locally and on agents.
-    "tiny": {"model": TINY_MODEL, "train_tsv": "data/tasks/train.tsv", "test_tsv": "data/tasks/test.tsv", "validation_size": 60,
-             "grad_accum_steps": 1, "learning_rate": 1e-2, "epochs": 5.0, "gradient_checkpointing": False, "eval_every": 40,
-             "max_new_tokens": 16},
+    "tiny": {
+        "model": TINY_MODEL,
+        "train_tsv": "data/tasks/train.tsv",
+        "test_tsv": "data/tasks/test.tsv",
+        "validation_size": 60,
+        "grad_accum_steps": 1,
+        "learning_rate": 1e-2,
+        "epochs": 5.0,
+        "gradient_checkpointing": False,
+        "eval_every": 40,
+        "max_new_tokens": 16,
+    },
 }
 
 
@@ -143,9 +158,7 @@ UPSTREAM_ARGUMENTS: dict[str, dict[str, str]] = {
 def step_arguments(step: str, parameters: Mapping[str, Any], upstream_ids: Mapping[str, str]) -> dict[str, Any]:
     """The arguments (argparse dest -> value) of ``step``; ``None`` values are left to the step's default."""
     arguments = {
-        PARAMETERS[name].arguments[step]: value
-        for name, value in parameters.items()
-        if step in PARAMETERS[name].arguments and value is not None
+        PARAMETERS[name].arguments[step]: value for name, value in parameters.items() if step in PARAMETERS[name].arguments and value is not None
     }
     for argument, upstream in UPSTREAM_ARGUMENTS.get(step, {}).items():
         arguments[argument] = upstream_ids[upstream]
@@ -159,14 +172,19 @@ def script_path(step: StepSpec) -> str:
 def configuration_reference() -> str:
     """docs/configuration.md: every pipeline parameter with its value in each preset, the steps it reaches and its sweep option."""
     values = {preset: preset_values(PRESETS[preset]) for preset in PRESETS}
-    lines = ["# Configuration", "",
-             "The pipeline's parameters: options of `python pipelines/run_pipeline.py`, and parameters of the pipeline in the ClearML UI "
-             "(edit them there and re-run). Each is an option of the steps it reaches, declared once in `steps/config.py`; a sweepable "
-             "one is swept by `python pipelines/run_hpo.py` with the option named in the last column. Every option of every command: "
-             "[cli.md](cli.md).", "",
-             "Written by `python -m pipelines.definition > docs/configuration.md` (`tests/test_pipeline_wiring.py` checks it is current).", "",
-             f"| parameter | {' | '.join(PRESETS)} | steps (their option) | sweep | description |",
-             f"|---|{'---|' * len(PRESETS)}---|---|---|"]
+    lines = [
+        "# Configuration",
+        "",
+        "The pipeline's parameters: options of `python pipelines/run_pipeline.py`, and parameters of the pipeline in the ClearML UI "
+        "(edit them there and re-run). Each is an option of the steps it reaches, declared once in `steps/config.py`; a sweepable "
+        "one is swept by `python pipelines/run_hpo.py` with the option named in the last column. Every option of every command: "
+        "[cli.md](cli.md).",
+        "",
+        "Written by `python -m pipelines.definition > docs/configuration.md` (`tests/test_pipeline_wiring.py` checks it is current).",
+        "",
+        f"| parameter | {' | '.join(PRESETS)} | steps (their option) | sweep | description |",
+        f"|---|{'---|' * len(PRESETS)}---|---|---|",
+    ]
     for name, parameter in PARAMETERS.items():
         presets = " | ".join(f"`{shown_default(values[preset][name])}`" if values[preset][name] is not None else "" for preset in PRESETS)
         steps = ", ".join(step if argument == name else f"{step} (`{option_flag(argument)}`)" for step, argument in parameter.arguments.items())

@@ -75,8 +75,9 @@ def objective(study: optuna.Study, space: dict, parameters: dict, ids: dict, out
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
         print(f"\n### Trial {len(finished(study)) + 1} of {total}: {params} (best so far: {best_so_far(study)})", flush=True)
         try:
-            result = run_step_locally(STEP_BY_NAME["train"], step_arguments("train", {**parameters, **params}, ids),
-                                      output_dir / "trials" / f"trial-{trial.number}")
+            result = run_step_locally(
+                STEP_BY_NAME["train"], step_arguments("train", {**parameters, **params}, ids), output_dir / "trials" / f"trial-{trial.number}"
+            )
         except StepFailed as error:
             trial.set_user_attr("error", str(error))
             print(f"Trial {trial.number} failed; the sweep goes on.")
@@ -152,19 +153,30 @@ def run_local_sweep(args: argparse.Namespace, space: dict[str, list], parameters
     if args.noise_seeds > 1:
         seeds = [parameters["seed"] + i for i in range(args.noise_seeds)]
         noise = seed_noise(best["params"], parameters, ids, output_dir, seeds, best["value"])
-    evaluate = run_step_locally(STEP_BY_NAME["evaluate"], step_arguments("evaluate", parameters, {**ids, "train": best["task_id"]}),
-                                output_dir / "best" / "evaluate")
-    register = run_step_locally(STEP_BY_NAME["register"], step_arguments("register", {**parameters, "metric": args.metric}, {"evaluate": evaluate["task_id"]}),
-                                output_dir / "best" / "register")
-    summary["best"] = {"params": best["params"], "value": best["value"], "task_id": best["task_id"],
-                       "model_dir": register["outputs"]["model_dir"], "test_metrics": register["outputs"]["metrics"]}
+    evaluate = run_step_locally(
+        STEP_BY_NAME["evaluate"], step_arguments("evaluate", parameters, {**ids, "train": best["task_id"]}), output_dir / "best" / "evaluate"
+    )
+    register = run_step_locally(
+        STEP_BY_NAME["register"],
+        step_arguments("register", {**parameters, "metric": args.metric}, {"evaluate": evaluate["task_id"]}),
+        output_dir / "best" / "register",
+    )
+    summary["best"] = {
+        "params": best["params"],
+        "value": best["value"],
+        "task_id": best["task_id"],
+        "model_dir": register["outputs"]["model_dir"],
+        "test_metrics": register["outputs"]["metrics"],
+    }
     summary["noise"] = noise
     summary_path.write_text(tracking.to_json(summary), encoding="utf-8")
     print_table(trials, best["number"])
     if noise:
         values = [t["value"] for t in complete]
-        print(f"\nSeed-to-seed spread of {noise['params']} over seeds {noise['seeds']}: {noise['spread']:.4f} "
-              f"({', '.join(f'{v:.4f}' for v in noise['values'])}); the trials span {max(values) - min(values):.4f}.")
+        print(
+            f"\nSeed-to-seed spread of {noise['params']} over seeds {noise['seeds']}: {noise['spread']:.4f} "
+            f"({', '.join(f'{v:.4f}' for v in noise['values'])}); the trials span {max(values) - min(values):.4f}."
+        )
     print(f"\nBest: {best['params']} (validation loss {best['value']:.4f}); registered model directory {summary['best']['model_dir']}.")
     print(f"Summary: {summary_path}")
     return summary

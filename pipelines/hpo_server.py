@@ -110,8 +110,11 @@ def find_template(project: str, code: CodeVersion) -> str:
     from clearml import Task
 
     def newest(name: str):
-        found = Task.get_tasks(project_name=project, task_name=f"^{name}$",
-                               task_filter={"status": ["completed"], "order_by": ["-last_update"], "page_size": 1, "page": 0})
+        found = Task.get_tasks(
+            project_name=project,
+            task_name=f"^{name}$",
+            task_filter={"status": ["completed"], "order_by": ["-last_update"], "page_size": 1, "page": 0},
+        )
         return found[0] if found else None
 
     train = newest("train")
@@ -119,7 +122,9 @@ def find_template(project: str, code: CodeVersion) -> str:
         return train.id
     preprocess = newest("preprocess")
     if preprocess is None:
-        raise UserError(f"No completed train or preprocess task in project {project!r}: run pipelines/run_pipeline.py first, or pass --template-task-id.")
+        raise UserError(
+            f"No completed train or preprocess task in project {project!r}: run pipelines/run_pipeline.py first, or pass --template-task-id."
+        )
     template = new_step_task(STEP_BY_NAME["train"], project, code, parent_id=None)
     template.update_parameters({"Args/preprocess_task_id": preprocess.id, "Args/model": preprocess.get_parameters()["Args/model"]})
     return template.id
@@ -133,10 +138,13 @@ def launch_step(name: str, arguments: dict, queue: str, project: str, code: Code
     task.update_parameters({f"Args/{key}": value for key, value in arguments.items()})
     Task.enqueue(task, queue_name=queue)
     try:
-        task.wait_for_status(status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped),
-                             check_interval_sec=3.0)
+        task.wait_for_status(
+            status=(Task.TaskStatusEnum.completed,), raise_on_status=(Task.TaskStatusEnum.failed, Task.TaskStatusEnum.stopped), check_interval_sec=3.0
+        )
     except RuntimeError:  # the status it ended with
-        raise UserError(f"The sweep's {name} task {task.id} ended with status {task.status} (queue {queue!r}); its log in the ClearML UI says why.") from None
+        raise UserError(
+            f"The sweep's {name} task {task.id} ended with status {task.status} (queue {queue!r}); its log in the ClearML UI says why."
+        ) from None
     return task
 
 
@@ -148,8 +156,9 @@ def trial_records(optimizer_task_id: str, swept: list[str]) -> list[TrialRecord]
     for trial in Task.get_tasks(task_filter={"parent": optimizer_task_id, "order_by": ["created"]}):
         objective = trial.get_last_scalar_metrics().get(OBJECTIVE["title"], {}).get(OBJECTIVE["series"], {})
         params = trial.get_parameters()
-        records.append(TrialRecord(trial.id, str(trial.status), objective.get(OBJECTIVE["sign"]),
-                                   {name: params.get(f"Args/{name}") for name in swept}))
+        records.append(
+            TrialRecord(trial.id, str(trial.status), objective.get(OBJECTIVE["sign"]), {name: params.get(f"Args/{name}") for name in swept})
+        )
     return records
 
 
@@ -162,8 +171,16 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
 def report_trials(task, records: list[TrialRecord], best: TrialRecord | None) -> None:
     import pandas as pd
 
-    rows = [{"task_id": r.task_id, "status": r.status, "validation_loss": r.value, **r.params,
-             "best": "yes" if best and r.task_id == best.task_id else ""} for r in records]
+    rows = [
+        {
+            "task_id": r.task_id,
+            "status": r.status,
+            "validation_loss": r.value,
+            **r.params,
+            "best": "yes" if best and r.task_id == best.task_id else "",
+        }
+        for r in records
+    ]
     task.get_logger().report_table("trials", "all", iteration=0, table_plot=pd.DataFrame(rows))
 
 
@@ -193,11 +210,16 @@ def run_server_sweep(task, args: argparse.Namespace, space: dict[str, list]) -> 
     best = best_trial(records)
     report_trials(task, records, best)
     if best is None:
-        raise UserError(f"No trial of optimizer task {task.id} completed with a {OBJECTIVE['title']}/{OBJECTIVE['series']} value; see the trials' logs.")
+        raise UserError(
+            f"No trial of optimizer task {task.id} completed with a {OBJECTIVE['title']}/{OBJECTIVE['series']} value; see the trials' logs."
+        )
     preprocess_id = tracking.get_task(best.task_id).get_parameters()["Args/preprocess_task_id"]
     ingest_id = tracking.get_task(preprocess_id).get_parameters()["Args/ingest_task_id"]
     evaluate = launch_step("evaluate", {"train_task_id": best.task_id, "ingest_task_id": ingest_id}, args.queue, args.project, code, task.id)
     register = launch_step("register", {"candidates": evaluate.id, "metric": args.metric}, args.cpu_queue, args.project, code, task.id)
     print(f"Best trial {best.task_id} ({best.params}, validation loss {best.value:.4f}); evaluated by {evaluate.id}, registered by {register.id}.")
-    return {"objective": OBJECTIVE, "trials": [vars(r) for r in records],
-            "best": {"task_id": best.task_id, "evaluate_task_id": evaluate.id, "register_task_id": register.id}}
+    return {
+        "objective": OBJECTIVE,
+        "trials": [vars(r) for r in records],
+        "best": {"task_id": best.task_id, "evaluate_task_id": evaluate.id, "register_task_id": register.id},
+    }

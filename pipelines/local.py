@@ -30,5 +30,7 @@ def run_step_locally(step: StepSpec, arguments: dict, output_dir: Path) -> dict:
     print(f"\n=== {step.name}: {' '.join(command[1:])}", flush=True)
     completed = subprocess.run(command, cwd=PROJECT_ROOT)
     if completed.returncode != 0:
-        raise StepFailed(f"Step {step.name} failed with exit status {completed.returncode} (its output is above); rerun it alone with: {' '.join(command[1:])}")
+        raise StepFailed(
+            f"Step {step.name} failed with exit status {completed.returncode} (its output is above); rerun it alone with: {' '.join(command[1:])}"
+        )
     return json.loads((output_dir / tracking.RESULT_FILE).read_text(encoding="utf-8"))

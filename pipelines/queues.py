@@ -23,17 +23,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from components.errors import UserError
 from clearml_adapter.tracking import staying_after_enqueue
+from components.errors import UserError
 
 # What serves each kind of queue: the README's agent commands (tests/test_server_errors.py keeps them equal).
 # The variable takes torch from the pip index; the agent's default looks on download.pytorch.org and fails on CPU machines.
 AGENT_ENVIRONMENT = "CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none"
-AGENT_OPTIONS = {
-    "gpu": "--gpus 0",
-    "cpu": "--cpu-only",
-    "services": "--services-mode --cpu-only",
-}
+AGENT_OPTIONS = {"gpu": "--gpus 0", "cpu": "--cpu-only", "services": "--services-mode --cpu-only"}
 
 
 class MissingQueue(UserError):
@@ -59,8 +55,7 @@ def _listened(names: Iterable[str]) -> dict[str, bool]:
     from clearml.backend_api.session.client import APIClient
 
     client = APIClient()
-    ids = {queue.id: queue.name
-           for name in names for queue in client.queues.get_all(name=f"^{re.escape(name)}$", only_fields=["id", "name"])}
+    ids = {queue.id: queue.name for name in names for queue in client.queues.get_all(name=f"^{re.escape(name)}$", only_fields=["id", "name"])}
     listened = {entry.id for worker in client.workers.get_all() for entry in worker.queues or []}
     return {name: queue_id in listened for queue_id, name in ids.items()}
 
@@ -74,12 +69,14 @@ def check_queues(uses: Iterable[QueueUse]) -> None:
         queues = " nor ".join(f"{use.name!r} ({use.option}, for {use.purpose})" for use in missing)
         commands = ", ".join(f"`{use.agent_command}`" for use in missing)
         agents = "its agent" if len(missing) == 1 else "their agents"
-        raise MissingQueue(f"The ClearML server has no queue {queues}; start {agents} with {commands}, "
-                           "or name existing queues with those options.")
+        raise MissingQueue(f"The ClearML server has no queue {queues}; start {agents} with {commands}, or name existing queues with those options.")
     for use in uses:
         if not found[use.name]:
-            print(f"warning: no agent is listening on queue {use.name!r} ({use.option}); its tasks wait there until one starts: "
-                  f"`{use.agent_command}`.", file=sys.stderr, flush=True)
+            print(
+                f"warning: no agent is listening on queue {use.name!r} ({use.option}); its tasks wait there until one starts: `{use.agent_command}`.",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 # clearml-agent's status reasons while it prepares a task, before the task's own code runs
@@ -97,9 +94,14 @@ class StartFailed(UserError):
 
 
 def add_wait_for_start(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--wait-for-start", type=float, default=WAIT_FOR_START_S, metavar="SECONDS",
-                        help=f"after enqueuing {what}, follow it this long until an agent starts it; one that fails first "
-                             f"ends the command with its reason and exit status 1 (0: do not wait; default {WAIT_FOR_START_S:g})")
+    parser.add_argument(
+        "--wait-for-start",
+        type=float,
+        default=WAIT_FOR_START_S,
+        metavar="SECONDS",
+        help=f"after enqueuing {what}, follow it this long until an agent starts it; one that fails first "
+        f"ends the command with its reason and exit status 1 (0: do not wait; default {WAIT_FOR_START_S:g})",
+    )
 
 
 def enqueue_and_follow(enqueue_and_leave: Callable[[], object], task_id: str, queue: str, wait_s: float) -> None:
@@ -124,17 +126,22 @@ def follow_start(task_id: str, queue: str, wait_s: float) -> None:
         task = client.tasks.get_by_id(task=task_id)
         status = str(task.status)  # an enum of the API's
         if status in FAILED_STATUSES:
-            raise StartFailed(f"Task {task_id} {status} on queue {queue!r} before it started ({task.status_reason or 'no reason given'}); "
-                              f"its log ends: {last_log_error(client, task_id)}")
+            raise StartFailed(
+                f"Task {task_id} {status} on queue {queue!r} before it started ({task.status_reason or 'no reason given'}); "
+                f"its log ends: {last_log_error(client, task_id)}"
+            )
         # The agent's name reaches the task with the agent's next status report, which can come after the task started.
         agent, ended = task.last_worker, time.monotonic() >= deadline
         if status in STARTED_STATUSES and task.status_reason not in PREPARING_REASONS and (agent or ended):
             print(f"Task {task_id} started{f' on agent {agent}' if agent else ''} (queue {queue!r}).", flush=True)
             return
         if ended:
-            where = (f"is still queued on {queue!r} after {wait_s:.0f} s: no agent of that queue has taken it yet" if status == "queued"
-                     else f"is being prepared{f' by agent {agent}' if agent else ''} (queue {queue!r}) after {wait_s:.0f} s: "
-                          "its environment is being built")
+            where = (
+                f"is still queued on {queue!r} after {wait_s:.0f} s: no agent of that queue has taken it yet"
+                if status == "queued"
+                else f"is being prepared{f' by agent {agent}' if agent else ''} (queue {queue!r}) after {wait_s:.0f} s: "
+                "its environment is being built"
+            )
             print(f"Task {task_id} {where}; it continues there.", flush=True)
             return
         time.sleep(FOLLOW_POLL_S)

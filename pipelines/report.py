@@ -81,8 +81,12 @@ def write_report(output_dir: Path, summary: dict) -> Path:
         "",
         "## Base vs fine-tuned on the test split" if compared else "## Fine-tuned model on the test split",
         "",
-        ("The base is the same model with the adapters as training starts them (LoRA's B at zero, the prompt at its "
-         "initialisation), so it is fed the same inputs. " if compared else "The untuned base was not scored (`--compare-base false`). ")
+        (
+            "The base is the same model with the adapters as training starts them (LoRA's B at zero, the prompt at its "
+            "initialisation), so it is fed the same inputs. "
+            if compared
+            else "The untuned base was not scored (`--compare-base false`). "
+        )
         + "Text metrics are on a 0..1 scale (higher is better); `loss` is the cross-entropy per reference token.",
         "",
         comparison_table(summary["metrics"], summary["base_metrics"], list(HEADLINE_METRICS)),

@@ -11,9 +11,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from clearml_adapter.tracking import REMOTE_SCHEMES
 from components.errors import UserError
 from components.settings import PROJECT_ROOT
-from clearml_adapter.tracking import REMOTE_SCHEMES
 
 GIT_URL_SCHEMES = ("http://", "https://", "ssh://", "git://", "git@")
 

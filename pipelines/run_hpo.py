@@ -32,12 +32,7 @@ from components.cli import ArgumentParser, exit_if_help_asked, option_flag
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PROJECT_ROOT, SELECTION_METRIC
 from pipelines.definition import PARAMETERS, PRESETS
-from pipelines.queues import (
-    QueueUse,
-    add_wait_for_start,
-    check_queues,
-    enqueue_and_follow,
-)
+from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
 from pipelines.repository import check_repository
 from pipelines.run_pipeline import build_parser as pipeline_parser
 from pipelines.run_pipeline import pipeline_parameters
@@ -70,27 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--output-dir", help="study, trials and hpo_summary.json (default runs/hpo-<preset>)")
     space = parser.add_argument_group("search space (parameter names as the train step exposes them)")
     for name, (option, _, values) in SWEPT.items():
-        space.add_argument(option_flag(option), default=values,
-                           help=f"values of {name} (default: {values or 'not swept: the value of the preset, or of the template'})")
+        space.add_argument(
+            option_flag(option),
+            default=values,
+            help=f"values of {name} (default: {values or 'not swept: the value of the preset, or of the template'})",
+        )
     parser.add_argument("--trials", type=int, default=12, help="number of trials (total jobs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the order in which the grid is tried)")
     parser.add_argument("--epochs", type=float, help="training epochs of each trial (default: the preset's, or the template's)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps of each trial (default: the steps of --epochs)")
-    parser.add_argument("--eval-every", type=int, help="optimizer steps between a trial's evaluations, its objective being the best of them (default: the preset's, or the template's)")
-    parser.add_argument("--nproc-per-node", type=int, help="ranks of each trial's train step: GPUs of its agent (default: the preset's 1, "
-                                                           "or the template's)")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        help="optimizer steps between a trial's evaluations, its objective being the best of them (default: the preset's, or the template's)",
+    )
+    parser.add_argument(
+        "--nproc-per-node", type=int, help="ranks of each trial's train step: GPUs of its agent (default: the preset's 1, or the template's)"
+    )
     parser.add_argument("--metric", default=SELECTION_METRIC, help="test metric recorded with the registered model")
-    local.add_argument("--noise-seeds", type=int, default=3,
-                       help="train the best pair with this many seeds (its trial's and the next ones) and record the objective's "
-                            "spread as hpo_summary.json's noise; 1 or 0: do not")
-    parser.add_argument("--preprocess-task-id", help="train every trial on this preprocess task's data (default: locally, run ingest and "
-                                                     "preprocess first; on a server, the template's data)")
+    local.add_argument(
+        "--noise-seeds",
+        type=int,
+        default=3,
+        help="train the best pair with this many seeds (its trial's and the next ones) and record the objective's "
+        "spread as hpo_summary.json's noise; 1 or 0: do not",
+    )
+    parser.add_argument(
+        "--preprocess-task-id",
+        help="train every trial on this preprocess task's data (default: locally, run ingest and preprocess first; on a server, the template's data)",
+    )
     server = parser.add_argument_group("ClearML server")
-    server.add_argument("--template-task-id", help="train task whose clones are the trials (default: the newest completed train task of --project, else one made from "
-                                                            "its newest completed preprocess task)")
-    server.add_argument("--project", default=CLEARML_PROJECT,
-                        help="ClearML project of the optimizer, its trials and the final evaluate and register tasks; its newest "
-                             "completed train task is the template unless --template-task-id names one")
+    server.add_argument(
+        "--template-task-id",
+        help="train task whose clones are the trials (default: the newest completed train task of --project, else one made from "
+        "its newest completed preprocess task)",
+    )
+    server.add_argument(
+        "--project",
+        default=CLEARML_PROJECT,
+        help="ClearML project of the optimizer, its trials and the final evaluate and register tasks; its newest "
+        "completed train task is the template unless --template-task-id names one",
+    )
     server.add_argument("--queue", default="gpu", help="queue of the trials and of the final evaluation")
     server.add_argument("--cpu-queue", default="cpu", help="queue of the register step")
     server.add_argument("--concurrent", type=int, default=2, help="trials running at the same time")
@@ -98,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--time-limit", type=float, default=None, help="minutes the whole sweep may run (default: no limit)")
     server.add_argument("--run-on", metavar="QUEUE", help="enqueue this optimizer task on QUEUE (e.g. services) (default: run it here)")
     add_wait_for_start(server, "the optimizer (--run-on)")
-    server.add_argument("--allow-local-repository", action="store_true",
-                        help="accept a git remote that is a path on this machine (every agent runs on this machine)")
+    server.add_argument(
+        "--allow-local-repository", action="store_true", help="accept a git remote that is a path on this machine (every agent runs on this machine)"
+    )
     return parser
 
 
@@ -122,8 +138,9 @@ def run_local(args: argparse.Namespace) -> dict:
 
     for option in ("template_task_id", "run_on"):
         if getattr(args, option):
-            raise UserError(f"{option_flag(option)} applies to a sweep on a ClearML server; this one runs locally "
-                            "(--local, or no server configured).")
+            raise UserError(
+                f"{option_flag(option)} applies to a sweep on a ClearML server; this one runs locally (--local, or no server configured)."
+            )
     args.preset = args.preset or "published"
     output_dir = Path(args.output_dir or PROJECT_ROOT / "runs" / f"hpo-{args.preset}").resolve()
     return run_local_sweep(args, search_space(args), trial_parameters(args), output_dir)
@@ -133,8 +150,10 @@ def check_server_sweep(args: argparse.Namespace) -> None:
     """What a sweep on a server can refuse, checked before its optimizer task exists."""
     for option in ("preset", "output_dir"):
         if getattr(args, option):
-            raise UserError(f"{option_flag(option)} applies to a local sweep; on a server every trial takes its settings "
-                            "from the template train task (--template-task-id).")
+            raise UserError(
+                f"{option_flag(option)} applies to a local sweep; on a server every trial takes its settings "
+                "from the template train task (--template-task-id)."
+            )
     search_space(args)
     if args.template_task_id:
         tracking.get_task(args.template_task_id)  # it exists
@@ -154,8 +173,10 @@ def run_on_server(task, args: argparse.Namespace) -> dict | None:
 
 def sweep_queues(args: argparse.Namespace) -> list[QueueUse]:
     """The trials' and the final steps' queues, and ``--run-on`` (the optimizer's own) when it is enqueued from here."""
-    uses = [QueueUse(args.queue, "gpu", "--queue", "the trials and the winner's evaluation"),
-            QueueUse(args.cpu_queue, "cpu", "--cpu-queue", "the winner's register step")]
+    uses = [
+        QueueUse(args.queue, "gpu", "--queue", "the trials and the winner's evaluation"),
+        QueueUse(args.cpu_queue, "cpu", "--cpu-queue", "the winner's register step"),
+    ]
     if args.run_on and not running_on_agent():
         uses.append(QueueUse(args.run_on, "services", "--run-on", "the sweep's optimizer"))
     return uses

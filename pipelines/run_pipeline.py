@@ -28,61 +28,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearml_adapter import tracking
 from clearml_adapter.connection import prepare_clearml, running_on_agent
-from components.cli import (
-    ArgumentParser,
-    Setting,
-    exit_if_help_asked,
-    option_flag,
-    option_kwargs,
-    shown_default,
-)
+from components.cli import ArgumentParser, Setting, exit_if_help_asked, option_flag, option_kwargs, shown_default
 from components.comparison import comparison_table
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PROJECT_ROOT
-from pipelines.definition import (
-    PARAMETERS,
-    PRESETS,
-    Parameter,
-    StepSpec,
-    preset_values,
-    run_steps,
-    step_arguments,
-)
+from pipelines.definition import PARAMETERS, PRESETS, Parameter, StepSpec, preset_values, run_steps, step_arguments
 from pipelines.local import run_step_locally
-from pipelines.queues import (
-    QueueUse,
-    add_wait_for_start,
-    check_queues,
-    enqueue_and_follow,
-)
+from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
 from pipelines.report import HEADLINE_METRICS, write_report
 from pipelines.repository import check_repository, repository_path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="published",
-                        help="published: ruT5-large with the published settings; tiny: a tiny local model on data/tasks (CPU, minutes)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="published",
+        help="published: ruT5-large with the published settings; tiny: a tiny local model on data/tasks (CPU, minutes)",
+    )
     parser.add_argument("--local", action="store_true", help="run offline on this machine even if a ClearML server is configured")
     parser.add_argument("--output-dir", help="local run: where steps write their outputs and summary.json (default runs/<preset>-<time>)")
     # Each pipeline parameter is an option here, and its help is what the UI shows beside the parameter: the controller
     # task's Args hold the launch's options and the pipeline's parameters under the same names, with the options' help.
     overrides = parser.add_argument_group("overrides of the preset (pipeline parameters; unset: the preset's value)")
     for parameter in PARAMETERS.values():
-        overrides.add_argument(option_flag(parameter.name), help=parameter_help(parameter),
-                               **option_kwargs(parameter.kind, Setting(parameter.help, choices=parameter.choices)))
+        overrides.add_argument(
+            option_flag(parameter.name),
+            help=parameter_help(parameter),
+            **option_kwargs(parameter.kind, Setting(parameter.help, choices=parameter.choices)),
+        )
     server = parser.add_argument_group("ClearML server")
-    server.add_argument("--project", default=CLEARML_PROJECT,
-                        help="ClearML project of the steps' runs (the controller task is in <project>/.pipelines/<name>, the step templates in "
-                             "<project>/templates)")
+    server.add_argument(
+        "--project",
+        default=CLEARML_PROJECT,
+        help="ClearML project of the steps' runs (the controller task is in <project>/.pipelines/<name>, the step templates in <project>/templates)",
+    )
     server.add_argument("--pipeline-name", default="ruT5 LoRA+prompt fine-tuning", help="name of the pipeline (its controller task) in the UI")
     server.add_argument("--cpu-queue", default="cpu", help="queue of ingest, preprocess and register")
     server.add_argument("--gpu-queue", default="gpu", help="queue of train and evaluate")
     server.add_argument("--controller-queue", default="services", help="queue of the pipeline controller")
     server.add_argument("--controller-here", action="store_true", help="run the controller in this process instead of on --controller-queue")
     add_wait_for_start(server, "the controller")
-    server.add_argument("--allow-local-repository", action="store_true",
-                        help="accept a git remote that is a path on this machine (every agent runs on this machine)")
+    server.add_argument(
+        "--allow-local-repository", action="store_true", help="accept a git remote that is a path on this machine (every agent runs on this machine)"
+    )
     return parser
 
 
@@ -101,8 +91,10 @@ def pipeline_parameters(preset: Mapping[str, Any], args: argparse.Namespace) -> 
     parameters = preset_values(preset)
     parameters.update({name: getattr(args, name) for name in PARAMETERS if getattr(args, name, None) is not None})
     if parameters["export_ctranslate2"] and not parameters["export"]:
-        raise UserError("export_ctranslate2 (--export-ctranslate2 true) converts the export step's checkpoint, "
-                        "and this run has no export step: set export (--export true) too.")
+        raise UserError(
+            "export_ctranslate2 (--export-ctranslate2 true) converts the export step's checkpoint, "
+            "and this run has no export step: set export (--export true) too."
+        )
     return parameters
 
 
@@ -168,14 +160,13 @@ def print_summary(summary: dict, output_dir: Path) -> None:
     print(f"Summary:  {output_dir / 'summary.json'}")
     print("Offline ClearML sessions, one per step; to import them into a server later:")
     for session in summary["offline_sessions"]:
-        print(f'  python -c "from clearml import Task; Task.import_offline_session(\'{session}\')"')
+        print(f"  python -c \"from clearml import Task; Task.import_offline_session('{session}')\"")
 
 
 def pipeline_queues(args: argparse.Namespace, steps: tuple[StepSpec, ...], controller_enqueued: bool) -> list[QueueUse]:
     """The queues a launch enqueues on: the steps', and the controller's unless it runs here (or already runs on an agent)."""
     purposes = {kind: ", ".join(step.name for step in steps if step.queue == kind) for kind in ("cpu", "gpu")}
-    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue", purposes["cpu"]),
-            QueueUse(args.gpu_queue, "gpu", "--gpu-queue", purposes["gpu"])]
+    uses = [QueueUse(args.cpu_queue, "cpu", "--cpu-queue", purposes["cpu"]), QueueUse(args.gpu_queue, "gpu", "--gpu-queue", purposes["gpu"])]
     if controller_enqueued:
         uses.append(QueueUse(args.controller_queue, "services", "--controller-queue", "the pipeline controller"))
     return uses

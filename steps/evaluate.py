@@ -64,8 +64,14 @@ def score(model, tokenizer, frame: pd.DataFrame, args: argparse.Namespace, decod
     use_cpu_threads_for(model)
     sources = [source_text(i, x) for i, x in zip(frame["instruction"], frame["input"])]
     predictions = generate_predictions(
-        model, tokenizer, sources, batch_size=args.batch_size, max_input_length=args.max_input_length,
-        seed=args.seed, show_progress=True, **asdict(decoding),
+        model,
+        tokenizer,
+        sources,
+        batch_size=args.batch_size,
+        max_input_length=args.max_input_length,
+        seed=args.seed,
+        show_progress=True,
+        **asdict(decoding),
     )
     metrics = metric.compute(predictions=predictions, references=frame["output"].tolist())
     rows = preprocess(frame, tokenizer, args.max_input_length, args.max_target_length)
@@ -90,9 +96,15 @@ def run(args: argparse.Namespace, task) -> dict:
     predictions_path = args.output_dir / "predictions.tsv"
     table.to_csv(predictions_path, sep="\t", index=False)
     tracking.upload_path(task, "predictions", predictions_path)
-    evaluation = {"metrics": metrics, "base_metrics": base_metrics, "difference": compare(metrics, base_metrics),
-                  "decoding": {"preset": args.decoding, **asdict(decoding), "description": decoding.describe()},
-                  "rows": len(frame), "train_task_id": args.train_task_id, "model_dir": None if args.train_task_id else str(model_dir)}
+    evaluation = {
+        "metrics": metrics,
+        "base_metrics": base_metrics,
+        "difference": compare(metrics, base_metrics),
+        "decoding": {"preset": args.decoding, **asdict(decoding), "description": decoding.describe()},
+        "rows": len(frame),
+        "train_task_id": args.train_task_id,
+        "model_dir": None if args.train_task_id else str(model_dir),
+    }
     tracking.upload_json(task, "evaluation", evaluation, args.output_dir)
     tracking.report_metrics(task, metrics, table.head(SAMPLE_ROWS), base_metrics=base_metrics)
     print(comparison_table(metrics, base_metrics))

@@ -74,8 +74,14 @@ def model_card(info: dict, evaluation: dict | None) -> str:
         scored = f"On {evaluation['rows']} test rows, {evaluation['decoding']['description']}:\n\n| metric | value |\n|---|---|\n{rows}"
     else:
         scored = "Not evaluated: the exported folder had no evaluation.json."
-    return CARD.format(base_model=info["base_model"], lora_rank=info["lora_rank"], prompt_length=len(info["prompt_token_ids"]),
-                       decoding=info["decoding"]["description"], max_input_length=info["max_input_length"], evaluation=scored)
+    return CARD.format(
+        base_model=info["base_model"],
+        lora_rank=info["lora_rank"],
+        prompt_length=len(info["prompt_token_ids"]),
+        decoding=info["decoding"]["description"],
+        max_input_length=info["max_input_length"],
+        evaluation=scored,
+    )
 
 
 def run(args: argparse.Namespace, task) -> dict:
@@ -102,10 +108,20 @@ def register(task, args: argparse.Namespace, output: Path, info: dict, evaluatio
     adapter = tracking.output_model_of(args.register_task_id) if args.register_task_id else None
     metrics = evaluation["metrics"] if evaluation else {}
     model_id = tracking.register_model(
-        task, f"{adapter.name} (plain checkpoint)" if adapter else PLAIN_MODEL_NAME, output, tags=["plain checkpoint"],
-        metadata={**{f"test_{k}": v for k, v in metrics.items()}, "base_model": info["base_model"], "lora_rank": info["lora_rank"],
-                  "prompt_tokens": len(info["prompt_token_ids"]), "adapter_model_id": adapter.id if adapter else ""},
-        publish=bool(adapter and adapter.published), parent_id=adapter.id if adapter else None)
+        task,
+        f"{adapter.name} (plain checkpoint)" if adapter else PLAIN_MODEL_NAME,
+        output,
+        tags=["plain checkpoint"],
+        metadata={
+            **{f"test_{k}": v for k, v in metrics.items()},
+            "base_model": info["base_model"],
+            "lora_rank": info["lora_rank"],
+            "prompt_tokens": len(info["prompt_token_ids"]),
+            "adapter_model_id": adapter.id if adapter else "",
+        },
+        publish=bool(adapter and adapter.published),
+        parent_id=adapter.id if adapter else None,
+    )
     lineage = f"from adapter model {adapter.id}" if adapter else "with no adapter model (given by --model-dir)"
     print(f"Registered the export as model {model_id}, {lineage}.")
     return model_id

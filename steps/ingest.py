@@ -19,14 +19,7 @@ import pandas as pd
 
 from clearml_adapter import tracking
 from components.cli import ArgumentParser, add_settings
-from components.data import (
-    COLUMNS,
-    SPLITS,
-    InvalidRow,
-    TsvError,
-    describe_invalid_rows,
-    parse_tsv,
-)
+from components.data import COLUMNS, SPLITS, InvalidRow, TsvError, describe_invalid_rows, parse_tsv
 from components.errors import UserError
 from steps.config import IngestOptions
 
@@ -55,8 +48,7 @@ def from_hub(dataset_id: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame = load_dataset(dataset_id, split="train").to_pandas()
     except Exception as error:  # offline, unknown id, no access: all end the same way for the user
         raise UserError(
-            f"Cannot load the dataset {dataset_id!r} from the Hugging Face Hub ({type(error).__name__}); "
-            "pass --train-tsv and --test-tsv instead."
+            f"Cannot load the dataset {dataset_id!r} from the Hugging Face Hub ({type(error).__name__}); pass --train-tsv and --test-tsv instead."
         ) from None
     frame = frame.reindex(columns=list(COLUMNS)).fillna("").astype(str)
     frame = frame[(frame["instruction"].str.strip() != "") & (frame["output"].str.strip() != "")]
@@ -92,12 +84,7 @@ def run(args: argparse.Namespace, task) -> dict:
         frame.to_csv(path, sep="\t", index=False)
         tracking.upload_path(task, name, path)
         rows[name] = len(frame)
-    report = {
-        "sources": sources,
-        "rows": rows,
-        "seed": args.seed,
-        "invalid_rows_skipped": len(invalid),
-    }
+    report = {"sources": sources, "rows": rows, "seed": args.seed, "invalid_rows_skipped": len(invalid)}
     tracking.upload_json(task, "ingest_report", report, args.output_dir)
     if invalid:
         tracking.upload_json(task, "invalid_rows", [vars(row) for row in invalid], args.output_dir)

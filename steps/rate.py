@@ -31,19 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd
 
 from clearml_adapter import tracking
+from clearml_adapter.human_evaluation import add_win_rates_to_registered_models, report_summary
 from components.cli import ArgumentParser
 from components.errors import UserError
 from components.human_eval import label_studio
-from clearml_adapter.human_evaluation import (
-    add_win_rates_to_registered_models,
-    report_summary,
-)
-from components.human_eval.session import (
-    assign,
-    items_from_evaluation,
-    items_from_evaluations,
-    sample_items,
-)
+from components.human_eval.session import assign, items_from_evaluation, items_from_evaluations, sample_items
 from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
 from components.human_eval.web import start_server
@@ -63,8 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--session", default="runs/rating/session.sqlite", help="the session's SQLite file: created, or continued when it exists")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8642, help="port to serve on (0: a free one)")
-    parser.add_argument("--label-studio-export", default=None, metavar="DIR", help="write the session as a Label Studio project to DIR instead of serving (default: serve the rating page)")
-    parser.add_argument("--label-studio-import", default=None, metavar="FILE", help="read Label Studio's JSON export of that project instead of serving (default: serve the rating page)")
+    parser.add_argument(
+        "--label-studio-export",
+        default=None,
+        metavar="DIR",
+        help="write the session as a Label Studio project to DIR instead of serving (default: serve the rating page)",
+    )
+    parser.add_argument(
+        "--label-studio-import",
+        default=None,
+        metavar="FILE",
+        help="read Label Studio's JSON export of that project instead of serving (default: serve the rating page)",
+    )
     tracking.add_common_arguments(parser)
     return parser
 
@@ -100,16 +102,23 @@ def open_session(args: argparse.Namespace) -> RatingStore:
     raters = _listed(args.raters)
     if not raters:
         raise UserError("--raters is empty; give the raters' names, comma-separated.")
-    options = {"sources": args.evaluate_task_ids or args.predictions, "raters": ",".join(raters), "overlap": str(args.overlap),
-               "items": str(args.items), "seed": str(args.seed)}
+    options = {
+        "sources": args.evaluate_task_ids or args.predictions,
+        "raters": ",".join(raters),
+        "overlap": str(args.overlap),
+        "items": str(args.items),
+        "seed": str(args.seed),
+    }
     if path.exists():
         store = RatingStore(path)
         stored = {key: store.setting(key) for key in SESSION_OPTIONS}
         changed = [key for key in SESSION_OPTIONS if stored[key] != options[key]]
         if changed:
             differences = ", ".join(f"{key} {stored[key]!r}, not {options[key]!r}" for key in changed)
-            raise UserError(f"{path} is a session with other options ({differences}); "
-                            "give the same options to continue it, or another --session to start a new one.")
+            raise UserError(
+                f"{path} is a session with other options ({differences}); "
+                "give the same options to continue it, or another --session to start a new one."
+            )
         print(f"Continuing the session in {path}.")
         return store
     items = sample_items(build_items(args), args.items or None, args.seed)
@@ -175,7 +184,9 @@ def run(args: argparse.Namespace, task) -> dict:
     task.set_user_properties(*({"name": f"compared {n}", "value": task_id} for n, task_id in enumerate(_listed(args.evaluate_task_ids), 1)))
     if args.label_studio_export:
         written = label_studio.export_project(store, Path(args.label_studio_export))
-        print(f"Label Studio project written: {', '.join(str(p) for p in written)}; import the tasks there, then run again with --label-studio-import.")
+        print(
+            f"Label Studio project written: {', '.join(str(p) for p in written)}; import the tasks there, then run again with --label-studio-import."
+        )
         return {"session": str(store.path), "label_studio_export": [str(p) for p in written]}
     if args.label_studio_import:
         votes, ratings = label_studio.import_votes(store, Path(args.label_studio_import))

@@ -50,7 +50,10 @@ def run(args: argparse.Namespace, task) -> dict:
     (model_dir / "evaluation.json").write_text(tracking.to_json(record), encoding="utf-8")
     tracking.upload_path(task, "model", model_dir)
     model_id = tracking.register_model(
-        task, args.model_name, model_dir, tags=["best", f"by {args.metric}"],
+        task,
+        args.model_name,
+        model_dir,
+        tags=["best", f"by {args.metric}"],
         metadata={**{f"test_{k}": v for k, v in best["metrics"].items()}, "train_task_id": best["train_task_id"]},
         publish=args.publish,
     )

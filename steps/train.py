@@ -35,35 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from clearml_adapter import tracking
-from components.checkpoint import newest_checkpoint
 from clearml_adapter.connection import prepare_clearml, running_on_agent
+from components.checkpoint import newest_checkpoint
 from components.cli import ArgumentParser, add_settings
 from components.data import TOKENIZATION_FILE
 from components.distributed.launch import LocalRanks
-from components.distributed.world import (
-    World,
-    join_world,
-    leave_world,
-    world_from_environment,
-)
+from components.distributed.world import World, join_world, leave_world, world_from_environment
 from components.errors import UserError
-from components.modeling import (
-    apply_adapter_settings,
-    load_adapter_weights,
-    load_base_model,
-    load_tokenizer,
-    parameter_stats,
-    save_adapter,
-)
+from components.modeling import apply_adapter_settings, load_adapter_weights, load_base_model, load_tokenizer, parameter_stats, save_adapter
 from components.settings import AdapterSettings
 from components.threads import use_cpu_threads_for
-from components.training import (
-    TrainConfig,
-    evaluation_loader,
-    resolve_precision,
-    train_adapters,
-    validation_loss,
-)
+from components.training import TrainConfig, evaluation_loader, resolve_precision, train_adapters, validation_loss
 from steps.config import TrainOptions
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -90,7 +72,9 @@ def load_splits(directory: Path, model: str):
 
 def adapter_settings(args: argparse.Namespace) -> AdapterSettings:
     if args.lora_rank < 1 or args.prompt_length < 0:
-        raise UserError(f"--lora-rank must be at least 1 and --prompt-length at least 0 (0: LoRA only); got {args.lora_rank} and {args.prompt_length}.")
+        raise UserError(
+            f"--lora-rank must be at least 1 and --prompt-length at least 0 (0: LoRA only); got {args.lora_rank} and {args.prompt_length}."
+        )
     return AdapterSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.prompt_length)
 
 
@@ -100,8 +84,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def tokenized_input(args: argparse.Namespace) -> Path:
-    return tracking.upstream_input(args.preprocess_task_id, "tokenized", args.data_dir,
-                                   ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits")
+    return tracking.upstream_input(
+        args.preprocess_task_id, "tokenized", args.data_dir, ("--preprocess-task-id", "--data-dir"), "a folder of tokenized splits"
+    )
 
 
 def run(args: argparse.Namespace, task) -> dict | None:
@@ -111,8 +96,10 @@ def run(args: argparse.Namespace, task) -> dict | None:
         raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")
     started_by = world_from_environment()
     if args.nproc_per_node > 1 and started_by.distributed:
-        raise UserError(f"This process is already rank {started_by.rank} of {started_by.size} (torchrun started it); "
-                        "leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead.")
+        raise UserError(
+            f"This process is already rank {started_by.rank} of {started_by.size} (torchrun started it); "
+            "leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead."
+        )
     if args.nodes > 1 and started_by.distributed:
         raise UserError("--nodes starts ClearML agents' machines; under torchrun give torchrun --nnodes instead.")
     node_rank = join_nodes(args, task)
@@ -148,8 +135,10 @@ def join_nodes(args: argparse.Namespace, task) -> int:
     if args.nodes == 1:
         return 0
     if not running_on_agent():
-        raise UserError(f"--nodes {args.nodes} trains on ClearML agents: create the train task, set Args/nodes to {args.nodes} "
-                        "and enqueue it on a queue that many agents serve (docs/distributed.md).")
+        raise UserError(
+            f"--nodes {args.nodes} trains on ClearML agents: create the train task, set Args/nodes to {args.nodes} "
+            "and enqueue it on a queue that many agents serve (docs/distributed.md)."
+        )
     node = task.launch_multi_node(args.nodes, wait=True, devices=args.nproc_per_node)
     os.environ.setdefault("LOCAL_RANK", "0")
     print(f"Node {node['node_rank']} of {args.nodes}; rank 0 at {node['master_addr']}:{node['master_port']}.")
@@ -188,12 +177,18 @@ def _train(args: argparse.Namespace, inputs: tuple, task, resume_from: Path | No
     use_cpu_threads_for(model)
     stats = parameter_stats(model)
     if world.is_main:
-        print(f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%)"
-              f"{f'; {world.size} ranks' if world.distributed else ''}.")
+        print(
+            f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%)"
+            f"{f'; {world.size} ranks' if world.distributed else ''}."
+        )
     report = tracking.reporter(task) if world.is_main else None
     # The untuned model's validation loss (adapters as initialised): where the loss curve starts.
-    initial_loss = validation_loss(model, evaluation_loader(model, tokenizer, validation_split, config.eval_batch_size, world),
-                                   resolve_precision(config.precision, model.device), world)
+    initial_loss = validation_loss(
+        model,
+        evaluation_loader(model, tokenizer, validation_split, config.eval_batch_size, world),
+        resolve_precision(config.precision, model.device),
+        world,
+    )
     if report:
         report("loss", "validation", initial_loss, 0)
 
@@ -201,8 +196,18 @@ def _train(args: argparse.Namespace, inputs: tuple, task, resume_from: Path | No
         tracking.flush_reports(task)  # the scalars up to this checkpoint reach the server before it does
         tracking.upload_path(task, CHECKPOINT_ARTIFACT, directory)
 
-    result = train_adapters(model, tokenizer, train_split, validation_split, config, output_dir=args.output_dir,
-                            report=report, on_checkpoint=upload_checkpoint, resume_from=resume_from, world=world)
+    result = train_adapters(
+        model,
+        tokenizer,
+        train_split,
+        validation_split,
+        config,
+        output_dir=args.output_dir,
+        report=report,
+        on_checkpoint=upload_checkpoint,
+        resume_from=resume_from,
+        world=world,
+    )
     if not world.is_main:
         return None
     load_adapter_weights(model, args.output_dir / "checkpoints" / "best" / "adapter.safetensors")
@@ -220,17 +225,31 @@ def _train(args: argparse.Namespace, inputs: tuple, task, resume_from: Path | No
     tracking.upload_path(task, "adapter", adapter_dir)
     tracking.upload_json(task, "training", summary, args.output_dir)
     model_id = tracking.register_model(
-        task, f"ruT5 LoRA r{settings.lora_rank} + prompt {settings.prompt_length}", adapter_dir,
+        task,
+        f"ruT5 LoRA r{settings.lora_rank} + prompt {settings.prompt_length}",
+        adapter_dir,
         tags=["adapter", f"lora_rank={settings.lora_rank}", f"prompt_length={settings.prompt_length}"],
-        metadata={"config": {**settings.to_dict(), **asdict(config), "base_model": args.model},
-                  result.best_metric: result.best_value, "best_step": result.best_step},
+        metadata={
+            "config": {**settings.to_dict(), **asdict(config), "base_model": args.model},
+            result.best_metric: result.best_value,
+            "best_step": result.best_step,
+        },
     )
     stopped = " (stopped early)" if result.stopped_early else ""
-    print(f"Trained {result.steps} of {result.total_steps} steps{stopped}; best {result.best_metric} {result.best_value:.4f} "
-          f"at step {result.best_step} (validation loss untuned: {initial_loss:.4f}). Adapter in {adapter_dir}.")
-    return {"adapter_dir": str(adapter_dir), "model_id": model_id, "steps": result.steps, "best_metric": result.best_metric,
-            "best_value": result.best_value, "best_step": result.best_step, "stopped_early": result.stopped_early,
-            "initial_validation_loss": initial_loss}
+    print(
+        f"Trained {result.steps} of {result.total_steps} steps{stopped}; best {result.best_metric} {result.best_value:.4f} "
+        f"at step {result.best_step} (validation loss untuned: {initial_loss:.4f}). Adapter in {adapter_dir}."
+    )
+    return {
+        "adapter_dir": str(adapter_dir),
+        "model_id": model_id,
+        "steps": result.steps,
+        "best_metric": result.best_metric,
+        "best_value": result.best_value,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "initial_validation_loss": initial_loss,
+    }
 
 
 def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
@@ -243,8 +262,10 @@ def checkpoint_to_resume(args: argparse.Namespace, task) -> Path | None:
     if args.resume:  # the newest complete checkpoint, passing over a damaged one
         local = newest_checkpoint(args.output_dir / "checkpoints")
         if local is None:
-            raise UserError(f"--resume: no checkpoint in {args.output_dir / 'checkpoints'}; run without --resume to start, "
-                            "or point --output-dir at the interrupted run.")
+            raise UserError(
+                f"--resume: no checkpoint in {args.output_dir / 'checkpoints'}; run without --resume to start, "
+                "or point --output-dir at the interrupted run."
+            )
         return local
     return None
 

@@ -87,9 +87,14 @@ def _controller_prints_its_dag(module: ModuleType) -> None:
     def prepare_and_print(self, *args, **kwargs) -> bool:
         self._prepare_pipeline()
         resolve = lambda value: self._parse_step_ref(value) if str(value).startswith("${pipeline.") else value  # noqa: E731
-        dag = {name: {"queue": resolve(node.queue), "parents": node.parents,
-                      "parameters": {key: resolve(value) for key, value in node.parameters.items()}}
-               for name, node in self._nodes.items()}
+        dag = {
+            name: {
+                "queue": resolve(node.queue),
+                "parents": node.parents,
+                "parameters": {key: resolve(value) for key, value in node.parameters.items()},
+            }
+            for name, node in self._nodes.items()
+        }
         print("DAG=" + json.dumps({"dag": dag, "pipeline": self._pipeline_args}, default=str), flush=True)
         return True
 
@@ -153,13 +158,18 @@ def _record_call(*args, **kwargs) -> None:
 
 def _run(script: str, argv: list[str], patches: dict[str, Callable[[ModuleType], None]]) -> None:
     sys.path.insert(0, str(ROOT))
-    sys.meta_path.insert(0, _PatchAfterImport({
-        "clearml.task": _record_enqueue,
-        "clearml.automation.controller": _controller_prints_its_dag,
-        "pipelines.controller": _record_controller_project,
-        "pipelines.queues": _record_queue_check,
-        **patches,
-    }))
+    sys.meta_path.insert(
+        0,
+        _PatchAfterImport(
+            {
+                "clearml.task": _record_enqueue,
+                "clearml.automation.controller": _controller_prints_its_dag,
+                "pipelines.controller": _record_controller_project,
+                "pipelines.queues": _record_queue_check,
+                **patches,
+            }
+        ),
+    )
     sys.argv = [script, *argv]
     runpy.run_path(str(ROOT / script), run_name="__main__")
 

@@ -20,7 +20,15 @@ def headless_chromium(width: int = 1200, height: int = 900) -> webdriver.Chrome:
         raise AssertionError(f"{', '.join(missing)} missing: install the Debian packages chromium and chromium-driver (.ci/run does).")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", f"--window-size={width},{height}",
-                     "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
         options.add_argument(argument)
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))

@@ -24,8 +24,18 @@ ASCII_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 def small_t5_config(**overrides) -> T5Config:
     """A T5 v1.0-shaped config small enough for exact comparisons in milliseconds."""
     values = dict(
-        vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=3,
-        feed_forward_proj="relu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=64,
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=3,
+        feed_forward_proj="relu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
     return T5Config(**{**values, **overrides})
 
@@ -63,7 +73,10 @@ def tiny_export(tiny_model_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-export")
     for file in tiny_model_dir.iterdir():
         shutil.copy(file, folder / file.name)
-    for name, changes in (("generation_config.json", {"suppress_tokens": [5, 7]}), ("tokenizer_config.json", {"model_max_length": TINY_EXPORT_MAX_TOKENS})):
+    for name, changes in (
+        ("generation_config.json", {"suppress_tokens": [5, 7]}),
+        ("tokenizer_config.json", {"model_max_length": TINY_EXPORT_MAX_TOKENS}),
+    ):
         settings = json.loads((folder / name).read_text(encoding="utf-8"))
         (folder / name).write_text(json.dumps({**settings, **changes}), encoding="utf-8")
     (folder / "README.md").write_text("---\nlicense: mit\n---\n# Модель\n", encoding="utf-8")
@@ -112,8 +125,14 @@ def clearml_home(tmp_path_factory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
     python_path = os.pathsep.join(filter(None, [str(NETWORK_GUARD), env.get("PYTHONPATH")]))
-    env.update(HOME=str(home), CLEARML_CACHE_DIR=str(home / "clearml-cache"), PYTHONUNBUFFERED="1",
-               HF_HUB_OFFLINE="1", PYTHONPATH=python_path, NETWORK_GUARD_LOG=str(home / "network-guard.log"))
+    env.update(
+        HOME=str(home),
+        CLEARML_CACHE_DIR=str(home / "clearml-cache"),
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=python_path,
+        NETWORK_GUARD_LOG=str(home / "network-guard.log"),
+    )
     return env
 
 
@@ -137,17 +156,47 @@ def tiny_pipeline(tiny_model_dir, clearml_home, tmp_path_factory) -> Path:
     step, which only runs when asked.
     """
     output_dir = tmp_path_factory.mktemp("pipeline")
-    run_script(clearml_home, "pipelines/run_pipeline.py", "--local", "--preset", "tiny", "--output-dir", str(output_dir), "--epochs", "1",
-               "--decoding", "beam", "--max-test-samples", "16", "--export", "true", "--export-ctranslate2", "true")
+    run_script(
+        clearml_home,
+        "pipelines/run_pipeline.py",
+        "--local",
+        "--preset",
+        "tiny",
+        "--output-dir",
+        str(output_dir),
+        "--epochs",
+        "1",
+        "--decoding",
+        "beam",
+        "--max-test-samples",
+        "16",
+        "--export",
+        "true",
+        "--export-ctranslate2",
+        "true",
+    )
     return output_dir
 
 
 # The longest units besides the end-to-end flows, longest first (pytest --durations=0 summed by unit, two workers):
 # about 180 (plus the tiny model's build on a fresh clone), 115, 115, 80, 55, 45, 40, 35, 35, 30, 30, 30, 30, 20 and 15 s.
-LONG_UNITS = ("tiny_pipeline", "tests/test_server_errors.py", "tests/test_distributed_steps.py", "tests/test_hpo.py", "tests/test_hpo_server.py",
-              "tests/test_server_options.py",
-              "tests/test_train_step.py", "tests/test_register_step.py", "tests/test_export_step.py", "tests/test_agent_rerun.py",
-              "tests/test_launch_checks.py", "tests/test_steps.py", "tests/test_rate_step.py", "tests/test_tracking.py", "tests/test_ingest_step.py")
+LONG_UNITS = (
+    "tiny_pipeline",
+    "tests/test_server_errors.py",
+    "tests/test_distributed_steps.py",
+    "tests/test_hpo.py",
+    "tests/test_hpo_server.py",
+    "tests/test_server_options.py",
+    "tests/test_train_step.py",
+    "tests/test_register_step.py",
+    "tests/test_export_step.py",
+    "tests/test_agent_rerun.py",
+    "tests/test_launch_checks.py",
+    "tests/test_steps.py",
+    "tests/test_rate_step.py",
+    "tests/test_tracking.py",
+    "tests/test_ingest_step.py",
+)
 
 
 # A test that uses one of these runs the project's scripts in subprocesses (seconds to minutes each): marked runs_steps.

@@ -25,14 +25,24 @@ SYSTEMS = {"system-one": "первый ответ", "system-two": "второй 
 START_TIMEOUT_S = 60
 
 
-def write_evaluations(folder: Path, rows: int = 12, systems: dict[str, str] = SYSTEMS, answers: dict[str, list[str]] | None = None,
-                      instructions: list[str] | None = None) -> dict[str, Path]:
+def write_evaluations(
+    folder: Path,
+    rows: int = 12,
+    systems: dict[str, str] = SYSTEMS,
+    answers: dict[str, list[str]] | None = None,
+    instructions: list[str] | None = None,
+) -> dict[str, Path]:
     """One evaluate output folder per system, its predictions.tsv over the same test rows."""
     paths = {}
     for system, prefix in systems.items():
-        frame = pd.DataFrame({"instruction": instructions or [f"Инструкция {i}" for i in range(rows)],
-                              "input": [f"вход {i}" for i in range(rows)], "output": [f"эталон {i}" for i in range(rows)],
-                              "prediction": (answers or {}).get(system) or [f"{prefix} {i}" for i in range(rows)]})
+        frame = pd.DataFrame(
+            {
+                "instruction": instructions or [f"Инструкция {i}" for i in range(rows)],
+                "input": [f"вход {i}" for i in range(rows)],
+                "output": [f"эталон {i}" for i in range(rows)],
+                "prediction": (answers or {}).get(system) or [f"{prefix} {i}" for i in range(rows)],
+            }
+        )
         (folder / system).mkdir(parents=True)
         frame.to_csv(folder / system / "predictions.tsv", sep="\t", index=False)
         paths[system] = folder / system / "predictions.tsv"
@@ -92,8 +102,9 @@ class RatingCommand:
 
             self.process = ForkedProcess(rate.main, arguments, env)
         else:
-            self.process = subprocess.Popen([sys.executable, "steps/rate.py", *arguments], cwd=ROOT, env=env, text=True,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "steps/rate.py", *arguments], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

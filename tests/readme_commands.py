@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -19,7 +19,7 @@ DOCUMENTS = (README, *sorted((README.parent / "docs").glob("*.md")))
 BASH_BLOCK = re.compile(r"^[ \t]*```bash\n(.*?)^[ \t]*```", re.S | re.M)
 
 
-@lru_cache(maxsize=None)
+@cache
 def command_lines() -> tuple[str, ...]:
     """Every command of every ``bash`` block, its trailing ``# comment`` removed, once however many documents show it."""
     lines = []

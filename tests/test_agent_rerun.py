@@ -14,13 +14,12 @@ import pytest
 from agent_simulation import edit_args, offline_task_file
 from conftest import ROOT, run_script
 
-from pipelines.definition import PRESETS
-from pipelines.definition import PARAMETERS
+from pipelines.definition import PARAMETERS, PRESETS
 from pipelines.run_pipeline import build_parser, pipeline_parameters
 
 
 def lines_with(prefix: str, output: str) -> list:
-    return [json.loads(line[len(prefix):]) for line in output.splitlines() if line.startswith(prefix)]
+    return [json.loads(line[len(prefix) :]) for line in output.splitlines() if line.startswith(prefix)]
 
 
 def enqueued(output: str) -> list[tuple[str, str]]:
@@ -35,26 +34,67 @@ def simulate(env: dict, mode: str, *args: str, task_id: str | None = None):
 
 # A value away from the published default for every pipeline parameter: given at the launch (command line)
 # or edited in the UI on the stored controller task before the agent's run.
-LAUNCHED = {"model": "org/other-t5", "validation_size": 20, "max_input_length": 64, "max_target_length": 32, "lora_rank": 16,
-            "lora_alpha": 32.0, "lora_dropout": 0.2, "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.001, "warmup_ratio": 0.25, "weight_decay": 0.1,
-            "epochs": 3.0, "max_steps": 100, "gradient_checkpointing": False, "eval_every": 7, "early_stopping_patience": 2,
-            "nproc_per_node": 4, "seed": 7, "precision": "fp32", "decoding": "beam", "max_new_tokens": 9, "max_test_samples": 5,
-            "compare_base": False, "metric": "bleu"}
+LAUNCHED = {
+    "model": "org/other-t5",
+    "validation_size": 20,
+    "max_input_length": 64,
+    "max_target_length": 32,
+    "lora_rank": 16,
+    "lora_alpha": 32.0,
+    "lora_dropout": 0.2,
+    "batch_size": 4,
+    "grad_accum_steps": 2,
+    "learning_rate": 0.001,
+    "warmup_ratio": 0.25,
+    "weight_decay": 0.1,
+    "epochs": 3.0,
+    "max_steps": 100,
+    "gradient_checkpointing": False,
+    "eval_every": 7,
+    "early_stopping_patience": 2,
+    "nproc_per_node": 4,
+    "seed": 7,
+    "precision": "fp32",
+    "decoding": "beam",
+    "max_new_tokens": 9,
+    "max_test_samples": 5,
+    "compare_base": False,
+    "metric": "bleu",
+}
 EDITED_IN_THE_UI = {"prompt_length": 10, "export": True, "export_ctranslate2": True}  # the launch had no export step: the UI edit adds it
 DATA = {"train_tsv": "data/sample/train.tsv", "test_tsv": "data/sample/test.tsv"}  # as agents get them: relative to the repository
 
 
 def flags(values: dict) -> list[str]:
-    return [part for name, value in values.items() for part in (f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value))]
+    return [
+        part
+        for name, value in values.items()
+        for part in (f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value))
+    ]
 
 
 @pytest.fixture(scope="module")
 def controller(clearml_home, tmp_path_factory):
     """A pipeline launched with options, its Args then edited in the UI, and the services agent's re-run."""
     launched = simulate(
-        clearml_home, "launch", "pipelines/run_pipeline.py", "--gpu-queue", "a100", "--cpu-queue", "cpu2", "--controller-queue", "svc2",
-        *flags(LAUNCHED), "--train-tsv", str(ROOT / DATA["train_tsv"]), "--test-tsv", DATA["test_tsv"], "--project", "MyProj",
-        "--pipeline-name", "My pipe",
+        clearml_home,
+        "launch",
+        "pipelines/run_pipeline.py",
+        "--gpu-queue",
+        "a100",
+        "--cpu-queue",
+        "cpu2",
+        "--controller-queue",
+        "svc2",
+        *flags(LAUNCHED),
+        "--train-tsv",
+        str(ROOT / DATA["train_tsv"]),
+        "--test-tsv",
+        DATA["test_tsv"],
+        "--project",
+        "MyProj",
+        "--pipeline-name",
+        "My pipe",
     ).stdout
     [(task_id, queue)] = enqueued(launched)
     cache = Path(clearml_home["CLEARML_CACHE_DIR"])
@@ -63,9 +103,16 @@ def controller(clearml_home, tmp_path_factory):
     rerun = simulate(clearml_home, "rerun", "pipelines/run_pipeline.py", task_id=task_id).stdout
     [dag] = lines_with("DAG=", rerun)
     [built] = lines_with("CONTROLLER=", rerun)
-    return {"queue": queue, "stored": stored, "dag": dag["dag"], "pipeline": dag["pipeline"], "built": built,
-            "checked": {"launch": lines_with("QUEUES=", launched), "agent": lines_with("QUEUES=", rerun)},
-            "followed": {"launch": lines_with("FOLLOWED=", launched), "agent": lines_with("FOLLOWED=", rerun)}, "task_id": task_id}
+    return {
+        "queue": queue,
+        "stored": stored,
+        "dag": dag["dag"],
+        "pipeline": dag["pipeline"],
+        "built": built,
+        "checked": {"launch": lines_with("QUEUES=", launched), "agent": lines_with("QUEUES=", rerun)},
+        "followed": {"launch": lines_with("FOLLOWED=", launched), "agent": lines_with("FOLLOWED=", rerun)},
+        "task_id": task_id,
+    }
 
 
 def test_the_launch_is_enqueued_on_the_controller_queue_with_every_option_stored(controller):
@@ -78,10 +125,13 @@ def test_the_launch_is_enqueued_on_the_controller_queue_with_every_option_stored
 
 
 def test_the_launch_checks_every_queue_it_uses_and_the_agent_those_of_the_steps(controller):
-    steps = [{"name": "cpu2", "kind": "cpu", "option": "--cpu-queue", "purpose": "ingest, preprocess, register"},
-             {"name": "a100", "kind": "gpu", "option": "--gpu-queue", "purpose": "train, evaluate"}]
-    assert controller["checked"]["launch"] == [steps + [{"name": "svc2", "kind": "services", "option": "--controller-queue",
-                                                         "purpose": "the pipeline controller"}]]
+    steps = [
+        {"name": "cpu2", "kind": "cpu", "option": "--cpu-queue", "purpose": "ingest, preprocess, register"},
+        {"name": "a100", "kind": "gpu", "option": "--gpu-queue", "purpose": "train, evaluate"},
+    ]
+    assert controller["checked"]["launch"] == [
+        steps + [{"name": "svc2", "kind": "services", "option": "--controller-queue", "purpose": "the pipeline controller"}]
+    ]
     # The controller already runs on its queue; the export step, added in the UI, runs on the cpu queue.
     assert controller["checked"]["agent"] == [[{**steps[0], "purpose": "ingest, preprocess, register, export"}, steps[1]]]
 
@@ -89,7 +139,13 @@ def test_the_launch_checks_every_queue_it_uses_and_the_agent_those_of_the_steps(
 def test_the_agents_controller_uses_the_launch_options(controller):
     dag = controller["dag"]
     assert {name: node["queue"] for name, node in dag.items()} == {
-        "ingest": "cpu2", "preprocess": "cpu2", "train": "a100", "evaluate": "a100", "register": "cpu2", "export": "cpu2"}
+        "ingest": "cpu2",
+        "preprocess": "cpu2",
+        "train": "a100",
+        "evaluate": "a100",
+        "register": "cpu2",
+        "export": "cpu2",
+    }
     assert (dag["export"]["parents"], dag["export"]["parameters"]["Args/register_task_id"]) == (["register"], "${register.id}")
     assert controller["built"] == {"project": "MyProj", "name": "My pipe"}
 
@@ -128,8 +184,21 @@ def test_a_rerun_train_task_resumes_and_reports_at_its_own_steps(tiny_pipeline, 
     """An agent re-running an interrupted train task: it continues from its own checkpoint, and its
     scalars land on the optimizer steps they belong to (not shifted by the task's last iteration)."""
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
-    run_script(clearml_home, "steps/train.py", "--local", "--preprocess-task-id", summary["task_ids"]["preprocess"], "--model", "tiny",
-               "--max-steps", "1", "--eval-every", "1", "--output-dir", str(tmp_path))
+    run_script(
+        clearml_home,
+        "steps/train.py",
+        "--local",
+        "--preprocess-task-id",
+        summary["task_ids"]["preprocess"],
+        "--model",
+        "tiny",
+        "--max-steps",
+        "1",
+        "--eval-every",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    )
     task_id = json.loads((tmp_path / "result.json").read_text())["task_id"]
     cache = Path(clearml_home["CLEARML_CACHE_DIR"])
     # What the server holds after the interrupted run: its last reported iteration (offline sessions don't keep it).
@@ -149,8 +218,7 @@ def test_a_rerun_train_task_resumes_and_reports_at_its_own_steps(tiny_pipeline, 
 
 def test_the_optimizer_reads_lists_edited_in_the_ui(clearml_home):
     """The UI shows a list argument as ``[4, 8, 16, 32]``; a user edits it in that format."""
-    launched = simulate(clearml_home, "launch", "pipelines/run_hpo.py", "--run-on", "services", "--lora-ranks", "4,8,16",
-                        "--trials", "5").stdout
+    launched = simulate(clearml_home, "launch", "pipelines/run_hpo.py", "--run-on", "services", "--lora-ranks", "4,8,16", "--trials", "5").stdout
     [(task_id, queue)] = enqueued(launched)
     assert queue == "services"
     cache = Path(clearml_home["CLEARML_CACHE_DIR"])

@@ -46,9 +46,13 @@ FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
 # The scripts whose build_parser() the table covers: the project's commands, any step script not among them yet (a module
 # of steps/ with a command line),
 # and every benchmark with a command line (its options change what is measured).
-ENTRY_POINTS = (*COMMANDS, *sorted({str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py")
-                                    if "def build_parser(" in p.read_text(encoding="utf-8")} - set(COMMANDS)),
-                *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py") if "ArgumentParser(" in p.read_text(encoding="utf-8")))
+ENTRY_POINTS = (
+    *COMMANDS,
+    *sorted(
+        {str(p.relative_to(ROOT)) for p in (ROOT / "steps").glob("*.py") if "def build_parser(" in p.read_text(encoding="utf-8")} - set(COMMANDS)
+    ),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py") if "ArgumentParser(" in p.read_text(encoding="utf-8")),
+)
 
 # Tests that several entries name.
 INGESTED = "tests/test_ingest_step.py::test_validation_is_carved_from_train_with_the_seed_and_size_asked_for"
@@ -74,14 +78,18 @@ LOCAL_ANYWHERE = "tests/test_launch_checks.py::test_local_runs_offline_even_with
 EVALUATE_FLAGS = "tests/test_steps.py::test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_references"
 EVERY_TRAINING_OPTION = "tests/test_steps.py::test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training"
 PIPELINE_PARAMETERS = "tests/test_agent_rerun.py::test_every_pipeline_parameter_reaches_every_step_it_sets"
-RATED_TINY_PIPELINE = "tests/test_human_eval_command.py::test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the_task_holds_the_verdict"
+RATED_TINY_PIPELINE = (
+    "tests/test_human_eval_command.py::test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the_task_holds_the_verdict"
+)
 LABEL_STUDIO_ROUND_TRIP = "tests/test_human_eval_command.py::test_a_session_goes_to_label_studio_and_its_export_comes_back_into_the_same_statistics"
 SESSION_OPTIONS = "tests/test_human_eval_command.py::test_a_session_continues_with_its_options_and_refuses_others"
 EXPORTED = "tests/test_export.py::test_a_stock_runtime_generates_what_the_adapter_model_generates"
 PIPELINE_EXPORT = "tests/test_export.py::test_the_pipeline_exports_its_registered_model_when_asked"
 CLI_ANSWERS = "tests/test_generation.py::test_the_command_line_answers_as_each_option_asks"
 SWEEP_CHOICES = "tests/test_hpo.py::test_the_sweeps_choices_are_its_trials_values"
-SERVER_SWEEP = "tests/test_hpo_server.py::test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_the_completed_trial_with_the_lowest_loss"
+SERVER_SWEEP = (
+    "tests/test_hpo_server.py::test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_the_completed_trial_with_the_lowest_loss"
+)
 
 
 EFFECTS: dict[str, dict[str, str]] = {
@@ -202,24 +210,48 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--lora-rank": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
         "--prompt-length": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
     },
-    "components/text_tasks.py": {
-        "--output-dir": "tests/test_text_tasks.py::test_the_command_writes_the_shipped_files_where_it_is_told",
+    "components/text_tasks.py": {"--output-dir": "tests/test_text_tasks.py::test_the_command_writes_the_shipped_files_where_it_is_told"},
+    "benchmarks/generation.py": {
+        option: "tests/test_benchmarks.py::test_generation_benchmark_times_the_work_its_options_ask_for"
+        for option in ("--size", "--texts", "--max-new-tokens", "--batch-size", "--num-beams", "--single-texts", "--dtype")
     },
-    "benchmarks/generation.py": {option: "tests/test_benchmarks.py::test_generation_benchmark_times_the_work_its_options_ask_for"
-                                 for option in ("--size", "--texts", "--max-new-tokens", "--batch-size", "--num-beams", "--single-texts", "--dtype")},
-    "benchmarks/serving.py": {option: "tests/test_benchmarks.py::test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for"
-                               for option in ("--size", "--texts", "--single-texts", "--max-new-tokens")},
-    "benchmarks/distributed.py": {option: "tests/test_benchmarks.py::test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for"
-                                  for option in ("--size", "--ranks", "--steps", "--batch-size", "--input-length", "--target-length")},
-    "benchmarks/train_step.py": {option: "tests/test_benchmarks.py::test_train_step_benchmark_times_the_variants_its_options_ask_for"
-                                 for option in ("--size", "--batch-size", "--input-length", "--target-length", "--lora-rank", "--lora-alpha",
-                                                "--lora-dropout", "--prompt-length", "--precision", "--checkpointing", "--warmup", "--rounds",
-                                                "--peak-tflops")},
+    "benchmarks/serving.py": {
+        option: "tests/test_benchmarks.py::test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for"
+        for option in ("--size", "--texts", "--single-texts", "--max-new-tokens")
+    },
+    "benchmarks/distributed.py": {
+        option: "tests/test_benchmarks.py::test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for"
+        for option in ("--size", "--ranks", "--steps", "--batch-size", "--input-length", "--target-length")
+    },
+    "benchmarks/train_step.py": {
+        option: "tests/test_benchmarks.py::test_train_step_benchmark_times_the_variants_its_options_ask_for"
+        for option in (
+            "--size",
+            "--batch-size",
+            "--input-length",
+            "--target-length",
+            "--lora-rank",
+            "--lora-alpha",
+            "--lora-dropout",
+            "--prompt-length",
+            "--precision",
+            "--checkpointing",
+            "--warmup",
+            "--rounds",
+            "--peak-tflops",
+        )
+    },
     "benchmarks/pipeline.py": {"--output-dir": "tests/test_benchmarks.py::test_the_pipeline_benchmark_reads_the_run_it_made_in_output_dir"},
-    "benchmarks/tiny_learns.py": {"--work-dir": "tests/test_benchmarks.py::test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_its_ratios"},
-    "benchmarks/first_run_on_agents.py": {"--work-dir": "tests/test_benchmarks.py::test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir"},
-    "benchmarks/mutation.py": {option: "tests/test_benchmarks.py::test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy"
-                               for option in ("--tests", "--max-children")},
+    "benchmarks/tiny_learns.py": {
+        "--work-dir": "tests/test_benchmarks.py::test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_its_ratios"
+    },
+    "benchmarks/first_run_on_agents.py": {
+        "--work-dir": "tests/test_benchmarks.py::test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir"
+    },
+    "benchmarks/mutation.py": {
+        option: "tests/test_benchmarks.py::test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy"
+        for option in ("--tests", "--max-children")
+    },
     "pipelines/run_pipeline.py": {
         "--preset": "tests/e2e/test_pipeline_flows.py::test_flow1_every_step_completes_on_its_queue_at_the_launch_commit",
         "--local": LOCAL_ANYWHERE,
@@ -246,7 +278,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--early-stopping-patience": PIPELINE_PARAMETERS,
         "--nproc-per-node": PIPELINE_PARAMETERS,
         "--max-new-tokens": "tests/e2e/test_pipeline_flows.py::"
-                            "test_flow2_a_new_commit_reruns_every_step_with_its_requirements_and_a_changed_parameter_only_what_it_affects",
+        "test_flow2_a_new_commit_reruns_every_step_with_its_requirements_and_a_changed_parameter_only_what_it_affects",
         "--max-test-samples": "tests/test_pipeline_local.py::test_steps_received_upstream_task_ids_as_on_a_server",
         "--seed": PIPELINE_PARAMETERS,
         "--compare-base": "tests/test_pipeline_wiring.py::test_compare_base_is_a_pipeline_parameter_the_evaluate_step_receives",
@@ -281,8 +313,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--metric": SERVER_SWEEP,
         "--noise-seeds": "tests/test_hpo.py::test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds",
         "--preprocess-task-id": "tests/test_hpo.py::test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_its_ingest",
-        "--template-task-id": "tests/e2e/test_sweep_and_errors.py::"
-                              "test_flow6_a_wrong_template_task_id_is_one_sentence_and_nothing_on_the_server",
+        "--template-task-id": "tests/e2e/test_sweep_and_errors.py::test_flow6_a_wrong_template_task_id_is_one_sentence_and_nothing_on_the_server",
         "--project": "tests/test_server_options.py::test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project",
         "--queue": SERVER_OPTIMIZER,
         "--cpu-queue": SERVER_SWEEP,
@@ -304,14 +335,12 @@ def parser_options(script: str) -> dict[str, str]:
         module = importlib.import_module(Path(script).stem)
     else:
         module = importlib.import_module(module_name(script))
-    return {action.option_strings[0]: action.dest for action in module.build_parser()._actions
-            if action.option_strings and action.dest != "help"}
+    return {action.option_strings[0]: action.dest for action in module.build_parser()._actions if action.option_strings and action.dest != "help"}
 
 
 def entries(*, missing: bool) -> list[tuple[str, str, str]]:
     """(script, option, value) of the table's MISSING entries, or of the others."""
-    return [(script, option, value) for script, table in EFFECTS.items() for option, value in table.items()
-            if value.startswith(MISSING) == missing]
+    return [(script, option, value) for script, table in EFFECTS.items() for option, value in table.items() if value.startswith(MISSING) == missing]
 
 
 @cache
@@ -324,7 +353,7 @@ def source_of(path: Path, node: ast.stmt) -> str:
     """The lines of a statement, a function's decorators (its parametrize lists) included."""
     lines, _ = parsed(path)
     first = min([node.lineno, *(decorator.lineno for decorator in getattr(node, "decorator_list", []))])
-    return "\n".join(lines[first - 1:node.end_lineno])
+    return "\n".join(lines[first - 1 : node.end_lineno])
 
 
 def find_function(path: Path, qualified_name: str) -> ast.stmt | None:
@@ -368,8 +397,11 @@ def definitions_used(path: Path, function: ast.stmt) -> list[str]:
     DIVERGING_TRAINING, helpers that run a step with the options they are given)."""
     _, tree = parsed(path)
     used = {node.id for node in ast.walk(function) if isinstance(node, ast.Name)}
-    return [source_of(path, node) for node in tree.body
-            if (isinstance(node, (ast.Assign, ast.AnnAssign)) and assigned_names(node) & used) or (isinstance(node, FUNCTION) and node.name in used)]
+    return [
+        source_of(path, node)
+        for node in tree.body
+        if (isinstance(node, (ast.Assign, ast.AnnAssign)) and assigned_names(node) & used) or (isinstance(node, FUNCTION) and node.name in used)
+    ]
 
 
 def setup_text(path: Path, test: ast.stmt) -> str:

@@ -13,10 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import ROOT
 
 from components.lora import LoRALayer
-
-from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -31,17 +30,57 @@ import train_step  # noqa: E402
 
 
 def test_train_step_reports_every_variant_and_the_paired_ratios(capsys):
-    result = train_step.main(["--size", "small", "--rounds", "1", "--warmup", "0", "--batch-size", "1",
-                              "--input-length", "8", "--target-length", "8", "--prompt-length", "4"])
+    result = train_step.main(
+        [
+            "--size",
+            "small",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "1",
+            "--input-length",
+            "8",
+            "--target-length",
+            "8",
+            "--prompt-length",
+            "4",
+        ]
+    )
     for key in ("ours_s", "ours_lora_s", "peft_lora_s", "floor_s", "ratio_vs_peft", "ratio_vs_floor", "ours_peak_mb", "peft_peak_mb", "device"):
         assert key in result
     assert result["all_peak_mb"]["ours"] > result["all_peak_mb"]["floor"] > 0  # adapters save more for backward
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"ours_s"')
 
 
-TRAIN_STEP_OPTIONS = ["--size", "rut5-large", "--batch-size", "2", "--input-length", "5", "--target-length", "3", "--lora-rank", "2",
-                      "--lora-alpha", "6", "--lora-dropout", "0.2", "--prompt-length", "3", "--precision", "bf16", "--checkpointing",
-                      "--warmup", "1", "--rounds", "2", "--peak-tflops", "0.001"]
+TRAIN_STEP_OPTIONS = [
+    "--size",
+    "rut5-large",
+    "--batch-size",
+    "2",
+    "--input-length",
+    "5",
+    "--target-length",
+    "3",
+    "--lora-rank",
+    "2",
+    "--lora-alpha",
+    "6",
+    "--lora-dropout",
+    "0.2",
+    "--prompt-length",
+    "3",
+    "--precision",
+    "bf16",
+    "--checkpointing",
+    "--warmup",
+    "1",
+    "--rounds",
+    "2",
+    "--peak-tflops",
+    "0.001",
+]
 
 
 # Seconds of each variant's two timed rounds: the medians of the paired ratios (0.5 and 2.5 -> 1.5; 2.0 and 1.5 -> 1.75)
@@ -94,9 +133,18 @@ def test_train_step_benchmark_times_the_variants_its_options_ask_for(monkeypatch
     decoder = sum(p.numel() for p in base.decoder.block.parameters()) + base.lm_head.weight.numel()
     flops = 4.0 * (encoder * 2 * (5 + 3) + decoder * 2 * 3)
     assert {key: result[key] for key in ("ours_s", "ours_lora_s", "peft_lora_s", "floor_s", "ratio_vs_peft", "ratio_vs_floor")} == {
-        "ours_s": 2.0, "ours_lora_s": 2.25, "peft_lora_s": 2.5, "floor_s": 1.25, "ratio_vs_peft": 1.5, "ratio_vs_floor": 1.75}
+        "ours_s": 2.0,
+        "ours_lora_s": 2.25,
+        "peft_lora_s": 2.5,
+        "floor_s": 1.25,
+        "ratio_vs_peft": 1.5,
+        "ratio_vs_floor": 1.75,
+    }
     assert (result["ours_peak_mb"], result["peft_peak_mb"], result["all_peak_mb"]) == (
-        10.0, 8.1, {"ours": 10.0, "ours_lora": 9.0, "peft_lora": 8.1, "floor": 7.0})
+        10.0,
+        8.1,
+        {"ours": 10.0, "ours_lora": 9.0, "peft_lora": 8.1, "floor": 7.0},
+    )
     assert result["ours_mfu"] == round(flops / 2.0 / 0.001e12, 4)
     assert (result["ours_samples_per_s"], result["ours_tokens_per_s"]) == (2 / 2.0, 2 * (5 + 3) / 2.0)  # rows, and their input and target tokens
     assert (result["batch"], result["precision"], result["checkpointing"], result["size"]) == ([2, 5, 3], "bf16", True, "rut5-large")
@@ -105,6 +153,7 @@ def test_train_step_benchmark_times_the_variants_its_options_ask_for(monkeypatch
 def test_the_cpu_memory_measure_is_the_bytes_saved_for_backward_without_the_parameters():
     """One step of sum(tanh(x W^T)), x requiring a gradient too: autograd keeps x (for W's gradient), W (for x's) and
     tanh's output (for its own); W, a parameter, is not counted, nor is a tensor saved twice."""
+
     class Step:
         model = torch.nn.Linear(8, 3, bias=False)
 
@@ -121,8 +170,22 @@ def test_generation_benchmark_does_equal_work_both_ways():
     assert result["batched_tokens_per_s"] > 0 and result["single_tokens_per_s"] > 0
 
 
-GENERATION_OPTIONS = ["--size", "rut5-large", "--texts", "5", "--single-texts", "2", "--max-new-tokens", "3", "--batch-size", "2",
-                      "--num-beams", "2", "--dtype", "bf16"]
+GENERATION_OPTIONS = [
+    "--size",
+    "rut5-large",
+    "--texts",
+    "5",
+    "--single-texts",
+    "2",
+    "--max-new-tokens",
+    "3",
+    "--batch-size",
+    "2",
+    "--num-beams",
+    "2",
+    "--dtype",
+    "bf16",
+]
 
 
 def test_generation_benchmark_times_the_work_its_options_ask_for(monkeypatch):
@@ -150,7 +213,14 @@ def test_generation_benchmark_times_the_work_its_options_ask_for(monkeypatch):
     assert (result["batched_tokens_per_s"], result["single_tokens_per_s"], result["speedup"]) == (5 * 3 / 3.0, 2 * 3 / 2.0, 1.67)  # (5 / 3) / (2 / 2)
     assert result["batched_s"] == 3.0
     assert {key: result[key] for key in ("texts", "single_texts", "max_new_tokens", "batch_size", "num_beams", "size", "dtype")} == {
-        "texts": 5, "single_texts": 2, "max_new_tokens": 3, "batch_size": 2, "num_beams": 2, "size": "rut5-large", "dtype": "bf16"}
+        "texts": 5,
+        "single_texts": 2,
+        "max_new_tokens": 3,
+        "batch_size": 2,
+        "num_beams": 2,
+        "size": "rut5-large",
+        "dtype": "bf16",
+    }
 
 
 def test_distributed_benchmark_measures_each_rank_count_and_the_efficiency():
@@ -174,8 +244,16 @@ def test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for(mon
         return build("tiny", device)
 
     def train(model, tokenizer, rows, validation, config, *, output_dir, report, world):
-        trained.append((len(rows), {len(ids) for ids in rows["input_ids"]}, {len(ids) for ids in rows["labels"]}, config.batch_size,
-                        config.max_steps, torch.get_num_threads()))
+        trained.append(
+            (
+                len(rows),
+                {len(ids) for ids in rows["input_ids"]},
+                {len(ids) for ids in rows["labels"]},
+                config.batch_size,
+                config.max_steps,
+                torch.get_num_threads(),
+            )
+        )
         for step in range(1, config.max_steps + 1):
             report("loss", "train", 1.0, step)
 
@@ -278,8 +356,9 @@ def test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_
             Path(command[-1]).mkdir(parents=True)
         if command[:2] == ["make", "tiny"]:
             (cwd / "runs" / "tiny").mkdir(parents=True)
-            (cwd / "runs" / "tiny" / "summary.json").write_text(json.dumps({
-                "metrics": {"loss": 1.5, "chrf": 0.3}, "base_metrics": {"loss": 3.0, "chrf": 0.1}, "step_seconds": {"train": 30.0}}))
+            (cwd / "runs" / "tiny" / "summary.json").write_text(
+                json.dumps({"metrics": {"loss": 1.5, "chrf": 0.3}, "base_metrics": {"loss": 3.0, "chrf": 0.1}, "step_seconds": {"train": 30.0}})
+            )
 
     clock, load = iter([100.0, 112.34, 120.0, 165.0]), iter([0.5, 1.25, 1.75])  # the build's start and end, then make tiny's
     monkeypatch.setattr(tiny_learns.subprocess, "run", run)
@@ -291,13 +370,20 @@ def test_the_tiny_learns_benchmark_clones_and_caches_in_work_dir_and_recomputes_
     assert {cache for _, _, cache in ran[1:]} == {str(tmp_path / "cache")}
     assert (result["loss_ratio"], result["chrf_ratio"], result["step_seconds"]) == (0.5, 3.0, {"train": 30.0})
     assert {key: result[key] for key in ("base_loss", "tuned_loss", "base_chrf", "tuned_chrf", "build_s", "make_tiny_s", "load_average_1min")} == {
-        "base_loss": 3.0, "tuned_loss": 1.5, "base_chrf": 0.1, "tuned_chrf": 0.3, "build_s": 12.3, "make_tiny_s": 45.0,
-        "load_average_1min": {"before": 0.5, "after_build": 1.25, "after_make": 1.75}}
+        "base_loss": 3.0,
+        "tuned_loss": 1.5,
+        "base_chrf": 0.1,
+        "tuned_chrf": 0.3,
+        "build_s": 12.3,
+        "make_tiny_s": 45.0,
+        "load_average_1min": {"before": 0.5, "after_build": 1.25, "after_make": 1.75},
+    }
 
 
 def test_the_first_run_benchmark_keeps_its_server_and_logs_in_work_dir(monkeypatch, tmp_path):
     """Where --work-dir sends the server's state and the agents' logs (the run itself takes 10 minutes: a stand-in
     server stops it at its start)."""
+
     class Stop(Exception):
         pass
 
@@ -338,10 +424,18 @@ def test_the_first_run_benchmark_times_the_launch_the_run_and_each_tasks_wait_an
             waited_for.append((task_id, statuses))
 
         def tasks(self, order_by):
-            return [{"name": "ingest", "tags": ["template"], "created": "2026-12-07T09:00:00", "status": "draft"},
-                    {"name": "ingest", "tags": [], "created": "2026-12-07T10:00:00+00:00", "started": "2026-12-07T10:00:04.500+00:00",
-                     "completed": "2026-12-07T10:01:00.300+00:00", "status": "completed"},
-                    {"name": "train", "created": "2026-12-07T10:01:00+00:00", "status": "queued"}]
+            return [
+                {"name": "ingest", "tags": ["template"], "created": "2026-12-07T09:00:00", "status": "draft"},
+                {
+                    "name": "ingest",
+                    "tags": [],
+                    "created": "2026-12-07T10:00:00+00:00",
+                    "started": "2026-12-07T10:00:04.500+00:00",
+                    "completed": "2026-12-07T10:01:00.300+00:00",
+                    "status": "completed",
+                },
+                {"name": "train", "created": "2026-12-07T10:01:00+00:00", "status": "queued"},
+            ]
 
     class Runner:
         def __init__(self, clone, shell):
@@ -371,8 +465,10 @@ def test_the_first_run_benchmark_times_the_launch_the_run_and_each_tasks_wait_an
     result = first_run_on_agents.main(["--work-dir", str(tmp_path)])
     assert waited_for == [("controller-1", ("completed",))] and len(agents_started) == 3  # the README's cpu, gpu and services agents
     assert (result["launch_s"], result["run_s"]) == (12.5, 600.0)
-    assert result["tasks"] == {"ingest": {"waited_s": 4.5, "ran_s": 55.8, "status": "completed"},
-                               "train": {"waited_s": None, "ran_s": None, "status": "queued"}}
+    assert result["tasks"] == {
+        "ingest": {"waited_s": 4.5, "ran_s": 55.8, "status": "completed"},
+        "train": {"waited_s": None, "ran_s": None, "status": "queued"},
+    }
 
 
 def test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy(monkeypatch, tmp_path):
@@ -386,8 +482,9 @@ def test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy(monk
         calls.append((command[3:], Path(cwd)))
         if "export-cicd-stats" in command:
             (Path(cwd) / "mutants").mkdir()
-            (Path(cwd) / "mutants" / "mutmut-cicd-stats.json").write_text(json.dumps(
-                {"total": 10, "killed": 8, "timeout": 1, "survived": 1, "no_tests": 0, "suspicious": 0}))
+            (Path(cwd) / "mutants" / "mutmut-cicd-stats.json").write_text(
+                json.dumps({"total": 10, "killed": 8, "timeout": 1, "survived": 1, "no_tests": 0, "suspicious": 0})
+            )
         return subprocess.CompletedProcess(command, 0, stdout="    components.comparison.x_ratio__mutmut_1: survived\n")
 
     monkeypatch.setattr(mutation, "WORK", tmp_path)
@@ -399,6 +496,9 @@ def test_make_mutation_mutates_the_module_against_the_tests_given_in_a_copy(monk
     assert "only_mutate =\n    components/comparison.py\n" in config
     assert "pytest_add_cli_args_test_selection =\n    tests/test_report.py\n    --deselect=tests/test_report.py::x\n" in config
     assert (work / "components" / "comparison.py").read_bytes() == (ROOT / "components" / "comparison.py").read_bytes()
-    importing = sorted(f"tests/{path.name}" for path in (ROOT / "tests").glob("test_*.py")
-                       if re.search(r"^from components\.comparison import", path.read_text(encoding="utf-8"), re.MULTILINE))
+    importing = sorted(
+        f"tests/{path.name}"
+        for path in (ROOT / "tests").glob("test_*.py")
+        if re.search(r"^from components\.comparison import", path.read_text(encoding="utf-8"), re.MULTILINE)
+    )
     assert stats["killed"] == 8 and "tests/test_report.py" in importing and mutation.importers("components/comparison.py") == importing

@@ -17,7 +17,13 @@ from transformers import T5ForConditionalGeneration
 
 from components import checkpoint
 from components.checkpoint import (
-    CheckpointError, newest_checkpoint, read_checkpoint, restore_checkpoint, rng_state, save_checkpoint, write_file_atomically,
+    CheckpointError,
+    newest_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+    write_file_atomically,
 )
 from components.modeling import ModelLoadError, adapter_state_dict, apply_peft
 
@@ -66,7 +72,9 @@ def test_a_checkpoint_holds_the_adapters_optimizer_random_states_and_a_state_wit
     assert optimizer.keys() == {f"{index}.{key}" for index, values in moments.items() for key in values}
     assert all(torch.equal(optimizer[f"{index}.{key}"], value) for index, values in moments.items() for key, value in values.items())
     assert {name: tensor.tolist() for name, tensor in load(files["rng.safetensors"]).items()} == {
-        "rank0.cpu": rng[0]["cpu"].tolist(), "rank1.cpu": [1, 2, 3]}
+        "rank0.cpu": rng[0]["cpu"].tolist(),
+        "rank1.cpu": [1, 2, 3],
+    }
     state = json.loads(files["state.json"])
     assert state["files"] == {name: hashlib.sha256(data).hexdigest() for name, data in files.items() if name != "state.json"}
     assert (state["step"], state["history"]) == (2, [1.5])
@@ -89,8 +97,9 @@ def test_restoring_puts_every_tensor_state_and_random_state_back_into_a_fresh_mo
         for parameter in fresh.model.parameters():
             if parameter.requires_grad:
                 parameter.normal_()
-    loop_state = restore_checkpoint(read_checkpoint(tmp_path / "last"), fresh.model, fresh.optimizer, fresh.scheduler, fresh.scaler,
-                                    rank=1, world_size=1)
+    loop_state = restore_checkpoint(
+        read_checkpoint(tmp_path / "last"), fresh.model, fresh.optimizer, fresh.scheduler, fresh.scaler, rank=1, world_size=1
+    )
     assert loop_state == {"step": 2, "history": [1.5]}
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(99).get_state())  # rank 1's state
     for name, tensor in adapter_state_dict(trained.model).items():
@@ -121,8 +130,9 @@ def test_a_run_of_other_ranks_is_refused(trained, tmp_path):
     files = read_checkpoint(tmp_path / "last")
     with pytest.raises(CheckpointError) as refused:
         restore_checkpoint(files, trained.model, trained.optimizer, trained.scheduler, trained.scaler, world_size=2)
-    assert str(refused.value) == ("The checkpoint was written by a run of 1 rank(s) and this one has 2; resume with the same number of ranks "
-                                  "(--nproc-per-node x --nodes = 1).")
+    assert str(refused.value) == (
+        "The checkpoint was written by a run of 1 rank(s) and this one has 2; resume with the same number of ranks (--nproc-per-node x --nodes = 1)."
+    )
 
 
 def test_each_save_rotates_last_to_previous_and_removes_what_a_cut_off_save_left(trained, tmp_path):
@@ -152,12 +162,23 @@ def test_newest_checkpoint_takes_a_complete_incoming_then_last_then_previous(tra
     "damage, clause",
     [
         (lambda last: (last / "state.json").unlink(), "{last}/state.json is missing"),
-        (lambda last: (last / "state.json").write_text("{", encoding="utf-8"), "{last}/state.json is cut short or damaged (not the JSON a checkpoint holds)"),
-        (lambda last: (last / "state.json").write_text("[]", encoding="utf-8"), "{last}/state.json is cut short or damaged (not the JSON a checkpoint holds)"),
-        (lambda last: (last / "state.json").write_text("{}", encoding="utf-8"), "{last}/state.json is cut short or damaged (not the JSON a checkpoint holds)"),
+        (
+            lambda last: (last / "state.json").write_text("{", encoding="utf-8"),
+            "{last}/state.json is cut short or damaged (not the JSON a checkpoint holds)",
+        ),
+        (
+            lambda last: (last / "state.json").write_text("[]", encoding="utf-8"),
+            "{last}/state.json is cut short or damaged (not the JSON a checkpoint holds)",
+        ),
+        (
+            lambda last: (last / "state.json").write_text("{}", encoding="utf-8"),
+            "{last}/state.json is cut short or damaged (not the JSON a checkpoint holds)",
+        ),
         (lambda last: (last / "optimizer.safetensors").unlink(), "{last}/optimizer.safetensors is missing although state.json lists it"),
-        (lambda last: (last / "adapter.safetensors").write_bytes((last / "adapter.safetensors").read_bytes()[:-1]),
-         "{last}/adapter.safetensors is cut short or damaged (its SHA-256 differs from the one in state.json)"),
+        (
+            lambda last: (last / "adapter.safetensors").write_bytes((last / "adapter.safetensors").read_bytes()[:-1]),
+            "{last}/adapter.safetensors is cut short or damaged (its SHA-256 differs from the one in state.json)",
+        ),
     ],
 )
 def test_a_damaged_last_is_named_and_passed_over_and_nothing_complete_left_is_refused(damage, clause, trained, tmp_path, caplog):
@@ -171,12 +192,16 @@ def test_a_damaged_last_is_named_and_passed_over_and_nothing_complete_left_is_re
     assert [record.getMessage() for record in caplog.records] == [f"{clause}; resuming from the complete checkpoint {tmp_path / 'previous'} instead."]
     with pytest.raises(CheckpointError) as refused:
         read_checkpoint(last)
-    assert str(refused.value) == (f"{clause}; this checkpoint cannot be resumed: train from the start (without --resume or --resume-from-task-id; "
-                                  "a task resuming its own checkpoint: reset it).")
+    assert str(refused.value) == (
+        f"{clause}; this checkpoint cannot be resumed: train from the start (without --resume or --resume-from-task-id; "
+        "a task resuming its own checkpoint: reset it)."
+    )
     (tmp_path / "previous" / "state.json").unlink()
     with pytest.raises(CheckpointError) as refused:
         newest_checkpoint(tmp_path)
-    assert str(refused.value) == (f"{clause}; no complete checkpoint is left in {tmp_path}: delete that folder and run without --resume to start over.")
+    assert str(refused.value) == (
+        f"{clause}; no complete checkpoint is left in {tmp_path}: delete that folder and run without --resume to start over."
+    )
 
 
 def test_reading_a_checkpoint_gives_every_file_by_name(trained, tmp_path):
@@ -198,8 +223,11 @@ def test_a_failed_write_removes_the_incoming_folder_and_says_what_is_kept(earlie
     monkeypatch.setattr(checkpoint, "_write_file", full_disk)
     with pytest.raises(CheckpointError) as refused:
         trained.save(tmp_path)
-    kept = (f"the checkpoint before it in {tmp_path} is intact: free disk space, then rerun with --resume" if earlier
-            else "no checkpoint was saved before it: free disk space and start again")
+    kept = (
+        f"the checkpoint before it in {tmp_path} is intact: free disk space, then rerun with --resume"
+        if earlier
+        else "no checkpoint was saved before it: free disk space and start again"
+    )
     assert str(refused.value) == f"Writing the checkpoint {tmp_path / 'incoming'} failed (No space left on device); {kept}."
     assert sorted(path.name for path in tmp_path.iterdir()) == (["last"] if earlier else [])
 
@@ -216,8 +244,9 @@ def test_an_atomic_write_replaces_the_file_whole_or_leaves_it(tmp_path, monkeypa
     monkeypatch.setattr(checkpoint, "_replace", fail)
     with pytest.raises(CheckpointError) as refused:
         write_file_atomically(target, b"newer")
-    assert str(refused.value) == (f"Writing {target} failed (No space left on device); the checkpoints are intact: free disk space, "
-                                  "then rerun with --resume.")
+    assert str(refused.value) == (
+        f"Writing {target} failed (No space left on device); the checkpoints are intact: free disk space, then rerun with --resume."
+    )
     assert target.read_bytes() == b"new" and sorted(path.name for path in tmp_path.iterdir()) == ["best.safetensors"]  # no scratch file left
 
 
@@ -226,8 +255,15 @@ def test_the_first_save_makes_the_checkpoints_folder(trained, tmp_path):
 
 
 def test_a_checkpoint_of_two_ranks_resumes_with_two_and_is_refused_with_one(trained, tmp_path):
-    save_checkpoint(tmp_path, trained.model, trained.optimizer, trained.scheduler, trained.scaler, {"step": 2, "world_size": 2},
-                    rng_states=[{"cpu": torch.get_rng_state()}, {"cpu": torch.get_rng_state()}])
+    save_checkpoint(
+        tmp_path,
+        trained.model,
+        trained.optimizer,
+        trained.scheduler,
+        trained.scaler,
+        {"step": 2, "world_size": 2},
+        rng_states=[{"cpu": torch.get_rng_state()}, {"cpu": torch.get_rng_state()}],
+    )
     files = read_checkpoint(tmp_path / "last")
     assert restore_checkpoint(files, trained.model, trained.optimizer, trained.scheduler, trained.scaler, rank=1, world_size=2)["world_size"] == 2
     with pytest.raises(CheckpointError, match=r"^The checkpoint was written by a run of 2 rank\(s\) and this one has 1; "):
@@ -240,7 +276,9 @@ def test_a_checkpoint_of_other_adapters_is_named_as_the_checkpoints_file(trained
     other = apply_peft(T5ForConditionalGeneration(small_t5_config()), lora_rank=4, prompt_length=3)
     optimizer = torch.optim.AdamW([p for p in other.parameters() if p.requires_grad])
     with pytest.raises(ModelLoadError, match=r"^the checkpoint.s adapter\.safetensors: \S+ has shape \("):
-        restore_checkpoint(read_checkpoint(tmp_path / "last"), other, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1), trained.scaler)
+        restore_checkpoint(
+            read_checkpoint(tmp_path / "last"), other, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1), trained.scaler
+        )
 
 
 def test_an_optimizer_without_betas_round_trips(trained, tmp_path):
@@ -251,7 +289,9 @@ def test_an_optimizer_without_betas_round_trips(trained, tmp_path):
     trained.step()
     trained.save(tmp_path)
     fresh = torch.optim.SGD(trainable, lr=0.5, momentum=0.1)
-    restore_checkpoint(read_checkpoint(tmp_path / "last"), trained.model, fresh, torch.optim.lr_scheduler.LambdaLR(fresh, lambda step: 1.0), trained.scaler)
+    restore_checkpoint(
+        read_checkpoint(tmp_path / "last"), trained.model, fresh, torch.optim.lr_scheduler.LambdaLR(fresh, lambda step: 1.0), trained.scaler
+    )
     assert fresh.state_dict()["param_groups"] == trained.optimizer.state_dict()["param_groups"]
     assert all(torch.equal(fresh.state[p]["momentum_buffer"], trained.optimizer.state[p]["momentum_buffer"]) for p in trainable)
 
@@ -274,5 +314,6 @@ def test_an_atomic_write_that_cannot_start_is_the_same_sentence(tmp_path):
     target = tmp_path / "missing-folder" / "best.safetensors"
     with pytest.raises(CheckpointError) as refused:
         write_file_atomically(target, b"new")
-    assert str(refused.value) == (f"Writing {target} failed (No such file or directory); the checkpoints are intact: free disk space, "
-                                  "then rerun with --resume.")
+    assert str(refused.value) == (
+        f"Writing {target} failed (No such file or directory); the checkpoints are intact: free disk space, then rerun with --resume."
+    )

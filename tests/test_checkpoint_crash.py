@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import run_script
 from forked import exited_cleanly, in_child
+from safetensors.torch import load_file, save_file
 
 from components import checkpoint
 from components.checkpoint import CheckpointError, newest_checkpoint, read_checkpoint
@@ -69,8 +68,11 @@ def train(setup, output_dir: Path, resume: bool = False) -> None:
 
 
 def outcome(output_dir: Path) -> tuple[dict, dict, list]:
-    return (load_file(str(output_dir / "final.safetensors")), load_file(str(output_dir / "checkpoints/best/adapter.safetensors")),
-            json.loads((output_dir / "history.json").read_text()))
+    return (
+        load_file(str(output_dir / "final.safetensors")),
+        load_file(str(output_dir / "checkpoints/best/adapter.safetensors")),
+        json.loads((output_dir / "history.json").read_text()),
+    )
 
 
 def same_outcome(output_dir: Path, reference: Path) -> bool:
@@ -102,8 +104,12 @@ def uninterrupted(setup, tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]
 def kill_points(operations: list[tuple[str, str]]) -> list[tuple[int, str]]:
     """(operation index, "before" or "torn") for every operation after the first checkpoint is complete."""
     first_complete = operations.index(("_replace", "checkpoints/incoming")) + 1
-    return [(index, mode) for index in range(first_complete, len(operations))
-            for mode in ("before", "torn") if mode == "before" or operations[index][0] == "_write_file"]
+    return [
+        (index, mode)
+        for index in range(first_complete, len(operations))
+        for mode in ("before", "torn")
+        if mode == "before" or operations[index][0] == "_write_file"
+    ]
 
 
 def test_sigkill_at_every_disk_operation_of_a_save_then_resume_ends_bit_identical(setup, uninterrupted, tmp_path):
@@ -137,13 +143,26 @@ def test_sigkill_at_every_disk_operation_of_a_save_then_resume_ends_bit_identica
     assert killed == resumed == identical == len(points)
 
 
-@pytest.mark.parametrize("full_at, message_start, kept_step", [
-    ("checkpoints/incoming/optimizer.safetensors", "Writing the checkpoint {out}/checkpoints/incoming failed (No space left on device); "
-                                                   "the checkpoint before it in {out}/checkpoints is intact", 1),
-    ("checkpoints/best/adapter.safetensors.tmp", "Writing {out}/checkpoints/best/adapter.safetensors failed (No space left on device); "
-                                                 "the checkpoints are intact", 2),
-], ids=["checkpoint", "best-adapter"])
-def test_a_full_disk_stops_the_run_with_one_sentence_and_keeps_a_complete_checkpoint(setup, uninterrupted, tmp_path, full_at, message_start, kept_step):
+@pytest.mark.parametrize(
+    "full_at, message_start, kept_step",
+    [
+        (
+            "checkpoints/incoming/optimizer.safetensors",
+            "Writing the checkpoint {out}/checkpoints/incoming failed (No space left on device); "
+            "the checkpoint before it in {out}/checkpoints is intact",
+            1,
+        ),
+        (
+            "checkpoints/best/adapter.safetensors.tmp",
+            "Writing {out}/checkpoints/best/adapter.safetensors failed (No space left on device); the checkpoints are intact",
+            2,
+        ),
+    ],
+    ids=["checkpoint", "best-adapter"],
+)
+def test_a_full_disk_stops_the_run_with_one_sentence_and_keeps_a_complete_checkpoint(
+    setup, uninterrupted, tmp_path, full_at, message_start, kept_step
+):
     reference, operations = uninterrupted
     writes = [path for name, path in operations if name == "_write_file"]
     second_save_write = [i for i, path in enumerate(writes) if path == full_at][1]  # during the second save
@@ -211,8 +230,19 @@ def test_with_no_complete_checkpoint_left_resume_says_which_file_and_what_to_do(
         read_checkpoint(tmp_path / "checkpoints/previous")
 
     # the train step: one line naming the file, no traceback
-    completed = run_script(clearml_home, "steps/train.py", "--local", "--resume", "--data-dir", str(tmp_path / "unused"),
-                           "--model", "tiny", "--output-dir", str(tmp_path), check=False)
+    completed = run_script(
+        clearml_home,
+        "steps/train.py",
+        "--local",
+        "--resume",
+        "--data-dir",
+        str(tmp_path / "unused"),
+        "--model",
+        "tiny",
+        "--output-dir",
+        str(tmp_path),
+        check=False,
+    )
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: {expected}") and last_line.endswith("start over.")
@@ -299,7 +329,7 @@ def test_each_save_writes_and_fsyncs_every_file_before_renaming_and_syncs_the_fo
     ends = [i for i, entry in enumerate(log) if entry == ("fsync", "checkpoints/")]
     assert len(starts) == len(ends) == CONFIG.max_steps
     for number, (start, end) in enumerate(zip(starts, ends)):
-        save = log[start:end + 1]
+        save = log[start : end + 1]
 
         def at(*entry) -> int:
             assert entry in save, f"save {number + 1}: no {entry} in {save}"

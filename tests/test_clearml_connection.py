@@ -13,11 +13,11 @@ import threading
 import time
 
 import pytest
+from conftest import ROOT
 
 from clearml_adapter import connection as clearml_connection
 from clearml_adapter.connection import ServerMisconfigured, ServerSettings, ServerUnreachable, server_settings
 from components.settings import REQUIREMENTS_FILE
-from conftest import ROOT
 from tests.clearml_server import ClearMLTestServer
 from tests.clearml_server.auth import ACCESS_KEY, SECRET_KEY
 
@@ -25,23 +25,44 @@ ENVIRONMENT_KEYS = "CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY"
 TIMEOUT_S = 1.0  # the check's timeout in these tests (5 s by default)
 
 
-@pytest.mark.parametrize("variables, conf, expected", [
-    ({}, None, ServerSettings("https://api.clear.ml", False, None, "None", False, None)),
-    ({"CLEARML_API_HOST": "http://h:8008", "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}, None,
-     ServerSettings("http://h:8008", True, ("k", "s"), ENVIRONMENT_KEYS, True, None)),
-    ({}, 'api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }',
-     ServerSettings("http://c:8008", True, ("ck", "cs"), "{conf}", True, "{conf}")),
-    ({"CLEARML_API_ACCESS_KEY": "k"}, 'api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }',
-     ServerSettings("http://c:8008", True, ("k", "cs"), "{conf}", True, "{conf}")),  # one key from each: the file is named
-    ({"CLEARML_API_ACCESS_KEY": "k"}, 'api { api_server: "http://c:8008" }',
-     ServerSettings("http://c:8008", False, None, "{conf}", True, "{conf}")),  # half a key pair is none
-    ({"CLEARML_API_SECRET_KEY": "s", "CLEARML_API_HOST": "http://h:8008"}, None,
-     ServerSettings("http://h:8008", False, None, "None", True, None)),
-    ({"CLEARML_AUTH_TOKEN": "t", "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}, None,
-     ServerSettings("https://api.clear.ml", True, None, ENVIRONMENT_KEYS, False, None)),  # a token: no key pair to log in with
-    ({"CLEARML_AUTH_TOKEN": "t"}, None, ServerSettings("https://api.clear.ml", True, None, "None", False, None)),
-    ({}, 'api { host: "http://old:8008" }', ServerSettings("http://old:8008", False, None, "{conf}", True, "{conf}")),  # the old key
-])
+@pytest.mark.parametrize(
+    "variables, conf, expected",
+    [
+        ({}, None, ServerSettings("https://api.clear.ml", False, None, "None", False, None)),
+        (
+            {"CLEARML_API_HOST": "http://h:8008", "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"},
+            None,
+            ServerSettings("http://h:8008", True, ("k", "s"), ENVIRONMENT_KEYS, True, None),
+        ),
+        (
+            {},
+            'api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }',
+            ServerSettings("http://c:8008", True, ("ck", "cs"), "{conf}", True, "{conf}"),
+        ),
+        (
+            {"CLEARML_API_ACCESS_KEY": "k"},
+            'api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }',
+            ServerSettings("http://c:8008", True, ("k", "cs"), "{conf}", True, "{conf}"),
+        ),  # one key from each: the file is named
+        (
+            {"CLEARML_API_ACCESS_KEY": "k"},
+            'api { api_server: "http://c:8008" }',
+            ServerSettings("http://c:8008", False, None, "{conf}", True, "{conf}"),
+        ),  # half a key pair is none
+        (
+            {"CLEARML_API_SECRET_KEY": "s", "CLEARML_API_HOST": "http://h:8008"},
+            None,
+            ServerSettings("http://h:8008", False, None, "None", True, None),
+        ),
+        (
+            {"CLEARML_AUTH_TOKEN": "t", "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"},
+            None,
+            ServerSettings("https://api.clear.ml", True, None, ENVIRONMENT_KEYS, False, None),
+        ),  # a token: no key pair to log in with
+        ({"CLEARML_AUTH_TOKEN": "t"}, None, ServerSettings("https://api.clear.ml", True, None, "None", False, None)),
+        ({}, 'api { host: "http://old:8008" }', ServerSettings("http://old:8008", False, None, "{conf}", True, "{conf}")),  # the old key
+    ],
+)
 def test_the_settings_are_read_from_the_variables_and_the_file_in_effect(unconfigured_sdk, monkeypatch, variables, conf, expected):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -55,8 +76,10 @@ def test_reading_the_settings_leaves_the_sdks_own_configuration_unloaded(unconfi
     """So that a later switch to offline still takes configs/clearml-offline.conf (a fresh process: this one's SDK
     may have loaded its configuration in another test)."""
     unconfigured_sdk.write_text('api { api_server: "http://c:8008", credentials { access_key: "ck", secret_key: "cs" } }')
-    program = ("from clearml_adapter.connection import server_settings; import clearml.config; "
-               "settings = server_settings(); print(settings.api_host, clearml.config.ConfigWrapper._config is None)")
+    program = (
+        "from clearml_adapter.connection import server_settings; import clearml.config; "
+        "settings = server_settings(); print(settings.api_host, clearml.config.ConfigWrapper._config is None)"
+    )
     completed = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert completed.stdout.split() == ["http://c:8008", "True"], completed.stderr
 
@@ -92,8 +115,10 @@ def test_a_server_address_in_the_environment_without_credentials_names_the_envir
     monkeypatch.setenv("CLEARML_CONFIG_FILE", str(unconfigured_sdk.parent / "absent.conf"))
     with pytest.raises(ServerMisconfigured) as refused:
         clearml_connection.prepare_clearml(local_flag=False)
-    assert str(refused.value) == ("A ClearML server (http://h:8008) is configured in the environment (CLEARML_API_HOST) but no "
-                                  "credentials are; run clearml-init or set CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or run with --local.")
+    assert str(refused.value) == (
+        "A ClearML server (http://h:8008) is configured in the environment (CLEARML_API_HOST) but no "
+        "credentials are; run clearml-init or set CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or run with --local."
+    )
 
 
 class FakeServer:
@@ -149,7 +174,12 @@ def fake_servers():
 
 
 def pointed_at(monkeypatch, api: str, files: str, keys: tuple[str, str] = ("k", "s")) -> None:
-    for name, value in {"CLEARML_API_HOST": api, "CLEARML_FILES_HOST": files, "CLEARML_API_ACCESS_KEY": keys[0], "CLEARML_API_SECRET_KEY": keys[1]}.items():
+    for name, value in {
+        "CLEARML_API_HOST": api,
+        "CLEARML_FILES_HOST": files,
+        "CLEARML_API_ACCESS_KEY": keys[0],
+        "CLEARML_API_SECRET_KEY": keys[1],
+    }.items():
         monkeypatch.setenv(name, value)
 
 
@@ -163,7 +193,8 @@ def test_the_test_server_with_its_keys_passes_the_check_and_unknown_keys_are_one
         assert str(refused.value) == (
             f"The ClearML server {server.api_host} refused the key pair in {ENVIRONMENT_KEYS} (invalid credentials); create a key pair "
             "in that server's web UI (Settings -> Workspace) and run clearml-init or set CLEARML_API_ACCESS_KEY and "
-            "CLEARML_API_SECRET_KEY, or run with --local.")
+            "CLEARML_API_SECRET_KEY, or run with --local."
+        )
         for name in ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
             monkeypatch.delenv(name)
         unconfigured_sdk.write_text(f'api {{ credentials {{ access_key: "{ACCESS_KEY}", secret_key: "wrong" }} }}')
@@ -183,13 +214,23 @@ def test_the_check_asks_once_with_the_key_pair(unconfigured_sdk, monkeypatch, fa
 
 # requests names a GET's read timeout ConnectionError (urllib3 retries GETs, zero times here, and gives up with
 # MaxRetryError) and a POST's ReadTimeout (a POST is never retried).
-@pytest.mark.parametrize("silent, what, error, setting", [
-    ("/debug.ping", "The ClearML server {api}", "ConnectionError", "api.api_server in clearml.conf (or CLEARML_API_HOST)"),
-    ("/auth.login", "The ClearML server {api}", "ReadTimeout", "api.api_server in clearml.conf (or CLEARML_API_HOST)"),
-    ("/", "The ClearML files server {files}", "ConnectionError", "api.files_server in clearml.conf (or CLEARML_FILES_HOST), where every task uploads "
-                                                 "its artifacts and models (or send them to a bucket with sdk.development.default_output_uri)"),
-])
-def test_a_request_that_is_never_answered_is_one_sentence_after_the_timeout(unconfigured_sdk, monkeypatch, fake_servers, silent, what, error, setting):
+@pytest.mark.parametrize(
+    "silent, what, error, setting",
+    [
+        ("/debug.ping", "The ClearML server {api}", "ConnectionError", "api.api_server in clearml.conf (or CLEARML_API_HOST)"),
+        ("/auth.login", "The ClearML server {api}", "ReadTimeout", "api.api_server in clearml.conf (or CLEARML_API_HOST)"),
+        (
+            "/",
+            "The ClearML files server {files}",
+            "ConnectionError",
+            "api.files_server in clearml.conf (or CLEARML_FILES_HOST), where every task uploads "
+            "its artifacts and models (or send them to a bucket with sdk.development.default_output_uri)",
+        ),
+    ],
+)
+def test_a_request_that_is_never_answered_is_one_sentence_after_the_timeout(
+    unconfigured_sdk, monkeypatch, fake_servers, silent, what, error, setting
+):
     api = fake_servers({silent: None} if silent != "/" else {})
     files = fake_servers({"/": None} if silent == "/" else {})
     pointed_at(monkeypatch, api.url, files.url)
@@ -197,7 +238,10 @@ def test_a_request_that_is_never_answered_is_one_sentence_after_the_timeout(unco
     with pytest.raises(ServerUnreachable) as refused:
         clearml_connection.check_server_reachable(timeout_s=TIMEOUT_S)
     assert TIMEOUT_S <= time.monotonic() - started < 20
-    assert str(refused.value) == f"{what.format(api=api.url, files=files.url)} did not answer within 1 s ({error}); check {setting}, or run with --local."
+    assert (
+        str(refused.value)
+        == f"{what.format(api=api.url, files=files.url)} did not answer within 1 s ({error}); check {setting}, or run with --local."
+    )
     assert (api.requests + files.requests).count(silent) == 1  # asked once: no retry
 
 

@@ -60,6 +60,7 @@ def _param(section, name, value, **extra):
 
 # ---- transport: unknown calls, unknown fields, credentials ------------------------------
 
+
 def test_unknown_endpoint_is_refused_as_the_server_refuses_it_and_logged(server, api):
     error = refused(lambda: api.call("tasks.frobnicate", task="x"), 404, 0)
     assert error.message == "Unable to find endpoint for name tasks.frobnicate and version 2.31"
@@ -93,6 +94,7 @@ def test_names_shorter_than_three_characters_are_refused_as_mongoengine_refuses_
 
 
 # ---- the status machine ----------------------------------------------------------------
+
 
 def test_status_changes_follow_the_state_machine_unless_forced(api, project):
     task = new_task(api, project)
@@ -170,17 +172,29 @@ def test_stop_of_a_task_a_worker_runs_only_asks_the_worker_to_stop(api, project)
 
 # ---- what reset and clone keep and drop ------------------------------------------------
 
+
 def _finished_task_with_outputs(api, project) -> tuple[str, str]:
-    task = new_task(api, project, hyperparams={"Args": {"rank": {"section": "Args", "name": "rank", "value": "8"}}},
-                    script={"repository": "git://example/repo.git", "version_num": "abc", "entry_point": "steps/train.py"})
+    task = new_task(
+        api,
+        project,
+        hyperparams={"Args": {"rank": {"section": "Args", "name": "rank", "value": "8"}}},
+        script={"repository": "git://example/repo.git", "version_num": "abc", "entry_point": "steps/train.py"},
+    )
     api.call("tasks.started", task=task)
-    api.call("tasks.add_or_update_artifacts", task=task, artifacts=[
-        {"key": "checkpoint", "type": "custom", "uri": "http://files/checkpoint.zip"},
-        {"key": "data", "type": "custom", "mode": "input", "uri": "http://files/data.tsv"}])
+    api.call(
+        "tasks.add_or_update_artifacts",
+        task=task,
+        artifacts=[
+            {"key": "checkpoint", "type": "custom", "uri": "http://files/checkpoint.zip"},
+            {"key": "data", "type": "custom", "mode": "input", "uri": "http://files/data.tsv"},
+        ],
+    )
     model = api.call("models.create", name="unit model", uri="http://files/model.zip", task=task, ready=False)["id"]
     api.call("tasks.add_or_update_model", task=task, name="adapter", model=model, type="output")
     api.call("tasks.edit", task=task, force=True, runtime={"progress": "100"})
-    api.call_batch("events.add_batch", [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": "train", "value": 1.0, "iter": 3}])
+    api.call_batch(
+        "events.add_batch", [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": "train", "value": 1.0, "iter": 3}]
+    )
     api.call("tasks.completed", task=task)
     return task, model
 
@@ -246,13 +260,13 @@ def test_a_published_task_is_not_reset_without_force(api, project):
 
 # ---- get_all ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def catalogue(api):
     root = api.call("projects.create", name="catalogue")["id"]
     sub = api.call("projects.create", name="catalogue/sub/deep")["id"]
     names = {}
-    for name, tags, project_id in (("alpha one", ["a"], root), ("alpha two", ["a", "b"], root),
-                                   ("beta", ["b"], sub), ("gamma", [], sub)):
+    for name, tags, project_id in (("alpha one", ["a"], root), ("alpha two", ["a", "b"], root), ("beta", ["b"], sub), ("gamma", [], sub)):
         names[name] = new_task(api, project_id, name=name, tags=tags)
     hidden = new_task(api, root, name="hidden one", system_tags=["hidden"])
     return {"root": root, "sub": sub, "hidden": hidden, **names}
@@ -314,26 +328,28 @@ def test_ordering_by_a_hyperparameter_uses_the_servers_numeric_string_collation(
     (field by field: section, name, value); other fields order by binary comparison."""
     project = api.call("projects.create", name="unit collation")["id"]
     values = ["11", "2", "1.5", "1.25", "-1", "-2", "b", "A"]
-    ids = {value: new_task(api, project, name=f"rank {value}", hyperparams={"Args": {"rank": _param("Args", "rank", value)}})
-           for value in values}
+    ids = {value: new_task(api, project, name=f"rank {value}", hyperparams={"Args": {"rank": _param("Args", "rank", value)}}) for value in values}
     by_value = [t["id"] for t in api.tasks(project=[project], order_by=["hyperparams.Args.rank.value"])]
     assert by_value == [ids[v] for v in ["-1", "-2", "1.5", "1.25", "2", "11", "A", "b"]]
     by_item = [t["id"] for t in api.tasks(project=[project], order_by=["-hyperparams.Args.rank"])]
     assert by_item == [ids[v] for v in ["b", "A", "11", "2", "1.25", "1.5", "-2", "-1"]]
     by_name = [t["name"] for t in api.tasks(project=[project], order_by=["name"], only_fields=["name"])]
     assert by_name[:2] == ["rank -1", "rank -2"] and by_name[-3:] == ["rank 2", "rank A", "rank b"]  # binary: "1" < "2" < "A" < "b"
-    assert [t["name"] for t in api.tasks(project=[project], order_by=["name"], only_fields=["name"],
-                                          **{"hyperparams.Args.rank.value": values})][-3:] == ["rank 11", "rank A", "rank b"]
+    assert [t["name"] for t in api.tasks(project=[project], order_by=["name"], only_fields=["name"], **{"hyperparams.Args.rank.value": values})][
+        -3:
+    ] == ["rank 11", "rank A", "rank b"]
 
 
 # ---- hyperparameters -------------------------------------------------------------------
+
 
 def test_edit_hyper_params_merges_replaces_a_section_or_everything(api, project):
     def item(section, name, value):
         return {"section": section, "name": name, "value": value}
 
-    task = new_task(api, project, hyperparams={"Args": {"a": item("Args", "a", "1"), "b": item("Args", "b", "2")},
-                                                "General": {"c": item("General", "c", "3")}})
+    task = new_task(
+        api, project, hyperparams={"Args": {"a": item("Args", "a", "1"), "b": item("Args", "b", "2")}, "General": {"c": item("General", "c", "3")}}
+    )
 
     def values():
         return {(p["section"], p["name"]): p["value"] for p in api.call("tasks.get_hyper_params", tasks=[task])["params"][0]["hyperparams"]}
@@ -353,6 +369,7 @@ def test_hyperparameters_and_configuration_are_checked_as_the_request_schema_and
     """Request schema (``params_item`` / ``configuration_item``: objects of strings; 400/12 as
     jsonschema words it), ``params_prepare_for_save`` (no empty names; 400/12) and the strict
     ``ParamsItem`` (no other fields: 400/12; a missing value fails the save: 400/800)."""
+
     def create(**fields):
         return lambda: new_task(api, project, name="checked params", **fields)
 
@@ -374,13 +391,16 @@ def test_hyperparameters_and_configuration_are_checked_as_the_request_schema_and
 
 # ---- pipelines: the web UI's "New run" ------------------------------------------------
 
+
 def _controller(api, project_name, name, **fields) -> str:
     project = api.call("projects.create", name=project_name)["id"]
-    hyperparams = {"Args": {"lora_rank": _param("Args", "lora_rank", "8", type="int"),
-                            "epochs": _param("Args", "epochs", "3", type="int")},
-                   "properties": {"version": _param("properties", "version", "1.0")}}
-    return api.call("tasks.create", name=name, type="controller", project=project, hyperparams=hyperparams,
-                    system_tags=["pipeline", "development"], **fields)["id"]
+    hyperparams = {
+        "Args": {"lora_rank": _param("Args", "lora_rank", "8", type="int"), "epochs": _param("Args", "epochs", "3", type="int")},
+        "properties": {"version": _param("properties", "version", "1.0")},
+    }
+    return api.call(
+        "tasks.create", name=name, type="controller", project=project, hyperparams=hyperparams, system_tags=["pipeline", "development"], **fields
+    )["id"]
 
 
 def test_start_pipeline_enqueues_a_clone_with_the_args_as_the_ui_new_run_does(api):
@@ -390,15 +410,20 @@ def test_start_pipeline_enqueues_a_clone_with_the_args_as_the_ui_new_run_does(ap
     and ``enqueue_task`` with the status message "Starting pipeline"."""
     queue = api.queue_id("unit-pipelines", create=True)
     controller = _controller(api, "unit/.pipelines/lora sweep", "lora sweep")
-    started = api.call("pipelines.start_pipeline", task=controller, queue=queue,
-                       args=[{"name": "lora_rank", "value": "16"}, {"name": "seed", "value": "7"}])
+    started = api.call(
+        "pipelines.start_pipeline", task=controller, queue=queue, args=[{"name": "lora_rank", "value": "16"}, {"name": "seed", "value": "7"}]
+    )
     assert set(started) == {"pipeline", "enqueued"} and started["enqueued"] is True
     run = api.task(started["pipeline"])
     assert run["name"] == "lora sweep #2" and run["type"] == "controller"
     assert run["hyperparams"] == {
-        "Args": {"lora_rank": _param("Args", "lora_rank", "16"), "seed": _param("Args", "seed", "7"),
-                 "epochs": _param("Args", "epochs", "3", type="int")},
-        "properties": {"version": _param("properties", "version", "1.0")}}
+        "Args": {
+            "lora_rank": _param("Args", "lora_rank", "16"),
+            "seed": _param("Args", "seed", "7"),
+            "epochs": _param("Args", "epochs", "3", type="int"),
+        },
+        "properties": {"version": _param("properties", "version", "1.0")},
+    }
     assert (run["status"], run["status_message"], run["execution"]["queue"]) == ("queued", "Starting pipeline", queue)
     assert run["parent"] == controller and run["system_tags"] == ["pipeline"]
     assert run["id"] in [e["task"] for e in api.call("queues.get_by_id", queue=queue)["queue"]["entries"]]
@@ -447,9 +472,17 @@ def test_start_pipeline_refuses_an_unknown_task_queue_or_argument(api):
 
 # ---- events ----------------------------------------------------------------------------
 
+
 def _scalar(task, value, iteration, timestamp, variant="train"):
-    return {"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": variant, "value": value,
-            "iter": iteration, "timestamp": timestamp}
+    return {
+        "task": task,
+        "type": "training_stats_scalar",
+        "metric": "loss",
+        "variant": variant,
+        "value": value,
+        "iter": iteration,
+        "timestamp": timestamp,
+    }
 
 
 def test_scalar_events_update_last_metrics_as_the_server_does(api, project):
@@ -515,7 +548,11 @@ def test_an_event_replaces_the_stored_one_with_its_id(api, project):
     api.call_batch("events.add_batch", logs)
     events = api.call("events.get_task_events", task=task)["events"]
     assert [(e["type"], e.get("iter"), e.get("value")) for e in events] == [
-        ("training_stats_scalar", 0, 3.0), ("training_stats_scalar", 1, 5.0), ("log", None, None), ("log", None, None)]
+        ("training_stats_scalar", 0, 3.0),
+        ("training_stats_scalar", 1, 5.0),
+        ("log", None, None),
+        ("log", None, None),
+    ]
 
 
 def test_task_events_page_by_iteration_and_bring_along_the_last_iteration(api, project):
@@ -552,6 +589,7 @@ def test_event_pages_past_the_elasticsearch_result_window_are_refused(api, proje
 
 # ---- models ----------------------------------------------------------------------------
 
+
 def test_models_are_ready_by_default_and_publishing_one_publishes_its_task(api, project):
     assert api.call("models.get_by_id", model=api.call("models.create", name="ready model", uri="http://f/m")["id"])["model"]["ready"]
     task = new_task(api, project)
@@ -584,13 +622,20 @@ def test_set_ready_publishes_the_models_task_but_not_the_tasks_last_output_model
 
 # ---- files and state -------------------------------------------------------------------
 
+
 def _upload(server, path: str, content: bytes) -> list[str]:
     """A multipart upload of one file, as the SDK's ``_HttpDriver`` sends it."""
     boundary = "unitboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{path}\"; filename=\"{path}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(server.files_host + "/", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{path}"; filename="{path}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        server.files_host + "/", data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     return json.load(urllib.request.urlopen(request, timeout=10))
 
 
@@ -636,8 +681,14 @@ def test_a_restart_on_the_same_state_directory_keeps_state_and_tokens_and_a_run_
     api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
     queue = api.queue_id("cpu", create=True)
     user_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}, **env, "HOME": str(tmp_path)}
-    run = subprocess.Popen([sys.executable, "-c", SPANS_A_RESTART, str(go)], env=user_env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", SPANS_A_RESTART, str(go)],
+        env=user_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         printed = ""
         while not printed.endswith("ready\n") and run.poll() is None:
@@ -681,16 +732,25 @@ def test_delete_external_artifacts_deletes_the_task_files_on_the_files_server(se
     url = lambda path: f"{server.files_host}/{urllib.parse.quote(path)}"  # noqa: E731
     task = new_task(api, project, name="task with files")
     api.call("tasks.started", task=task)
-    api.call("tasks.add_or_update_artifacts", task=task, artifacts=[
-        {"key": "checkpoint", "type": "custom", "uri": url("gone/checkpoint.zip")},
-        {"key": "data", "type": "custom", "mode": "input", "uri": url("kept/data.tsv")},
-        {"key": "elsewhere", "type": "custom", "uri": "http://elsewhere.example/file.bin"}])
+    api.call(
+        "tasks.add_or_update_artifacts",
+        task=task,
+        artifacts=[
+            {"key": "checkpoint", "type": "custom", "uri": url("gone/checkpoint.zip")},
+            {"key": "data", "type": "custom", "mode": "input", "uri": url("kept/data.tsv")},
+            {"key": "elsewhere", "type": "custom", "uri": "http://elsewhere.example/file.bin"},
+        ],
+    )
     api.call("models.create", name="draft model", uri=url("gone/model.bin"), task=task, ready=False)
     api.call("models.create", name="published model", uri=url("kept/published.bin"), task=task, ready=True)
     plot = json.dumps({"layout": {"images": [{"source": url("gone/plot.png")}]}})
-    api.call_batch("events.add_batch", [
-        {"task": task, "type": "training_debug_image", "metric": "m", "variant": "v", "iter": 1, "url": url("gone/image 1.png")},
-        {"task": task, "type": "plot", "metric": "m", "variant": "p", "iter": 1, "plot_str": plot}])
+    api.call_batch(
+        "events.add_batch",
+        [
+            {"task": task, "type": "training_debug_image", "metric": "m", "variant": "v", "iter": 1, "url": url("gone/image 1.png")},
+            {"task": task, "type": "plot", "metric": "m", "variant": "p", "iter": 1, "plot_str": plot},
+        ],
+    )
     kept = new_task(api, project, name="task keeping files")
     api.call("tasks.add_or_update_artifacts", task=kept, artifacts=[{"key": "c", "type": "custom", "uri": url("kept/data.tsv")}])
     api.call("tasks.reset", task=kept, delete_external_artifacts=False)
@@ -711,8 +771,7 @@ def test_the_server_process_stops_at_once_on_sigterm_and_ctrl_c(tmp_path, signum
     """``python -m tests.clearml_server`` stops cleanly (state written, exit 0) within seconds
     of SIGTERM, or of Ctrl-C even when started as a background job that ignores SIGINT."""
     command = [sys.executable, "-m", "tests.clearml_server", "--port", "0", "--state-dir", str(tmp_path)]
-    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True,
-                               preexec_fn=_as_a_background_job)
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True, preexec_fn=_as_a_background_job)
     try:
         assert process.stdout.readline().startswith("CLEARML_API_HOST=")
         process.send_signal(signum)

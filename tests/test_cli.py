@@ -10,13 +10,37 @@ from typing import Optional
 import pytest
 
 from components.cli import (
-    COMMANDS, ArgumentParser, add_settings, declared, exit_if_help_asked, help_with_default, module_name, option_flag, parse_bool, parser_reference,
-    setting, value_type,
+    COMMANDS,
+    ArgumentParser,
+    add_settings,
+    declared,
+    exit_if_help_asked,
+    help_with_default,
+    module_name,
+    option_flag,
+    parse_bool,
+    parser_reference,
+    setting,
+    value_type,
 )
 
 
-@pytest.mark.parametrize("text, value", [("true", True), (" TRUE ", True), ("1", True), ("yes", True), ("On", True),
-                                         ("false", False), ("0", False), ("No", False), ("off", False), (True, True), (False, False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        (" TRUE ", True),
+        ("1", True),
+        ("yes", True),
+        ("On", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+        (True, True),
+        (False, False),
+    ],
+)
 def test_a_boolean_is_read_from_any_usual_spelling(text, value):
     assert parse_bool(text) is value
 
@@ -31,7 +55,10 @@ def test_anything_else_is_refused_in_one_sentence_and_a_flag_is_its_dashed_name(
         parser.parse_args(["--compare-base", "maybe"])
     assert refused.value.code == 1  # argparse's own is 2: every error a user causes exits 1
     out, err = capsys.readouterr()
-    assert out == "" and err == "usage: step [-h] [--compare-base COMPARE_BASE]\nstep: error: argument --compare-base: expected true or false, got 'maybe'\n"
+    assert (
+        out == ""
+        and err == "usage: step [-h] [--compare-base COMPARE_BASE]\nstep: error: argument --compare-base: expected true or false, got 'maybe'\n"
+    )
 
 
 def test_help_is_answered_before_anything_else_and_only_when_asked(capsys):
@@ -52,17 +79,37 @@ def test_a_commands_reference_has_a_row_per_option_with_its_default_values_and_h
     parser.add_argument("--where", type=Path, default=tmp_path / "data", help="a folder")
     parser.add_argument("--mode", choices=["a", "b"], required=True)
     header = ["| option | default | values | help |", "|---|---|---|---|"]
-    rows = ["| `-n`, `--num` | `3` | int | how many (tool: 3) |", "| `--names` |  | text ... | names \\| aliases, many |",
-            "| `--where` | `data` | Path | a folder |", "| `--mode` | required | a, b |  |"]
+    rows = [
+        "| `-n`, `--num` | `3` | int | how many (tool: 3) |",
+        "| `--names` |  | text ... | names \\| aliases, many |",
+        "| `--where` | `data` | Path | a folder |",
+        "| `--mode` | required | a, b |  |",
+    ]
     assert parser_reference("python tool.py", parser, tmp_path) == ["## `python tool.py`", "", "", "", *header, *rows, ""]
     parser.add_argument_group("speed").add_argument("--fast", action="store_true")
     parser.add_argument_group("empty")
     parser.add_argument("texts", nargs="+")
     assert parser_reference("python tool.py", parser, tmp_path) == [  # a table per group, under its title, as --help shows
-        "## `python tool.py`", "", "", "",
-        "**positional arguments**", "", *header, "| `texts` | required | text ... |  |", "",
-        "**options**", "", *header, *rows, "",
-        "**speed**", "", *header, "| `--fast` | `False` | flag |  |", ""]
+        "## `python tool.py`",
+        "",
+        "",
+        "",
+        "**positional arguments**",
+        "",
+        *header,
+        "| `texts` | required | text ... |  |",
+        "",
+        "**options**",
+        "",
+        *header,
+        *rows,
+        "",
+        "**speed**",
+        "",
+        *header,
+        "| `--fast` | `False` | flag |  |",
+        "",
+    ]
 
 
 def docstring_commands() -> list[str]:
@@ -81,8 +128,12 @@ def test_help_shows_the_commands_docstring_with_its_example_lines_as_written(pat
 
 def every_option() -> list:
     """(command, option) for every option of every command, ``--help`` aside."""
-    return [pytest.param(path, action, id=f"{path} {action.option_strings[0] if action.option_strings else action.dest}")
-            for path in COMMANDS for action in importlib.import_module(module_name(path)).build_parser()._actions if action.dest != "help"]
+    return [
+        pytest.param(path, action, id=f"{path} {action.option_strings[0] if action.option_strings else action.dest}")
+        for path in COMMANDS
+        for action in importlib.import_module(module_name(path)).build_parser()._actions
+        if action.dest != "help"
+    ]
 
 
 @pytest.mark.parametrize("path, action", every_option())
@@ -110,9 +161,17 @@ def test_an_options_default_is_shown_as_typed_and_a_help_that_states_it_is_left_
     assert "50% of it (default: 0.5)" in text and "score the base (default: true)" in text and "named (default: a%b)" in text
     assert "(default: once per epoch)" in text and "continue (default" not in text and "None" not in text
     shown = {action.dest: help_with_default(action) for action in parser._actions if action.dest != "help"}
-    assert shown == {"share": "50%% of it (default: 0.5)", "compare_base": "score the base (default: true)",
-                     "eval_every": "steps between validations (default: once per epoch)", "where": "a folder", "ranks": "values (default: 4,8)",
-                     "name": "named (default: a%%b)", "count": "(default: 3)", "mode": "the mode", "resume": "continue"}
+    assert shown == {
+        "share": "50%% of it (default: 0.5)",
+        "compare_base": "score the base (default: true)",
+        "eval_every": "steps between validations (default: once per epoch)",
+        "where": "a folder",
+        "ranks": "values (default: 4,8)",
+        "name": "named (default: a%%b)",
+        "count": "(default: 3)",
+        "mode": "the mode",
+        "resume": "continue",
+    }
 
 
 def test_an_options_type_is_its_fields_without_none():
@@ -130,8 +189,13 @@ def test_a_declared_configuration_is_an_option_per_field_with_its_type_default_h
         mode: str = setting("a", "the mode", choices=("a", "b"))
 
     assert [(name, kind, default, declared_as.help) for name, kind, default, declared_as in declared(Declared)] == [
-        ("rate", float, 0.1, "a rate"), ("steps", int, None, "steps (default: all)"), ("fast", bool, True, "go fast"),
-        ("resume", bool, False, "continue"), ("bare", bool, False, "convert too"), ("mode", str, "a", "the mode")]
+        ("rate", float, 0.1, "a rate"),
+        ("steps", int, None, "steps (default: all)"),
+        ("fast", bool, True, "go fast"),
+        ("resume", bool, False, "continue"),
+        ("bare", bool, False, "convert too"),
+        ("mode", str, "a", "the mode"),
+    ]
     parser = ArgumentParser(prog="tool")
     add_settings(parser, Declared)
     assert vars(parser.parse_args([])) == {"rate": 0.1, "steps": None, "fast": True, "resume": False, "bare": False, "mode": "a"}
@@ -143,4 +207,10 @@ def test_a_declared_configuration_is_an_option_per_field_with_its_type_default_h
     assert [group.title for group in parser._action_groups if group._group_actions][-1] == "training"
     assert [action.dest for action in parser._action_groups[-1]._group_actions] == ["rate"]
     assert {action.dest: action.help for action in parser._actions if action.dest != "help"} == {
-        "rate": "a rate", "steps": "steps (default: all)", "fast": "go fast", "resume": "continue", "bare": "convert too", "mode": "the mode"}
+        "rate": "a rate",
+        "steps": "steps (default: all)",
+        "fast": "go fast",
+        "resume": "continue",
+        "bare": "convert too",
+        "mode": "the mode",
+    }

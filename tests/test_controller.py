@@ -31,8 +31,12 @@ def in_repository(path: str) -> str:
 def pushed_checkout(path: Path) -> Path:
     """A committed checkout of the step scripts with a remote, as a user's clone has (the remote is only named, not reached)."""
     shutil.copytree(PROJECT_ROOT / "steps", path / "steps")
-    for command in (["init", "-q"], ["add", "."], ["-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "steps"],
-                    ["remote", "add", "origin", REMOTE]):
+    for command in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "steps"],
+        ["remote", "add", "origin", REMOTE],
+    ):
         subprocess.run(["git", *command], cwd=path, check=True, capture_output=True)
     return path
 
@@ -59,9 +63,14 @@ def test_a_steps_template_is_made_once_under_templates_with_the_steps_defaults_a
         archived = Task.create(project_name=f"{PROJECT}/templates", task_name="evaluate", task_type="testing")
         archived.set_tags([TEMPLATE_TAG])
         archived.set_archived(True)
-        return {"first": first.id, "again": find_or_create_template(STEP_BY_NAME["train"], PROJECT).id, "clone": clone.id,
-                "evaluate": find_or_create_template(STEP_BY_NAME["evaluate"], PROJECT).id, "archived": archived.id,
-                "other_project": find_or_create_template(STEP_BY_NAME["train"], "Другой").id}
+        return {
+            "first": first.id,
+            "again": find_or_create_template(STEP_BY_NAME["train"], PROJECT).id,
+            "clone": clone.id,
+            "evaluate": find_or_create_template(STEP_BY_NAME["evaluate"], PROJECT).id,
+            "archived": archived.id,
+            "other_project": find_or_create_template(STEP_BY_NAME["train"], "Другой").id,
+        }
 
     made = on_server(server, tmp_path, templates)
     assert made["again"] == made["first"] != made["clone"]  # the oldest match, not the user's newer clone
@@ -85,8 +94,13 @@ def test_a_steps_template_is_made_once_under_templates_with_the_steps_defaults_a
 
 
 def test_a_step_run_is_a_clone_of_its_template_in_the_pipeline_project_without_the_tag_running_the_given_code(server, tmp_path):
-    code = {"repository": "https://git.example.com/team/rut5.git", "branch": "экспериментальная", "commit": "0123abc",
-            "diff": "diff --git a/x b/x\n+строка\n", "requirements": "torch==2.13.0\nclearml\n"}
+    code = {
+        "repository": "https://git.example.com/team/rut5.git",
+        "branch": "экспериментальная",
+        "commit": "0123abc",
+        "diff": "diff --git a/x b/x\n+строка\n",
+        "requirements": "torch==2.13.0\nclearml\n",
+    }
 
     def runs() -> dict:
         from clearml import Task
@@ -111,7 +125,11 @@ def test_a_step_run_is_a_clone_of_its_template_in_the_pipeline_project_without_t
     assert run["tags"] == ["мой"] and sorted(template["tags"]) == sorted([TEMPLATE_TAG, "мой"])
     script = run["script"]
     assert (script["repository"], script["branch"], script["version_num"], script["diff"]) == (
-        code["repository"], code["branch"], code["commit"], code["diff"])
+        code["repository"],
+        code["branch"],
+        code["commit"],
+        code["diff"],
+    )
     assert script["entry_point"] == in_repository("steps/preprocess.py")
     assert script["requirements"]["pip"] == code["requirements"]
     assert arguments_of(run) == arguments_of(template)
@@ -128,11 +146,16 @@ def test_a_factory_run_is_the_child_of_the_task_that_runs_the_controller(server,
         code = lambda: CodeVersion("https://git.example.com/r.git", "main", "abc", "", "clearml\n")  # noqa: E731
         create = step_factory(STEP_BY_NAME["ingest"], PROJECT, code)
         without = create(None)
-        controller = Task.init(project_name=PROJECT, task_name="controller", auto_connect_frameworks=False,
-                               auto_resource_monitoring=False, auto_connect_streams=False)
+        controller = Task.init(
+            project_name=PROJECT, task_name="controller", auto_connect_frameworks=False, auto_resource_monitoring=False, auto_connect_streams=False
+        )
         within = create(None)
-        ids = {"without": without.id, "within": within.id, "controller": controller.id,
-               "template": find_or_create_template(STEP_BY_NAME["ingest"], PROJECT).id}
+        ids = {
+            "without": without.id,
+            "within": within.id,
+            "controller": controller.id,
+            "template": find_or_create_template(STEP_BY_NAME["ingest"], PROJECT).id,
+        }
         controller.close()
         return ids
 
@@ -156,8 +179,14 @@ def test_the_controllers_code_is_what_its_task_records_with_this_checkouts_requi
         from pipelines.controller import CodeVersion, complete_controller_code, controller_code
 
         recorded = Task.create(project_name=PROJECT, task_name="recorded", repo=None)
-        recorded.set_script(repository="https://git.example.com/other.git", branch="dev", commit="1111111", diff="d",
-                            working_dir="sub", entry_point="pipelines/run_pipeline.py")
+        recorded.set_script(
+            repository="https://git.example.com/other.git",
+            branch="dev",
+            commit="1111111",
+            diff="d",
+            working_dir="sub",
+            entry_point="pipelines/run_pipeline.py",
+        )
         complete_controller_code(recorded, SimpleNamespace(**launched, diff="unused"))
         empty = Task.create(project_name=PROJECT, task_name="empty", repo=None)
         no_entry = Task.create(project_name=PROJECT, task_name="no entry point", repo=None)
@@ -169,23 +198,42 @@ def test_the_controllers_code_is_what_its_task_records_with_this_checkouts_requi
         running = Task.init(project_name=PROJECT, task_name="controller", auto_connect_frameworks=False, auto_resource_monitoring=False)
         complete_controller_code(running, SimpleNamespace(**launched, diff=None))  # waits for Task.init's own code detection
         running.set_script(**controller_script)
-        return {"recorded": recorded.id, "empty": empty.id, "no_entry": no_entry.id,
-                "code": asdict(CodeVersion.of_task(Task.get_task(task_id=recorded.id))),
-                "bare_code": asdict(CodeVersion.of_task(Task.get_task(task_id=bare.id))), "running_code": asdict(controller_code())}
+        return {
+            "recorded": recorded.id,
+            "empty": empty.id,
+            "no_entry": no_entry.id,
+            "code": asdict(CodeVersion.of_task(Task.get_task(task_id=recorded.id))),
+            "bare_code": asdict(CodeVersion.of_task(Task.get_task(task_id=bare.id))),
+            "running_code": asdict(controller_code()),
+        }
 
     made = on_server(server, tmp_path, codes)
     api = server.api
     kept = api.task(made["recorded"])["script"]
     assert (kept["repository"], kept["branch"], kept["version_num"], kept["diff"], kept["working_dir"]) == (
-        "https://git.example.com/other.git", "dev", "1111111", "d", "sub")
+        "https://git.example.com/other.git",
+        "dev",
+        "1111111",
+        "d",
+        "sub",
+    )
     for name in ("empty", "no_entry"):
         script = api.task(made[name])["script"]
         assert (script["repository"], script["branch"], script["version_num"], script.get("diff", "")) == (
-            launched["url"], launched["branch"], launched["commit"], diffs[name] or ""), name
+            launched["url"],
+            launched["branch"],
+            launched["commit"],
+            diffs[name] or "",
+        ), name
         assert (script["entry_point"], script["working_dir"]) == (CONTROLLER_ENTRY_POINT, "."), name
     requirements = REQUIREMENTS_FILE.read_text(encoding="utf-8")
-    assert made["code"] == {"repository": "https://git.example.com/other.git", "branch": "dev", "commit": "1111111",
-                            "diff": "d", "requirements": requirements}
+    assert made["code"] == {
+        "repository": "https://git.example.com/other.git",
+        "branch": "dev",
+        "commit": "1111111",
+        "diff": "d",
+        "requirements": requirements,
+    }
     assert made["bare_code"] == {"repository": "", "branch": "", "commit": "", "diff": "", "requirements": requirements}
     assert made["running_code"] == {**controller_script, "requirements": requirements}  # the task this process runs
 
@@ -207,8 +255,7 @@ def test_the_requirements_are_read_as_utf_8_whatever_the_locale(clearml_home, tm
 
     completed = run_main(main, [], {**clearml_home, **ASCII_LOCALE})
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert json.loads(output.read_text()) == {"repository": "", "branch": "", "commit": "", "diff": "",
-                                              "requirements": "# для обучения\nclearml\n"}
+    assert json.loads(output.read_text()) == {"repository": "", "branch": "", "commit": "", "diff": "", "requirements": "# для обучения\nclearml\n"}
 
 
 def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_step_when_its_parent_completes(server, tmp_path):
@@ -216,8 +263,7 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
     steps it makes from the templates with the given code, and the 3 s poll after which a completed step's child follows."""
     api = server.api
     queues = {name: api.queue_id(name, create=True) for name in ("cpu-q", "gpu-q")}
-    code = {"repository": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "0123abc", "diff": "",
-            "requirements": "clearml\n"}
+    code = {"repository": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "0123abc", "diff": "", "requirements": "clearml\n"}
 
     def as_an_agent_sees_it() -> dict:
         import argparse
@@ -226,16 +272,14 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
 
         from clearml import Task
 
-        from pipelines.definition import PRESETS
         from pipelines.controller import CodeVersion, build_controller, find_or_create_template
-        from pipelines.definition import STEPS
+        from pipelines.definition import PRESETS, STEPS
         from pipelines.run_pipeline import pipeline_parameters
 
         for step in STEPS:  # made beforehand, as by an earlier launch: the poll period is what is timed below
             find_or_create_template(step, PROJECT)
         parameters = pipeline_parameters(PRESETS["tiny"], argparse.Namespace(lora_rank=4))  # no parse_args: its Args are not stored
-        pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project=PROJECT, name="Мой конвейер",
-                                code=lambda: CodeVersion(**code))
+        pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project=PROJECT, name="Мой конвейер", code=lambda: CodeVersion(**code))
         controller = Task.current_task()
         threading.Thread(target=pipe.start_locally, kwargs={"run_pipeline_steps_locally": False}, daemon=True).start()
 
@@ -258,8 +302,14 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
         preprocess = next_task("cpu-q")
         followed_after_s = time.monotonic() - completed
         run(preprocess)
-        return {"controller": controller.id, "ingest": ingest, "preprocess": preprocess, "train": next_task("gpu-q"),
-                "followed_after_s": followed_after_s, "unset": sorted(name for name, value in parameters.items() if value is None)}
+        return {
+            "controller": controller.id,
+            "ingest": ingest,
+            "preprocess": preprocess,
+            "train": next_task("gpu-q"),
+            "followed_after_s": followed_after_s,
+            "unset": sorted(name for name, value in parameters.items() if value is None),
+        }
 
     made = on_server(server, tmp_path, as_an_agent_sees_it)
     controller = api.task(made["controller"])
@@ -267,8 +317,11 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
     assert (project["name"], controller["name"], controller["type"]) == (f"{PROJECT}/.pipelines/Мой конвейер", "Мой конвейер", "controller")
     assert controller["output"]["destination"] == server.env["CLEARML_FILES_HOST"]  # output_uri=True: the files server
     assert api.hyperparameter(made["controller"], "pipeline", "default_queue") == "cpu-q"
-    args = {p["name"]: p["value"] for p in api.call("tasks.get_hyper_params", tasks=[made["controller"]])["params"][0]["hyperparams"]
-            if p["section"] == "Args"}
+    args = {
+        p["name"]: p["value"]
+        for p in api.call("tasks.get_hyper_params", tasks=[made["controller"]])["params"][0]["hyperparams"]
+        if p["section"] == "Args"
+    }
     assert (args["lora_rank"], args["model"]) == ("4", "tiny")
     assert made["unset"] and {name: args[name] for name in made["unset"]} == dict.fromkeys(made["unset"], "")
     for name in ("ingest", "preprocess", "train"):
@@ -278,7 +331,9 @@ def test_a_started_controller_is_the_launchs_pipeline_task_and_enqueues_each_ste
         assert step["tags"] == [f"pipe: {made['controller']}"]  # add_pipeline_tags: the steps of a run are found by its id
         assert (step["script"]["repository"], step["script"]["version_num"]) == (code["repository"], code["commit"])
     assert api.hyperparameter(made["preprocess"], "Args", "ingest_task_id") == made["ingest"]
-    train = {name: api.hyperparameter(made["train"], "Args", name) for name in ("preprocess_task_id", "lora_rank", "max_steps", "early_stopping_patience")}
+    train = {
+        name: api.hyperparameter(made["train"], "Args", name) for name in ("preprocess_task_id", "lora_rank", "max_steps", "early_stopping_patience")
+    }
     assert train == {"preprocess_task_id": made["preprocess"], "lora_rank": "4", "max_steps": "", "early_stopping_patience": ""}  # unset: ""
     # The controller polls its steps every 3 s (pool_frequency=0.05 min); ClearML's default, 12 s, would double a short step's time.
     assert made["followed_after_s"] < 10

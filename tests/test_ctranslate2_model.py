@@ -9,10 +9,11 @@ import shutil
 
 import ctranslate2
 import pytest
+from conftest import TINY_EXPORT_MAX_TOKENS
 from transformers import AutoTokenizer
 
-from conftest import TINY_EXPORT_MAX_TOKENS
 from components.export.ctranslate2_model import COPIED_FILES, convert_to_ctranslate2, generate_with_ctranslate2, suppressed_tokens
+
 
 @pytest.fixture(scope="module")
 def converted(tiny_export, tmp_path_factory):
@@ -60,14 +61,14 @@ def test_generation_asks_the_translator_for_the_decoding_given_and_answers_in_to
     translator = RecordingTranslator(ctranslate2.Translator(str(converted), device="cpu"))
     texts = ["Перескажи кратко. " + " ".join(f"слово{n}" for n in range(40)), "Привет"]
     sequences = suppressed_tokens(tiny_export, tokenizer) if suppress else []
-    answers = generate_with_ctranslate2(translator, tokenizer, texts, suppress=sequences, max_new_tokens=6, num_beams=num_beams,
-                                        min_new_tokens=3)
+    answers = generate_with_ctranslate2(translator, tokenizer, texts, suppress=sequences, max_new_tokens=6, num_beams=num_beams, min_new_tokens=3)
     [(sources, options)] = translator.calls
     long_ids = tokenizer(texts[0]).input_ids
-    assert sources == [tokenizer.convert_ids_to_tokens(long_ids[:TINY_EXPORT_MAX_TOKENS - 1] + [tokenizer.eos_token_id]),
-                       tokenizer.convert_ids_to_tokens(tokenizer(texts[1]).input_ids)]  # cut where the tokenizer says
-    assert options == {"beam_size": num_beams, "max_decoding_length": 6, "min_decoding_length": 3,
-                       "suppress_sequences": sequences or None}
+    assert sources == [
+        tokenizer.convert_ids_to_tokens(long_ids[: TINY_EXPORT_MAX_TOKENS - 1] + [tokenizer.eos_token_id]),
+        tokenizer.convert_ids_to_tokens(tokenizer(texts[1]).input_ids),
+    ]  # cut where the tokenizer says
+    assert options == {"beam_size": num_beams, "max_decoding_length": 6, "min_decoding_length": 3, "suppress_sequences": sequences or None}
     expected = [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in translator.translator.translate_batch(sources, **options)]
     assert answers == expected and all(3 <= len(ids) <= 6 and tokenizer.eos_token_id not in ids for ids in answers)
     if suppress:

@@ -46,23 +46,37 @@ def test_missing_values_are_empty_strings_and_columns_are_reordered(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("instruction\tinput\toutput\nа\tб\tв\n",
-         "{path} line 1: missing column(s) full_output; the header must name instruction, input, output, full_output."),
-        ("instruction\tinput\nа\tб\n",
-         "{path} line 1: missing column(s) output, full_output; the header must name instruction, input, output, full_output."),
+        (
+            "instruction\tinput\toutput\nа\tб\tв\n",
+            "{path} line 1: missing column(s) full_output; the header must name instruction, input, output, full_output.",
+        ),
+        (
+            "instruction\tinput\nа\tб\n",
+            "{path} line 1: missing column(s) output, full_output; the header must name instruction, input, output, full_output.",
+        ),
         (f"{HEADER}\nа\t\t\t\nб\t\tв\t\n", "1 invalid row(s): {path} line 2: empty output."),
         (f"{HEADER}\n \t\t\t\n", "1 invalid row(s): {path} line 2: empty instruction and output."),
         (f"{HEADER}\nа\t\tв\t\n \t\tв\t\n", "1 invalid row(s): {path} line 3: empty instruction."),
         (f"{HEADER}\nа\t\tв\t\nа\tб\tв\n", "1 invalid row(s): {path} line 3: expected 4 tab-separated fields, found 3."),
         (f"{HEADER}\n", "{path}: the header has no rows under it."),
         ("", "{path}: the file is empty; expected a header naming instruction, input, output, full_output and rows."),
-        (f"{HEADER}\tlabel\nа\t\tв\t\t1\n",
-         "{path} line 1: unexpected or repeated column(s) ['label']; the header must name exactly instruction, input, output, full_output."),
-        (f"{HEADER}\tinput\nа\t\tв\t\t\n", "{path} line 1: unexpected or repeated column(s) ['instruction', 'input', 'output', 'full_output', 'input']; "
-                                             "the header must name exactly instruction, input, output, full_output."),
-        (f"{HEADER}\n" + "\t\tв\t\n" * 10, "10 invalid row(s): " + "; ".join(f"{{path}} line {line}: empty instruction" for line in range(2, 12)) + "."),
-        (f"{HEADER}\n" + "\t\tв\t\n" * 12, "12 invalid row(s): " + "; ".join(f"{{path}} line {line}: empty instruction" for line in range(2, 12))
-         + "; and 2 more."),
+        (
+            f"{HEADER}\tlabel\nа\t\tв\t\t1\n",
+            "{path} line 1: unexpected or repeated column(s) ['label']; the header must name exactly instruction, input, output, full_output.",
+        ),
+        (
+            f"{HEADER}\tinput\nа\t\tв\t\t\n",
+            "{path} line 1: unexpected or repeated column(s) ['instruction', 'input', 'output', 'full_output', 'input']; "
+            "the header must name exactly instruction, input, output, full_output.",
+        ),
+        (
+            f"{HEADER}\n" + "\t\tв\t\n" * 10,
+            "10 invalid row(s): " + "; ".join(f"{{path}} line {line}: empty instruction" for line in range(2, 12)) + ".",
+        ),
+        (
+            f"{HEADER}\n" + "\t\tв\t\n" * 12,
+            "12 invalid row(s): " + "; ".join(f"{{path}} line {line}: empty instruction" for line in range(2, 12)) + "; and 2 more.",
+        ),
     ],
 )
 def test_invalid_files_are_one_sentence_naming_the_file_and_line(tmp_path, content, message):
@@ -83,8 +97,10 @@ def test_broken_quoting_and_a_folder_are_named(tmp_path):
 
 def test_blank_lines_hold_no_row_and_a_carriage_return_inside_a_field_stays(tmp_path):
     path = write(tmp_path, f'{HEADER}\nа\t\tв\t\n\n\nб\t"x\ry"\tг\t\n')
-    assert read_tsv(path).to_dict("records") == [{"instruction": "а", "input": "", "output": "в", "full_output": ""},
-                                                 {"instruction": "б", "input": "x\ry", "output": "г", "full_output": ""}]
+    assert read_tsv(path).to_dict("records") == [
+        {"instruction": "а", "input": "", "output": "в", "full_output": ""},
+        {"instruction": "б", "input": "x\ry", "output": "г", "full_output": ""},
+    ]
 
 
 def test_rows_are_numbered_by_physical_line_after_multiline_fields(tmp_path):
@@ -108,8 +124,11 @@ def test_parse_returns_every_invalid_row_and_keeps_the_valid_ones(tmp_path):
     path = write(tmp_path, f"{HEADER}\nа\t\tв\t\n\t\tв\t\nб\t\t\t\nд\tе\n\nг\t\tд\t\n")
     frame, invalid = parse_tsv(path)
     assert frame["instruction"].tolist() == ["а", "г"]
-    assert [(row.line, row.reason) for row in invalid] == [(3, "empty instruction"), (4, "empty output"),
-                                                           (5, "expected 4 tab-separated fields, found 2")]
+    assert [(row.line, row.reason) for row in invalid] == [
+        (3, "empty instruction"),
+        (4, "empty output"),
+        (5, "expected 4 tab-separated fields, found 2"),
+    ]
 
 
 def test_source_text_joins_instruction_and_input():

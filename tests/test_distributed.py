@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
-from transformers import T5ForConditionalGeneration
-
 from forked import exited_cleanly, start_child, wait_children
+from safetensors.torch import load_file, save_file
 from tolerances import LOSS_RTOL, same_sgd_trajectory_atol
+from transformers import T5ForConditionalGeneration
 
 from components.data import preprocess, read_tsv
 from components.distributed.world import World
@@ -45,7 +44,7 @@ def setup(tiny_model_dir):
     # No dropout (the base's or LoRA's): each rank draws its own masks, so runs of different shapes could not agree.
     base = T5ForConditionalGeneration.from_pretrained(tiny_model_dir, dropout_rate=0.0)
     model = apply_peft(base, lora_rank=4, lora_alpha=32, lora_dropout=0.0, prompt_length=4)
-    return model, tokenizer, train, preprocess(frame.iloc[TRAIN_ROWS:TRAIN_ROWS + 11], tokenizer, 32, 32)
+    return model, tokenizer, train, preprocess(frame.iloc[TRAIN_ROWS : TRAIN_ROWS + 11], tokenizer, 32, 32)
 
 
 class RecordingSGD(torch.optim.SGD):
@@ -79,8 +78,17 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
             dist.init_process_group("gloo", init_method=f"file://{output_dir}/store", rank=rank, world_size=ranks)
         world = World(rank=rank, size=ranks, local_rank=rank)
         called = set()
-        result = train_adapters(model, tokenizer, train, validation, config, output_dir=output_dir, world=world,
-                                report=lambda *args: called.add("report"), on_checkpoint=lambda *args: called.add("on_checkpoint"))
+        result = train_adapters(
+            model,
+            tokenizer,
+            train,
+            validation,
+            config,
+            output_dir=output_dir,
+            world=world,
+            report=lambda *args: called.add("report"),
+            on_checkpoint=lambda *args: called.add("on_checkpoint"),
+        )
         (output_dir / f"steps-of-rank-{rank}").write_text(str(result.steps))
         (output_dir / f"hooks-of-rank-{rank}").write_text(json.dumps(sorted(called)))
         if world.is_main:
@@ -95,8 +103,11 @@ def train_at_scale(setup, ranks: int, batch_size: int, accumulation: int, output
     hooks = [json.loads((output_dir / f"hooks-of-rank-{rank}").read_text()) for rank in range(ranks)]
     assert hooks == [["on_checkpoint", "report"]] + [[]] * (ranks - 1)  # rank 0 alone reports and hands on checkpoints
     gradients = json.loads((output_dir / "gradients.json").read_text())  # empty unless RecordingSGD stood in for AdamW
-    return (load_file(str(output_dir / "trained.safetensors")), json.loads((output_dir / "history.json").read_text()),
-            [{int(i): value for i, value in step.items()} for step in gradients])
+    return (
+        load_file(str(output_dir / "trained.safetensors")),
+        json.loads((output_dir / "history.json").read_text()),
+        [{int(i): value for i, value in step.items()} for step in gradients],
+    )
 
 
 LEARNING_RATE, STEPS = 1e-2, 4
@@ -111,14 +122,26 @@ def test_every_scale_of_the_same_global_batch_trains_the_same_adapters(setup, tm
     adapters of batch 4 x 2 differ by far more than it.
     """
     monkeypatch.setattr(torch.optim, "AdamW", RecordingSGD)  # the forked ranks inherit it
-    runs = {name: train_at_scale(setup, *shape, tmp_path / name.replace(" ", "_"), learning_rate=LEARNING_RATE, epochs=1,
-                                 eval_every=2, gradient_checkpointing=False, seed=11)
-            for name, shape in SCALES.items()}
+    runs = {
+        name: train_at_scale(
+            setup,
+            *shape,
+            tmp_path / name.replace(" ", "_"),
+            learning_rate=LEARNING_RATE,
+            epochs=1,
+            eval_every=2,
+            gradient_checkpointing=False,
+            seed=11,
+        )
+        for name, shape in SCALES.items()
+    }
     reference_adapters, reference_history, reference_gradients = runs["1 rank, batch 8"]
     assert [entry["step"] for entry in reference_history] == [2, STEPS] and len(reference_gradients) == STEPS
     trainable = [name for name, parameter in setup[0].named_parameters() if parameter.requires_grad]  # the optimizer's order
-    atol = {name: same_sgd_trajectory_atol(LEARNING_RATE, [step[index] for step in reference_gradients],
-                                           reference_adapters[name].abs().max().item()) for index, name in enumerate(trainable)}
+    atol = {
+        name: same_sgd_trajectory_atol(LEARNING_RATE, [step[index] for step in reference_gradients], reference_adapters[name].abs().max().item())
+        for index, name in enumerate(trainable)
+    }
     for name, (adapters, history, _) in runs.items():
         assert adapters.keys() == reference_adapters.keys()
         for tensor_name, tensor in adapters.items():
@@ -127,7 +150,8 @@ def test_every_scale_of_the_same_global_batch_trains_the_same_adapters(setup, tm
         # the validation loss: the same token-weighted mean over the split, sharded or not
         assert [entry["step"] for entry in history] == [2, STEPS]
         assert [entry["validation_loss"] for entry in history] == pytest.approx(
-            [entry["validation_loss"] for entry in reference_history], rel=LOSS_RTOL)
+            [entry["validation_loss"] for entry in reference_history], rel=LOSS_RTOL
+        )
 
 
 @pytest.mark.parametrize("ranks, batch_size, accumulation", [(1, 4, 2), (2, 4, 1), (2, 2, 2), (3, 2, 2)])
@@ -144,12 +168,13 @@ def test_the_ranks_shards_are_disjoint_and_cover_each_epoch_once_in_the_order_of
         assert all(len(shard) <= accumulation for shard in shards)
         assert all(0 < len(chunk) <= batch_size for shard in shards for chunk in shard)
         taken = sorted(i for shard in shards for chunk in shard for i in chunk)
-        assert taken == sorted(order[step * global_batch:(step + 1) * global_batch])  # disjoint, and the step's global batch
+        assert taken == sorted(order[step * global_batch : (step + 1) * global_batch])  # disjoint, and the step's global batch
     assert rank_micro_batches(order, steps, config, World(rank=0, size=ranks, local_rank=0)) == []
 
 
 def test_early_stopping_stops_every_rank_at_the_same_step(setup, tmp_path):
     """lr 0: the first evaluation stays the best, and two more without improvement stop all ranks at step 3 of 12."""
-    _, history, _ = train_at_scale(setup, 2, 4, 1, tmp_path / "run", learning_rate=0.0, epochs=3, eval_every=1, early_stopping_patience=2,
-                                gradient_checkpointing=False)
+    _, history, _ = train_at_scale(
+        setup, 2, 4, 1, tmp_path / "run", learning_rate=0.0, epochs=3, eval_every=1, early_stopping_patience=2, gradient_checkpointing=False
+    )
     assert [entry["step"] for entry in history] == [1, 2, 3]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import ROOT, run_script
 
 from components.data import TOKENIZATION_FILE, preprocess, read_tsv
@@ -41,9 +40,26 @@ def tokenized(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def train_arguments(tokenized: Path, tiny_model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    return ["steps/train.py", "--data-dir", str(tokenized), "--model", str(tiny_model_dir), "--max-steps", str(MAX_STEPS),
-            "--eval-every", str(EVAL_EVERY), "--batch-size", "2", "--grad-accum-steps", "2", "--learning-rate", "3e-3",
-            "--output-dir", str(output_dir), *extra]
+    return [
+        "steps/train.py",
+        "--data-dir",
+        str(tokenized),
+        "--model",
+        str(tiny_model_dir),
+        "--max-steps",
+        str(MAX_STEPS),
+        "--eval-every",
+        str(EVAL_EVERY),
+        "--batch-size",
+        "2",
+        "--grad-accum-steps",
+        "2",
+        "--learning-rate",
+        "3e-3",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -108,12 +124,14 @@ def kill_rank_after_first_checkpoint(env: dict, command: list[str], output_dir: 
 
 
 def test_nproc_per_node_a_rank_killed_fails_the_run_in_one_sentence_and_resume_ends_bit_identical(
-        offline, tokenized, tiny_model_dir, uninterrupted, tmp_path):
+    offline, tokenized, tiny_model_dir, uninterrupted, tmp_path
+):
     command = [sys.executable, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2")]
     status, stderr, _ = kill_rank_after_first_checkpoint(offline, command, tmp_path, rank=1)
     assert status == 1
-    assert stderr.strip().splitlines()[-1] == ("error: Training stopped: rank 1 was killed by SIGKILL (its output above says why); "
-                                               "rerun with --resume to continue from the last checkpoint.")
+    assert stderr.strip().splitlines()[-1] == (
+        "error: Training stopped: rank 1 was killed by SIGKILL (its output above says why); rerun with --resume to continue from the last checkpoint."
+    )
     run_script(offline, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2", "--resume"))
     assert outcome(tmp_path) == uninterrupted
     # Continued from the checkpoint, not started again (which, seeded, would end the same).
@@ -130,7 +148,8 @@ def test_the_ranks_of_nproc_per_node_die_with_their_rank_0(offline, tokenized, t
 
 
 def test_torchrun_rank_0_killed_then_resumed_ends_bit_identical_to_the_nproc_per_node_run(
-        offline, tokenized, tiny_model_dir, uninterrupted, tmp_path):
+    offline, tokenized, tiny_model_dir, uninterrupted, tmp_path
+):
     """A run is one task, rank 0's: torchrun's other rank trains without one."""
     sessions = tmp_path / "clearml-cache" / "offline"
     env = {**offline, "CLEARML_CACHE_DIR": str(sessions.parent)}
@@ -138,8 +157,14 @@ def test_torchrun_rank_0_killed_then_resumed_ends_bit_identical_to_the_nproc_per
     command = [*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, output_dir)]
     status, _, _ = kill_rank_after_first_checkpoint(env, command, output_dir, rank=0)
     assert status != 0
-    subprocess.run([*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, output_dir, "--resume")], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*TORCHRUN, *train_arguments(tokenized, tiny_model_dir, output_dir, "--resume")],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert outcome(output_dir) == uninterrupted
     assert len(list(sessions.glob("*.zip"))) == 1  # the completed run's task, closed; the killed run's was never closed
 
@@ -148,9 +173,10 @@ def test_torchrun_without_an_output_folder_trains_into_a_new_temporary_one(offli
     """Rank 0 writes into a new folder (the step's default); the other rank, which writes nothing, runs too."""
     arguments = train_arguments(tokenized, tiny_model_dir, tmp_path, "--max-steps", "2", "--eval-every", "2")
     given = arguments.index("--output-dir")
-    del arguments[given:given + 2]
-    completed = subprocess.run([*TORCHRUN, *arguments], cwd=ROOT, env={**offline, "TMPDIR": str(tmp_path)},
-                               capture_output=True, text=True, timeout=300)
+    del arguments[given : given + 2]
+    completed = subprocess.run(
+        [*TORCHRUN, *arguments], cwd=ROOT, env={**offline, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     [adapter] = [Path(line.rsplit("Adapter in ", 1)[1].rstrip(".")) for line in completed.stdout.splitlines() if "Adapter in " in line]
     assert adapter.parent.parent == tmp_path and adapter.parent.name.startswith("train-")
@@ -170,8 +196,12 @@ def test_a_rank_that_cannot_join_fails_within_its_join_timeout_in_one_sentence(o
     }
     for rank, sentence in cases.items():  # nobody listens at rank 0's address; rank 1 never comes
         started = time.monotonic()
-        completed = run_script(started_by_hand(offline, rank, port), *train_arguments(tokenized, tiny_model_dir, tmp_path / str(rank),
-                                                                                       "--join-timeout", "3"), check=False, timeout=120)
+        completed = run_script(
+            started_by_hand(offline, rank, port),
+            *train_arguments(tokenized, tiny_model_dir, tmp_path / str(rank), "--join-timeout", "3"),
+            check=False,
+            timeout=120,
+        )
         assert completed.returncode == 1, rank
         assert completed.stderr.strip().splitlines()[-1].startswith(sentence), completed.stderr[-2000:]
         assert time.monotonic() - started < 60, rank
@@ -183,13 +213,16 @@ def test_rank_0_finding_its_port_taken_fails_at_once_and_stops_the_ranks_it_star
         taken.listen()
         port = taken.getsockname()[1]
         environment = {**offline, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        completed = run_script(environment, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2"), check=False,
-                               timeout=120)
+        completed = run_script(environment, *train_arguments(tokenized, tiny_model_dir, tmp_path, "--nproc-per-node", "2"), check=False, timeout=120)
     assert completed.returncode == 1
-    assert completed.stderr.strip().splitlines()[-1] == (f"error: Rank 0 cannot listen on MASTER_ADDR:MASTER_PORT 127.0.0.1:{port}: the port "
-                                                         "is taken; set MASTER_PORT to a free port.")
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "components.distributed.worker" in (p.info["cmdline"] or [])
-                and str(tmp_path) in " ".join(p.info["cmdline"])]
+    assert completed.stderr.strip().splitlines()[-1] == (
+        f"error: Rank 0 cannot listen on MASTER_ADDR:MASTER_PORT 127.0.0.1:{port}: the port is taken; set MASTER_PORT to a free port."
+    )
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "components.distributed.worker" in (p.info["cmdline"] or []) and str(tmp_path) in " ".join(p.info["cmdline"])
+    ]
 
 
 def test_nodes_outside_a_clearml_agent_is_one_sentence(offline, tokenized, tiny_model_dir, tmp_path):
@@ -197,4 +230,5 @@ def test_nodes_outside_a_clearml_agent_is_one_sentence(offline, tokenized, tiny_
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1] == (
         "error: --nodes 2 trains on ClearML agents: create the train task, set Args/nodes to 2 and enqueue it on a queue that many "
-        "agents serve (docs/distributed.md).")
+        "agents serve (docs/distributed.md)."
+    )

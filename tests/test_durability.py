@@ -31,12 +31,18 @@ DURABILITY = {
     ("components/checkpoint.py", "os.fsync(descriptor)"): CHECKPOINT_ORDER,
     ("components/human_eval/store.py", 'connection.execute("PRAGMA synchronous=FULL")'): VOTE_SETTINGS,
     ("components/human_eval/store.py", 'connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file'): VOTE_SETTINGS,
-    ("clearml_adapter/tracking.py", "partial.rename(target)"):
-        "tests/test_tracking.py::test_a_checkpoint_extraction_cut_short_leaves_no_folder_that_a_later_one_would_take",
-    ("components/tiny.py", "fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: a process that waited here finds it built"):
-        "tests/test_tiny.py::test_two_builds_of_the_tiny_model_at_once_pretrain_it_once",
-    ("components/tiny.py", "os.rename(scratch, target)  # complete or absent, for a process that does not lock (or was killed mid-build)"):
-        "tests/test_tiny.py::test_a_build_that_dies_before_its_last_file_leaves_no_model_behind",
+    (
+        "clearml_adapter/tracking.py",
+        "partial.rename(target)",
+    ): "tests/test_tracking.py::test_a_checkpoint_extraction_cut_short_leaves_no_folder_that_a_later_one_would_take",
+    (
+        "components/tiny.py",
+        "fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: a process that waited here finds it built",
+    ): "tests/test_tiny.py::test_two_builds_of_the_tiny_model_at_once_pretrain_it_once",
+    (
+        "components/tiny.py",
+        "os.rename(scratch, target)  # complete or absent, for a process that does not lock (or was killed mid-build)",
+    ): "tests/test_tiny.py::test_a_build_that_dies_before_its_last_file_leaves_no_model_behind",
 }
 
 
@@ -54,7 +60,8 @@ def test_every_durability_call_has_a_test():
     calls = durability_calls()
     assert calls == set(DURABILITY), (
         f"durability calls without a DURABILITY entry (name the test that fails without each): {sorted(calls - set(DURABILITY))}; "
-        f"entries of no call (stale): {sorted(set(DURABILITY) - calls)}")
+        f"entries of no call (stale): {sorted(set(DURABILITY) - calls)}"
+    )
 
 
 @pytest.mark.parametrize("reference", sorted(set(DURABILITY.values())))

@@ -15,13 +15,24 @@ from components.comparison import comparison_table
 from components.lora import LoRALayer
 from components.metrics import compute_metrics
 from components.modeling import load_finetuned
-from components.prompt_tuning import extend_attention_mask
 from components.settings import AdapterSettings
 from steps import evaluate as evaluate_step
 
 TEST_ROWS = 24  # the first rows of data/sample/test.tsv scored by --max-samples: more than the 20 rows of the samples table
-OPTIONS = ["--max-samples", str(TEST_ROWS), "--batch-size", "5", "--max-input-length", "9", "--max-target-length", "6", "--max-new-tokens", "3",
-           "--seed", "11"]  # each away from its default
+OPTIONS = [
+    "--max-samples",
+    str(TEST_ROWS),
+    "--batch-size",
+    "5",
+    "--max-input-length",
+    "9",
+    "--max-target-length",
+    "6",
+    "--max-new-tokens",
+    "3",
+    "--seed",
+    "11",
+]  # each away from its default
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +52,16 @@ def recording_main(record: Path):
         return real["generate_predictions"](model, tokenizer, sources, **options)
 
     def evaluation_loader(model, tokenizer, rows, batch_size):
-        calls.append({"call": "loader", "tuned": tuned(model), "rows": len(rows), "labels": [len(ids) for ids in rows["labels"]],
-                      "inputs": [len(ids) for ids in rows["input_ids"]], "batch_size": batch_size})
+        calls.append(
+            {
+                "call": "loader",
+                "tuned": tuned(model),
+                "rows": len(rows),
+                "labels": [len(ids) for ids in rows["labels"]],
+                "inputs": [len(ids) for ids in rows["input_ids"]],
+                "batch_size": batch_size,
+            }
+        )
         return real["evaluation_loader"](model, tokenizer, rows, batch_size)
 
     def validation_loss(model, loader, precision):
@@ -52,8 +71,11 @@ def recording_main(record: Path):
     real = {name: getattr(evaluate_step, name) for name in ("generate_predictions", "evaluation_loader", "validation_loss")}
 
     def main(argv):
-        for name, wrapper in (("generate_predictions", generate_predictions), ("evaluation_loader", evaluation_loader),
-                              ("validation_loss", validation_loss)):
+        for name, wrapper in (
+            ("generate_predictions", generate_predictions),
+            ("evaluation_loader", evaluation_loader),
+            ("validation_loss", validation_loss),
+        ):
             setattr(evaluate_step, name, wrapper)
         try:
             evaluate_step.main(argv)
@@ -65,8 +87,24 @@ def recording_main(record: Path):
 
 def test_the_tuned_model_and_the_base_are_scored_on_the_rows_and_options_asked_for(adapter, clearml_home, tmp_path):
     out, record = tmp_path / "out", tmp_path / "calls.json"
-    completed, result = run_step(recording_main(record), ["--local", "--model-dir", str(adapter), "--test-tsv", "data/sample/test.tsv", *OPTIONS,
-                                                          "--decoding", "sampling", "--top-k", "7", "--output-dir", str(out)], clearml_home)
+    completed, result = run_step(
+        recording_main(record),
+        [
+            "--local",
+            "--model-dir",
+            str(adapter),
+            "--test-tsv",
+            "data/sample/test.tsv",
+            *OPTIONS,
+            "--decoding",
+            "sampling",
+            "--top-k",
+            "7",
+            "--output-dir",
+            str(out),
+        ],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     rows = pd.read_csv("data/sample/test.tsv", sep="\t", dtype=str, keep_default_na=False).head(TEST_ROWS)
     sources = [f"{i.strip()}\n{x.strip()}" if x.strip() else i.strip() for i, x in zip(rows["instruction"], rows["input"])]
@@ -74,13 +112,19 @@ def test_the_tuned_model_and_the_base_are_scored_on_the_rows_and_options_asked_f
     generation = {"sources": sources, "batch_size": 5, "max_input_length": 9, "seed": 11, "show_progress": True, "threads": 1, **decoding}
     calls = json.loads(record.read_text(encoding="utf-8"))
     tokenizer = load_finetuned(adapter)[1]
-    labels, inputs = ([len(ids) for ids in tokenizer(**{key: texts})["input_ids"]] for key, texts in
-                      (("text_target", rows["output"].tolist()), ("text", sources)))
+    labels, inputs = (
+        [len(ids) for ids in tokenizer(**{key: texts})["input_ids"]] for key, texts in (("text_target", rows["output"].tolist()), ("text", sources))
+    )
     assert max(labels) > 6 and max(inputs) > 9  # both lengths cut some rows
     loader = {"call": "loader", "rows": TEST_ROWS, "labels": [min(n, 6) for n in labels], "inputs": [min(n, 9) for n in inputs], "batch_size": 5}
     assert calls == [
-        {"call": "generate", "tuned": True, **generation}, {**loader, "tuned": True}, {"call": "loss", "tuned": True, "precision": "fp32"},
-        {"call": "generate", "tuned": False, **generation}, {**loader, "tuned": False}, {"call": "loss", "tuned": False, "precision": "fp32"}]
+        {"call": "generate", "tuned": True, **generation},
+        {**loader, "tuned": True},
+        {"call": "loss", "tuned": True, "precision": "fp32"},
+        {"call": "generate", "tuned": False, **generation},
+        {**loader, "tuned": False},
+        {"call": "loss", "tuned": False, "precision": "fp32"},
+    ]
 
     predictions = pd.read_csv(out / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert list(predictions.columns) == ["instruction", "input", "output", "prediction", "base_prediction"]
@@ -92,8 +136,11 @@ def test_the_tuned_model_and_the_base_are_scored_on_the_rows_and_options_asked_f
         assert {name: evaluation[key][name] for name in expected} == pytest.approx(expected, abs=1e-12)
         assert set(evaluation[key]) == {*expected, "loss"} and evaluation[key]["loss"] > 0
     assert evaluation["difference"] == {name: evaluation["metrics"][name] - evaluation["base_metrics"][name] for name in evaluation["metrics"]}
-    assert evaluation["decoding"] == {"preset": "sampling", **decoding,
-                                      "description": "sampling (temperature=0.7, top_k=7, top_p=0.95), at most 3 new tokens"}
+    assert evaluation["decoding"] == {
+        "preset": "sampling",
+        **decoding,
+        "description": "sampling (temperature=0.7, top_k=7, top_p=0.95), at most 3 new tokens",
+    }
     assert (evaluation["rows"], evaluation["train_task_id"], evaluation["model_dir"]) == (TEST_ROWS, None, str(adapter))
     assert result["outputs"] == evaluation
 
@@ -123,12 +170,34 @@ def test_task_ids_come_before_paths_and_without_a_base_nothing_of_it_is_computed
     with --max-samples 0; with --compare-base false no base pass, column or figures."""
     test_rows = pd.read_csv("data/sample/test.tsv", sep="\t", dtype=str, keep_default_na=False).iloc[30:36]
     test_rows.to_csv(tmp_path / "test.tsv", sep="\t", index=False)
-    train_id, ingest_id = (make_task(name, {artifact: path}, clearml_home, tmp_path)
-                           for name, artifact, path in (("train", "adapter", adapter), ("ingest", "test", tmp_path / "test.tsv")))
+    train_id, ingest_id = (
+        make_task(name, {artifact: path}, clearml_home, tmp_path)
+        for name, artifact, path in (("train", "adapter", adapter), ("ingest", "test", tmp_path / "test.tsv"))
+    )
     out, record = tmp_path / "out", tmp_path / "calls.json"
-    completed, result = run_step(recording_main(record), ["--local", "--train-task-id", train_id, "--model-dir", "/nonexistent", "--ingest-task-id", ingest_id,
-                                                          "--test-tsv", "/nonexistent.tsv", "--max-samples", "0", "--max-new-tokens", "2", "--compare-base", "false",
-                                                          "--output-dir", str(out)], clearml_home)
+    completed, result = run_step(
+        recording_main(record),
+        [
+            "--local",
+            "--train-task-id",
+            train_id,
+            "--model-dir",
+            "/nonexistent",
+            "--ingest-task-id",
+            ingest_id,
+            "--test-tsv",
+            "/nonexistent.tsv",
+            "--max-samples",
+            "0",
+            "--max-new-tokens",
+            "2",
+            "--compare-base",
+            "false",
+            "--output-dir",
+            str(out),
+        ],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     calls = json.loads(record.read_text(encoding="utf-8"))
     assert [(call["call"], call["tuned"]) for call in calls] == [("generate", True), ("loader", True), ("loss", True)]
@@ -178,6 +247,21 @@ def test_on_a_machine_with_a_gpu_both_models_are_moved_to_it(adapter, clearml_ho
         finally:
             record.write_text(json.dumps(moves), encoding="utf-8")
 
-    completed, _ = run_step(main, ["--local", "--model-dir", str(adapter), "--test-tsv", "data/sample/test.tsv", "--max-samples", "2",
-                                   "--max-new-tokens", "1", "--output-dir", str(tmp_path / "out")], clearml_home)
+    completed, _ = run_step(
+        main,
+        [
+            "--local",
+            "--model-dir",
+            str(adapter),
+            "--test-tsv",
+            "data/sample/test.tsv",
+            "--max-samples",
+            "2",
+            "--max-new-tokens",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        clearml_home,
+    )
     assert (completed.returncode, json.loads(record.read_text(encoding="utf-8"))) == (0, ["cuda", "cuda"]), completed.stderr[-2000:]

@@ -14,13 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import T5ForConditionalGeneration
-
 from agent_simulation import offline_task_file
 from conftest import run_script, small_t5_config
 from markdown_tables import table_rows
 from readme_commands import the_command
 from tolerances import EXPORT_LOGITS_RTOL
+from transformers import T5ForConditionalGeneration
 
 from components.data import source_text
 from components.export.plain_checkpoint import export_plain_checkpoint
@@ -92,8 +91,14 @@ def test_a_stock_runtime_generates_what_the_adapter_model_generates(exported, ti
     test = pd.read_csv(tiny_pipeline / "ingest" / "splits" / "test.tsv", sep="\t", dtype=str, keep_default_na=False).head(24)
     texts = [source_text(i, x) for i, x in zip(test["instruction"], test["input"])]
     max_new_tokens = summary["parameters"]["max_new_tokens"]
-    stock = subprocess.run([sys.executable, "-I", "-c", STOCK_RUNTIME, str(export), str(output / "ctranslate2"), str(max_new_tokens)], input=json.dumps(texts),
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    stock = subprocess.run(
+        [sys.executable, "-I", "-c", STOCK_RUNTIME, str(export), str(output / "ctranslate2"), str(max_new_tokens)],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert stock.returncode == 0, stock.stderr[-3000:]
     found = json.loads(stock.stdout.strip().splitlines()[-1])
     assert found["tokenizer"] == "TokenizersBackend"
@@ -132,21 +137,46 @@ def test_the_export_is_safetensors_with_a_tokenizer_that_prepends_the_prompt(exp
     output, _ = exported
     export = output / "model"
     assert sorted(path.name for path in export.iterdir()) == [
-        "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert sorted(path.name for path in (output / "ctranslate2").iterdir()) == [
-        "README.md", "config.json", "generation_config.json", "model.bin", "shared_vocabulary.json", "tokenizer.json", "tokenizer_config.json"]
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.bin",
+        "shared_vocabulary.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     for name in ("generation_config.json", "tokenizer.json"):
         assert (output / "ctranslate2" / name).read_bytes() == (export / name).read_bytes()
     tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
     prompt_length = json.loads((tiny_pipeline / "register" / "model" / "adapter_config.json").read_text())["prompt_length"]
-    assert (tokenizer_config["tokenizer_class"], tokenizer_config["model_max_length"]) == ("PreTrainedTokenizerFast", MAX_INPUT_LENGTH + prompt_length)
+    assert (tokenizer_config["tokenizer_class"], tokenizer_config["model_max_length"]) == (
+        "PreTrainedTokenizerFast",
+        MAX_INPUT_LENGTH + prompt_length,
+    )
     assert "**Not with `T5Tokenizer`**" in (export / "README.md").read_text()  # the model card warns of what the test above shows
     generation = json.loads((export / "generation_config.json").read_text())
     vocabulary = json.loads((export / "config.json").read_text())["vocab_size"] - prompt_length
     assert generation["suppress_tokens"] == list(range(vocabulary, vocabulary + prompt_length)) and generation["renormalize_logits"]
     # The same registered folder given by path exports the same weights.
-    run_script(clearml_home, "steps/export.py", "--local", "--model-dir", str(tiny_pipeline / "register" / "model"),
-               "--max-input-length", str(MAX_INPUT_LENGTH), "--output-dir", str(tmp_path))
+    run_script(
+        clearml_home,
+        "steps/export.py",
+        "--local",
+        "--model-dir",
+        str(tiny_pipeline / "register" / "model"),
+        "--max-input-length",
+        str(MAX_INPUT_LENGTH),
+        "--output-dir",
+        str(tmp_path),
+    )
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
     assert not (tmp_path / "ctranslate2").exists()  # converted only when asked
 
@@ -179,8 +209,11 @@ def test_bad_input_is_one_sentence_naming_the_file(tiny_pipeline, tmp_path):
     (other_base / "adapter_config.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "small-base")}))
     exported = tmp_path / "exported"
     export_plain_checkpoint(registered, exported, decoding=asdict(Decoding()) | {"description": ""}, max_input_length=MAX_INPUT_LENGTH)
-    expected = {corrupted: "adapter.safetensors is not a readable safetensors file", other_base: "the adapter was not trained on the base model",
-                exported: "is a plain model folder (config.json, no adapter_config.json)"}
+    expected = {
+        corrupted: "adapter.safetensors is not a readable safetensors file",
+        other_base: "the adapter was not trained on the base model",
+        exported: "is a plain model folder (config.json, no adapter_config.json)",
+    }
     for folder, message in expected.items():
         with pytest.raises(ModelLoadError) as refused:
             export_plain_checkpoint(folder, tmp_path / "out", decoding={}, max_input_length=MAX_INPUT_LENGTH)
@@ -207,7 +240,9 @@ def test_the_pipeline_exports_its_registered_model_when_asked(exported, tiny_pip
             made, expected = (by_pipeline / folder / name).read_bytes(), (by_command / folder / name).read_bytes()
             if name in input_length_in:
                 pattern, added = input_length_in[name]
-                command_text, pipeline_text = (pattern.format(length + added).encode() for length in (MAX_INPUT_LENGTH, summary["parameters"]["max_input_length"]))
+                command_text, pipeline_text = (
+                    pattern.format(length + added).encode() for length in (MAX_INPUT_LENGTH, summary["parameters"]["max_input_length"])
+                )
                 assert command_text in expected and pipeline_text in made, f"{folder}/{name}"
                 expected = expected.replace(command_text, pipeline_text)
             assert made == expected, f"{folder}/{name}"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ASCII_LOCALE, random_adapter
-from markdown_tables import table_rows
 from forked import run_main
+from markdown_tables import table_rows
 from step_runs import artifacts, model_package, run_step, task_record
 from transformers import AutoTokenizer, GenerationConfig
 
@@ -24,8 +24,16 @@ SETTINGS = AdapterSettings(lora_rank=3, prompt_length=3)
 EVALUATION = {
     "metrics": {"bleu": 0.123456, "chrf": 0.98765, "loss": 2.5},
     "rows": 17,
-    "decoding": {"preset": "beam", "num_beams": 3, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 9,
-                 "description": "beam search with 3 beams, at most 9 new tokens"},
+    "decoding": {
+        "preset": "beam",
+        "num_beams": 3,
+        "do_sample": False,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 1.0,
+        "max_new_tokens": 9,
+        "description": "beam search with 3 beams, at most 9 new tokens",
+    },
 }
 
 
@@ -38,31 +46,53 @@ def registered(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def card_figures(card: str) -> dict:
-    return {"rows": table_rows(card, "| metric | value |") if "| metric |" in card else None, "front matter": card.split("---")[1].strip().splitlines()}
+    return {
+        "rows": table_rows(card, "| metric | value |") if "| metric |" in card else None,
+        "front matter": card.split("---")[1].strip().splitlines(),
+    }
 
 
 def test_the_export_carries_the_evaluations_decoding_the_input_length_asked_for_and_its_scores(registered, tiny_model_dir, clearml_home, tmp_path):
     out = tmp_path / "out"
-    completed, result = run_step(export.main, ["--local", "--model-dir", str(registered), "--max-input-length", "7", "--ctranslate2", "false",
-                                                "--output-dir", str(out)], clearml_home)
+    completed, result = run_step(
+        export.main,
+        ["--local", "--model-dir", str(registered), "--max-input-length", "7", "--ctranslate2", "false", "--output-dir", str(out)],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     model = out / "model"
     generation = GenerationConfig.from_pretrained(model)
-    assert {key: getattr(generation, key) for key in ("num_beams", "do_sample", "max_new_tokens")} == {"num_beams": 3, "do_sample": False, "max_new_tokens": 9}
+    assert {key: getattr(generation, key) for key in ("num_beams", "do_sample", "max_new_tokens")} == {
+        "num_beams": 3,
+        "do_sample": False,
+        "max_new_tokens": 9,
+    }
     assert AutoTokenizer.from_pretrained(model).model_max_length == 7 + SETTINGS.prompt_length
     prompt_ids = [1000, 1001, 1002]
-    assert result["outputs"] == {"model_dir": str(model), "base_model": str(tiny_model_dir), "prompt_token_ids": prompt_ids, "lora_rank": 3,
-                                 "decoding": EVALUATION["decoding"], "max_input_length": 7, "model_id": None}
+    assert result["outputs"] == {
+        "model_dir": str(model),
+        "base_model": str(tiny_model_dir),
+        "prompt_token_ids": prompt_ids,
+        "lora_rank": 3,
+        "decoding": EVALUATION["decoding"],
+        "max_input_length": 7,
+        "model_id": None,
+    }
     assert f"Exported {registered} to {model}: a plain checkpoint, prompt tokens 1000..1002." in completed.stdout.splitlines()
     assert not (out / "ctranslate2").exists() and "CTranslate2" not in completed.stdout and "Registered" not in completed.stdout
     assert (task_record(result)["name"], task_record(result)["type"]) == ("export", "custom")
 
     card = (model / "README.md").read_text(encoding="utf-8")
-    assert card_figures(card) == {"rows": [["bleu", "0.1235"], ["chrf", "0.9877"], ["loss", "2.5000"]], "front matter": [
-        "library_name: transformers", "pipeline_tag: text2text-generation", f"base_model: {tiny_model_dir}", "language: ru"]}
+    assert card_figures(card) == {
+        "rows": [["bleu", "0.1235"], ["chrf", "0.9877"], ["loss", "2.5000"]],
+        "front matter": ["library_name: transformers", "pipeline_tag: text2text-generation", f"base_model: {tiny_model_dir}", "language: ru"],
+    }
     assert f"# {tiny_model_dir}, fine-tuned with LoRA (rank 3) and prompt tuning (3 tokens), merged\n" in card
-    assert "every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did\n" \
-           "(beam search with 3 beams, at most 9 new tokens) and never emits the prompt tokens. Inputs are truncated at 7 tokens plus the prompt." in card
+    assert (
+        "every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did\n"
+        "(beam search with 3 beams, at most 9 new tokens) and never emits the prompt tokens. Inputs are truncated at 7 tokens plus the prompt."
+        in card
+    )
     assert "weights, and the trained prompt is 3 added tokens (`<prompt_0>` ...)" in card
     assert "## Evaluation\n\nOn 17 test rows, beam search with 3 beams, at most 9 new tokens:\n\n| metric | value |\n|---|---|\n" in card
     assert uploaded_names(result, clearml_home, tmp_path) == []  # offline: the folders are the step's output, not artifacts
@@ -88,13 +118,18 @@ def test_a_folder_without_an_evaluation_exports_greedy_and_converts_when_asked(f
     assert "(greedy decoding, at most 200 new tokens) and never emits" in card
     converted = out / "ctranslate2"
     assert (converted / "model.bin").is_file() and (converted / "README.md").read_bytes() == (out / "model" / "README.md").read_bytes()
-    assert result["outputs"]["ctranslate2_dir"] == str(converted) and f"Converted it for CTranslate2 into {converted}." in completed.stdout.splitlines()
+    assert (
+        result["outputs"]["ctranslate2_dir"] == str(converted) and f"Converted it for CTranslate2 into {converted}." in completed.stdout.splitlines()
+    )
 
 
 def test_without_a_model_the_step_names_both_options(clearml_home, tmp_path):
     completed, result = run_step(export.main, ["--local", "--output-dir", str(tmp_path)], clearml_home)
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (
-        1, "error: Give --register-task-id (a ClearML task id) or --model-dir (a model folder).", None)
+        1,
+        "error: Give --register-task-id (a ClearML task id) or --model-dir (a model folder).",
+        None,
+    )
 
 
 def register_task(folder: Path, model_name: str, publish: bool, env: dict, tmp_path: Path) -> tuple[str, str]:
@@ -140,7 +175,12 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
     assert set(package) >= {"model.safetensors", "tokenizer.json", "README.md"}  # the export folder
     name = "Мой T5 (plain checkpoint)" if adapter_id else "ruT5-large LoRA+prompt (plain checkpoint)"
     assert (model["name"], model["tags"], model["task"], model.get("parent"), model["ready"]) == (
-        name, ["plain checkpoint"], result["task_id"], adapter_id, published)
+        name,
+        ["plain checkpoint"],
+        result["task_id"],
+        adapter_id,
+        published,
+    )
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
     scores = {"test_bleu": "0.123456", "test_chrf": "0.98765", "test_loss": "2.5"} if adapter_id else {}
     assert metadata == {**scores, "base_model": str(tiny_model_dir), "lora_rank": "3", "prompt_tokens": "3", "adapter_model_id": adapter_id or ""}
@@ -154,6 +194,8 @@ def test_the_evaluation_and_the_card_are_utf_8_whatever_the_locale(registered, c
     folder = shutil.copytree(registered, tmp_path / "registered")
     described = {**EVALUATION, "decoding": {**EVALUATION["decoding"], "description": "лучевой поиск, 3 луча"}}
     (folder / "evaluation.json").write_text(json.dumps(described, ensure_ascii=False), encoding="utf-8")
-    completed, _ = run_step(export.main, ["--local", "--model-dir", str(folder), "--output-dir", str(tmp_path / "out")], {**clearml_home, **ASCII_LOCALE})
+    completed, _ = run_step(
+        export.main, ["--local", "--model-dir", str(folder), "--output-dir", str(tmp_path / "out")], {**clearml_home, **ASCII_LOCALE}
+    )
     assert completed.returncode == 0, completed.stderr
     assert "On 17 test rows, лучевой поиск, 3 луча:" in (tmp_path / "out" / "model" / "README.md").read_text(encoding="utf-8")

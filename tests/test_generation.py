@@ -3,13 +3,14 @@ import logging
 
 import pytest
 import torch
+from tolerances import MERGED_ATOL, MERGED_RTOL
 
 from components import modeling
-from components.generation import DECODING_PRESETS, Decoding, generate_predictions, main as generation_main
+from components.generation import DECODING_PRESETS, Decoding, generate_predictions
+from components.generation import main as generation_main
 from components.modeling import ModelLoadError, apply_peft, load_base_model, load_finetuned, load_tokenizer, load_untuned, save_adapter
 from components.settings import AdapterSettings
 from components.stats import main as stats_main
-from tolerances import MERGED_RTOL, MERGED_ATOL
 
 TEXTS = ["Что такое фотосинтез?", "Переведи на английский\nкошка", "Назови столицу Франции.", "а"]
 
@@ -92,8 +93,11 @@ def test_a_fine_tuned_directory_loads_back_the_trained_model(tiny_peft, tiny_mod
     loaded, loaded_tokenizer = load_finetuned(tmp_path)
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     encoded = tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
-    inputs = dict(input_ids=encoded["input_ids"], attention_mask=torch.cat([torch.ones(2, PROMPT_LENGTH, dtype=torch.long), encoded["attention_mask"]], dim=1),
-                  decoder_input_ids=torch.zeros(2, 3, dtype=torch.long))
+    inputs = dict(
+        input_ids=encoded["input_ids"],
+        attention_mask=torch.cat([torch.ones(2, PROMPT_LENGTH, dtype=torch.long), encoded["attention_mask"]], dim=1),
+        decoder_input_ids=torch.zeros(2, 3, dtype=torch.long),
+    )
     model.eval()
     with torch.no_grad():
         trained = model(**inputs).logits
@@ -136,9 +140,11 @@ def test_generation_truncates_the_input_to_max_input_length(tiny_peft):
 def test_decoding_says_what_ran(caplog, tiny_peft):
     assert Decoding().describe().startswith("greedy decoding")
     assert Decoding(num_beams=4, temperature=0.3).describe() == (
-        "beam search with 4 beams (temperature/top_k/top_p are set but do nothing without do_sample), at most 200 new tokens")
+        "beam search with 4 beams (temperature/top_k/top_p are set but do nothing without do_sample), at most 200 new tokens"
+    )
     assert Decoding(num_beams=2, do_sample=True, top_k=5, max_new_tokens=9).describe() == (
-        "beam sampling with 2 beams, sampling (temperature=1.0, top_k=5, top_p=1.0), at most 9 new tokens")
+        "beam sampling with 2 beams, sampling (temperature=1.0, top_k=5, top_p=1.0), at most 9 new tokens"
+    )
     assert "temperature" not in DECODING_PRESETS["beam"].generate_kwargs()
     assert DECODING_PRESETS["sampling"].describe().startswith("sampling (temperature=0.7")
     model, tokenizer = tiny_peft
@@ -198,7 +204,8 @@ def test_the_command_line_generates_in_batches_of_batch_size(fine_tuned_dir, mon
     predictions = generation_main(["--model-dir", str(fine_tuned_dir), "--batch-size", "3", "--max-new-tokens", "4", *TEXTS])
     assert batch_sizes == [3, 1]
     assert capsys.readouterr().out == "# greedy decoding, at most 4 new tokens\n" + "".join(
-        f"> {text}\n{prediction}\n\n" for text, prediction in zip(TEXTS, predictions))
+        f"> {text}\n{prediction}\n\n" for text, prediction in zip(TEXTS, predictions)
+    )
     generation_main(["--model-dir", str(fine_tuned_dir), "--max-new-tokens", "1", *[f"{n}" for n in range(20)]])
     assert batch_sizes == [3, 1, 16, 4]
 

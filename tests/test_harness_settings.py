@@ -31,8 +31,9 @@ def harness_settings(tmp_path, monkeypatch) -> set[str]:
     """The variables the harness sets, in a user's shell and in both kinds of agent (README commands included): what
     its environments hold beyond a shell that has nothing but PATH."""
     monkeypatch.setattr(os, "environ", {"PATH": os.environ["PATH"]})
-    server = ServerTarget(env={name: f"value of {name}" for name in readme_variables() if name.startswith("CLEARML_") and "AGENT" not in name},
-                          api=None)
+    server = ServerTarget(
+        env={name: f"value of {name}" for name in readme_variables() if name.startswith("CLEARML_") and "AGENT" not in name}, api=None
+    )
     environments = [client_environment(server, tmp_path / "user")]
     for builds_venv in (False, True):
         command_env, _ = environment_and_argv(AGENTS["gpu"])
@@ -43,7 +44,9 @@ def harness_settings(tmp_path, monkeypatch) -> set[str]:
 def test_every_setting_of_the_harness_is_the_readmes_or_declared_test_only_with_its_reason(tmp_path, monkeypatch):
     settings = harness_settings(tmp_path, monkeypatch)
     undeclared = settings - readme_variables() - set(TEST_ONLY_SETTINGS)
-    assert not undeclared, f"the e2e harness sets {sorted(undeclared)}, which the README does not tell a user to set: declare each in TEST_ONLY_SETTINGS with its reason"
+    assert not undeclared, (
+        f"the e2e harness sets {sorted(undeclared)}, which the README does not tell a user to set: declare each in TEST_ONLY_SETTINGS with its reason"
+    )
     stale = set(TEST_ONLY_SETTINGS) - settings
     assert not stale, f"TEST_ONLY_SETTINGS declares {sorted(stale)}, which the harness no longer sets"
     assert all(len(reason) > 20 for reason in TEST_ONLY_SETTINGS.values())
@@ -54,5 +57,5 @@ def test_the_flows_run_the_readmes_commands_with_only_the_declared_options():
     readme_sweep = the_command("python pipelines/run_hpo.py", "--run-on")
     assert SWEEP.startswith(readme_sweep + " ")
     added = shlex.split(SWEEP.removeprefix(readme_sweep))
-    assert [" ".join(added[i:i + 2]) for i in range(0, len(added), 2)] == list(SWEEP_OPTIONS)
+    assert [" ".join(added[i : i + 2]) for i in range(0, len(added), 2)] == list(SWEEP_OPTIONS)
     assert all(environment_and_argv(command)[1][:2] == ["clearml-agent", "daemon"] for command in AGENTS.values())

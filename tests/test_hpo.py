@@ -9,22 +9,34 @@ import pandas as pd
 import pytest
 from conftest import ASCII_LOCALE, run_script
 from optuna.trial import TrialState
+from reference_model import protocol_scores
+from step_runs import stand_in_steps
 
 from pipelines.controller import step_parser
-from pipelines.definition import STEPS
+from pipelines.definition import PRESETS, STEPS
 from pipelines.hpo_local import OBJECTIVE, open_study
 from pipelines.hpo_server import GridInTrialOrder
 from pipelines.run_hpo import SWEPT
-from pipelines.definition import PRESETS
-from reference_model import protocol_scores
-from step_runs import stand_in_steps
 
 TRAIN = next(step for step in STEPS if step.name == "train")
 # Four steps at a learning rate high enough to make the validation loss bounce, evaluated after each:
 # a trial's best evaluation is neither always its first nor always its last (asserted below), so the
 # objective "best validation loss" can be told from "first" and "last".
-QUICK = ["--local", "--preset", "tiny", "--max-steps", "4", "--eval-every", "1", "--learning-rates", "0.05",
-         "--prompt-lengths", "4,8", "--lora-ranks", "2,4"]
+QUICK = [
+    "--local",
+    "--preset",
+    "tiny",
+    "--max-steps",
+    "4",
+    "--eval-every",
+    "1",
+    "--learning-rates",
+    "0.05",
+    "--prompt-lengths",
+    "4,8",
+    "--lora-ranks",
+    "2,4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +58,12 @@ def test_local_sweep_summary(sweep):
     assert len(pairs) == 3  # the grid is enumerated without repeats
     completed = [t for t in summary["trials"] if t["status"] == "completed"]
     assert summary["best"]["value"] == min(t["value"] for t in completed)
-    histories = {t["number"]: [entry["validation_loss"] for entry in json.loads((out / "trials" / f"trial-{t['number']}" / "training.json").read_text())["history"]]
-                 for t in completed}
+    histories = {
+        t["number"]: [
+            entry["validation_loss"] for entry in json.loads((out / "trials" / f"trial-{t['number']}" / "training.json").read_text())["history"]
+        ]
+        for t in completed
+    }
     assert all(len(losses) == 4 for losses in histories.values())  # --eval-every 1 reached every trial
     # Discriminating: in some trial the best evaluation is not the last, in some other not the first.
     assert any(min(losses) < losses[-1] for losses in histories.values()) and any(min(losses) < losses[0] for losses in histories.values())
@@ -57,7 +73,9 @@ def test_local_sweep_summary(sweep):
     # The winner's test figures, recomputed from its predictions on the metric libraries directly
     predictions = pd.read_csv(out / "best" / "evaluate" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
     expected = protocol_scores(predictions["prediction"].tolist(), predictions["output"].tolist())
-    assert {name: summary["best"]["test_metrics"][name] for name in expected} == pytest.approx(expected)  # the same libraries: only a mean's order differs
+    assert {name: summary["best"]["test_metrics"][name] for name in expected} == pytest.approx(
+        expected
+    )  # the same libraries: only a mean's order differs
     evaluation = json.loads((out / "best" / "evaluate" / "evaluation.json").read_text())
     assert evaluation["train_task_id"] == summary["best"]["task_id"] and summary["best"]["test_metrics"] == evaluation["metrics"]
     config = json.loads((Path(summary["best"]["model_dir"]) / "adapter_config.json").read_text())
@@ -77,7 +95,9 @@ def test_the_seed_to_seed_noise_is_the_best_pair_trained_with_other_seeds(sweep)
     assert noise["spread"] == max(noise["values"]) - min(noise["values"])  # the same float subtraction
     args = json.loads((out / "noise" / "seed-43" / "training.json").read_text())
     assert args["training"]["seed"] == 43 and (args["adapter"]["lora_rank"], args["adapter"]["prompt_length"]) == (
-        noise["params"]["lora_rank"], noise["params"]["prompt_length"])
+        noise["params"]["lora_rank"],
+        noise["params"]["prompt_length"],
+    )
 
 
 def test_a_trial_left_running_is_failed_and_queued_again(tmp_path, capsys):
@@ -109,8 +129,15 @@ def test_the_objective_is_what_the_train_step_reports(tiny_model_dir, tmp_path):
     data = preprocess(read_tsv("data/sample/train.tsv").iloc[:16], tokenizer, 16, 16)
     reported = set()
     model = apply_peft(load_base_model(str(tiny_model_dir)), lora_rank=2, prompt_length=2)
-    train_adapters(model, tokenizer, data, data, TrainConfig(max_steps=1, gradient_checkpointing=False), output_dir=tmp_path,
-                   report=lambda title, series, value, step: reported.add((title, series)))
+    train_adapters(
+        model,
+        tokenizer,
+        data,
+        data,
+        TrainConfig(max_steps=1, gradient_checkpointing=False),
+        output_dir=tmp_path,
+        report=lambda title, series, value, step: reported.add((title, series)),
+    )
     assert (OBJECTIVE["title"], OBJECTIVE["series"]) in reported
 
 
@@ -214,7 +241,9 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     back from what the stand-in steps reported. Continued with 5 trials, the sweep runs one more; asked for 7, the grid's 6."""
     out, record = tmp_path / "runs" / "sweep", tmp_path / "calls.json"
     shared = ["--epochs", "1.5", "--max-steps", "3", "--eval-every", "2", "--nproc-per-node", "2"]  # every trial's, each away from the preset's
-    completed = run_stand_in_sweep(["--trials", "4", "--noise-seeds", "2", "--metric", "bleu", *shared, "--output-dir", str(out)], clearml_home, record)
+    completed = run_stand_in_sweep(
+        ["--trials", "4", "--noise-seeds", "2", "--metric", "bleu", *shared, "--output-dir", str(out)], clearml_home, record
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     calls = json.loads(record.read_text(encoding="utf-8"))
     summary = json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))
@@ -226,7 +255,13 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     assert preprocess["arguments"]["ingest_task_id"] == "ingest-1"
     for call in (*trials, noise_43):
         assert {name: call["arguments"][name] for name in ("preprocess_task_id", "model", "epochs", "max_steps", "eval_every", "nproc_per_node")} == {
-            "preprocess_task_id": "preprocess-2", "model": PRESETS["tiny"]["model"], "epochs": 1.5, "max_steps": 3, "eval_every": 2, "nproc_per_node": 2}
+            "preprocess_task_id": "preprocess-2",
+            "model": PRESETS["tiny"]["model"],
+            "epochs": 1.5,
+            "max_steps": 3,
+            "eval_every": 2,
+            "nproc_per_node": 2,
+        }
     pairs = [(call["arguments"]["lora_rank"], call["arguments"]["prompt_length"]) for call in trials]
     assert len(set(pairs)) == 4 and FAILING_PAIR in pairs
     assert [call["output_dir"] for call in trials] == [str(out / "trials" / f"trial-{number}") for number in range(4)]
@@ -236,24 +271,43 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     best_number = pairs.index(best_pair)
 
     expected_trials = [
-        {"number": number, "params": {"lora_rank": pair[0], "prompt_length": pair[1]}, "value": None, "task_id": None, "status": "failed",
-         "error": f"Step train failed with exit status 1 (pair {pair})"} if pair == FAILING_PAIR else
-        {"number": number, "params": {"lora_rank": pair[0], "prompt_length": pair[1]}, "value": STAND_IN_VALUES[pair],
-         "task_id": f"train-{number + 3}", "status": "completed"}
+        {
+            "number": number,
+            "params": {"lora_rank": pair[0], "prompt_length": pair[1]},
+            "value": None,
+            "task_id": None,
+            "status": "failed",
+            "error": f"Step train failed with exit status 1 (pair {pair})",
+        }
+        if pair == FAILING_PAIR
+        else {
+            "number": number,
+            "params": {"lora_rank": pair[0], "prompt_length": pair[1]},
+            "value": STAND_IN_VALUES[pair],
+            "task_id": f"train-{number + 3}",
+            "status": "completed",
+        }
         for number, pair in enumerate(pairs)
     ]
     assert summary["trials"] == expected_trials
     best_params = expected_trials[best_number]["params"]
     assert ((noise_43["arguments"]["seed"], noise_43["arguments"]["lora_rank"], noise_43["arguments"]["prompt_length"]), noise_43["output_dir"]) == (
-        (43, *best_pair), str(out / "noise" / "seed-43"))
+        (43, *best_pair),
+        str(out / "noise" / "seed-43"),
+    )
     noise_values = [STAND_IN_VALUES[best_pair], STAND_IN_VALUES[best_pair] + 0.01]
     assert summary["noise"] == {"params": best_params, "seeds": [42, 43], "values": noise_values, "spread": max(noise_values) - min(noise_values)}
     assert evaluate["arguments"]["train_task_id"] == f"train-{best_number + 3}"
     assert [evaluate["output_dir"], register["output_dir"]] == [str(out / "best" / "evaluate"), str(out / "best" / "register")]
     assert (out / "hpo_study.db").is_file()  # the study, where the README says it lives
     assert (register["arguments"]["candidates"], register["arguments"]["metric"]) == ("evaluate-8", "bleu")
-    assert summary["best"] == {"params": best_params, "value": STAND_IN_VALUES[best_pair], "task_id": f"train-{best_number + 3}",
-                               "model_dir": "/models/evaluate-8", "test_metrics": {"bleu": 0.25, "chrf": 0.5}}
+    assert summary["best"] == {
+        "params": best_params,
+        "value": STAND_IN_VALUES[best_pair],
+        "task_id": f"train-{best_number + 3}",
+        "model_dir": "/models/evaluate-8",
+        "test_metrics": {"bleu": 0.25, "chrf": 0.5},
+    }
     assert summary["data_task_ids"] == {"ingest": "ingest-1", "preprocess": "preprocess-2"}
 
     # What the sweep says, each line before the output of the step it announces (flushed: steps write past its buffer).
@@ -268,15 +322,21 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
             assert lines[header + 2] == f"Trial {number} failed; the sweep goes on."
     assert lines[lines.index(f"### Seed-to-seed noise: {best_params} with seed 43") + 1] == "(output of train)"
     assert "\n\ntrial  lora_rank  prompt_length  status     validation loss\n" in completed.stdout
-    table = lines[lines.index("trial  lora_rank  prompt_length  status     validation loss"):]
+    table = lines[lines.index("trial  lora_rank  prompt_length  status     validation loss") :]
     for line, trial in zip(table[1:5], expected_trials):
         value = "" if trial["value"] is None else f"{trial['value']:.4f}" + ("  <- best" if trial["number"] == best_number else "")
-        assert line == f"{trial['number']:>5}  {trial['params']['lora_rank']:>9}  {trial['params']['prompt_length']:>13}  {trial['status']:<9}  {value}"
+        assert (
+            line == f"{trial['number']:>5}  {trial['params']['lora_rank']:>9}  {trial['params']['prompt_length']:>13}  {trial['status']:<9}  {value}"
+        )
     values = [trial["value"] for trial in expected_trials if trial["value"] is not None]
-    assert table[5:] == ["", f"Seed-to-seed spread of {best_params} over seeds [42, 43]: {summary['noise']['spread']:.4f} "
-                             f"({', '.join(f'{v:.4f}' for v in noise_values)}); the trials span {max(values) - min(values):.4f}.",
-                         "", f"Best: {best_params} (validation loss {STAND_IN_VALUES[best_pair]:.4f}); registered model directory /models/evaluate-8.",
-                         f"Summary: {out / 'hpo_summary.json'}"]
+    assert table[5:] == [
+        "",
+        f"Seed-to-seed spread of {best_params} over seeds [42, 43]: {summary['noise']['spread']:.4f} "
+        f"({', '.join(f'{v:.4f}' for v in noise_values)}); the trials span {max(values) - min(values):.4f}.",
+        "",
+        f"Best: {best_params} (validation loss {STAND_IN_VALUES[best_pair]:.4f}); registered model directory /models/evaluate-8.",
+        f"Summary: {out / 'hpo_summary.json'}",
+    ]
 
     # Continued with one trial more: the fifth pair only, the noise run read back, not trained again.
     completed = run_stand_in_sweep(["--trials", "5", "--noise-seeds", "2", "--output-dir", str(out)], clearml_home, record)
@@ -296,20 +356,36 @@ def test_the_sweeps_choices_are_its_trials_values(clearml_home, tmp_path):
     # The study was made for its space: another one is refused.
     completed = run_stand_in_sweep(["--prompt-lengths", "1", "--output-dir", str(out)], clearml_home, record)
     assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
-        1, f"error: The study in {out} was made for the space {{'lora_rank': [2, 4, 8], 'prompt_length': [1, 3]}}, not "
-           "{'lora_rank': [2, 4, 8], 'prompt_length': [1]}; use another --output-dir.")
+        1,
+        f"error: The study in {out} was made for the space {{'lora_rank': [2, 4, 8], 'prompt_length': [1, 3]}}, not "
+        "{'lora_rank': [2, 4, 8], 'prompt_length': [1]}; use another --output-dir.",
+    )
 
 
 def test_a_sweep_whose_trials_all_fail_is_one_sentence(clearml_home, tmp_path):
     out = tmp_path / "sweep"
     completed = run_stand_in_sweep(["--lora-ranks", "4", "--prompt-lengths", "1", "--output-dir", str(out)], clearml_home, tmp_path / "calls.json")
     assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
-        1, f"error: All 1 trials failed; their errors are in {out / 'hpo_summary.json'} and above.")
+        1,
+        f"error: All 1 trials failed; their errors are in {out / 'hpo_summary.json'} and above.",
+    )
     assert json.loads((out / "hpo_summary.json").read_text(encoding="utf-8")) == {
-        "objective": OBJECTIVE, "space": {"lora_rank": [4], "prompt_length": [1]},
-        "trials": [{"number": 0, "params": {"lora_rank": 4, "prompt_length": 1}, "value": None, "task_id": None, "status": "failed",
-                    "error": "Step train failed with exit status 1 (pair (4, 1))"}],
-        "best": None, "data_task_ids": {"ingest": "ingest-1", "preprocess": "preprocess-2"}, "noise": None}
+        "objective": OBJECTIVE,
+        "space": {"lora_rank": [4], "prompt_length": [1]},
+        "trials": [
+            {
+                "number": 0,
+                "params": {"lora_rank": 4, "prompt_length": 1},
+                "value": None,
+                "task_id": None,
+                "status": "failed",
+                "error": "Step train failed with exit status 1 (pair (4, 1))",
+            }
+        ],
+        "best": None,
+        "data_task_ids": {"ingest": "ingest-1", "preprocess": "preprocess-2"},
+        "noise": None,
+    }
 
 
 def in_folders_named_in_russian(step: str, arguments: dict, output_dir: Path) -> dict:
@@ -329,15 +405,20 @@ def test_the_sweeps_files_are_utf_8_whatever_the_locale(clearml_home, tmp_path):
     """Under a locale whose encoding cannot hold Russian (with the terminal's UTF-8): the summary of a sweep whose trials
     all failed, of one that finished, and the seed run's result that a continued sweep reads back instead of training."""
     env, record = {**clearml_home, **ASCII_LOCALE, "PYTHONIOENCODING": "utf-8"}, tmp_path / "calls.json"
-    failed = run_stand_in_sweep(["--lora-ranks", "4", "--prompt-lengths", "1", "--output-dir", str(tmp_path / "failed")], env, record,
-                                outputs_of=in_folders_named_in_russian)
+    failed = run_stand_in_sweep(
+        ["--lora-ranks", "4", "--prompt-lengths", "1", "--output-dir", str(tmp_path / "failed")], env, record, outputs_of=in_folders_named_in_russian
+    )
     assert failed.returncode == 1, failed.stderr[-3000:]
     [trial] = json.loads((tmp_path / "failed" / "hpo_summary.json").read_text(encoding="utf-8"))["trials"]
     assert trial["error"].endswith("--output-dir /эксперименты/trial-0")
     out = tmp_path / "sweep"
     for run in ("first", "continued"):
-        completed = run_stand_in_sweep(["--lora-ranks", "2,8", "--prompt-lengths", "3", "--trials", "2", "--noise-seeds", "2", "--output-dir", str(out)],
-                                       env, record, outputs_of=in_folders_named_in_russian)
+        completed = run_stand_in_sweep(
+            ["--lora-ranks", "2,8", "--prompt-lengths", "3", "--trials", "2", "--noise-seeds", "2", "--output-dir", str(out)],
+            env,
+            record,
+            outputs_of=in_folders_named_in_russian,
+        )
         assert completed.returncode == 0, completed.stderr[-3000:]
         assert json.loads((out / "hpo_summary.json").read_text(encoding="utf-8"))["best"]["model_dir"] == "/эксперименты/register"
         steps = [call["step"] for call in json.loads(record.read_text(encoding="utf-8"))]
@@ -347,8 +428,12 @@ def test_the_sweeps_files_are_utf_8_whatever_the_locale(clearml_home, tmp_path):
 
 def test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_its_ingest(clearml_home, tmp_path):
     record = tmp_path / "calls.json"
-    completed = run_stand_in_sweep(["--lora-ranks", "2", "--prompt-lengths", "1,3", "--noise-seeds", "1", "--output-dir", str(tmp_path / "sweep")],
-                                   clearml_home, record, preprocess_arguments={"ingest_task_id": "the-ingest-task"})
+    completed = run_stand_in_sweep(
+        ["--lora-ranks", "2", "--prompt-lengths", "1,3", "--noise-seeds", "1", "--output-dir", str(tmp_path / "sweep")],
+        clearml_home,
+        record,
+        preprocess_arguments={"ingest_task_id": "the-ingest-task"},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     given, *calls = json.loads(record.read_text(encoding="utf-8"))
     assert [call["step"] for call in calls] == ["train", "train", "evaluate", "register"]  # no ingest, no preprocess
@@ -359,4 +444,6 @@ def test_a_sweep_on_a_given_preprocess_task_trains_on_its_data_and_evaluates_on_
     completed = run_stand_in_sweep(["--output-dir", str(tmp_path / "other")], clearml_home, record, preprocess_arguments={"model": "tiny"})
     given = json.loads(record.read_text(encoding="utf-8"))[0]["preprocess_task_id"]
     assert (completed.returncode, completed.stderr.splitlines()[-1]) == (
-        1, f"error: Task {given} has no Args/ingest_task_id; give a preprocess task made from an ingest task.")
+        1,
+        f"error: Task {given} has no Args/ingest_task_id; give a preprocess task made from an ingest task.",
+    )

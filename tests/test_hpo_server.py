@@ -20,10 +20,36 @@ CODE = {"repository": "https://git.example.com/team/rut5.git", "branch": "main",
 # The validation losses each trial (lora_rank, prompt_length) reports at its evaluations (steps 2, 4, 6), and how it ends.
 # The best by its lowest loss, (2, 3), is not the best by its last loss, (4, 3); lower losses still are reported by the
 # trials that fail or are stopped, and (8, 1) reports none.
-TRIALS = {(2, 1): ([0.9, 0.8, 0.85], "completed"), (2, 3): ([0.5, 0.3, 0.6], "completed"), (4, 1): ([0.2], "failed"),
-          (4, 3): ([0.6, 0.45, 0.4], "completed"), (8, 1): ([], "completed"), (8, 3): ([0.1, 0.25], "stopped")}
-SWEEP_OPTIONS = ["--project", PROJECT, "--lora-ranks", "2,4,8", "--prompt-lengths", "1,3", "--queue", "gpu-q", "--cpu-queue", "cpu-q",
-                 "--trials", "5", "--seed", "2", "--max-steps", "6", "--eval-every", "2", "--metric", "rouge1"]
+TRIALS = {
+    (2, 1): ([0.9, 0.8, 0.85], "completed"),
+    (2, 3): ([0.5, 0.3, 0.6], "completed"),
+    (4, 1): ([0.2], "failed"),
+    (4, 3): ([0.6, 0.45, 0.4], "completed"),
+    (8, 1): ([], "completed"),
+    (8, 3): ([0.1, 0.25], "stopped"),
+}
+SWEEP_OPTIONS = [
+    "--project",
+    PROJECT,
+    "--lora-ranks",
+    "2,4,8",
+    "--prompt-lengths",
+    "1,3",
+    "--queue",
+    "gpu-q",
+    "--cpu-queue",
+    "cpu-q",
+    "--trials",
+    "5",
+    "--seed",
+    "2",
+    "--max-steps",
+    "6",
+    "--eval-every",
+    "2",
+    "--metric",
+    "rouge1",
+]
 
 
 def completed_task(api, name: str, project: str = PROJECT, **args: str) -> str:
@@ -63,10 +89,36 @@ def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_pa
     assert made["found"] == made["updated_last"] != made["created_last"]
 
 
-OPTIMIZER_OPTIONS = ["--project", PROJECT, "--learning-rates", "1e-4,3e-4", "--warmup-ratios", "0,0.1", "--queue", "gpu-q", "--concurrent", "3",
-                     "--trials", "50",
-                     "--epochs", "2", "--max-steps", "50", "--eval-every", "5", "--nproc-per-node", "4", "--seed", "7",
-                     "--trial-time-limit", "5", "--time-limit", "30", "--preprocess-task-id", "the-data"]
+OPTIMIZER_OPTIONS = [
+    "--project",
+    PROJECT,
+    "--learning-rates",
+    "1e-4,3e-4",
+    "--warmup-ratios",
+    "0,0.1",
+    "--queue",
+    "gpu-q",
+    "--concurrent",
+    "3",
+    "--trials",
+    "50",
+    "--epochs",
+    "2",
+    "--max-steps",
+    "50",
+    "--eval-every",
+    "5",
+    "--nproc-per-node",
+    "4",
+    "--seed",
+    "7",
+    "--trial-time-limit",
+    "5",
+    "--time-limit",
+    "30",
+    "--preprocess-task-id",
+    "the-data",
+]
 
 
 def test_the_optimizer_is_built_with_the_sweeps_options_over_the_templates_arguments(server, tmp_path):
@@ -83,23 +135,44 @@ def test_the_optimizer_is_built_with_the_sweeps_options_over_the_templates_argum
 
         completed_task(server.api, "preprocess", model="tiny", ingest_task_id="i")
         template = find_template(PROJECT, CodeVersion(**CODE))
-        own = Task.init(project_name=PROJECT, task_name="HPO", task_type=Task.TaskTypes.optimizer, auto_connect_frameworks=False,
-                        auto_connect_arg_parser=False, auto_resource_monitoring=False, auto_connect_streams=False)
+        own = Task.init(
+            project_name=PROJECT,
+            task_name="HPO",
+            task_type=Task.TaskTypes.optimizer,
+            auto_connect_frameworks=False,
+            auto_connect_arg_parser=False,
+            auto_resource_monitoring=False,
+            auto_connect_streams=False,
+        )
         args = build_parser().parse_args(OPTIMIZER_OPTIONS)
         built = build_optimizer(template, args, search_space(args))
         strategy = built.optimizer
         objective = strategy._objective_metric
-        return {"template": template, "own": own.id, "params": [(p.name, list(p.values)) for p in strategy._hyper_parameters],
-                "limits": [strategy.time_limit_per_job, round((built.optimization_timeout - time.time()) / 60), strategy.max_iteration_per_job],
-                "objective": [objective.title, objective.series, objective.order, objective.extremum],
-                "jobs": [strategy._execution_queue, strategy._num_concurrent_workers, strategy.total_max_jobs, strategy.pool_period_minutes],
-                "optuna": [type(strategy._optuna_sampler).__name__, type(strategy._optuna_pruner).__name__], "grid": strategy._optuna_sampler._grid}
+        return {
+            "template": template,
+            "own": own.id,
+            "params": [(p.name, list(p.values)) for p in strategy._hyper_parameters],
+            "limits": [strategy.time_limit_per_job, round((built.optimization_timeout - time.time()) / 60), strategy.max_iteration_per_job],
+            "objective": [objective.title, objective.series, objective.order, objective.extremum],
+            "jobs": [strategy._execution_queue, strategy._num_concurrent_workers, strategy.total_max_jobs, strategy.pool_period_minutes],
+            "optuna": [type(strategy._optuna_sampler).__name__, type(strategy._optuna_pruner).__name__],
+            "grid": strategy._optuna_sampler._grid,
+        }
 
     made = on_server(server, tmp_path, optimizer)
     params = [tuple(param) for param in made["params"]]
-    assert params == [("Args/lora_rank", [4, 8, 16, 32]), ("Args/prompt_length", [10, 20, 50]), ("Args/learning_rate", [1e-4, 3e-4]),
-                      ("Args/warmup_ratio", [0.0, 0.1]), ("Args/resume_from_task_id", [""]), ("Args/epochs", [2.0]), ("Args/max_steps", [50]), ("Args/eval_every", [5]),
-                      ("Args/nproc_per_node", [4]), ("Args/preprocess_task_id", ["the-data"])]  # every trial: from scratch, the sweep's flags
+    assert params == [
+        ("Args/lora_rank", [4, 8, 16, 32]),
+        ("Args/prompt_length", [10, 20, 50]),
+        ("Args/learning_rate", [1e-4, 3e-4]),
+        ("Args/warmup_ratio", [0.0, 0.1]),
+        ("Args/resume_from_task_id", [""]),
+        ("Args/epochs", [2.0]),
+        ("Args/max_steps", [50]),
+        ("Args/eval_every", [5]),
+        ("Args/nproc_per_node", [4]),
+        ("Args/preprocess_task_id", ["the-data"]),
+    ]  # every trial: from scratch, the sweep's flags
     template = server.api.task(made["template"])
     assert {name for name, _ in params} <= {f"Args/{name}" for name in template["hyperparams"]["Args"]}  # each an argument of the train step
     assert made["limits"] == [5.0, 30, 10**9]  # minutes per trial, minutes left of the whole sweep, a trial's steps never cut short
@@ -131,7 +204,8 @@ def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_
         return "no error"
 
     assert on_server(server, tmp_path, template) == (
-        f"No completed train or preprocess task in project {PROJECT!r}: run pipelines/run_pipeline.py first, or pass --template-task-id.")
+        f"No completed train or preprocess task in project {PROJECT!r}: run pipelines/run_pipeline.py first, or pass --template-task-id."
+    )
 
 
 def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dict | None = None):
@@ -172,9 +246,21 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
             api.call("tasks.started", task=task["id"])
             losses, end = trials[(int(args["lora_rank"]), int(args["prompt_length"]))] if step == "train" else trials.get(step, ([], "completed"))
             if losses:
-                api.call_batch("events.add_batch", [
-                    {"task": task["id"], "type": "training_stats_scalar", "metric": "loss", "variant": "validation", "value": loss,
-                     "iter": 2 * (number + 1), "timestamp": int(time.time() * 1000)} for number, loss in enumerate(losses)])
+                api.call_batch(
+                    "events.add_batch",
+                    [
+                        {
+                            "task": task["id"],
+                            "type": "training_stats_scalar",
+                            "metric": "loss",
+                            "variant": "validation",
+                            "value": loss,
+                            "iter": 2 * (number + 1),
+                            "timestamp": int(time.time() * 1000),
+                        }
+                        for number, loss in enumerate(losses)
+                    ],
+                )
             api.call(f"tasks.{end}", task=task["id"])
 
         def agents() -> None:
@@ -186,8 +272,14 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
                 time.sleep(0.05)
 
         threading.Thread(target=agents, daemon=True).start()
-        optimizer = Task.init(project_name=PROJECT, task_name="HPO", task_type=Task.TaskTypes.optimizer, auto_connect_frameworks=False,
-                              auto_resource_monitoring=False, auto_connect_streams=False)
+        optimizer = Task.init(
+            project_name=PROJECT,
+            task_name="HPO",
+            task_type=Task.TaskTypes.optimizer,
+            auto_connect_frameworks=False,
+            auto_resource_monitoring=False,
+            auto_connect_streams=False,
+        )
         args = build_parser().parse_args(options)
         try:
             outcome = run_server_sweep(optimizer, args, search_space(args))
@@ -195,8 +287,9 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
         except UserError as stopped:  # as pipelines/run_hpo.py's main ends the task for it (then the process, with status 1)
             outcome = str(stopped)
             tracking.close_failed(optimizer, outcome)
-        output.write_text(json.dumps({"outcome": outcome, "optimizer": optimizer.id, "taken": taken, "ingest": ingest,
-                                      "preprocess": preprocess}), encoding="utf-8")
+        output.write_text(
+            json.dumps({"outcome": outcome, "optimizer": optimizer.id, "taken": taken, "ingest": ingest, "preprocess": preprocess}), encoding="utf-8"
+        )
 
     completed = run_main(main, [], server.env)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -206,8 +299,11 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
 def trials_table(api, task_id: str) -> list[dict]:
     """The ``trials`` table the optimizer task reported (its series ``all``, once), row by row (ClearML sends a table as a
     plotly table)."""
-    [event] = [e for e in api.call("events.get_task_events", task=task_id, event_type="plot")["events"]
-               if (e["metric"], e["variant"], e["iter"]) == ("trials", "all", 0)]
+    [event] = [
+        e
+        for e in api.call("events.get_task_events", task=task_id, event_type="plot")["events"]
+        if (e["metric"], e["variant"], e["iter"]) == ("trials", "all", 0)
+    ]
     table = json.loads(event["plot_str"])["data"][0]
     header, columns = table["header"]["values"], table["cells"]["values"]
     return [dict(zip([name for [name] in header], row)) for row in zip(*columns)]
@@ -219,15 +315,21 @@ def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_t
     summary = made["outcome"]
     trials = [task for task in made["taken"] if task["step"] == "train"]
     # five trials (--trials) of the six pairs, in the order --seed gives the grid, none twice, each on --queue under the optimizer
-    grid = GridInTrialOrder({"lora_rank": ["2", "4", "8"], "prompt_length": ["1", "3"], "resume_from_task_id": [""], "max_steps": ["6"],
-                             "eval_every": ["2"]}, seed=2)._grid
+    grid = GridInTrialOrder(
+        {"lora_rank": ["2", "4", "8"], "prompt_length": ["1", "3"], "resume_from_task_id": [""], "max_steps": ["6"], "eval_every": ["2"]}, seed=2
+    )._grid
     pairs = [(trial["args"]["lora_rank"], trial["args"]["prompt_length"]) for trial in trials]
     assert sorted(pairs) == sorted((combination["lora_rank"], combination["prompt_length"]) for combination in grid[:5])
     for trial in trials:
         assert (trial["queue"], trial["parent"]) == ("gpu-q", optimizer)
         # from scratch, with the sweep's flags, on the data and model of the newest completed preprocess task
         assert {name: trial["args"][name] for name in ("resume_from_task_id", "max_steps", "eval_every", "preprocess_task_id", "model")} == {
-            "resume_from_task_id": "", "max_steps": "6", "eval_every": "2", "preprocess_task_id": made["preprocess"], "model": "tiny"}
+            "resume_from_task_id": "",
+            "max_steps": "6",
+            "eval_every": "2",
+            "preprocess_task_id": made["preprocess"],
+            "model": "tiny",
+        }
         assert trial["args"]["learning_rate"] == "0.0003"  # not swept: the template's
     # every trial recorded with its status and lowest loss, in the order it was created
     created = [task["id"] for task in api.tasks(parent=optimizer, order_by=["created"]) if task["type"] == "training"]
@@ -235,8 +337,14 @@ def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_t
     for trial_id in created:
         [trial] = [trial for trial in trials if trial["id"] == trial_id]
         losses, end = TRIALS[(int(trial["args"]["lora_rank"]), int(trial["args"]["prompt_length"]))]
-        expected.append({"task_id": trial_id, "status": end, "value": min(losses, default=None),
-                         "params": {"lora_rank": trial["args"]["lora_rank"], "prompt_length": trial["args"]["prompt_length"]}})
+        expected.append(
+            {
+                "task_id": trial_id,
+                "status": end,
+                "value": min(losses, default=None),
+                "params": {"lora_rank": trial["args"]["lora_rank"], "prompt_length": trial["args"]["prompt_length"]},
+            }
+        )
     assert summary["trials"] == expected
     assert summary["objective"] == {"title": "loss", "series": "validation", "sign": "min"}
     [best] = [trial for trial in trials if (trial["args"]["lora_rank"], trial["args"]["prompt_length"]) == ("2", "3")]
@@ -244,30 +352,53 @@ def test_a_server_sweep_runs_its_grid_on_the_queue_and_evaluates_and_registers_t
     [register] = [task for task in made["taken"] if task["step"] == "register"]
     assert summary["best"] == {"task_id": best["id"], "evaluate_task_id": evaluate["id"], "register_task_id": register["id"]}
     assert (evaluate["queue"], evaluate["parent"], evaluate["args"]["train_task_id"], evaluate["args"]["ingest_task_id"]) == (
-        "gpu-q", optimizer, best["id"], made["ingest"])
+        "gpu-q",
+        optimizer,
+        best["id"],
+        made["ingest"],
+    )
     assert (register["queue"], register["parent"], register["args"]["candidates"], register["args"]["metric"]) == (
-        "cpu-q", optimizer, evaluate["id"], "rouge1")
+        "cpu-q",
+        optimizer,
+        evaluate["id"],
+        "rouge1",
+    )
     own = api.task(optimizer)
     for step in (*trials, evaluate, register):  # the optimizer's own code (the trials' template's too), in its project
         task = api.task(step["id"])
         assert (task["script"]["repository"], task["script"]["version_num"], task["project"]) == (
-            own["script"]["repository"], own["script"]["version_num"], own["project"])
+            own["script"]["repository"],
+            own["script"]["version_num"],
+            own["project"],
+        )
     [template] = api.tasks(project=[own["project"]], name="^train$", status=["created"])  # the trials are its clones
-    assert f"Sweeping {{'lora_rank': [2, 4, 8], 'prompt_length': [1, 3]}} over clones of train task {template['id']} (train) on queue 'gpu-q'." \
+    assert (
+        f"Sweeping {{'lora_rank': [2, 4, 8], 'prompt_length': [1, 3]}} over clones of train task {template['id']} (train) on queue 'gpu-q'."
         in stdout.splitlines()
-    assert f"Best trial {best['id']} ({{'lora_rank': '2', 'prompt_length': '3'}}, validation loss 0.3000); evaluated by {evaluate['id']}, " \
-           f"registered by {register['id']}." in stdout
+    )
+    assert (
+        f"Best trial {best['id']} ({{'lora_rank': '2', 'prompt_length': '3'}}, validation loss 0.3000); evaluated by {evaluate['id']}, "
+        f"registered by {register['id']}." in stdout
+    )
     table = trials_table(api, optimizer)
     assert [(row["task_id"], row["status"], row["lora_rank"], row["prompt_length"], row["best"]) for row in table] == [
-        (trial["task_id"], trial["status"], trial["params"]["lora_rank"], trial["params"]["prompt_length"],
-         "yes" if trial["task_id"] == best["id"] else "") for trial in expected]
+        (
+            trial["task_id"],
+            trial["status"],
+            trial["params"]["lora_rank"],
+            trial["params"]["prompt_length"],
+            "yes" if trial["task_id"] == best["id"] else "",
+        )
+        for trial in expected
+    ]
     assert [row["validation_loss"] for row in table] == ["nan" if trial["value"] is None else trial["value"] for trial in expected]
 
 
 def test_a_server_sweep_whose_trials_all_fail_reports_them_and_stops_in_one_sentence(server, tmp_path):
     failing = {(2, 1): ([0.5], "failed"), (2, 3): ([], "completed")}  # the second completes without a validation loss
-    made, _ = sweep(server, tmp_path, failing, ["--project", PROJECT, "--lora-ranks", "2", "--prompt-lengths", "1,3", "--queue", "gpu-q",
-                                                      "--cpu-queue", "cpu-q"])
+    made, _ = sweep(
+        server, tmp_path, failing, ["--project", PROJECT, "--lora-ranks", "2", "--prompt-lengths", "1,3", "--queue", "gpu-q", "--cpu-queue", "cpu-q"]
+    )
     optimizer = made["optimizer"]
     assert made["outcome"] == f"No trial of optimizer task {optimizer} completed with a loss/validation value; see the trials' logs."
     assert {task["step"] for task in made["taken"]} == {"train"}
@@ -277,10 +408,17 @@ def test_a_server_sweep_whose_trials_all_fail_reports_them_and_stops_in_one_sent
 
 def test_a_sweep_over_a_train_task_that_resumed_trains_from_scratch_and_stops_in_one_sentence_when_its_evaluation_is_aborted(server, tmp_path):
     """The evaluation stopped (aborted in the UI): ClearML's wait would go on for a completion that never comes."""
-    made, _ = sweep(server, tmp_path, {(2, 3): ([0.4], "completed"), "evaluate": ([], "stopped")},
-                    ["--project", PROJECT, "--lora-ranks", "2", "--prompt-lengths", "3", "--queue", "gpu-q", "--cpu-queue", "cpu-q"],
-                    template_args={"model": "tiny", "resume_from_task_id": "an-earlier-train", "lora_rank": "8", "prompt_length": "20"})
+    made, _ = sweep(
+        server,
+        tmp_path,
+        {(2, 3): ([0.4], "completed"), "evaluate": ([], "stopped")},
+        ["--project", PROJECT, "--lora-ranks", "2", "--prompt-lengths", "3", "--queue", "gpu-q", "--cpu-queue", "cpu-q"],
+        template_args={"model": "tiny", "resume_from_task_id": "an-earlier-train", "lora_rank": "8", "prompt_length": "20"},
+    )
     [trial, evaluate] = made["taken"]
     assert (trial["step"], trial["args"]["resume_from_task_id"], trial["args"]["model"]) == ("train", "", "tiny")
-    assert made["outcome"] == f"The sweep's evaluate task {evaluate['id']} ended with status stopped (queue 'gpu-q'); its log in the ClearML UI says why."
+    assert (
+        made["outcome"]
+        == f"The sweep's evaluate task {evaluate['id']} ended with status stopped (queue 'gpu-q'); its log in the ClearML UI says why."
+    )
     assert server.api.task(made["optimizer"])["status"] == "failed"

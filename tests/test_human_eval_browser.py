@@ -9,14 +9,13 @@ import urllib.request
 
 import pandas as pd
 import pytest
+from browser import headless_chromium
+from rating_sessions import SYSTEMS, free_port, rating_commands, serving, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-
-from browser import headless_chromium
-from rating_sessions import SYSTEMS, free_port, rating_commands, serving, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
 
 from components.human_eval.session import assign, items_from_evaluations
 from components.human_eval.store import RatingStore
@@ -46,7 +45,8 @@ def count_shown(driver) -> str:
 def wait_for_count(driver, expected: str) -> None:
     # The element goes stale as the page is replaced after a vote: read it again.
     WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
-        lambda d: count_shown(d) == expected, f"the page never showed {expected}")
+        lambda d: count_shown(d) == expected, f"the page never showed {expected}"
+    )
 
 
 def vote_with_key(driver, key: str, done: int, total: int) -> tuple[str, str]:
@@ -61,8 +61,25 @@ def vote_with_key(driver, key: str, done: int, total: int) -> tuple[str, str]:
 def test_a_rater_votes_with_the_keyboard_through_a_server_kill_and_each_vote_is_stored_once(tmp_path, browser, clearml_home, rating_commands):
     paths = write_evaluations(tmp_path)
     session, output = tmp_path / "session.sqlite", tmp_path / "out"
-    arguments = ["--local", "--predictions", ",".join(str(p.parent) for p in paths.values()), "--raters", "anna", "--overlap", "1",
-                 "--items", "10", "--seed", "5", "--session", str(session), "--port", str(free_port()), "--output-dir", str(output)]
+    arguments = [
+        "--local",
+        "--predictions",
+        ",".join(str(p.parent) for p in paths.values()),
+        "--raters",
+        "anna",
+        "--overlap",
+        "1",
+        "--items",
+        "10",
+        "--seed",
+        "5",
+        "--session",
+        str(session),
+        "--port",
+        str(free_port()),
+        "--output-dir",
+        str(output),
+    ]
     planned = ["left", "right", "tie", "both_bad", "right", "left", "tie", "both_bad", "left", "right"]
     command = rating_commands(clearml_home, arguments)
     browser.get(command.links["anna"])
@@ -88,14 +105,17 @@ def test_a_rater_votes_with_the_keyboard_through_a_server_kill_and_each_vote_is_
     assert command.wait() == 0, "".join(command.output)  # every vote in: the command reports and ends by itself
 
     with sqlite3.connect(session) as database:  # the store itself, not the command's report
-        stored = database.execute("SELECT a.position, v.choice, a.left_system FROM votes v JOIN assignments a "
-                                  "ON a.rater = v.rater AND a.item_id = v.item_id ORDER BY a.position").fetchall()
+        stored = database.execute(
+            "SELECT a.position, v.choice, a.left_system FROM votes v JOIN assignments a "
+            "ON a.rater = v.rater AND a.item_id = v.item_id ORDER BY a.position"
+        ).fetchall()
     assert [(position, choice) for position, choice, _ in stored] == list(enumerate(planned))
     assert [left for *_, left in stored] == [system_of(left) for left, _ in shown]
     ratings = pd.read_csv(output / "ratings.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert len(ratings) == 10 and ratings["item"].is_unique
-    expected_preferred = [system_of({"left": left, "right": right}[choice]) if choice in ("left", "right") else choice
-                          for (left, right), choice in zip(shown, planned)]
+    expected_preferred = [
+        system_of({"left": left, "right": right}[choice]) if choice in ("left", "right") else choice for (left, right), choice in zip(shown, planned)
+    ]
     assert ratings.sort_values("position", key=lambda p: p.astype(int))["preferred"].tolist() == expected_preferred
 
 
@@ -130,8 +150,10 @@ def test_two_raters_vote_at_the_same_time_and_every_vote_counts(tmp_path):
             thread.join(timeout=120)
     assert not failures
     with sqlite3.connect(store.path) as database:
-        stored = database.execute("SELECT v.rater, a.position, v.choice FROM votes v JOIN assignments a "
-                                  "ON a.rater = v.rater AND a.item_id = v.item_id ORDER BY v.rater, a.position").fetchall()
+        stored = database.execute(
+            "SELECT v.rater, a.position, v.choice FROM votes v JOIN assignments a "
+            "ON a.rater = v.rater AND a.item_id = v.item_id ORDER BY v.rater, a.position"
+        ).fetchall()
     assert stored == [(rater, position, choice) for rater, plan in sorted(plans.items()) for position, choice in enumerate(plan)]
 
 

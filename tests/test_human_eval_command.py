@@ -17,22 +17,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_script
+from rating_sessions import page, rating_commands, shown_item, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
+from readme_commands import the_command
+
 from components.errors import UserError
 from components.human_eval.label_studio import export_project, import_votes
 from components.human_eval.session import assign, items_from_evaluations
 from components.human_eval.store import RatingStore
-from rating_sessions import page, rating_commands, shown_item, system_of, write_evaluations  # noqa: F401 (rating_commands is a fixture)
-from readme_commands import the_command
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def wilson(count: int, total: int) -> tuple[float, float]:
     """The Wilson score interval by its formula (Wilson 1927), not through scipy."""
-    p, z2 = count / total, Z95 ** 2
-    centre, half = (p + z2 / (2 * total)) / (1 + z2 / total), Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total ** 2)) / (1 + z2 / total)
+    p, z2 = count / total, Z95**2
+    centre, half = (p + z2 / (2 * total)) / (1 + z2 / total), Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total**2)) / (1 + z2 / total)
     return centre - half, centre + half
 
 
@@ -41,7 +41,9 @@ def offline_events(cache: Path, task_id: str) -> list[dict]:
     return [event for line in lines for event in json.loads(line)]
 
 
-def test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the_task_holds_the_verdict(tiny_pipeline, clearml_home, rating_commands, tmp_path):
+def test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the_task_holds_the_verdict(
+    tiny_pipeline, clearml_home, rating_commands, tmp_path
+):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
     evaluate_id = summary["task_ids"]["evaluate"]
     predictions = pd.read_csv(tiny_pipeline / "evaluate" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
@@ -50,8 +52,9 @@ def test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the
     assert arguments[arguments.index("--evaluate-task-ids") + 1] == evaluate_id
     raters = arguments[arguments.index("--raters") + 1].split(",")
     session, output = tmp_path / "session.sqlite", tmp_path / "out"
-    command = rating_commands(clearml_home, [*arguments, "--session", str(session), "--port", "0", "--host", "localhost",
-                                           "--output-dir", str(output)])
+    command = rating_commands(
+        clearml_home, [*arguments, "--session", str(session), "--port", "0", "--host", "localhost", "--output-dir", str(output)]
+    )
     assert sorted(command.links) == sorted(raters) and all(link.startswith("http://localhost:") for link in command.links.values())
     for wrong in (command.results.rsplit("/", 1)[0] + "/not-the-token", command.links[raters[0]] + "x"):
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -89,21 +92,27 @@ def test_one_command_rates_the_tiny_pipelines_evaluation_with_two_raters_and_the
     artifacts = next((cache / "offline" / task_id / "data").glob("*/*/artifacts"))
     ratings = pd.read_csv(artifacts / "ratings" / "ratings.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert sorted(zip(ratings["rater"], ratings["row"].astype(int), ratings["preferred"])) == sorted(
-        (rater, row, verdict) for rater, by_row in verdicts.items() for row, verdict in by_row.items())
+        (rater, row, verdict) for rater, by_row in verdicts.items() for row, verdict in by_row.items()
+    )
 
     every = [verdict for by_row in verdicts.values() for verdict in by_row.values()]
     tally, total = Counter(every), len(every)
     statistics = json.loads((artifacts / "human_evaluation" / "human_evaluation.json").read_text())
     [pair] = statistics["pairs"]
     assert (pair["system"], pair["other"], pair["wins"]["count"], pair["losses"]["count"], pair["ties"]["count"]) == (
-        "base", "tuned", tally["base"], tally["tuned"], tally["tie"])
+        "base",
+        "tuned",
+        tally["base"],
+        tally["tuned"],
+        tally["tie"],
+    )
     assert (pair["wins"]["low"], pair["wins"]["high"]) == pytest.approx(wilson(tally["base"], total), abs=1e-12)
     decisive = sides["left"] + sides["right"]
     assert statistics["position_bias"]["rate"] == pytest.approx(sides["left"] / decisive)
 
     first, second = ([verdicts[r][row] for row in range(rows)] for r in raters)
     observed = sum(a == b for a, b in zip(first, second)) / rows
-    chance = sum(first.count(label) * second.count(label) for label in set(first) | set(second)) / rows ** 2
+    chance = sum(first.count(label) * second.count(label) for label in set(first) | set(second)) / rows**2
     assert 0 < observed < 1 and statistics["agreement"]["cohen_kappa"] == pytest.approx((observed - chance) / (1 - chance))
 
     single = {e["variant"]: e["value"] for e in offline_events(cache, task_id) if e["metric"] == "Summary"}
@@ -123,8 +132,17 @@ LS_SYSTEMS = {"r4": "ответ ранга 4", "r8": "ответ ранга 8", 
 
 def test_a_session_goes_to_label_studio_and_its_export_comes_back_into_the_same_statistics(clearml_home, tmp_path):
     paths = write_evaluations(tmp_path / "evaluations", rows=6, systems=LS_SYSTEMS)
-    options = ["--local", "--predictions", ",".join(str(p.parent) for p in paths.values()), "--items", "9", "--seed", "3",
-               "--session", str(tmp_path / "session.sqlite")]
+    options = [
+        "--local",
+        "--predictions",
+        ",".join(str(p.parent) for p in paths.values()),
+        "--items",
+        "9",
+        "--seed",
+        "3",
+        "--session",
+        str(tmp_path / "session.sqlite"),
+    ]
     run_script(clearml_home, "steps/rate.py", *options, "--label-studio-export", str(tmp_path / "project"))
     config = ElementTree.parse(tmp_path / "project" / "label_config.xml").getroot()
     tasks = json.loads((tmp_path / "project" / "tasks.json").read_text())
@@ -149,21 +167,39 @@ def test_a_session_goes_to_label_studio_and_its_export_comes_back_into_the_same_
             result.append({"from_name": "no_preference", "to_name": "left", "type": "choices", "value": {"choices": ["Both bad"]}})
         if not cancelled:
             expected.append((left, right, "both_bad" if both_bad else {"left": left, "right": right}[side]))
-        return {"id": len(expected), "completed_by": annotator, "result": [] if cancelled else result, "was_cancelled": cancelled,
-                "created_at": "2026-12-01T10:00:00Z"}
+        return {
+            "id": len(expected),
+            "completed_by": annotator,
+            "result": [] if cancelled else result,
+            "was_cancelled": cancelled,
+            "created_at": "2026-12-01T10:00:00Z",
+        }
 
-    export = [{"id": 100 + n, **task, "annotations": [annotation(7, task, True),
-                                                      annotation({"id": 8, "email": "b@example.org"}, task, False, both_bad=n == 2, cancelled=n == 5)]}
-              for n, task in enumerate(tasks)]
+    export = [
+        {
+            "id": 100 + n,
+            **task,
+            "annotations": [
+                annotation(7, task, True),
+                annotation({"id": 8, "email": "b@example.org"}, task, False, both_bad=n == 2, cancelled=n == 5),
+            ],
+        }
+        for n, task in enumerate(tasks)
+    ]
     (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False))
-    imported = run_script(clearml_home, "steps/rate.py", *options, "--label-studio-import", str(tmp_path / "export.json"),
-                          "--output-dir", str(tmp_path / "out"))
+    imported = run_script(
+        clearml_home, "steps/rate.py", *options, "--label-studio-import", str(tmp_path / "export.json"), "--output-dir", str(tmp_path / "out")
+    )
     assert "17 votes (imported from Label Studio)" in imported.stdout
     statistics = json.loads((tmp_path / "out" / "human_evaluation.json").read_text())
     for pair in statistics["pairs"]:
         votes = [verdict for left, right, verdict in expected if {left, right} == {pair["system"], pair["other"]}]
         assert (pair["wins"]["count"], pair["losses"]["count"], pair["both_bad"]["count"], pair["wins"]["total"]) == (
-            votes.count(pair["system"]), votes.count(pair["other"]), votes.count("both_bad"), len(votes))
+            votes.count(pair["system"]),
+            votes.count(pair["other"]),
+            votes.count("both_bad"),
+            len(votes),
+        )
     strengths = statistics["bradley_terry"]
     assert sorted(strengths) == sorted(LS_SYSTEMS) and sum(s["strength"] for s in strengths.values()) == pytest.approx(0, abs=1e-9)
     ratings = pd.read_csv(tmp_path / "out" / "ratings.tsv", sep="\t", dtype=str, keep_default_na=False)
@@ -174,15 +210,25 @@ def test_a_session_continues_with_its_options_and_refuses_others(clearml_home, t
     """Continuing with the same options is the browser test's restart; here: what the options change, and the refusal."""
     paths = write_evaluations(tmp_path / "evaluations", rows=6)
     session = tmp_path / "session.sqlite"
-    options = ["--local", "--predictions", ",".join(str(p.parent) for p in paths.values()), "--raters", "anna,boris,vera",
-               "--overlap", "1", "--session", str(session)]
+    options = [
+        "--local",
+        "--predictions",
+        ",".join(str(p.parent) for p in paths.values()),
+        "--raters",
+        "anna,boris,vera",
+        "--overlap",
+        "1",
+        "--session",
+        str(session),
+    ]
     run_script(clearml_home, "steps/rate.py", *options, "--label-studio-export", str(tmp_path / "project"))
     with sqlite3.connect(session) as database:
         per_item = database.execute("SELECT count(*) FROM assignments GROUP BY item_id").fetchall()
     assert per_item == [(1,)] * 6  # --overlap 1: each item to one rater
 
-    other_seed = run_script(clearml_home, "steps/rate.py", *options[:-1], str(tmp_path / "other.sqlite"), "--seed", "9",
-                            "--label-studio-export", str(tmp_path / "other"))
+    other_seed = run_script(
+        clearml_home, "steps/rate.py", *options[:-1], str(tmp_path / "other.sqlite"), "--seed", "9", "--label-studio-export", str(tmp_path / "other")
+    )
     assert "A new session" in other_seed.stdout
     assert (tmp_path / "other" / "tasks.json").read_text() != (tmp_path / "project" / "tasks.json").read_text()  # --seed draws again
 
@@ -194,9 +240,24 @@ def test_a_session_continues_with_its_options_and_refuses_others(clearml_home, t
 
 def test_a_stopped_session_reports_the_votes_it_has(clearml_home, rating_commands, tmp_path):
     paths = write_evaluations(tmp_path / "evaluations", rows=6)
-    command = rating_commands(clearml_home, ["--local", "--predictions", ",".join(str(p.parent) for p in paths.values()), "--raters", "anna",
-                                           "--overlap", "1", "--session", str(tmp_path / "session.sqlite"), "--port", "0",
-                                           "--output-dir", str(tmp_path / "out")])
+    command = rating_commands(
+        clearml_home,
+        [
+            "--local",
+            "--predictions",
+            ",".join(str(p.parent) for p in paths.values()),
+            "--raters",
+            "anna",
+            "--overlap",
+            "1",
+            "--session",
+            str(tmp_path / "session.sqlite"),
+            "--port",
+            "0",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+    )
     link = command.links["anna"]
     for choice in ("left", "both_bad"):
         page(link, {"position": shown_item(page(link))["position"], "choice": choice})
@@ -212,8 +273,12 @@ def test_a_label_studio_export_of_another_project_is_refused_in_one_sentence(tmp
     store = RatingStore.create(tmp_path / "session.sqlite", items, assign(items, ["anna"], 1, seed=0), {"seed": "0"})
     [_, tasks_path] = export_project(store, tmp_path / "project")
     tasks = json.loads(tasks_path.read_text())
-    cases = {"not json": "{", "no list": "{}", "no meta": json.dumps([{"data": tasks[0]["data"]}]),
-             "another session": json.dumps([{**tasks[0], "data": {**tasks[0]["data"], "left": "чужой ответ"}}])}
+    cases = {
+        "not json": "{",
+        "no list": "{}",
+        "no meta": json.dumps([{"data": tasks[0]["data"]}]),
+        "another session": json.dumps([{**tasks[0], "data": {**tasks[0]["data"], "left": "чужой ответ"}}]),
+    }
     messages = {}
     for case, text in cases.items():
         (tmp_path / f"{case}.json").write_text(text)

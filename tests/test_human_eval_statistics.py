@@ -12,9 +12,7 @@ import pytest
 from scipy.optimize import minimize
 
 from components.errors import UserError
-from components.human_eval.statistics import (
-    BT_PENALTY, Vote, agreement, bradley_terry, metric_agreement, pair_outcomes, position_bias, wilson,
-)
+from components.human_eval.statistics import BT_PENALTY, Vote, agreement, bradley_terry, metric_agreement, pair_outcomes, position_bias, wilson
 
 
 def vote(item, rater, preferred, systems=("a", "b"), flip=False) -> Vote:
@@ -52,8 +50,11 @@ def test_cohens_kappa_is_the_textbook_example_whatever_the_left_right_order():
     """50 items, two raters: 20 both prefer a, 5 only the first does, 10 only the second, 15 both prefer b: p_o 0.7,
     p_e 0.5, kappa 0.4 (the example of Wikipedia's "Cohen's kappa"). Each rater saw the pair in an order of its own."""
     pattern = [("a", "a")] * 20 + [("a", "b")] * 5 + [("b", "a")] * 10 + [("b", "b")] * 15
-    votes = [vote(item, rater, preferred, flip=(item + rank) % 3 == 0)
-             for item, verdicts in enumerate(pattern) for rank, (rater, preferred) in enumerate(zip(("r1", "r2"), verdicts))]
+    votes = [
+        vote(item, rater, preferred, flip=(item + rank) % 3 == 0)
+        for item, verdicts in enumerate(pattern)
+        for rank, (rater, preferred) in enumerate(zip(("r1", "r2"), verdicts))
+    ]
     result = agreement(votes)
     assert (result["items"], result["raters"]) == (50, 2)
     assert result["cohen_kappa"] == pytest.approx(0.4, abs=1e-12)
@@ -62,8 +63,12 @@ def test_cohens_kappa_is_the_textbook_example_whatever_the_left_right_order():
 def test_the_krippendorff_package_gives_krippendorffs_worked_example():
     """Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 observers, 12 units, nominal alpha 0.743."""
     n = np.nan
-    data = [[1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
-            [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]]
+    data = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+        [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n],
+    ]
     assert round(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"), 3) == 0.743
 
 
@@ -87,8 +92,16 @@ def nominal_alpha_by_hand(verdicts: dict[str, list[str]]) -> float:
 @pytest.mark.numeric
 def test_krippendorffs_alpha_of_three_raters_is_the_coincidence_formula():
     """Three raters, items rated by two or three, one rated once (left out), systems in both orders."""
-    plan = {0: ["a", "a", "a"], 1: ["a", "b", "a"], 2: ["tie", "tie"], 3: ["b", "b", "both_bad"], 4: ["a"], 5: ["b", "a"],
-            6: ["both_bad", "both_bad", "b"], 7: ["a", "a"]}
+    plan = {
+        0: ["a", "a", "a"],
+        1: ["a", "b", "a"],
+        2: ["tie", "tie"],
+        3: ["b", "b", "both_bad"],
+        4: ["a"],
+        5: ["b", "a"],
+        6: ["both_bad", "both_bad", "b"],
+        7: ["a", "a"],
+    }
     votes = [vote(item, f"r{rank}", preferred, flip=(item + rank) % 2 == 1) for item, labels in plan.items() for rank, preferred in enumerate(labels)]
     result = agreement(votes)
     assert (result["items"], result["raters"], result["cohen_kappa"]) == (7, 3, None)
@@ -109,7 +122,7 @@ def penalised_fit_by_hand(systems: list[str], decisive: list[tuple[str, str]]) -
     index = {name: i for i, name in enumerate(systems)}
 
     def objective(s):
-        return BT_PENALTY * np.sum(s ** 2) + sum(np.logaddexp(0, -(s[index[winner]] - s[index[loser]])) for winner, loser in decisive)
+        return BT_PENALTY * np.sum(s**2) + sum(np.logaddexp(0, -(s[index[winner]] - s[index[loser]])) for winner, loser in decisive)
 
     fitted = minimize(objective, np.zeros(len(systems)), method="BFGS", options={"gtol": 1e-10}).x
     return {name: fitted[i] - fitted.mean() for name, i in index.items()}
@@ -140,7 +153,9 @@ def test_the_bradley_terry_interval_is_the_percentile_bootstrap_over_resampled_v
     systems = ["a", "b", "c"]
 
     def fit(sample):
-        pairs = [(systems.index(v.preferred), systems.index(v.right if v.choice == "left" else v.left)) for v in sample if v.choice in ("left", "right")]
+        pairs = [
+            (systems.index(v.preferred), systems.index(v.right if v.choice == "left" else v.left)) for v in sample if v.choice in ("left", "right")
+        ]
         strengths = choix.opt_pairwise(len(systems), pairs, alpha=BT_PENALTY)
         return strengths - strengths.mean()
 
@@ -164,8 +179,11 @@ def test_two_systems_strength_gap_is_the_log_odds_of_their_wins():
 
 
 def test_pair_outcomes_count_each_pairs_votes_from_its_first_systems_side():
-    votes = ([vote(i, "r", "a", flip=i % 2 == 0) for i in range(5)] + [vote(10, "r", "b"), vote(11, "r", "tie"), vote(12, "r", "both_bad", flip=True)]
-             + [vote(20, "r", "c", systems=("c", "a"))])
+    votes = (
+        [vote(i, "r", "a", flip=i % 2 == 0) for i in range(5)]
+        + [vote(10, "r", "b"), vote(11, "r", "tie"), vote(12, "r", "both_bad", flip=True)]
+        + [vote(20, "r", "c", systems=("c", "a"))]
+    )
     ab, ac = pair_outcomes(votes)
     assert (ab.system, ab.other, ab.wins.count, ab.ties.count, ab.both_bad.count, ab.losses.count) == ("a", "b", 5, 1, 1, 1)
     assert ab.wins.total == 8 and ab.wins.rate == 5 / 8 and (ab.wins.low, ab.wins.high) == (wilson(5, 8).low, wilson(5, 8).high)
@@ -180,13 +198,19 @@ def test_position_bias_is_how_often_the_left_answer_wins_among_decisive_votes():
 
 def test_a_metric_agrees_where_it_scores_the_raters_majority_answer_higher():
     """Items left out come first, so that leaving one out does not end the count."""
-    votes = [vote(3, "r1", "a"), vote(3, "r2", "b"),  # no majority: left out
-             vote(5, "r1", "a"),  # the metric scores both alike: left out
-             vote(4, "r1", "tie"), vote(4, "r2", "tie"),  # no system preferred: left out
-             vote(1, "r1", "a"), vote(1, "r2", "a", flip=True), vote(1, "r3", "b"),  # majority a
-             vote(2, "r1", "b"), vote(2, "r2", "b")]  # majority b
-    scores = {"1": {"a": 0.6, "b": 0.2}, "2": {"a": 0.5, "b": 0.1}, "3": {"a": 0.1, "b": 0.9}, "4": {"a": 0.3, "b": 0.2},
-              "5": {"a": 0.4, "b": 0.4}}
+    votes = [
+        vote(3, "r1", "a"),
+        vote(3, "r2", "b"),  # no majority: left out
+        vote(5, "r1", "a"),  # the metric scores both alike: left out
+        vote(4, "r1", "tie"),
+        vote(4, "r2", "tie"),  # no system preferred: left out
+        vote(1, "r1", "a"),
+        vote(1, "r2", "a", flip=True),
+        vote(1, "r3", "b"),  # majority a
+        vote(2, "r1", "b"),
+        vote(2, "r2", "b"),
+    ]  # majority b
+    scores = {"1": {"a": 0.6, "b": 0.2}, "2": {"a": 0.5, "b": 0.1}, "3": {"a": 0.1, "b": 0.9}, "4": {"a": 0.3, "b": 0.2}, "5": {"a": 0.4, "b": 0.4}}
     agreeing = metric_agreement(votes, scores)
     assert (agreeing.count, agreeing.total) == (1, 2)
 
@@ -200,11 +224,17 @@ def three_systems_session():
     """Items pairing three systems on two test rows, and votes of two raters, both orders shown."""
     from components.human_eval.session import PairItem
 
-    items = [PairItem(f"{row}:{a}:{b}", row, f"вопрос {row}", "", f"ответ {row}", a, f"ответ {row}" if a == "a" else f"{a} {row}", b, f"{b} {row}")
-             for row in range(2) for a, b in (("a", "b"), ("a", "c"), ("b", "c"))]
+    items = [
+        PairItem(f"{row}:{a}:{b}", row, f"вопрос {row}", "", f"ответ {row}", a, f"ответ {row}" if a == "a" else f"{a} {row}", b, f"{b} {row}")
+        for row in range(2)
+        for a, b in (("a", "b"), ("a", "c"), ("b", "c"))
+    ]
     preferred = {"0:a:b": "a", "0:a:c": "a", "0:b:c": "tie", "1:a:b": "b", "1:a:c": "a", "1:b:c": "c"}
-    votes = [vote(item.id, rater, preferred[item.id], systems=(item.system_a, item.system_b), flip=(rank + item.row) % 2 == 1)
-             for item in items for rank, rater in enumerate(("r1", "r2"))]
+    votes = [
+        vote(item.id, rater, preferred[item.id], systems=(item.system_a, item.system_b), flip=(rank + item.row) % 2 == 1)
+        for item in items
+        for rank, rater in enumerate(("r1", "r2"))
+    ]
     return items, votes
 
 
@@ -268,15 +298,26 @@ def test_the_task_reports_each_statistic_under_its_name_with_the_tables_and_the_
     summary = summarise(votes, items, bootstrap=20, seed=3)
     logger = RecordingLogger()
     report_summary(type("Task", (), {"get_logger": lambda self: logger})(), summary)
-    expected = {"votes": 12, "position bias (left wins)": summary.position_bias.rate, "cohen kappa": summary.agreement["cohen_kappa"],
-                "krippendorff alpha": summary.agreement["krippendorff_alpha"]}
+    expected = {
+        "votes": 12,
+        "position bias (left wins)": summary.position_bias.rate,
+        "cohen kappa": summary.agreement["cohen_kappa"],
+        "krippendorff alpha": summary.agreement["krippendorff_alpha"],
+    }
     for o in summary.outcomes:
-        expected |= {f"{o.system} vs {o.other}: {kind}": getattr(o, field).rate
-                     for kind, field in (("wins", "wins"), ("ties", "ties"), ("both bad", "both_bad"), ("losses", "losses"))}
+        expected |= {
+            f"{o.system} vs {o.other}: {kind}": getattr(o, field).rate
+            for kind, field in (("wins", "wins"), ("ties", "ties"), ("both bad", "both_bad"), ("losses", "losses"))
+        }
     expected |= {f"{name} agrees with raters": share.rate for name, share in summary.metric_agreement.items() if share.total}
     assert logger.values == pytest.approx(expected)
     pairs = logger.tables[("human evaluation", "pairs", 0)]
-    assert list(pairs.columns) == ["system", "other", "votes", *(f"{k}{s}" for k in ("wins", "ties", "both_bad", "losses") for s in ("", " low", " high"))]
+    assert list(pairs.columns) == [
+        "system",
+        "other",
+        "votes",
+        *(f"{k}{s}" for k in ("wins", "ties", "both_bad", "losses") for s in ("", " low", " high")),
+    ]
     assert pairs[["system", "other", "votes"]].values.tolist() == [["a", "b", 4], ["a", "c", 4], ["b", "c", 4]]
     for kind in ("wins", "ties", "both_bad", "losses"):
         shares = [getattr(o, kind) for o in summary.outcomes]
@@ -342,8 +383,8 @@ def test_the_plot_draws_each_pairs_shares_with_their_intervals_under_its_name():
 def test_the_human_win_rate_goes_on_each_registered_model_of_a_rated_train_task(monkeypatch):
     """``tuned`` of one evaluate task, or each of several evaluate tasks by its id; an evaluation without a train task,
     or a system without votes, gives no metadata."""
-    from clearml_adapter import tracking
     from clearml_adapter import human_evaluation as reporting
+    from clearml_adapter import tracking
     from components.human_eval.session import PairItem
     from components.human_eval.summary import summarise
 
@@ -362,12 +403,20 @@ def test_the_human_win_rate_goes_on_each_registered_model_of_a_rated_train_task(
     tuned = session(("base", "tuned"), ["tuned", "tuned", "base", "tie"])  # tuned: 2 of 4
     assert reporting.add_win_rates_to_registered_models(task, tuned, ["evaluate-1"]) == ["model-1a", "model-1b"]
     share = wilson(2, 4)
-    assert written == [(m, {"human_win_rate": share.rate, "human_votes": 4, "human_evaluation_task_id": "rating-task"}) for m in ("model-1a", "model-1b")]
+    assert written == [
+        (m, {"human_win_rate": share.rate, "human_votes": 4, "human_evaluation_task_id": "rating-task"}) for m in ("model-1a", "model-1b")
+    ]
 
     written.clear()
     several = session(("evaluate-1", "evaluate-2"), ["evaluate-2", "evaluate-2", "evaluate-1"])
     # evaluate-3 trained nothing registered, evaluate-4 had no votes in this session; the tasks after them still count
     assert reporting.add_win_rates_to_registered_models(task, several, ["evaluate-1", "evaluate-3", "evaluate-4", "evaluate-2"]) == [
-        "model-1a", "model-1b", "model-2"]
+        "model-1a",
+        "model-1b",
+        "model-2",
+    ]
     assert [(m, metadata["human_win_rate"], metadata["human_votes"]) for m, metadata in written] == [
-        ("model-1a", wilson(1, 3).rate, 3), ("model-1b", wilson(1, 3).rate, 3), ("model-2", wilson(2, 3).rate, 3)]
+        ("model-1a", wilson(1, 3).rate, 3),
+        ("model-1b", wilson(1, 3).rate, 3),
+        ("model-2", wilson(2, 3).rate, 3),
+    ]

@@ -13,7 +13,6 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-
 from forked import exited_cleanly, start_child, wait_children
 
 from components.errors import UserError
@@ -65,14 +64,19 @@ def test_predictions_that_are_not_an_evaluations_are_one_sentence_and_texts_stay
     assert str(error.value) == "Give at least two evaluations to compare (or one that also scored the untuned base)."
     with pytest.raises(UserError) as error:
         items_from_evaluation(predictions(tmp_path / "no-base.tsv", "c", base=None))
-    assert str(error.value) == (f"{tmp_path / 'no-base.tsv'} holds no base_prediction column: that evaluation did not score the untuned base "
-                                "(--compare-base false); give two evaluations to compare instead.")
+    assert str(error.value) == (
+        f"{tmp_path / 'no-base.tsv'} holds no base_prediction column: that evaluation did not score the untuned base "
+        "(--compare-base false); give two evaluations to compare instead."
+    )
     # "NA", "None", "1,5" and "007" are answers, not missing values or numbers; the file's separator is the tab.
     rows = [("NA", "None", "1,5"), ("007", "a,b", "c")]
     frame = pd.DataFrame(rows, columns=["instruction", "input", "output"]).assign(prediction=["NA", "1,5"], base_prediction=["1.50", "007"])
     frame.to_csv(tmp_path / "texts.tsv", sep="\t", index=False)
     items = items_from_evaluation(tmp_path / "texts.tsv")
-    assert [(i.instruction, i.input, i.reference, i.answer_a, i.answer_b) for i in items] == [("NA", "None", "1,5", "NA", "1.50"), ("007", "a,b", "c", "1,5", "007")]
+    assert [(i.instruction, i.input, i.reference, i.answer_a, i.answer_b) for i in items] == [
+        ("NA", "None", "1,5", "NA", "1.50"),
+        ("007", "a,b", "c", "1,5", "007"),
+    ]
 
 
 def test_a_shorter_evaluation_differs_where_it_ends(tmp_path):
@@ -178,7 +182,8 @@ def test_the_store_shows_each_item_as_drawn_and_gives_back_each_vote_as_cast(tmp
     assert store.item_at("ann", len(items)) is None
     assert sorted(positions.values()) == list(range(len(items)))
     assert {rating["item"]: (rating["position"], rating["row"]) for rating in store.ratings()} == {
-        item_id: (position, by_id[item_id].row) for item_id, position in positions.items()}  # where the rater saw it, and its test row
+        item_id: (position, by_id[item_id].row) for item_id, position in positions.items()
+    }  # where the rater saw it, and its test row
     for rating in store.ratings():
         shown_left = rating["left_system"]
         assert rating["comment"] == "" and rating["preferred"] == (shown_left if rating["choice"] == "left" else rating["right_system"])

@@ -12,21 +12,24 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from rating_sessions import free_port, serving
 
 from components.errors import UserError
 from components.human_eval import web
 from components.human_eval.session import PairItem, assign
 from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
-from rating_sessions import free_port, serving
 
 ROWS = 4
 
 
 @pytest.fixture
 def store(tmp_path) -> RatingStore:
-    items = [PairItem(f"{row}:a:b", row, f"Инструкция {row}", f"вход {row}", f"эталон {row}", a, f"ответ {a} {row}", b, f"ответ {b} {row}")
-             for row in range(ROWS) for a, b in [("a", "b")]]
+    items = [
+        PairItem(f"{row}:a:b", row, f"Инструкция {row}", f"вход {row}", f"эталон {row}", a, f"ответ {a} {row}", b, f"ответ {b} {row}")
+        for row in range(ROWS)
+        for a, b in [("a", "b")]
+    ]
     return RatingStore.create(tmp_path / "session.sqlite", items, assign(items, ["anna", "boris"], 2, seed=1), {"seed": "1"})
 
 
@@ -52,8 +55,12 @@ def test_a_rater_sees_the_next_item_votes_once_and_is_sent_back_to_the_page(stor
     shown = store.next_item("anna")
     assert position_on(text) == str(shown.position) and html.escape(shown.left_answer) in text and "0 / 4" in text
     buttons = re.findall(r'<button type="submit" name="choice" value="(\w+)" data-keys="([^"]+)">([^<]+) <kbd>', text)
-    assert buttons == [("left", "1 ArrowLeft", "Left is better"), ("tie", "3 t", "Equally good"), ("both_bad", "4 b", "Both bad"),
-                       ("right", "2 ArrowRight", "Right is better")]
+    assert buttons == [
+        ("left", "1 ArrowLeft", "Left is better"),
+        ("tie", "3 t", "Equally good"),
+        ("both_bad", "4 b", "Both bad"),
+        ("right", "2 ArrowRight", "Right is better"),
+    ]
 
     voted = client.post(link, data={"position": position_on(text), "choice": "right", "comment": "  " + "ж" * 2500 + "  "})
     assert (voted.status_code, voted.headers["Location"]) == (303, link)
@@ -65,9 +72,17 @@ def test_a_rater_sees_the_next_item_votes_once_and_is_sent_back_to_the_page(stor
     assert "1 / 4" in client.get(link).get_data(as_text=True)
 
 
-@pytest.mark.parametrize("form", [{"choice": "left"}, {"position": "0"}, {"position": "0", "choice": "middle"},
-                                  {"position": "x", "choice": "left"}, {"position": "-1", "choice": "left"},
-                                  {"position": str(ROWS), "choice": "left"}])
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"choice": "left"},
+        {"position": "0"},
+        {"position": "0", "choice": "middle"},
+        {"position": "x", "choice": "left"},
+        {"position": "-1", "choice": "left"},
+        {"position": str(ROWS), "choice": "left"},
+    ],
+)
 def test_a_vote_without_an_item_of_the_rater_or_a_choice_is_400_and_stores_nothing(store, client, votes_seen, form):
     response = client.post(f"/r/{store.tokens()['anna']}", data=form)
     assert response.status_code == 400 and store.ratings() == [] and votes_seen == []
@@ -75,17 +90,33 @@ def test_a_vote_without_an_item_of_the_rater_or_a_choice_is_400_and_stores_nothi
 
 def test_any_other_token_is_404_and_every_response_carries_the_security_headers(store, client):
     rater, results = store.tokens()["anna"], store.setting("results_token")
-    responses = {"unknown rater": client.get("/r/nobody"), "unknown voter": client.post("/r/nobody", data={"position": "0", "choice": "left"}),
-                 "a rater's token for the results": client.get(f"/results/{rater}"), "results": client.get(f"/results/{results}"),
-                 "page": client.get(f"/r/{rater}"), "bad vote": client.post(f"/r/{rater}"),
-                 "vote": client.post(f"/r/{rater}", data={"position": "0", "choice": "tie"}), "script": client.get("/static/rate.js")}
+    responses = {
+        "unknown rater": client.get("/r/nobody"),
+        "unknown voter": client.post("/r/nobody", data={"position": "0", "choice": "left"}),
+        "a rater's token for the results": client.get(f"/results/{rater}"),
+        "results": client.get(f"/results/{results}"),
+        "page": client.get(f"/r/{rater}"),
+        "bad vote": client.post(f"/r/{rater}"),
+        "vote": client.post(f"/r/{rater}", data={"position": "0", "choice": "tie"}),
+        "script": client.get("/static/rate.js"),
+    }
     assert {name: r.status_code for name, r in responses.items()} == {
-        "unknown rater": 404, "unknown voter": 404, "a rater's token for the results": 404, "results": 200, "page": 200,
-        "bad vote": 400, "vote": 303, "script": 200}
+        "unknown rater": 404,
+        "unknown voter": 404,
+        "a rater's token for the results": 404,
+        "results": 200,
+        "page": 200,
+        "bad vote": 400,
+        "vote": 303,
+        "script": 200,
+    }
     for response in responses.values():
         assert {name: response.headers.get(name) for name in web.SECURITY_HEADERS} == {
             "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        }
         response.close()
 
 

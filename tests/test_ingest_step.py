@@ -26,8 +26,9 @@ def run_ingest(argv: list[str], env: dict, out: Path):
 
 def test_validation_is_carved_from_train_with_the_seed_and_size_asked_for(clearml_home, tmp_path):
     out = tmp_path / "out"
-    completed, result = run_ingest(["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv", "--validation-size", "7",
-                                    "--seed", "3"], clearml_home, out)
+    completed, result = run_ingest(
+        ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv", "--validation-size", "7", "--seed", "3"], clearml_home, out
+    )
     assert completed.returncode == 0, completed.stderr
     train, test = tsv("data/sample/train.tsv"), tsv("data/sample/test.tsv")
     validation = train.sample(n=7, random_state=3)
@@ -35,8 +36,12 @@ def test_validation_is_carved_from_train_with_the_seed_and_size_asked_for(clearm
     assert splits["validation"].to_dict("records") == validation.to_dict("records")
     assert splits["train"].to_dict("records") == train.drop(validation.index).to_dict("records")
     assert splits["test"].to_dict("records") == test.to_dict("records")
-    report = {"sources": {"train": "data/sample/train.tsv", "test": "data/sample/test.tsv"},
-              "rows": {"train": len(train) - 7, "validation": 7, "test": len(test)}, "seed": 3, "invalid_rows_skipped": 0}
+    report = {
+        "sources": {"train": "data/sample/train.tsv", "test": "data/sample/test.tsv"},
+        "rows": {"train": len(train) - 7, "validation": 7, "test": len(test)},
+        "seed": 3,
+        "invalid_rows_skipped": 0,
+    }
     assert json.loads((out / "ingest_report.json").read_text(encoding="utf-8")) == report
     assert result["outputs"] == {"splits_dir": str(out / "splits"), **report}
     assert f"Splits: {len(train) - 7} train, 7 validation, {len(test)} test rows in {out / 'splits'}." in completed.stdout.splitlines()
@@ -54,8 +59,11 @@ def test_validation_is_carved_from_train_with_the_seed_and_size_asked_for(clearm
 @pytest.mark.parametrize("train_rows, requested, expected", [(237, 1000, 23), (237, 30, 23), (237, 23, 23), (9, 5, 1), (25, 5, 2)])
 def test_validation_is_at_most_a_tenth_of_train_and_at_least_one_row(train_rows, requested, expected, clearml_home, tmp_path):
     tsv("data/sample/train.tsv").iloc[:train_rows].to_csv(tmp_path / "train.tsv", sep="\t", index=False)
-    completed, result = run_ingest(["--train-tsv", str(tmp_path / "train.tsv"), "--test-tsv", "data/sample/test.tsv", "--validation-size",
-                                    str(requested)], clearml_home, tmp_path / "out")
+    completed, result = run_ingest(
+        ["--train-tsv", str(tmp_path / "train.tsv"), "--test-tsv", "data/sample/test.tsv", "--validation-size", str(requested)],
+        clearml_home,
+        tmp_path / "out",
+    )
     assert completed.returncode == 0, completed.stderr
     assert result["outputs"]["rows"]["validation"] == expected and result["outputs"]["rows"]["train"] == train_rows - expected
     assert result["outputs"]["seed"] == 42  # the default
@@ -76,8 +84,10 @@ def test_invalid_rows_fail_the_step_each_named_by_file_and_line(invalid_files, c
     train, test = invalid_files
     completed, result = run_ingest(["--train-tsv", str(train), "--test-tsv", str(test)], clearml_home, tmp_path / "out")
     assert (completed.returncode, result) == (1, None)
-    assert completed.stderr.splitlines()[-1] == (f"error: 2 invalid row(s): {train} line 3: empty output; {train} line 5: empty instruction. "
-                                                 "Fix them, or pass --skip-invalid-rows to skip them.")
+    assert completed.stderr.splitlines()[-1] == (
+        f"error: 2 invalid row(s): {train} line 3: empty output; {train} line 5: empty instruction. "
+        "Fix them, or pass --skip-invalid-rows to skip them."
+    )
 
 
 def test_skipped_invalid_rows_are_recorded_and_counted(invalid_files, clearml_home, tmp_path):
@@ -85,12 +95,17 @@ def test_skipped_invalid_rows_are_recorded_and_counted(invalid_files, clearml_ho
     out = tmp_path / "out"
     completed, result = run_ingest(["--train-tsv", str(train), "--test-tsv", str(test), "--skip-invalid-rows"], clearml_home, out)
     assert completed.returncode == 0, completed.stderr
-    recorded = [{"path": str(train), "line": 3, "reason": "empty output"}, {"path": str(train), "line": 5, "reason": "empty instruction"},
-                {"path": str(test), "line": 2, "reason": "empty output"}]
+    recorded = [
+        {"path": str(train), "line": 3, "reason": "empty output"},
+        {"path": str(train), "line": 5, "reason": "empty instruction"},
+        {"path": str(test), "line": 2, "reason": "empty output"},
+    ]
     assert json.loads((out / "invalid_rows.json").read_text(encoding="utf-8")) == recorded
     assert result["outputs"]["invalid_rows_skipped"] == 3 and result["outputs"]["rows"] == {"train": 26, "validation": 2, "test": 1}
-    assert (f"Skipped 3 invalid row(s): {train} line 3: empty output; {train} line 5: empty instruction; {test} line 2: empty output."
-            in completed.stdout.splitlines())
+    assert (
+        f"Skipped 3 invalid row(s): {train} line 3: empty output; {train} line 5: empty instruction; {test} line 2: empty output."
+        in completed.stdout.splitlines()
+    )
     uploaded = artifacts(result["task_id"], clearml_home, tmp_path)
     assert json.loads(uploaded["invalid_rows"].read_text(encoding="utf-8")) == recorded
 
@@ -99,7 +114,10 @@ def test_skipped_invalid_rows_are_recorded_and_counted(invalid_files, clearml_ho
 def test_one_tsv_file_without_the_other_is_refused(given, clearml_home, tmp_path):
     completed, result = run_ingest(given, clearml_home, tmp_path / "out")
     assert (completed.returncode, completed.stderr.splitlines()[-1], result) == (
-        1, "error: Give both --train-tsv and --test-tsv, or neither to load --dataset-id from the hub.", None)
+        1,
+        "error: Give both --train-tsv and --test-tsv, or neither to load --dataset-id from the hub.",
+        None,
+    )
 
 
 @pytest.mark.parametrize("size, test_rows", [(12_000, 1125), (250, 24)])
@@ -107,8 +125,14 @@ def test_the_hub_datasets_one_split_gives_the_published_test_size_and_drops_unus
     """A dataset folder as ``datasets.load_dataset`` resolves a hub id: one split (of 12,000 rows the test split is the
     published 1,125; of 250, a tenth of the 246 usable), an extra column, no ``full_output``, and rows without an
     instruction or an output."""
-    rows = pd.DataFrame({"instruction": [f"вопрос {n}" for n in range(size)], "input": [f"текст {n}" if n % 3 else None for n in range(size)],
-                         "output": [f"ответ {n}" for n in range(size)], "source": "gpt4"})
+    rows = pd.DataFrame(
+        {
+            "instruction": [f"вопрос {n}" for n in range(size)],
+            "input": [f"текст {n}" if n % 3 else None for n in range(size)],
+            "output": [f"ответ {n}" for n in range(size)],
+            "source": "gpt4",
+        }
+    )
     rows.loc[[5, 17], "instruction"] = ["  ", None]
     rows.loc[[40, 41], "output"] = ["", None]
     dataset = tmp_path / "dataset"
@@ -133,14 +157,18 @@ def test_a_hub_dataset_that_cannot_be_loaded_is_one_sentence_with_the_libraries_
     with pytest.raises(Exception) as raised:
         datasets.load_dataset("nobody/no-such-dataset", split="train")
     assert (completed.returncode, result) == (1, None)
-    assert completed.stderr.splitlines()[-1] == (f"error: Cannot load the dataset 'nobody/no-such-dataset' from the Hugging Face Hub "
-                                                 f"({type(raised.value).__name__}); pass --train-tsv and --test-tsv instead.")
+    assert completed.stderr.splitlines()[-1] == (
+        f"error: Cannot load the dataset 'nobody/no-such-dataset' from the Hugging Face Hub "
+        f"({type(raised.value).__name__}); pass --train-tsv and --test-tsv instead."
+    )
 
 
 def test_ingesting_again_into_the_same_folder_replaces_the_splits(clearml_home, tmp_path):
     out = tmp_path / "out"
     for seed in ("1", "2"):
-        completed, result = run_ingest(["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv", "--seed", seed], clearml_home, out)
+        completed, result = run_ingest(
+            ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv", "--seed", seed], clearml_home, out
+        )
         assert completed.returncode == 0, completed.stderr
     validation = tsv("data/sample/train.tsv").sample(n=result["outputs"]["rows"]["validation"], random_state=2)
     assert tsv(out / "splits" / "validation.tsv").to_dict("records") == validation.to_dict("records")

@@ -46,7 +46,11 @@ def test_each_started_rank_gets_torchruns_environment_and_rank_0s_arguments(tmp_
         assert environment == {**own, "RANK": str(rank), "LOCAL_RANK": str(local_rank), "PYTHONUNBUFFERED": "1"}
     printed = capfd.readouterr().out.splitlines()
     assert sorted(line for line in printed if line.startswith("[rank")) == [
-        "[rank 4] second line", "[rank 4] рank says привет", "[rank 5] second line", "[rank 5] рank says привет"]
+        "[rank 4] second line",
+        "[rank 4] рank says привет",
+        "[rank 5] second line",
+        "[rank 5] рank says привет",
+    ]
 
 
 def test_an_address_and_port_already_set_are_kept(tmp_path, monkeypatch):
@@ -66,7 +70,10 @@ def test_a_rank_that_failed_fails_the_block_naming_it(status, description, tmp_p
         with LocalRanks(2, entry, arguments):
             if status < 0:
                 os.kill(int(wait_for(tmp_path / "pid1")), signal.SIGKILL)
-    assert str(stopped.value) == f"Training stopped: {description} (its output above says why); rerun with --resume to continue from the last checkpoint."
+    assert (
+        str(stopped.value)
+        == f"Training stopped: {description} (its output above says why); rerun with --resume to continue from the last checkpoint."
+    )
 
 
 def wait_for(path: Path, timeout_s: float = 60) -> str:

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import certifi
 import pytest
+from conftest import run_script
 
 from clearml_adapter import connection as clearml_connection
 from clearml_adapter.connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
 from pipelines.hpo_server import TrialRecord, best_trial
 from pipelines.repository import RepositoryNotReady, check_repository, is_local_path_remote, repository_path
-from conftest import run_script
-
 
 
 @pytest.fixture
@@ -70,8 +69,26 @@ def test_under_an_agent_nothing_is_decided_or_checked(decisions, monkeypatch):
 def https_server(tmp_path_factory):
     """A local HTTPS server with a self-signed certificate, answering every request."""
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
@@ -124,8 +141,10 @@ def test_a_local_path_remote_needs_the_flag_and_an_unpushed_commit_is_refused(re
     git(repository, "push", "-q", "-u", "origin", "main")
     with pytest.raises(RepositoryNotReady) as refused:
         check_repository(repository)
-    assert str(refused.value) == (f"The git remote {remote} is a path on this machine, which agents elsewhere cannot clone; push to a shared "
-                                  "remote, or pass --allow-local-repository if every agent runs on this machine.")
+    assert str(refused.value) == (
+        f"The git remote {remote} is a path on this machine, which agents elsewhere cannot clone; push to a shared "
+        "remote, or pass --allow-local-repository if every agent runs on this machine."
+    )
     check_repository(repository, allow_local=True)
     (repository / "more.txt").write_text("x")
     git(repository, "add", "more.txt")
@@ -152,10 +171,22 @@ def test_data_files_for_agents_are_committed_files_relative_to_the_repository(re
         repository_path(str(repository / "new.tsv"), "--test-tsv", root=repository)
 
 
-@pytest.mark.parametrize("url, local", [("/srv/repo.git", True), ("../repo", True), ("file:///srv/repo.git", True), ("repo", True),
-                                        ("https://github.com/org/repo.git", False), ("git@github.com:org/repo.git", False),
-                                        ("ssh://git@host/repo.git", False), ("git://host/repo.git", False), ("host:org/repo.git", False),
-                                        ("C:/nowhere", False), ("../odd:name/repo.git", True)])
+@pytest.mark.parametrize(
+    "url, local",
+    [
+        ("/srv/repo.git", True),
+        ("../repo", True),
+        ("file:///srv/repo.git", True),
+        ("repo", True),
+        ("https://github.com/org/repo.git", False),
+        ("git@github.com:org/repo.git", False),
+        ("ssh://git@host/repo.git", False),
+        ("git://host/repo.git", False),
+        ("host:org/repo.git", False),
+        ("C:/nowhere", False),
+        ("../odd:name/repo.git", True),
+    ],
+)
 def test_a_remote_is_local_when_it_is_a_path_of_this_machine(url, local):
     """scp-like ``host:path`` names a machine; ``C:/...`` reads as one too (a Windows path is not a supported remote)."""
     assert is_local_path_remote(url) is local

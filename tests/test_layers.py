@@ -61,16 +61,20 @@ def layer_of(module: str) -> str:
 
 
 def test_the_library_never_imports_clearml():
-    reached = {module: sorted(name for name in imports if name.split(".")[0] in NEVER_IN_THE_LIBRARY)
-               for module, imports in IMPORTS.items() if layer_of(module) == "components"}
+    reached = {
+        module: sorted(name for name in imports if name.split(".")[0] in NEVER_IN_THE_LIBRARY)
+        for module, imports in IMPORTS.items()
+        if layer_of(module) == "components"
+    }
     assert {module: names for module, names in reached.items() if names} == {}
 
 
 @pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
 def test_each_layer_imports_only_the_layers_below_it(layer):
     others = set(MAY_IMPORT) - {layer} - MAY_IMPORT[layer]
-    crossing = {module: sorted(name for name in imports if layer_of(name) in others)
-                for module, imports in IMPORTS.items() if layer_of(module) == layer}
+    crossing = {
+        module: sorted(name for name in imports if layer_of(name) in others) for module, imports in IMPORTS.items() if layer_of(module) == layer
+    }
     assert {module: names for module, names in crossing.items() if names} == {}
 
 
@@ -82,7 +86,7 @@ def cycles(imports: dict[str, set[str]]) -> list[list[str]]:
         path.append(module)
         for imported in sorted(imports.get(module, ())):
             if imported in path:
-                found.append(path[path.index(imported):] + [imported])
+                found.append(path[path.index(imported) :] + [imported])
             elif imported in imports and imported not in finished:
                 visit(imported)
         path.pop()

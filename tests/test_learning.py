@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerances import LOSS_RTOL
 
 from components.data import preprocess, read_tsv
 from components.lora import lora_layers, merge_lora
 from components.modeling import ADAPTER_WEIGHTS, load_adapter_weights, load_untuned
 from components.prompt_tuning import PromptTuningEmbedding
 from components.training import evaluation_loader, validation_loss
-from tolerances import LOSS_RTOL
 
 # The targets of the tiny setting (README, "The tiny setting learns").
 MAX_LOSS_RATIO = 0.7  # tuned loss at most 70% of the untuned base's

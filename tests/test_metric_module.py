@@ -7,20 +7,13 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
-
 from conftest import ROOT
 
 from components.metrics import compute_metrics
 
 MODULE = ROOT / "components" / "ru_text_metrics"
 # A fixed Russian sample with partial, exact, empty, mixed-script and reordered answers.
-PREDICTIONS = [
-    "Кошка сидит на ковре у окна.",
-    "Столица Франции — Париж.",
-    "",
-    "Python 3.11 вышел в 2022 году.",
-    "Ёжик в тумане искал лошадку",
-]
+PREDICTIONS = ["Кошка сидит на ковре у окна.", "Столица Франции — Париж.", "", "Python 3.11 вышел в 2022 году.", "Ёжик в тумане искал лошадку"]
 REFERENCES = [
     "Кошка сидела на ковре у окна.",
     "Париж — столица Франции.",
@@ -55,8 +48,9 @@ LOAD_OFFLINE = textwrap.dedent(
 def load_in_fresh_process(tmp_path: Path) -> dict[str, float]:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     request = json.dumps({"module": str(MODULE), "predictions": PREDICTIONS, "references": REFERENCES})
-    completed = subprocess.run([sys.executable, "-c", LOAD_OFFLINE], input=request, cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-c", LOAD_OFFLINE], input=request, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -100,7 +94,11 @@ def test_the_module_card_is_the_documented_one_and_its_inputs_are_two_string_col
     metric = module.RuTextMetrics(cache_dir=str(tmp_path))
     info = metric.info
     assert (info.module_type, info.description, info.citation, info.inputs_description) == (
-        "metric", module._DESCRIPTION, module._CITATION, module._KWARGS_DESCRIPTION)
+        "metric",
+        module._DESCRIPTION,
+        module._CITATION,
+        module._KWARGS_DESCRIPTION,
+    )
     assert info.features == datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
     assert info.codebase_urls == ["https://github.com/mjpost/sacrebleu", "https://github.com/google-research/google-research/tree/master/rouge"]
     assert metric.compute(predictions=PREDICTIONS, references=REFERENCES) == compute_metrics(PREDICTIONS, REFERENCES)

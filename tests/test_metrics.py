@@ -56,6 +56,7 @@ def test_the_corpus_meteor_is_the_mean_of_the_pairs_and_the_published_rouge_stem
     assert scores["meteor"] == pytest.approx((meteor(*predictions[:1], *references[:1]) + meteor(predictions[1], references[1])) / 2)
     assert scores["published_rouge1"] == pytest.approx((0.0 + 1.0) / 2)  # the Russian pair has no Latin token to score
 
+
 def test_empty_predictions_score_zero_and_break_nothing():
     scores = compute_metrics(["", ""], ["Ответ один.", "Ответ два."])
     assert all(value == 0.0 for value in scores.values())

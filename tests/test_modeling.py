@@ -18,9 +18,23 @@ from transformers import T5ForConditionalGeneration
 
 from components.lora import LoRALayer, merge_lora
 from components.modeling import (
-    ModelLoadError, adapter_state_dict, adapter_weights_bytes, apply_adapter_settings, apply_peft, copy_adapter_tensors,
-    load_adapter_weights, load_base_model, load_finetuned, load_tokenizer, load_untuned, parameter_stats, read_adapter_config,
-    resolve_model_path, rut5_large_config, rut5_large_on_meta, save_adapter,
+    ModelLoadError,
+    adapter_state_dict,
+    adapter_weights_bytes,
+    apply_adapter_settings,
+    apply_peft,
+    copy_adapter_tensors,
+    load_adapter_weights,
+    load_base_model,
+    load_finetuned,
+    load_tokenizer,
+    load_untuned,
+    parameter_stats,
+    read_adapter_config,
+    resolve_model_path,
+    rut5_large_config,
+    rut5_large_on_meta,
+    save_adapter,
 )
 from components.prompt_tuning import PromptTuningEmbedding
 from components.settings import AdapterSettings
@@ -52,8 +66,11 @@ def test_a_model_that_cannot_be_loaded_is_one_sentence_naming_the_setting(load, 
     assert message.endswith("); set --model to a directory written by save_pretrained.")
     with pytest.raises(ModelLoadError) as refused:
         load("nobody/no-such-model")
-    assert re.fullmatch(rf"Cannot load the {what} 'nobody/no-such-model': it is not a local directory and the Hugging Face Hub did not provide it "
-                        r"\((OSError|\w+Error)\); set --model to a hub id you can reach or a local model directory\.", str(refused.value))
+    assert re.fullmatch(
+        rf"Cannot load the {what} 'nobody/no-such-model': it is not a local directory and the Hugging Face Hub did not provide it "
+        r"\((OSError|\w+Error)\); set --model to a hub id you can reach or a local model directory\.",
+        str(refused.value),
+    )
 
 
 def test_the_adapter_model_freezes_the_base_and_wraps_the_targets(tiny_model_dir):
@@ -82,8 +99,14 @@ def test_an_adapter_folder_holds_the_trained_tensors_its_settings_and_the_tokeni
     folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
     assert sorted(path.name for path in folder.iterdir() if not path.name.startswith("tokenizer")) == ["adapter.safetensors", "adapter_config.json"]
     config_text = (folder / "adapter_config.json").read_text(encoding="utf-8")
-    assert json.loads(config_text) == {"base_model": str(tiny_model_dir), "lora_rank": 3, "lora_alpha": 9.0, "lora_dropout": 0.0, "prompt_length": 2,
-                                       "lora_targets": ["q", "k"]}
+    assert json.loads(config_text) == {
+        "base_model": str(tiny_model_dir),
+        "lora_rank": 3,
+        "lora_alpha": 9.0,
+        "lora_dropout": 0.0,
+        "prompt_length": 2,
+        "lora_targets": ["q", "k"],
+    }
     assert config_text == json.dumps(json.loads(config_text), indent=2, ensure_ascii=False) + "\n"
     assert read_adapter_config(folder) == (str(tiny_model_dir), SETTINGS)
     model, _ = load_finetuned(folder, merge=False)
@@ -111,7 +134,9 @@ def test_a_finetuned_model_loads_merged_or_not_and_in_eval_mode(tiny_model_dir, 
     ids = tokenizer(["Назови столицу."], return_tensors="pt")["input_ids"]
     mask = torch.ones(1, ids.shape[1] + 2, dtype=torch.long)
     with torch.no_grad():
-        outputs = [model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.zeros(1, 1, dtype=torch.long)).logits for model in (merged, unmerged)]
+        outputs = [
+            model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.zeros(1, 1, dtype=torch.long)).logits for model in (merged, unmerged)
+        ]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
     assert next(load_finetuned(folder, dtype=torch.bfloat16)[0].parameters()).dtype == torch.bfloat16
 
@@ -132,15 +157,19 @@ def test_an_adapter_file_that_does_not_fit_is_refused_naming_what_differs(tiny_m
     name = sorted(tensors)[0]
     with pytest.raises(ModelLoadError) as refused:
         copy_adapter_tensors(model, {k: v for k, v in tensors.items() if k != name}, "some/adapter.safetensors")
-    assert str(refused.value) == (f"some/adapter.safetensors does not fit the model: 1 missing and 0 unexpected tensors (e.g. {name}); "
-                                  "check lora_rank, prompt_length and the base model in adapter_config.json.")
+    assert str(refused.value) == (
+        f"some/adapter.safetensors does not fit the model: 1 missing and 0 unexpected tensors (e.g. {name}); "
+        "check lora_rank, prompt_length and the base model in adapter_config.json."
+    )
     with pytest.raises(ModelLoadError) as refused:
         copy_adapter_tensors(model, {**tensors, "extra.lora_A": torch.zeros(1)}, "some/adapter.safetensors")
     assert "0 missing and 1 unexpected tensors (e.g. extra.lora_A)" in str(refused.value)
     with pytest.raises(ModelLoadError) as refused:
         copy_adapter_tensors(model, {**tensors, name: torch.zeros(7, 7)}, "some/adapter.safetensors")
-    assert str(refused.value) == (f"some/adapter.safetensors: {name} has shape (7, 7), the model expects {tuple(tensors[name].shape)}: "
-                                  "the adapter was not trained on the base model its adapter_config.json names.")
+    assert str(refused.value) == (
+        f"some/adapter.safetensors: {name} has shape (7, 7), the model expects {tuple(tensors[name].shape)}: "
+        "the adapter was not trained on the base model its adapter_config.json names."
+    )
     (tmp_path / "torn.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError) as refused:
         load_adapter_weights(model, tmp_path / "torn.safetensors")
@@ -151,18 +180,24 @@ def test_an_adapter_file_that_does_not_fit_is_refused_naming_what_differs(tiny_m
 def test_a_folder_that_is_not_an_adapter_is_refused_naming_what_to_give(tiny_model_dir, tmp_path):
     with pytest.raises(ModelLoadError) as refused:
         read_adapter_config(tmp_path)
-    assert str(refused.value) == f"{tmp_path / 'adapter_config.json'} not found; --model-dir must be a directory written by the train or register step."
+    assert (
+        str(refused.value) == f"{tmp_path / 'adapter_config.json'} not found; --model-dir must be a directory written by the train or register step."
+    )
     with pytest.raises(ModelLoadError) as refused:
         read_adapter_config(tiny_model_dir)
-    assert str(refused.value) == (f"{tiny_model_dir} is a plain model folder (config.json, no adapter_config.json), such as the export step writes: "
-                                  "load it with AutoModelForSeq2SeqLM, or give the adapter folder of the train or register step.")
+    assert str(refused.value) == (
+        f"{tiny_model_dir} is a plain model folder (config.json, no adapter_config.json), such as the export step writes: "
+        "load it with AutoModelForSeq2SeqLM, or give the adapter folder of the train or register step."
+    )
     folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
     (folder / "tokenizer_config.json").unlink()
     for loader in (load_finetuned, load_untuned):
         with pytest.raises(ModelLoadError) as refused:
             loader(folder)
-        assert str(refused.value) == (f"{folder / 'tokenizer_config.json'} not found: a model directory holds its tokenizer, so give the whole folder "
-                                      "the train or register step wrote.")
+        assert str(refused.value) == (
+            f"{folder / 'tokenizer_config.json'} not found: a model directory holds its tokenizer, so give the whole folder "
+            "the train or register step wrote."
+        )
 
 
 def test_rut5_large_with_the_published_adapters_has_the_published_counts():
@@ -175,8 +210,13 @@ def test_rut5_large_with_the_published_adapters_has_the_published_counts():
     assert parameter_stats(rut5_large_on_meta(AdapterSettings(lora_rank=4, prompt_length=0)))["trainable"] == 144 * 4 * 2048
 
 
-@pytest.mark.parametrize("load, auto", [(load_base_model, ("config.json", "AutoModelForSeq2SeqLM", "custom.Model")),
-                                        (load_tokenizer, ("tokenizer_config.json", "AutoTokenizer", ["custom.Tokenizer", None]))])
+@pytest.mark.parametrize(
+    "load, auto",
+    [
+        (load_base_model, ("config.json", "AutoModelForSeq2SeqLM", "custom.Model")),
+        (load_tokenizer, ("tokenizer_config.json", "AutoTokenizer", ["custom.Tokenizer", None])),
+    ],
+)
 def test_code_in_a_model_folder_is_never_run(load, auto, tiny_model_dir, tmp_path):
     """A folder whose config maps the class to its own Python file (``auto_map``): loaded as the stock T5 class, the file
     never imported."""

@@ -13,9 +13,17 @@ HEADER = "| module | mutants | killed | equivalent | not killed | score | score 
 
 def product_modules() -> set[str]:
     """Every file of the product that holds a function for mutmut to mutate (a link is measured as the file it names)."""
-    files = [path for package in ("components", "clearml_adapter", "steps", "pipelines") for path in (ROOT / package).rglob("*.py") if not path.is_symlink()]
-    return {path.relative_to(ROOT).as_posix() for path in files
-            if any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))}
+    files = [
+        path
+        for package in ("components", "clearml_adapter", "steps", "pipelines")
+        for path in (ROOT / package).rglob("*.py")
+        if not path.is_symlink()
+    ]
+    return {
+        path.relative_to(ROOT).as_posix()
+        for path in files
+        if any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+    }
 
 
 def test_every_module_of_the_product_has_a_score_computed_from_its_counts():

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from conftest import run_script
 from ctranslate2.specs.model_spec import CURRENT_BINARY_VERSION as CTRANSLATE2_BINARY_VERSION
+from reference_model import PlainModel, adapter_tensors, protocol_scores, source
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
+from tolerances import LOSS_RTOL
 
 from components.data import read_tsv
 from components.generation import DECODING_PRESETS, generate_predictions
@@ -27,8 +29,6 @@ from components.metrics import PROTOCOL_METRICS
 from components.modeling import apply_adapter_settings, load_base_model, load_finetuned, load_tokenizer, read_adapter_config
 from pipelines.definition import STEP_NAMES
 from pipelines.report import HEADLINE_METRICS
-from reference_model import PlainModel, adapter_tensors, protocol_scores, source
-from tolerances import LOSS_RTOL
 
 
 def result(output_dir: Path) -> dict:
@@ -51,10 +51,25 @@ def candidates(tiny_pipeline, summary, clearml_home) -> dict[str, Path]:
     found = {"beam": tiny_pipeline / "evaluate"}
     for decoding in ("greedy", "sampling"):
         found[decoding] = tiny_pipeline / f"evaluate-{decoding}"
-        run_script(clearml_home, "steps/evaluate.py", "--local", "--train-task-id", summary["task_ids"]["train"],
-                   "--ingest-task-id", summary["task_ids"]["ingest"], "--decoding", decoding,
-                   "--max-new-tokens", str(summary["parameters"]["max_new_tokens"]), "--max-samples", str(summary["parameters"]["max_test_samples"]),
-                   "--compare-base", "false", "--output-dir", str(found[decoding]))  # the pipeline run itself scores the base
+        run_script(
+            clearml_home,
+            "steps/evaluate.py",
+            "--local",
+            "--train-task-id",
+            summary["task_ids"]["train"],
+            "--ingest-task-id",
+            summary["task_ids"]["ingest"],
+            "--decoding",
+            decoding,
+            "--max-new-tokens",
+            str(summary["parameters"]["max_new_tokens"]),
+            "--max-samples",
+            str(summary["parameters"]["max_test_samples"]),
+            "--compare-base",
+            "false",
+            "--output-dir",
+            str(found[decoding]),
+        )  # the pipeline run itself scores the base
     return found
 
 
@@ -102,7 +117,10 @@ def test_steps_received_upstream_task_ids_as_on_a_server(tiny_pipeline, summary)
     assert results["register"]["outputs"]["best_evaluate_task_id"] == ids["evaluate"]
     # the registered adapter is byte for byte the one the train task uploaded: its best-validation checkpoint
     registered = Path(results["register"]["outputs"]["model_dir"]) / "adapter.safetensors"
-    for trained in (Path(results["train"]["outputs"]["adapter_dir"]) / "adapter.safetensors", tiny_pipeline / "train/checkpoints/best/adapter.safetensors"):
+    for trained in (
+        Path(results["train"]["outputs"]["adapter_dir"]) / "adapter.safetensors",
+        tiny_pipeline / "train/checkpoints/best/adapter.safetensors",
+    ):
         assert trained.read_bytes() == registered.read_bytes()
 
 
@@ -119,7 +137,9 @@ def test_the_evaluation_generates_with_the_trained_adapter_and_the_decoding_aske
     max_new_tokens = evaluation_of(candidates["beam"])["decoding"]["max_new_tokens"]
 
     def decode(preset: str) -> list[str]:  # as the evaluate step does: batches of 16, the preset's settings
-        return generate_predictions(model, tokenizer, sources, batch_size=16, **asdict(replace(DECODING_PRESETS[preset], max_new_tokens=max_new_tokens)))
+        return generate_predictions(
+            model, tokenizer, sources, batch_size=16, **asdict(replace(DECODING_PRESETS[preset], max_new_tokens=max_new_tokens))
+        )
 
     untrained_greedy = decode("greedy")
     params = dict(model.named_parameters())
@@ -206,7 +226,9 @@ def test_the_test_and_validation_losses_are_recomputed_token_by_token(tiny_pipel
     test = evaluated_rows(tiny_pipeline, tiny_pipeline / "evaluate")
     validation = read_tsv(tiny_pipeline / "ingest" / "splits" / "validation.tsv")
     checkpoints = tiny_pipeline / "train" / "checkpoints"
-    assert evaluation_of(tiny_pipeline / "evaluate")["metrics"]["loss"] == pytest.approx(loss_of(checkpoints / "best" / "adapter.safetensors", test), rel=LOSS_RTOL)
+    assert evaluation_of(tiny_pipeline / "evaluate")["metrics"]["loss"] == pytest.approx(
+        loss_of(checkpoints / "best" / "adapter.safetensors", test), rel=LOSS_RTOL
+    )
     assert training["initial_validation_loss"] == pytest.approx(loss_of(None, validation), rel=LOSS_RTOL)
     history = {entry["step"]: entry["validation_loss"] for entry in training["history"]}
     assert training["best_step"] == min(history, key=history.get) and training["best_value"] == history[training["best_step"]]
@@ -225,14 +247,17 @@ def test_the_session_run_trained_the_one_epoch_it_was_given(tiny_pipeline, summa
 def test_the_registered_model_folder_is_the_trained_adapter_file_by_file(tiny_pipeline, tiny_model_dir, summary):
     model_dir, adapter_dir = Path(summary["model_dir"]), tiny_pipeline / "train" / "adapter"
     tokenizer_files = ["tokenizer.json", "tokenizer_config.json"]
-    assert sorted(path.name for path in model_dir.iterdir()) == sorted(["adapter.safetensors", "adapter_config.json", "evaluation.json", *tokenizer_files])
+    assert sorted(path.name for path in model_dir.iterdir()) == sorted(
+        ["adapter.safetensors", "adapter_config.json", "evaluation.json", *tokenizer_files]
+    )
     assert sorted(path.name for path in adapter_dir.iterdir()) == sorted(["adapter.safetensors", "adapter_config.json", *tokenizer_files])
     for name in ["adapter.safetensors", "adapter_config.json", *tokenizer_files]:
         assert (model_dir / name).read_bytes() == (adapter_dir / name).read_bytes(), name
     assert (model_dir / "adapter.safetensors").read_bytes() == (tiny_pipeline / "train/checkpoints/best/adapter.safetensors").read_bytes()
     parameters = summary["parameters"]
     assert json.loads((model_dir / "adapter_config.json").read_text()) == {
-        "base_model": "tiny", "lora_targets": ["q", "v"],
+        "base_model": "tiny",
+        "lora_targets": ["q", "v"],
         **{name: parameters[name] for name in ("lora_rank", "lora_alpha", "lora_dropout", "prompt_length")},
     }
     # The tokenizer is the base model's: the same vocabulary file, the same ids for a text.
@@ -279,8 +304,19 @@ def test_the_registered_model_directory_loads_and_generates(summary):
 
 
 def test_generation_cli_uses_the_model_directory(summary, clearml_home):
-    out = run_script(clearml_home, "-m", "components.generation", "--model-dir", summary["model_dir"],
-                     "--decoding", "beam", "--max-new-tokens", "5", "Привет", "Как дела?").stdout
+    out = run_script(
+        clearml_home,
+        "-m",
+        "components.generation",
+        "--model-dir",
+        summary["model_dir"],
+        "--decoding",
+        "beam",
+        "--max-new-tokens",
+        "5",
+        "Привет",
+        "Как дела?",
+    ).stdout
     assert "beam search with 4 beams" in out
     assert "> Привет" in out and "> Как дела?" in out
 
@@ -291,7 +327,7 @@ def _is_ctranslate2_model(data: bytes) -> bool:
     if len(data) < 6 or struct.unpack("<I", data[:4])[0] != CTRANSLATE2_BINARY_VERSION:
         return False
     (length,) = struct.unpack("<H", data[4:6])
-    spec = data[6:6 + length]
+    spec = data[6 : 6 + length]
     return spec.endswith(b"Spec\x00") and spec[:-1].isascii()
 
 
@@ -299,8 +335,9 @@ def _pickled_files(name: str, data: bytes) -> list[str]:
     """Files in ``data`` (opened recursively when it is a zip) that hold a pickle or are not valid safetensors."""
     if zipfile.is_zipfile(io.BytesIO(data)):
         archive = zipfile.ZipFile(io.BytesIO(data))
-        return [found for member in archive.namelist() if not member.endswith("/")
-                for found in _pickled_files(f"{name}!{member}", archive.read(member))]
+        return [
+            found for member in archive.namelist() if not member.endswith("/") for found in _pickled_files(f"{name}!{member}", archive.read(member))
+        ]
     if name.endswith(".safetensors"):
         load_safetensors(data)  # raises unless it is plain safetensors
         return []

@@ -2,27 +2,39 @@
 
 import json
 import socket
-from dataclasses import dataclass
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 from conftest import ASCII_LOCALE, ROOT, run_script
 from forked import run_main
 
-from pipelines.controller import step_parser
+from clearml_adapter.connection import SERVER_CHECK_TIMEOUT_S
 from components.cli import option_flag, setting
 from components.errors import UserError
 from pipelines import definition
+from pipelines.controller import step_parser
 from pipelines.definition import (
-    PARAMETERS, Parameter, RunOptions, STEP_BY_NAME, STEPS, UPSTREAM_ARGUMENTS, configuration_reference, declared_parameters, grid_size, preset_values, run_steps,
-    script_path, step_arguments,
+    PARAMETERS,
+    PRESETS,
+    STEP_BY_NAME,
+    STEPS,
+    UPSTREAM_ARGUMENTS,
+    Parameter,
+    RunOptions,
+    configuration_reference,
+    declared_parameters,
+    grid_size,
+    preset_values,
+    run_steps,
+    script_path,
+    step_arguments,
 )
 from pipelines.local import StepFailed, as_flags, run_step_locally
 from pipelines.run_hpo import build_parser as build_hpo_parser
 from pipelines.run_pipeline import build_parser, pipeline_parameters
-from pipelines.definition import PRESETS
-from clearml_adapter.connection import SERVER_CHECK_TIMEOUT_S
+
 
 def print_offline_dag(_argv) -> None:
     """The published pipeline's controller, built offline with ``--lora-rank 16``: its DAG and parameters as one line."""
@@ -32,8 +44,10 @@ def print_offline_dag(_argv) -> None:
     enter_offline_mode()
     parameters = pipeline_parameters(PRESETS["published"], build_parser().parse_args(["--lora-rank", "16"]))
     pipe = build_controller(parameters, {"cpu": "cpu-q", "gpu": "gpu-q"}, project="proj", name="pipe")
-    dag = {name: {"parents": node.parents, "queue": node.queue, "parameters": node.parameters, "cache": node.cache_executed_step}
-           for name, node in pipe.get_pipeline_dag().items()}
+    dag = {
+        name: {"parents": node.parents, "queue": node.queue, "parameters": node.parameters, "cache": node.cache_executed_step}
+        for name, node in pipe.get_pipeline_dag().items()
+    }
     print("DAG=" + json.dumps({"dag": dag, "pipeline": pipe.get_parameters()}))
 
 
@@ -48,10 +62,18 @@ def test_steps_parents_and_queues(controller):
     dag = controller["dag"]
     assert list(dag) == ["ingest", "preprocess", "train", "evaluate", "register"]
     assert {name: node["parents"] for name, node in dag.items()} == {
-        "ingest": [], "preprocess": ["ingest"], "train": ["preprocess"], "evaluate": ["train"], "register": ["evaluate"],
+        "ingest": [],
+        "preprocess": ["ingest"],
+        "train": ["preprocess"],
+        "evaluate": ["train"],
+        "register": ["evaluate"],
     }
     assert {name: node["queue"] for name, node in dag.items()} == {
-        "ingest": "cpu-q", "preprocess": "cpu-q", "train": "gpu-q", "evaluate": "gpu-q", "register": "cpu-q",
+        "ingest": "cpu-q",
+        "preprocess": "cpu-q",
+        "train": "gpu-q",
+        "evaluate": "gpu-q",
+        "register": "cpu-q",
     }
     assert [name for name, node in dag.items() if node["cache"]] == ["ingest", "preprocess", "train", "evaluate"]
 
@@ -63,7 +85,7 @@ def test_pipeline_parameters_reach_the_steps(controller):
     assert dag["train"]["parameters"]["Args/preprocess_task_id"] == "${preprocess.id}"
     assert dag["evaluate"]["parameters"]["Args/ingest_task_id"] == "${ingest.id}"
     assert dag["register"]["parameters"]["Args/candidates"] == "${evaluate.id}"
-    referenced = {v[len("${pipeline."):-1] for node in dag.values() for v in node["parameters"].values() if v.startswith("${pipeline.")}
+    referenced = {v[len("${pipeline.") : -1] for node in dag.values() for v in node["parameters"].values() if v.startswith("${pipeline.")}
     assert referenced == set(pipeline) - {"export", "export_ctranslate2"}  # export adds the export step, which is not in this run
 
 
@@ -82,7 +104,12 @@ def test_a_step_gets_its_upstream_task_ids_and_the_parameters_it_takes():
     and parameters left at None (the step's own default), are not passed."""
     parameters = {name: None for name in PARAMETERS} | {"max_test_samples": 16, "lora_rank": 4, "decoding": "beam"}
     ids = {"ingest": "task-i", "train": "task-t"}
-    assert step_arguments("evaluate", parameters, ids) == {"max_samples": 16, "decoding": "beam", "train_task_id": "task-t", "ingest_task_id": "task-i"}
+    assert step_arguments("evaluate", parameters, ids) == {
+        "max_samples": 16,
+        "decoding": "beam",
+        "train_task_id": "task-t",
+        "ingest_task_id": "task-i",
+    }
 
 
 def test_a_sweeps_grid_is_the_product_of_its_value_counts_and_each_step_is_a_script_of_the_repository():
@@ -94,7 +121,15 @@ def test_a_sweeps_grid_is_the_product_of_its_value_counts_and_each_step_is_a_scr
 def test_a_local_step_gets_its_arguments_as_flags_and_hands_back_its_result(clearml_home, tmp_path, monkeypatch, capsys):
     """Texts keep their case, booleans are true/false; a step that fails is one sentence with the command to rerun it."""
     assert as_flags({"model": "ai-forever/ruT5-large", "compare_base": True, "export": False, "lora_rank": 8}) == [
-        "--model", "ai-forever/ruT5-large", "--compare-base", "true", "--export", "false", "--lora-rank", "8"]
+        "--model",
+        "ai-forever/ruT5-large",
+        "--compare-base",
+        "true",
+        "--export",
+        "false",
+        "--lora-rank",
+        "8",
+    ]
     for name, value in clearml_home.items():
         monkeypatch.setenv(name, value)
     splits = {"train_tsv": str(ROOT / "data" / "sample" / "train.tsv"), "test_tsv": str(ROOT / "data" / "sample" / "test.tsv")}
@@ -103,8 +138,10 @@ def test_a_local_step_gets_its_arguments_as_flags_and_hands_back_its_result(clea
     assert f"=== ingest: {ROOT / 'steps' / 'ingest.py'} --local --output-dir {tmp_path / 'ingest'} --train-tsv" in capsys.readouterr().out
     with pytest.raises(StepFailed) as failed:
         run_step_locally(STEP_BY_NAME["ingest"], {"train_tsv": str(tmp_path / "absent.tsv")}, tmp_path / "failed")
-    assert str(failed.value) == (f"Step ingest failed with exit status 1 (its output is above); rerun it alone with: {ROOT / 'steps' / 'ingest.py'} "
-                                 f"--local --output-dir {tmp_path / 'failed'} --train-tsv {tmp_path / 'absent.tsv'}")
+    assert str(failed.value) == (
+        f"Step ingest failed with exit status 1 (its output is above); rerun it alone with: {ROOT / 'steps' / 'ingest.py'} "
+        f"--local --output-dir {tmp_path / 'failed'} --train-tsv {tmp_path / 'absent.tsv'}"
+    )
 
 
 def test_a_local_steps_result_is_read_as_utf_8_whatever_the_locale(clearml_home, tmp_path, monkeypatch):
@@ -113,12 +150,18 @@ def test_a_local_steps_result_is_read_as_utf_8_whatever_the_locale(clearml_home,
     from pipelines import local
 
     step = tmp_path / "step.py"
-    step.write_text("import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--output-dir') + 1])\nout.mkdir()\n"
-                    "(out / 'result.json').write_bytes('{\"model_dir\": \"/модели/дообученная\"}'.encode('utf-8'))\n", encoding="utf-8")
+    step.write_text(
+        "import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--output-dir') + 1])\nout.mkdir()\n"
+        "(out / 'result.json').write_bytes('{\"model_dir\": \"/модели/дообученная\"}'.encode('utf-8'))\n",
+        encoding="utf-8",
+    )
     monkeypatch.setattr(local, "script_path", lambda _step: str(step))  # in the forked run below
     read = tmp_path / "read.json"
-    completed = run_main(lambda _argv: read.write_text(json.dumps(run_step_locally(STEP_BY_NAME["ingest"], {}, tmp_path / "out"))), [],
-                         {**clearml_home, **ASCII_LOCALE})
+    completed = run_main(
+        lambda _argv: read.write_text(json.dumps(run_step_locally(STEP_BY_NAME["ingest"], {}, tmp_path / "out"))),
+        [],
+        {**clearml_home, **ASCII_LOCALE},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads(read.read_text()) == {"model_dir": "/модели/дообученная"}
 
@@ -139,8 +182,14 @@ def test_a_local_step_runs_from_the_repository_and_its_header_comes_before_its_o
     import sys
 
     buffered = {name: value for name, value in clearml_home.items() if name != "PYTHONUNBUFFERED"}  # a pipe, as on an agent
-    ran = subprocess.run([sys.executable, "-c", LOCAL_STEP_SCRIPT, str(ROOT), str(tmp_path / "ingest")], cwd=tmp_path, env=buffered,
-                         capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        [sys.executable, "-c", LOCAL_STEP_SCRIPT, str(ROOT), str(tmp_path / "ingest")],
+        cwd=tmp_path,
+        env=buffered,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ran.returncode == 0, ran.stderr[-2000:]
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
     assert lines[0].startswith("=== ingest: ") and len(lines) > 1
@@ -148,12 +197,16 @@ def test_a_local_step_runs_from_the_repository_and_its_header_comes_before_its_o
 
 def test_the_export_step_runs_only_when_asked():
     """The controller above was built without --export: five steps. The local runner and the controller take the same steps."""
+
     def steps_of(*argv: str) -> list[str]:
         return [step.name for step in run_steps(pipeline_parameters(PRESETS["tiny"], build_parser().parse_args(list(argv))))]
 
     assert steps_of() == steps_of("--export", "false") == ["ingest", "preprocess", "train", "evaluate", "register"]
-    assert steps_of("--export", "true") == steps_of("--export", "true", "--export-ctranslate2", "true") == [
-        "ingest", "preprocess", "train", "evaluate", "register", "export"]
+    assert (
+        steps_of("--export", "true")
+        == steps_of("--export", "true", "--export-ctranslate2", "true")
+        == ["ingest", "preprocess", "train", "evaluate", "register", "export"]
+    )
     with pytest.raises(UserError) as refused:
         steps_of("--export-ctranslate2", "true")
     assert "set export (--export true) too" in str(refused.value)
@@ -177,16 +230,63 @@ def test_a_preset_is_the_published_configuration_with_the_values_it_names():
     """Every parameter of a run has a value: the preset's, else the default the steps declare (the published configuration)."""
     published = pipeline_parameters(PRESETS["published"], build_parser().parse_args([]))
     assert published == {name: parameter.default for name, parameter in PARAMETERS.items()}
-    assert {name: published[name] for name in ("model", "validation_size", "lora_rank", "prompt_length", "batch_size", "grad_accum_steps",
-                                              "learning_rate", "epochs", "max_new_tokens", "eval_every", "nproc_per_node", "precision",
-                                              "decoding", "metric", "compare_base", "export", "export_ctranslate2")} == {
-        "model": "ai-forever/ruT5-large", "validation_size": 1000, "lora_rank": 8, "prompt_length": 20, "batch_size": 8,
-        "grad_accum_steps": 4, "learning_rate": 3e-4, "epochs": 10.0, "max_new_tokens": None, "eval_every": None, "nproc_per_node": 1,
-        "precision": "auto", "decoding": "greedy", "metric": "chrf", "compare_base": True, "export": False, "export_ctranslate2": False}
+    assert {
+        name: published[name]
+        for name in (
+            "model",
+            "validation_size",
+            "lora_rank",
+            "prompt_length",
+            "batch_size",
+            "grad_accum_steps",
+            "learning_rate",
+            "epochs",
+            "max_new_tokens",
+            "eval_every",
+            "nproc_per_node",
+            "precision",
+            "decoding",
+            "metric",
+            "compare_base",
+            "export",
+            "export_ctranslate2",
+        )
+    } == {
+        "model": "ai-forever/ruT5-large",
+        "validation_size": 1000,
+        "lora_rank": 8,
+        "prompt_length": 20,
+        "batch_size": 8,
+        "grad_accum_steps": 4,
+        "learning_rate": 3e-4,
+        "epochs": 10.0,
+        "max_new_tokens": None,
+        "eval_every": None,
+        "nproc_per_node": 1,
+        "precision": "auto",
+        "decoding": "greedy",
+        "metric": "chrf",
+        "compare_base": True,
+        "export": False,
+        "export_ctranslate2": False,
+    }
     tiny = pipeline_parameters(PRESETS["tiny"], build_parser().parse_args([]))
-    assert {name for name in PARAMETERS if tiny[name] != published[name]} == set(PRESETS["tiny"]) == {
-        "model", "train_tsv", "test_tsv", "validation_size", "grad_accum_steps", "learning_rate", "epochs", "gradient_checkpointing",
-        "eval_every", "max_new_tokens"}
+    assert (
+        {name for name in PARAMETERS if tiny[name] != published[name]}
+        == set(PRESETS["tiny"])
+        == {
+            "model",
+            "train_tsv",
+            "test_tsv",
+            "validation_size",
+            "grad_accum_steps",
+            "learning_rate",
+            "epochs",
+            "gradient_checkpointing",
+            "eval_every",
+            "max_new_tokens",
+        }
+    )
     with pytest.raises(KeyError, match=r"\['lora_ranks'\], which are no pipeline parameters"):
         preset_values({"lora_ranks": 4})
 
@@ -223,8 +323,18 @@ def test_a_server_that_does_not_answer_stops_the_step_after_5_seconds(clearml_ho
         watcher = threading.Thread(target=wait_for_hang_up, args=(silent,), daemon=True)
         watcher.start()
         env = {**clearml_home, "CLEARML_API_HOST": host, "CLEARML_API_ACCESS_KEY": "k", "CLEARML_API_SECRET_KEY": "s"}
-        completed = run_script(env, "steps/ingest.py", "--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv",
-                               "--output-dir", str(tmp_path), check=False, timeout=120)
+        completed = run_script(
+            env,
+            "steps/ingest.py",
+            "--train-tsv",
+            "data/sample/train.tsv",
+            "--test-tsv",
+            "data/sample/test.tsv",
+            "--output-dir",
+            str(tmp_path),
+            check=False,
+            timeout=120,
+        )
         watcher.join(timeout=10)
     assert completed.returncode == 1
     last_line = completed.stderr.strip().splitlines()[-1]
@@ -235,11 +345,17 @@ def test_a_server_that_does_not_answer_stops_the_step_after_5_seconds(clearml_ho
     assert len(waited) == 1 and SERVER_CHECK_TIMEOUT_S - 0.5 <= waited[0] < SERVER_CHECK_TIMEOUT_S + 3
 
 
-@pytest.mark.parametrize("where, variables, conf", [
-    ("offline", {}, None),
-    ("on an agent, whatever its configuration says", {"CLEARML_TASK_ID": "abc"},
-     "sdk.development { report_use_subprocess: true, vcs_repo_detect_async: true }"),
-])
+@pytest.mark.parametrize(
+    "where, variables, conf",
+    [
+        ("offline", {}, None),
+        (
+            "on an agent, whatever its configuration says",
+            {"CLEARML_TASK_ID": "abc"},
+            "sdk.development { report_use_subprocess: true, vcs_repo_detect_async: true }",
+        ),
+    ],
+)
 def test_every_process_reports_from_a_thread_and_detects_the_repository_in_task_inits(where, variables, conf, clearml_home, tmp_path):
     env = {**clearml_home, **variables}
     if conf:
@@ -284,7 +400,9 @@ def test_a_parameter_is_declared_alike_by_every_step_that_takes_it_and_only_the_
     declared_here = declared_parameters({"preprocess": Preprocess, "train": Train, None: RunOptions})
     assert declared_here == {
         "max_length": Parameter("max_length", int, 100, None, "tokens kept | cut", {"preprocess": "max_length", "train": "max_length"}, None),
-        "seed": Parameter("seed", int, 1, None, "preprocess: seed of the split; train: seed of the batches", {"preprocess": "seed", "train": "seed"}, None),
+        "seed": Parameter(
+            "seed", int, 1, None, "preprocess: seed of the split; train: seed of the batches", {"preprocess": "seed", "train": "seed"}, None
+        ),
         "lora_rank": Parameter("lora_rank", int, 8, None, "rank", {"train": "lora_rank"}, "4,8"),
         "max_rows": Parameter("max_rows", int, None, (1, 2), "rows scored", {"train": "limit"}, None),
         "export": Parameter("export", bool, False, None, PARAMETERS["export"].help, {}, None),
@@ -302,8 +420,10 @@ def test_a_parameter_is_declared_alike_by_every_step_that_takes_it_and_only_the_
         declared_parameters({"train": Train, "evaluate": Evaluate})
     with pytest.raises(TypeError) as refused:
         declared_parameters({"export": Export})
-    assert str(refused.value) == ("Export.max_input_length is sweepable: only a pipeline parameter of the train step (same name) can be, "
-                                  "as a sweep sets it on trials of the train step.")
+    assert str(refused.value) == (
+        "Export.max_input_length is sweepable: only a pipeline parameter of the train step (same name) can be, "
+        "as a sweep sets it on trials of the train step."
+    )
     monkeypatch.setattr(definition, "PARAMETERS", declared_here)
     monkeypatch.setattr(definition, "PRESETS", {"published": {}})
     assert "| `--max-length` | `100` | preprocess, train |  | tokens kept \\| cut |" in configuration_reference().splitlines()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from conftest import random_adapter
+from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
 
 from components.export.plain_checkpoint import export_plain_checkpoint
@@ -95,7 +95,8 @@ def test_the_tokenizer_puts_the_prompt_tokens_first_and_cuts_where_the_pipeline_
     cut = tokenizer(TEXTS[1], truncation=True)["input_ids"]
     assert cut == prompt + base_tokenizer(TEXTS[1], truncation=True, max_length=MAX_INPUT_LENGTH)["input_ids"]
     assert tokenizer.decode(tokenizer(TEXTS[0])["input_ids"], skip_special_tokens=True) == base_tokenizer.decode(
-        base_tokenizer(TEXTS[0])["input_ids"], skip_special_tokens=True)
+        base_tokenizer(TEXTS[0])["input_ids"], skip_special_tokens=True
+    )
     config_text = (output / "tokenizer_config.json").read_text(encoding="utf-8")
     config = json.loads(config_text)
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
@@ -112,9 +113,17 @@ def test_generation_is_the_adapter_models_with_the_prompt_suppressed(exported, o
     assert generation.suppress_tokens == described["prompt_token_ids"] and generation.renormalize_logits is True
     assert {key: getattr(generation, key) for key in DECODING if key != "description"} == {k: v for k, v in DECODING.items() if k != "description"}
     assert (generation.decoder_start_token_id, generation.eos_token_id, generation.pad_token_id) == (
-        base_config.decoder_start_token_id, base_config.eos_token_id, base_config.pad_token_id)
-    assert described == {"base_model": str(base), "prompt_token_ids": described["prompt_token_ids"], "lora_rank": SETTINGS.lora_rank,
-                         "decoding": DECODING, "max_input_length": MAX_INPUT_LENGTH}
+        base_config.decoder_start_token_id,
+        base_config.eos_token_id,
+        base_config.pad_token_id,
+    )
+    assert described == {
+        "base_model": str(base),
+        "prompt_token_ids": described["prompt_token_ids"],
+        "lora_rank": SETTINGS.lora_rank,
+        "decoding": DECODING,
+        "max_input_length": MAX_INPUT_LENGTH,
+    }
 
     model, tokenizer = load_finetuned(adapter)
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")

@@ -13,7 +13,8 @@ from step_runs import arguments, artifacts, run_step, task_record
 
 from components.data import SPLITS, preprocess, read_tsv
 from components.modeling import load_tokenizer
-from steps import ingest, preprocess as preprocess_step
+from steps import ingest
+from steps import preprocess as preprocess_step
 
 MAX_INPUT, MAX_TARGET = 9, 5  # both away from the defaults (100, 200), short enough that some rows of each split are cut
 
@@ -33,8 +34,21 @@ def splits(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ingested(clearml_home, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("ingest")
-    completed, result = run_step(ingest.main, ["--local", "--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv",
-                                               "--validation-size", "15", "--output-dir", str(out)], clearml_home)
+    completed, result = run_step(
+        ingest.main,
+        [
+            "--local",
+            "--train-tsv",
+            "data/sample/train.tsv",
+            "--test-tsv",
+            "data/sample/test.tsv",
+            "--validation-size",
+            "15",
+            "--output-dir",
+            str(out),
+        ],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     return result, out / "splits"
 
@@ -45,9 +59,23 @@ def untruncated_lengths(texts, tokenizer) -> list[int]:
 
 def test_each_split_is_tokenized_at_the_lengths_asked_for_and_its_cut_rows_counted(splits, clearml_home, tmp_path):
     out = tmp_path / "out"
-    completed, result = run_step(preprocess_step.main, ["--local", "--splits-dir", str(splits), "--model", "tiny", "--max-input-length",
-                                                        str(MAX_INPUT), "--max-target-length", str(MAX_TARGET), "--output-dir", str(out)],
-                                 clearml_home)
+    completed, result = run_step(
+        preprocess_step.main,
+        [
+            "--local",
+            "--splits-dir",
+            str(splits),
+            "--model",
+            "tiny",
+            "--max-input-length",
+            str(MAX_INPUT),
+            "--max-target-length",
+            str(MAX_TARGET),
+            "--output-dir",
+            str(out),
+        ],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     tokenizer = load_tokenizer("tiny")
     expected = {"model": "tiny", "max_input_length": MAX_INPUT, "max_target_length": MAX_TARGET, "splits": {}}
@@ -55,8 +83,11 @@ def test_each_split_is_tokenized_at_the_lengths_asked_for_and_its_cut_rows_count
         frame = pd.read_csv(splits / f"{name}.tsv", sep="\t", dtype=str, keep_default_na=False)
         sources = [f"{row.instruction}\n{row.input}" if row.input else row.instruction for row in frame.itertuples()]
         input_lengths, target_lengths = untruncated_lengths(sources, tokenizer), untruncated_lengths(frame["output"], tokenizer)
-        expected["splits"][name] = {"rows": len(frame), "inputs_truncated": sum(n >= MAX_INPUT for n in input_lengths),
-                                    "targets_truncated": sum(n >= MAX_TARGET for n in target_lengths)}
+        expected["splits"][name] = {
+            "rows": len(frame),
+            "inputs_truncated": sum(n >= MAX_INPUT for n in input_lengths),
+            "targets_truncated": sum(n >= MAX_TARGET for n in target_lengths),
+        }
         assert 0 < expected["splits"][name]["inputs_truncated"] < len(frame) and 0 < expected["splits"][name]["targets_truncated"] < len(frame)
         tokenized = load_from_disk(str(out / "tokenized" / name))
         reference = preprocess(read_tsv(splits / f"{name}.tsv"), tokenizer, MAX_INPUT, MAX_TARGET)
@@ -82,8 +113,11 @@ def test_an_ingest_task_id_is_read_before_a_splits_folder(ingested, clearml_home
     """With both given, the ingest task's splits are used (``--splits-dir`` names a folder without a validation split)."""
     ingest_result, ingest_splits = ingested
     out = tmp_path / "out"
-    completed, result = run_step(preprocess_step.main, ["--local", "--ingest-task-id", ingest_result["task_id"], "--splits-dir", "data/sample",
-                                                        "--model", "tiny", "--output-dir", str(out)], clearml_home)
+    completed, result = run_step(
+        preprocess_step.main,
+        ["--local", "--ingest-task-id", ingest_result["task_id"], "--splits-dir", "data/sample", "--model", "tiny", "--output-dir", str(out)],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     tokenizer = load_tokenizer("tiny")
     for name in SPLITS:
@@ -108,8 +142,11 @@ def test_the_summary_is_utf_8_whatever_the_locale(splits, tiny_model_dir, clearm
     """A model folder with a Russian name, under the C locale: the summary files are still written (and read) as UTF-8."""
     model = shutil.copytree(tiny_model_dir, tmp_path / "модель")
     out = tmp_path / "out"
-    completed, result = run_step(preprocess_step.main, ["--local", "--splits-dir", str(splits), "--model", str(model), "--output-dir", str(out)],
-                                 {**clearml_home, **ASCII_LOCALE})
+    completed, result = run_step(
+        preprocess_step.main,
+        ["--local", "--splits-dir", str(splits), "--model", str(model), "--output-dir", str(out)],
+        {**clearml_home, **ASCII_LOCALE},
+    )
     assert completed.returncode == 0, completed.stderr
     assert json.loads((out / "tokenized" / "tokenization.json").read_text(encoding="utf-8"))["model"] == str(model)
     assert json.loads((out / "tokenization.json").read_text(encoding="utf-8"))["model"] == str(model)

@@ -5,11 +5,11 @@ import copy
 
 import pytest
 import torch
+from tolerances import assert_same_gradient
 
 from components.collator import PTDataCollator
 from components.modeling import adapter_state_dict, apply_peft, parameter_stats
 from components.prompt_tuning import PromptTuningEmbedding, attach_prompt, extend_attention_mask, prompt_length_of
-from tolerances import assert_same_gradient
 
 
 @pytest.mark.numeric

@@ -36,8 +36,10 @@ def api(unconfigured_sdk, tmp_path, monkeypatch) -> ServerApi:
 def test_a_missing_queue_is_one_sentence_with_the_command_that_serves_it(api):
     with pytest.raises(MissingQueue) as refused:
         queues.check_queues([GPU, QueueUse("default", "cpu", "--cpu-queue", "ingest")])
-    assert str(refused.value) == ("The ClearML server has no queue 'gpu' (--gpu-queue, for train, evaluate); start its agent with "
-                                  f"`{AGENT} gpu --create-queue --gpus 0`, or name existing queues with those options.")
+    assert str(refused.value) == (
+        "The ClearML server has no queue 'gpu' (--gpu-queue, for train, evaluate); start its agent with "
+        f"`{AGENT} gpu --create-queue --gpus 0`, or name existing queues with those options."
+    )
 
 
 def test_missing_queues_are_named_together_each_once(api):
@@ -48,7 +50,8 @@ def test_missing_queues_are_named_together_each_once(api):
         "The ClearML server has no queue 'gpu' (--gpu-queue, for train) nor 'cpu' (--cpu-queue, for ingest, preprocess) nor "
         "'services' (--controller-queue, for the controller); start their agents with "
         f"`{AGENT} gpu --create-queue --gpus 0`, `{AGENT} cpu --create-queue --cpu-only`, "
-        f"`{AGENT} services --create-queue --services-mode --cpu-only`, or name existing queues with those options.")
+        f"`{AGENT} services --create-queue --services-mode --cpu-only`, or name existing queues with those options."
+    )
 
 
 @pytest.mark.parametrize("existing", ["gpu-large", "my-gpu", "g.u"])
@@ -64,8 +67,11 @@ def test_a_queue_without_an_agent_is_a_warning_and_one_with_an_agent_is_silent(a
     api.call("workers.register", worker="gpu-box:0", queues=[api.queue_id("gpu")])
     queues.check_queues([GPU, CPU])
     captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("", "warning: no agent is listening on queue 'cpu' (--cpu-queue); its tasks wait there until one "
-                                                f"starts: `{AGENT} cpu --create-queue --cpu-only`.\n")
+    assert (captured.out, captured.err) == (
+        "",
+        "warning: no agent is listening on queue 'cpu' (--cpu-queue); its tasks wait there until one "
+        f"starts: `{AGENT} cpu --create-queue --cpu-only`.\n",
+    )
 
 
 @pytest.fixture
@@ -104,19 +110,23 @@ def log(api: ServerApi, task_id: str, *lines: str) -> None:
     if not lines:
         return
     stamp = int(time.time() * 1000)
-    api.call_batch("events.add_batch", [{"task": task_id, "type": "log", "timestamp": stamp - len(lines) + n, "level": "info", "msg": line}
-                                        for n, line in enumerate(lines)])
+    api.call_batch(
+        "events.add_batch",
+        [{"task": task_id, "type": "log", "timestamp": stamp - len(lines) + n, "level": "info", "msg": line} for n, line in enumerate(lines)],
+    )
 
 
 def test_following_a_task_says_where_it_is_when_the_wait_ends(api, queued, capsys):
     queues.follow_start(queued, "gpu", 0)
-    assert capsys.readouterr().out == (f"Task {queued} is still queued on 'gpu' after 0 s: no agent of that queue has taken it yet; "
-                                       "it continues there.\n")
+    assert capsys.readouterr().out == (
+        f"Task {queued} is still queued on 'gpu' after 0 s: no agent of that queue has taken it yet; it continues there.\n"
+    )
     for reason in queues.PREPARING_REASONS:
         taken(api, queued, reason)
         queues.follow_start(queued, "gpu", 0.4)
-        assert capsys.readouterr().out == (f"Task {queued} is being prepared by agent gpu-box:0 (queue 'gpu') after 0 s: "
-                                           "its environment is being built; it continues there.\n")
+        assert capsys.readouterr().out == (
+            f"Task {queued} is being prepared by agent gpu-box:0 (queue 'gpu') after 0 s: its environment is being built; it continues there.\n"
+        )
     taken(api, queued, "worker starting task execution")
     queues.follow_start(queued, "gpu", 60)
     assert capsys.readouterr().out == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
@@ -136,8 +146,9 @@ def test_a_task_started_before_its_agent_reported_it_is_followed_until_the_agent
     assert capsys.readouterr().out == f"Task {queued} started (queue 'gpu').\n"
     api.call("tasks.started", task=queued, status_reason="worker started execution", force=True)
     queues.follow_start(queued, "gpu", 0.4)
-    assert capsys.readouterr().out == (f"Task {queued} is being prepared (queue 'gpu') after 0 s: its environment is being built; "
-                                       "it continues there.\n")
+    assert capsys.readouterr().out == (
+        f"Task {queued} is being prepared (queue 'gpu') after 0 s: its environment is being built; it continues there.\n"
+    )
     api.call("tasks.started", task=queued, status_reason="worker starting task execution", force=True)
     assert followed_while(lambda: reported(api, queued), queued, capsys) == f"Task {queued} started on agent gpu-box:0 (queue 'gpu').\n"
 
@@ -151,13 +162,23 @@ def test_a_queue_no_agent_listens_on_is_not_waited_for(api, capsys):
 
 
 @pytest.mark.parametrize("status", ["failed", "stopped"])
-@pytest.mark.parametrize("lines, reason, said", [
-    (["Collecting torch", "ERROR: no wheel for torch", "pip exit code 1", "  "], "worker execution exit code 1",
-     "(worker execution exit code 1); its log ends: ERROR: no wheel for torch"),
-    (["Collecting torch", "An Error in the last line\nand one more line", "done"], "", "(no reason given); its log ends: An Error in the last line"),
-    (["Collecting torch", "Killed  "], "", "(no reason given); its log ends: Killed"),
-    ([], "aborted", "(aborted); its log ends: (empty)"),
-])
+@pytest.mark.parametrize(
+    "lines, reason, said",
+    [
+        (
+            ["Collecting torch", "ERROR: no wheel for torch", "pip exit code 1", "  "],
+            "worker execution exit code 1",
+            "(worker execution exit code 1); its log ends: ERROR: no wheel for torch",
+        ),
+        (
+            ["Collecting torch", "An Error in the last line\nand one more line", "done"],
+            "",
+            "(no reason given); its log ends: An Error in the last line",
+        ),
+        (["Collecting torch", "Killed  "], "", "(no reason given); its log ends: Killed"),
+        ([], "aborted", "(aborted); its log ends: (empty)"),
+    ],
+)
 def test_a_task_that_ends_before_it_starts_is_one_sentence_with_its_reason_and_last_error(api, queued, status, lines, reason, said):
     taken(api, queued, "worker started execution")
     log(api, queued, *lines)
@@ -179,8 +200,13 @@ def test_the_error_is_the_last_one_of_the_log_however_long(api, queued):
 def test_the_log_is_read_in_time_order(api, queued):
     taken(api, queued, "worker started execution")
     now = int(time.time() * 1000)
-    api.call_batch("events.add_batch", [{"task": queued, "type": "log", "timestamp": now, "level": "info", "msg": "error: the last"},
-                                        {"task": queued, "type": "log", "timestamp": now - 5000, "level": "info", "msg": "error: the first"}])
+    api.call_batch(
+        "events.add_batch",
+        [
+            {"task": queued, "type": "log", "timestamp": now, "level": "info", "msg": "error: the last"},
+            {"task": queued, "type": "log", "timestamp": now - 5000, "level": "info", "msg": "error: the first"},
+        ],
+    )
     assert queues.last_log_error(APIClient(), queued) == "error: the last"
 
 
@@ -197,4 +223,5 @@ def test_the_wait_option_is_seconds_with_its_default_shown():
     assert parser.parse_args(["--wait-for-start", "2.5"]).wait_for_start == 2.5
     assert " ".join(parser.format_help().split()).endswith(
         "--wait-for-start SECONDS after enqueuing the controller, follow it this long until an agent starts it; one that fails "
-        "first ends the command with its reason and exit status 1 (0: do not wait; default 60)")
+        "first ends the command with its reason and exit status 1 (0: do not wait; default 60)"
+    )

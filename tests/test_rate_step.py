@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from rating_sessions import page, rating_commands, shown_item, write_evaluations  # noqa: F401 (rating_commands is a fixture)
-from step_runs import arguments, artifacts, make_task, run_step, task_record
+from step_runs import artifacts, make_task, run_step, task_record
 
 from components.human_eval.store import RatingStore
 from components.human_eval.summary import summarise
@@ -26,8 +26,22 @@ def two_systems(tmp_path) -> list[str]:
 
 
 def session_options(folders: list[str], tmp_path: Path, *more: str) -> list[str]:
-    return ["--local", "--predictions", ",".join(folders), "--raters", "anna, ,boris", "--overlap", "1", "--items", "6", "--seed", "4",
-            "--session", str(tmp_path / "session.sqlite"), *more]
+    return [
+        "--local",
+        "--predictions",
+        ",".join(folders),
+        "--raters",
+        "anna, ,boris",
+        "--overlap",
+        "1",
+        "--items",
+        "6",
+        "--seed",
+        "4",
+        "--session",
+        str(tmp_path / "session.sqlite"),
+        *more,
+    ]
 
 
 def vote_everything(links: dict[str, str]) -> int:
@@ -90,16 +104,20 @@ def test_a_signal_stops_the_session_with_the_votes_it_has(stop, two_systems, rat
 
 
 def test_on_every_interface_the_links_name_this_machine(two_systems, rating_commands, clearml_home, tmp_path):
-    command = rating_commands(clearml_home, [*session_options(two_systems, tmp_path), "--host", "0.0.0.0", "--port", "0",
-                                             "--output-dir", str(tmp_path / "out")], forked=True)
+    command = rating_commands(
+        clearml_home,
+        [*session_options(two_systems, tmp_path), "--host", "0.0.0.0", "--port", "0", "--output-dir", str(tmp_path / "out")],
+        forked=True,
+    )
     assert all(link.startswith(f"http://{socket.getfqdn()}:") for link in command.links.values())
     command.process.send_signal(signal.SIGTERM)
     assert command.wait() == 0
 
 
-@pytest.mark.parametrize("host, base", [
-    ("127.0.0.1", "http://127.0.0.1:8080"), ("localhost", "http://localhost:8080"), ("0.0.0.0", None), ("::", None), ("::1", "http://[::1]:8080"),
-])
+@pytest.mark.parametrize(
+    "host, base",
+    [("127.0.0.1", "http://127.0.0.1:8080"), ("localhost", "http://localhost:8080"), ("0.0.0.0", None), ("::", None), ("::1", "http://[::1]:8080")],
+)
 def test_the_links_name_the_host_served_on_this_machine_for_every_interface_and_ipv6_in_brackets(host, base):
     assert rate.link_base(host, 8080) == (base or f"http://{socket.getfqdn()}:8080")
 
@@ -119,28 +137,41 @@ def write_export_all_left(project: Path, path: Path) -> None:
     """Label Studio's JSON export of the project the step wrote, every pair annotated "left" by its user 7."""
     tasks = json.loads((project / "tasks.json").read_text(encoding="utf-8"))
     selected = [{"from_name": "preference", "to_name": "preference", "type": "pairwise", "value": {"selected": "left"}}]
-    export = [{"id": 100 + n, **task, "annotations": [{"id": n, "completed_by": 7, "result": selected, "was_cancelled": False}]}
-              for n, task in enumerate(tasks)]
+    export = [
+        {"id": 100 + n, **task, "annotations": [{"id": n, "completed_by": 7, "result": selected, "was_cancelled": False}]}
+        for n, task in enumerate(tasks)
+    ]
     path.write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
 
 
 def test_the_session_goes_to_label_studio_and_comes_back(two_systems, clearml_home, tmp_path):
     project = tmp_path / "project"
-    completed, result = run_step(rate.main, [*session_options(two_systems, tmp_path), "--label-studio-export", str(project),
-                                             "--output-dir", str(tmp_path / "out")], clearml_home)
+    completed, result = run_step(
+        rate.main,
+        [*session_options(two_systems, tmp_path), "--label-studio-export", str(project), "--output-dir", str(tmp_path / "out")],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     written = [str(project / "label_config.xml"), str(project / "tasks.json")]
     assert result["outputs"] == {"session": str(tmp_path / "session.sqlite"), "label_studio_export": written}
-    assert (f"Label Studio project written: {', '.join(written)}; import the tasks there, then run again with --label-studio-import."
-            in completed.stdout.splitlines())
+    assert (
+        f"Label Studio project written: {', '.join(written)}; import the tasks there, then run again with --label-studio-import."
+        in completed.stdout.splitlines()
+    )
     assert not (tmp_path / "out" / "ratings.tsv").exists()
 
     write_export_all_left(project, tmp_path / "export.json")
     out = tmp_path / "imported"
-    completed, result = run_step(rate.main, [*session_options(two_systems, tmp_path), "--label-studio-import", str(tmp_path / "export.json"),
-                                             "--output-dir", str(out)], clearml_home)
+    completed, result = run_step(
+        rate.main,
+        [*session_options(two_systems, tmp_path), "--label-studio-import", str(tmp_path / "export.json"), "--output-dir", str(out)],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
-    assert f"6 votes (imported from Label Studio); statistics in {out / 'human_evaluation.json'} and the task's results." in completed.stdout.splitlines()
+    assert (
+        f"6 votes (imported from Label Studio); statistics in {out / 'human_evaluation.json'} and the task's results."
+        in completed.stdout.splitlines()
+    )
     assert (result["outputs"]["votes"], result["outputs"]["complete"]) == (6, None)
     assert set(pd.read_csv(out / "ratings.tsv", sep="\t", dtype=str)["rater"]) == {"label-studio user 7"}
 
@@ -153,17 +184,46 @@ def test_evaluate_tasks_are_the_systems_by_their_ids_and_one_task_is_tuned_again
     single = make_task("evaluate", {"predictions": with_base}, clearml_home, tmp_path)
     for given, systems in ((ids, set(ids)), ([single], {"tuned", "base"})):
         session = tmp_path / f"session-{len(given)}.sqlite"
-        completed, result = run_step(rate.main, ["--local", "--evaluate-task-ids", ",".join(given), "--items", "0", "--session", str(session),
-                                                 "--label-studio-export", str(tmp_path / f"project-{len(given)}"), "--output-dir", str(tmp_path / "out")],
-                                     clearml_home)
+        completed, result = run_step(
+            rate.main,
+            [
+                "--local",
+                "--evaluate-task-ids",
+                ",".join(given),
+                "--items",
+                "0",
+                "--session",
+                str(session),
+                "--label-studio-export",
+                str(tmp_path / f"project-{len(given)}"),
+                "--output-dir",
+                str(tmp_path / "out"),
+            ],
+            clearml_home,
+        )
         assert completed.returncode == 0, completed.stderr
         items = RatingStore(session).items()
         assert {system for item in items for system in (item.system_a, item.system_b)} == systems and len(items) == 4  # --items 0: every pair
         properties = task_record(result)["hyperparams"]["properties"]
         assert {name: entry["value"] for name, entry in properties.items()} == {f"compared {n}": task_id for n, task_id in enumerate(given, 1)}
     write_export_all_left(tmp_path / "project-1", tmp_path / "export.json")
-    imported, _ = run_step(rate.main, ["--local", "--evaluate-task-ids", single, "--items", "0", "--session", str(tmp_path / "session-1.sqlite"),
-                                       "--label-studio-import", str(tmp_path / "export.json"), "--output-dir", str(tmp_path / "imported")], clearml_home)
+    imported, _ = run_step(
+        rate.main,
+        [
+            "--local",
+            "--evaluate-task-ids",
+            single,
+            "--items",
+            "0",
+            "--session",
+            str(tmp_path / "session-1.sqlite"),
+            "--label-studio-import",
+            str(tmp_path / "export.json"),
+            "--output-dir",
+            str(tmp_path / "imported"),
+        ],
+        clearml_home,
+    )
     assert imported.returncode == 0, imported.stderr  # offline, no registered model is looked for (these tasks hold no evaluation)
     assert "4 votes (imported from Label Studio)" in imported.stdout and "Registered model" not in imported.stdout
 
@@ -171,8 +231,14 @@ def test_evaluate_tasks_are_the_systems_by_their_ids_and_one_task_is_tuned_again
 @pytest.mark.parametrize(
     "change, sentence",
     [
-        ({"--predictions": ""}, "Give --evaluate-task-ids (ClearML task ids of evaluate steps) or --predictions (their output folders), one of the two."),
-        ({"--evaluate-task-ids": "offline-x"}, "Give --evaluate-task-ids (ClearML task ids of evaluate steps) or --predictions (their output folders), one of the two."),
+        (
+            {"--predictions": ""},
+            "Give --evaluate-task-ids (ClearML task ids of evaluate steps) or --predictions (their output folders), one of the two.",
+        ),
+        (
+            {"--evaluate-task-ids": "offline-x"},
+            "Give --evaluate-task-ids (ClearML task ids of evaluate steps) or --predictions (their output folders), one of the two.",
+        ),
         ({"--raters": " , "}, "--raters is empty; give the raters' names, comma-separated."),
         ({"--predictions": "SAME_NAME"}, "--predictions names two folders alike (SAME_NAME); give each evaluation a folder of its own name."),
     ],
@@ -206,20 +272,27 @@ def test_a_session_started_with_other_options_is_refused_naming_each_difference(
     assert run_step(rate.main, first, clearml_home)[0].returncode == 0
     session, sources = tmp_path / "session.sqlite", ",".join(two_systems)
     other_sources = f"{two_systems[0]},{tmp_path / 'third'}"
-    for changes, differences in (({"raters": "anna", "seed": "5"}, "raters 'anna,boris', not 'anna', seed '4', not '5'"),
-                                 ({"predictions": other_sources, "overlap": "2", "items": "4"},
-                                  f"sources '{sources}', not '{other_sources}', overlap '1', not '2', items '6', not '4'")):
+    for changes, differences in (
+        ({"raters": "anna", "seed": "5"}, "raters 'anna,boris', not 'anna', seed '4', not '5'"),
+        (
+            {"predictions": other_sources, "overlap": "2", "items": "4"},
+            f"sources '{sources}', not '{other_sources}', overlap '1', not '2', items '6', not '4'",
+        ),
+    ):
         completed, _ = run_step(rate.main, with_options(first, **changes), clearml_home)
-        assert completed.stderr.splitlines()[-1] == (f"error: {session} is a session with other options ({differences}); "
-                                                     "give the same options to continue it, or another --session to start a new one.")
+        assert completed.stderr.splitlines()[-1] == (
+            f"error: {session} is a session with other options ({differences}); "
+            "give the same options to continue it, or another --session to start a new one."
+        )
 
 
 def test_the_seed_decides_the_pairs_their_order_and_who_rates_each(two_systems, clearml_home, tmp_path):
     def new_session(name: str, seed: str) -> tuple:
         session = tmp_path / f"{name}.sqlite"
         options = with_options(session_options(two_systems, tmp_path), session=str(session), seed=seed)
-        completed, _ = run_step(rate.main, [*options, "--label-studio-export", str(tmp_path / name), "--output-dir", str(tmp_path / name / "out")],
-                                clearml_home)
+        completed, _ = run_step(
+            rate.main, [*options, "--label-studio-export", str(tmp_path / name), "--output-dir", str(tmp_path / name / "out")], clearml_home
+        )
         assert completed.returncode == 0, completed.stderr
         store = RatingStore(session)
         dealt = {rater: [store.item_at(rater, position) for position in range(store.progress(rater)[1])] for rater in store.tokens()}
@@ -233,8 +306,9 @@ def test_the_seed_decides_the_pairs_their_order_and_who_rates_each(two_systems, 
 def test_predictions_files_given_themselves_are_systems_named_by_their_paths(two_systems, clearml_home, tmp_path):
     files = [str(Path(folder) / "predictions.tsv") for folder in two_systems]
     options = with_options(session_options(two_systems, tmp_path), predictions=",".join(files))
-    completed, _ = run_step(rate.main, [*options, "--label-studio-export", str(tmp_path / "project"), "--output-dir", str(tmp_path / "out")],
-                            clearml_home)
+    completed, _ = run_step(
+        rate.main, [*options, "--label-studio-export", str(tmp_path / "project"), "--output-dir", str(tmp_path / "out")], clearml_home
+    )
     assert completed.returncode == 0, completed.stderr
     items = RatingStore(tmp_path / "session.sqlite").items()
     assert len(items) == 6 and {(item.system_a, item.system_b) for item in items} <= {tuple(files), tuple(reversed(files))}

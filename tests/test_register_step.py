@@ -62,11 +62,19 @@ def test_the_best_by_the_metric_asked_for_is_copied_with_its_evaluation(offline_
 
     lines = completed.stdout.splitlines()
     assert [line for line in lines if line.startswith(tuple(evaluate_ids))] == [
-        f"{evaluate_ids[0]}: bleu = 0.1000", f"{evaluate_ids[1]}: bleu = 0.2500", f"{evaluate_ids[2]}: bleu = 0.0500", f"{evaluate_ids[3]}: bleu = 0.0100"]
-    assert (f"Best by bleu: evaluate task {evaluate_ids[1]} (0.2500); offline: not in a model registry; model directory {model_dir}."
-            in lines)
-    assert result["outputs"] == {"model_dir": str(model_dir), "model_id": None, "best_evaluate_task_id": evaluate_ids[1], "metric": "bleu",
-                                 "metrics": evaluation(SCORES[1], None)["metrics"]}
+        f"{evaluate_ids[0]}: bleu = 0.1000",
+        f"{evaluate_ids[1]}: bleu = 0.2500",
+        f"{evaluate_ids[2]}: bleu = 0.0500",
+        f"{evaluate_ids[3]}: bleu = 0.0100",
+    ]
+    assert f"Best by bleu: evaluate task {evaluate_ids[1]} (0.2500); offline: not in a model registry; model directory {model_dir}." in lines
+    assert result["outputs"] == {
+        "model_dir": str(model_dir),
+        "model_id": None,
+        "best_evaluate_task_id": evaluate_ids[1],
+        "metric": "bleu",
+        "metrics": evaluation(SCORES[1], None)["metrics"],
+    }
     assert (task_record(result)["name"], task_record(result)["type"]) == ("register", "custom")
     uploaded = artifacts(result["task_id"], clearml_home, tmp_path)
     assert list(uploaded) == ["model"] and files(uploaded["model"]) == files(model_dir)
@@ -77,8 +85,9 @@ def test_the_default_metric_picks_by_chrf_and_replaces_an_earlier_model_folder(o
     evaluate_ids, train_ids, adapters = offline_candidates
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "left-over.bin").write_bytes(b"from an earlier run")
-    completed, result = run_step(register.main, ["--local", "--candidates", ",".join(evaluate_ids), "--output-dir", str(tmp_path)],
-                                 {**clearml_home, **ASCII_LOCALE})
+    completed, result = run_step(
+        register.main, ["--local", "--candidates", ",".join(evaluate_ids), "--output-dir", str(tmp_path)], {**clearml_home, **ASCII_LOCALE}
+    )
     assert completed.returncode == 0, completed.stderr
     record = json.loads((tmp_path / "model" / "evaluation.json").read_text(encoding="utf-8"))
     assert record == {"evaluate_task_id": evaluate_ids[2], "metric": "chrf", **evaluation(SCORES[2], train_ids[2])}
@@ -122,5 +131,7 @@ def test_on_a_server_the_winner_is_a_registered_model_with_its_scores(clearml_ho
     for (task_id, model), (name, metric, ready, best) in zip(registered, expected):
         assert (model["name"], model["tags"], model["task"], model["ready"]) == (name, ["best", f"by {metric}"], task_id, ready)
         metadata = {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()}
-        assert metadata == {**{f"test_{score}": (str(value), "float") for score, value in evaluation(SCORES[best], None)["metrics"].items()},
-                            "train_task_id": (train_ids[best], "str")}
+        assert metadata == {
+            **{f"test_{score}": (str(value), "float") for score, value in evaluation(SCORES[best], None)["metrics"].items()},
+            "train_task_id": (train_ids[best], "str"),
+        }

@@ -6,13 +6,12 @@ import sys
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import ASCII_LOCALE, ROOT
 from markdown_tables import table_rows
+from PIL import Image
 
-from components.comparison import compare, comparison_table
 from clearml_adapter.tracking import to_json
+from components.comparison import compare, comparison_table
 from pipelines.report import CURVES_FILE, HEADLINE_METRICS, REPORT_FILE, SIDE_BY_SIDE_ROWS
 
 
@@ -65,7 +64,13 @@ def test_the_comparison_table_says_tuned_minus_base_and_tuned_over_base():
         "| bleu | 0.0000 | 0.0500 | +0.0500 | - |",
     ]
     assert comparison_table(tuned, base, ["loss"]).splitlines()[2:] == ["| loss (lower is better) | 2.0000 | 1.6000 | -0.4000 | 0.80x |"]
-    assert comparison_table(tuned, None).splitlines() == ["| metric | tuned |", "|---|---|", "| chrf | 0.3000 |", "| loss | 1.6000 |", "| bleu | 0.0500 |"]
+    assert comparison_table(tuned, None).splitlines() == [
+        "| metric | tuned |",
+        "|---|---|",
+        "| chrf | 0.3000 |",
+        "| loss | 1.6000 |",
+        "| bleu | 0.0500 |",
+    ]
     assert compare(tuned, {"chrf": 0.2, "meteor": 0.1}) == {"chrf": pytest.approx(0.1)} and compare(tuned, None) is None
 
 
@@ -79,9 +84,15 @@ def test_test_rows_side_by_side_are_the_evaluated_predictions(tiny_pipeline, rep
 
 # The report from step outputs written here (no pipeline run): every line read against the files it comes from.
 
-TRAINING = {"train_losses": [[1, 2.5], [2, 2.25], [3, 1.75], [4, 1.5]], "initial_validation_loss": 2.0,
-            "history": [{"step": 2, "validation_loss": 1.8}, {"step": 4, "validation_loss": 1.5}],
-            "best_metric": "validation_loss", "best_step": 4, "best_value": 1.5, "steps": 4}
+TRAINING = {
+    "train_losses": [[1, 2.5], [2, 2.25], [3, 1.75], [4, 1.5]],
+    "initial_validation_loss": 2.0,
+    "history": [{"step": 2, "validation_loss": 1.8}, {"step": 4, "validation_loss": 1.5}],
+    "best_metric": "validation_loss",
+    "best_step": 4,
+    "best_value": 1.5,
+    "steps": 4,
+}
 METRICS = {"bleu": 0.06, "rouge1": 0.09, "rouge2": 0.03, "rougeL": 0.08, "meteor": 0.2, "chrf": 0.3, "loss": 1.4}
 HEADLINE = ["bleu", "chrf", "rouge1", "rouge2", "rougeL", "meteor", "loss"]  # the protocol's metrics, then the loss
 BASE_METRICS = {"bleu": 0.01, "rouge1": 0.02, "rouge2": 0.0, "rougeL": 0.02, "meteor": 0.05, "chrf": 0.1, "loss": 3.0}
@@ -92,16 +103,29 @@ def step_outputs(folder, rows: int, compared: bool = True, training: dict = TRAI
     (folder / "train").mkdir(parents=True)
     (folder / "evaluate").mkdir()
     (folder / "train" / "training.json").write_text(to_json(training), encoding="utf-8")  # as the steps write them
-    (folder / "evaluate" / "evaluation.json").write_text(to_json({"rows": rows, "decoding": {"description": "beam search, 4 beams — no sampling"}}),
-                                                         encoding="utf-8")
-    frame = pd.DataFrame({"instruction": ["12" if n == 5 else f"Вопрос {n} | с чертой" for n in range(rows)], "input": ["" if n % 2 else f"вход\r\n{n}" for n in range(rows)],
-                          "output": [f"{n:03}" for n in range(rows)],
-                          "prediction": [{0: "", 5: "007"}.get(n, f"ответ {n}") for n in range(rows)]})  # texts that look like numbers stay texts
+    (folder / "evaluate" / "evaluation.json").write_text(
+        to_json({"rows": rows, "decoding": {"description": "beam search, 4 beams — no sampling"}}), encoding="utf-8"
+    )
+    frame = pd.DataFrame(
+        {
+            "instruction": ["12" if n == 5 else f"Вопрос {n} | с чертой" for n in range(rows)],
+            "input": ["" if n % 2 else f"вход\r\n{n}" for n in range(rows)],
+            "output": [f"{n:03}" for n in range(rows)],
+            "prediction": [{0: "", 5: "007"}.get(n, f"ответ {n}") for n in range(rows)],
+        }
+    )  # texts that look like numbers stay texts
     if compared:
         frame.insert(3, "base_prediction", [f"база {n}" for n in range(rows)])
     frame.to_csv(folder / "evaluate" / "predictions.tsv", sep="\t", index=False)
-    parameters = {"model": "ai-forever/ruT5-large", "lora_rank": 4, "prompt_length": 12, "test_tsv": "data/test.tsv",
-                  "train_tsv": "data/train.tsv", "seed": 7, "max_steps": None}
+    parameters = {
+        "model": "ai-forever/ruT5-large",
+        "lora_rank": 4,
+        "prompt_length": 12,
+        "test_tsv": "data/test.tsv",
+        "train_tsv": "data/train.tsv",
+        "seed": 7,
+        "max_steps": None,
+    }
     return {"parameters": parameters, "metrics": METRICS, "base_metrics": BASE_METRICS if compared else None, "model_dir": str(folder / "model")}
 
 
@@ -113,25 +137,41 @@ def test_a_report_is_each_figure_of_the_files_it_reads(tmp_path):
     lines = (tmp_path / REPORT_FILE).read_text(encoding="utf-8").split("\n")
     table = comparison_table(METRICS, BASE_METRICS, HEADLINE).split("\n")
     assert lines[:8] == [
-        "# Pipeline run: ai-forever/ruT5-large with LoRA rank 4 + a 12-vector prompt", "",
-        "Test split: 12 rows of `data/test.tsv`. Decoding: beam search, 4 beams — no sampling.", "",
-        "## Base vs fine-tuned on the test split", "",
+        "# Pipeline run: ai-forever/ruT5-large with LoRA rank 4 + a 12-vector prompt",
+        "",
+        "Test split: 12 rows of `data/test.tsv`. Decoding: beam search, 4 beams — no sampling.",
+        "",
+        "## Base vs fine-tuned on the test split",
+        "",
         "The base is the same model with the adapters as training starts them (LoRA's B at zero, the prompt at its initialisation), "
-        "so it is fed the same inputs. Text metrics are on a 0..1 scale (higher is better); `loss` is the cross-entropy per reference token.", ""]
-    assert lines[8:8 + len(table)] == table
-    rest = lines[8 + len(table):]
-    assert rest[:8] == ["", "## Loss curves", "",
-                        "Validation loss: 2.0000 untuned, best 1.5000 at step 4 of 4 (-25.0%); validation split of `data/train.tsv`.", "",
-                        f"![train and validation loss]({CURVES_FILE})", "", "## The first 10 test rows side by side"]
+        "so it is fed the same inputs. Text metrics are on a 0..1 scale (higher is better); `loss` is the cross-entropy per reference token.",
+        "",
+    ]
+    assert lines[8 : 8 + len(table)] == table
+    rest = lines[8 + len(table) :]
+    assert rest[:8] == [
+        "",
+        "## Loss curves",
+        "",
+        "Validation loss: 2.0000 untuned, best 1.5000 at step 4 of 4 (-25.0%); validation split of `data/train.tsv`.",
+        "",
+        f"![train and validation loss]({CURVES_FILE})",
+        "",
+        "## The first 10 test rows side by side",
+    ]
     assert rest[9:11] == ["| # | instruction and input | reference | base (untuned) | tuned |", "|---|---|---|---|---|"]
     assert rest[11] == "| 1 | Вопрос 0 \\| с чертой<br>вход<br>0 | 000 | база 0 |   |"  # an empty answer is a blank cell
     assert rest[12] == "| 2 | Вопрос 1 \\| с чертой | 001 | база 1 | ответ 1 |"  # no input: the instruction alone
     assert rest[16] == "| 6 | 12 | 005 | база 5 | 007 |"
     assert rest[20] == "| 10 | Вопрос 9 \\| с чертой | 009 | база 9 | ответ 9 |" and rest[21] == ""  # ten rows of twelve
-    assert rest[22:] == ["## Where things are", "", f"- model directory: `{tmp_path / 'model'}`",
-                         f"- all metrics and task ids: `{tmp_path / 'summary.json'}`; every prediction: `{tmp_path / 'evaluate' / 'predictions.tsv'}`",
-                         "- settings: model ai-forever/ruT5-large, lora_rank 4, prompt_length 12, test_tsv data/test.tsv, "
-                         "train_tsv data/train.tsv, seed 7", ""]
+    assert rest[22:] == [
+        "## Where things are",
+        "",
+        f"- model directory: `{tmp_path / 'model'}`",
+        f"- all metrics and task ids: `{tmp_path / 'summary.json'}`; every prediction: `{tmp_path / 'evaluate' / 'predictions.tsv'}`",
+        "- settings: model ai-forever/ruT5-large, lora_rank 4, prompt_length 12, test_tsv data/test.tsv, train_tsv data/train.tsv, seed 7",
+        "",
+    ]
 
 
 def test_a_report_without_the_base_shows_the_tuned_model_alone(tmp_path):
@@ -152,19 +192,27 @@ def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked
 
     saved, open_figures = [], pyplot.get_fignums()
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, path, **options: saved.append((figure, path, options)))
-    for training, marked in ((TRAINING, True), ({**TRAINING, "best_metric": "bleu"}, False), ({**TRAINING, "best_step": None}, False),
-                             ({**TRAINING, "train_losses": []}, True)):
+    for training, marked in (
+        (TRAINING, True),
+        ({**TRAINING, "best_metric": "bleu"}, False),
+        ({**TRAINING, "best_step": None}, False),
+        ({**TRAINING, "train_losses": []}, True),
+    ):
         saved.clear()
         assert plot_loss_curves(training, tmp_path / "curves.png") == tmp_path / "curves.png"
         [(figure, path, options)] = saved
         assert (path, options) == (tmp_path / "curves.png", {"dpi": 100, "bbox_inches": "tight"})
         [axes] = figure.axes
         lines = {line.get_label(): line for line in axes.get_lines()}
-        expected = {"validation (step 0: untuned)"} | ({"train (each step)"} if training["train_losses"] else set()) | (
-            {"best, step 4"} if marked else set())
+        expected = (
+            {"validation (step 0: untuned)"}
+            | ({"train (each step)"} if training["train_losses"] else set())
+            | ({"best, step 4"} if marked else set())
+        )
         assert set(lines) == expected
-        assert [t.get_text() for t in axes.get_legend().get_texts()] == [label for label in
-                                                                          ("train (each step)", "validation (step 0: untuned)", "best, step 4") if label in expected]
+        assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+            label for label in ("train (each step)", "validation (step 0: untuned)", "best, step 4") if label in expected
+        ]
         validation = lines["validation (step 0: untuned)"]
         assert (list(validation.get_xdata()), list(validation.get_ydata())) == ([0, 2, 4], [2.0, 1.8, 1.5])
         if training["train_losses"]:
@@ -173,14 +221,24 @@ def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked
         if marked:
             assert list(lines["best, step 4"].get_xdata()) == [4, 4]
         assert (axes.get_xlabel(), axes.get_ylabel(), axes.get_title()) == (
-            "optimizer step", "cross-entropy per target token", "Training of the adapters (LoRA + prompt); the base is frozen")
+            "optimizer step",
+            "cross-entropy per target token",
+            "Training of the adapters (LoRA + prompt); the base is frozen",
+        )
         assert tuple(figure.get_size_inches()) == (8, 4.5)
-        style = {label: (to_hex(line.get_color()), line.get_alpha(), line.get_linewidth(), line.get_linestyle(), line.get_marker())
-                 for label, line in lines.items()}
-        assert style == {label: value for label, value in {
-            "train (each step)": (to_hex("tab:blue"), 0.45, 1, "-", "None"),  # faint: one point per step
-            "validation (step 0: untuned)": (to_hex("tab:orange"), None, rcParams["lines.linewidth"], "-", "o"),
-            "best, step 4": (to_hex("tab:green"), None, 1, "--", "None")}.items() if label in expected}
+        style = {
+            label: (to_hex(line.get_color()), line.get_alpha(), line.get_linewidth(), line.get_linestyle(), line.get_marker())
+            for label, line in lines.items()
+        }
+        assert style == {
+            label: value
+            for label, value in {
+                "train (each step)": (to_hex("tab:blue"), 0.45, 1, "-", "None"),  # faint: one point per step
+                "validation (step 0: untuned)": (to_hex("tab:orange"), None, rcParams["lines.linewidth"], "-", "o"),
+                "best, step 4": (to_hex("tab:green"), None, 1, "--", "None"),
+            }.items()
+            if label in expected
+        }
         assert {(line.get_visible(), line.get_alpha()) for line in axes.xaxis.get_gridlines() + axes.yaxis.get_gridlines()} == {(True, 0.3)}
         assert pyplot.get_fignums() == open_figures  # none left open: a long run's reports leak no figures
 
@@ -188,10 +246,18 @@ def test_the_loss_curves_are_the_training_files_losses_with_the_best_step_marked
 def test_the_report_is_written_and_read_as_utf_8_whatever_the_locale(tmp_path, clearml_home):
     summary = step_outputs(tmp_path / "here", rows=3)
     step_outputs(tmp_path / "there", rows=3)
-    program = ("import json, sys; from pathlib import Path; from pipelines.report import write_report; "
-               "write_report(Path(sys.argv[1]), json.loads(sys.argv[2]))")
-    there = subprocess.run([sys.executable, "-c", program, str(tmp_path / "there"), json.dumps({**summary, "model_dir": "model"})], cwd=ROOT,
-                           env={**clearml_home, **ASCII_LOCALE}, capture_output=True, text=True, timeout=120)
+    program = (
+        "import json, sys; from pathlib import Path; from pipelines.report import write_report; "
+        "write_report(Path(sys.argv[1]), json.loads(sys.argv[2]))"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path / "there"), json.dumps({**summary, "model_dir": "model"})],
+        cwd=ROOT,
+        env={**clearml_home, **ASCII_LOCALE},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert there.returncode == 0, there.stderr
     from pipelines.report import write_report
 

@@ -35,8 +35,14 @@ BENCHMARK_RECORDS = ROOT / "benchmarks" / "results" / "cpu.jsonl"
 METRICS = {*PROTOCOL_METRICS, *(f"published_{rouge}" for rouge in ROUGE_TYPES), "loss"}
 SPLITS = {"train", "validation", "test"}
 # The steps' JSON outputs, under the run's output folder.
-JSON_OUTPUTS = ("summary.json", "evaluate/evaluation.json", "train/training.json", "ingest/ingest_report.json", "preprocess/tokenization.json",
-                *(f"{step}/result.json" for step in STEP_NAMES))
+JSON_OUTPUTS = (
+    "summary.json",
+    "evaluate/evaluation.json",
+    "train/training.json",
+    "ingest/ingest_report.json",
+    "preprocess/tokenization.json",
+    *(f"{step}/result.json" for step in STEP_NAMES),
+)
 
 
 def generic(segment: str) -> str:
@@ -61,13 +67,22 @@ def scalar_names(session: Path) -> set[str]:
     events = session / "metrics.jsonl"
     if not events.is_file():
         return set()
-    return {f"{generic(event['metric'])}/{generic(event['variant'])}" for line in events.read_text().splitlines() if line.strip()
-            for event in json.loads(line) if event.get("type") == "training_stats_scalar"}
+    return {
+        f"{generic(event['metric'])}/{generic(event['variant'])}"
+        for line in events.read_text().splitlines()
+        if line.strip()
+        for event in json.loads(line)
+        if event.get("type") == "training_stats_scalar"
+    }
 
 
 def reported_by_the_pipeline(output_dir: Path, summary: dict) -> set[tuple[str, str]]:
-    reported = {(Path(path).name, name) for path in JSON_OUTPUTS if (output_dir / path).is_file()
-                for name in numeric_names(json.loads((output_dir / path).read_text()))}
+    reported = {
+        (Path(path).name, name)
+        for path in JSON_OUTPUTS
+        if (output_dir / path).is_file()
+        for name in numeric_names(json.loads((output_dir / path).read_text()))
+    }
     for session in summary["offline_sessions"]:
         folder = Path(session).with_suffix("")
         step = json.loads((folder / "task.json").read_text())["name"]
@@ -103,8 +118,11 @@ def reported_by_the_rating_step(tmp_path: Path) -> set[tuple[str, str]]:
     report_summary(type("Task", (), {"get_logger": lambda self: logger})(), summary)
     reported = {("human_evaluation.json", name) for name in numeric_names(summary.as_dict())}
     reported |= {("ClearML single values of rate", generic(name)) for name in logger.values}
-    reported |= {("ClearML tables of rate", f"{series} column {column}") for (_, series, _), table in logger.tables.items()
-                 for column in table.select_dtypes("number").columns}
+    reported |= {
+        ("ClearML tables of rate", f"{series} column {column}")
+        for (_, series, _), table in logger.tables.items()
+        for column in table.select_dtypes("number").columns
+    }
     store = RatingStore.create(tmp_path / "session.db", items, assign(items, ["r1"], overlap=1, seed=0), {})
     while (shown := store.next_item("r1")) is not None:
         store.record_vote("r1", shown.item_id, "left")
@@ -132,8 +150,11 @@ def reported_by_the_server_sweep() -> set[tuple[str, str]]:
     logger = RecordingLogger()
     records = [TrialRecord("t1", "completed", 0.5, {"lora_rank": "4"}), TrialRecord("t2", "failed", None, {"lora_rank": "8"})]
     report_trials(type("Task", (), {"get_logger": lambda self: logger})(), records, records[0])
-    return {("ClearML tables of the server sweep", f"{series} column {column}") for (_, series, _), table in logger.tables.items()
-            for column in table.select_dtypes("number").columns}
+    return {
+        ("ClearML tables of the server sweep", f"{series} column {column}")
+        for (_, series, _), table in logger.tables.items()
+        for column in table.select_dtypes("number").columns
+    }
 
 
 def reported_by_the_benchmarks() -> set[tuple[str, str]]:
@@ -152,8 +173,13 @@ def session_of(summary: dict, step: str) -> Path:
 
 def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeline, clearml_home, tmp_path):
     summary = json.loads((tiny_pipeline / "summary.json").read_text())
-    reported = (reported_by_the_pipeline(tiny_pipeline, summary) | reported_by_the_rating_step(tmp_path) | reported_by_a_sweep(clearml_home, tmp_path)
-                | reported_by_the_server_sweep() | reported_by_the_benchmarks())
+    reported = (
+        reported_by_the_pipeline(tiny_pipeline, summary)
+        | reported_by_the_rating_step(tmp_path)
+        | reported_by_a_sweep(clearml_home, tmp_path)
+        | reported_by_the_server_sweep()
+        | reported_by_the_benchmarks()
+    )
     entries = inventory()
     covered = {output: [name for entry_output, name in entries if entry_output == output] for output, _ in reported}
     unlisted = sorted((output, name) for output, name in reported if not any(matches(name, pattern) for pattern in covered[output]))
@@ -166,7 +192,9 @@ def test_every_reported_name_has_an_inventory_entry_naming_its_tests(tiny_pipeli
         for reference in references:
             path, _, function = reference.partition("::")
             tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
-            assert any(isinstance(node, ast.FunctionDef) and node.name == function for node in tree.body), f"{output} {name}: {reference} does not exist"
+            assert any(isinstance(node, ast.FunctionDef) and node.name == function for node in tree.body), (
+                f"{output} {name}: {reference} does not exist"
+            )
 
 
 def test_the_clearml_scalars_are_the_recomputed_figures(tiny_pipeline):
@@ -179,13 +207,22 @@ def test_the_clearml_scalars_are_the_recomputed_figures(tiny_pipeline):
     tuned, base = evaluation["metrics"], evaluation["base_metrics"]
     expected = {}
     for name in tuned:
-        expected |= {("Summary", name): tuned[name], ("Summary", f"base {name}"): base[name], ("Summary", f"{name} tuned - base"): tuned[name] - base[name],
-                     (name, "test"): tuned[name], (name, "base"): base[name]}
-    assert {key: [value for _, value in points] for key, points in evaluated.items()} == {key: [pytest.approx(value)] for key, value in expected.items()}
+        expected |= {
+            ("Summary", name): tuned[name],
+            ("Summary", f"base {name}"): base[name],
+            ("Summary", f"{name} tuned - base"): tuned[name] - base[name],
+            (name, "test"): tuned[name],
+            (name, "base"): base[name],
+        }
+    assert {key: [value for _, value in points] for key, points in evaluated.items()} == {
+        key: [pytest.approx(value)] for key, value in expected.items()
+    }
     training = json.loads((tiny_pipeline / "train" / "training.json").read_text())
     trained = scalars(session_of(summary, "train"))
     assert trained[("loss", "train")] == [tuple(point) for point in training["train_losses"]]
-    assert trained[("loss", "validation")] == [(0, training["initial_validation_loss"])] + [(e["step"], e["validation_loss"]) for e in training["history"]]
+    assert trained[("loss", "validation")] == [(0, training["initial_validation_loss"])] + [
+        (e["step"], e["validation_loss"]) for e in training["history"]
+    ]
     total, peak = training["total_steps"], summary["parameters"]["learning_rate"]
     assert training["training"]["warmup_ratio"] == 0
     assert trained[("learning_rate", "lr")] == [(step, pytest.approx(peak * (total - step + 1) / total, rel=1e-12)) for step in range(1, total + 1)]
@@ -208,10 +245,25 @@ def test_the_ingest_and_tokenization_counts_are_the_files_rows_and_their_token_l
     report = json.loads((tiny_pipeline / "ingest" / "ingest_report.json").read_text())
     splits = {name: pd.read_csv(tiny_pipeline / "ingest" / "splits" / f"{name}.tsv", sep="\t", dtype=str, keep_default_na=False) for name in SPLITS}
     assert report["rows"] == {name: len(rows) for name, rows in splits.items()}
-    assert report["rows"]["train"] + report["rows"]["validation"] == len(pd.read_csv(report["sources"]["train"], sep="\t", dtype=str, keep_default_na=False))
+    assert report["rows"]["train"] + report["rows"]["validation"] == len(
+        pd.read_csv(report["sources"]["train"], sep="\t", dtype=str, keep_default_na=False)
+    )
     assert report["invalid_rows_skipped"] == 0 and report["seed"] == 42
-    run_script(clearml_home, "steps/preprocess.py", "--local", "--splits-dir", str(tiny_pipeline / "ingest" / "splits"), "--model", str(tiny_model_dir),
-               "--max-input-length", "36", "--max-target-length", "6", "--output-dir", str(tmp_path))
+    run_script(
+        clearml_home,
+        "steps/preprocess.py",
+        "--local",
+        "--splits-dir",
+        str(tiny_pipeline / "ingest" / "splits"),
+        "--model",
+        str(tiny_model_dir),
+        "--max-input-length",
+        "36",
+        "--max-target-length",
+        "6",
+        "--output-dir",
+        str(tmp_path),
+    )
     tokenization = json.loads((tmp_path / "tokenization.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     expected = {}
@@ -232,8 +284,13 @@ def leaves(value, prefix: str = "") -> dict[str, float]:
 
 
 # Each step's own file, which its result.json's outputs hand on to the next step.
-OWN_FILES = {"ingest": "ingest/ingest_report.json", "preprocess": "preprocess/tokenization.json", "train": "train/training.json",
-             "evaluate": "evaluate/evaluation.json", "register": "register/model/evaluation.json"}
+OWN_FILES = {
+    "ingest": "ingest/ingest_report.json",
+    "preprocess": "preprocess/tokenization.json",
+    "train": "train/training.json",
+    "evaluate": "evaluate/evaluation.json",
+    "register": "register/model/evaluation.json",
+}
 
 
 def test_each_steps_result_hands_on_what_its_own_files_hold(tiny_pipeline):

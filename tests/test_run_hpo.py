@@ -18,8 +18,9 @@ from pipelines.queues import QueueUse
 from pipelines.run_hpo import build_parser, parse_values, search_space
 
 
-@pytest.mark.parametrize("text, kind, values", [("4,8", int, [4, 8]), (" [4, 8] ", int, [4, 8]), ("[1e-4]", float, [1e-4]), ("[]", int, []),
-                                                ("16,", int, [16])])
+@pytest.mark.parametrize(
+    "text, kind, values", [("4,8", int, [4, 8]), (" [4, 8] ", int, [4, 8]), ("[1e-4]", float, [1e-4]), ("[]", int, []), ("16,", int, [16])]
+)
 def test_values_are_read_as_typed_on_the_command_line_or_as_a_list_edited_in_the_ui(text, kind, values):
     assert parse_values(text, kind, "--lora-ranks") == values
 
@@ -35,7 +36,9 @@ def test_values_that_are_not_numbers_or_repeat_are_one_sentence_naming_the_optio
 
 def test_a_local_sweep_defaults_to_the_published_preset_in_runs_hpo_published(monkeypatch, tmp_path):
     swept = []
-    monkeypatch.setattr(hpo_local, "run_local_sweep", lambda args, space, parameters, output_dir: swept.append((args.preset, space, parameters, output_dir)))
+    monkeypatch.setattr(
+        hpo_local, "run_local_sweep", lambda args, space, parameters, output_dir: swept.append((args.preset, space, parameters, output_dir))
+    )
     monkeypatch.setattr(run_hpo, "PROJECT_ROOT", tmp_path)
     run_hpo.run_local(build_parser().parse_args(["--local", "--learning-rates", "1e-3"]))
     [(preset, space, parameters, output_dir)] = swept
@@ -55,8 +58,9 @@ def test_server_only_sweep_options_are_refused_locally_in_one_sentence(option):
 def test_local_only_sweep_options_are_refused_on_a_server_in_one_sentence(option):
     with pytest.raises(UserError) as error:
         run_hpo.check_server_sweep(build_parser().parse_args(["--template-task-id", "t", *option]))
-    assert str(error.value) == (f"{option[0]} applies to a local sweep; on a server every trial takes its settings from the template train "
-                                "task (--template-task-id).")
+    assert str(error.value) == (
+        f"{option[0]} applies to a local sweep; on a server every trial takes its settings from the template train task (--template-task-id)."
+    )
 
 
 class ServerCalls:
@@ -77,10 +81,12 @@ class ServerCalls:
         monkeypatch.setattr(run_hpo, "check_queues", lambda uses: record(("check_queues", list(uses))))
         monkeypatch.setattr(run_hpo, "check_repository", lambda allow_local: record(("check_repository", allow_local)))
         monkeypatch.setattr(run_hpo.tracking, "get_task", lambda task_id: record(("get_task", task_id)))
-        monkeypatch.setattr(run_hpo, "enqueue_and_follow", lambda enqueue, task_id, queue, wait_s: record(("enqueue_and_follow", task_id, queue, wait_s))
-                            or enqueue())
-        monkeypatch.setattr(hpo_server, "run_server_sweep", lambda task, args, space: record(("run_server_sweep", task.id, args.queue, space))
-                            or {"swept": True})
+        monkeypatch.setattr(
+            run_hpo, "enqueue_and_follow", lambda enqueue, task_id, queue, wait_s: record(("enqueue_and_follow", task_id, queue, wait_s)) or enqueue()
+        )
+        monkeypatch.setattr(
+            hpo_server, "run_server_sweep", lambda task, args, space: record(("run_server_sweep", task.id, args.queue, space)) or {"swept": True}
+        )
 
     def task(self, task_id: str) -> SimpleNamespace:
         """The optimizer task, its ``execute_remotely`` recorded."""
@@ -89,28 +95,58 @@ class ServerCalls:
 
 def test_a_server_sweep_checks_its_template_and_queues_and_with_run_on_the_repository_first(monkeypatch):
     calls = ServerCalls(monkeypatch).calls
-    run_hpo.check_server_sweep(build_parser().parse_args(["--template-task-id", "t-1", "--queue", "a100", "--run-on", "svc",
-                                                          "--allow-local-repository"]))
-    assert calls == [("get_task", "t-1"), ("check_queues", [QueueUse("a100", "gpu", "--queue", "the trials and the winner's evaluation"),
-                                                            QueueUse("cpu", "cpu", "--cpu-queue", "the winner's register step"),
-                                                            QueueUse("svc", "services", "--run-on", "the sweep's optimizer")]),
-                     ("check_repository", True)]
+    run_hpo.check_server_sweep(
+        build_parser().parse_args(["--template-task-id", "t-1", "--queue", "a100", "--run-on", "svc", "--allow-local-repository"])
+    )
+    assert calls == [
+        ("get_task", "t-1"),
+        (
+            "check_queues",
+            [
+                QueueUse("a100", "gpu", "--queue", "the trials and the winner's evaluation"),
+                QueueUse("cpu", "cpu", "--cpu-queue", "the winner's register step"),
+                QueueUse("svc", "services", "--run-on", "the sweep's optimizer"),
+            ],
+        ),
+        ("check_repository", True),
+    ]
     calls.clear()
     run_hpo.check_server_sweep(build_parser().parse_args(["--cpu-queue", "cpu2"]))  # here: no template named, no --run-on
-    assert calls == [("check_queues", [QueueUse("gpu", "gpu", "--queue", "the trials and the winner's evaluation"),
-                                       QueueUse("cpu2", "cpu", "--cpu-queue", "the winner's register step")])]
+    assert calls == [
+        (
+            "check_queues",
+            [
+                QueueUse("gpu", "gpu", "--queue", "the trials and the winner's evaluation"),
+                QueueUse("cpu2", "cpu", "--cpu-queue", "the winner's register step"),
+            ],
+        )
+    ]
     with pytest.raises(UserError, match="--lora-ranks expects"):  # the space, before anything on the server
         run_hpo.check_server_sweep(build_parser().parse_args(["--lora-ranks", "eight", "--template-task-id", "t-1"]))
-    assert calls == [("check_queues", [QueueUse("gpu", "gpu", "--queue", "the trials and the winner's evaluation"),
-                                       QueueUse("cpu2", "cpu", "--cpu-queue", "the winner's register step")])]
+    assert calls == [
+        (
+            "check_queues",
+            [
+                QueueUse("gpu", "gpu", "--queue", "the trials and the winner's evaluation"),
+                QueueUse("cpu2", "cpu", "--cpu-queue", "the winner's register step"),
+            ],
+        )
+    ]
 
 
 def test_on_the_agent_a_sweep_enqueued_with_run_on_runs_there_without_its_queue_or_the_repository_checked(monkeypatch):
     server = ServerCalls(monkeypatch, on_agent=True)
     args = build_parser().parse_args(["--run-on", "svc", "--lora-ranks", "2"])
     run_hpo.check_server_sweep(args)
-    assert server.calls == [("check_queues", [QueueUse("gpu", "gpu", "--queue", "the trials and the winner's evaluation"),
-                                              QueueUse("cpu", "cpu", "--cpu-queue", "the winner's register step")])]
+    assert server.calls == [
+        (
+            "check_queues",
+            [
+                QueueUse("gpu", "gpu", "--queue", "the trials and the winner's evaluation"),
+                QueueUse("cpu", "cpu", "--cpu-queue", "the winner's register step"),
+            ],
+        )
+    ]
     assert run_hpo.run_on_server(server.task("opt-1"), args) == {"swept": True}
     assert server.calls[-1] == ("run_server_sweep", "opt-1", "gpu", {"lora_rank": [2], "prompt_length": [10, 20, 50]})
 
@@ -132,8 +168,9 @@ def test_on_a_server_the_optimizer_task_is_made_in_the_project_after_the_checks(
     record = ServerCalls(monkeypatch, log=log).record
     monkeypatch.setattr(run_hpo, "prepare_clearml", lambda local: record(("prepare_clearml", local)) or False)
     monkeypatch.setattr(run_hpo.tracking, "parse_task_arguments", lambda parser, argv: record(("arguments", argv)) or parser.parse_args(argv))
-    monkeypatch.setattr(run_hpo.tracking, "init_task", lambda name, task_type, project: record(("init_task", name, task_type, project))
-                        or SimpleNamespace(id="opt-1"))
+    monkeypatch.setattr(
+        run_hpo.tracking, "init_task", lambda name, task_type, project: record(("init_task", name, task_type, project)) or SimpleNamespace(id="opt-1")
+    )
     for argv, project in ((["--project", "Sweeps", "--lora-ranks", "2"], "Sweeps"), ([], CLEARML_PROJECT)):
         log.unlink(missing_ok=True)
         completed = run_main(run_hpo.main, argv, clearml_home)
@@ -141,8 +178,10 @@ def test_on_a_server_the_optimizer_task_is_made_in_the_project_after_the_checks(
         calls = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
         assert [call[0] for call in calls] == ["prepare_clearml", "arguments", "check_queues", "init_task", "run_server_sweep"]
         assert calls[:2] == [["prepare_clearml", False], ["arguments", argv]]
-        assert calls[3:] == [["init_task", "HPO lora_rank x prompt_length", "optimizer", project],
-                             ["run_server_sweep", "opt-1", "gpu", {"lora_rank": [2] if argv else [4, 8, 16, 32], "prompt_length": [10, 20, 50]}]]
+        assert calls[3:] == [
+            ["init_task", "HPO lora_rank x prompt_length", "optimizer", project],
+            ["run_server_sweep", "opt-1", "gpu", {"lora_rank": [2] if argv else [4, 8, 16, 32], "prompt_length": [10, 20, 50]}],
+        ]
     log.unlink()
     helped = run_main(run_hpo.main, ["--help"], clearml_home)  # the options, and nothing asked of a server
     assert (helped.returncode, helped.stdout.split()[0], "--lora-ranks LORA_RANKS" in helped.stdout, log.exists()) == (0, "usage:", True, False)

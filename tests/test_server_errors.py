@@ -62,8 +62,9 @@ def run_failing(env: dict[str, str], command: str, cwd: Path = ROOT) -> tuple[st
     """Run ``command`` (``python ...``) from the repository root (or ``cwd``); it must exit 1 within the deadlines.
     Returns its stderr and the seconds from its ``error:`` line to its exit."""
     argv = [sys.executable, *command.split()[1:]]
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in process.stderr), daemon=True)
     reader.start()
@@ -103,8 +104,10 @@ def test_the_readme_sweep_with_a_missing_queue_creates_nothing(user_shell, api):
     for queue in ("gpu", "cpu"):
         api.queue_id(queue, create=True)
     stderr, lingered = run_failing(user_shell, the_command("python pipelines/run_hpo.py", "--run-on"))
-    assert last_line(stderr).startswith("error: The ClearML server has no queue 'services' (--run-on, for the sweep's optimizer); "
-                                        "start its agent with `CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`")
+    assert last_line(stderr).startswith(
+        "error: The ClearML server has no queue 'services' (--run-on, for the sweep's optimizer); "
+        "start its agent with `CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue services --create-queue --services-mode --cpu-only`"
+    )
     assert "Traceback" not in stderr
     assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
     assert api.tasks() == []
@@ -130,8 +133,10 @@ def test_queues_without_an_agent_are_named_in_a_warning(user_shell, api, server)
     gpu = api.queue_id("gpu", create=True)
     api.queue_id("cpu", create=True)
     api.call("workers.register", worker="gpu-box:0", queues=[gpu])
-    code = ("from pipelines.queues import QueueUse, check_queues\n"
-            "check_queues([QueueUse('gpu', 'gpu', '--gpu-queue', 'train, evaluate'), QueueUse('cpu', 'cpu', '--cpu-queue', 'ingest')])\n")
+    code = (
+        "from pipelines.queues import QueueUse, check_queues\n"
+        "check_queues([QueueUse('gpu', 'gpu', '--gpu-queue', 'train, evaluate'), QueueUse('cpu', 'cpu', '--cpu-queue', 'ingest')])\n"
+    )
     ran = run_in_group([sys.executable, "-c", code], ROOT, user_shell, 60, "the queue check")
     assert ran.returncode == 0, ran.stderr
     assert ran.stderr.strip().splitlines() == [
@@ -158,15 +163,17 @@ def test_keys_the_server_does_not_know_are_one_sentence_naming_where_they_were_r
         source = "CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY"
     else:
         config = tmp_path / "home" / "clearml.conf"
-        config.write_text(f'api {{ api_server: "{env.pop("CLEARML_API_HOST")}"\n'
-                          '  credentials { access_key: "not-a-key", secret_key: "not-a-secret" } }\n')
+        config.write_text(
+            f'api {{ api_server: "{env.pop("CLEARML_API_HOST")}"\n  credentials {{ access_key: "not-a-key", secret_key: "not-a-secret" }} }}\n'
+        )
         del env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]
         source = str(config)
     stderr, _ = run_failing(env, the_command("python pipelines/run_pipeline.py", "--preset tiny"))
     assert last_line(stderr) == (
         f"error: The ClearML server {server.api_host} refused the key pair in {source} (invalid credentials); create a key "
         "pair in that server's web UI (Settings -> Workspace) and run clearml-init or set CLEARML_API_ACCESS_KEY and "
-        "CLEARML_API_SECRET_KEY, or run with --local.")
+        "CLEARML_API_SECRET_KEY, or run with --local."
+    )
     assert "Traceback" not in stderr and "not-a-secret" not in stderr
     assert api.tasks() == []
 
@@ -209,8 +216,19 @@ def fail_as_an_agent_that_cannot_build_the_environment(api: ServerApi, queue: st
         time.sleep(0.2)
     task_id = entry["task"]
     api.call("tasks.started", task=task_id, status_reason="worker started execution", force=True)
-    api.call_batch("events.add_batch", [{"task": task_id, "type": "log", "timestamp": int(time.time() * 1000), "level": "error",
-                                         "worker": "cpu-box:0", "msg": "ERROR: Could not find pytorch wheel URL for: torch==2.13.0 with cuda 0 support"}])
+    api.call_batch(
+        "events.add_batch",
+        [
+            {
+                "task": task_id,
+                "type": "log",
+                "timestamp": int(time.time() * 1000),
+                "level": "error",
+                "worker": "cpu-box:0",
+                "msg": "ERROR: Could not find pytorch wheel URL for: torch==2.13.0 with cuda 0 support",
+            }
+        ],
+    )
     api.call("tasks.failed", task=task_id, status_reason="worker execution exit code 1", force=True)
     return task_id
 
@@ -225,8 +243,10 @@ def test_a_controller_that_fails_before_it_starts_is_one_sentence_with_its_reaso
     agent = concurrent.futures.ThreadPoolExecutor(1).submit(fail_as_an_agent_that_cannot_build_the_environment, api, "services")
     stderr, lingered = run_failing(user_shell, command.format(template=template), cwd=pushed_clone)
     task_id = agent.result(timeout=10)
-    assert last_line(stderr) == (f"error: Task {task_id} failed on queue 'services' before it started (worker execution exit code 1); "
-                                 "its log ends: ERROR: Could not find pytorch wheel URL for: torch==2.13.0 with cuda 0 support")
+    assert last_line(stderr) == (
+        f"error: Task {task_id} failed on queue 'services' before it started (worker execution exit code 1); "
+        "its log ends: ERROR: Could not find pytorch wheel URL for: torch==2.13.0 with cuda 0 support"
+    )
     assert "Traceback" not in stderr
     assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
     assert api.task(task_id)["status_reason"] == "worker execution exit code 1"  # the agent's reason stays the task's
@@ -258,7 +278,8 @@ def test_a_files_server_that_does_not_answer_is_one_sentence_and_nothing_is_crea
     assert last_line(stderr) == (
         f"error: The ClearML files server {closed} did not answer within 5 s (ConnectionError); check api.files_server in "
         "clearml.conf (or CLEARML_FILES_HOST), where every task uploads its artifacts and models (or send them to a bucket "
-        "with sdk.development.default_output_uri), or run with --local.")
+        "with sdk.development.default_output_uri), or run with --local."
+    )
     assert "Traceback" not in stderr
     assert lingered < AFTER_MESSAGE_S, f"exited {lingered:.1f} s after its message"
     assert api.tasks() == []

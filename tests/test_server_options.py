@@ -24,8 +24,10 @@ from tests.test_server_errors import api, new_user_environment, server  # noqa: 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT_S = 90  # one command, imports of torch and transformers included
 QUEUES = ("cpu", "gpu", "services")  # what a launch with the default options enqueues on
-LOCAL_REMOTE_REFUSED = ("error: The git remote {url} is a path on this machine, which agents elsewhere cannot clone; push to a "
-                        "shared remote, or pass --allow-local-repository if every agent runs on this machine.")
+LOCAL_REMOTE_REFUSED = (
+    "error: The git remote {url} is a path on this machine, which agents elsewhere cannot clone; push to a "
+    "shared remote, or pass --allow-local-repository if every agent runs on this machine."
+)
 # An evaluate task whose artifact ``evaluation`` scores the adapter of a train task (its artifact
 # ``adapter``, a folder), as the evaluate and train steps upload them: what steps/register.py reads.
 # The adapter is the folder given as the first argument, or else a folder of placeholder files.
@@ -91,7 +93,8 @@ def run(env: dict[str, str], *argv: str, cwd: Path = ROOT, status: int = 0) -> s
     """``python argv...`` from ``cwd``; it must end with ``status`` within COMMAND_TIMEOUT_S."""
     completed = run_in_group([sys.executable, *argv], cwd, env, COMMAND_TIMEOUT_S, what=f"`python {' '.join(argv)}`")
     assert completed.returncode == status, (
-        f"`python {' '.join(argv)}` exited {completed.returncode}, not {status}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+        f"`python {' '.join(argv)}` exited {completed.returncode}, not {status}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    )
     return completed
 
 
@@ -113,8 +116,18 @@ def test_register_names_the_model_and_leaves_it_a_draft_without_publish(user_she
     created = run(user_shell, "-c", CANDIDATE_SCRIPT).stdout
     [ids] = [json.loads(line.removeprefix("IDS=")) for line in created.splitlines() if line.startswith("IDS=")]
     draft_dir, default_dir = tmp_path / "draft", tmp_path / "default"
-    run(user_shell, "steps/register.py", "--candidates", ids["evaluate"], "--model-name", "my model", "--publish", "false",
-        "--output-dir", str(draft_dir))
+    run(
+        user_shell,
+        "steps/register.py",
+        "--candidates",
+        ids["evaluate"],
+        "--model-name",
+        "my model",
+        "--publish",
+        "false",
+        "--output-dir",
+        str(draft_dir),
+    )
     run(user_shell, "steps/register.py", "--candidates", ids["evaluate"], "--output-dir", str(default_dir))  # --publish true
     draft, default = (json.loads((folder / "result.json").read_text()) for folder in (draft_dir, default_dir))
 
@@ -124,16 +137,23 @@ def test_register_names_the_model_and_leaves_it_a_draft_without_publish(user_she
     assert (named["name"], named["ready"], named["task"]) == ("my model", False, draft["task_id"])
     assert api.task(draft["task_id"])["status"] == "completed"  # the register task is not published either
     published = models[default["outputs"]["model_id"]]
-    assert (published["name"], published["ready"], published["task"]) == (
-        build_parser().get_default("model_name"), True, default["task_id"])
+    assert (published["name"], published["ready"], published["task"]) == (build_parser().get_default("model_name"), True, default["task_id"])
     assert named["name"] != published["name"]
     # Both are the registered adapter, with its evaluation and tags; only the name and the state differ.
     assert named["tags"] == published["tags"] == ["best", "by chrf"]
     for model in (named, published):  # the candidate's test scores (CANDIDATE_SCRIPT) and the train task, with their types
         assert {key: (entry["value"], entry["type"]) for key, entry in model["metadata"].items()} == {
-            "test_chrf": ("0.5", "float"), "test_bleu": ("0.25", "float"), "train_task_id": (ids["train"], "str")}
+            "test_chrf": ("0.5", "float"),
+            "test_bleu": ("0.25", "float"),
+            "train_task_id": (ids["train"], "str"),
+        }
     assert sorted(path.name for path in (draft_dir / "model").iterdir()) == [
-        "adapter.safetensors", "adapter_config.json", "evaluation.json", "spiece.model", "tokenizer_config.json"]
+        "adapter.safetensors",
+        "adapter_config.json",
+        "evaluation.json",
+        "spiece.model",
+        "tokenizer_config.json",
+    ]
 
 
 def test_a_launch_from_a_local_path_remote_needs_allow_local_repository(user_shell, api, local_remote_checkout):
@@ -170,7 +190,8 @@ def test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project
     assert last_line(missing.stderr).startswith(
         "error: The ClearML server has no queue 'gpu' (--queue, for the trials and the winner's evaluation) nor 'cpu2' (--cpu-queue, "
         "for the winner's register step); start their agents with `CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue gpu --create-queue --gpus 0`, "
-        "`CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue cpu2 --create-queue --cpu-only`")
+        "`CLEARML_AGENT_PACKAGE_PYTORCH_RESOLVE=none clearml-agent daemon --queue cpu2 --create-queue --cpu-only`"
+    )
     assert api.tasks() == []
 
     create_queues(api, "gpu", "cpu2")  # and no 'cpu': the sweep's default --cpu-queue is missing
@@ -185,12 +206,15 @@ def test_the_sweep_checks_its_cpu_queue_and_creates_its_optimizer_in_its_project
     api.call("tasks.completed", task=train, force=True)
 
     failed = run(user_shell, *sweep, status=1)  # past the queue check: the optimizer task exists, then finds no template in P
-    message = (f"No completed train or preprocess task in project {project!r}: run pipelines/run_pipeline.py first, "
-               "or pass --template-task-id.")
+    message = f"No completed train or preprocess task in project {project!r}: run pipelines/run_pipeline.py first, or pass --template-task-id."
     assert last_line(failed.stderr) == f"error: {message}"
     [optimizer] = [task for task in api.tasks() if task["id"] != train]
     assert (optimizer["type"], optimizer["project"], optimizer["status"], optimizer["status_reason"]) == (
-        "optimizer", project_id(api, project), "failed", message)
+        "optimizer",
+        project_id(api, project),
+        "failed",
+        message,
+    )
     assert api.hyperparameter(optimizer["id"], "Args", "cpu_queue") == "cpu2"  # what the optimizer enqueues register on
 
 
@@ -204,10 +228,31 @@ def test_a_rating_session_adds_the_human_win_rate_to_the_registered_model(user_s
     run(user_shell, *session, "--label-studio-export", str(tmp_path / "project"))
     tasks = json.loads((tmp_path / "project" / "tasks.json").read_text())
     # One annotator prefers the fine-tuned answer on three of the four pairs.
-    export = [{"id": n, **task, "annotations": [{"completed_by": 1, "was_cancelled": False, "result": [
-        {"from_name": "preference", "to_name": "preference", "type": "pairwise",
-         "value": {"selected": ("left" if task["data"]["left"].startswith("тюн") else "right") if n < 3 else
-                   ("right" if task["data"]["left"].startswith("тюн") else "left")}}]}]} for n, task in enumerate(tasks)]
+    export = [
+        {
+            "id": n,
+            **task,
+            "annotations": [
+                {
+                    "completed_by": 1,
+                    "was_cancelled": False,
+                    "result": [
+                        {
+                            "from_name": "preference",
+                            "to_name": "preference",
+                            "type": "pairwise",
+                            "value": {
+                                "selected": ("left" if task["data"]["left"].startswith("тюн") else "right")
+                                if n < 3
+                                else ("right" if task["data"]["left"].startswith("тюн") else "left")
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+        for n, task in enumerate(tasks)
+    ]
     (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False))
     rated = run(user_shell, *session, "--label-studio-import", str(tmp_path / "export.json"), "--output-dir", str(tmp_path / "rate"))
     assert f"Registered model {model_id}: its human win rate is in its metadata." in rated.stdout

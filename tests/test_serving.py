@@ -23,13 +23,15 @@ from readme_commands import commands_starting, the_command
 from components.generation import DECODING_PRESETS, generate_predictions
 from components.modeling import load_finetuned
 from tests.e2e.harness import run_in_group
-from tests.test_server_options import CANDIDATE_SCRIPT, run, user_shell  # noqa: F401 (user_shell is a fixture)
 from tests.test_server_errors import api, server  # noqa: F401 (fixtures)
+from tests.test_server_options import CANDIDATE_SCRIPT, run, user_shell  # noqa: F401 (user_shell is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLEARML_SERVING = str(Path(sys.executable).parent / "clearml-serving")  # the console script pip installed beside python
-ENDPOINT_REQUESTS = [{"text": "Переведи на английский.\nДоброе утро"}, {"text": ["Кто написал «Войну и мир»?", "Дай синоним слова «быстрый».",
-                                                                                  "Сколько будет два плюс два?"]}]
+ENDPOINT_REQUESTS = [
+    {"text": "Переведи на английский.\nДоброе утро"},
+    {"text": ["Кто написал «Войну и мир»?", "Дай синоним слова «быстрый».", "Сколько будет два плюс два?"]},
+]
 BAD_REQUESTS = [{"texts": "привет"}, {"text": []}, {"text": ["a", 1]}]
 # clearml-serving's inference code, as its FastAPI app calls it (clearml_serving/serving/main.py: startup, serve_model).
 SERVING_PROCESS = r"""
@@ -77,7 +79,12 @@ def test_the_export_is_registered_from_its_adapter_and_clearml_serving_answers_w
     assert set(models) == {adapter_id, model_id}
     model = models[model_id]
     assert (model["name"], model["parent"], model["task"], model["ready"], model["tags"]) == (
-        f"{models[adapter_id]['name']} (plain checkpoint)", adapter_id, export["task_id"], True, ["plain checkpoint"])
+        f"{models[adapter_id]['name']} (plain checkpoint)",
+        adapter_id,
+        export["task_id"],
+        True,
+        ["plain checkpoint"],
+    )
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
     assert (metadata["adapter_model_id"], float(metadata["test_chrf"]), metadata["prompt_tokens"]) == (adapter_id, 0.5, "20")
     assert "ctranslate2" not in [artifact["key"] for artifact in api.task(export["task_id"])["execution"].get("artifacts", [])]
@@ -94,8 +101,13 @@ def test_the_export_is_registered_from_its_adapter_and_clearml_serving_answers_w
     empty.mkdir()
     requests = tmp_path / "requests.json"
     requests.write_text(json.dumps(ENDPOINT_REQUESTS + BAD_REQUESTS, ensure_ascii=False), encoding="utf-8")
-    served = run_in_group([sys.executable, "-I", "-c", SERVING_PROCESS, service_id, endpoint, str(requests)], empty, user_shell, 120,
-                          "clearml-serving's request processor")
+    served = run_in_group(
+        [sys.executable, "-I", "-c", SERVING_PROCESS, service_id, endpoint, str(requests)],
+        empty,
+        user_shell,
+        120,
+        "clearml-serving's request processor",
+    )
     assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
     [answers] = [json.loads(line.removeprefix("ANSWERS=")) for line in served.stdout.splitlines() if line.startswith("ANSWERS=")]
 

@@ -10,9 +10,8 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding
-
 from conftest import ROOT, TINY_EXPORT_MAX_TOKENS
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding
 
 MODULE_FILE = ROOT / "components" / "export" / "clearml_serving_preprocess.py"
 FORM = 'the request body must be a JSON object {"text": "..."} or {"text": ["...", ...]}'
@@ -52,20 +51,31 @@ def test_a_model_that_is_not_the_exports_folder_is_refused(serving_module, tmp_p
     with pytest.raises(ValueError) as refused:
         preprocess.load(str(tmp_path) if where == "folder" else where)
     no_model = "The endpoint has no model: add it with --model-id <the export step's registered model>."
-    assert str(refused.value) == {None: no_model, "": no_model, "folder": (
-        f"{tmp_path} is not the export step's folder (config.json and tokenizer.json): give --model-id the model steps/export.py "
-        "registered, not the adapter model.")}[where]
+    assert (
+        str(refused.value)
+        == {
+            None: no_model,
+            "": no_model,
+            "folder": (
+                f"{tmp_path} is not the export step's folder (config.json and tokenizer.json): give --model-id the model steps/export.py "
+                "registered, not the adapter model."
+            ),
+        }[where]
+    )
 
 
-@pytest.mark.parametrize("body, message", [
-    ("Привет", f"The request body must be {FORM[len('the request body must be '):]}."),
-    ({"texts": "Привет"}, f"The request body must be {FORM[len('the request body must be '):]}."),
-    ({"text": "Привет", "max_length": 5}, f"The request body must be {FORM[len('the request body must be '):]}."),
-    ({"text": 5}, f'"text" must be a string or a non-empty list of strings: {FORM}.'),
-    ({"text": []}, f'"text" must be a string or a non-empty list of strings: {FORM}.'),
-    ({"text": ["a", 5]}, f'"text" must be a string or a non-empty list of strings: {FORM}.'),
-    ({"text": ["a"] * 257}, '"text" holds 257 texts; send at most 256 in one request.'),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("Привет", f"The request body must be {FORM[len('the request body must be ') :]}."),
+        ({"texts": "Привет"}, f"The request body must be {FORM[len('the request body must be ') :]}."),
+        ({"text": "Привет", "max_length": 5}, f"The request body must be {FORM[len('the request body must be ') :]}."),
+        ({"text": 5}, f'"text" must be a string or a non-empty list of strings: {FORM}.'),
+        ({"text": []}, f'"text" must be a string or a non-empty list of strings: {FORM}.'),
+        ({"text": ["a", 5]}, f'"text" must be a string or a non-empty list of strings: {FORM}.'),
+        ({"text": ["a"] * 257}, '"text" holds 257 texts; send at most 256 in one request.'),
+    ],
+)
 def test_a_malformed_request_is_a_value_error_saying_what_to_send(engine, body, message):
     with pytest.raises(ValueError) as refused:
         engine.preprocess(body, {})
@@ -78,8 +88,9 @@ def test_one_text_or_a_list_is_answered_in_the_same_form_and_order_in_batches(en
 
     def reference(batch):  # transformers alone, the generation config's decoding, the same batch
         with torch.inference_mode():
-            return tokenizer.batch_decode(model.generate(**tokenizer(batch, padding=True, truncation=True, return_tensors="pt")),
-                                          skip_special_tokens=True)
+            return tokenizer.batch_decode(
+                model.generate(**tokenizer(batch, padding=True, truncation=True, return_tensors="pt")), skip_special_tokens=True
+            )
 
     batches, generate = [], engine.model.generate
     monkeypatch.setattr(engine.model, "generate", lambda **inputs: batches.append(len(inputs["input_ids"])) or generate(**inputs))
@@ -100,7 +111,7 @@ def test_a_long_input_is_cut_where_the_exports_tokenizer_says(engine, tiny_expor
     given, generate = [], engine.model.generate
     monkeypatch.setattr(engine.model, "generate", lambda **inputs: given.append(inputs["input_ids"].tolist()) or generate(**inputs))
     answer(engine, {"text": text})
-    assert given == [[ids[:TINY_EXPORT_MAX_TOKENS - 1] + [tokenizer.eos_token_id]]]
+    assert given == [[ids[: TINY_EXPORT_MAX_TOKENS - 1] + [tokenizer.eos_token_id]]]
 
 
 @pytest.mark.parametrize("cuda", [True, False])

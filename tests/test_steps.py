@@ -8,18 +8,17 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_script
-from forked import run_main
-from step_runs import run_step
 from datasets import load_from_disk
+from forked import run_main
+from reference_model import PlainModel, adapter_tensors, source
 from safetensors.torch import load_file
+from step_runs import run_step
+from tolerances import LOSS_RTOL
 
 from components.data import read_tsv
 from components.generation import generate_predictions
 from components.modeling import apply_peft, load_base_model, load_finetuned, load_tokenizer, save_adapter
 from components.settings import AdapterSettings
-from reference_model import PlainModel, adapter_tensors, source
-from tolerances import LOSS_RTOL
-
 from steps import evaluate, ingest, preprocess, register, train
 
 SAMPLE = ["--train-tsv", "data/sample/train.tsv", "--test-tsv", "data/sample/test.tsv"]
@@ -100,9 +99,27 @@ def test_preprocess_labels_are_the_output_column(diverging):
 
 
 def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml_home, tmp_path):
-    trained = succeeded(train.main, clearml_home, *DIVERGING_TRAINING, "--data-dir", str(diverging), "--max-steps", "3", "--eval-every", "1",
-                        "--lora-rank", "4", "--prompt-length", "5", "--gradient-checkpointing", "true", "--group-by-length", "false",
-                        "--output-dir", str(tmp_path / "train"))["outputs"]
+    trained = succeeded(
+        train.main,
+        clearml_home,
+        *DIVERGING_TRAINING,
+        "--data-dir",
+        str(diverging),
+        "--max-steps",
+        "3",
+        "--eval-every",
+        "1",
+        "--lora-rank",
+        "4",
+        "--prompt-length",
+        "5",
+        "--gradient-checkpointing",
+        "true",
+        "--group-by-length",
+        "false",
+        "--output-dir",
+        str(tmp_path / "train"),
+    )["outputs"]
     assert trained["steps"] == 3
     config = json.loads((tmp_path / "train" / "adapter" / "adapter_config.json").read_text())
     assert (config["base_model"], config["lora_rank"], config["prompt_length"]) == ("tiny", 4, 5)
@@ -119,8 +136,23 @@ def test_train_outputs_the_best_adapter_then_evaluate_uses_it(diverging, clearml
     assert_same_tensors(checkpoints / "last" / "best_adapter.safetensors", adapter)  # ... carried in the checkpoint
     assert adapter.read_bytes() != (checkpoints / "last" / "adapter.safetensors").read_bytes()  # ... not the last, step 3
 
-    succeeded(evaluate.main, clearml_home, "--local", "--model-dir", trained["adapter_dir"], "--test-tsv", "data/sample/test.tsv",
-              "--max-samples", "5", "--max-new-tokens", "4", "--compare-base", "false", "--output-dir", str(tmp_path / "eval"))
+    succeeded(
+        evaluate.main,
+        clearml_home,
+        "--local",
+        "--model-dir",
+        trained["adapter_dir"],
+        "--test-tsv",
+        "data/sample/test.tsv",
+        "--max-samples",
+        "5",
+        "--max-new-tokens",
+        "4",
+        "--compare-base",
+        "false",
+        "--output-dir",
+        str(tmp_path / "eval"),
+    )
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["rows"] == 5 and evaluation["decoding"]["description"].startswith("greedy decoding")
     assert evaluation["metrics"]["loss"] > 0  # the test loss, beside the text metrics
@@ -149,8 +181,9 @@ def test_user_errors_are_one_line_without_traceback(clearml_home, tmp_path, comm
 
 
 def test_missing_artifact_is_named(ingested, clearml_home, tmp_path):
-    completed = run_main(train.main, ["--local", "--preprocess-task-id", ingested["task_id"], "--model", "tiny", "--output-dir", str(tmp_path)],
-                         clearml_home)
+    completed = run_main(
+        train.main, ["--local", "--preprocess-task-id", ingested["task_id"], "--model", "tiny", "--output-dir", str(tmp_path)], clearml_home
+    )
     assert completed.returncode == USER_ERROR and "has no artifact 'tokenized'" in completed.stderr.strip().splitlines()[-1]
 
 
@@ -161,8 +194,9 @@ def test_train_resumes_another_tasks_checkpoint_with_its_best_adapter(diverging,
     completed, first = run_step(train.main, [*common, "--max-steps", "4", "--output-dir", str(tmp_path / "first")], clearml_home)  # forked
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert first["outputs"]["best_step"] == 2
-    completed, _ = run_step(train.main, [*common, "--max-steps", "6", "--resume-from-task-id", first["task_id"], "--output-dir", str(tmp_path / "second")],
-                            clearml_home)
+    completed, _ = run_step(
+        train.main, [*common, "--max-steps", "6", "--resume-from-task-id", first["task_id"], "--output-dir", str(tmp_path / "second")], clearml_home
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     first_history = json.loads((tmp_path / "first" / "training.json").read_text())["history"]
     second = json.loads((tmp_path / "second" / "training.json").read_text())
@@ -198,23 +232,61 @@ def test_rows(tmp_path_factory) -> Path:
 
 
 def evaluated(clearml_home, adapter_dir: Path, rows: Path, output_dir: Path, *options: str) -> tuple[dict, pd.DataFrame]:
-    succeeded(evaluate.main, clearml_home, "--local", "--model-dir", str(adapter_dir), "--test-tsv", str(rows), "--compare-base", "false",
-              *options, "--output-dir", str(output_dir))
+    succeeded(
+        evaluate.main,
+        clearml_home,
+        "--local",
+        "--model-dir",
+        str(adapter_dir),
+        "--test-tsv",
+        str(rows),
+        "--compare-base",
+        "false",
+        *options,
+        "--output-dir",
+        str(output_dir),
+    )
     table = pd.read_csv(output_dir / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
     return json.loads((output_dir / "evaluation.json").read_text()), table
 
 
 @pytest.mark.numeric
-def test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_references(clearml_home, adapter_dir, test_rows, tiny_model_dir, tmp_path,
-                                                                                  one_thread):
+def test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_references(
+    clearml_home, adapter_dir, test_rows, tiny_model_dir, tmp_path, one_thread
+):
     """Flags over the greedy preset: sampling at temperature 1.5, top-k 5, top-p 0.9, seed 3, 3 new tokens, in batches
     of 2, inputs cut to 10 tokens; the test loss over references cut to 2 tokens (recomputed row by row on the plain
     model, tests/reference_model.py). Discriminating: the preset's greedy answers, batches of 16 and whole references differ."""
-    evaluation, table = evaluated(clearml_home, adapter_dir, test_rows, tmp_path, "--decoding", "greedy", "--do-sample", "true",
-                                  "--temperature", "1.5", "--top-k", "5", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "3",
-                                  "--batch-size", "2", "--max-input-length", "10", "--max-target-length", "2")
+    evaluation, table = evaluated(
+        clearml_home,
+        adapter_dir,
+        test_rows,
+        tmp_path,
+        "--decoding",
+        "greedy",
+        "--do-sample",
+        "true",
+        "--temperature",
+        "1.5",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "2",
+        "--max-input-length",
+        "10",
+        "--max-target-length",
+        "2",
+    )
     rows = read_tsv(test_rows)
-    assert evaluation["rows"] == 5 and table[["instruction", "input", "output"]].to_dict("records") == rows[["instruction", "input", "output"]].to_dict("records")
+    assert evaluation["rows"] == 5 and table[["instruction", "input", "output"]].to_dict("records") == rows[
+        ["instruction", "input", "output"]
+    ].to_dict("records")
     decoding = {key: evaluation["decoding"][key] for key in ("num_beams", "do_sample", "temperature", "top_k", "top_p", "max_new_tokens")}
     assert decoding == {"num_beams": 1, "do_sample": True, "temperature": 1.5, "top_k": 5, "top_p": 0.9, "max_new_tokens": 3}
 
@@ -235,8 +307,9 @@ def test_evaluate_samples_with_every_decoding_flag_and_cuts_inputs_and_reference
 
 
 def test_evaluate_flags_override_the_sampling_preset_with_a_beam_search(clearml_home, adapter_dir, test_rows, tmp_path, one_thread):
-    evaluation, table = evaluated(clearml_home, adapter_dir, test_rows, tmp_path, "--decoding", "sampling", "--do-sample", "false",
-                                  "--num-beams", "3", "--max-new-tokens", "4")
+    evaluation, table = evaluated(
+        clearml_home, adapter_dir, test_rows, tmp_path, "--decoding", "sampling", "--do-sample", "false", "--num-beams", "3", "--max-new-tokens", "4"
+    )
     assert evaluation["decoding"]["description"].startswith("beam search with 3 beams")
     rows = read_tsv(test_rows)
     model, tokenizer = load_finetuned(adapter_dir)
@@ -247,26 +320,88 @@ def test_evaluate_flags_override_the_sampling_preset_with_a_beam_search(clearml_
 
 # Every training option of the train step away from its default; the loop's handling of each is tested in
 # tests/test_training.py, this shows the step hands each one on.
-EVERY_TRAINING_OPTION = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-dropout", "0", "--prompt-length", "3", "--batch-size", "4",
-                         "--grad-accum-steps", "2", "--learning-rate", "0.02", "--weight-decay", "0.2", "--epochs", "2", "--max-steps", "3",
-                         "--warmup-ratio", "0.5", "--gradient-checkpointing", "false", "--precision", "fp32", "--group-by-length", "false",
-                         "--eval-every", "1", "--best-metric", "validation_chrf", "--early-stopping-patience", "5",
-                         "--generation-eval-samples", "2"]
+EVERY_TRAINING_OPTION = [
+    "--lora-rank",
+    "2",
+    "--lora-alpha",
+    "4",
+    "--lora-dropout",
+    "0",
+    "--prompt-length",
+    "3",
+    "--batch-size",
+    "4",
+    "--grad-accum-steps",
+    "2",
+    "--learning-rate",
+    "0.02",
+    "--weight-decay",
+    "0.2",
+    "--epochs",
+    "2",
+    "--max-steps",
+    "3",
+    "--warmup-ratio",
+    "0.5",
+    "--gradient-checkpointing",
+    "false",
+    "--precision",
+    "fp32",
+    "--group-by-length",
+    "false",
+    "--eval-every",
+    "1",
+    "--best-metric",
+    "validation_chrf",
+    "--early-stopping-patience",
+    "5",
+    "--generation-eval-samples",
+    "2",
+]
 
 
 @pytest.mark.numeric
 def test_the_train_step_hands_every_option_to_the_loop_and_the_seed_moves_only_the_training(diverging, clearml_home, tmp_path):
     trained = {}
     for seed in (5, 6):  # forked runs of the step's main (tests/step_runs.py): the script's imports once, not twice
-        completed, _ = run_step(train.main, ["--local", "--model", "tiny", "--data-dir", str(diverging), *EVERY_TRAINING_OPTION,
-                                             "--seed", str(seed), "--output-dir", str(tmp_path / str(seed))], clearml_home)
+        completed, _ = run_step(
+            train.main,
+            [
+                "--local",
+                "--model",
+                "tiny",
+                "--data-dir",
+                str(diverging),
+                *EVERY_TRAINING_OPTION,
+                "--seed",
+                str(seed),
+                "--output-dir",
+                str(tmp_path / str(seed)),
+            ],
+            clearml_home,
+        )
         assert completed.returncode == 0, completed.stderr[-3000:]
         trained[seed] = json.loads((tmp_path / str(seed) / "training.json").read_text())
     training = trained[5]
     assert training["training"] == {
-        "batch_size": 4, "grad_accum_steps": 2, "learning_rate": 0.02, "weight_decay": 0.2, "epochs": 2.0, "max_steps": 3, "warmup_ratio": 0.5,
-        "gradient_checkpointing": False, "precision": "fp32", "seed": 5, "eval_batch_size": 16, "group_by_length": False, "eval_every": 1,
-        "best_metric": "validation_chrf", "early_stopping_patience": 5, "generation_eval_samples": 2, "generation_max_new_tokens": 64}
+        "batch_size": 4,
+        "grad_accum_steps": 2,
+        "learning_rate": 0.02,
+        "weight_decay": 0.2,
+        "epochs": 2.0,
+        "max_steps": 3,
+        "warmup_ratio": 0.5,
+        "gradient_checkpointing": False,
+        "precision": "fp32",
+        "seed": 5,
+        "eval_batch_size": 16,
+        "group_by_length": False,
+        "eval_every": 1,
+        "best_metric": "validation_chrf",
+        "early_stopping_patience": 5,
+        "generation_eval_samples": 2,
+        "generation_max_new_tokens": 64,
+    }
     assert training["adapter"] == {"lora_rank": 2, "lora_alpha": 4.0, "lora_dropout": 0.0, "prompt_length": 3, "lora_targets": ["q", "v"]}
     assert [lr for _, lr in training["learning_rates"]] == pytest.approx([0.0, 0.02, 0.01], rel=1e-12)  # one warmup step of three
     chrf = {entry["step"]: entry["validation_chrf"] for entry in training["history"]}

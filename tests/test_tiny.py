@@ -10,9 +10,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
 from components import tiny
-from components.settings import RUT5_LARGE_CONFIG
+from components.settings import RUT5_LARGE_CONFIG, SAMPLE_DATA_DIR
 from components.threads import cpu_threads
-from components.settings import SAMPLE_DATA_DIR
 
 
 def test_the_tiny_tokenizer_is_reproducible_quiet_and_keeps_every_character_as_written(capfd):
@@ -38,7 +37,10 @@ def test_the_tiny_model_has_the_layout_of_rut5_large_at_a_small_size(tiny_model_
     config = tiny.build_tiny_config(tokenizer)
     assert (config.feed_forward_proj, config.relative_attention_num_buckets, config.tie_word_embeddings) == ("relu", 32, True)
     assert {key: RUT5_LARGE_CONFIG[key] for key in ("feed_forward_proj", "relative_attention_num_buckets", "tie_word_embeddings")} == {
-        "feed_forward_proj": "relu", "relative_attention_num_buckets": 32, "tie_word_embeddings": True}
+        "feed_forward_proj": "relu",
+        "relative_attention_num_buckets": 32,
+        "tie_word_embeddings": True,
+    }
     assert (config.d_model, config.d_ff, config.d_kv, config.num_heads, config.num_layers, config.num_decoder_layers) == (64, 128, 16, 4, 2, 2)
     assert (config.vocab_size, config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (1000, 0, 1, 0)
     assert settings_of(T5Config.from_pretrained(tiny_model_dir)) == settings_of(config)  # the build saved it
@@ -131,8 +133,12 @@ def test_the_build_is_named_by_its_spec_and_its_data(tmp_path, monkeypatch):
     edited = tmp_path / "train.tsv"
     edited.write_bytes(sample.read_bytes()[:-1])  # one byte less
     assert tiny._cache_key(edited) != key
-    for name, value in (("BUILD_VERSION", tiny.BUILD_VERSION + 1), ("PRETRAIN_STEPS", 301), ("ALPHABET", [*tiny.ALPHABET, "ў"]),
-                        ("TINY_ARCHITECTURE", {**tiny.TINY_ARCHITECTURE, "d_ff": 256})):
+    for name, value in (
+        ("BUILD_VERSION", tiny.BUILD_VERSION + 1),
+        ("PRETRAIN_STEPS", 301),
+        ("ALPHABET", [*tiny.ALPHABET, "ў"]),
+        ("TINY_ARCHITECTURE", {**tiny.TINY_ARCHITECTURE, "d_ff": 256}),
+    ):
         with monkeypatch.context() as changed:
             changed.setattr(tiny, name, value)
             assert tiny._cache_key(sample) != key, name
@@ -188,6 +194,7 @@ def test_two_builds_of_the_tiny_model_at_once_pretrain_it_once(tmp_path, monkeyp
 def test_a_build_that_dies_before_its_last_file_leaves_no_model_behind(tmp_path, monkeypatch):
     """The build is written in a scratch folder renamed into place when whole: a build stopped after the model's files
     but before the tokenizer's leaves nothing a later call would take for a built model, and that call builds it whole."""
+
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ASCII_LOCALE
 from forked import run_main
-from step_runs import artifacts, make_task, task_record
+from step_runs import make_task, task_record
 
 from clearml_adapter import tracking
 from components.errors import UserError
@@ -118,10 +118,10 @@ def test_on_a_server_local_runs_offline_and_a_failure_is_the_tasks_reason(clearm
     assert (task["status"], task["status_reason"], task["status_message"]) == ("failed", "the setting --word is wrong", "the setting --word is wrong")
 
 
-@pytest.mark.parametrize("fail, last_line, traceback", [
-    ("user", "error: the setting --word is wrong", False),
-    ("bug", "error: KeyError: 'missing' (the traceback is above)", True),
-])
+@pytest.mark.parametrize(
+    "fail, last_line, traceback",
+    [("user", "error: the setting --word is wrong", False), ("bug", "error: KeyError: 'missing' (the traceback is above)", True)],
+)
 def test_an_error_is_one_line_exit_status_1_and_the_task_closed_failed(fail, last_line, traceback, clearml_home, tmp_path):
     offline = Path(clearml_home["CLEARML_CACHE_DIR"], "offline")
     before = set(offline.glob("offline-*.zip"))
@@ -189,9 +189,12 @@ def test_an_unknown_task_or_artifact_is_named_in_one_sentence(clearml_home, tmp_
 
         prepare_clearml(True)
         messages = {}
-        for name, call in (("unknown", lambda: tracking.get_task("offline-nope")), ("artifact", lambda: tracking.artifact_path(task_id, "c")),
-                           ("none", lambda: tracking.artifact_path(empty_id, "c")),
-                           ("neither", lambda: tracking.upstream_input(None, "a", None, ("--x-task-id", "--x-dir"), "a folder of x"))):
+        for name, call in (
+            ("unknown", lambda: tracking.get_task("offline-nope")),
+            ("artifact", lambda: tracking.artifact_path(task_id, "c")),
+            ("none", lambda: tracking.artifact_path(empty_id, "c")),
+            ("neither", lambda: tracking.upstream_input(None, "a", None, ("--x-task-id", "--x-dir"), "a folder of x")),
+        ):
             try:
                 call()
             except tracking.StepInputError as error:
@@ -303,8 +306,15 @@ def test_metrics_are_single_values_and_test_series_with_the_base_beside_them():
     task = RecordingTask()
     tracking.report_metrics(task, {"bleu": 0.5, "loss": 2.0}, pd.DataFrame({"a": [1, 2, 3]}), base_metrics={"bleu": 0.125})
     assert task.logger.calls == [
-        ("single", "bleu", 0.5), ("scalar", "bleu", "test", 0.5, 0), ("single", "base bleu", 0.125), ("single", "bleu tuned - base", 0.375),
-        ("scalar", "bleu", "base", 0.125, 0), ("single", "loss", 2.0), ("scalar", "loss", "test", 2.0, 0), ("table", "predictions", "samples", 0, 3)]
+        ("single", "bleu", 0.5),
+        ("scalar", "bleu", "test", 0.5, 0),
+        ("single", "base bleu", 0.125),
+        ("single", "bleu tuned - base", 0.375),
+        ("scalar", "bleu", "base", 0.125, 0),
+        ("single", "loss", 2.0),
+        ("scalar", "loss", "test", 2.0, 0),
+        ("table", "predictions", "samples", 0, 3),
+    ]
     task = RecordingTask()
     tracking.report_metrics(task, {"bleu": 0.5}, pd.DataFrame({"a": [1]}))
     assert task.logger.calls == [("single", "bleu", 0.5), ("scalar", "bleu", "test", 0.5, 0), ("table", "predictions", "samples", 0, 1)]
@@ -419,12 +429,19 @@ def test_a_step_that_reports_gets_the_answers_to_its_own_requests(clearml_home, 
             asked = time.monotonic()
             found = [found.id for found in Task.get_tasks(project_name=tracking.CLEARML_PROJECT, task_name="a step")]
             answers.append((found == [task.id], time.monotonic() - asked))
-        return {"children": children, "answers": len(answers), "wrong": sum(not right for right, _ in answers),
-                "slowest_s": max(seconds for _, seconds in answers)}
+        return {
+            "children": children,
+            "answers": len(answers),
+            "wrong": sum(not right for right, _ in answers),
+            "slowest_s": max(seconds for _, seconds in answers),
+        }
 
     with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
-        completed = run_main(lambda argv: tracking.run_step("a step", "custom", step_parser, reporting_and_asking, argv),
-                             ["--output-dir", str(tmp_path / "out")], {**clearml_home, **server.environment()})
+        completed = run_main(
+            lambda argv: tracking.run_step("a step", "custom", step_parser, reporting_and_asking, argv),
+            ["--output-dir", str(tmp_path / "out")],
+            {**clearml_home, **server.environment()},
+        )
     assert completed.returncode == 0, completed.stderr
     outputs = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))["outputs"]
     assert (outputs["children"], outputs["wrong"]) == ([], 0) and outputs["answers"] >= 5
@@ -443,9 +460,18 @@ def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publicat
         prepare_clearml(False)
         task = tracking.init_task("register", "custom")
         parent = tracking.register_model(task, "родитель", folder, tags=["a"], metadata={"config": {"rank": 8}}, publish=False)
-        child = tracking.register_model(task, "дитя", folder, tags=["b", "c"], metadata={"score": 0.5, "steps": 3, "name": "x", "config": {"rank": 4}},
-                                        publish=True, parent_id=parent)
-        found.write_text(json.dumps({"task": task.id, "parent": parent, "child": child, "last": tracking.output_model_of(task.id).id}), encoding="utf-8")
+        child = tracking.register_model(
+            task,
+            "дитя",
+            folder,
+            tags=["b", "c"],
+            metadata={"score": 0.5, "steps": 3, "name": "x", "config": {"rank": 4}},
+            publish=True,
+            parent_id=parent,
+        )
+        found.write_text(
+            json.dumps({"task": task.id, "parent": parent, "child": child, "last": tracking.output_model_of(task.id).id}), encoding="utf-8"
+        )
         task.close()
 
     with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
@@ -459,7 +485,10 @@ def test_on_a_server_a_model_is_registered_with_its_metadata_parent_and_publicat
     assert (parent["name"], parent["tags"], parent["ready"], parent.get("parent"), parent.get("metadata", {})) == ("родитель", ["a"], False, None, {})
     assert (child["name"], child["tags"], child["ready"], child["parent"], child["task"]) == ("дитя", ["b", "c"], True, ids["parent"], ids["task"])
     assert {key: (entry["value"], entry["type"]) for key, entry in child["metadata"].items()} == {
-        "score": ("0.5", "float"), "steps": ("3", "int"), "name": ("x", "str")}
+        "score": ("0.5", "float"),
+        "steps": ("3", "int"),
+        "name": ("x", "str"),
+    }
     assert child["uri"].startswith(server.files_host) and "rank = 4" in child["design"]["design"]
 
 

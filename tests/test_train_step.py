@@ -4,8 +4,8 @@ adapter, the seed's initialisation, the outputs and what its task holds, resumin
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -14,10 +14,10 @@ import pytest
 import torch
 from clearml.utilities.pyhocon import ConfigFactory
 from conftest import ASCII_LOCALE
-from safetensors.torch import load_file
 from forked import run_main
-from tolerances import LOSS_RTOL
+from safetensors.torch import load_file
 from step_runs import arguments, artifacts, make_task, model_package, run_step, scalars, task_record
+from tolerances import LOSS_RTOL
 
 from components.lora import LoRALayer
 from components.modeling import apply_adapter_settings, load_base_model, parameter_stats
@@ -28,13 +28,31 @@ from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
 
 ADAPTER = {"lora_rank": 3, "lora_alpha": 5.0, "lora_dropout": 0.1, "prompt_length": 4}  # each away from its default
-TRAINING = {"batch_size": 3, "grad_accum_steps": 2, "learning_rate": 0.002, "weight_decay": 0.5, "epochs": 2.0, "max_steps": 3,
-            "warmup_ratio": 0.25, "gradient_checkpointing": False, "precision": "fp32", "seed": 7, "group_by_length": False, "eval_every": 2,
-            "best_metric": "validation_chrf", "early_stopping_patience": 5, "generation_eval_samples": 2}
+TRAINING = {
+    "batch_size": 3,
+    "grad_accum_steps": 2,
+    "learning_rate": 0.002,
+    "weight_decay": 0.5,
+    "epochs": 2.0,
+    "max_steps": 3,
+    "warmup_ratio": 0.25,
+    "gradient_checkpointing": False,
+    "precision": "fp32",
+    "seed": 7,
+    "group_by_length": False,
+    "eval_every": 2,
+    "best_metric": "validation_chrf",
+    "early_stopping_patience": 5,
+    "generation_eval_samples": 2,
+}
 
 
 def flags(values: dict) -> list[str]:
-    return [part for name, value in values.items() for part in (f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value))]
+    return [
+        part
+        for name, value in values.items()
+        for part in (f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +64,23 @@ def tokenized(clearml_home, tmp_path_factory) -> Path:
     rows = pd.read_csv("data/sample/train.tsv", sep="\t", dtype=str, keep_default_na=False)
     for name, part in (("train", rows.iloc[:30]), ("validation", rows.iloc[30:36]), ("test", rows.iloc[36:40])):
         part.to_csv(folder / f"{name}.tsv", sep="\t", index=False)
-    completed, _ = run_step(preprocess.main, ["--local", "--splits-dir", str(folder), "--model", "tiny", "--max-input-length", "16",
-                                              "--max-target-length", "8", "--output-dir", str(folder / "out")], clearml_home)
+    completed, _ = run_step(
+        preprocess.main,
+        [
+            "--local",
+            "--splits-dir",
+            str(folder),
+            "--model",
+            "tiny",
+            "--max-input-length",
+            "16",
+            "--max-target-length",
+            "8",
+            "--output-dir",
+            str(folder / "out"),
+        ],
+        clearml_home,
+    )
     assert completed.returncode == 0, completed.stderr
     return folder / "out" / "tokenized"
 
@@ -72,8 +105,16 @@ def test_every_option_reaches_the_training_and_the_adapter(tokenized, clearml_ho
 
     outputs = result["outputs"]
     best = summary["best_step"]
-    assert outputs == {"adapter_dir": str(out / "adapter"), "model_id": None, "steps": 3, "best_metric": "validation_chrf", "best_value": summary["best_value"],
-                       "best_step": best, "stopped_early": False, "initial_validation_loss": summary["initial_validation_loss"]}
+    assert outputs == {
+        "adapter_dir": str(out / "adapter"),
+        "model_id": None,
+        "steps": 3,
+        "best_metric": "validation_chrf",
+        "best_value": summary["best_value"],
+        "best_step": best,
+        "stopped_early": False,
+        "initial_validation_loss": summary["initial_validation_loss"],
+    }
     best_entry = next(entry for entry in summary["history"] if entry["step"] == best)
     assert best_entry["validation_chrf"] == summary["best_value"] == max(entry["validation_chrf"] for entry in summary["history"])
     assert (out / "adapter" / "adapter.safetensors").read_bytes() == (out / "checkpoints" / "best" / "adapter.safetensors").read_bytes()
@@ -81,8 +122,10 @@ def test_every_option_reaches_the_training_and_the_adapter(tokenized, clearml_ho
     stats = summary["parameters"]
     lines = completed.stdout.splitlines()
     assert f"Parameters: {stats['total']:,} total, {stats['trainable']:,} trainable ({stats['trainable_percent']:.2f}%)." in lines
-    assert (f"Trained 3 of 3 steps; best validation_chrf {summary['best_value']:.4f} at step {best} (validation loss untuned: "
-            f"{summary['initial_validation_loss']:.4f}). Adapter in {out / 'adapter'}.") in lines
+    assert (
+        f"Trained 3 of 3 steps; best validation_chrf {summary['best_value']:.4f} at step {best} (validation loss untuned: "
+        f"{summary['initial_validation_loss']:.4f}). Adapter in {out / 'adapter'}."
+    ) in lines
 
     assert (task_record(result)["name"], task_record(result)["type"]) == ("train", "training")
     assert arguments(result)["lora_rank"] == "3" and arguments(result)["best_metric"] == "validation_chrf"
@@ -97,8 +140,26 @@ def test_every_option_reaches_the_training_and_the_adapter(tokenized, clearml_ho
 def test_with_a_zero_learning_rate_the_adapter_is_the_seeds_initialisation(tokenized, clearml_home, tmp_path):
     """The seed draws LoRA's A (before any training): recomputed here with the same seed."""
     out = tmp_path / "out"
-    completed, result = run_train(["--data-dir", str(tokenized), "--lora-rank", "2", "--prompt-length", "2", "--learning-rate", "0", "--weight-decay", "0",
-                                   "--max-steps", "1", "--seed", "13"], clearml_home, out)
+    completed, result = run_train(
+        [
+            "--data-dir",
+            str(tokenized),
+            "--lora-rank",
+            "2",
+            "--prompt-length",
+            "2",
+            "--learning-rate",
+            "0",
+            "--weight-decay",
+            "0",
+            "--max-steps",
+            "1",
+            "--seed",
+            "13",
+        ],
+        clearml_home,
+        out,
+    )
     assert completed.returncode == 0, completed.stderr
     torch.manual_seed(13)
     model = apply_adapter_settings(load_base_model("tiny"), AdapterSettings(lora_rank=2, prompt_length=2))
@@ -115,8 +176,26 @@ def test_with_a_zero_learning_rate_the_adapter_is_the_seeds_initialisation(token
 def test_early_stopping_is_said_in_the_last_line(tokenized, clearml_home, tmp_path):
     """With a learning rate that makes validation worse at once, patience 1 stops after the second evaluation."""
     out = tmp_path / "out"
-    completed, result = run_train(["--data-dir", str(tokenized), "--learning-rate", "0.5", "--max-steps", "6", "--eval-every", "1", "--early-stopping-patience",
-                                   "1", "--grad-accum-steps", "1", "--batch-size", "4"], clearml_home, out)
+    completed, result = run_train(
+        [
+            "--data-dir",
+            str(tokenized),
+            "--learning-rate",
+            "0.5",
+            "--max-steps",
+            "6",
+            "--eval-every",
+            "1",
+            "--early-stopping-patience",
+            "1",
+            "--grad-accum-steps",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        clearml_home,
+        out,
+    )
     assert completed.returncode == 0, completed.stderr
     outputs = result["outputs"]
     assert outputs["stopped_early"] is True and outputs["steps"] < 6
@@ -217,16 +296,33 @@ TORCHRUN_RANK_0 = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_AD
         (["--prompt-length", "-1"], {}, "--lora-rank must be at least 1 and --prompt-length at least 0 (0: LoRA only); got 8 and -1."),
         (["--nproc-per-node", "0"], {}, "--nproc-per-node must be at least 1, got 0."),
         (["--nodes", "0"], {}, "--nodes must be at least 1, got 0."),
-        (["--nodes", "2"], {}, "--nodes 2 trains on ClearML agents: create the train task, set Args/nodes to 2 and enqueue it on a queue that many "
-                               "agents serve (docs/distributed.md)."),
-        (["--nproc-per-node", "2"], TORCHRUN_RANK_0,
-         "This process is already rank 0 of 2 (torchrun started it); leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead."),
-        (["--nodes", "2"], TORCHRUN_RANK_0,
-         "--nodes starts ClearML agents' machines; under torchrun give torchrun --nnodes instead."),
-        ([], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
-         "WORLD_SIZE is 2 but MASTER_ADDR, MASTER_PORT is not set; start the ranks with torchrun or the train step's --nproc-per-node."),
-        (["--resume"], {}, "--resume: no checkpoint in OUT/checkpoints; run without --resume to start, or point --output-dir at the interrupted run."),
-        (["--data-dir", "data/sample"], {}, "data/sample holds no tokenization.json; --data-dir must be the tokenized folder written by the preprocess step."),
+        (
+            ["--nodes", "2"],
+            {},
+            "--nodes 2 trains on ClearML agents: create the train task, set Args/nodes to 2 and enqueue it on a queue that many "
+            "agents serve (docs/distributed.md).",
+        ),
+        (
+            ["--nproc-per-node", "2"],
+            TORCHRUN_RANK_0,
+            "This process is already rank 0 of 2 (torchrun started it); leave --nproc-per-node at 1 and give torchrun --nproc-per-node instead.",
+        ),
+        (["--nodes", "2"], TORCHRUN_RANK_0, "--nodes starts ClearML agents' machines; under torchrun give torchrun --nnodes instead."),
+        (
+            [],
+            {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+            "WORLD_SIZE is 2 but MASTER_ADDR, MASTER_PORT is not set; start the ranks with torchrun or the train step's --nproc-per-node.",
+        ),
+        (
+            ["--resume"],
+            {},
+            "--resume: no checkpoint in OUT/checkpoints; run without --resume to start, or point --output-dir at the interrupted run.",
+        ),
+        (
+            ["--data-dir", "data/sample"],
+            {},
+            "data/sample holds no tokenization.json; --data-dir must be the tokenized folder written by the preprocess step.",
+        ),
         ([], {}, "Give --preprocess-task-id (a ClearML task id) or --data-dir (a folder of tokenized splits)."),
     ],
 )
@@ -257,22 +353,30 @@ def test_the_tokenization_summary_is_read_as_utf_8_whatever_the_locale(tokenized
 
 
 def test_data_tokenized_for_another_model_is_refused(tokenized, clearml_home, tmp_path):
-    completed, _ = run_step(train.main, ["--local", "--data-dir", str(tokenized), "--model", "some/other-model", "--output-dir", str(tmp_path)], clearml_home)
-    assert completed.stderr.splitlines()[-1] == ("error: The data was tokenized for 'tiny' but --model is 'some/other-model'; "
-                                                 "preprocess with the same --model.")
+    completed, _ = run_step(
+        train.main, ["--local", "--data-dir", str(tokenized), "--model", "some/other-model", "--output-dir", str(tmp_path)], clearml_home
+    )
+    assert completed.stderr.splitlines()[-1] == (
+        "error: The data was tokenized for 'tiny' but --model is 'some/other-model'; preprocess with the same --model."
+    )
 
 
 def test_two_ranks_get_the_fetched_data_and_train_as_one_run(tokenized, clearml_home, tmp_path):
     """--nproc-per-node 2 with the data from a preprocess task: the other rank gets the folder this process fetched."""
     preprocess_id = make_task("preprocess", {"tokenized": tokenized}, clearml_home, tmp_path)
-    completed, result = run_train(["--preprocess-task-id", preprocess_id, "--nproc-per-node", "2", "--max-steps", "1", "--batch-size", "2",
-                                   "--grad-accum-steps", "1"], clearml_home, tmp_path / "out")
+    completed, result = run_train(
+        ["--preprocess-task-id", preprocess_id, "--nproc-per-node", "2", "--max-steps", "1", "--batch-size", "2", "--grad-accum-steps", "1"],
+        clearml_home,
+        tmp_path / "out",
+    )
     assert completed.returncode == 0, completed.stderr
     summary = json.loads((tmp_path / "out" / "training.json").read_text(encoding="utf-8"))
     assert (summary["ranks"], summary["steps"]) == (2, 1)
     assert "; 2 ranks." in completed.stdout
     # The untuned validation loss is the whole split's, as one rank computes it, not rank 0's half (batched otherwise: LOSS_RTOL).
-    completed, _ = run_train(["--data-dir", str(tokenized), "--max-steps", "1", "--batch-size", "2", "--grad-accum-steps", "1"], clearml_home, tmp_path / "one")
+    completed, _ = run_train(
+        ["--data-dir", str(tokenized), "--max-steps", "1", "--batch-size", "2", "--grad-accum-steps", "1"], clearml_home, tmp_path / "one"
+    )
     assert completed.returncode == 0, completed.stderr
     one_rank = json.loads((tmp_path / "one" / "training.json").read_text(encoding="utf-8"))
     assert summary["initial_validation_loss"] == pytest.approx(one_rank["initial_validation_loss"], rel=LOSS_RTOL)
@@ -281,15 +385,35 @@ def test_two_ranks_get_the_fetched_data_and_train_as_one_run(tokenized, clearml_
 def test_on_a_server_the_adapter_is_a_model_named_and_tagged_by_its_settings(tokenized, clearml_home, tmp_path):
     with ServerProcess(tmp_path / "state") as server:  # not in this process: the test forks
         env = {**clearml_home, **server.environment()}
-        completed, result = run_step(train.main, ["--model", "tiny", "--data-dir", str(tokenized), "--lora-rank", "2", "--prompt-length", "3", "--max-steps", "1",
-                                                  "--output-dir", str(tmp_path / "out")], env)
+        completed, result = run_step(
+            train.main,
+            [
+                "--model",
+                "tiny",
+                "--data-dir",
+                str(tokenized),
+                "--lora-rank",
+                "2",
+                "--prompt-length",
+                "3",
+                "--max-steps",
+                "1",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ],
+            env,
+        )
         assert completed.returncode == 0, completed.stderr
         api = ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
         model = api.call("models.get_by_id", model=result["outputs"]["model_id"])["model"]
         package = model_package(model["uri"])
     assert package == {path.name: path.read_bytes() for path in (tmp_path / "out" / "adapter").iterdir()}  # the adapter, file by file
     summary = json.loads((tmp_path / "out" / "training.json").read_text(encoding="utf-8"))
-    assert (model["name"], model["tags"], model["task"]) == ("ruT5 LoRA r2 + prompt 3", ["adapter", "lora_rank=2", "prompt_length=3"], result["task_id"])
+    assert (model["name"], model["tags"], model["task"]) == (
+        "ruT5 LoRA r2 + prompt 3",
+        ["adapter", "lora_rank=2", "prompt_length=3"],
+        result["task_id"],
+    )
     metadata = {key: entry["value"] for key, entry in model["metadata"].items()}
     assert metadata == {"validation_loss": str(summary["best_value"]), "best_step": str(summary["best_step"])}
     design = ConfigFactory.parse_string(model["design"]["design"]).as_plain_ordered_dict()  # the SDK's text of config_dict

@@ -3,8 +3,8 @@ loss, resume equivalence under dropout, the best checkpoint, early stopping, len
 the NaN guard and precision."""
 
 import copy
-import math
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tolerances import LOSS_RTOL, assert_same_gradient
 from transformers import T5ForConditionalGeneration
 
 from components import training
@@ -23,7 +24,6 @@ from components.metrics import PROTOCOL_METRICS, compute_metrics
 from components.modeling import adapter_state_dict, apply_peft, load_base_model, load_tokenizer
 from components.prompt_tuning import prompt_length_of
 from components.training import TrainConfig, TrainingError, resolve_precision, train_adapters
-from tolerances import LOSS_RTOL, assert_same_gradient
 
 
 class Interrupt(Exception):
@@ -55,7 +55,11 @@ def diverging(tiny_model_dir):
 def fresh_model(tiny_model_dir, seed=0, dropout_rate=None, **adapter):
     """The tiny model with adapters; dropout is on (T5's 0.1 and LoRA's 0.1) unless set to 0."""
     torch.manual_seed(seed)
-    base = load_base_model(str(tiny_model_dir)) if dropout_rate is None else T5ForConditionalGeneration.from_pretrained(tiny_model_dir, dropout_rate=dropout_rate)
+    base = (
+        load_base_model(str(tiny_model_dir))
+        if dropout_rate is None
+        else T5ForConditionalGeneration.from_pretrained(tiny_model_dir, dropout_rate=dropout_rate)
+    )
     return apply_peft(base, **{"lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.1, "prompt_length": 4, **adapter}).train()
 
 
@@ -74,8 +78,11 @@ def record_training_batches(model) -> list[dict]:
 def token_losses(model, input_ids: list[int], labels: list[int]) -> torch.Tensor:
     """Cross-entropy of each label token of one unpadded example, the prompt columns in its mask."""
     prompt_length = prompt_length_of(model)
-    logits = model(input_ids=torch.tensor([input_ids]), attention_mask=torch.ones(1, prompt_length + len(input_ids), dtype=torch.long),
-                   labels=torch.tensor([labels])).logits
+    logits = model(
+        input_ids=torch.tensor([input_ids]),
+        attention_mask=torch.ones(1, prompt_length + len(input_ids), dtype=torch.long),
+        labels=torch.tensor([labels]),
+    ).logits
     return F.cross_entropy(logits[0], torch.tensor(labels), reduction="none")
 
 
@@ -104,22 +111,32 @@ def assert_same_tensors(got: dict, expected: dict) -> None:
 CONFIG = dict(batch_size=8, grad_accum_steps=2, learning_rate=3e-3, epochs=3, eval_every=2, gradient_checkpointing=False, seed=7)
 
 
-@pytest.mark.parametrize("device, bf16_supported, requested, resolved", [
-    ("cpu", False, "auto", "fp32"), ("cpu", False, "fp32", "fp32"),
-    ("cuda", True, "auto", "bf16"), ("cuda", False, "auto", "fp16"),  # T5 v1.0 overflows in fp16: only where bf16 is not supported
-    ("cuda", True, "fp16", "fp16"), ("cuda", False, "bf16", "bf16"), ("cuda", True, "fp32", "fp32"),
-])
+@pytest.mark.parametrize(
+    "device, bf16_supported, requested, resolved",
+    [
+        ("cpu", False, "auto", "fp32"),
+        ("cpu", False, "fp32", "fp32"),
+        ("cuda", True, "auto", "bf16"),
+        ("cuda", False, "auto", "fp16"),  # T5 v1.0 overflows in fp16: only where bf16 is not supported
+        ("cuda", True, "fp16", "fp16"),
+        ("cuda", False, "bf16", "bf16"),
+        ("cuda", True, "fp32", "fp32"),
+    ],
+)
 def test_precision_auto_is_bf16_on_gpus_that_support_it_fp16_on_older_ones_fp32_on_cpu(device, bf16_supported, requested, resolved, monkeypatch):
     """A GPU is simulated: only ``torch.cuda.is_bf16_supported`` is asked."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
     assert resolve_precision(requested, torch.device(device)) == resolved
 
 
-@pytest.mark.parametrize("requested, message", [
-    ("bf16", "--precision bf16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."),
-    ("fp16", "--precision fp16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."),
-    ("fp8", "--precision must be one of auto, bf16, fp16, fp32, got 'fp8'."),
-])
+@pytest.mark.parametrize(
+    "requested, message",
+    [
+        ("bf16", "--precision bf16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."),
+        ("fp16", "--precision fp16 needs a CUDA GPU; use --precision fp32 (or auto) on CPU."),
+        ("fp8", "--precision must be one of auto, bf16, fp16, fp32, got 'fp8'."),
+    ],
+)
 def test_a_precision_the_device_cannot_run_is_refused_in_one_sentence(requested, message):
     with pytest.raises(UserError) as refused:
         resolve_precision(requested, torch.device("cpu"))
@@ -142,7 +159,8 @@ def test_each_rank_evaluates_its_contiguous_shard_of_the_validation_split_in_bat
     def rows_of(world):
         batches = list(training.evaluation_loader(model, tokenizer, validation, 5, world))
         return [len(batch["input_ids"]) for batch in batches], [
-            ids[mask[prompt_length:].bool()].tolist() for batch in batches for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+            ids[mask[prompt_length:].bool()].tolist() for batch in batches for ids, mask in zip(batch["input_ids"], batch["attention_mask"])
+        ]
 
     assert rows_of(World()) == ([5, 5, 2], validation["input_ids"])
     assert rows_of(World(rank=1, size=2, local_rank=1)) == ([5, 1], validation["input_ids"][6:])
@@ -152,6 +170,7 @@ def test_an_epochs_order_is_drawn_with_the_seed_plus_the_epoch(splits):
     """So epoch 2 of seed 7 is epoch 1 of seed 8, grouped by length or not, and the next epoch is another order."""
     _, train, _ = splits
     for grouped in (True, False):
+
         def order(seed, epoch):
             return training.epoch_order(train, TrainConfig(seed=seed, group_by_length=grouped), 8, epoch)
 
@@ -196,8 +215,16 @@ def one_step(request, tiny_model_dir, splits, tmp_path_factory):
         result = train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path_factory.mktemp("one-step"))
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     [step] = steps
-    return {"regime": request.param, "initial": initial, "trained": model, "batches": batches,
-            "gradient": dict(zip(names, step["gradients"])), "result": result, "train": train, "validation": validation}
+    return {
+        "regime": request.param,
+        "initial": initial,
+        "trained": model,
+        "batches": batches,
+        "gradient": dict(zip(names, step["gradients"])),
+        "result": result,
+        "train": train,
+        "validation": validation,
+    }
 
 
 @pytest.mark.numeric
@@ -259,7 +286,8 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     assert full.steps == 9 and full.best_step == 2  # the best comes before the interruption
     best = full.history[0]["validation_loss"]
     assert [message for message in caplog.messages if message.startswith("step ")] == [
-        f"step {evaluation['step']}: validation_loss {evaluation['validation_loss']:.4f} (best {best:.4f} at step 2)" for evaluation in full.history]
+        f"step {evaluation['step']}: validation_loss {evaluation['validation_loss']:.4f} (best {best:.4f} at step 2)" for evaluation in full.history
+    ]
     caplog.clear()
 
     def crash_after_step_5(title, series, value, step):
@@ -284,8 +312,15 @@ def test_a_run_resumed_elsewhere_ends_bit_identical_with_the_best_so_far(tiny_mo
     assert_same_tensors(adapter_state_dict(resumed), adapter_state_dict(straight))
     assert_same_tensors(*(load_file(str(tmp_path / run / "checkpoints/best/adapter.safetensors")) for run in ("elsewhere", "straight")))
     # A finished run resumed takes no further step.
-    again = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path / "again",
-                           resume_from=tmp_path / "straight" / "checkpoints" / "last")
+    again = train_adapters(
+        fresh_model(tiny_model_dir),
+        tokenizer,
+        train,
+        validation,
+        config,
+        output_dir=tmp_path / "again",
+        resume_from=tmp_path / "straight" / "checkpoints" / "last",
+    )
     assert (again.steps, again.train_losses, again.history) == (9, full.train_losses, full.history)
 
 
@@ -295,8 +330,16 @@ def test_the_optimizer_steps_with_linear_warmup_then_linear_decay_and_the_weight
     (the schedule written out here, not taken from transformers); AdamW gets the configured weight decay."""
     tokenizer, train, validation = splits
     peak, total, warmup = 4e-3, 6, 3
-    config = TrainConfig(batch_size=8, grad_accum_steps=1, learning_rate=peak, weight_decay=0.25, max_steps=total, warmup_ratio=0.5,
-                         eval_every=total, gradient_checkpointing=False)
+    config = TrainConfig(
+        batch_size=8,
+        grad_accum_steps=1,
+        learning_rate=peak,
+        weight_decay=0.25,
+        max_steps=total,
+        warmup_ratio=0.5,
+        eval_every=total,
+        gradient_checkpointing=False,
+    )
     with optimizer_steps_recorded() as steps:
         result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path)
     expected = [peak * step / warmup if step < warmup else peak * (total - step) / (total - warmup) for step in range(total)]
@@ -362,8 +405,9 @@ def test_the_progress_bar_counts_each_step_from_where_the_run_starts_with_its_lo
     monkeypatch.setattr(training, "tqdm", RecordedBar)
     with pytest.raises(Interrupt):
         train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path, report=interrupt_after_step_3)
-    result = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
-                            resume_from=tmp_path / "checkpoints" / "last")
+    result = train_adapters(
+        fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path, resume_from=tmp_path / "checkpoints" / "last"
+    )
     interrupted, resumed = RecordedBar.bars
     options = {"total": 4, "desc": "train", "unit": "step", "mininterval": 2.0, "disable": False}
     assert (interrupted.options, resumed.options) == ({**options, "initial": 0}, {**options, "initial": 2})  # the checkpoint of step 2
@@ -380,13 +424,15 @@ def test_early_stopping_stops_after_patience(tiny_model_dir, splits, tmp_path):
     assert result.stopped_early and result.steps == 6 and result.total_steps == 30
     assert result.best_step == 2 and len(result.history) == 3
     saved = json.loads((tmp_path / "checkpoints" / "last" / "state.json").read_text())
-    assert {key: saved[key] for key in ("step", "epoch", "epoch_step", "world_size", "best_step", "bad_evaluations", "skipped_steps", "stopped_early")} == {
-        "step": 6, "epoch": 2, "epoch_step": 0, "world_size": 1, "best_step": 2, "bad_evaluations": 2, "skipped_steps": 0, "stopped_early": True}
+    assert {
+        key: saved[key] for key in ("step", "epoch", "epoch_step", "world_size", "best_step", "bad_evaluations", "skipped_steps", "stopped_early")
+    } == {"step": 6, "epoch": 2, "epoch_step": 0, "world_size": 1, "best_step": 2, "bad_evaluations": 2, "skipped_steps": 0, "stopped_early": True}
     assert saved["history"] == result.history and saved["best_value"] == result.best_value
     assert saved["scaler"] == {}  # fp32: no grad scaler
     # resumed in the same folder (its best/ there already), a run that stopped early stays stopped
-    again = train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path,
-                           resume_from=tmp_path / "checkpoints" / "last")
+    again = train_adapters(
+        fresh_model(tiny_model_dir), tokenizer, train, validation, config, output_dir=tmp_path, resume_from=tmp_path / "checkpoints" / "last"
+    )
     assert (again.steps, again.stopped_early, again.history) == (6, True, result.history)
 
 
@@ -434,8 +480,9 @@ def test_an_improvement_starts_the_patience_again(tiny_model_dir, splits, tmp_pa
     ],
     ids=["loss", "chrf"],
 )
-def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(tiny_model_dir, splits, tmp_path, monkeypatch,
-                                                                      best_metric, patched, script, values, best_step):
+def test_the_best_checkpoint_holds_the_weights_of_the_best_evaluation(
+    tiny_model_dir, splits, tmp_path, monkeypatch, best_metric, patched, script, values, best_step
+):
     """Scripted values at the evaluations of steps 2, 4, 6, 8, 9: the best is neither the first, the last nor the other extreme,
     and a later evaluation that only ties it does not replace it."""
     tokenizer, train, validation = splits
@@ -473,8 +520,11 @@ def test_each_step_and_each_evaluation_is_reported_at_its_step_and_logged(tiny_m
     expected = []
     for (step, loss), (_, learning_rate) in zip(result.train_losses, result.learning_rates, strict=True):
         expected += [("loss", "train", loss, step), ("learning_rate", "lr", learning_rate, step)]
-        expected += [("loss" if name == "validation_loss" else name.removeprefix("validation_"), "validation", value, step)
-                     for name, value in evaluations.get(step, {}).items() if name != "step"]
+        expected += [
+            ("loss" if name == "validation_loss" else name.removeprefix("validation_"), "validation", value, step)
+            for name, value in evaluations.get(step, {}).items()
+            if name != "step"
+        ]
     assert [step for step, _ in result.train_losses] == [1, 2, 3] and reported == expected
     trainable = sum(p.requires_grad for p in model.parameters())
     losses = [evaluations[step]["validation_loss"] for step in (2, 3)]
@@ -482,7 +532,8 @@ def test_each_step_and_each_evaluation_is_reported_at_its_step_and_logged(tiny_m
     assert caplog.messages[0] == f"Training 3 steps (3 per epoch) in fp32, {trainable} trainable tensors, 1 rank(s)."
     assert [message for message in caplog.messages if message.startswith("step ")] == [
         f"step 2: validation_loss {losses[0]:.4f} (best {losses[0]:.4f} at step 2)",
-        f"step 3: validation_loss {losses[1]:.4f} (best {best:.4f} at step {2 if losses[0] <= losses[1] else 3})"]
+        f"step 3: validation_loss {losses[1]:.4f} (best {best:.4f} at step {2 if losses[0] <= losses[1] else 3})",
+    ]
 
 
 def test_a_best_metric_that_is_not_measured_is_refused_in_one_sentence(tiny_model_dir, splits, tmp_path):
@@ -491,8 +542,10 @@ def test_a_best_metric_that_is_not_measured_is_refused_in_one_sentence(tiny_mode
         train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(best_metric="validation_bleu"), output_dir=tmp_path)
     with pytest.raises(UserError) as unknown:
         train_adapters(fresh_model(tiny_model_dir), tokenizer, train, validation, TrainConfig(best_metric="bleu"), output_dir=tmp_path)
-    assert str(unknown.value) == ("--best-metric must be one of validation_loss, validation_bleu, validation_chrf, validation_rouge1, "
-                                  "validation_rouge2, validation_rougeL, validation_meteor, got 'bleu'.")
+    assert str(unknown.value) == (
+        "--best-metric must be one of validation_loss, validation_bleu, validation_chrf, validation_rouge1, "
+        "validation_rouge2, validation_rougeL, validation_meteor, got 'bleu'."
+    )
 
 
 def test_batches_are_grouped_by_length(tiny_model_dir, splits, tmp_path):
@@ -506,7 +559,9 @@ def test_batches_are_grouped_by_length(tiny_model_dir, splits, tmp_path):
     def padding(group_by_length: bool) -> int:
         model = fresh_model(tiny_model_dir)
         batches = record_training_batches(model)
-        config = TrainConfig(**{**CONFIG, "batch_size": 4, "grad_accum_steps": 1, "max_steps": 12, "eval_every": 12, "group_by_length": group_by_length})
+        config = TrainConfig(
+            **{**CONFIG, "batch_size": 4, "grad_accum_steps": 1, "max_steps": 12, "eval_every": 12, "group_by_length": group_by_length}
+        )
         train_adapters(model, tokenizer, train, validation, config, output_dir=tmp_path / str(group_by_length))
         assert sum(len(batch["input_ids"]) for batch in batches) == len(train)
         return sum(int((batch["attention_mask"] == 0).sum()) for batch in batches)
@@ -548,12 +603,17 @@ def test_an_fp16_step_whose_loss_overflows_is_skipped_counted_and_too_many_stop_
     monkeypatch.setattr(training, "resolve_precision", lambda requested, device: "fp16")
     monkeypatch.setattr(training, "backward_token_mean", backward)
     weights = {}
-    record = lambda title, series, value, step: weights.setdefault(step, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})  # noqa: E731
+
+    def record(title, series, value, step):
+        weights.setdefault(step, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
     seen, model = [], fresh_model(tiny_model_dir)
-    result = train_adapters(model, tokenizer, train, validation, TrainConfig(**{**CONFIG, "max_steps": 4}), output_dir=tmp_path / "run", report=record)
+    result = train_adapters(
+        model, tokenizer, train, validation, TrainConfig(**{**CONFIG, "max_steps": 4}), output_dir=tmp_path / "run", report=record
+    )
     assert result.skipped_steps == 2 and result.steps == 4
     scaler = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())["scaler"]
-    assert scaler["scale"] == 2.0 ** 16 / 4  # the grad scaler is on: its initial scale, halved at each skipped step
+    assert scaler["scale"] == 2.0**16 / 4  # the grad scaler is on: its initial scale, halved at each skipped step
     assert all(torch.equal(weights[2][name], weights[1][name]) and torch.equal(weights[3][name], weights[1][name]) for name in weights[1])
     assert any(not torch.equal(weights[4][name], weights[1][name]) for name in weights[1])
     overflowing = set(range(1, 100))

@@ -13,11 +13,11 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
+from forked import exited_cleanly, start_child, wait_children
+from rating_sessions import free_port
 
 from components.distributed import world as world_module
 from components.distributed.world import JoinError, RankLostError, World, join_world, leave_world, world_from_environment
-from forked import exited_cleanly, start_child, wait_children
-from rating_sessions import free_port
 
 JOIN_TIMEOUT_S = 1.0
 
@@ -35,12 +35,15 @@ def environment(monkeypatch):
     return set_
 
 
-@pytest.mark.parametrize("variables, expected", [
-    ({}, World()),
-    ({"WORLD_SIZE": "1", "RANK": "0"}, World()),
-    ({"WORLD_SIZE": "", "RANK": "3"}, World()),
-    ({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}, World(2, 4, 1)),
-])
+@pytest.mark.parametrize(
+    "variables, expected",
+    [
+        ({}, World()),
+        ({"WORLD_SIZE": "1", "RANK": "0"}, World()),
+        ({"WORLD_SIZE": "", "RANK": "3"}, World()),
+        ({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}, World(2, 4, 1)),
+    ],
+)
 def test_the_world_is_what_the_environment_describes(environment, variables, expected):
     environment(**variables)
     assert world_from_environment() == expected
@@ -50,8 +53,9 @@ def test_a_world_described_in_part_is_one_sentence_naming_what_is_missing(enviro
     environment(WORLD_SIZE=2, RANK=1, MASTER_PORT=29500)
     with pytest.raises(JoinError) as refused:
         world_from_environment()
-    assert str(refused.value) == ("WORLD_SIZE is 2 but LOCAL_RANK, MASTER_ADDR is not set; start the ranks with torchrun "
-                                  "or the train step's --nproc-per-node.")
+    assert str(refused.value) == (
+        "WORLD_SIZE is 2 but LOCAL_RANK, MASTER_ADDR is not set; start the ranks with torchrun or the train step's --nproc-per-node."
+    )
 
 
 def test_torchrun_is_recognised_by_its_run_id(environment):
@@ -70,17 +74,22 @@ def test_a_run_of_one_is_the_main_rank_and_its_collectives_are_the_identity(envi
     assert not World(rank=1, size=2).is_main and World(rank=1, size=2).distributed
 
 
-@pytest.mark.parametrize("error, said", [
-    (RuntimeError("Connection closed by peer [127.0.0.1]:1234\nmore detail"), "Connection closed by peer [127.0.0.1]:1234"),
-    (RuntimeError("  "), "RuntimeError"),
-    (RuntimeError("x" * 300), "x" * 200),
-])
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (RuntimeError("Connection closed by peer [127.0.0.1]:1234\nmore detail"), "Connection closed by peer [127.0.0.1]:1234"),
+        (RuntimeError("  "), "RuntimeError"),
+        (RuntimeError("x" * 300), "x" * 200),
+    ],
+)
 def test_a_broken_collective_is_one_sentence_naming_the_rank(error, said):
     with pytest.raises(RankLostError) as lost:
         with world_module._peers_alive(World(rank=1, size=3)):
             raise error
-    assert str(lost.value) == (f"Rank 1 of 3 lost its peers ({said}): another rank stopped, and its own output above says why; "
-                               "rerun with --resume to continue from the last checkpoint.")
+    assert str(lost.value) == (
+        f"Rank 1 of 3 lost its peers ({said}): another rank stopped, and its own output above says why; "
+        "rerun with --resume to continue from the last checkpoint."
+    )
 
 
 def joining(environment, tmp_path, rank: int, port: int, size: int = 2) -> str:
@@ -103,8 +112,10 @@ def joining(environment, tmp_path, rank: int, port: int, size: int = 2) -> str:
 
 def test_rank_0_alone_gives_up_after_the_join_timeout(environment, tmp_path):
     port = free_port()
-    assert joining(environment, tmp_path, 0, port) == (f"Only some of the 2 ranks reached rank 0 at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} within "
-                                             "1 s (--join-timeout); check that every rank was started and can reach that address.")
+    assert joining(environment, tmp_path, 0, port) == (
+        f"Only some of the 2 ranks reached rank 0 at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} within "
+        "1 s (--join-timeout); check that every rank was started and can reach that address."
+    )
 
 
 def test_rank_0_on_a_port_in_use_says_so(environment, tmp_path):
@@ -112,14 +123,17 @@ def test_rank_0_on_a_port_in_use_says_so(environment, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert joining(environment, tmp_path, 0, port) == (f"Rank 0 cannot listen on MASTER_ADDR:MASTER_PORT 127.0.0.1:{port}: the port is taken; "
-                                                 "set MASTER_PORT to a free port.")
+        assert joining(environment, tmp_path, 0, port) == (
+            f"Rank 0 cannot listen on MASTER_ADDR:MASTER_PORT 127.0.0.1:{port}: the port is taken; set MASTER_PORT to a free port."
+        )
 
 
 def test_a_rank_that_cannot_reach_rank_0_gives_up_after_the_join_timeout(environment, tmp_path):
     port = free_port()  # nothing listens there
-    assert joining(environment, tmp_path, 1, port) == (f"Rank 1 could not reach rank 0 at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} within 1 s "
-                                             "(--join-timeout); check the address and that the port is open to this machine.")
+    assert joining(environment, tmp_path, 1, port) == (
+        f"Rank 1 could not reach rank 0 at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} within 1 s "
+        "(--join-timeout); check the address and that the port is open to this machine."
+    )
 
 
 def in_two_ranks(environment, tmp_path, work, torchrun: bool = False) -> list[dict]:
@@ -142,9 +156,14 @@ def in_two_ranks(environment, tmp_path, work, torchrun: bool = False) -> list[di
 
 def collectives(world: World) -> dict:
     summed = world.sum_(torch.tensor([float(world.rank + 1), 10.0]))
-    result = {"world": [world.rank, world.size, world.local_rank], "sum": summed.tolist(),
-              "broadcast": world.broadcast({"from": world.rank}), "gather": world.gather(f"rank {world.rank}"),
-              "joined": dist.is_initialized(), "backend": dist.get_backend()}
+    result = {
+        "world": [world.rank, world.size, world.local_rank],
+        "sum": summed.tolist(),
+        "broadcast": world.broadcast({"from": world.rank}),
+        "gather": world.gather(f"rank {world.rank}"),
+        "joined": dist.is_initialized(),
+        "backend": dist.get_backend(),
+    }
     world.barrier()
     leave_world()
     leave_world()  # a second time: nothing left to leave
@@ -155,13 +174,24 @@ def collectives(world: World) -> dict:
 def test_two_ranks_join_and_their_collectives_sum_broadcast_and_gather(environment, tmp_path, torchrun):
     ranks = in_two_ranks(environment, tmp_path, collectives, torchrun)
     for rank, result in enumerate(ranks):
-        assert result == {"world": [rank, 2, rank], "sum": [3.0, 20.0], "broadcast": {"from": 0}, "gather": ["rank 0", "rank 1"],
-                          "joined": True, "backend": "gloo", "left": True,
-                          "collective_timeout_s": [world_module.COLLECTIVE_TIMEOUT.total_seconds()]}  # 2 h, not torch's 30 min
+        assert result == {
+            "world": [rank, 2, rank],
+            "sum": [3.0, 20.0],
+            "broadcast": {"from": 0},
+            "gather": ["rank 0", "rank 1"],
+            "joined": True,
+            "backend": "gloo",
+            "left": True,
+            "collective_timeout_s": [world_module.COLLECTIVE_TIMEOUT.total_seconds()],
+        }  # 2 h, not torch's 30 min
 
 
-COLLECTIVES = {"sum_": lambda world: world.sum_(torch.ones(1)), "broadcast": lambda world: world.broadcast("x"),
-               "gather": lambda world: world.gather("x"), "barrier": lambda world: world.barrier()}
+COLLECTIVES = {
+    "sum_": lambda world: world.sum_(torch.ones(1)),
+    "broadcast": lambda world: world.broadcast("x"),
+    "gather": lambda world: world.gather("x"),
+    "barrier": lambda world: world.barrier(),
+}
 
 
 @pytest.mark.parametrize("collective", sorted(COLLECTIVES))
@@ -185,7 +215,8 @@ def test_a_peer_that_dies_is_one_sentence_on_the_rank_left(environment, tmp_path
     wait_children([start_child(lambda rank=rank: rank_work(rank)) for rank in range(2)], timeout_s=60)
     error = json.loads((tmp_path / "rank-0.json").read_text())["error"]
     assert error.startswith("Rank 0 of 2 lost its peers (") and error.endswith(
-        "): another rank stopped, and its own output above says why; rerun with --resume to continue from the last checkpoint.")
+        "): another rank stopped, and its own output above says why; rerun with --resume to continue from the last checkpoint."
+    )
 
 
 def test_on_gpus_each_rank_takes_its_gpu_and_nccl_and_sums_there(environment, monkeypatch):

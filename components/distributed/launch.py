@@ -64,8 +64,14 @@ class LocalRanks:
             environment = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(local_rank), "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"}
             process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, entry, json.dumps(arguments, default=str)],
-                env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, text=True, encoding="utf-8", errors="replace",
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
             )
             self.processes[rank] = process
             forwarder = threading.Thread(target=self._forward, args=(rank, process), daemon=True)
@@ -80,8 +86,7 @@ class LocalRanks:
 
     def ended(self) -> list[str]:
         """'rank r was killed by SIGKILL' for each rank that ended unsuccessfully."""
-        return [f"rank {rank} {_exit_description(process.returncode)}"
-                for rank, process in self.processes.items() if process.poll() not in (None, 0)]
+        return [f"rank {rank} {_exit_description(process.returncode)}" for rank, process in self.processes.items() if process.poll() not in (None, 0)]
 
     def __enter__(self) -> LocalRanks:
         return self
@@ -103,6 +108,7 @@ class LocalRanks:
         for forwarder in self.forwarders:
             forwarder.join(timeout=5)
         if failed and (error is None or isinstance(error, RankLostError)):
-            raise RankLostError(f"Training stopped: {', '.join(failed)} (its output above says why); "
-                                "rerun with --resume to continue from the last checkpoint.") from None
+            raise RankLostError(
+                f"Training stopped: {', '.join(failed)} (its output above says why); rerun with --resume to continue from the last checkpoint."
+            ) from None
         return False

@@ -112,8 +112,9 @@ def world_from_environment() -> World:
         return World()
     missing = [name for name in ENVIRONMENT if not os.environ.get(name)]
     if missing:
-        raise JoinError(f"WORLD_SIZE is {size} but {', '.join(missing)} is not set; start the ranks with torchrun "
-                        "or the train step's --nproc-per-node.")
+        raise JoinError(
+            f"WORLD_SIZE is {size} but {', '.join(missing)} is not set; start the ranks with torchrun or the train step's --nproc-per-node."
+        )
     return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ["LOCAL_RANK"]))
 
 
@@ -135,17 +136,22 @@ def join_world(join_timeout: float) -> World:
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     where = f"MASTER_ADDR:MASTER_PORT {address}:{port}"
     try:
-        store = dist.TCPStore(address, port, world.size, is_master=world.is_main,
-                              timeout=datetime.timedelta(seconds=join_timeout), wait_for_workers=True)
+        store = dist.TCPStore(
+            address, port, world.size, is_master=world.is_main, timeout=datetime.timedelta(seconds=join_timeout), wait_for_workers=True
+        )
     except (RuntimeError, dist.DistError) as error:
         reason = str(error).lower()
         if world.is_main and ("address already in use" in reason or "eaddrinuse" in reason):
             raise JoinError(f"Rank 0 cannot listen on {where}: the port is taken; set MASTER_PORT to a free port.") from None
         if world.is_main:
-            raise JoinError(f"Only some of the {world.size} ranks reached rank 0 at {where} within {join_timeout:g} s "
-                            "(--join-timeout); check that every rank was started and can reach that address.") from None
-        raise JoinError(f"Rank {world.rank} could not reach rank 0 at {where} within {join_timeout:g} s (--join-timeout); "
-                        "check the address and that the port is open to this machine.") from None
+            raise JoinError(
+                f"Only some of the {world.size} ranks reached rank 0 at {where} within {join_timeout:g} s "
+                "(--join-timeout); check that every rank was started and can reach that address."
+            ) from None
+        raise JoinError(
+            f"Rank {world.rank} could not reach rank 0 at {where} within {join_timeout:g} s (--join-timeout); "
+            "check the address and that the port is open to this machine."
+        ) from None
     dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT)
     return world
 

@@ -20,8 +20,9 @@ the module cannot answer raises ``ValueError``, which clearml-serving returns as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -38,19 +39,21 @@ class Preprocess:
         self.model = None
         self.tokenizer = None
 
-    def load(self, local_file_name: Optional[str]) -> Any:
+    def load(self, local_file_name: str | None) -> Any:
         if not local_file_name:
             raise ValueError("The endpoint has no model: add it with --model-id <the export step's registered model>.")
         folder = Path(local_file_name)
         if not (folder / "config.json").is_file() or not (folder / "tokenizer.json").is_file():
-            raise ValueError(f"{folder} is not the export step's folder (config.json and tokenizer.json): give --model-id "
-                             "the model steps/export.py registered, not the adapter model.")
+            raise ValueError(
+                f"{folder} is not the export step's folder (config.json and tokenizer.json): give --model-id "
+                "the model steps/export.py registered, not the adapter model."
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForSeq2SeqLM.from_pretrained(folder).to(device).eval()
         return self.model
 
-    def preprocess(self, body: Any, state: dict, collect_custom_statistics_fn: Optional[Callable[[dict], None]] = None) -> list[str]:
+    def preprocess(self, body: Any, state: dict, collect_custom_statistics_fn: Callable[[dict], None] | None = None) -> list[str]:
         if not isinstance(body, dict) or set(body) != {"text"}:
             raise ValueError(f"The request body must be {REQUEST_FORM}.")
         text = body["text"]
@@ -62,10 +65,10 @@ class Preprocess:
         state["one_text"] = isinstance(text, str)
         return texts
 
-    def process(self, data: list[str], state: dict, collect_custom_statistics_fn: Optional[Callable[[dict], None]] = None) -> list[str]:
+    def process(self, data: list[str], state: dict, collect_custom_statistics_fn: Callable[[dict], None] | None = None) -> list[str]:
         answers = []
         for start in range(0, len(data), BATCH_SIZE):
-            encoded = self.tokenizer(data[start: start + BATCH_SIZE], padding=True, truncation=True, return_tensors="pt")
+            encoded = self.tokenizer(data[start : start + BATCH_SIZE], padding=True, truncation=True, return_tensors="pt")
             with torch.inference_mode():
                 generated = self.model.generate(**encoded.to(self.model.device))
             answers += self.tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -73,5 +76,5 @@ class Preprocess:
             collect_custom_statistics_fn({"texts": len(data)})
         return answers
 
-    def postprocess(self, data: list[str], state: dict, collect_custom_statistics_fn: Optional[Callable[[dict], None]] = None) -> dict:
+    def postprocess(self, data: list[str], state: dict, collect_custom_statistics_fn: Callable[[dict], None] | None = None) -> dict:
         return {"text": data[0] if state["one_text"] else data}

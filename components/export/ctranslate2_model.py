@@ -39,11 +39,19 @@ def suppressed_tokens(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> li
     return [[token] for token in tokenizer.convert_ids_to_tokens(generation.get("suppress_tokens") or [])]
 
 
-def generate_with_ctranslate2(translator: ctranslate2.Translator, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
-                              suppress: list[list[str]], max_new_tokens: int, num_beams: int = 1,
-                              min_new_tokens: int = 1) -> list[list[int]]:
+def generate_with_ctranslate2(
+    translator: ctranslate2.Translator,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    suppress: list[list[str]],
+    max_new_tokens: int,
+    num_beams: int = 1,
+    min_new_tokens: int = 1,
+) -> list[list[int]]:
     """The new token ids for each text (end of sequence not included), as ``generate`` decodes them."""
     sources = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
-    results = translator.translate_batch(sources, beam_size=num_beams, max_decoding_length=max_new_tokens,
-                                         min_decoding_length=min_new_tokens, suppress_sequences=suppress or None)
+    results = translator.translate_batch(
+        sources, beam_size=num_beams, max_decoding_length=max_new_tokens, min_decoding_length=min_new_tokens, suppress_sequences=suppress or None
+    )
     return [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]

@@ -55,8 +55,9 @@ def _unwrap(model) -> torch.Tensor:
 def _prompt_template(tokenizer, names: list[str], ids: list[int]) -> processors.TemplateProcessing:
     eos = tokenizer.eos_token
     prompt = " ".join(names)
-    return processors.TemplateProcessing(single=f"{prompt} $A {eos}", pair=f"{prompt} $A {eos} $B {eos}",
-                                         special_tokens=[*zip(names, ids), (eos, tokenizer.eos_token_id)])
+    return processors.TemplateProcessing(
+        single=f"{prompt} $A {eos}", pair=f"{prompt} $A {eos} $B {eos}", special_tokens=[*zip(names, ids), (eos, tokenizer.eos_token_id)]
+    )
 
 
 def export_plain_checkpoint(model_dir: Path, output: Path, *, decoding: dict, max_input_length: int) -> dict:
@@ -77,9 +78,13 @@ def export_plain_checkpoint(model_dir: Path, output: Path, *, decoding: dict, ma
     tokenizer.model_max_length = max_input_length + len(names)
 
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=model.config.decoder_start_token_id, eos_token_id=model.config.eos_token_id,
-        pad_token_id=model.config.pad_token_id, suppress_tokens=ids, renormalize_logits=True,
-        **{key: decoding[key] for key in ("num_beams", "do_sample", "temperature", "top_k", "top_p", "max_new_tokens")})
+        decoder_start_token_id=model.config.decoder_start_token_id,
+        eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.pad_token_id,
+        suppress_tokens=ids,
+        renormalize_logits=True,
+        **{key: decoding[key] for key in ("num_beams", "do_sample", "temperature", "top_k", "top_p", "max_new_tokens")},
+    )
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
@@ -87,5 +92,10 @@ def export_plain_checkpoint(model_dir: Path, output: Path, *, decoding: dict, ma
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config_path.write_text(json.dumps({**config, "tokenizer_class": TOKENIZER_CLASS}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     base_model, settings = read_adapter_config(model_dir)
-    return {"base_model": base_model, "prompt_token_ids": ids, "lora_rank": settings.lora_rank, "decoding": decoding,
-            "max_input_length": max_input_length}
+    return {
+        "base_model": base_model,
+        "prompt_token_ids": ids,
+        "lora_rank": settings.lora_rank,
+        "decoding": decoding,
+        "max_input_length": max_input_length,
+    }

@@ -56,8 +56,12 @@ def export_project(store: RatingStore, folder: Path) -> list[Path]:
     tasks = []
     for index, (item, left) in enumerate(zip(items, _left_systems(store, items))):
         left_answer, right_answer = (item.answer_a, item.answer_b) if left == item.system_a else (item.answer_b, item.answer_a)
-        tasks.append({"data": {"instruction": item.instruction, "input": item.input, "left": left_answer, "right": right_answer},
-                      "meta": {"pair": index, "order": int(left != item.system_a)}})
+        tasks.append(
+            {
+                "data": {"instruction": item.instruction, "input": item.input, "left": left_answer, "right": right_answer},
+                "meta": {"pair": index, "order": int(left != item.system_a)},
+            }
+        )
     folder.mkdir(parents=True, exist_ok=True)
     config, tasks_path = folder / "label_config.xml", folder / "tasks.json"
     config.write_text(CONFIG, encoding="utf-8")
@@ -107,20 +111,34 @@ def import_votes(store: RatingStore, export: Path) -> tuple[list[Vote], list[dic
         data, meta = (task.get("data", {}), task.get("meta") or {}) if isinstance(task, dict) else ({}, {})
         pair, order = meta.get("pair"), meta.get("order")
         if not isinstance(pair, int) or not 0 <= pair < len(items) or order not in (0, 1):
-            raise UserError(f"{export}: task {number} has no meta pair and order of this session's project; "
-                            f"export it with --label-studio-export from {store.path}.")
+            raise UserError(
+                f"{export}: task {number} has no meta pair and order of this session's project; "
+                f"export it with --label-studio-export from {store.path}."
+            )
         item = items[pair]
         left, right = (item.system_a, item.system_b) if order == 0 else (item.system_b, item.system_a)
         if data.get("left") != (item.answer_a if order == 0 else item.answer_b):
-            raise UserError(f"{export}: task {number}'s left answer is not that of pair {pair} of {store.path}; "
-                            "the export is of another session's project.")
+            raise UserError(
+                f"{export}: task {number}'s left answer is not that of pair {pair} of {store.path}; the export is of another session's project."
+            )
         for annotation in task.get("annotations", []):
             choice, comment = _verdict(annotation.get("result", []))
             if annotation.get("was_cancelled") or choice is None:
                 continue
             vote = Vote(item.id, _annotator(annotation.get("completed_by")), left, right, choice)
             votes.append(vote)
-            ratings.append({"item": item.id, "row": item.row, "rater": vote.rater, "left_system": left, "right_system": right,
-                            "choice": choice, "preferred": vote.preferred, "comment": comment, "voted_at": annotation.get("created_at", ""),
-                            **{text: getattr(item, text) for text in ITEM_TEXTS}})
+            ratings.append(
+                {
+                    "item": item.id,
+                    "row": item.row,
+                    "rater": vote.rater,
+                    "left_system": left,
+                    "right_system": right,
+                    "choice": choice,
+                    "preferred": vote.preferred,
+                    "comment": comment,
+                    "voted_at": annotation.get("created_at", ""),
+                    **{text: getattr(item, text) for text in ITEM_TEXTS},
+                }
+            )
     return votes, ratings

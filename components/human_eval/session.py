@@ -48,9 +48,13 @@ def items_from_evaluation(predictions: Path) -> list[PairItem]:
     """The fine-tuned model against its untuned base, on every test row of one evaluation."""
     frame = _read_predictions(predictions)
     if "base_prediction" not in frame.columns:
-        raise UserError(f"{predictions} holds no base_prediction column: that evaluation did not score the untuned base "
-                        "(--compare-base false); give two evaluations to compare instead.")
-    return [_item(row, record, "tuned", record["prediction"], "base", record["base_prediction"]) for row, record in enumerate(frame.to_dict("records"))]
+        raise UserError(
+            f"{predictions} holds no base_prediction column: that evaluation did not score the untuned base "
+            "(--compare-base false); give two evaluations to compare instead."
+        )
+    return [
+        _item(row, record, "tuned", record["prediction"], "base", record["base_prediction"]) for row, record in enumerate(frame.to_dict("records"))
+    ]
 
 
 def items_from_evaluations(predictions: Mapping[str, Path]) -> list[PairItem]:
@@ -61,10 +65,14 @@ def items_from_evaluations(predictions: Mapping[str, Path]) -> list[PairItem]:
     (first_name, first), *others = frames.items()
     for name, frame in others:
         if len(frame) != len(first) or not frame[list(ROW_KEY)].equals(first[list(ROW_KEY)]):
-            row = next((i for i in range(min(len(frame), len(first))) if tuple(frame.loc[i, list(ROW_KEY)]) != tuple(first.loc[i, list(ROW_KEY)])),
-                       min(len(frame), len(first)))
-            raise UserError(f"{predictions[name]} and {predictions[first_name]} differ at test row {row} (line {row + 2}): "
-                            "compare evaluations of the same test rows (the same --test-tsv and --max-samples).")
+            row = next(
+                (i for i in range(min(len(frame), len(first))) if tuple(frame.loc[i, list(ROW_KEY)]) != tuple(first.loc[i, list(ROW_KEY)])),
+                min(len(frame), len(first)),
+            )
+            raise UserError(
+                f"{predictions[name]} and {predictions[first_name]} differ at test row {row} (line {row + 2}): "
+                "compare evaluations of the same test rows (the same --test-tsv and --max-samples)."
+            )
     items = []
     for row, record in enumerate(first.to_dict("records")):
         for a, b in combinations(sorted(frames), 2):
@@ -73,8 +81,9 @@ def items_from_evaluations(predictions: Mapping[str, Path]) -> list[PairItem]:
 
 
 def _item(row: int, record: Mapping[str, str], system_a: str, answer_a: str, system_b: str, answer_b: str) -> PairItem:
-    return PairItem(f"{row}:{system_a}:{system_b}", row, record["instruction"], record["input"], record["output"],
-                    system_a, answer_a, system_b, answer_b)
+    return PairItem(
+        f"{row}:{system_a}:{system_b}", row, record["instruction"], record["input"], record["output"], system_a, answer_a, system_b, answer_b
+    )
 
 
 def sample_items(items: list[PairItem], count: int | None, seed: int) -> list[PairItem]:

@@ -88,8 +88,16 @@ def pair_outcomes(votes: Iterable[Vote]) -> list[PairOutcome]:
     outcomes = []
     for (system, other), counts in sorted(by_pair.items()):
         total = sum(counts.values())
-        outcomes.append(PairOutcome(system, other, wilson(counts[system], total), wilson(counts["tie"], total),
-                                    wilson(counts["both_bad"], total), wilson(counts[other], total)))
+        outcomes.append(
+            PairOutcome(
+                system,
+                other,
+                wilson(counts[system], total),
+                wilson(counts["tie"], total),
+                wilson(counts["both_bad"], total),
+                wilson(counts[other], total),
+            )
+        )
     return outcomes
 
 

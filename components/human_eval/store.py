@@ -32,8 +32,24 @@ CREATE TABLE votes (rater TEXT NOT NULL, item_id TEXT NOT NULL, choice TEXT NOT 
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # The ratings TSV's columns (before "preferred"): the vote, the order its rater saw, the item's texts.
-RATING_COLUMNS = ("item", "row", "rater", "position", "left_system", "right_system", "choice", "comment", "voted_at",
-                  "instruction", "input", "reference", "system_a", "answer_a", "system_b", "answer_b")
+RATING_COLUMNS = (
+    "item",
+    "row",
+    "rater",
+    "position",
+    "left_system",
+    "right_system",
+    "choice",
+    "comment",
+    "voted_at",
+    "instruction",
+    "input",
+    "reference",
+    "system_a",
+    "answer_a",
+    "system_b",
+    "answer_b",
+)
 BUSY_TIMEOUT_S = 30  # how long a write waits for another's lock before failing
 
 
@@ -72,12 +88,15 @@ class RatingStore:
         with closing(sqlite3.connect(path, isolation_level=None)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file
             connection.executescript(f"BEGIN; {SCHEMA}")
-            connection.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                   [(i.id, i.row, i.instruction, i.input, i.reference, i.system_a, i.answer_a, i.system_b, i.answer_b) for i in items])
+            connection.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(i.id, i.row, i.instruction, i.input, i.reference, i.system_a, i.answer_a, i.system_b, i.answer_b) for i in items],
+            )
             raters = sorted({a.rater for a in assignments})
             connection.executemany("INSERT INTO raters VALUES (?, ?)", [(name, secrets.token_urlsafe(16)) for name in raters])
-            connection.executemany("INSERT INTO assignments VALUES (?, ?, ?, ?)",
-                                   [(a.rater, a.position, a.item_id, a.left_system) for a in assignments])
+            connection.executemany(
+                "INSERT INTO assignments VALUES (?, ?, ?, ?)", [(a.rater, a.position, a.item_id, a.left_system) for a in assignments]
+            )
             connection.executemany("INSERT INTO settings VALUES (?, ?)", [*settings.items(), ("results_token", secrets.token_urlsafe(16))])
             connection.execute("COMMIT")
         return cls(path)
@@ -101,7 +120,8 @@ class RatingStore:
         """(items voted, items assigned) of a rater."""
         with self._connection() as connection:
             [(done, total)] = connection.execute(
-                "SELECT (SELECT count(*) FROM votes WHERE rater = ?), (SELECT count(*) FROM assignments WHERE rater = ?)", (rater, rater))
+                "SELECT (SELECT count(*) FROM votes WHERE rater = ?), (SELECT count(*) FROM assignments WHERE rater = ?)", (rater, rater)
+            )
         return done, total
 
     def next_item(self, rater: str) -> Shown | None:
@@ -110,7 +130,9 @@ class RatingStore:
             found = connection.execute(
                 "SELECT a.position, i.id, i.instruction, i.input, a.left_system, i.system_a, i.answer_a, i.answer_b FROM assignments a "
                 "JOIN items i ON i.id = a.item_id LEFT JOIN votes v ON v.rater = a.rater AND v.item_id = a.item_id "
-                "WHERE a.rater = ? AND v.item_id IS NULL ORDER BY a.position LIMIT 1", (rater,)).fetchone()
+                "WHERE a.rater = ? AND v.item_id IS NULL ORDER BY a.position LIMIT 1",
+                (rater,),
+            ).fetchone()
         if found is None:
             return None
         position, item_id, instruction, text, left_system, system_a, answer_a, answer_b = found
@@ -132,8 +154,9 @@ class RatingStore:
             raise UserError(f"A vote is one of {', '.join(CHOICES)}, got {choice!r}.")
         with self._connection() as connection:
             try:
-                inserted = connection.execute("INSERT OR IGNORE INTO votes (rater, item_id, choice, comment) VALUES (?, ?, ?, ?)",
-                                              (rater, item_id, choice, comment)).rowcount
+                inserted = connection.execute(
+                    "INSERT OR IGNORE INTO votes (rater, item_id, choice, comment) VALUES (?, ?, ?, ?)", (rater, item_id, choice, comment)
+                ).rowcount
             except sqlite3.IntegrityError:
                 raise UserError(f"Item {item_id!r} is not assigned to rater {rater!r}.") from None
         return inserted == 1
@@ -143,7 +166,8 @@ class RatingStore:
         with self._connection() as connection:
             rows = connection.execute(
                 "SELECT a.rater, count(v.item_id), count(*) FROM assignments a "
-                "LEFT JOIN votes v ON v.rater = a.rater AND v.item_id = a.item_id GROUP BY a.rater ORDER BY a.rater").fetchall()
+                "LEFT JOIN votes v ON v.rater = a.rater AND v.item_id = a.item_id GROUP BY a.rater ORDER BY a.rater"
+            ).fetchall()
         return {rater: (done, total) for rater, done, total in rows}
 
     def items(self) -> list[PairItem]:
@@ -157,18 +181,25 @@ class RatingStore:
             connection.row_factory = sqlite3.Row
             rows = connection.execute(
                 "SELECT v.item_id AS item, v.rater, a.left_system, "
-                "CASE WHEN a.left_system = i.system_a THEN i.system_b ELSE i.system_a END AS right_system, v.choice" + extra_columns +
-                " FROM votes v JOIN assignments a ON a.rater = v.rater AND a.item_id = v.item_id JOIN items i ON i.id = v.item_id "
-                "ORDER BY v.rater, a.position").fetchall()
+                "CASE WHEN a.left_system = i.system_a THEN i.system_b ELSE i.system_a END AS right_system, v.choice"
+                + extra_columns
+                + " FROM votes v JOIN assignments a ON a.rater = v.rater AND a.item_id = v.item_id JOIN items i ON i.id = v.item_id "
+                "ORDER BY v.rater, a.position"
+            ).fetchall()
         return list(map(dict, rows))
 
     def ratings(self) -> list[dict[str, str | int]]:
         """Every vote with the order its rater saw, the system preferred, the comment, the time and the item's texts."""
-        rows = self._vote_rows(", i.row, a.position, v.comment, v.voted_at, i.instruction, i.input, i.reference, "
-                               "i.system_a, i.answer_a, i.system_b, i.answer_b")
-        return [{**{column: row[column] for column in RATING_COLUMNS},
-                 "preferred": Vote(row["item"], row["rater"], row["left_system"], row["right_system"], row["choice"]).preferred}
-                for row in rows]
+        rows = self._vote_rows(
+            ", i.row, a.position, v.comment, v.voted_at, i.instruction, i.input, i.reference, i.system_a, i.answer_a, i.system_b, i.answer_b"
+        )
+        return [
+            {
+                **{column: row[column] for column in RATING_COLUMNS},
+                "preferred": Vote(row["item"], row["rater"], row["left_system"], row["right_system"], row["choice"]).preferred,
+            }
+            for row in rows
+        ]
 
     def votes(self) -> list[Vote]:
         """Every stored vote, with the left/right order its rater saw (no texts read)."""

@@ -14,8 +14,17 @@ from dataclasses import dataclass
 import sacrebleu
 
 from components.human_eval.session import PairItem
-from components.human_eval.statistics import (PairOutcome, Proportion, Vote, agreement, bradley_terry, metric_agreement,
-                                              pair_outcomes, position_bias, wilson)
+from components.human_eval.statistics import (
+    PairOutcome,
+    Proportion,
+    Vote,
+    agreement,
+    bradley_terry,
+    metric_agreement,
+    pair_outcomes,
+    position_bias,
+    wilson,
+)
 from components.metrics import meteor
 
 SENTENCE_METRICS = {
@@ -43,26 +52,36 @@ class Summary:
 
     def as_dict(self) -> dict:
         """The summary as JSON-ready values, each proportion with its rate."""
-        return {"votes": self.votes, "systems": self.systems,
-                "pairs": [{"system": o.system, "other": o.other, **{kind: _proportion(getattr(o, kind)) for kind in OUTCOMES}}
-                          for o in self.outcomes],
-                "position_bias": _proportion(self.position_bias), "agreement": self.agreement, "bradley_terry": self.strengths,
-                "metric_agreement": {name: _proportion(p) for name, p in self.metric_agreement.items()}}
+        return {
+            "votes": self.votes,
+            "systems": self.systems,
+            "pairs": [{"system": o.system, "other": o.other, **{kind: _proportion(getattr(o, kind)) for kind in OUTCOMES}} for o in self.outcomes],
+            "position_bias": _proportion(self.position_bias),
+            "agreement": self.agreement,
+            "bradley_terry": self.strengths,
+            "metric_agreement": {name: _proportion(p) for name, p in self.metric_agreement.items()},
+        }
 
 
 OUTCOMES = ("wins", "ties", "both_bad", "losses")
 
 
 def _proportion(p: Proportion) -> dict[str, float | int | None]:
-    return {"count": p.count, "total": p.total, "rate": p.rate if p.total else None,
-            "low": p.low if p.total else None, "high": p.high if p.total else None}
+    return {
+        "count": p.count,
+        "total": p.total,
+        "rate": p.rate if p.total else None,
+        "low": p.low if p.total else None,
+        "high": p.high if p.total else None,
+    }
 
 
 def sentence_scores(items: Iterable[PairItem]) -> dict[str, dict[str, dict[str, float]]]:
     """metric -> item id -> system -> the system's answer scored against the item's reference."""
-    return {name: {item.id: {item.system_a: score(item.answer_a, item.reference), item.system_b: score(item.answer_b, item.reference)}
-                   for item in items}
-            for name, score in SENTENCE_METRICS.items()}
+    return {
+        name: {item.id: {item.system_a: score(item.answer_a, item.reference), item.system_b: score(item.answer_b, item.reference)} for item in items}
+        for name, score in SENTENCE_METRICS.items()
+    }
 
 
 def summarise(votes: list[Vote], items: list[PairItem], *, bootstrap: int = 1000, seed: int = 0) -> Summary:
@@ -72,5 +91,12 @@ def summarise(votes: list[Vote], items: list[PairItem], *, bootstrap: int = 1000
     voted = {vote.item for vote in votes}
     scores = sentence_scores([item for item in items if item.id in voted])
     strengths = bradley_terry(votes, bootstrap=bootstrap, seed=seed) if len(systems) > 2 and votes else None
-    return Summary(len(votes), systems, pair_outcomes(votes), position_bias(votes), agreement(votes), strengths,
-                   {name: metric_agreement(votes, by_item) for name, by_item in scores.items()})
+    return Summary(
+        len(votes),
+        systems,
+        pair_outcomes(votes),
+        position_bias(votes),
+        agreement(votes),
+        strengths,
+        {name: metric_agreement(votes, by_item) for name, by_item in scores.items()},
+    )

@@ -107,5 +107,4 @@ def start_server(store: RatingStore, host: str, port: int, on_vote: Callable[[],
         listening.close()
         raise UserError(f"Cannot serve on {host}:{port} ({error.strerror}); choose another --port or --host.") from None
     with listening:  # Werkzeug serves on a duplicate of it
-        return make_server(host, port, create_app(store, on_vote), threaded=True, request_handler=RedactingRequestHandler,
-                           fd=listening.fileno())
+        return make_server(host, port, create_app(store, on_vote), threaded=True, request_handler=RedactingRequestHandler, fd=listening.fileno())

@@ -64,8 +64,12 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         match = PATH_RE.match(url.path)
         name = match.group("name") if match else url.path
         version = (match.group("version") if match else None) or API_VERSION
-        record: dict[str, Any] = {"endpoint": name, "version": version, "method": self.command,
-                                  "client": self.headers.get("X-ClearML-Client") or self.headers.get("X-ClearML-Agent")}
+        record: dict[str, Any] = {
+            "endpoint": name,
+            "version": version,
+            "method": self.command,
+            "client": self.headers.get("X-ClearML-Client") or self.headers.get("X-ClearML-Agent"),
+        }
         data: Any = None
         error_data: dict = {}
         try:

@@ -59,13 +59,7 @@ class Authenticator:
     def create_token(self, user: dict[str, str], expiration_s: int | None) -> str:
         issued = int(time.time())
         claims = {
-            "identity": {
-                "user": user["id"],
-                "company": COMPANY_ID,
-                "role": "user",
-                "user_name": user["name"],
-                "company_name": COMPANY_NAME,
-            },
+            "identity": {"user": user["id"], "company": COMPANY_ID, "role": "user", "user_name": user["name"], "company_name": COMPANY_NAME},
             "env": "test",
             "iat": issued,
             "exp": issued + int(expiration_s or DEFAULT_EXPIRATION_S),
@@ -113,4 +107,3 @@ class Authenticator:
                 raise errors.invalid_credentials("failed to locate provided credentials")
             return self.user_for_key(access_key)
         raise errors.bad_auth_type()
-

@@ -26,7 +26,7 @@ class APIError(Exception):
 
 def _format(value: Any) -> str:
     if isinstance(value, (list, tuple, set)):
-        return f'({", ".join(str(v) for v in value)})'
+        return f"({', '.join(str(v) for v in value)})"
     return str(value)
 
 
@@ -80,8 +80,7 @@ def check_min_length(document: str, field: str, value: str, min_length: int = 3)
     reports it (task, model and queue names are ``StrippedStringField(min_length=3)``)."""
     if len((value or "").strip()) < min_length:
         raise data_validation_error(
-            f"ValidationError ({document}:None) (String value is too short: ['{field}'])",
-            **{field: "String value is too short"},
+            f"ValidationError ({document}:None) (String value is too short: ['{field}'])", **{field: "String value is too short"}
         )
 
 
@@ -93,7 +92,6 @@ def unknown_endpoint(name: str, version: str) -> APIError:
 def unsupported_field(endpoint: str, field: str) -> APIError:
     """A request field this test server does not implement: refused, never ignored."""
     return validation_error(
-        f"the ClearML test server does not implement field {field!r} of {endpoint}; "
-        "add it to tests/clearml_server with the server's semantics",
+        f"the ClearML test server does not implement field {field!r} of {endpoint}; add it to tests/clearml_server with the server's semantics",
         field=field,
     )

@@ -26,7 +26,7 @@ class ServerProcess:
         self._command = [sys.executable, "-m", "tests.clearml_server", "--port", "0", "--state-dir", str(state_dir)]
         self._environment: dict[str, str] = {}
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self._process = subprocess.Popen(self._command, cwd=ROOT, stdout=subprocess.PIPE, text=True, encoding="utf-8")
         while not self._environment.keys() >= set(ENVIRONMENT_VARIABLES):
             line = self._process.stdout.readline()

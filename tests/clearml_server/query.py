@@ -21,9 +21,10 @@ from __future__ import annotations
 import copy
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from . import errors
 
@@ -137,6 +138,7 @@ def list_filter(field: str, data: Any):
 
 # ---- other filters -------------------------------------------------------------------
 
+
 def _to_number(value: Any) -> Any:
     if isinstance(value, str):
         try:
@@ -173,7 +175,7 @@ _DATE_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a,
 
 def _parse_date(text: str) -> datetime:
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)  # naive is UTC, as on the server
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # naive is UTC, as on the server
 
 
 def datetime_filter(field: str, data: Any):

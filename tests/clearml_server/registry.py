@@ -9,8 +9,9 @@ handlers that check their fields themselves (get_all queries).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import errors
 from .auth import Authenticator
@@ -82,4 +83,3 @@ def endpoint(
         return handler
 
     return register
-

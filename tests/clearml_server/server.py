@@ -80,7 +80,7 @@ class ClearMLTestServer:
         """The standard variables that point the SDK and the agent at this server (``ENVIRONMENT_VARIABLES``)."""
         return dict(zip(ENVIRONMENT_VARIABLES, (self.api_host, self.web_host, self.files_host, ACCESS_KEY, SECRET_KEY), strict=True))
 
-    def start(self) -> "ClearMLTestServer":
+    def start(self) -> ClearMLTestServer:
         for server in (self._api, self._files):
             thread = threading.Thread(target=server.serve_forever, args=(POLL_INTERVAL_S,), name=f"clearml-test-{server.server_port}", daemon=True)
             thread.start()
@@ -97,7 +97,7 @@ class ClearMLTestServer:
         self._urls_delete_job.stop()
         self.store.close()
 
-    def __enter__(self) -> "ClearMLTestServer":
+    def __enter__(self) -> ClearMLTestServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def new_id() -> str:
 
 def now() -> str:
     """Dates as the server's JSON encoder writes them: ISO 8601, UTC."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Store:
@@ -118,7 +118,8 @@ def unimplemented_calls(state_dir: Path) -> list[dict[str, Any]]:
     """Calls refused because this server lacks an endpoint or a field (not because the
     request was wrong): each one is a gap in the test server to fill."""
     return [
-        call for call in load_calls(state_dir)
+        call
+        for call in load_calls(state_dir)
         if (call.get("code") == 404 and "endpoint" in call and call["endpoint"] not in EXPECTED_UNKNOWN)
         or "does not implement" in call.get("msg", "")
     ]

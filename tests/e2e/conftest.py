@@ -12,16 +12,22 @@ commands. Session-scoped: started once, stopped (with every process) at the end.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.clearml_server import ClearMLTestServer, load_calls, unimplemented_calls
 from tests.e2e.flows import AGENTS, CPU, GPU, PROJECT, SERVICES, SWEEP, Sweeps, clone_and_enqueue, launch_pipeline, pipeline_steps, project_id
 from tests.e2e.harness import (
-    Agents, GitRemote, ProjectRunner, Processes, ServerTarget, client_environment, real_server_from_environment,
+    Agents,
+    GitRemote,
+    Processes,
+    ProjectRunner,
+    ServerTarget,
+    client_environment,
+    real_server_from_environment,
     start_git_remote,
 )
 from tests.e2e.server_api import ServerApi
@@ -42,8 +48,9 @@ def clearml_server(e2e_dir: Path):
     server = ClearMLTestServer(e2e_dir / "server-state").start()
     env = server.environment()
     try:
-        yield ServerTarget(env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]),
-                           state_dir=server.state_dir)
+        yield ServerTarget(
+            env=env, api=ServerApi(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]), state_dir=server.state_dir
+        )
     finally:
         server.stop()
     assert_the_double_held(server.state_dir)
@@ -56,7 +63,8 @@ def assert_the_double_held(state_dir: Path) -> None:
     must still not be the reason."""
     faults = unimplemented_calls(state_dir) + [call for call in load_calls(state_dir) if "traceback" in call]
     assert not faults, "the ClearML test double refused or failed these calls:\n" + "\n".join(
-        f"{call.get('endpoint')}: {call.get('msg')}\n{call.get('traceback', '')}" for call in faults[:20])
+        f"{call.get('endpoint')}: {call.get('msg')}\n{call.get('traceback', '')}" for call in faults[:20]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +127,9 @@ def sweeps(pipeline_run: dict, clearml_server: ServerTarget, project: ProjectRun
 
     def clone_when_completed() -> str:
         api.wait_for_status(optimizer_id, ("completed",), timeout_s=900)
-        clone_id = clone_and_enqueue(project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "prompt_lengths": "[2, 4]", "trials": "4"}, SERVICES)
+        clone_id = clone_and_enqueue(
+            project, optimizer_id, "HPO (UI clone)", {"lora_ranks": "[4, 8]", "prompt_lengths": "[2, 4]", "trials": "4"}, SERVICES
+        )
         api.wait_for_status(clone_id, ("completed",), timeout_s=900)
         return clone_id
 

@@ -28,8 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 REMOTE_NAME = "project.git"
 AGENT_POLL_S = "1"  # CLEARML_AGENT_QUEUE_POLL_FREQ_SEC: poll queues every second instead of 5
 # A real server instead of the test double: set all of these (or none).
-REAL_SERVER_VARIABLES = ("CLEARML_E2E_API_HOST", "CLEARML_E2E_API_ACCESS_KEY", "CLEARML_E2E_API_SECRET_KEY",
-                         "CLEARML_E2E_FILES_HOST", "CLEARML_E2E_WEB_HOST")
+REAL_SERVER_VARIABLES = (
+    "CLEARML_E2E_API_HOST",
+    "CLEARML_E2E_API_ACCESS_KEY",
+    "CLEARML_E2E_API_SECRET_KEY",
+    "CLEARML_E2E_FILES_HOST",
+    "CLEARML_E2E_WEB_HOST",
+)
 
 
 def free_port() -> int:
@@ -58,8 +63,9 @@ class Processes:
     def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
         log = self.log_dir / f"{name}.log"
         with open(log, "wb") as output:
-            process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self._started.append((process, log))
         return process
 
@@ -91,8 +97,9 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 def run_in_group(argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, what: str) -> subprocess.CompletedProcess:
     """Run a command in its own process group and kill the whole group afterwards, so nothing
     it started (ClearML's reporting subprocess, say) outlives it, even on a timeout."""
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -113,8 +120,15 @@ def git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def git_env(home: Path) -> dict[str, str]:
     """git with no user or system configuration, and an identity for commits."""
-    return {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "e2e",
-            "GIT_AUTHOR_EMAIL": "e2e@example.invalid", "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.invalid"}
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "e2e",
+        "GIT_AUTHOR_EMAIL": "e2e@example.invalid",
+        "GIT_COMMITTER_NAME": "e2e",
+        "GIT_COMMITTER_EMAIL": "e2e@example.invalid",
+    }
 
 
 @dataclass
@@ -150,8 +164,22 @@ def start_git_remote(processes: Processes, workdir: Path) -> GitRemote:
     git("init", "--quiet", "--bare", str(bare), cwd=workdir, env=env)
     git("config", "daemon.receivepack", "true", cwd=bare, env=env)
     port = free_port()
-    processes.start("git-daemon", ["git", "daemon", f"--base-path={base}", "--export-all", "--enable=receive-pack",
-                                   "--reuseaddr", "--listen=127.0.0.1", f"--port={port}", str(base)], env, workdir)
+    processes.start(
+        "git-daemon",
+        [
+            "git",
+            "daemon",
+            f"--base-path={base}",
+            "--export-all",
+            "--enable=receive-pack",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base),
+        ],
+        env,
+        workdir,
+    )
     url = f"git://127.0.0.1:{port}/{REMOTE_NAME}"
     branch = git("rev-parse", "--abbrev-ref", "HEAD", cwd=ROOT, env=env)
     branch = "e2e" if branch == "HEAD" else branch
@@ -216,21 +244,20 @@ def client_environment(server: ServerTarget, home: Path) -> dict[str, str]:
 # set (the README's server variables and agent-command variables are a user's too), with the reason.
 # tests/test_harness_settings.py fails on a setting that is missing here, or listed here and no longer set.
 TEST_ONLY_SETTINGS = {
-    "HOME": "a new user: a fresh HOME per shell and per agent, so nothing of this machine's ~/clearml.conf, caches or "
-            "git identity is read",
+    "HOME": "a new user: a fresh HOME per shell and per agent, so nothing of this machine's ~/clearml.conf, caches or git identity is read",
     "TMPDIR": "temporary files inside the test session's folder, removed with it",
     "PYTHONUNBUFFERED": "a command's output reaches its log in the order it was printed (for failure messages)",
     "CLEARML_AGENT_QUEUE_POLL_FREQ_SEC": "agents poll their queues every second instead of every 5 s",
     "CLEARML_WORKER_ID": "each agent's worker id names its queue, so a test can tell which agent ran a task",
     "GIT_CONFIG_NOSYSTEM": "git in the agents reads no system configuration of this machine",
     "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": "all agents but the gpu-venv one run tasks with this Python instead of "
-                                           "building a virtualenv per task (minutes each); the gpu-venv agent builds them",
+    "building a virtualenv per task (minutes each); the gpu-venv agent builds them",
     "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "the same: no Python environment set up per task on those agents",
     "CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_LEGACY_RESOLVER": "the gpu-venv agent uses pip's current resolver: the "
-        "legacy one, which the agent turns on for pip < 24.3, drops torch==2.13.0 for this machine's pip constraint "
-        "torch<=2.14.1 (/etc/xdg/pip) and downloads a CUDA build",
+    "legacy one, which the agent turns on for pip < 24.3, drops torch==2.13.0 for this machine's pip constraint "
+    "torch<=2.14.1 (/etc/xdg/pip) and downloads a CUDA build",
     "CLEARML_AGENT__AGENT__VENVS_CACHE__PATH": "the gpu-venv agent keeps its virtualenv cache between test sessions "
-                                               "(AGENT_CACHE), as an agent machine keeps ~/.clearml/venvs-cache",
+    "(AGENT_CACHE), as an agent machine keeps ~/.clearml/venvs-cache",
     "PIP_CACHE_DIR": "the gpu-venv agent's pip cache, kept in AGENT_CACHE for the same reason",
 }
 
@@ -307,8 +334,10 @@ class Agents:
 
     def _wait_for_worker(self, name: str, queue: str, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
-        while not any(w["id"] == f"e2e-{name}" and any(q["name"] == queue for q in w.get("queues") or [])
-                      for w in self._server.api.call("workers.get_all")["workers"]):
+        while not any(
+            w["id"] == f"e2e-{name}" and any(q["name"] == queue for q in w.get("queues") or [])
+            for w in self._server.api.call("workers.get_all")["workers"]
+        ):
             process = self._server.agents[name]
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the agent {name!r} of queue {queue!r} is not listening (exit status {process.poll()}):\n{self.log(name)}")

@@ -12,7 +12,8 @@ import re
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 TERMINAL_STATUSES = ("completed", "failed", "stopped", "published", "closed")
 
@@ -31,8 +32,7 @@ class ServerApi:
 
     def _post(self, endpoint: str, body: bytes, authorization: str, content_type: str = "application/json") -> dict:
         request = urllib.request.Request(
-            f"{self.api_host}/{endpoint}", data=body, method="POST",
-            headers={"Content-Type": content_type, "Authorization": authorization},
+            f"{self.api_host}/{endpoint}", data=body, method="POST", headers={"Content-Type": content_type, "Authorization": authorization}
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -91,8 +91,9 @@ class ServerApi:
         events = self.call("events.get_task_log", task=task_id, navigate_earlier=False, batch_size=10000)["events"]
         return "".join(event.get("msg", "") + ("" if event.get("msg", "").endswith("\n") else "\n") for event in events)
 
-    def wait_for_status(self, task_id: str, statuses: tuple[str, ...] = ("completed",), timeout_s: float = 120,
-                        diagnostics: Callable[[], str] | None = None) -> dict:
+    def wait_for_status(
+        self, task_id: str, statuses: tuple[str, ...] = ("completed",), timeout_s: float = 120, diagnostics: Callable[[], str] | None = None
+    ) -> dict:
         """Wait until the task reaches one of ``statuses``; on a different terminal status or a
         timeout, fail with the task's status, reason and server log (and ``diagnostics()``,
         e.g. an agent's own log, for a task no agent picked up)."""

@@ -14,8 +14,20 @@ import pytest
 from pipelines.definition import PARAMETERS
 from pipelines.run_pipeline import build_parser
 from tests.e2e.flows import (
-    AGENTS, CPU, GPU, PROJECT, SERVICES, STEP_QUEUES, STEPS, artifact_names, artifact_uri, clone_and_enqueue, download_json,
-    launch_pipeline, pipeline_steps, project_id,
+    AGENTS,
+    CPU,
+    GPU,
+    PROJECT,
+    SERVICES,
+    STEP_QUEUES,
+    STEPS,
+    artifact_names,
+    artifact_uri,
+    clone_and_enqueue,
+    download_json,
+    launch_pipeline,
+    pipeline_steps,
+    project_id,
 )
 from tests.e2e.harness import GitRemote, ProjectRunner
 
@@ -65,7 +77,8 @@ VENV_QUEUE = "gpu-venv"
 
 
 def test_flow2_a_new_commit_reruns_every_step_with_its_requirements_and_a_changed_parameter_only_what_it_affects(
-        pipeline_run, sweeps, clearml_server, agents, project: ProjectRunner, git_remote: GitRemote):
+    pipeline_run, sweeps, clearml_server, agents, project: ProjectRunner, git_remote: GitRemote
+):
     """A commit adds a package to requirements.txt; its launch runs train and evaluate on a queue of its own,
     served by the README's gpu agent with its default environment build (no CLEARML_AGENT_SKIP_*: a virtualenv
     per task with the task's requirements, as a user's agent does). Every step runs again, at the new commit,
@@ -117,8 +130,9 @@ def test_flow4_an_aborted_train_task_enqueued_again_continues_from_its_checkpoin
     """Abort in the UI (tasks.stop) after the first checkpoint, then Enqueue the aborted task again."""
     api = clearml_server.api
     steps, every = 40, 5
-    task_id = clone_and_enqueue(project, pipeline_run["steps"]["train"]["id"], "train preempted",
-                                {"max_steps": str(steps), "eval_every": str(every)}, GPU)
+    task_id = clone_and_enqueue(
+        project, pipeline_run["steps"]["train"]["id"], "train preempted", {"max_steps": str(steps), "eval_every": str(every)}, GPU
+    )
     deadline = time.monotonic() + 300
     while "checkpoint" not in artifact_names(api.task(task_id)):
         assert time.monotonic() < deadline, api.task_log(task_id)[-3000:]
@@ -146,8 +160,12 @@ def test_flow7_a_new_run_from_the_pipeline_page_runs_every_step_with_the_edited_
     export step, which the first run did not have."""
     api = clearml_server.api
     controller = pipeline_run["controller"]
-    started = api.call("pipelines.start_pipeline", task=controller["id"], queue=api.queue_id(SERVICES),
-                       args=[{"name": "lora_rank", "value": "16"}, {"name": "max_steps", "value": "5"}, {"name": "export", "value": "true"}])
+    started = api.call(
+        "pipelines.start_pipeline",
+        task=controller["id"],
+        queue=api.queue_id(SERVICES),
+        args=[{"name": "lora_rank", "value": "16"}, {"name": "max_steps", "value": "5"}, {"name": "export", "value": "true"}],
+    )
     assert started["enqueued"] is True
     run = api.wait_for_status(started["pipeline"], ("completed",), timeout_s=600, diagnostics=lambda: agents.log(SERVICES))
     pipeline = api.call("projects.get_by_id", project=run["project"])["project"]["name"].rpartition("/")[2]

@@ -20,8 +20,13 @@ def trial_ranks(server: ServerTarget, trials: list[dict]) -> dict[int, str]:
 
 def trial_pairs(server: ServerTarget, trials: list[dict]) -> list[tuple[tuple[int, int], str]]:
     """Each trial's (lora_rank, prompt_length) and status, in the order they were created."""
-    return [((int(server.api.hyperparameter(t["id"], "Args", "lora_rank")), int(server.api.hyperparameter(t["id"], "Args", "prompt_length"))),
-             t["status"]) for t in trials]
+    return [
+        (
+            (int(server.api.hyperparameter(t["id"], "Args", "lora_rank")), int(server.api.hyperparameter(t["id"], "Args", "prompt_length"))),
+            t["status"],
+        )
+        for t in trials
+    ]
 
 
 def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_values(sweeps: Sweeps, clearml_server, agents):
@@ -51,7 +56,12 @@ def test_flow5_the_sweep_runs_on_agents_and_its_ui_clone_sweeps_the_edited_value
     # the 2 x 2 grid at the default concurrency (2 trials at a time): every pair once, each trial completed, none pruned
     clone_trials = optimizer_children(clearml_server, clone_id).get("train", [])
     assert api.hyperparameter(clone_id, "Args", "concurrent") == "2"
-    assert sorted(trial_pairs(clearml_server, clone_trials)) == [((4, 2), "completed"), ((4, 4), "completed"), ((8, 2), "completed"), ((8, 4), "completed")]
+    assert sorted(trial_pairs(clearml_server, clone_trials)) == [
+        ((4, 2), "completed"),
+        ((4, 4), "completed"),
+        ((8, 2), "completed"),
+        ((8, 4), "completed"),
+    ]
     assert "Pruning trial" not in api.task_log(clone_id)
 
 

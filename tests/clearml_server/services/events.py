@@ -174,7 +174,8 @@ def _search_size(store: Store, event_type: str, size: int) -> int:
     if size > ES_MAX_RESULT_WINDOW and any(event_type in (ALL_EVENT_TYPES, e["type"]) for e in store.events):
         raise errors.data_error(
             f"BadRequestError(400, 'search_phase_execution_exception', 'Result window is too large, from + size must be "
-            f"less than or equal to: [{ES_MAX_RESULT_WINDOW}] but was [{size}]')")
+            f"less than or equal to: [{ES_MAX_RESULT_WINDOW}] but was [{size}]')"
+        )
     return size
 
 
@@ -257,8 +258,12 @@ def _matches(event: dict, event_type: str, metric_variants: dict | None) -> bool
     return event["metric"] in metric_variants and (not metric_variants[event["metric"]] or event["variant"] in metric_variants[event["metric"]])
 
 
-@endpoint("events.get_task_events", required=("task",),
-          fields=("batch_size", "metrics", "event_type", "order", "scroll_id", "count_total", "model_events"), mutates=False)
+@endpoint(
+    "events.get_task_events",
+    required=("task",),
+    fields=("batch_size", "metrics", "event_type", "order", "scroll_id", "count_total", "model_events"),
+    mutates=False,
+)
 def get_task_events(call: Call) -> dict:
     """``services/events.py:get_task_events`` with ``EventsIterator._get_events`` keyed by
     ``iter``: ``batch_size`` events sorted by iteration (``order`` asc by default), the next
@@ -295,7 +300,7 @@ def get_task_events(call: Call) -> dict:
         ordered = [e for e in ordered if (key(e) < from_key_value if descending else key(e) > from_key_value)]
     page = ordered[: _search_size(call.store, event_type, min(request.get("batch_size", 500), MAX_RAW_SCALARS_SIZE))]
     if page:
-        page += [e for e in ordered[len(page):] if key(e) == key(page[-1])]
+        page += [e for e in ordered[len(page) :] if key(e) == key(page[-1])]
     last = page[-1].get("iter") if page else None
     next_scroll = {"from_key_value": None if last is None else str(last), "total": total, "request": request}
     return {"returned": len(page), "total": total, "scroll_id": _encode_scroll(next_scroll), "events": page}

@@ -24,8 +24,7 @@ MODEL_QUERY = QueryOptions(
 )
 GET_ALL_KEYS = ("include_subprojects", "allow_public")
 # services/models.py: create_fields (+ ui_cache, public of CreateModelRequest)
-CREATE_FIELDS = ("name", "tags", "system_tags", "task", "comment", "uri", "project", "parent", "framework", "design",
-                 "labels", "ready", "metadata")
+CREATE_FIELDS = ("name", "tags", "system_tags", "task", "comment", "uri", "project", "parent", "framework", "design", "labels", "ready", "metadata")
 LAST_UPDATE_FIELDS = ("uri", "framework", "design", "labels", "ready", "metadata", "system_tags", "tags")
 
 
@@ -93,9 +92,19 @@ def create(call: Call) -> dict:
     fields = _fields(call)
     stamp = now()
     model = {
-        "id": new_id(), "company": COMPANY_ID, "user": call.user["id"], "created": stamp, "last_update": stamp,
-        "last_change": stamp, "last_changed_by": call.user["id"], "ready": True, "tags": [], "system_tags": [],
-        "uri": "", "ui_cache": {}, **fields,
+        "id": new_id(),
+        "company": COMPANY_ID,
+        "user": call.user["id"],
+        "created": stamp,
+        "last_update": stamp,
+        "last_change": stamp,
+        "last_changed_by": call.user["id"],
+        "ready": True,
+        "tags": [],
+        "system_tags": [],
+        "uri": "",
+        "ui_cache": {},
+        **fields,
     }
     call.store.models[model["id"]] = model
     return {"id": model["id"], "created": True}

@@ -43,7 +43,8 @@ def _update_task_name(store: Store, task: dict) -> None:
     prefix = project["name"].rpartition("/")[2]
     name_mask = re.compile(rf"{re.escape(prefix)}( #\d+)?$")
     count = sum(
-        1 for t in store.tasks.values()
+        1
+        for t in store.tasks.values()
         if t.get("project") == task["project"] and "pipeline" in (t.get("system_tags") or []) and name_mask.search(t["name"])
     )
     task["name"] = f"{prefix} #{count}" if count > 0 else prefix

@@ -11,9 +11,7 @@ from ..store import COMPANY_ID, Store, new_id, now
 
 # apiserver/database/model/project.py: Project.get_all_query_options
 PROJECT_QUERY = QueryOptions(
-    pattern_fields=("name", "basename", "description"),
-    list_fields=("tags", "system_tags", "id", "parent", "path"),
-    range_fields=("last_update",),
+    pattern_fields=("name", "basename", "description"), list_fields=("tags", "system_tags", "id", "parent", "path"), range_fields=("last_update",)
 )
 GET_ALL_KEYS = ("shallow_search", "search_hidden", "allow_public")
 CREATE_FIELDS = ("description", "tags", "system_tags", "default_output_destination")
@@ -34,10 +32,18 @@ def _by_name(store: Store, name: str) -> dict | None:
 def _new_project(store: Store, user: str, name: str, parent: dict | None, **fields) -> dict:
     stamp = now()
     project = {
-        "id": new_id(), "company": COMPANY_ID, "user": user, "name": name, "basename": name.split("/")[-1],
-        "description": fields.pop("description", ""), "created": stamp, "last_update": stamp,
-        "tags": sorted(fields.pop("tags", None) or []), "system_tags": sorted(fields.pop("system_tags", None) or []),
-        "parent": parent["id"] if parent else None, "path": [*parent["path"], parent["id"]] if parent else [],
+        "id": new_id(),
+        "company": COMPANY_ID,
+        "user": user,
+        "name": name,
+        "basename": name.split("/")[-1],
+        "description": fields.pop("description", ""),
+        "created": stamp,
+        "last_update": stamp,
+        "tags": sorted(fields.pop("tags", None) or []),
+        "system_tags": sorted(fields.pop("system_tags", None) or []),
+        "parent": parent["id"] if parent else None,
+        "path": [*parent["path"], parent["id"]] if parent else [],
         **{k: v for k, v in fields.items() if v is not None},
     }
     store.projects[project["id"]] = project

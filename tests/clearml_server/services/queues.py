@@ -8,8 +8,7 @@ from ..registry import OWN_VALIDATION, Call, endpoint
 from ..store import COMPANY_ID, Store, new_id, now
 
 # apiserver/database/model/queue.py: Queue.get_all_query_options
-QUEUE_QUERY = QueryOptions(pattern_fields=("name",), list_fields=("tags", "system_tags", "id", "metadata.*"),
-                           collation_fields=("metadata.",))
+QUEUE_QUERY = QueryOptions(pattern_fields=("name",), list_fields=("tags", "system_tags", "id", "metadata.*"), collation_fields=("metadata.",))
 GET_ALL_KEYS = ("search_hidden", "max_task_entries")
 HIDDEN_TAGS = ("k8s-glue",)  # config/default/services/queues.conf: hidden_tags
 
@@ -21,8 +20,15 @@ def create_queue(store: Store, name: str, system_tags: list[str] | None = None, 
     errors.check_min_length("Queue", "name", name)
     stamp = now()
     queue = {
-        "id": new_id(), "company": COMPANY_ID, "name": name.strip(), "created": stamp, "tags": sorted(tags or []),
-        "system_tags": sorted(system_tags or []), "entries": [], "last_update": stamp, "metadata": {},
+        "id": new_id(),
+        "company": COMPANY_ID,
+        "name": name.strip(),
+        "created": stamp,
+        "tags": sorted(tags or []),
+        "system_tags": sorted(system_tags or []),
+        "entries": [],
+        "last_update": stamp,
+        "metadata": {},
     }
     store.queues[queue["id"]] = queue
     return queue

@@ -89,8 +89,7 @@ def cleanup_task(store: Store, task: dict, user: str, *, force: bool, update_chi
             for model in models:
                 model.pop("task", None)
                 _stamp(model, user)
-    return {"updated_children": updated_children, "updated_models": updated_models, "deleted_models": deleted_models,
-            "urls": urls}
+    return {"updated_children": updated_children, "updated_models": updated_models, "deleted_models": deleted_models, "urls": urls}
 
 
 def cleanup_response(cleanup: dict, return_file_urls: bool) -> dict:

@@ -18,8 +18,7 @@ CONFIGURATION_ITEM_FIELDS = ("name", "value", "type", "description")
 
 def _not_of_type(instance: Any, expected: str, path: list[str]) -> errors.APIError:
     """A schema violation as ``schema_validator.py:detailed_validate`` reports jsonschema's."""
-    return errors.validation_error(message=f"{instance!r} is not of type '{expected}'", path=path,
-                                   validator="type", validator_value=expected)
+    return errors.validation_error(message=f"{instance!r} is not of type '{expected}'", path=path, validator="type", validator_value=expected)
 
 
 def check_item_types(item: Any, path: list[str], fields: tuple[str, ...]) -> None:
@@ -40,8 +39,7 @@ def _stored_item(item: dict, path: list[str], document: str, fields: tuple[str, 
     for key in required:
         if item.get(key) is None:
             field = ".".join([*path, key])
-            raise errors.data_validation_error(f"ValidationError (Task:None) (Field is required: ['{field}'])",
-                                               **{field: "Field is required"})
+            raise errors.data_validation_error(f"ValidationError (Task:None) (Field is required: ['{field}'])", **{field: "Field is required"})
     return {key: item[key] for key in fields if item.get(key) is not None}
 
 
@@ -62,8 +60,9 @@ def checked_hyperparams(hyperparams: Any) -> dict:
         for name, item in items.items():
             check_item_types(item, ["hyperparams", section, name], PARAMS_ITEM_FIELDS)
         checked[_named(section, "section")] = {
-            _named(name, "parameter"): _stored_item(item, ["hyperparams", section, name], "ParamsItem", PARAMS_ITEM_FIELDS,
-                                                     ("section", "name", "value"))
+            _named(name, "parameter"): _stored_item(
+                item, ["hyperparams", section, name], "ParamsItem", PARAMS_ITEM_FIELDS, ("section", "name", "value")
+            )
             for name, item in items.items()
         }
     return checked
@@ -76,7 +75,6 @@ def checked_configuration(configuration: Any) -> dict:
     for name, item in configuration.items():
         check_item_types(item, ["configuration", name], CONFIGURATION_ITEM_FIELDS)
     return {
-        _named(name, "configuration"): _stored_item(item, ["configuration", name], "ConfigurationItem",
-                                                    CONFIGURATION_ITEM_FIELDS, ("name", "value"))
+        _named(name, "configuration"): _stored_item(item, ["configuration", name], "ConfigurationItem", CONFIGURATION_ITEM_FIELDS, ("name", "value"))
         for name, item in configuration.items()
     }

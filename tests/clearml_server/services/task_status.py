@@ -4,7 +4,7 @@ stop, publish, delete) and the status endpoints of ``apiserver/services/tasks.py
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .. import errors
 from ..registry import Call, endpoint
@@ -29,16 +29,22 @@ STATE_MACHINE = {
 STATUS_FIELDS = ("force", "status_reason", "status_message")
 
 
-def change_status(task: dict, new_status: str, user: str, *, force: bool = False, reason: str = "", message: str = "",
-                  **updates) -> dict:
+def change_status(task: dict, new_status: str, user: str, *, force: bool = False, reason: str = "", message: str = "", **updates) -> dict:
     """``ChangeStatusRequest.execute``: refuse a transition the state machine does not allow
     (unless ``force``); a task sent to a queue loses its ``development`` system tag."""
     current = task["status"]
     if not force and new_status != current and new_status not in STATE_MACHINE[current]:
         raise errors.invalid_task_status("Invalid status change", current_status=current, new_status=new_status)
     stamp = now()
-    fields = {"status": new_status, "status_reason": reason, "status_message": message, "status_changed": stamp,
-              "last_update": stamp, "last_change": stamp, "last_changed_by": user}
+    fields = {
+        "status": new_status,
+        "status_reason": reason,
+        "status_message": message,
+        "status_changed": stamp,
+        "last_update": stamp,
+        "last_change": stamp,
+        "last_changed_by": user,
+    }
     if new_status == "queued":
         task["system_tags"] = [t for t in task.get("system_tags", []) if t != "development"]
     task.update(fields)
@@ -54,8 +60,15 @@ def change_status(task: dict, new_status: str, user: str, *, force: bool = False
 def _status_call(call: Call, new_status: str, **updates) -> dict:
     """``set_task_status_from_call``."""
     task = get_task(call.store, call.data["task"])
-    return change_status(task, new_status, call.user["id"], force=call.get("force", False),
-                         reason=call.get("status_reason", ""), message=call.get("status_message", ""), **updates)
+    return change_status(
+        task,
+        new_status,
+        call.user["id"],
+        force=call.get("force", False),
+        reason=call.get("status_reason", ""),
+        message=call.get("status_message", ""),
+        **updates,
+    )
 
 
 @endpoint("tasks.started", required=("task",), fields=STATUS_FIELDS)
@@ -101,8 +114,9 @@ def publish_task(call: Call, task_id: str, publish_model: bool, force: bool) -> 
         model = call.store.models.get(outputs[-1]["model"])
         if model and not model.get("ready"):
             publish_model_entity(call.store, model, call.user["id"])
-    return change_status(task, "published", call.user["id"], force=force, reason=call.get("status_reason", ""),
-                         message=call.get("status_message", ""), published=now())
+    return change_status(
+        task, "published", call.user["id"], force=force, reason=call.get("status_reason", ""), message=call.get("status_message", ""), published=now()
+    )
 
 
 @endpoint("tasks.publish", required=("task",), fields=STATUS_FIELDS + ("publish_model",))
@@ -119,16 +133,32 @@ def enqueue(call: Call) -> dict:
     update_queue = data.get("update_execution_queue", True)
     if data.get("verify_watched_queue") and not update_queue:
         raise errors.validation_error("verify_watched_queue cannot be used with update_execution_queue=False")
-    result = enqueue_task(call, data["task"], data.get("queue"), status_message=call.get("status_message", ""),
-                          status_reason=call.get("status_reason", ""), queue_name=data.get("queue_name"),
-                          force=call.get("force", False), update_execution_queue=update_queue)
+    result = enqueue_task(
+        call,
+        data["task"],
+        data.get("queue"),
+        status_message=call.get("status_message", ""),
+        status_reason=call.get("status_reason", ""),
+        queue_name=data.get("queue_name"),
+        force=call.get("force", False),
+        update_execution_queue=update_queue,
+    )
     if data.get("verify_watched_queue"):
         result.update(queue_watched(call.store, result))
     return {"queued": 1, **result}
 
 
-def enqueue_task(call: Call, task_id: str, queue_id: str | None, *, status_message: str, status_reason: str,
-                 queue_name: str | None = None, force: bool = False, update_execution_queue: bool = True) -> dict:
+def enqueue_task(
+    call: Call,
+    task_id: str,
+    queue_id: str | None,
+    *,
+    status_message: str,
+    status_reason: str,
+    queue_name: str | None = None,
+    force: bool = False,
+    update_execution_queue: bool = True,
+) -> dict:
     """``task_operations.py:enqueue_task``: queue by id, by name (created when missing) or the
     default queue; the status before enqueueing is kept in ``enqueue_status``; the task
     leaves every other queue. Returns the status change (``updated``, ``fields``)."""
@@ -145,8 +175,7 @@ def enqueue_task(call: Call, task_id: str, queue_id: str | None, *, status_messa
     queues.get_queue(store, queue_id)
     previous = task["status"]
     before = task.get("enqueue_status") if previous == "queued" and task.get("enqueue_status") else previous
-    result = change_status(task, "queued", call.user["id"], force=force, reason=status_reason, message=status_message,
-                           enqueue_status=before)
+    result = change_status(task, "queued", call.user["id"], force=force, reason=status_reason, message=status_message, enqueue_status=before)
     try:
         queues.add_task(store, queue_id, task["id"])
     except errors.APIError:
@@ -187,8 +216,15 @@ def dequeue_and_change_status(call: Call, task: dict) -> dict:
     queues.remove_task_from_all_queues(call.store, task["id"])
     if task["status"] not in ("queued", "in_progress"):
         return {"updated": 0}
-    return change_status(task, task.get("enqueue_status") or "created", call.user["id"], force=True,
-                         reason=call.get("status_reason", ""), message=call.get("status_message", ""), enqueue_status=None)
+    return change_status(
+        task,
+        task.get("enqueue_status") or "created",
+        call.user["id"],
+        force=True,
+        reason=call.get("status_reason", ""),
+        message=call.get("status_message", ""),
+        enqueue_status=None,
+    )
 
 
 @endpoint("tasks.dequeue", required=("task",), fields=STATUS_FIELDS + ("remove_from_all_queues", "new_status"))
@@ -206,8 +242,15 @@ def dequeue_endpoint(call: Call) -> dict:
         queues.remove_task_from_all_queues(call.store, task["id"])
     if task["status"] not in ("queued", "in_progress"):
         return {"dequeued": 1, "updated": 0}
-    result = change_status(task, new_status or task.get("enqueue_status") or "created", call.user["id"], force=True,
-                           reason=call.get("status_reason", ""), message=call.get("status_message", ""), enqueue_status=None)
+    result = change_status(
+        task,
+        new_status or task.get("enqueue_status") or "created",
+        call.user["id"],
+        force=True,
+        reason=call.get("status_reason", ""),
+        message=call.get("status_message", ""),
+        enqueue_status=None,
+    )
     return {"dequeued": 1, **result}
 
 
@@ -228,7 +271,7 @@ def stop(call: Call) -> dict:
 def _run_by_worker(task: dict) -> bool:
     if not task.get("last_worker") or not task.get("last_update"):
         return False
-    age = datetime.now(timezone.utc) - datetime.fromisoformat(task["last_update"])
+    age = datetime.now(UTC) - datetime.fromisoformat(task["last_update"])
     return age.total_seconds() < 600  # apiserver.workers.task_update_timeout
 
 
@@ -237,12 +280,15 @@ def _stop_one(call: Call, task: dict, force: bool) -> dict:
     if queued or "development" in task.get("system_tags", []) or not _run_by_worker(task):
         if queued:
             dequeue(call.store, task)
-        return change_status(task, "stopped", call.user["id"], force=force, reason=call.get("status_reason", ""),
-                             message=f"Stopped by {call.user['name']}")
+        return change_status(
+            task, "stopped", call.user["id"], force=force, reason=call.get("status_reason", ""), message=f"Stopped by {call.user['name']}"
+        )
     return change_status(task, task["status"], call.user["id"], force=force, reason=call.get("status_reason", ""), message="stopping")
 
 
-@endpoint("tasks.reset", required=("task",), fields=STATUS_FIELDS + ("clear_all", "delete_output_models", "return_file_urls", "delete_external_artifacts"))
+@endpoint(
+    "tasks.reset", required=("task",), fields=STATUS_FIELDS + ("clear_all", "delete_output_models", "return_file_urls", "delete_external_artifacts")
+)
 def reset(call: Call) -> dict:
     """``task_operations.py:reset_task``: back to created, dequeued; metrics, output models,
     output artifacts, runtime, started/completed and the task's events are cleared (with
@@ -255,8 +301,9 @@ def reset(call: Call) -> dict:
         raise errors.invalid_task_status(task_id=task["id"], status=task["status"])
     dequeued = dequeue(store, task) or {}
     queues.remove_task_from_all_queues(store, task["id"])
-    cleanup = cleanup_task(store, task, call.user["id"], force=force, update_children=False,
-                           delete_output_models=data.get("delete_output_models", True))
+    cleanup = cleanup_task(
+        store, task, call.user["id"], force=force, update_children=False, delete_output_models=data.get("delete_output_models", True)
+    )
     execution = task.get("execution") or {}
     if data.get("clear_all", False):
         updates = {"execution": {"test_split": 0, "parameters": {}, "model_desc": {}, "artifacts": {}}, "script": None}
@@ -265,21 +312,45 @@ def reset(call: Call) -> dict:
         execution["artifacts"] = {k: a for k, a in (execution.get("artifacts") or {}).items() if a.get("mode") == "input"}
         updates = {"execution": execution}
     result = change_status(
-        task, "created", call.user["id"], force=force, reason="reset", message="reset",
-        last_iteration=0, last_metrics={}, runtime={},
-        models={**(task.get("models") or {}), "output": []}, last_worker=None, last_worker_report=None,
-        started=None, completed=None, published=None, active_duration=None, enqueue_status=None, **updates,
+        task,
+        "created",
+        call.user["id"],
+        force=force,
+        reason="reset",
+        message="reset",
+        last_iteration=0,
+        last_metrics={},
+        runtime={},
+        models={**(task.get("models") or {}), "output": []},
+        last_worker=None,
+        last_worker_report=None,
+        started=None,
+        completed=None,
+        published=None,
+        active_duration=None,
+        enqueue_status=None,
+        **updates,
     )
     (task.get("output") or {}).pop("result", None)
     (task.get("output") or {}).pop("error", None)
     delete_task_events(store, call.user["id"], task["id"], cleanup, data.get("delete_external_artifacts", True))
-    result["fields"] = present({k: v for k, v in result["fields"].items() if k in ("status", "status_reason", "status_message", "status_changed", "last_update", "last_change", "last_changed_by")})
+    result["fields"] = present(
+        {
+            k: v
+            for k, v in result["fields"].items()
+            if k in ("status", "status_reason", "status_message", "status_changed", "last_update", "last_change", "last_changed_by")
+        }
+    )
     # ResetResponse: no children or models counts, and no urls unless asked for
     urls = {"urls": cleanup["urls"]} if data.get("return_file_urls", False) else {}
     return {**result, "dequeued": dequeued, "deleted_models": cleanup["deleted_models"], **urls}
 
 
-@endpoint("tasks.delete", required=("task",), fields=STATUS_FIELDS + ("move_to_trash", "return_file_urls", "delete_output_models", "delete_external_artifacts", "include_pipeline_steps"))
+@endpoint(
+    "tasks.delete",
+    required=("task",),
+    fields=STATUS_FIELDS + ("move_to_trash", "return_file_urls", "delete_output_models", "delete_external_artifacts", "include_pipeline_steps"),
+)
 def delete(call: Call) -> dict:
     """``task_operations.py:delete_task``: only a created (or archived) task without ``force``;
     its events go too, and its files as in ``tasks.reset``."""
@@ -302,7 +373,8 @@ def delete(call: Call) -> dict:
 def _delete_one(call: Call, task: dict, force: bool) -> dict:
     """``delete_task_core``: dequeued, its outputs cleaned up, deleted."""
     dequeue_and_change_status(call, task)
-    cleanup = cleanup_task(call.store, task, call.user["id"], force=force, update_children=True,
-                           delete_output_models=call.get("delete_output_models", True))
+    cleanup = cleanup_task(
+        call.store, task, call.user["id"], force=force, update_children=True, delete_output_models=call.get("delete_output_models", True)
+    )
     del call.store.tasks[task["id"]]
     return cleanup

@@ -17,14 +17,37 @@ from ..registry import OWN_VALIDATION, Call, endpoint
 from ..store import COMPANY_ID, Store, new_id, now
 from . import projects, task_params
 
-TASK_TYPES = ("training", "testing", "inference", "data_processing", "application", "monitor", "controller",
-              "report", "optimizer", "service", "qc", "custom")
+TASK_TYPES = (
+    "training",
+    "testing",
+    "inference",
+    "data_processing",
+    "application",
+    "monitor",
+    "controller",
+    "report",
+    "optimizer",
+    "service",
+    "qc",
+    "custom",
+)
 DELETED_PREFIX = "__DELETED__"
 # apiserver/database/model/task/task.py: Task.get_all_query_options and exclude_by_default fields
 TASK_QUERY = QueryOptions(
     pattern_fields=("name", "comment", "report"),
-    list_fields=("id", "user", "tags", "system_tags", "type", "status", "project", "parent", "hyperparams.*",
-                 "execution.queue", "models.input.model"),
+    list_fields=(
+        "id",
+        "user",
+        "tags",
+        "system_tags",
+        "type",
+        "status",
+        "project",
+        "parent",
+        "hyperparams.*",
+        "execution.queue",
+        "models.input.model",
+    ),
     range_fields=("created", "started", "active_duration", "last_metrics.*", "last_iteration"),
     datetime_fields=("status_changed", "last_update", "last_change"),
     fields=("runtime.*",),
@@ -33,8 +56,23 @@ TASK_QUERY = QueryOptions(
 )
 GET_ALL_KEYS = ("search_hidden", "include_subprojects", "allow_public")
 # apiserver/services/tasks.py: create_fields
-CREATE_FIELDS = ("name", "tags", "system_tags", "type", "comment", "parent", "project", "models", "container",
-                 "output_dest", "execution", "hyperparams", "configuration", "script", "runtime")
+CREATE_FIELDS = (
+    "name",
+    "tags",
+    "system_tags",
+    "type",
+    "comment",
+    "parent",
+    "project",
+    "models",
+    "container",
+    "output_dest",
+    "execution",
+    "hyperparams",
+    "configuration",
+    "script",
+    "runtime",
+)
 EDIT_FIELDS = CREATE_FIELDS + ("status",)
 
 
@@ -147,12 +185,26 @@ def new_task(user: str, fields: dict) -> dict:
     """A task with the defaults of ``database/model/task/task.py:Task``."""
     stamp = now()
     task = {
-        "id": new_id(), "company": COMPANY_ID, "user": user, "created": stamp, "last_update": stamp,
-        "last_change": stamp, "last_changed_by": user, "status": "created", "tags": [], "system_tags": [],
-        "output": {}, "execution": {"test_split": 0, "parameters": {}, "model_desc": {}, "artifacts": {}},
-        "script": {"binary": "python", "repository": "", "entry_point": ""}, "last_iteration": 0,
-        "last_metrics": {}, "hyperparams": {}, "configuration": {}, "runtime": {},
-        "models": {"input": [], "output": []}, "container": {},
+        "id": new_id(),
+        "company": COMPANY_ID,
+        "user": user,
+        "created": stamp,
+        "last_update": stamp,
+        "last_change": stamp,
+        "last_changed_by": user,
+        "status": "created",
+        "tags": [],
+        "system_tags": [],
+        "output": {},
+        "execution": {"test_split": 0, "parameters": {}, "model_desc": {}, "artifacts": {}},
+        "script": {"binary": "python", "repository": "", "entry_point": ""},
+        "last_iteration": 0,
+        "last_metrics": {},
+        "hyperparams": {},
+        "configuration": {},
+        "runtime": {},
+        "models": {"input": [], "output": []},
+        "container": {},
     }
     for key, value in fields.items():
         if isinstance(value, dict) and isinstance(task.get(key), dict) and key in ("execution", "script", "models", "output"):
@@ -211,9 +263,21 @@ def get_all(call: Call) -> dict:
     return {"tasks": [present(t) for t in get_many(call.endpoint, tasks, query, TASK_QUERY)]}
 
 
-CLONE_FIELDS = ("new_task_name", "new_task_comment", "new_task_tags", "new_task_system_tags", "new_task_parent",
-                "new_task_project", "new_task_hyperparams", "new_task_configuration", "new_task_container",
-                "new_task_input_models", "validate_references", "new_project_name", "execution_overrides")
+CLONE_FIELDS = (
+    "new_task_name",
+    "new_task_comment",
+    "new_task_tags",
+    "new_task_system_tags",
+    "new_task_parent",
+    "new_task_project",
+    "new_task_hyperparams",
+    "new_task_configuration",
+    "new_task_container",
+    "new_task_input_models",
+    "validate_references",
+    "new_project_name",
+    "execution_overrides",
+)
 
 
 @endpoint("tasks.clone", required=("task",), fields=CLONE_FIELDS)
@@ -221,22 +285,44 @@ def clone(call: Call) -> dict:
     """``services/tasks.py:clone_task``: ``TaskBLL.clone_task`` with the request's overrides."""
     data = call.data
     task, new_project = clone_task(
-        call, data["task"], name=data.get("new_task_name"), comment=data.get("new_task_comment"),
-        parent=data.get("new_task_parent"), project=data.get("new_task_project"), tags=data.get("new_task_tags"),
-        system_tags=data.get("new_task_system_tags"), hyperparams=data.get("new_task_hyperparams"),
-        configuration=data.get("new_task_configuration"), container=data.get("new_task_container"),
-        execution_overrides=data.get("execution_overrides"), input_models=data.get("new_task_input_models"),
-        validate_references=bool(data.get("validate_references")), new_project_name=data.get("new_project_name"),
+        call,
+        data["task"],
+        name=data.get("new_task_name"),
+        comment=data.get("new_task_comment"),
+        parent=data.get("new_task_parent"),
+        project=data.get("new_task_project"),
+        tags=data.get("new_task_tags"),
+        system_tags=data.get("new_task_system_tags"),
+        hyperparams=data.get("new_task_hyperparams"),
+        configuration=data.get("new_task_configuration"),
+        container=data.get("new_task_container"),
+        execution_overrides=data.get("execution_overrides"),
+        input_models=data.get("new_task_input_models"),
+        validate_references=bool(data.get("validate_references")),
+        new_project_name=data.get("new_project_name"),
     )
     return {"id": task["id"], **({"new_project": new_project} if new_project else {})}
 
 
-def clone_task(call: Call, task_id: str, *, name: str | None = None, comment: str | None = None,
-               parent: str | None = None, project: str | None = None, tags: list | None = None,
-               system_tags: list | None = None, hyperparams: dict | None = None, configuration: dict | None = None,
-               container: dict | None = None, execution_overrides: dict | None = None,
-               input_models: list | None = None, validate_references: bool = False,
-               new_project_name: str | None = None, hyperparams_overrides: dict | None = None) -> tuple[dict, dict | None]:
+def clone_task(
+    call: Call,
+    task_id: str,
+    *,
+    name: str | None = None,
+    comment: str | None = None,
+    parent: str | None = None,
+    project: str | None = None,
+    tags: list | None = None,
+    system_tags: list | None = None,
+    hyperparams: dict | None = None,
+    configuration: dict | None = None,
+    container: dict | None = None,
+    execution_overrides: dict | None = None,
+    input_models: list | None = None,
+    validate_references: bool = False,
+    new_project_name: str | None = None,
+    hyperparams_overrides: dict | None = None,
+) -> tuple[dict, dict | None]:
     """``TaskBLL.clone_task``: a new created task with the source's script, parameters,
     configuration, container, input models and input artifacts; output artifacts, output
     models, metrics, runtime and the queue are not copied. The parent is the source's parent,
@@ -264,16 +350,25 @@ def clone_task(call: Call, task_id: str, *, name: str | None = None, comment: st
         "type": source["type"],
         "script": copy.deepcopy(source.get("script")),
         "output": {"destination": source["output"]["destination"]} if (source.get("output") or {}).get("destination") else {},
-        "models": {"input": [{**m, "updated": stamp} for m in input_models] if input_models
-                   else copy.deepcopy((source.get("models") or {}).get("input") or []), "output": []},
+        "models": {
+            "input": [{**m, "updated": stamp} for m in input_models]
+            if input_models
+            else copy.deepcopy((source.get("models") or {}).get("input") or []),
+            "output": [],
+        },
         "container": copy.deepcopy(container or source.get("container") or {}),
         "execution": _cloned_execution(source, execution_overrides, call.endpoint),
         "configuration": copy.deepcopy(configuration or source.get("configuration") or {}),
         "hyperparams": _cloned_hyperparams(source, hyperparams, hyperparams_overrides),
     }
     task = new_task(call.user["id"], fields)
-    validate(store, task, parent=validate_references or bool(parent), project=validate_references or bool(project),
-             models=validate_references or bool(input_models))
+    validate(
+        store,
+        task,
+        parent=validate_references or bool(parent),
+        project=validate_references or bool(project),
+        models=validate_references or bool(input_models),
+    )
     store.tasks[task["id"]] = task
     return task, new_project
 
@@ -354,7 +449,8 @@ def edit_hyper_params(call: Call) -> dict:
         if unknown or not item.get("section") or not item.get("name") or item.get("value") is None:
             raise errors.validation_error("hyperparams items need section, name and value", item=str(item))
         sections.setdefault(item["section"], {})[item["name"]] = {
-            key: item[key] for key in task_params.PARAMS_ITEM_FIELDS if item.get(key) is not None}
+            key: item[key] for key in task_params.PARAMS_ITEM_FIELDS if item.get(key) is not None
+        }
     mode = call.get("replace_hyperparams", "none")
     hyperparams = task.setdefault("hyperparams", {})
     if mode == "all":

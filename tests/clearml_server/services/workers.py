@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from .. import errors
 from ..registry import Call, endpoint
@@ -25,10 +25,17 @@ def register_worker(call: Call, worker_id: str, queues: list[str], timeout: int 
         raise errors.invalid_queue_id(ids=missing)
     stamp = now()
     worker = {
-        "id": worker_id, "user": {"id": call.user["id"], "name": call.user["name"]},
-        "company": {"id": COMPANY_ID, "name": COMPANY_NAME}, "queues": queues, "register_time": stamp,
-        "register_timeout": timeout or DEFAULT_TIMEOUT_S, "last_activity_time": stamp,
-        "tags": call.get("tags", []), "system_tags": call.get("system_tags", []), "task": None, "queue": None,
+        "id": worker_id,
+        "user": {"id": call.user["id"], "name": call.user["name"]},
+        "company": {"id": COMPANY_ID, "name": COMPANY_NAME},
+        "queues": queues,
+        "register_time": stamp,
+        "register_timeout": timeout or DEFAULT_TIMEOUT_S,
+        "last_activity_time": stamp,
+        "tags": call.get("tags", []),
+        "system_tags": call.get("system_tags", []),
+        "task": None,
+        "queue": None,
     }
     call.store.workers[_key(call, worker_id)] = worker
     return worker
@@ -37,7 +44,7 @@ def register_worker(call: Call, worker_id: str, queues: list[str], timeout: int 
 def _alive(worker: dict) -> bool:
     """Worker entries expire ``register_timeout`` seconds after their last report (a Redis TTL)."""
     last = datetime.fromisoformat(worker["last_activity_time"])
-    return datetime.now(timezone.utc) - last < timedelta(seconds=worker["register_timeout"])
+    return datetime.now(UTC) - last < timedelta(seconds=worker["register_timeout"])
 
 
 def check_for_workers(store, queue_id: str) -> bool:
@@ -62,8 +69,12 @@ def unregister(call: Call) -> dict:
 
 
 # apimodels/workers.py: StatusReportRequest has no "is_daemon" (the agent sends it; the server drops it)
-@endpoint("workers.status_report", required=("worker", "timestamp"),
-          fields=("task", "queue", "queues", "machine_stats", "tags", "system_tags"), ignored=("is_daemon",))
+@endpoint(
+    "workers.status_report",
+    required=("worker", "timestamp"),
+    fields=("task", "queue", "queues", "machine_stats", "tags", "system_tags"),
+    ignored=("is_daemon",),
+)
 def status_report(call: Call) -> dict:
     """``WorkerBLL.status_report``: the worker's current task and queue; the task records
     ``last_worker``. An unknown worker is registered (``apiserver.workers.auto_register``).
@@ -83,8 +94,7 @@ def status_report(call: Call) -> dict:
     task = call.store.tasks.get(task_id)
     if task is None:
         raise errors.invalid_task_id(id=task_id)
-    task.update(last_worker=worker["id"], last_worker_report=stamp, last_update=stamp, last_change=stamp,
-                last_changed_by=call.user["id"])
+    task.update(last_worker=worker["id"], last_worker_report=stamp, last_update=stamp, last_change=stamp, last_changed_by=call.user["id"])
     worker["task"] = {"id": task["id"], "name": task["name"]}
     return {}
 
@@ -94,7 +104,7 @@ def get_all(call: Call) -> dict:
     """``WorkerBLL.get_all``: workers active in the last ``last_seen`` seconds."""
     workers = [w for w in call.store.workers.values() if _alive(w)]
     if call.get("last_seen"):
-        since = datetime.now(timezone.utc) - timedelta(seconds=max(1, call.data["last_seen"]))
+        since = datetime.now(UTC) - timedelta(seconds=max(1, call.data["last_seen"]))
         workers = [w for w in workers if datetime.fromisoformat(w["last_activity_time"]) >= since]
     for field in ("tags", "system_tags"):
         if call.get(field):
