@@ -43,4 +43,4 @@ tiny: install
 
 ## Parameter counts of ruT5-large with the adapters (no download).
 stats: install
-	$(PYTHON) -m components.stats
+	$(PYTHON) -m tools.stats

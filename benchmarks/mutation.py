@@ -37,12 +37,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("components", "clearml_adapter", "steps", "pipelines", "benchmarks")
+PACKAGES = ("components", "cli", "clearml_adapter", "steps", "pipelines", "tools", "benchmarks")
 WORK = ROOT / ".mutation"
 
 
 HIT_RECORDER = """
-# Added by benchmarks/mutation.py. A script run as __main__ (python steps/train.py, python -m components.generation)
+# Added by benchmarks/mutation.py. A script run as __main__ (python steps/train.py, python -m tools.generate)
 # runs its own mutants, and the mutated functions that subprocesses and forked children reach count for the test.
 import os as _mutation_os
 import sys as _mutation_sys

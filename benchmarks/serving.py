@@ -26,9 +26,9 @@ from common import SIZES, build_model, device_name, print_json_last, timed
 from generation import sample_texts
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from components.decoding import Decoding
 from components.export.ctranslate2_model import convert_to_ctranslate2, generate_with_ctranslate2, suppressed_tokens
 from components.export.plain_checkpoint import export_plain_checkpoint
-from components.generation import Decoding
 from components.modeling import apply_peft, save_adapter
 from components.settings import SAMPLE_DATA_DIR, AdapterSettings, TokenizationSettings
 from components.tiny import build_tiny_tokenizer, sample_corpus

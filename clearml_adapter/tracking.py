@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from clearml_adapter.connection import prepare_clearml, running_on_agent
+from cli.options import exit_if_help_asked
 from components import errors
-from components.cli import exit_if_help_asked
 from components.errors import UserError, errors_end_the_process
 from components.settings import CLEARML_PROJECT
 

@@ -5,10 +5,10 @@ Light on purpose (no torch): the steps' option declarations (``steps/config.py``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-from components.cli import setting
-from components.settings import DECODING, TokenizationSettings
+from components.settings import DECODING, TokenizationSettings, setting
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,10 @@ class DecodingOptions:
         pipeline=True,
         group=DECODING_GROUP,
     )
+
+
+def chosen_decoding(options: Any) -> Decoding:
+    """The decoding ``options`` (an object with DecodingOptions' fields, as parsed) asks for: its preset, then the
+    settings it gives (None: the preset's)."""
+    overrides = {name: getattr(options, name) for name in asdict(Decoding()) if getattr(options, name) is not None}
+    return replace(DECODING_PRESETS[options.decoding], **overrides)

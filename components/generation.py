@@ -1,6 +1,4 @@
-"""Batched generation with a LoRA + prompt model, and a command line to try a model.
-
-    python -m components.generation --model-dir DIR [--preset beam] "текст" ...
+"""Batched generation with a LoRA + prompt model (``python -m tools.generate`` tries a model with it).
 
 Texts are sorted by length so each batch pads little, and the predictions come
 back in input order. The encoder mask gets the prompt columns the model expects.
@@ -8,24 +6,18 @@ back in input order. The encoder mask gets the prompt columns the model expects.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from dataclasses import asdict, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from components.cli import ArgumentParser, add_settings
-from components.decoding import DECODING_PRESETS, Decoding, DecodingOptions
-from components.errors import UserError
+from components.decoding import Decoding
 from components.prompt_tuning import extend_attention_mask, prompt_length_of
 from components.settings import TokenizationSettings
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def generate_predictions(
     model,
     tokenizer,
@@ -42,7 +34,7 @@ def generate_predictions(
     seed: int | None = 0,
     show_progress: bool = False,
 ) -> list[str]:
-    """Generate one prediction per text, in the order of ``texts``."""
+    """Generate one prediction per text, in the order of ``texts`` (``model.generate`` keeps no gradients)."""
     decoding = Decoding(num_beams, do_sample, temperature, top_k, top_p, max_new_tokens)
     log.info("Generating %d predictions with %s.", len(texts), decoding.describe())
     if do_sample and seed is not None:
@@ -63,37 +55,3 @@ def generate_predictions(
             predictions[i] = text.strip()
     model.train(was_training)
     return predictions
-
-
-def decoding_from_args(args: argparse.Namespace) -> Decoding:
-    overrides = {name: getattr(args, name) for name in asdict(Decoding()) if getattr(args, name) is not None}
-    return replace(DECODING_PRESETS[args.decoding], **overrides)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description="Generate answers with a fine-tuned model directory.")
-    parser.add_argument("--model-dir", required=True, help="directory written by the train or register step")
-    parser.add_argument("--batch-size", type=int, default=16, help="texts generated together")
-    add_settings(parser, DecodingOptions)
-    parser.add_argument("texts", nargs="+", help="instructions (with their input on a new line)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> list[str]:
-    from components.modeling import load_finetuned
-
-    args = build_parser().parse_args(argv)
-    decoding = decoding_from_args(args)
-    try:
-        model, tokenizer = load_finetuned(args.model_dir)
-    except UserError as error:
-        sys.exit(f"error: {error}")
-    print(f"# {decoding.describe()}")
-    predictions = generate_predictions(model, tokenizer, args.texts, batch_size=args.batch_size, **asdict(decoding))
-    for text, prediction in zip(args.texts, predictions):
-        print(f"> {text}\n{prediction}\n")
-    return predictions
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,23 @@
-"""The library's defaults: the published configuration of the reference run.
+"""The library's defaults (the published configuration of the reference run), and how a setting is declared.
 
 The library's functions and dataclasses default to these values; the steps' options
 (``steps/config.py``) declare them as their defaults, so a value is changed once. The
 pipeline's presets (``pipelines/definition.py``) override them for a run.
+
+A configurable thing's settings are the fields of a dataclass, each made with :func:`setting`: its
+default and type are the field's, its help and what else it is (a pipeline parameter, a sweepable
+hyperparameter, a ``--help`` section) its metadata. ``cli.options.add_settings`` turns such a
+dataclass into command-line options; the pipeline's parameters, their routing to the steps and the
+sweep's space are read from the same fields (``pipelines/definition.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What an agent installs for every task of this project: the runtime packages (no test-only ones, no local builds).
@@ -82,3 +91,37 @@ class TrainingSettings:
 
 
 TINY_MODEL = "tiny"  # resolved by components.modeling to the tiny model built from the sample data
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a configuration field declares beyond its type and default."""
+
+    help: str
+    pipeline: bool | str = False  # a pipeline parameter: True under the field's own name, or the parameter's name
+    sweep: str | None = None  # sweepable: the values a sweep tries unless told others ("" : not swept unless asked)
+    group: str | None = None  # the section of --help it is listed in (None: the first, "options")
+    choices: tuple | None = None
+    switch: bool = False  # a flag that is on when given (argparse's store_true) rather than an option with a value
+    bare_means_true: bool = False  # a boolean option given without a value means true
+
+
+SETTING = "setting"  # the metadata key of a field's Setting
+
+
+def setting(default: Any, help: str, **declared) -> Any:
+    """A configuration field: ``lora_rank: int = setting(8, "LoRA rank ...", pipeline=True, sweep="4,8,16,32")``."""
+    return field(default=default, metadata={SETTING: Setting(help, **declared)})
+
+
+def declared(config: type) -> list[tuple[str, type, Any, Setting]]:
+    """Name, value type (``int | None`` -> ``int``), default and Setting of each field of a configuration dataclass."""
+    hints = typing.get_type_hints(config)
+    return [(f.name, value_type(hints[f.name]), f.default, f.metadata[SETTING]) for f in fields(config)]
+
+
+def value_type(hint) -> type:
+    """The type of the values an option parses: ``int | None`` and ``Optional[int]`` -> ``int``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        [hint] = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return hint

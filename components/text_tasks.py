@@ -14,7 +14,7 @@ labels within a task, so always giving one answer per question scores well below
 that reads the sentence. The rows are in the dataset's schema (``full_output`` explains the
 answer) and are written to ``data/tasks/`` by
 
-    python -m components.text_tasks
+    python -m tools.text_tasks
 
 deterministically; a test checks that the shipped files are what this module writes.
 No test sentence appears in train.
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.cli import ArgumentParser
 from components.data import COLUMNS, read_tsv
 from components.settings import PROJECT_ROOT, SAMPLE_DATA_DIR
 
@@ -143,19 +142,3 @@ def write_splits(directory: Path = TASKS_DIR) -> dict[str, Path]:
         paths[name] = directory / f"{name}.tsv"
         frame.to_csv(paths[name], sep="\t", index=False)
     return paths
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description="Write the text-analysis task TSV files (train.tsv, test.tsv).")
-    parser.add_argument("--output-dir", type=Path, default=TASKS_DIR, help="where train.tsv and test.tsv go (default: data/tasks)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    for name, path in write_splits(args.output_dir).items():
-        print(f"{name}: {len(read_tsv(path))} rows in {path}")
-
-
-if __name__ == "__main__":
-    main()

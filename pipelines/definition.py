@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.cli import Setting, declared, option_flag, setting, shown_default
-from components.settings import PROJECT_ROOT, TINY_MODEL
+from cli.options import option_flag, shown_default
+from components.settings import PROJECT_ROOT, TINY_MODEL, Setting, declared, setting
 from steps.config import STEP_OPTIONS
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from clearml_adapter import tracking
-from components.cli import option_flag
+from cli.options import option_flag
 from components.errors import UserError
 from components.settings import PROJECT_ROOT
 from pipelines.definition import StepSpec, script_path

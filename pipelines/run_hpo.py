@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearml_adapter import tracking
 from clearml_adapter.connection import prepare_clearml, running_on_agent
-from components.cli import ArgumentParser, exit_if_help_asked, option_flag
+from cli.options import ArgumentParser, exit_if_help_asked, option_flag
 from components.errors import UserError
 from components.settings import CLEARML_PROJECT, PROJECT_ROOT, SELECTION_METRIC
 from pipelines.definition import PARAMETERS, PRESETS
@@ -134,7 +134,7 @@ def trial_parameters(args: argparse.Namespace) -> dict:
 
 
 def run_local(args: argparse.Namespace) -> dict:
-    from pipelines.hpo_local import run_local_sweep
+    from pipelines.sweep.local import run_local_sweep
 
     for option in ("template_task_id", "run_on"):
         if getattr(args, option):
@@ -163,7 +163,7 @@ def check_server_sweep(args: argparse.Namespace) -> None:
 
 
 def run_on_server(task, args: argparse.Namespace) -> dict | None:
-    from pipelines.hpo_server import run_server_sweep
+    from pipelines.sweep.server import run_server_sweep
 
     if args.run_on and not running_on_agent():
         enqueue_and_follow(lambda: task.execute_remotely(queue_name=args.run_on, exit_process=True), task.id, args.run_on, args.wait_for_start)

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearml_adapter import tracking
 from clearml_adapter.connection import prepare_clearml, running_on_agent
-from components.cli import ArgumentParser, Setting, exit_if_help_asked, option_flag, option_kwargs, shown_default
+from cli.options import ArgumentParser, exit_if_help_asked, option_flag, option_kwargs, shown_default
 from components.comparison import comparison_table
 from components.errors import UserError
-from components.settings import CLEARML_PROJECT, PROJECT_ROOT
+from components.settings import CLEARML_PROJECT, PROJECT_ROOT, Setting
 from pipelines.definition import PARAMETERS, PRESETS, Parameter, StepSpec, preset_values, run_steps, step_arguments
 from pipelines.local import run_step_locally
 from pipelines.queues import QueueUse, add_wait_for_start, check_queues, enqueue_and_follow
@@ -152,7 +152,7 @@ def print_summary(summary: dict, output_dir: Path) -> None:
     print(comparison_table(summary["metrics"], summary["base_metrics"]))
     print(f"\nReport:   {summary['report']}")
     print(f"Model directory: {summary['model_dir']}")
-    print(f'  try it:  python -m components.generation --model-dir {summary["model_dir"]} "Назови столицу Франции."')
+    print(f'  try it:  python -m tools.generate --model-dir {summary["model_dir"]} "Назови столицу Франции."')
     if summary["export"]:
         print(f"Exported: {summary['export']['model_dir']} (a plain Hugging Face checkpoint)")
         if "ctranslate2_dir" in summary["export"]:

@@ -1,6 +1,6 @@
 """Every step's settings, each declared once: a dataclass per step, a field per option.
 
-A field's type and default are the option's; :func:`components.cli.setting` adds its help and
+A field's type and default are the option's; :func:`components.settings.setting` adds its help and
 whether it is a pipeline parameter (``pipeline=True``, or the parameter's name when the step
 calls it otherwise) and sweepable (``sweep``: the values a sweep tries by default). From these
 fields come each step's ``--help`` and ClearML ``Args/`` section (the field names),
@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.cli import setting
 from components.decoding import DecodingOptions
 from components.metrics import BEST_METRICS, PROTOCOL_METRICS
-from components.settings import BASE_MODEL, DATASET_ID, PRECISIONS, SELECTION_METRIC, AdapterSettings, TokenizationSettings, TrainingSettings
+from components.settings import BASE_MODEL, DATASET_ID, PRECISIONS, SELECTION_METRIC, AdapterSettings, TokenizationSettings, TrainingSettings, setting
 
 MODEL_HELP = "hub id or local directory of the base model"
 MAX_INPUT_HELP = "tokens kept of each input (instruction and input): in training, evaluation and the export"

@@ -32,10 +32,11 @@ import pandas as pd
 import torch
 
 from clearml_adapter import tracking
-from components.cli import ArgumentParser, add_settings
+from cli.options import ArgumentParser, add_settings
 from components.comparison import compare, comparison_table
 from components.data import preprocess, read_tsv, source_text
-from components.generation import Decoding, decoding_from_args, generate_predictions
+from components.decoding import Decoding, chosen_decoding
+from components.generation import generate_predictions
 from components.modeling import load_finetuned, load_untuned
 from components.threads import use_cpu_threads_for
 from components.training import evaluation_loader, validation_loss
@@ -80,7 +81,7 @@ def score(model, tokenizer, frame: pd.DataFrame, args: argparse.Namespace, decod
 
 
 def run(args: argparse.Namespace, task) -> dict:
-    decoding = decoding_from_args(args)
+    decoding = chosen_decoding(args)
     frame = test_split(args)
     model_dir = tracking.upstream_input(args.train_task_id, "adapter", args.model_dir, ("--train-task-id", "--model-dir"), "an adapter directory")
     print(f"Evaluating on {len(frame)} test rows with {decoding.describe()}.")

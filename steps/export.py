@@ -30,10 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearml_adapter import tracking
-from components.cli import ArgumentParser, add_settings
+from cli.options import ArgumentParser, add_settings
+from components.decoding import Decoding
 from components.export.ctranslate2_model import convert_to_ctranslate2
 from components.export.plain_checkpoint import export_plain_checkpoint
-from components.generation import Decoding
 from steps.config import ExportOptions
 
 PLAIN_MODEL_NAME = "ruT5-large LoRA+prompt (plain checkpoint)"  # with --model-dir; else the adapter model's name + " (plain checkpoint)"

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd
 
 from clearml_adapter import tracking
-from components.cli import ArgumentParser, add_settings
+from cli.options import ArgumentParser, add_settings
 from components.data import COLUMNS, SPLITS, InvalidRow, TsvError, describe_invalid_rows, parse_tsv
 from components.errors import UserError
 from steps.config import IngestOptions

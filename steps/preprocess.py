@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearml_adapter import tracking
-from components.cli import ArgumentParser, add_settings
+from cli.options import ArgumentParser, add_settings
 from components.data import SPLITS, TOKENIZATION_FILE, preprocess, read_tsv
 from components.errors import UserError
 from components.modeling import load_tokenizer

@@ -32,7 +32,7 @@ import pandas as pd
 
 from clearml_adapter import tracking
 from clearml_adapter.human_evaluation import add_win_rates_to_registered_models, report_summary
-from components.cli import ArgumentParser
+from cli.options import ArgumentParser
 from components.errors import UserError
 from components.human_eval import label_studio
 from components.human_eval.session import assign, items_from_evaluation, items_from_evaluations, sample_items

@@ -5,7 +5,7 @@
 Candidates are evaluate task ids. On a server the winner's adapter is published in
 the ClearML model registry, tagged and with its metrics as metadata. Offline (and
 always, locally) it is written to ``<output-dir>/model``, a directory that
-``components.modeling.load_finetuned`` loads and ``python -m components.generation
+``components.modeling.load_finetuned`` loads and ``python -m tools.generate
 --model-dir`` uses.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearml_adapter import tracking
-from components.cli import ArgumentParser, add_settings
+from cli.options import ArgumentParser, add_settings
 from components.errors import UserError
 from steps.config import RegisterOptions
 

@@ -36,8 +36,8 @@ import torch
 
 from clearml_adapter import tracking
 from clearml_adapter.connection import prepare_clearml, running_on_agent
+from cli.options import ArgumentParser, add_settings
 from components.checkpoint import newest_checkpoint
-from components.cli import ArgumentParser, add_settings
 from components.data import TOKENIZATION_FILE
 from components.distributed.launch import LocalRanks
 from components.distributed.world import World, join_world, leave_world, world_from_environment

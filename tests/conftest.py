@@ -13,6 +13,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parent.parent
+# The product's packages, one per layer (tests/test_layers.py says what each may import).
+PRODUCT_PACKAGES = ("components", "cli", "clearml_adapter", "steps", "pipelines", "tools")
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RUT5_TINY_CACHE", str(ROOT / ".cache" / "tiny"))
 NETWORK_GUARD = ROOT / "tests" / "network_guard"

@@ -225,7 +225,7 @@ def test_the_optimizer_reads_lists_edited_in_the_ui(clearml_home):
     args = json.loads(offline_task_file(cache, task_id).read_text())["hyperparams"]["Args"]
     assert args["lora_ranks"]["value"] == "4,8,16"
     edit_args(cache, task_id, lora_ranks="[4, 8]", prompt_lengths="[20]")
-    rerun = simulate(clearml_home, "rerun", "pipelines/run_hpo.py", "pipelines.hpo_server:run_server_sweep", task_id=task_id)
+    rerun = simulate(clearml_home, "rerun", "pipelines/run_hpo.py", "pipelines.sweep.server:run_server_sweep", task_id=task_id)
     [call] = lines_with("CALL=", rerun.stdout)
     task, args, space = call["args"]
     assert space == {"lora_rank": [4, 8], "prompt_length": [20]}

@@ -2,7 +2,7 @@
 
 An argument that no test sets can stop working without any test noticing: renamed on one
 side of the pipeline wiring, dropped on its way into a config, read under another name.
-So ``EFFECTS`` names, for every option of every command (``components.cli.COMMANDS``: the steps,
+So ``EFFECTS`` names, for every option of every command (``tools.cli_reference.COMMANDS``: the steps,
 the pipeline and sweep entry points, the components' tools) and of every benchmark, a test that
 sets it to a value other than its default and asserts what that changes (a value in an output
 file, a shape, a schedule, an error, the work a benchmark times). A new argument comes
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import COMMANDS, module_name, reference
+from tools.cli_reference import COMMANDS, module_name, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -195,7 +195,7 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--local": LOCAL_ANYWHERE,
         "--output-dir": EXPORTED,
     },
-    "components/generation.py": {
+    "tools/generate.py": {
         "--model-dir": CLI_ANSWERS,
         "--batch-size": "tests/test_generation.py::test_the_command_line_generates_in_batches_of_batch_size",
         "--decoding": CLI_ANSWERS,
@@ -206,11 +206,11 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--top-p": CLI_ANSWERS,
         "--max-new-tokens": CLI_ANSWERS,
     },
-    "components/stats.py": {
+    "tools/stats.py": {
         "--lora-rank": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
         "--prompt-length": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
     },
-    "components/text_tasks.py": {"--output-dir": "tests/test_text_tasks.py::test_the_command_writes_the_shipped_files_where_it_is_told"},
+    "tools/text_tasks.py": {"--output-dir": "tests/test_text_tasks.py::test_the_command_writes_the_shipped_files_where_it_is_told"},
     "benchmarks/generation.py": {
         option: "tests/test_benchmarks.py::test_generation_benchmark_times_the_work_its_options_ask_for"
         for option in ("--size", "--texts", "--max-new-tokens", "--batch-size", "--num-beams", "--single-texts", "--dtype")
@@ -449,4 +449,4 @@ def test_no_argument_is_missing_an_effect_test():
 def test_the_command_line_reference_is_current():
     """docs/cli.md is what the parsers say now: an option's default, values or help changed without it fails here."""
     written = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert written == reference(), "docs/cli.md is out of date: python -m components.cli > docs/cli.md"
+    assert written == reference(), "docs/cli.md is out of date: python -m tools.cli_reference > docs/cli.md"

@@ -9,20 +9,9 @@ from typing import Optional
 
 import pytest
 
-from components.cli import (
-    COMMANDS,
-    ArgumentParser,
-    add_settings,
-    declared,
-    exit_if_help_asked,
-    help_with_default,
-    module_name,
-    option_flag,
-    parse_bool,
-    parser_reference,
-    setting,
-    value_type,
-)
+from cli.options import ArgumentParser, add_settings, exit_if_help_asked, help_with_default, option_flag, parse_bool
+from components.settings import declared, setting, value_type
+from tools.cli_reference import COMMANDS, module_name, parser_reference
 
 
 @pytest.mark.parametrize(

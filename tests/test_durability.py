@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import PRODUCT_PACKAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("components", "clearml_adapter", "steps", "pipelines", "benchmarks")
+PRODUCT = (*PRODUCT_PACKAGES, "benchmarks")
 # The calls that make data durable, atomic or exclusive.
 DURABILITY_CALL = re.compile(r"os\.fsync\(|os\.replace\(|os\.rename\(|\.rename\(|fcntl\.flock\(|PRAGMA (synchronous|journal_mode)|O_EXCL")
 

@@ -22,8 +22,8 @@ from tolerances import EXPORT_LOGITS_RTOL
 from transformers import T5ForConditionalGeneration
 
 from components.data import source_text
+from components.decoding import Decoding
 from components.export.plain_checkpoint import export_plain_checkpoint
-from components.generation import Decoding
 from components.modeling import ModelLoadError, load_finetuned
 from components.prompt_tuning import extend_attention_mask
 

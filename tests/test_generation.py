@@ -6,11 +6,12 @@ import torch
 from tolerances import MERGED_ATOL, MERGED_RTOL
 
 from components import modeling
-from components.generation import DECODING_PRESETS, Decoding, generate_predictions
-from components.generation import main as generation_main
+from components.decoding import DECODING_PRESETS, Decoding
+from components.generation import generate_predictions
 from components.modeling import ModelLoadError, apply_peft, load_base_model, load_finetuned, load_tokenizer, load_untuned, save_adapter
 from components.settings import AdapterSettings
-from components.stats import main as stats_main
+from tools.generate import main as generation_main
+from tools.stats import main as stats_main
 
 TEXTS = ["Что такое фотосинтез?", "Переведи на английский\nкошка", "Назови столицу Франции.", "а"]
 
@@ -181,7 +182,7 @@ CLI_OPTIONS = [
 
 @pytest.mark.parametrize("before, option, asked", CLI_OPTIONS, ids=[" ".join(option) for _, option, _ in CLI_OPTIONS])
 def test_the_command_line_answers_as_each_option_asks(fine_tuned_dir, before, option, asked):
-    """``python -m components.generation`` prints what generate_predictions gives the loaded model with the decoding
+    """``python -m tools.generate`` prints what generate_predictions gives the loaded model with the decoding
     each option asks for (spelled out here, not parsed); discriminating: without the option the answers differ."""
     model, tokenizer = load_finetuned(fine_tuned_dir)
     expected = generate_predictions(model, tokenizer, TEXTS, **asked)
@@ -236,7 +237,7 @@ def test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for(capsy
     assert "LoRA r=4 on q/v + 10-token prompt" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         stats_main(["--help"])
-    assert "\n    python -m components.stats [--lora-rank R] [--prompt-length P]\n" in capsys.readouterr().out  # the docstring's layout kept
+    assert "\n    python -m tools.stats [--lora-rank R] [--prompt-length P]\n" in capsys.readouterr().out  # the docstring's layout kept
 
 
 def test_adapter_settings_go_to_json_and_back_unchanged():

@@ -14,9 +14,9 @@ from step_runs import stand_in_steps
 
 from pipelines.controller import step_parser
 from pipelines.definition import PRESETS, STEPS
-from pipelines.hpo_local import OBJECTIVE, open_study
-from pipelines.hpo_server import GridInTrialOrder
 from pipelines.run_hpo import SWEPT
+from pipelines.sweep.local import OBJECTIVE, open_study
+from pipelines.sweep.server import GridInTrialOrder
 
 TRAIN = next(step for step in STEPS if step.name == "train")
 # Four steps at a learning rate high enough to make the validation loss bounce, evaluated after each:
@@ -217,7 +217,8 @@ def run_stand_in_sweep(argv: list[str], env: dict, record: Path, preprocess_argu
     def sweep_main(argv: list[str]) -> None:
         from clearml_adapter import tracking
         from clearml_adapter.connection import prepare_clearml
-        from pipelines import hpo_local, run_hpo
+        from pipelines import run_hpo
+        from pipelines.sweep import local as hpo_local
 
         calls = []
         if preprocess_arguments is not None:

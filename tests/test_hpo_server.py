@@ -1,4 +1,4 @@
-"""``pipelines/hpo_server.py`` on the test ClearML server, in forked runs (``tests/server_runs.py``): the template a sweep
+"""``pipelines/sweep/server.py`` on the test ClearML server, in forked runs (``tests/server_runs.py``): the template a sweep
 finds or makes, the optimizer it builds (read back from ClearML's objects), and whole sweeps with ClearML's
 HyperParameterOptimizer and OptimizerOptuna, the agents' part played by the test (each trial reports the validation
 losses the test chooses, or fails, or is stopped). The sweep on real agents is flow 5 of
@@ -12,7 +12,7 @@ import json
 from forked import run_main
 from server_runs import arguments_of, on_server, server  # noqa: F401 (server is a fixture)
 
-from pipelines.hpo_server import GridInTrialOrder
+from pipelines.sweep.server import GridInTrialOrder
 
 PROJECT = "Подбор"
 CODE = {"repository": "https://git.example.com/team/rut5.git", "branch": "main", "commit": "0123abc", "diff": "", "requirements": "clearml\n"}
@@ -71,7 +71,7 @@ def test_the_template_is_the_projects_newest_completed_train_task(server, tmp_pa
         from clearml import Task
 
         from pipelines.controller import CodeVersion
-        from pipelines.hpo_server import find_template
+        from pipelines.sweep.server import find_template
 
         api = server.api
         completed_task(api, "train")
@@ -130,8 +130,8 @@ def test_the_optimizer_is_built_with_the_sweeps_options_over_the_templates_argum
         from clearml import Task
 
         from pipelines.controller import CodeVersion
-        from pipelines.hpo_server import build_optimizer, find_template
         from pipelines.run_hpo import build_parser, search_space
+        from pipelines.sweep.server import build_optimizer, find_template
 
         completed_task(server.api, "preprocess", model="tiny", ingest_task_id="i")
         template = find_template(PROJECT, CodeVersion(**CODE))
@@ -193,7 +193,7 @@ def test_without_a_completed_train_or_preprocess_task_the_sweep_asks_for_one_in_
 
         from components.errors import UserError
         from pipelines.controller import CodeVersion
-        from pipelines.hpo_server import find_template
+        from pipelines.sweep.server import find_template
 
         completed_task(server.api, "preprocess", project=f"{PROJECT} 2", model="tiny")
         Task.create(project_name=PROJECT, task_name="train")  # not run
@@ -225,8 +225,8 @@ def sweep(server, tmp_path, trials: dict, options: list[str], template_args: dic
         from clearml_adapter import tracking
         from clearml_adapter.connection import prepare_clearml
         from components.errors import UserError
-        from pipelines.hpo_server import run_server_sweep
         from pipelines.run_hpo import build_parser, search_space
+        from pipelines.sweep.server import run_server_sweep
 
         prepare_clearml(False)
         api = server.api

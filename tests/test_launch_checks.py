@@ -14,8 +14,8 @@ from conftest import run_script
 
 from clearml_adapter import connection as clearml_connection
 from clearml_adapter.connection import ServerMisconfigured, ServerUnreachable, prepare_clearml
-from pipelines.hpo_server import TrialRecord, best_trial
 from pipelines.repository import RepositoryNotReady, check_repository, is_local_path_remote, repository_path
+from pipelines.sweep.server import TrialRecord, best_trial
 
 
 @pytest.fixture

@@ -2,10 +2,14 @@
 
 - ``components/``: the hand-written library (adapters, model, data, training with distributed,
   evaluation with metrics and generation, export, human evaluation). It imports none of the
-  project's other packages and never ClearML: it runs the same with or without a server.
-- ``clearml_adapter/``: the one place that talks to ClearML; it may import the library.
-- ``steps/``: each step's options and its ``run``; the library and the adapter.
-- ``pipelines/``: the pipeline's definition, controller, runners, launch checks and the sweep; any of the above.
+  project's other packages, never ClearML and never argparse: it runs the same with or without a
+  server, called from any code.
+- ``cli/``: what every command line shares (argparse's parser, booleans, a dataclass's options); the library.
+- ``clearml_adapter/``: the one place that talks to ClearML; the library and cli.
+- ``steps/``: each step's options and its ``run``; the layers above.
+- ``pipelines/``: the pipeline's definition, controller, runners, launch checks and the sweep; the layers above.
+- ``tools/``: the command-line tools that are not steps (try a model, count its parameters, write the
+  tiny tasks, write docs/cli.md, which reads every command); any of them.
 
 Every import counts, those inside functions too (they run as surely, only later), and no module
 reaches itself through the imports of others.
@@ -17,16 +21,20 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import PRODUCT_PACKAGES, ROOT
 
 # Layer -> the project's packages it may import besides its own.
 MAY_IMPORT = {
     "components": set(),
-    "clearml_adapter": {"components"},
-    "steps": {"components", "clearml_adapter"},
-    "pipelines": {"components", "clearml_adapter", "steps"},
+    "cli": {"components"},
+    "clearml_adapter": {"components", "cli"},
+    "steps": {"components", "cli", "clearml_adapter"},
+    "pipelines": {"components", "cli", "clearml_adapter", "steps"},
+    "tools": {"components", "cli", "clearml_adapter", "steps", "pipelines"},
 }
-NEVER_IN_THE_LIBRARY = ("clearml", "clearml_agent", "clearml_serving")
+assert tuple(MAY_IMPORT) == PRODUCT_PACKAGES  # every package of the product is a layer, in their order
+
+NEVER_IN_THE_LIBRARY = ("clearml", "clearml_agent", "clearml_serving", "argparse")
 
 
 def module_name(path: Path) -> str:
@@ -60,7 +68,7 @@ def layer_of(module: str) -> str:
     return module.split(".")[0]
 
 
-def test_the_library_never_imports_clearml():
+def test_the_library_never_imports_clearml_or_argparse():
     reached = {
         module: sorted(name for name in imports if name.split(".")[0] in NEVER_IN_THE_LIBRARY)
         for module, imports in IMPORTS.items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from conftest import ROOT
+from conftest import PRODUCT_PACKAGES, ROOT
 from markdown_tables import table_rows
 
 RECORD = ROOT / "benchmarks" / "results" / "mutation.md"
@@ -15,7 +15,7 @@ def product_modules() -> set[str]:
     """Every file of the product that holds a function for mutmut to mutate (a link is measured as the file it names)."""
     files = [
         path
-        for package in ("components", "clearml_adapter", "steps", "pipelines")
+        for package in PRODUCT_PACKAGES
         for path in (ROOT / package).rglob("*.py")
         if not path.is_symlink()
     ]

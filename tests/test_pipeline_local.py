@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from tolerances import LOSS_RTOL
 
 from components.data import read_tsv
-from components.generation import DECODING_PRESETS, generate_predictions
+from components.decoding import DECODING_PRESETS
+from components.generation import generate_predictions
 from components.lora import merge_lora
 from components.metrics import PROTOCOL_METRICS
 from components.modeling import apply_adapter_settings, load_base_model, load_finetuned, load_tokenizer, read_adapter_config
@@ -307,7 +308,7 @@ def test_generation_cli_uses_the_model_directory(summary, clearml_home):
     out = run_script(
         clearml_home,
         "-m",
-        "components.generation",
+        "tools.generate",
         "--model-dir",
         summary["model_dir"],
         "--decoding",

@@ -11,8 +11,9 @@ from conftest import ASCII_LOCALE, ROOT, run_script
 from forked import run_main
 
 from clearml_adapter.connection import SERVER_CHECK_TIMEOUT_S
-from components.cli import option_flag, setting
+from cli.options import option_flag
 from components.errors import UserError
+from components.settings import setting
 from pipelines import definition
 from pipelines.controller import step_parser
 from pipelines.definition import (

@@ -145,7 +145,7 @@ def reported_by_the_server_sweep() -> set[tuple[str, str]]:
     recorded, for a completed trial and a failed one)."""
     from test_human_eval_statistics import RecordingLogger
 
-    from pipelines.hpo_server import TrialRecord, report_trials
+    from pipelines.sweep.server import TrialRecord, report_trials
 
     logger = RecordingLogger()
     records = [TrialRecord("t1", "completed", 0.5, {"lora_rank": "4"}), TrialRecord("t2", "failed", None, {"lora_rank": "8"})]

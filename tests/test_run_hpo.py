@@ -13,9 +13,11 @@ from forked import run_main
 
 from components.errors import UserError
 from components.settings import BASE_MODEL, CLEARML_PROJECT
-from pipelines import hpo_local, hpo_server, run_hpo
+from pipelines import run_hpo
 from pipelines.queues import QueueUse
 from pipelines.run_hpo import build_parser, parse_values, search_space
+from pipelines.sweep import local as hpo_local
+from pipelines.sweep import server as hpo_server
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def expected_output(summary: dict, output_dir: Path, compared: bool, export: dic
         "",
         f"Report:   {output_dir / REPORT_FILE}",
         "Model directory: /models/evaluate-4",
-        '  try it:  python -m components.generation --model-dir /models/evaluate-4 "Назови столицу Франции."',
+        '  try it:  python -m tools.generate --model-dir /models/evaluate-4 "Назови столицу Франции."',
     ]
     if export:
         lines.append(f"Exported: {export['model_dir']} (a plain Hugging Face checkpoint)")

@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from clearml import Task
 from clearml_adapter import tracking
-from components.generation import DECODING_PRESETS
+from components.decoding import DECODING_PRESETS
 
 work = Path(tempfile.mkdtemp())
 adapter = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "adapter"

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from readme_commands import commands_starting, the_command
 
-from components.generation import DECODING_PRESETS, generate_predictions
+from components.decoding import DECODING_PRESETS
+from components.generation import generate_predictions
 from components.modeling import load_finetuned
 from tests.e2e.harness import run_in_group
 from tests.test_server_errors import api, server  # noqa: F401 (fixtures)

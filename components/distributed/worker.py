@@ -2,16 +2,16 @@
 
     python -m components.distributed.worker <module:function> <arguments as JSON>
 
-Calls the entry function with rank 0's parsed arguments (an ``argparse.Namespace``). An error
+Calls the entry function with rank 0's parsed arguments (as attributes of a namespace, as argparse gives them). An error
 ends the rank with one line on stderr (forwarded to rank 0's log) and exit status 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
+from types import SimpleNamespace
 
 from components.errors import errors_end_the_process
 
@@ -20,7 +20,7 @@ def main() -> None:
     entry, arguments = sys.argv[1], json.loads(sys.argv[2])
     module, function = entry.split(":")
     with errors_end_the_process():  # a rank has no task to fail: rank 0 reports the run's end
-        getattr(importlib.import_module(module), function)(argparse.Namespace(**arguments))
+        getattr(importlib.import_module(module), function)(SimpleNamespace(**arguments))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Print the parameter counts of ruT5-large with the adapters, without downloading it.
 
-    python -m components.stats [--lora-rank R] [--prompt-length P]
+    python -m tools.stats [--lora-rank R] [--prompt-length P]
 
 The defaults reproduce the published figures: 740,047,872 total, 2,379,776 trainable (0.32%).
 """
 
 from __future__ import annotations
 
-from components.cli import ArgumentParser
+from cli.options import ArgumentParser
 from components.modeling import parameter_stats, rut5_large_on_meta
 from components.settings import BASE_MODEL, AdapterSettings
 

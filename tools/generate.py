@@ -1,0 +1,46 @@
+"""Try a fine-tuned model: generate answers to instructions with a model directory.
+
+    python -m tools.generate --model-dir DIR [--decoding beam] "текст" ...
+
+The directory is one the train or register step wrote (its adapter and tokenizer, and the base it names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+
+from cli.options import ArgumentParser, add_settings
+from components.decoding import DecodingOptions, chosen_decoding
+from components.errors import UserError
+from components.generation import generate_predictions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, help="directory written by the train or register step")
+    parser.add_argument("--batch-size", type=int, default=16, help="texts generated together")
+    add_settings(parser, DecodingOptions)
+    parser.add_argument("texts", nargs="+", help="instructions (with their input on a new line)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    from components.modeling import load_finetuned
+
+    args = build_parser().parse_args(argv)
+    decoding = chosen_decoding(args)
+    try:
+        model, tokenizer = load_finetuned(args.model_dir)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    print(f"# {decoding.describe()}")
+    predictions = generate_predictions(model, tokenizer, args.texts, batch_size=args.batch_size, **asdict(decoding))
+    for text, prediction in zip(args.texts, predictions):
+        print(f"> {text}\n{prediction}\n")
+    return predictions
+
+
+if __name__ == "__main__":
+    main()
