@@ -13,12 +13,7 @@ HEADER = "| module | mutants | killed | equivalent | not killed | score | score 
 
 def product_modules() -> set[str]:
     """Every file of the product that holds a function for mutmut to mutate (a link is measured as the file it names)."""
-    files = [
-        path
-        for package in PRODUCT_PACKAGES
-        for path in (ROOT / package).rglob("*.py")
-        if not path.is_symlink()
-    ]
+    files = [path for package in PRODUCT_PACKAGES for path in (ROOT / package).rglob("*.py") if not path.is_symlink()]
     return {
         path.relative_to(ROOT).as_posix()
         for path in files
