@@ -37,9 +37,8 @@ from pipelines.repository import check_repository
 from pipelines.run_pipeline import build_parser as pipeline_parser
 from pipelines.run_pipeline import pipeline_parameters
 
-# Sweepable train-step argument -> (the sweep's option holding its values, their type, the values tried unless told others):
-# the pipeline parameters declared with ``sweep`` (steps/config.py).
-SWEPT = {name: (parameter.sweep_option, parameter.kind, parameter.sweep) for name, parameter in PARAMETERS.items() if parameter.sweep is not None}
+# The sweepable train-step arguments: the pipeline parameters declared with ``sweep`` (steps/config.py).
+SWEPT = {name: parameter for name, parameter in PARAMETERS.items() if parameter.sweep is not None}
 
 
 def parse_values(text: str, kind: type, option: str) -> list:
@@ -64,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--preset", choices=sorted(PRESETS), help="model, data and training settings of every trial (default published)")
     local.add_argument("--output-dir", help="study, trials and hpo_summary.json (default runs/hpo-<preset>)")
     space = parser.add_argument_group("search space (parameter names as the train step exposes them)")
-    for name, (option, _, values) in SWEPT.items():
+    for name, parameter in SWEPT.items():
         space.add_argument(
-            option_flag(option),
-            default=values,
-            help=f"values of {name} (default: {values or 'not swept: the value of the preset, or of the template'})",
+            option_flag(parameter.sweep_option),
+            default=parameter.sweep,
+            help=f"values of {name} (default: {parameter.sweep or 'not swept: the value of the preset, or of the template'})",
         )
     parser.add_argument("--trials", type=int, default=12, help="number of trials (total jobs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the order in which the grid is tried)")
@@ -121,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def search_space(args: argparse.Namespace) -> dict[str, list]:
     """Swept train-step argument -> its values; an empty option is not swept."""
-    space = {name: parse_values(getattr(args, option), kind, option_flag(option)) for name, (option, kind, _) in SWEPT.items()}
+    space = {name: parse_values(getattr(args, p.sweep_option), p.kind, option_flag(p.sweep_option)) for name, p in SWEPT.items()}
     return {name: values for name, values in space.items() if values}
 
 

@@ -52,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Each pipeline parameter is an option here, and its help is what the UI shows beside the parameter: the controller
     # task's Args hold the launch's options and the pipeline's parameters under the same names, with the options' help.
     overrides = parser.add_argument_group("overrides of the preset (pipeline parameters; unset: the preset's value)")
+    presets = {preset: preset_values(values) for preset, values in PRESETS.items()}
     for parameter in PARAMETERS.values():
         overrides.add_argument(
             option_flag(parameter.name),
-            help=parameter_help(parameter),
+            help=parameter_help(parameter, presets),
             **option_kwargs(parameter.kind, Setting(parameter.help, choices=parameter.choices)),
         )
     server = parser.add_argument_group("ClearML server")
@@ -76,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parameter_help(parameter: Parameter) -> str:
-    """The parameter's help and its value in each preset (when one gives it a value: else the help says what unset means)."""
-    values = {preset: shown_default(preset_values(PRESETS[preset])[parameter.name]) for preset in PRESETS}
+def parameter_help(parameter: Parameter, presets: Mapping[str, Mapping[str, Any]]) -> str:
+    """The parameter's help and its value in each preset (preset -> every parameter's value), when one gives it a value:
+    else the help says what unset means."""
+    values = {preset: shown_default(values[parameter.name]) for preset, values in presets.items()}
     if all(value == "None" for value in values.values()):
         return parameter.help
     if len(set(values.values())) == 1:
