@@ -27,7 +27,7 @@ from generation import sample_texts
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from components.decoding import Decoding
-from components.export.ctranslate2_model import convert_to_ctranslate2, generate_with_ctranslate2, suppressed_tokens
+from components.export.ctranslate2_model import CTranslate2Generator, convert_to_ctranslate2
 from components.export.plain_checkpoint import export_plain_checkpoint
 from components.modeling import apply_peft, save_adapter
 from components.settings import SAMPLE_DATA_DIR, AdapterSettings, TokenizationSettings
@@ -95,16 +95,12 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         export, converted = export_random_model(args.size, Path(folder))
         tokenizer = AutoTokenizer.from_pretrained(export)
-        suppress = suppressed_tokens(export, tokenizer)
         results = {}
         for precision in ("float32", "int8"):
             results[f"transformers_{precision}"] = rates(transformers_generator(export, tokenizer, precision, new), texts, args.single_texts, new)
-            translator = ctranslate2.Translator(str(converted), device="cpu", compute_type=precision, intra_threads=threads)
+            generator = CTranslate2Generator(converted, device="cpu", compute_type=precision, intra_threads=threads)
             results[f"ctranslate2_{precision}"] = rates(
-                lambda batch: generate_with_ctranslate2(translator, tokenizer, batch, suppress=suppress, max_new_tokens=new, min_new_tokens=new),
-                texts,
-                args.single_texts,
-                new,
+                lambda batch: generator.generate(batch, max_new_tokens=new, min_new_tokens=new), texts, args.single_texts, new
             )
     same = sum(a == b for a, b in zip(results["transformers_float32"]["tokens"], results["ctranslate2_float32"]["tokens"]))
     result = {

@@ -2,7 +2,8 @@
 
 An adapter directory holds only what was trained, never the frozen base::
 
-    adapter_config.json     base model (hub id or local dir) and AdapterSettings
+    adapter_config.json     base model (hub id or local dir), AdapterSettings and the input length
+                            trained with (``max_input_length``: evaluation and the export cut there)
     adapter.safetensors     lora_A / lora_B of every wrapped layer, and the prompt
     tokenizer files         so the directory alone is enough to tokenize (required: loading
                             never falls back to the base model's tokenizer)
@@ -10,6 +11,7 @@ An adapter directory holds only what was trained, never the frozen base::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, 
 from components.errors import UserError
 from components.lora import LoRALayer, inject_lora, merge_lora
 from components.prompt_tuning import attach_prompt
-from components.settings import RUT5_LARGE_CONFIG, TINY_MODEL, AdapterSettings
+from components.settings import RUT5_LARGE_CONFIG, TINY_MODEL, AdapterSettings, TokenizationSettings
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -116,15 +118,29 @@ def adapter_weights_bytes(model: nn.Module) -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
+def adapter_digest(model_dir: str | Path) -> str:
+    """The SHA-256 of the adapter's weights file: what an evaluation records, so that its figures are never shown for other weights."""
+    return hashlib.sha256((Path(model_dir) / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
+
+
 def save_adapter_weights(model: nn.Module, path: str | Path) -> None:
     Path(path).write_bytes(adapter_weights_bytes(model))
 
 
-def save_adapter(model: nn.Module, directory: str | Path, base_model: str, settings: AdapterSettings, tokenizer: PreTrainedTokenizerBase) -> Path:
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    base_model: str,
+    settings: AdapterSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_input_length: int = TokenizationSettings.max_input_length,
+) -> Path:
+    """Write the adapter folder; ``max_input_length`` is the input length the model was trained with."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_adapter_weights(model, directory / ADAPTER_WEIGHTS)
-    config = {"base_model": base_model, **settings.to_dict()}
+    config = {"base_model": base_model, **settings.to_dict(), "max_input_length": max_input_length}
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(directory)
     return directory
@@ -153,6 +169,10 @@ def copy_adapter_tensors(model: nn.Module, saved: dict[str, torch.Tensor], weigh
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in saved.items():
+            if not torch.isfinite(tensor).all():
+                raise ModelLoadError(
+                    f"{weights_path}: {name} holds non-finite values (NaN or inf); the training diverged, so evaluate another checkpoint."
+                )
             if params[name].shape != tensor.shape:
                 raise ModelLoadError(
                     f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}: "
@@ -173,6 +193,20 @@ def read_adapter_config(model_dir: str | Path) -> tuple[str, AdapterSettings]:
             ) from None
         raise ModelLoadError(f"{path} not found; --model-dir must be a directory written by the train or register step.") from None
     return config["base_model"], AdapterSettings.from_dict(config)
+
+
+def input_length_for(model_dir: str | Path, override: int | None = None) -> int:
+    """``override``, or else the input length the adapter in ``model_dir`` was trained with (recorded by :func:`save_adapter`)."""
+    if override is not None:
+        return override
+    read_adapter_config(model_dir)  # a missing or plain folder: its own sentence
+    config = json.loads((Path(model_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if "max_input_length" not in config:
+        raise ModelLoadError(
+            f"{Path(model_dir) / ADAPTER_CONFIG} records no max_input_length (the adapter was saved before it was recorded): "
+            "give --max-input-length, the preprocess step's value it was trained with."
+        )
+    return int(config["max_input_length"])
 
 
 def load_finetuned(model_dir: str | Path, *, merge: bool = True, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

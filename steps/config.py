@@ -25,7 +25,8 @@ from components.metrics import BEST_METRICS, PROTOCOL_METRICS
 from components.settings import BASE_MODEL, DATASET_ID, PRECISIONS, SELECTION_METRIC, AdapterSettings, TokenizationSettings, TrainingSettings, setting
 
 MODEL_HELP = "hub id or local directory of the base model"
-MAX_INPUT_HELP = "tokens kept of each input (instruction and input): in training, evaluation and the export"
+MAX_INPUT_HELP = "tokens kept of each input (instruction and input) in training; the model records it for evaluation and the export"
+TRAINED_INPUT_HELP = "tokens kept of each input (default: the length the model was trained with, recorded in its adapter_config.json)"
 MAX_TARGET_HELP = "tokens kept of each reference output: in training and in the test loss"
 
 
@@ -144,7 +145,7 @@ class EvaluateOptions(DecodingOptions):
     test_tsv: str | None = setting(None, "instead of a task id: a test TSV file (default: none)")
     max_samples: int | None = setting(None, "score only the first N test rows (default: all)", pipeline="max_test_samples")
     batch_size: int = setting(16, "test rows generated and scored together")
-    max_input_length: int = setting(TokenizationSettings.max_input_length, MAX_INPUT_HELP, pipeline=True)
+    max_input_length: int | None = setting(None, TRAINED_INPUT_HELP)
     max_target_length: int = setting(TokenizationSettings.max_target_length, MAX_TARGET_HELP, pipeline=True)
     compare_base: bool = setting(True, "also score the untuned base (adapters at their initial values) on the same rows", pipeline=True)
     seed: int = setting(0, "seed of sampling (--decoding sampling)")
@@ -162,7 +163,7 @@ class RegisterOptions:
 class ExportOptions:
     register_task_id: str | None = setting(None, "ClearML task id of the register step, whose model artifact is exported (default: --model-dir)")
     model_dir: str | None = setting(None, "instead of a task id: a model folder written by the register or train step (default: none)")
-    max_input_length: int = setting(TokenizationSettings.max_input_length, MAX_INPUT_HELP, pipeline=True)
+    max_input_length: int | None = setting(None, TRAINED_INPUT_HELP)
     ctranslate2: bool = setting(
         False,
         "also convert the export for CTranslate2 (float32; quantize with compute_type when loading) into <output-dir>/ctranslate2",

@@ -37,7 +37,7 @@ from components.comparison import compare, comparison_table
 from components.data import preprocess, read_tsv, source_text
 from components.decoding import Decoding, chosen_decoding
 from components.generation import generate_predictions
-from components.modeling import load_finetuned, load_untuned
+from components.modeling import adapter_digest, input_length_for, load_finetuned, load_untuned
 from components.threads import use_cpu_threads_for
 from components.training import evaluation_loader, validation_loss
 from steps.config import EvaluateOptions
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace, task) -> dict:
     model_dir = tracking.upstream_input(args.train_task_id, "adapter", args.model_dir, ("--train-task-id", "--model-dir"), "an adapter directory")
     print(f"Evaluating on {len(frame)} test rows with {decoding.describe()}.")
     metric = evaluate.load(str(METRIC_MODULE))
+    args.max_input_length = input_length_for(model_dir, args.max_input_length)
+    print(f"Inputs are cut at {args.max_input_length} tokens.")
     metrics, predictions = score(*load_finetuned(model_dir), frame, args, decoding, metric)
     table = frame.assign(prediction=predictions)[["instruction", "input", "output", "prediction"]]
     base_metrics = None
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace, task) -> dict:
         "difference": compare(metrics, base_metrics),
         "decoding": {"preset": args.decoding, **asdict(decoding), "description": decoding.describe()},
         "rows": len(frame),
+        "max_input_length": args.max_input_length,
+        "adapter_sha256": adapter_digest(model_dir),
         "train_task_id": args.train_task_id,
         "model_dir": None if args.train_task_id else str(model_dir),
     }

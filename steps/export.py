@@ -2,7 +2,7 @@
 
     python steps/export.py --local --register-task-id offline-... --ctranslate2 --output-dir runs/export
 
-The LoRA updates are merged into the weights and the prompt becomes added tokens that the tokenizer
+The LoRA updates are merged into the weights and the prompt becomes vocabulary rows that the tokenizer
 puts before every input (components/export/plain_checkpoint.py), so that
 
     AutoTokenizer.from_pretrained("runs/export/model"), AutoModelForSeq2SeqLM.from_pretrained("runs/export/model")
@@ -32,33 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clearml_adapter import tracking
 from cli.options import ArgumentParser, add_settings
 from components.decoding import Decoding
+from components.errors import UserError
 from components.export.ctranslate2_model import convert_to_ctranslate2
+from components.export.model_card import model_card
 from components.export.plain_checkpoint import export_plain_checkpoint
+from components.modeling import ADAPTER_WEIGHTS, adapter_digest, input_length_for
 from steps.config import ExportOptions
 
 PLAIN_MODEL_NAME = "ruT5-large LoRA+prompt (plain checkpoint)"  # with --model-dir; else the adapter model's name + " (plain checkpoint)"
-CARD = """---
-library_name: transformers
-pipeline_tag: text2text-generation
-base_model: {base_model}
-language: ru
----
-
-# {base_model}, fine-tuned with LoRA (rank {lora_rank}) and prompt tuning ({prompt_length} tokens), merged
-
-A plain `T5ForConditionalGeneration` checkpoint: the LoRA updates are merged into the attention's `q` and `v`
-weights, and the trained prompt is {prompt_length} added tokens (`<prompt_0>` ...) that the tokenizer puts before
-every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did
-({decoding}) and never emits the prompt tokens. Inputs are truncated at {max_input_length} tokens plus the prompt.
-
-**Not with `T5Tokenizer`**: `T5Tokenizer.from_pretrained` builds T5's own template, which leaves the prompt tokens
-out, and the model then answers without its trained prompt. `AutoTokenizer` (with `use_fast=False` too) and
-`PreTrainedTokenizerFast` load the tokenizer that prepends them; there is no sentencepiece tokenizer in this folder.
-
-## Evaluation
-
-{evaluation}
-"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,31 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_card(info: dict, evaluation: dict | None) -> str:
-    if evaluation:
-        rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation["metrics"].items())
-        scored = f"On {evaluation['rows']} test rows, {evaluation['decoding']['description']}:\n\n| metric | value |\n|---|---|\n{rows}"
-    else:
-        scored = "Not evaluated: the exported folder had no evaluation.json."
-    return CARD.format(
-        base_model=info["base_model"],
-        lora_rank=info["lora_rank"],
-        prompt_length=len(info["prompt_token_ids"]),
-        decoding=info["decoding"]["description"],
-        max_input_length=info["max_input_length"],
-        evaluation=scored,
-    )
+def read_evaluation(model_dir: Path) -> dict | None:
+    """The evaluation the registered folder carries (None if it has none), refused if it scored other weights than the folder's."""
+    path = model_dir / "evaluation.json"
+    if not path.is_file():
+        return None
+    evaluation = json.loads(path.read_text(encoding="utf-8"))
+    if evaluation.get("adapter_sha256") != adapter_digest(model_dir):
+        raise UserError(
+            f"{path} does not describe {model_dir / ADAPTER_WEIGHTS} (its adapter_sha256 is "
+            f"{evaluation.get('adapter_sha256') or 'missing'}): evaluate these weights again, or remove it to export without figures."
+        )
+    return evaluation
 
 
 def run(args: argparse.Namespace, task) -> dict:
     model_dir = tracking.upstream_input(args.register_task_id, "model", args.model_dir, ("--register-task-id", "--model-dir"), "a model folder")
-    evaluation_path = model_dir / "evaluation.json"
-    evaluation = json.loads(evaluation_path.read_text(encoding="utf-8")) if evaluation_path.is_file() else None
+    evaluation = read_evaluation(model_dir)
     decoding = evaluation["decoding"] if evaluation else {**asdict(Decoding()), "description": Decoding().describe()}
     output = args.output_dir / "model"
-    info = export_plain_checkpoint(model_dir, output, decoding=decoding, max_input_length=args.max_input_length)
+    max_input_length = input_length_for(model_dir, args.max_input_length)
+    info = export_plain_checkpoint(model_dir, output, decoding=decoding, max_input_length=max_input_length)
     (output / "README.md").write_text(model_card(info, evaluation), encoding="utf-8")
-    print(f"Exported {model_dir} to {output}: a plain checkpoint, prompt tokens {info['prompt_token_ids'][0]}..{info['prompt_token_ids'][-1]}.")
+    print(
+        f"Exported {model_dir} to {output}: a plain checkpoint, prompt tokens {info['prompt_token_ids'][0]}..{info['prompt_token_ids'][-1]}, "
+        f"inputs cut at {max_input_length} tokens."
+    )
     result = {"model_dir": str(output), **info, "model_id": None if task.is_offline() else register(task, args, output, info, evaluation)}
     if args.ctranslate2:
         converted = convert_to_ctranslate2(output, args.output_dir / "ctranslate2")

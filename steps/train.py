@@ -64,10 +64,12 @@ def load_splits(directory: Path, model: str):
     summary_path = directory / TOKENIZATION_FILE
     if not summary_path.exists():
         raise UserError(f"{directory} holds no {TOKENIZATION_FILE}; --data-dir must be the tokenized folder written by the preprocess step.")
-    tokenized_with = json.loads(summary_path.read_text(encoding="utf-8"))["model"]
-    if tokenized_with != model:
-        raise UserError(f"The data was tokenized for {tokenized_with!r} but --model is {model!r}; preprocess with the same --model.")
-    return load_from_disk(str(directory / "train")), load_from_disk(str(directory / "validation"))
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if summary["model"] != model:
+        raise UserError(f"The data was tokenized for {summary['model']!r} but --model is {model!r}; preprocess with the same --model.")
+    if "max_input_length" not in summary:
+        raise UserError(f"{summary_path} records no max_input_length: preprocess the data again with this version of steps/preprocess.py.")
+    return load_from_disk(str(directory / "train")), load_from_disk(str(directory / "validation")), summary["max_input_length"]
 
 
 def adapter_settings(args: argparse.Namespace) -> AdapterSettings:
@@ -116,9 +118,9 @@ def run(args: argparse.Namespace, task) -> dict | None:
 
 
 def load_inputs(tokenized: Path, model: str) -> tuple:
-    """The tokenized train and validation splits and the model's tokenizer."""
-    train_split, validation_split = load_splits(tokenized, model)
-    return train_split, validation_split, load_tokenizer(model)
+    """The tokenized train and validation splits, the model's tokenizer and the input length the splits were cut at."""
+    train_split, validation_split, max_input_length = load_splits(tokenized, model)
+    return train_split, validation_split, load_tokenizer(model), max_input_length
 
 
 def join_nodes(args: argparse.Namespace, task) -> int:
@@ -170,7 +172,7 @@ def train_on_rank(args: argparse.Namespace, inputs: tuple | None = None, task=No
 
 def _train(args: argparse.Namespace, inputs: tuple, task, resume_from: Path | None, world: World) -> dict | None:
     settings, config = adapter_settings(args), train_config(args)
-    train_split, validation_split, tokenizer = inputs
+    train_split, validation_split, tokenizer, max_input_length = inputs
     torch.manual_seed(args.seed)
     model = apply_adapter_settings(load_base_model(args.model), settings)
     model.to(torch.device("cuda", world.local_rank) if torch.cuda.is_available() else "cpu")
@@ -211,7 +213,7 @@ def _train(args: argparse.Namespace, inputs: tuple, task, resume_from: Path | No
     if not world.is_main:
         return None
     load_adapter_weights(model, args.output_dir / "checkpoints" / "best" / "adapter.safetensors")
-    adapter_dir = save_adapter(model, args.output_dir / "adapter", args.model, settings, tokenizer)
+    adapter_dir = save_adapter(model, args.output_dir / "adapter", args.model, settings, tokenizer, max_input_length=max_input_length)
     summary = {
         "model": args.model,
         "adapter": settings.to_dict(),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -65,24 +64,24 @@ def tiny_model_dir() -> Path:
     return build_tiny_model()
 
 
-TINY_EXPORT_MAX_TOKENS = 12  # the input length the tiny export's tokenizer truncates at
+TINY_EXPORT_PROMPT = 4  # prompt tokens of the tiny export
+TINY_EXPORT_MAX_TOKENS = 12  # the input length the tiny export's tokenizer truncates at, its prompt tokens included
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model as an export folder: a tokenizer that truncates (at ``TINY_EXPORT_MAX_TOKENS``), a generation
-    config that suppresses two tokens (as the export suppresses the prompt tokens), and a model card."""
+    """A random adapter on the tiny model exported as the export step does (components/export/plain_checkpoint.py):
+    prompt tokens past the vocabulary, suppressed in generation, inputs cut at ``TINY_EXPORT_MAX_TOKENS`` tokens, and a model card."""
+    from components.decoding import Decoding
+    from components.export.plain_checkpoint import export_plain_checkpoint
+    from components.settings import AdapterSettings
+
     folder = tmp_path_factory.mktemp("tiny-export")
-    for file in tiny_model_dir.iterdir():
-        shutil.copy(file, folder / file.name)
-    for name, changes in (
-        ("generation_config.json", {"suppress_tokens": [5, 7]}),
-        ("tokenizer_config.json", {"model_max_length": TINY_EXPORT_MAX_TOKENS}),
-    ):
-        settings = json.loads((folder / name).read_text(encoding="utf-8"))
-        (folder / name).write_text(json.dumps({**settings, **changes}), encoding="utf-8")
-    (folder / "README.md").write_text("---\nlicense: mit\n---\n# Модель\n", encoding="utf-8")
-    return folder
+    adapter = random_adapter(tiny_model_dir, folder / "adapter", AdapterSettings(prompt_length=TINY_EXPORT_PROMPT))
+    decoding = {**asdict(Decoding()), "description": Decoding().describe()}
+    export_plain_checkpoint(adapter, folder / "model", decoding=decoding, max_input_length=TINY_EXPORT_MAX_TOKENS - TINY_EXPORT_PROMPT)
+    (folder / "model" / "README.md").write_text("---\nlicense: mit\n---\n# Модель\n", encoding="utf-8")
+    return folder / "model"
 
 
 def random_adapter(base: Path, folder: Path, settings) -> Path:

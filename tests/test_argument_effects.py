@@ -198,6 +198,7 @@ EFFECTS: dict[str, dict[str, str]] = {
     "tools/generate.py": {
         "--model-dir": CLI_ANSWERS,
         "--batch-size": "tests/test_generation.py::test_the_command_line_generates_in_batches_of_batch_size",
+        "--max-input-length": "tests/test_generation.py::test_the_command_line_cuts_inputs_where_the_model_was_trained_to_or_where_asked",
         "--decoding": CLI_ANSWERS,
         "--num-beams": CLI_ANSWERS,
         "--do-sample": CLI_ANSWERS,

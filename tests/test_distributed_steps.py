@@ -35,7 +35,7 @@ def tokenized(tiny_model_dir, tmp_path_factory) -> Path:
     frame = read_tsv("data/sample/train.tsv")
     preprocess(frame.iloc[:70], tokenizer, 32, 32).save_to_disk(str(directory / "train"))
     preprocess(frame.iloc[70:82], tokenizer, 32, 32).save_to_disk(str(directory / "validation"))
-    (directory / TOKENIZATION_FILE).write_text(json.dumps({"model": str(tiny_model_dir)}), encoding="utf-8")
+    (directory / TOKENIZATION_FILE).write_text(json.dumps({"model": str(tiny_model_dir), "max_input_length": 32}), encoding="utf-8")
     return directory
 
 

@@ -2,6 +2,7 @@
 and the test loss for the tuned model and the untuned base, the scores it records against the metric computed here,
 its files, artifacts and ClearML scalars, where its inputs come from, and each refusal."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from components.modeling import load_finetuned
 from components.settings import AdapterSettings
 from steps import evaluate as evaluate_step
 
+TRAINED_INPUT_LENGTH = 13
 TEST_ROWS = 24  # the first rows of data/sample/test.tsv scored by --max-samples: more than the 20 rows of the samples table
 OPTIONS = [
     "--max-samples",
@@ -37,7 +39,11 @@ OPTIONS = [
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir, tmp_path_factory) -> Path:
-    return random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"), AdapterSettings(lora_rank=2, prompt_length=3))
+    """An adapter folder trained, as its adapter_config.json records, at another input length than the default."""
+    folder = random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"), AdapterSettings(lora_rank=2, prompt_length=3))
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "max_input_length": TRAINED_INPUT_LENGTH}), encoding="utf-8")
+    return folder
 
 
 def recording_main(record: Path):
@@ -142,6 +148,11 @@ def test_the_tuned_model_and_the_base_are_scored_on_the_rows_and_options_asked_f
         "description": "sampling (temperature=0.7, top_k=7, top_p=0.95), at most 3 new tokens",
     }
     assert (evaluation["rows"], evaluation["train_task_id"], evaluation["model_dir"]) == (TEST_ROWS, None, str(adapter))
+    assert (evaluation["max_input_length"], evaluation["adapter_sha256"]) == (
+        9,
+        hashlib.sha256((adapter / "adapter.safetensors").read_bytes()).hexdigest(),
+    )
+    assert "Inputs are cut at 9 tokens." in completed.stdout.splitlines()
     assert result["outputs"] == evaluation
 
     lines = completed.stdout.splitlines()
@@ -202,10 +213,20 @@ def test_task_ids_come_before_paths_and_without_a_base_nothing_of_it_is_computed
     calls = json.loads(record.read_text(encoding="utf-8"))
     assert [(call["call"], call["tuned"]) for call in calls] == [("generate", True), ("loader", True), ("loss", True)]
     assert len(calls[0]["sources"]) == 6 and calls[0]["sources"][0].startswith(test_rows["instruction"].iloc[0].strip())
-    assert (calls[0]["batch_size"], calls[0]["max_input_length"], calls[0]["seed"], calls[2]["precision"]) == (16, 100, 0, "fp32")  # the defaults
+    assert (calls[0]["batch_size"], calls[0]["max_input_length"], calls[0]["seed"], calls[2]["precision"]) == (
+        16,
+        TRAINED_INPUT_LENGTH,
+        0,
+        "fp32",
+    )  # the defaults; the input length the adapter records
     assert (calls[0]["num_beams"], calls[0]["do_sample"]) == (1, False)  # the greedy preset
     evaluation = result["outputs"]
-    assert (evaluation["base_metrics"], evaluation["difference"], evaluation["rows"]) == (None, None, 6)
+    assert (evaluation["base_metrics"], evaluation["difference"], evaluation["rows"], evaluation["max_input_length"]) == (
+        None,
+        None,
+        6,
+        TRAINED_INPUT_LENGTH,
+    )
     assert (evaluation["train_task_id"], evaluation["model_dir"]) == (train_id, None)
     assert evaluation["decoding"]["preset"] == "greedy"
     assert list(pd.read_csv(out / "predictions.tsv", sep="\t").columns) == ["instruction", "input", "output", "prediction"]

@@ -4,6 +4,7 @@ registered export with its parent, name, tags, metadata and publication."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,9 +22,11 @@ from tests.clearml_server.process import ServerProcess
 from tests.e2e.server_api import ServerApi
 
 SETTINGS = AdapterSettings(lora_rank=3, prompt_length=3)
+TRAINED_INPUT_LENGTH = 41  # what the registered folder's adapter_config.json records (not the default 100)
 EVALUATION = {
     "metrics": {"bleu": 0.123456, "chrf": 0.98765, "loss": 2.5},
     "rows": 17,
+    "max_input_length": 55,  # evaluated with an override: the card says so
     "decoding": {
         "preset": "beam",
         "num_beams": 3,
@@ -41,7 +44,10 @@ EVALUATION = {
 def registered(tiny_model_dir, tmp_path_factory) -> Path:
     """A registered model folder: an adapter with the evaluation the register step adds."""
     folder = random_adapter(tiny_model_dir, tmp_path_factory.mktemp("registered"), SETTINGS)
-    (folder / "evaluation.json").write_text(json.dumps(EVALUATION), encoding="utf-8")
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "max_input_length": TRAINED_INPUT_LENGTH}), encoding="utf-8")
+    digest = hashlib.sha256((folder / "adapter.safetensors").read_bytes()).hexdigest()  # the weights evaluated
+    (folder / "evaluation.json").write_text(json.dumps({**EVALUATION, "adapter_sha256": digest}), encoding="utf-8")
     return folder
 
 
@@ -78,23 +84,34 @@ def test_the_export_carries_the_evaluations_decoding_the_input_length_asked_for_
         "max_input_length": 7,
         "model_id": None,
     }
-    assert f"Exported {registered} to {model}: a plain checkpoint, prompt tokens 1000..1002." in completed.stdout.splitlines()
+    assert f"Exported {registered} to {model}: a plain checkpoint, prompt tokens 1000..1002, inputs cut at 7 tokens." in completed.stdout.splitlines()
     assert not (out / "ctranslate2").exists() and "CTranslate2" not in completed.stdout and "Registered" not in completed.stdout
     assert (task_record(result)["name"], task_record(result)["type"]) == ("export", "custom")
 
     card = (model / "README.md").read_text(encoding="utf-8")
     assert card_figures(card) == {
         "rows": [["bleu", "0.1235"], ["chrf", "0.9877"], ["loss", "2.5000"]],
-        "front matter": ["library_name: transformers", "pipeline_tag: text2text-generation", f"base_model: {tiny_model_dir}", "language: ru"],
+        # The base model is a local folder here: a name the hub refuses, so the front matter leaves it out.
+        "front matter": [
+            "language: ru",
+            "library_name: transformers",
+            "tags:",
+            "- t5",
+            "- text2text-generation",
+            "- lora",
+            "- prompt-tuning",
+            "- russian",
+        ],
     }
     assert f"# {tiny_model_dir}, fine-tuned with LoRA (rank 3) and prompt tuning (3 tokens), merged\n" in card
+    assert "`generate` decodes as the evaluation did (beam search with 3 beams, at most 9 new tokens)\nand never emits the prompt tokens." in card
+    assert "Inputs are truncated at 7 tokens plus the prompt" in card
+    assert "weights, and the trained prompt is 3 tokens (`<prompt_0>` ...)" in card
+    assert "must put the prompt ids (1000..1002) first" in card and "`max_decoding_length` = `max_new_tokens` (9)" in card
     assert (
-        "every input. Load it with `AutoTokenizer` and `AutoModelForSeq2SeqLM`; `generate` decodes as the evaluation did\n"
-        "(beam search with 3 beams, at most 9 new tokens) and never emits the prompt tokens. Inputs are truncated at 7 tokens plus the prompt."
+        "## Evaluation\n\nOn 17 test rows, beam search with 3 beams, at most 9 new tokens, inputs cut at 55 tokens:\n\n| metric | value |\n|---|---|\n"
         in card
     )
-    assert "weights, and the trained prompt is 3 added tokens (`<prompt_0>` ...)" in card
-    assert "## Evaluation\n\nOn 17 test rows, beam search with 3 beams, at most 9 new tokens:\n\n| metric | value |\n|---|---|\n" in card
     assert uploaded_names(result, clearml_home, tmp_path) == []  # offline: the folders are the step's output, not artifacts
 
 
@@ -112,10 +129,10 @@ def test_a_folder_without_an_evaluation_exports_greedy_and_converts_when_asked(f
     generation = GenerationConfig.from_pretrained(out / "model")
     assert (generation.num_beams, generation.do_sample, generation.max_new_tokens) == (1, False, 200)
     assert result["outputs"]["decoding"]["description"] == "greedy decoding, at most 200 new tokens"
-    assert AutoTokenizer.from_pretrained(out / "model").model_max_length == 100 + SETTINGS.prompt_length  # the default input length
+    assert AutoTokenizer.from_pretrained(out / "model").model_max_length == TRAINED_INPUT_LENGTH + SETTINGS.prompt_length  # as trained
     card = (out / "model" / "README.md").read_text(encoding="utf-8")
     assert card.endswith("## Evaluation\n\nNot evaluated: the exported folder had no evaluation.json.\n")
-    assert "(greedy decoding, at most 200 new tokens) and never emits" in card
+    assert "(greedy decoding, at most 200 new tokens)\nand never emits" in card
     converted = out / "ctranslate2"
     assert (converted / "model.bin").is_file() and (converted / "README.md").read_bytes() == (out / "model" / "README.md").read_bytes()
     assert (
@@ -192,10 +209,13 @@ def test_on_a_server_the_export_is_a_model_whose_parent_is_the_adapter_model(sou
 def test_the_evaluation_and_the_card_are_utf_8_whatever_the_locale(registered, clearml_home, tmp_path):
     """Under the C locale, an evaluation whose decoding is described in Russian reaches the card as it is."""
     folder = shutil.copytree(registered, tmp_path / "registered")
-    described = {**EVALUATION, "decoding": {**EVALUATION["decoding"], "description": "лучевой поиск, 3 луча"}}
+    evaluation = json.loads((registered / "evaluation.json").read_text(encoding="utf-8"))
+    described = {**evaluation, "decoding": {**EVALUATION["decoding"], "description": "лучевой поиск, 3 луча"}}
     (folder / "evaluation.json").write_text(json.dumps(described, ensure_ascii=False), encoding="utf-8")
     completed, _ = run_step(
         export.main, ["--local", "--model-dir", str(folder), "--output-dir", str(tmp_path / "out")], {**clearml_home, **ASCII_LOCALE}
     )
     assert completed.returncode == 0, completed.stderr
-    assert "On 17 test rows, лучевой поиск, 3 луча:" in (tmp_path / "out" / "model" / "README.md").read_text(encoding="utf-8")
+    assert "On 17 test rows, лучевой поиск, 3 луча, inputs cut at 55 tokens:" in (tmp_path / "out" / "model" / "README.md").read_text(
+        encoding="utf-8"
+    )

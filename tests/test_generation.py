@@ -1,5 +1,6 @@
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -209,6 +210,19 @@ def test_the_command_line_generates_in_batches_of_batch_size(fine_tuned_dir, mon
     )
     generation_main(["--model-dir", str(fine_tuned_dir), "--max-new-tokens", "1", *[f"{n}" for n in range(20)]])
     assert batch_sizes == [3, 1, 16, 4]
+
+
+def test_the_command_line_cuts_inputs_where_the_model_was_trained_to_or_where_asked(fine_tuned_dir, tmp_path):
+    """By default at the length adapter_config.json records (here 4), with --max-input-length where it says; each
+    gives other answers than the others (and than the library's default of 100) on texts longer than both."""
+    folder = shutil.copytree(fine_tuned_dir, tmp_path / "model")
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "max_input_length": 4}), encoding="utf-8")
+    model, tokenizer = load_finetuned(folder)
+    answers = {length: generate_predictions(model, tokenizer, TEXTS, max_new_tokens=5, max_input_length=length) for length in (4, 7, 100)}
+    assert len({tuple(texts) for texts in answers.values()}) == 3
+    assert generation_main(["--model-dir", str(folder), "--max-new-tokens", "5", *TEXTS]) == answers[4]
+    assert generation_main(["--model-dir", str(folder), "--max-new-tokens", "5", "--max-input-length", "7", *TEXTS]) == answers[7]
 
 
 def test_the_command_line_refuses_a_missing_or_unloadable_model_directory(tmp_path, capsys):

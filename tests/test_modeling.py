@@ -13,7 +13,7 @@ import torch
 from conftest import ASCII_LOCALE, random_adapter
 from forked import run_main
 from safetensors import safe_open
-from safetensors.torch import load, load_file
+from safetensors.torch import load, load_file, save_file
 from transformers import T5ForConditionalGeneration
 
 from components.lora import LoRALayer, merge_lora
@@ -24,6 +24,7 @@ from components.modeling import (
     apply_adapter_settings,
     apply_peft,
     copy_adapter_tensors,
+    input_length_for,
     load_adapter_weights,
     load_base_model,
     load_finetuned,
@@ -106,6 +107,7 @@ def test_an_adapter_folder_holds_the_trained_tensors_its_settings_and_the_tokeni
         "lora_dropout": 0.0,
         "prompt_length": 2,
         "lora_targets": ["q", "k"],
+        "max_input_length": 100,  # save_adapter's default: the train step passes the length its data was cut at
     }
     assert config_text == json.dumps(json.loads(config_text), indent=2, ensure_ascii=False) + "\n"
     assert read_adapter_config(folder) == (str(tiny_model_dir), SETTINGS)
@@ -264,3 +266,32 @@ def test_an_adapter_of_a_base_with_a_russian_name_is_utf_8_whatever_the_locale(t
     assert completed.returncode == 0, completed.stderr
     assert json.loads(found.read_text(encoding="utf-8")) == str(base)
     assert f'"base_model": "{base}"' in (tmp_path / "adapter" / "adapter_config.json").read_text(encoding="utf-8")
+
+
+def test_the_input_length_is_the_one_asked_for_or_else_the_one_recorded_and_never_a_default(tiny_model_dir, tmp_path):
+    folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "max_input_length": 23}), encoding="utf-8")
+    assert (input_length_for(folder), input_length_for(folder, 7)) == (23, 7)
+    del config["max_input_length"]  # an adapter saved before the length was recorded
+    (folder / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert input_length_for(folder, 7) == 7
+    with pytest.raises(ModelLoadError) as refused:
+        input_length_for(folder)
+    assert str(refused.value) == (
+        f"{folder / 'adapter_config.json'} records no max_input_length (the adapter was saved before it was recorded): "
+        "give --max-input-length, the preprocess step's value it was trained with."
+    )
+
+
+def test_a_non_finite_adapter_tensor_is_refused_naming_the_file_and_the_tensor(tiny_model_dir, tmp_path):
+    folder = random_adapter(tiny_model_dir, tmp_path / "adapter", SETTINGS)
+    tensors = load_file(folder / "adapter.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name].view(-1)[-1] = float("inf")
+    save_file(tensors, folder / "adapter.safetensors")
+    with pytest.raises(ModelLoadError) as refused:
+        load_finetuned(folder)
+    assert str(refused.value) == (
+        f"{folder / 'adapter.safetensors'}: {name} holds non-finite values (NaN or inf); the training diverged, so evaluate another checkpoint."
+    )

@@ -13,7 +13,7 @@ from conftest import random_adapter
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
 
-from components.export.plain_checkpoint import export_plain_checkpoint
+from components.export.plain_checkpoint import export_plain_checkpoint, name_every_id, prompt_token_names
 from components.modeling import load_finetuned, load_tokenizer
 from components.prompt_tuning import extend_attention_mask
 from components.settings import AdapterSettings
@@ -85,7 +85,10 @@ def test_the_tokenizer_puts_the_prompt_tokens_first_and_cuts_where_the_pipeline_
     prompt = list(range(vocabulary, vocabulary + SETTINGS.prompt_length))
     tokenizer, base_tokenizer = AutoTokenizer.from_pretrained(output), load_tokenizer(str(base))
     assert described["prompt_token_ids"] == prompt
-    assert tokenizer.convert_ids_to_tokens(prompt) == ["<prompt_0>", "<prompt_1>", "<prompt_2>"]
+    assert tokenizer(TEXTS[0]).tokens()[: len(prompt)] == ["<prompt_0>", "<prompt_1>", "<prompt_2>"]
+    # Only the template names them: not in the vocabulary, so no text produces them (a typed "<prompt_1>" is text, as in training).
+    assert tokenizer.convert_ids_to_tokens(prompt) == [None, None, None] and len(tokenizer) == len(base_tokenizer)
+    assert tokenizer("<prompt_1>")["input_ids"] == prompt + base_tokenizer("<prompt_1>")["input_ids"]
     for text in TEXTS:
         assert tokenizer(text)["input_ids"] == prompt + base_tokenizer(text)["input_ids"]
     first, second = (base_tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS)
@@ -101,8 +104,10 @@ def test_the_tokenizer_puts_the_prompt_tokens_first_and_cuts_where_the_pipeline_
     config = json.loads(config_text)
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert config_text == json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    # A runtime that needs a name for every id (CTranslate2's converter) gets the padded rows' and the prompt's.
+    name_every_id(tokenizer, prompt)
     padded_rows = [f"<unused_{i}>" for i in range(len(base_tokenizer), vocabulary)]
-    assert tokenizer.convert_ids_to_tokens(list(range(len(base_tokenizer), vocabulary))) == padded_rows
+    assert tokenizer.convert_ids_to_tokens(list(range(len(base_tokenizer), vocabulary + len(prompt)))) == padded_rows + prompt_token_names(3)
 
 
 def test_generation_is_the_adapter_models_with_the_prompt_suppressed(exported, one_thread):
@@ -146,7 +151,7 @@ def test_exporting_again_into_the_same_folder_replaces_the_export(exported):
     "settings, change, error",
     [
         (AdapterSettings(lora_rank=2, prompt_length=0), None, "The model has no prompt to export."),
-        (SETTINGS, "<extra_token>", "The prompt tokens got ids 1001..1003, not 1000..: the tokenizer does not end at the vocabulary."),
+        (SETTINGS, "<extra_token>", "The tokenizer has 1001 tokens, more than the model's 1000 rows: the prompt's ids would be some of its tokens'."),
     ],
 )
 def test_an_adapter_the_export_cannot_carry_is_refused(settings, change, error, tiny_model_dir, tmp_path):
@@ -158,3 +163,12 @@ def test_an_adapter_the_export_cannot_carry_is_refused(settings, change, error, 
     with pytest.raises((TypeError, ValueError)) as refused:
         export_plain_checkpoint(adapter, tmp_path / "out", decoding=DECODING, max_input_length=MAX_INPUT_LENGTH)
     assert str(refused.value) == error
+
+
+def test_names_for_prompt_ids_that_do_not_follow_the_vocabulary_are_refused(tiny_model_dir):
+    """name_every_id reads the prompt ids from generation_config.json's suppress_tokens: ids inside the vocabulary
+    (an export edited by hand) would rename existing tokens."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(ValueError) as refused:
+        name_every_id(tokenizer, [5, 6])
+    assert str(refused.value) == "The prompt tokens got ids [1000, 1001], not [5, 6]: the tokenizer does not end at the vocabulary."

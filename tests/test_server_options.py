@@ -32,7 +32,7 @@ LOCAL_REMOTE_REFUSED = (
 # ``adapter``, a folder), as the evaluate and train steps upload them: what steps/register.py reads.
 # The adapter is the folder given as the first argument, or else a folder of placeholder files.
 CANDIDATE_SCRIPT = """
-import json, sys, tempfile
+import hashlib, json, sys, tempfile
 from dataclasses import asdict
 from pathlib import Path
 from clearml import Task
@@ -50,7 +50,9 @@ train = Task.create(project_name=project, task_name="train", task_type="training
 tracking.upload_path(train, "adapter", adapter)
 evaluate = Task.create(project_name=project, task_name="evaluate", task_type="testing")
 decoding = {"preset": "greedy", **asdict(DECODING_PRESETS["greedy"]), "description": DECODING_PRESETS["greedy"].describe()}
-tracking.upload_json(evaluate, "evaluation", {"metrics": {"chrf": 0.5, "bleu": 0.25}, "rows": 4, "train_task_id": train.id, "decoding": decoding}, work)
+digest = hashlib.sha256((adapter / "adapter.safetensors").read_bytes()).hexdigest()  # the weights scored, as the evaluate step records them
+evaluation = {"metrics": {"chrf": 0.5, "bleu": 0.25}, "rows": 4, "max_input_length": 100, "adapter_sha256": digest, "train_task_id": train.id, "decoding": decoding}
+tracking.upload_json(evaluate, "evaluation", evaluation, work)
 predictions = work / "predictions.tsv"  # as the evaluate step writes them, with the untuned base's
 predictions.write_text("instruction\\tinput\\toutput\\tprediction\\tbase_prediction\\n"
                        + "".join(f"Ответь.\\tвопрос {i}\\tответ {i}\\tтюн {i}\\tбаза {i}\\n" for i in range(4)), encoding="utf-8")

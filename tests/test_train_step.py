@@ -96,7 +96,12 @@ def test_every_option_reaches_the_training_and_the_adapter(tokenized, clearml_ho
     summary = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert summary["training"] == asdict(TrainConfig(**TRAINING))
     assert summary["adapter"] == {**ADAPTER, "lora_targets": ["q", "v"]}
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text(encoding="utf-8")) == {"base_model": "tiny", **summary["adapter"]}
+    # The input length the data was cut at (the tokenized fixture's --max-input-length 16), for evaluation and the export.
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text(encoding="utf-8")) == {
+        "base_model": "tiny",
+        **summary["adapter"],
+        "max_input_length": 16,
+    }
     assert (summary["model"], summary["ranks"], summary["resumed_from"]) == ("tiny", 1, None)
     model = apply_adapter_settings(load_base_model("tiny"), AdapterSettings(**ADAPTER))
     assert summary["parameters"] == parameter_stats(model)
@@ -345,11 +350,12 @@ def test_the_tokenization_summary_is_read_as_utf_8_whatever_the_locale(tokenized
     summary.write_text(json.dumps({**json.loads(summary.read_text(encoding="utf-8")), "model": "модель"}, ensure_ascii=False), encoding="utf-8")
 
     def rows(_argv) -> None:
-        splits = train.load_splits(data, "модель")
-        print(*(split.num_rows for split in splits))
+        train_split, validation_split, max_input_length = train.load_splits(data, "модель")
+        print(train_split.num_rows, validation_split.num_rows, max_input_length)
 
     completed = run_main(rows, [], {**clearml_home, **ASCII_LOCALE})
-    assert (completed.returncode, completed.stdout.split()) == (0, ["30", "6"]), completed.stderr[-3000:]
+    cut_at = json.loads(summary.read_text(encoding="utf-8"))["max_input_length"]
+    assert (completed.returncode, completed.stdout.split()) == (0, ["30", "6", str(cut_at)]), completed.stderr[-3000:]
 
 
 def test_data_tokenized_for_another_model_is_refused(tokenized, clearml_home, tmp_path):

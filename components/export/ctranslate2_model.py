@@ -18,40 +18,73 @@ from pathlib import Path
 
 import ctranslate2
 from ctranslate2.converters import TransformersConverter
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from components.export.plain_checkpoint import name_every_id
 
 # What a CTranslate2 user needs beside model.bin: the tokenizer, and the decoding with its suppressed tokens;
 # the model card too, where the export step wrote one.
+# Beam search ended where transformers' (early_stopping=False) ends it: CTranslate2's default (patience 1) stops
+# when the first beam_size hypotheses have ended and answers otherwise; waiting for twice as many gives
+# transformers' answers (docs/export.md's runtime matrix measures both).
+BEAM_PATIENCE = 2
 COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 MODEL_CARD = "README.md"
+
+
+class _ExportConverter(TransformersConverter):
+    """CTranslate2's converter with a name for every id of the export: its T5 loader would call the ids past the
+    tokenizer's vocabulary ``<extra_id_N>``, and the prompt tokens are only in the tokenizer's template."""
+
+    def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+        tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+        generation = json.loads((Path(model_name_or_path) / "generation_config.json").read_text(encoding="utf-8"))
+        name_every_id(tokenizer, generation["suppress_tokens"])
+        return tokenizer
 
 
 def convert_to_ctranslate2(export_dir: Path, output_dir: Path) -> Path:
     """Convert the plain checkpoint in ``export_dir`` (float32) into ``output_dir``; the folder written."""
     card = [MODEL_CARD] if (export_dir / MODEL_CARD).is_file() else []
-    converter = TransformersConverter(str(export_dir), copy_files=COPIED_FILES + card)
+    converter = _ExportConverter(str(export_dir), copy_files=COPIED_FILES + card)
     return Path(converter.convert(str(output_dir), force=True))
 
 
-def suppressed_tokens(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[list[str]]:
-    """The export's ``suppress_tokens`` as CTranslate2's ``suppress_sequences`` (one-token sequences)."""
+def vocabulary(model_dir: Path) -> list[str]:
+    """The converted model's tokens in id order (``shared_vocabulary.json``, which CTranslate2's converter writes)."""
+    return json.loads((model_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
+
+
+def suppressed_tokens(model_dir: Path) -> list[list[str]]:
+    """The export's ``suppress_tokens`` as CTranslate2's ``suppress_sequences`` (one-token sequences) for the converted ``model_dir``."""
     generation = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
-    return [[token] for token in tokenizer.convert_ids_to_tokens(generation.get("suppress_tokens") or [])]
+    names = vocabulary(model_dir)
+    return [[names[token]] for token in generation.get("suppress_tokens") or []]
 
 
-def generate_with_ctranslate2(
-    translator: ctranslate2.Translator,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    *,
-    suppress: list[list[str]],
-    max_new_tokens: int,
-    num_beams: int = 1,
-    min_new_tokens: int = 1,
-) -> list[list[int]]:
-    """The new token ids for each text (end of sequence not included), as ``generate`` decodes them."""
-    sources = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
-    results = translator.translate_batch(
-        sources, beam_size=num_beams, max_decoding_length=max_new_tokens, min_decoding_length=min_new_tokens, suppress_sequences=suppress or None
-    )
-    return [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+class CTranslate2Generator:
+    """A converted folder ready to generate: texts in, new token ids out, as ``generate`` decodes them.
+
+    CTranslate2 takes and gives tokens by name: the tokenizer makes the ids (prompt tokens first, cut where the
+    export cuts) and the converted vocabulary names them.
+    """
+
+    def __init__(self, model_dir: Path, translator: ctranslate2.Translator | None = None, **translator_options) -> None:
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
+        self.names = vocabulary(model_dir)
+        self.ids = {name: i for i, name in enumerate(self.names)}
+        self.suppress = suppressed_tokens(model_dir)
+        self.translator = translator or ctranslate2.Translator(str(model_dir), **translator_options)
+
+    def generate(self, texts: list[str], *, max_new_tokens: int, num_beams: int = 1, min_new_tokens: int = 0) -> list[list[int]]:
+        """The new token ids for each text (end of sequence not included); ``min_new_tokens`` 0, as transformers, lets it end at once."""
+        sources = [[self.names[i] for i in ids] for ids in self.tokenizer(texts, truncation=True)["input_ids"]]
+        results = self.translator.translate_batch(
+            sources,
+            beam_size=num_beams,
+            patience=BEAM_PATIENCE,
+            max_decoding_length=max_new_tokens,
+            min_decoding_length=min_new_tokens,
+            suppress_sequences=self.suppress or None,
+        )
+        return [[self.ids[name] for name in result.hypotheses[0]] for result in results]
