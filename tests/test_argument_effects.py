@@ -207,6 +207,27 @@ EFFECTS: dict[str, dict[str, str]] = {
         "--top-p": CLI_ANSWERS,
         "--max-new-tokens": CLI_ANSWERS,
     },
+    "tools/serve.py": {
+        **{
+            option: "tests/test_openai_server.py::test_every_option_reaches_the_engine_the_app_or_uvicorn"
+            for option in (
+                "--model-dir",
+                "--engine",
+                "--model-name",
+                "--host",
+                "--port",
+                "--device",
+                "--compute-type",
+                "--max-batch-size",
+                "--max-wait-ms",
+                "--max-queue",
+                "--max-body-bytes",
+                "--max-prompt-chars",
+                "--max-prompts",
+                "--max-tokens",
+            )
+        }
+    },
     "tools/stats.py": {
         "--lora-rank": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",
         "--prompt-length": "tests/test_generation.py::test_stats_counts_the_adapters_of_the_rank_and_prompt_length_asked_for",

@@ -5,8 +5,10 @@ clearml-serving itself in front of it, on the tiny pipeline's export: test_servi
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
+import threading
 
 import pytest
 import torch
@@ -37,10 +39,18 @@ def engine(serving_module, tiny_export):
 
 
 def answer(engine, body, statistics=None):
-    """One request as clearml-serving's custom engine makes it: a fresh state, then the three calls."""
-    state = {}
-    data = engine.preprocess(body, state, statistics)
-    return engine.postprocess(engine.process(data, state, statistics), state, statistics)
+    """One request as clearml-serving's custom_async engine makes it: a fresh state, then the three calls, each awaited."""
+
+    async def calls():
+        state = {}
+        data = await engine.preprocess(body, state, statistics)
+        return await engine.postprocess(await engine.process(data, state, statistics), state, statistics)
+
+    return asyncio.run(calls())
+
+
+def preprocessed(engine, body):
+    return asyncio.run(engine.preprocess(body, {}))
 
 
 @pytest.mark.parametrize("where", [None, "", "folder"])
@@ -78,7 +88,7 @@ def test_a_model_that_is_not_the_exports_folder_is_refused(serving_module, tmp_p
 )
 def test_a_malformed_request_is_a_value_error_saying_what_to_send(engine, body, message):
     with pytest.raises(ValueError) as refused:
-        engine.preprocess(body, {})
+        preprocessed(engine, body)
     assert str(refused.value) == message
 
 
@@ -88,9 +98,8 @@ def test_one_text_or_a_list_is_answered_in_the_same_form_and_order_in_batches(en
 
     def reference(batch):  # transformers alone, the generation config's decoding, the same batch
         with torch.inference_mode():
-            return tokenizer.batch_decode(
-                model.generate(**tokenizer(batch, padding=True, truncation=True, return_tensors="pt")), skip_special_tokens=True
-            )
+            generated = model.generate(**tokenizer(batch, padding=True, truncation=True, return_tensors="pt"))
+            return [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     batches, generate = [], engine.model.generate
     monkeypatch.setattr(engine.model, "generate", lambda **inputs: batches.append(len(inputs["input_ids"])) or generate(**inputs))
@@ -98,7 +107,7 @@ def test_one_text_or_a_list_is_answered_in_the_same_form_and_order_in_batches(en
     assert answer(engine, {"text": texts}, statistics.append) == {"text": reference(texts[:16]) + reference(texts[16:])}
     assert batches == [16, 1] and statistics == [{"texts": 17}]
     assert answer(engine, {"text": texts[16]}) == {"text": reference(texts[16:])[0]}  # a string answered with a string
-    assert engine.preprocess({"text": ["a"] * 256}, {}) == ["a"] * 256  # the most one request may hold
+    assert preprocessed(engine, {"text": ["a"] * 256}) == ["a"] * 256  # the most one request may hold
 
 
 def test_a_long_input_is_cut_where_the_exports_tokenizer_says(engine, tiny_export, monkeypatch):
@@ -129,3 +138,24 @@ def test_the_inputs_go_to_the_models_device(engine, monkeypatch):
     monkeypatch.setattr(BatchEncoding, "to", lambda encoding, device: devices.append(device) or to(encoding, device))
     answer(engine, {"text": ["один", "два"]})
     assert devices == [engine.model.device]
+
+
+def test_generation_runs_beside_the_event_loop(engine, monkeypatch):
+    """While a request generates, the worker's event loop goes on: here a coroutine on it releases the generation,
+    which would otherwise wait in vain (and fail after 30 s) if ``process`` held the loop."""
+    released, generate = threading.Event(), engine.model.generate
+
+    def waiting_generate(**inputs):
+        if not released.wait(timeout=30):
+            raise TimeoutError("the event loop was held while generating")
+        return generate(**inputs)
+
+    monkeypatch.setattr(engine.model, "generate", waiting_generate)
+
+    async def request_and_release():
+        answering = asyncio.create_task(engine.process(["один"], {}))
+        await asyncio.sleep(0)  # the request starts
+        released.set()  # only possible while the loop runs
+        return await answering
+
+    assert len(asyncio.run(request_and_release())) == 1

@@ -20,6 +20,7 @@ COMMANDS = (
     "pipelines/run_pipeline.py",
     "pipelines/run_hpo.py",
     "tools/generate.py",
+    "tools/serve.py",
     "tools/stats.py",
     "tools/text_tasks.py",
 )

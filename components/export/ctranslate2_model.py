@@ -14,6 +14,7 @@ are suppressed in generation as ``generation_config.json`` suppresses them (``su
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import ctranslate2
@@ -76,9 +77,32 @@ class CTranslate2Generator:
         self.suppress = suppressed_tokens(model_dir)
         self.translator = translator or ctranslate2.Translator(str(model_dir), **translator_options)
 
-    def generate(self, texts: list[str], *, max_new_tokens: int, num_beams: int = 1, min_new_tokens: int = 0) -> list[list[int]]:
-        """The new token ids for each text (end of sequence not included); ``min_new_tokens`` 0, as transformers, lets it end at once."""
+    def generate(
+        self,
+        texts: list[str],
+        *,
+        max_new_tokens: int,
+        num_beams: int = 1,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        top_p: float = 1.0,
+        on_token: Callable[[int, int], bool] | None = None,
+    ) -> list[list[int]]:
+        """The new token ids for each text (end of sequence not included); ``min_new_tokens`` 0, as transformers, lets it end at once.
+
+        Sampling is CTranslate2's own (``top_k`` 0: no limit, as in transformers). ``on_token(index, token_id)`` sees each
+        new token of text ``index`` as it is generated (CTranslate2 calls back without beams only); True stops that text.
+        """
         sources = [[self.names[i] for i in ids] for ids in self.tokenizer(texts, truncation=True)["input_ids"]]
+        sampling = {"sampling_topk": top_k, "sampling_topp": top_p, "sampling_temperature": temperature} if do_sample else {}
+        callback = None
+        if on_token:
+
+            def callback(step) -> bool:
+                return step.token_id != self.tokenizer.eos_token_id and bool(on_token(step.batch_id, step.token_id))
+
         results = self.translator.translate_batch(
             sources,
             beam_size=num_beams,
@@ -86,5 +110,7 @@ class CTranslate2Generator:
             max_decoding_length=max_new_tokens,
             min_decoding_length=min_new_tokens,
             suppress_sequences=self.suppress or None,
+            **sampling,
+            **({"callback": callback} if callback else {}),
         )
         return [[self.ids[name] for name in result.hypotheses[0]] for result in results]

@@ -10,6 +10,7 @@ clearml-serving does.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import importlib.util
 import json
@@ -82,7 +83,11 @@ def served() -> dict:
     engine = module.Preprocess()
     engine.load(str(export))
     state: dict = {}
-    return {"texts": engine.postprocess(engine.process(engine.preprocess({"text": texts}, state), state), state)["text"]}
+
+    async def calls():  # as clearml-serving's custom_async engine awaits them
+        return await engine.postprocess(await engine.process(await engine.preprocess({"text": texts}, state), state), state)
+
+    return {"texts": asyncio.run(calls())["text"]}
 
 
 cells = {

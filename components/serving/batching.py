@@ -1,0 +1,137 @@
+"""Dynamic batching: the requests that arrive together and decode alike become one ``generate`` call.
+
+A request is queued (a bounded queue: a full one refuses at once, :class:`Overloaded`); one thread
+takes the oldest, waits up to ``max_wait`` seconds for more with the same decoding, up to
+``max_batch_size`` texts, and generates them together. The others keep their turn. Batching costs a
+request at most ``max_wait`` while the engine is idle; under load it is what multiplies throughput.
+``max_batch_size`` 1 serves one request at a time (the comparison of benchmarks/serving.py).
+
+The thread owns the engine (one ``generate`` at a time), and the event loop never waits on it:
+a request's answer is a ``concurrent.futures.Future``, its streamed tokens a callback from the thread.
+A cancelled request (a client that left) stops its own text where the engine can and is answered no more.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from components.decoding import Decoding
+from components.serving.engines import Engine
+
+
+class Overloaded(Exception):
+    """The queue is full: the request was not taken."""
+
+
+@dataclass
+class Pending:
+    """One text waiting for its answer: the new token ids, in ``answer``."""
+
+    text: str
+    decoding: Decoding
+    on_token: Callable[[int], None] | None = None  # called from the batching thread with each new token id
+    answer: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+_STOP = object()
+
+
+class DynamicBatcher:
+    def __init__(self, engine: Engine, *, max_batch_size: int = 16, max_wait: float = 0.01, max_queue: int = 64) -> None:
+        self.engine, self.max_batch_size, self.max_wait = engine, max_batch_size, max_wait
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._waiting: deque[Pending] = deque()
+        self._thread = threading.Thread(target=self._serve, name="dynamic-batcher", daemon=True)
+        self.batches: deque[int] = deque(maxlen=1000)  # the sizes of the latest batches generated, for /health
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop taking requests; the batch being generated finishes, the queued ones fail."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() + len(self._waiting)
+
+    def submit(self, text: str, decoding: Decoding, on_token: Callable[[int], None] | None = None) -> Pending:
+        pending = Pending(text, decoding, on_token)
+        try:
+            self._queue.put_nowait(pending)
+        except queue.Full:
+            raise Overloaded(f"{self._queue.maxsize} requests are queued already") from None
+        return pending
+
+    def _serve(self) -> None:
+        while True:
+            if not self._waiting:
+                item = self._queue.get()
+                if item is _STOP:
+                    return self._fail_waiting()
+                self._waiting.append(item)
+            batch = self._gather()
+            if batch is None:
+                return self._fail_waiting()
+            if batch:
+                self._generate(batch)
+
+    def _gather(self) -> list[Pending] | None:
+        """The oldest request's decoding: every waiting request with it, and those arriving within ``max_wait``
+        (None once asked to stop). Cancelled requests are dropped."""
+        decoding = self._waiting[0].decoding
+        deadline = time.monotonic() + self.max_wait
+        while sum(p.decoding == decoding for p in self._waiting) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return None
+            self._waiting.append(item)
+        batch = [p for p in self._waiting if p.decoding == decoding][: self.max_batch_size]
+        for pending in batch:
+            self._waiting.remove(pending)
+        return [p for p in batch if not p.cancelled.is_set() and p.answer.set_running_or_notify_cancel()]
+
+    def _generate(self, batch: list[Pending]) -> None:
+        def on_token(index: int, token: int) -> bool:
+            pending = batch[index]
+            if pending.on_token and not pending.cancelled.is_set():
+                pending.on_token(token)
+            return pending.cancelled.is_set()
+
+        streaming = any(p.on_token for p in batch)
+        self.batches.append(len(batch))
+        try:
+            answers = self.engine.generate([p.text for p in batch], batch[0].decoding, on_token if streaming else None)
+        except Exception as error:  # the batch's requests are answered with it; the server goes on
+            for pending in batch:
+                pending.answer.set_exception(error)
+            return
+        for pending, answer in zip(batch, answers):
+            pending.answer.set_result(answer)
+
+    def _fail_waiting(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._waiting.append(item)
+        for pending in self._waiting:
+            if pending.answer.set_running_or_notify_cancel():
+                pending.answer.set_exception(Overloaded("the server is shutting down"))
+        self._waiting.clear()
