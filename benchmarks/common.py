@@ -7,9 +7,12 @@ run on a bare GPU machine that has no ClearML or metric packages.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,3 +69,43 @@ def device_name(device: torch.device) -> str:
 def print_json_last(result: dict) -> None:
     """The machine-readable result is the last line of the output."""
     print(json.dumps(result, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed run: its wall and CPU seconds (this process's, threads included) and the 1-minute load average before it."""
+
+    wall_s: float
+    cpu_s: float
+    load: float
+
+
+def sample(work: Callable[[], object]) -> Sample:
+    load = os.getloadavg()[0]
+    cpu, wall = time.process_time(), time.perf_counter()
+    work()
+    return Sample(time.perf_counter() - wall, time.process_time() - cpu, load)
+
+
+def interleaved(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[Sample]]:
+    """Each work run ``repeats`` times, taking turns (a, b, c, a, b, c, ...): a burst of load on the machine falls on
+    every configuration alike instead of deciding which one wins."""
+    samples: dict[str, list[Sample]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            samples[name].append(sample(work))
+    return samples
+
+
+def rate_summary(samples: list[Sample], amount: float) -> dict:
+    """``amount`` per wall second over the runs: the median (the figure reported), the range, the CPU seconds and load."""
+    rates = sorted(amount / s.wall_s for s in samples)
+    return {
+        "median": round(statistics.median(rates), 2),
+        "min": round(rates[0], 2),
+        "max": round(rates[-1], 2),
+        "runs": len(rates),
+        "cpu_s_median": round(statistics.median(s.cpu_s for s in samples), 2),
+        "wall_s_median": round(statistics.median(s.wall_s for s in samples), 2),
+        "load_1min": [round(min(s.load for s in samples), 2), round(max(s.load for s in samples), 2)],
+    }

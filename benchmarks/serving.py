@@ -1,28 +1,35 @@
 """Serving the exported model on the CPU: transformers' ``generate`` beside CTranslate2, float32 and int8.
 
-    python benchmarks/serving.py --size small                    # t5-small shape, seconds
-    python benchmarks/serving.py --size rut5-large --single-texts 2   # ruT5-large's shape, minutes on 2 cores
+    python benchmarks/serving.py --size small                                  # t5-small shape, a few minutes
+    python benchmarks/serving.py --size rut5-large --texts 16 --single-texts 2 # ruT5-large's shape, longer
 
 A random-weight model of the size with LoRA and the 20-token prompt goes the way a registered
 model does: saved as an adapter folder, exported (steps/export.py's code) and converted
 (``--ctranslate2``'s). Greedy search; the end of sequence is held off (``min_new_tokens``) so every
 text produces exactly ``--max-new-tokens`` tokens in every engine and the rates compare like work.
-Batch 1 times ``--single-texts`` texts one at a time; batch 16 times ``--texts`` texts in batches of 16.
+Batch 16 times ``--texts`` texts in batches of 16; batch 1 times ``--single-texts`` texts one at a time.
 int8 is ``torch.ao.quantization.quantize_dynamic`` for transformers (the Linear layers, as
-CTranslate2 quantizes them) and ``compute_type="int8"`` for CTranslate2. ``greedy_agreement`` is
-the share of texts whose float32 tokens are the same in both engines. The last line is JSON.
+CTranslate2 quantizes them) and ``compute_type="int8"`` for CTranslate2.
+
+The eight configurations (engine, precision, batch) take turns, ``--repeats`` rounds of them after one
+warm-up round, so that a burst of load on the machine falls on all of them alike; each figure is the
+median of its runs, with the range, the CPU seconds and the 1-minute load average beside it.
+``speedup`` divides medians; ``greedy_agreement`` is the share of texts whose float32 tokens are the
+same in both engines. The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import ctranslate2
 import torch
-from common import SIZES, build_model, device_name, print_json_last, timed
+from common import SIZES, build_model, device_name, interleaved, print_json_last, rate_summary
 from generation import sample_texts
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -49,17 +56,14 @@ def export_random_model(size: str, folder: Path) -> tuple[Path, Path]:
     return folder / "model", convert_to_ctranslate2(folder / "model", folder / "ctranslate2")
 
 
-def rates(generate, texts: list[str], single_texts: int, new_tokens: int) -> dict:
-    """New tokens per second at batch 1 and at batch 16, and the tokens of the batched run."""
-    generate(texts[:BATCH])  # warm-up
-    outputs: list[list[int]] = []
-    batched_s = timed(lambda: [outputs.extend(generate(texts[i : i + BATCH])) for i in range(0, len(texts), BATCH)], lambda: None)
-    single_s = timed(lambda: [generate([text]) for text in texts[:single_texts]], lambda: None)
-    return {
-        "batch_1": round(single_texts * new_tokens / single_s, 1),
-        f"batch_{BATCH}": round(len(texts) * new_tokens / batched_s, 1),
-        "tokens": outputs,
-    }
+def batch_works(generate, texts: list[str], single_texts: int, outputs: list[list[int]]) -> dict[str, Callable[[], object]]:
+    """The two timed works of one engine: every text in batches of 16 (its tokens kept in ``outputs``), and the first
+    ``single_texts`` texts one at a time."""
+
+    def batched() -> None:
+        outputs[:] = [ids for i in range(0, len(texts), BATCH) for ids in generate(texts[i : i + BATCH])]
+
+    return {f"batch_{BATCH}": batched, "batch_1": lambda: [generate([text]) for text in texts[:single_texts]]}
 
 
 def transformers_generator(export: Path, tokenizer, precision: str, new_tokens: int):
@@ -79,30 +83,45 @@ def transformers_generator(export: Path, tokenizer, precision: str, new_tokens: 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="the model's shape (random weights)")
     parser.add_argument("--texts", type=int, default=2 * BATCH, help="texts generated in batches of 16")
     parser.add_argument("--single-texts", type=int, default=8, help="texts generated one at a time")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated for each text")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of every configuration (the figures are medians)")
     return parser
 
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-
     threads = torch.get_num_threads()
     texts = sample_texts(args.texts)
     new = args.max_new_tokens
+    works: dict[str, Callable[[], object]] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         export, converted = export_random_model(args.size, Path(folder))
         tokenizer = AutoTokenizer.from_pretrained(export)
-        results = {}
         for precision in ("float32", "int8"):
-            results[f"transformers_{precision}"] = rates(transformers_generator(export, tokenizer, precision, new), texts, args.single_texts, new)
             generator = CTranslate2Generator(converted, device="cpu", compute_type=precision, intra_threads=threads)
-            results[f"ctranslate2_{precision}"] = rates(
-                lambda batch: generator.generate(batch, max_new_tokens=new, min_new_tokens=new), texts, args.single_texts, new
-            )
-    same = sum(a == b for a, b in zip(results["transformers_float32"]["tokens"], results["ctranslate2_float32"]["tokens"]))
+            engines = {
+                f"transformers_{precision}": transformers_generator(export, tokenizer, precision, new),
+                f"ctranslate2_{precision}": lambda batch, generator=generator: generator.generate(batch, max_new_tokens=new, min_new_tokens=new),
+            }
+            for engine, generate in engines.items():
+                outputs[engine] = []
+                for batch, work in batch_works(generate, texts, args.single_texts, outputs[engine]).items():
+                    works[f"{engine} {batch}"] = work
+        for work in works.values():  # warm-up: first calls allocate and tune
+            work()
+        samples = interleaved(works, args.repeats)
+    amounts = {f"batch_{BATCH}": len(texts) * new, "batch_1": args.single_texts * new}
+    rates: dict[str, dict] = {}
+    for name, runs in samples.items():
+        engine, batch = name.split(" ")
+        rates.setdefault(engine, {})[batch] = rate_summary(runs, amounts[batch])
+    same = sum(a == b for a, b in zip(outputs["transformers_float32"], outputs["ctranslate2_float32"]))
+    batched = {engine: rate[f"batch_{BATCH}"]["median"] for engine, rate in rates.items()}
     result = {
         "benchmark": "serving.py",
         "size": args.size,
@@ -110,8 +129,11 @@ def main(argv=None) -> dict:
         "max_new_tokens": new,
         "texts": args.texts,
         "single_texts": args.single_texts,
+        "repeats": args.repeats,
         "ctranslate2": ctranslate2.__version__,
-        "new_tokens_per_s": {name: {key: value for key, value in rate.items() if key != "tokens"} for name, rate in results.items()},
+        "load_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "new_tokens_per_s": rates,
+        "speedup_batch_16_over_transformers_float32": {engine: round(rate / batched["transformers_float32"], 2) for engine, rate in batched.items()},
         "greedy_agreement": round(same / args.texts, 3),
     }
     print_json_last(result)

@@ -238,8 +238,12 @@ EFFECTS: dict[str, dict[str, str]] = {
         for option in ("--size", "--texts", "--max-new-tokens", "--batch-size", "--num-beams", "--single-texts", "--dtype")
     },
     "benchmarks/serving.py": {
-        option: "tests/test_benchmarks.py::test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for"
-        for option in ("--size", "--texts", "--single-texts", "--max-new-tokens")
+        option: "tests/test_benchmarks.py::test_serving_benchmark_times_each_configuration_in_turns_on_the_work_its_options_ask_for"
+        for option in ("--size", "--texts", "--single-texts", "--max-new-tokens", "--repeats")
+    },
+    "benchmarks/openai_server.py": {
+        option: "tests/test_benchmarks.py::test_server_benchmark_loads_both_servers_in_turns_with_the_clients_and_requests_asked_for"
+        for option in ("--size", "--model-dir", "--compute-type", "--clients", "--requests", "--max-tokens", "--repeats")
     },
     "benchmarks/distributed.py": {
         option: "tests/test_benchmarks.py::test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for"

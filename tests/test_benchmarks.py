@@ -23,6 +23,7 @@ import distributed as distributed_benchmark  # noqa: E402
 import first_run_on_agents  # noqa: E402
 import generation as generation_benchmark  # noqa: E402
 import mutation  # noqa: E402
+import openai_server as server_benchmark  # noqa: E402
 import pipeline as pipeline_benchmark  # noqa: E402
 import serving as serving_benchmark  # noqa: E402
 import tiny_learns  # noqa: E402
@@ -282,48 +283,135 @@ def test_distributed_benchmark_trains_the_shape_and_work_its_options_ask_for(mon
     assert (result["size"], result["batch_per_rank"], result["steps"], result["threads_per_rank"]) == ("small", 3, 4, 1)
 
 
-def test_serving_benchmark_rates_each_engine_and_precision_on_the_work_its_options_ask_for(monkeypatch):
-    """Each engine and precision generates --max-new-tokens tokens for each of --texts texts in batches, then for
-    --single-texts texts one at a time; ruT5-large's shape is recorded, the small shape's export stands in."""
-    sizes, timed_work, answers = [], [], []
-    export, rates = serving_benchmark.export_random_model, serving_benchmark.rates
+def test_serving_benchmark_times_each_configuration_in_turns_on_the_work_its_options_ask_for(monkeypatch):
+    """Eight configurations (engine, precision, batch) take turns for --repeats rounds after a warm-up; each generates
+    --max-new-tokens tokens for each of --texts texts in batches, or --single-texts texts one at a time. ruT5-large's
+    shape is recorded, the small shape's export stands in; the agreement counts the float32 answers that differ."""
+    sizes, turns, generated = [], [], []
+    export, interleaved, batch_works = serving_benchmark.export_random_model, serving_benchmark.interleaved, serving_benchmark.batch_works
 
     def export_small(size, folder):
         sizes.append(size)
         return export("small", folder)
 
-    def recorded_rates(generate, texts, single_texts, new_tokens):
-        rate = rates(generate, texts, single_texts, new_tokens)
-        timed_work.append((len(texts), single_texts, new_tokens, {len(tokens) for tokens in rate["tokens"]}))
-        answers.append(list(rate["tokens"]))
-        if len(answers) == 2:  # CTranslate2 in float32: one answer of three made to differ, for the agreement to count
-            rate["tokens"] = [[-1], *rate["tokens"][1:]]
-        return rate
+    def recorded_interleaved(works, repeats):
+        turns.append((list(works), repeats))
+        return interleaved(works, repeats)
+
+    engines_seen = []
+
+    def recorded_works(generate, texts, single_texts, outputs):
+        engines_seen.append(generate)
+        differs = len(engines_seen) == 2  # CTranslate2 in float32: its first batched answer made to differ
+
+        def counted(batch):
+            answers = generate(batch)
+            generated.append((len(batch), {len(ids) for ids in answers}))
+            return [[-1], *answers[1:]] if differs and len(batch) > 1 else answers
+
+        return batch_works(counted, texts, single_texts, outputs)
 
     monkeypatch.setattr(serving_benchmark, "export_random_model", export_small)
-    monkeypatch.setattr(serving_benchmark, "rates", recorded_rates)
-    result = serving_benchmark.main(["--size", "rut5-large", "--texts", "3", "--single-texts", "1", "--max-new-tokens", "2"])
-    assert sizes == ["rut5-large"] and timed_work == [(3, 1, 2, {2})] * 4
-    engines = {f"{engine}_{precision}" for engine in ("transformers", "ctranslate2") for precision in ("float32", "int8")}
-    assert set(result["new_tokens_per_s"]) == engines
-    assert all(rate["batch_1"] > 0 and rate["batch_16"] > 0 for rate in result["new_tokens_per_s"].values())
-    assert (result["size"], result["texts"], result["single_texts"], result["max_new_tokens"]) == ("rut5-large", 3, 1, 2)
-    assert answers[0] == answers[1]  # transformers and CTranslate2 in float32: one search on the same weights, a difference is a conversion bug
+    monkeypatch.setattr(serving_benchmark, "interleaved", recorded_interleaved)
+    monkeypatch.setattr(serving_benchmark, "batch_works", recorded_works)
+    result = serving_benchmark.main(["--size", "rut5-large", "--texts", "3", "--single-texts", "1", "--max-new-tokens", "2", "--repeats", "2"])
+    engines = [f"{engine}_{precision}" for precision in ("float32", "int8") for engine in ("transformers", "ctranslate2")]
+    assert sizes == ["rut5-large"] and turns == [([f"{engine} {batch}" for engine in engines for batch in ("batch_16", "batch_1")], 2)]
+    assert generated == [(3, {2}), (1, {2})] * 4 * 3  # each configuration: the warm-up and two rounds, every answer 2 tokens
+    assert list(result["new_tokens_per_s"]) == engines and all(
+        rate["batch_16"]["runs"] == rate["batch_1"]["runs"] == 2 for rate in result["new_tokens_per_s"].values()
+    )
+    assert (result["size"], result["texts"], result["single_texts"], result["max_new_tokens"], result["repeats"]) == ("rut5-large", 3, 1, 2, 2)
+    medians = {engine: rate["batch_16"]["median"] for engine, rate in result["new_tokens_per_s"].items()}
+    assert result["speedup_batch_16_over_transformers_float32"] == {
+        engine: round(median / medians["transformers_float32"], 2) for engine, median in medians.items()
+    }
     assert result["greedy_agreement"] == 0.667  # 2 of the 3 answers the same
 
 
-def test_serving_rates_are_the_new_tokens_over_the_timed_runs_in_batches_of_16(monkeypatch):
-    calls = []
+def test_server_benchmark_loads_both_servers_in_turns_with_the_clients_and_requests_asked_for(tiny_export, tmp_path, monkeypatch):
+    """Two servers of the folder (batches of 16, one at a time) with the compute type and token limit asked for; a
+    warm-up each, then for each clients count both servers in turn, --repeats rounds; both processes end with it."""
+    from components.export.ctranslate2_model import convert_to_ctranslate2
 
-    def generate(batch):
-        calls.append(len(batch))
-        return [[len(calls)]] * len(batch)
+    converted = convert_to_ctranslate2(tiny_export, tmp_path / "ctranslate2")
+    started, runs = [], []
+    start, load = server_benchmark.start_server, server_benchmark.load_run
 
-    seconds = iter([2.0, 0.5])  # batched, then one at a time
-    monkeypatch.setattr(serving_benchmark, "timed", lambda fn, sync: (fn(), next(seconds))[1])
-    rate = serving_benchmark.rates(generate, [f"text {i}" for i in range(20)], 3, 4)
-    assert calls == [16, 16, 4, 1, 1, 1]  # the warm-up batch, the batched run, then 3 texts one at a time
-    assert rate == {"batch_1": 3 * 4 / 0.5, "batch_16": 20 * 4 / 2.0, "tokens": [[2]] * 16 + [[3]] * 4}
+    def recorded_start(folder, max_batch_size, compute_type, max_tokens):
+        server = start(folder, max_batch_size, compute_type, max_tokens)
+        started.append(((folder, max_batch_size, compute_type, max_tokens), server))
+        return server
+
+    def recorded_load(port, clients, requests, texts, max_tokens):
+        run = load(port, clients, requests, texts, max_tokens)
+        runs.append((port, clients, requests, max_tokens, len(run["latencies"])))
+        return run
+
+    monkeypatch.setattr(server_benchmark, "start_server", recorded_start)
+    monkeypatch.setattr(server_benchmark, "load_run", recorded_load)
+    argv = ["--model-dir", str(converted), "--compute-type", "float32", "--clients", "1,3", "--requests", "4", "--max-tokens", "3", "--repeats", "2"]
+    result = server_benchmark.main(argv)
+    assert [settings for settings, _ in started] == [(converted, 16, "float32", 3), (converted, 1, "float32", 3)]
+    batching_port, single_port = (port for (_, (_, port)) in started)
+    assert (
+        runs
+        == [(batching_port, 1, 2, 3, 2), (single_port, 1, 2, 3, 2)]
+        + [(port, clients, 4, 3, 4) for clients in (1, 3) for port in (batching_port, single_port)] * 2
+    )
+    assert all(process.poll() is not None for _, (process, _) in started)
+    for mode in ("dynamic batching", "one at a time"):
+        assert list(result["modes"][mode]) == ["1", "3"] and all(figures["requests_per_s"]["runs"] == 2 for figures in result["modes"][mode].values())
+    medians = {mode: result["modes"][mode]["3"]["requests_per_s"]["median"] for mode in result["modes"]}
+    assert result["speedup_requests_per_s"]["3"] == round(medians["dynamic batching"] / medians["one at a time"], 2)
+    assert (result["compute_type"], result["max_tokens"], result["requests"], result["repeats"]) == ("float32", 3, 4, 2)
+    # Without --model-dir: a random model of --size, exported and converted (the tiny export stands in for it here).
+    sizes = []
+    monkeypatch.setattr(server_benchmark, "export_random_model", lambda size, folder: sizes.append(size) or (tiny_export, converted))
+    result = server_benchmark.main(["--size", "rut5-large", "--clients", "1", "--requests", "2", "--repeats", "1"])
+    assert sizes == ["rut5-large"] and result["size"] == "rut5-large" and started[-1][0] == (converted, 1, "int8", 32)
+
+
+def test_server_figures_are_the_medians_of_the_rounds_and_the_percentiles_of_every_latency():
+    """Three rounds of 10 requests: requests/s 10/wall; latencies 1..101 ms over the rounds (by the inclusive method
+    p50 and p99 are the values 0.5 and 0.99 of the way from the first to the last: 51 and 100 ms); tokens/s, CPU and
+    load as given."""
+    latencies = [n / 1000 for n in range(1, 102)]
+    runs = [
+        {"wall_s": wall, "latencies": latencies[i::3], "tokens": tokens, "server_cpu_s": cpu, "load": load}
+        for i, (wall, tokens, cpu, load) in enumerate([(2.0, 40, 1.0, 0.5), (1.0, 30, 3.0, 1.5), (4.0, 80, 2.0, 1.0)])
+    ]
+    assert server_benchmark.summary(runs, 10) == {
+        "requests_per_s": {"median": 5.0, "min": 2.5, "max": 10.0, "runs": 3},
+        "new_tokens_per_s_median": 20.0,  # of 20, 30 and 20
+        "latency_s": {"p50": 0.051, "p99": 0.1},
+        "server_cpu_s_median": 2.0,
+        "load_1min": [0.5, 1.5],
+    }
+
+
+def test_interleaved_work_takes_turns_and_rates_are_medians_of_the_runs(monkeypatch):
+    import common
+
+    order, walls = [], iter([2.0, 1.0, 4.0, 1.0, 1.0, 1.0])
+
+    def fake_sample(work):
+        work()
+        return common.Sample(wall_s=next(walls), cpu_s=3.0, load=len(order) / 10)
+
+    monkeypatch.setattr(common, "sample", fake_sample)
+    samples = common.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
+    assert order == ["a", "b"] * 3
+    assert [s.wall_s for s in samples["a"]] == [2.0, 4.0, 1.0]
+    assert common.rate_summary(samples["a"], 8) == {
+        "median": 4.0,  # of the rates 2, 4 and 8
+        "min": 2.0,
+        "max": 8.0,
+        "runs": 3,
+        "cpu_s_median": 3.0,
+        "wall_s_median": 2.0,
+        "load_1min": [0.1, 0.5],
+    }
 
 
 def test_the_pipeline_benchmark_reads_the_run_it_made_in_output_dir(monkeypatch, tmp_path):

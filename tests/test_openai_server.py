@@ -185,6 +185,38 @@ def test_concurrent_requests_are_generated_as_one_batch_each_answered_its_own(fo
             assert json.loads(get(base, "/health")[1])["largest_recent_batch"] == max(batches)
 
 
+def test_a_batch_waits_for_as_many_requests_as_the_last_one_held_and_a_lone_request_never_waits(folders, expected):
+    """A lone request is generated at once, not max_wait (5 s here) later. After a batch of 3, the next waits until 3
+    requests have come: one now, two 0.3 s later, one batch."""
+    engine = GatedEngine(load_engine(folders["ctranslate2"]))
+    engine.gate.set()
+    app = create_app(engine, model_name=MODEL, max_wait=5.0)
+    batcher = app.state.server.batcher
+    texts = [f"Переведи на английский.\nСлово номер {n}" for n in range(3)]
+    with serving(app) as base, ThreadPoolExecutor(4) as pool:
+        api = client(base)
+
+        def ask(text: str):
+            return pool.submit(api.completions.create, model=MODEL, prompt=text, max_tokens=MAX_TOKENS, temperature=0)
+
+        start = time.monotonic()
+        assert api.completions.create(model=MODEL, prompt="Привет", max_tokens=MAX_TOKENS, temperature=0).choices
+        assert time.monotonic() - start < 4  # batch [1]: a lone request does not wait
+        engine.gate.clear()
+        busy = ask("Привет")
+        wait_until(lambda: batcher.queued == 0 and len(batcher.batches) == 2)  # batch [1] generating, at the gate
+        held = [ask(text) for text in texts]
+        wait_until(lambda: batcher.queued == 3)
+        engine.gate.set()
+        busy.result()
+        assert [future.result().choices[0].text for future in held] == expected(texts)  # batch [3]
+        first = ask(texts[0])
+        time.sleep(0.3)
+        rest = [ask(text) for text in texts[1:]]
+        answers = [future.result().choices[0].text for future in (first, *rest)]
+        assert answers == expected(texts) and list(batcher.batches) == [1, 1, 3, 3]
+
+
 def test_a_full_queue_answers_429_and_the_requests_taken_are_answered(folders, expected):
     engine = GatedEngine(load_engine(folders["ctranslate2"]))
     app = create_app(engine, model_name=MODEL, max_batch_size=1, max_queue=2)
@@ -382,6 +414,13 @@ def test_the_documented_command_serves_the_ctranslate2_export_and_never_logs_the
     api = client(base, api_key="k3y-never-logged")
     assert api.completions.create(model=MODEL, prompt=TEXTS[0], max_tokens=MAX_TOKENS, temperature=0).choices[0].text == expected(TEXTS[:1])[0]
     assert json.loads(get(base, "/health")[1])["engine"] == "ctranslate2"
+    # The page's python snippet, run as written in a process that cannot import the project: its address and key are the test's.
+    [snippet] = re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "serving.md").read_text(encoding="utf-8"), re.S | re.M)
+    run = snippet.replace("http://127.0.0.1:8000", base).replace('api_key="unused"', 'api_key="k3y-never-logged"')
+    assert run.count(base) == 1 and "k3y-never-logged" in run
+    printed = subprocess.run([sys.executable, "-I", "-c", run], capture_output=True, text=True, timeout=120, cwd=log.parent)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert printed.stdout.strip() == expected([source_text("Переведи на английский.", "Доброе утро")], max_new_tokens=200)[0]
     text = log.read_text()
     assert re.search(
         r"Serving .*ctranslate2 as 'rut5-instruct' with ctranslate2 at http://127\.0\.0\.1:\d+/v1, the API key from SERVE_API_KEY\.", text

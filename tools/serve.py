@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batching = parser.add_argument_group("dynamic batching and limits")
     batching.add_argument("--max-batch-size", type=int, default=16, help="texts generated together at most; 1 serves one request at a time")
-    batching.add_argument("--max-wait-ms", type=float, default=10.0, help="how long the oldest request waits for others to batch with")
+    batching.add_argument(
+        "--max-wait-ms", type=float, default=20.0, help="how long a batch waits for requests while fewer wait than the last batch held"
+    )
     batching.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; one more is answered 429")
     batching.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, help="largest request body (413 above)")
     batching.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars, help="longest prompt in characters (400 above)")

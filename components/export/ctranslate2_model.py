@@ -6,9 +6,11 @@ transformers loads: the merged weights and the vocabulary with the prompt tokens
 It is written in float32; ``compute_type="int8"`` (or ``"int8_float16"`` on a GPU) quantizes the
 weights when the model is loaded, so one conversion serves every precision.
 
-CTranslate2 takes tokens, not text: the tokenizer files are copied beside the model, and its
-template puts the prompt tokens before every input as it does for transformers. The prompt tokens
-are suppressed in generation as ``generation_config.json`` suppresses them (``suppress_sequences``).
+CTranslate2 takes tokens by name, not text: the tokenizer files are copied beside the model, its
+template puts the prompt's ids before every input as it does for transformers, and the converted
+vocabulary (``shared_vocabulary.json``) names every id, the prompt tokens' too (they are in no
+vocabulary of the export's tokenizer, so that no text produces them). The prompt tokens are suppressed
+in generation as ``generation_config.json`` suppresses them (``suppress_sequences``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from components.export.plain_checkpoint import name_every_id
 
-# What a CTranslate2 user needs beside model.bin: the tokenizer, and the decoding with its suppressed tokens;
-# the model card too, where the export step wrote one.
 # Beam search ended where transformers' (early_stopping=False) ends it: CTranslate2's default (patience 1) stops
 # when the first beam_size hypotheses have ended and answers otherwise; waiting for twice as many gives
 # transformers' answers (docs/export.md's runtime matrix measures both).
 BEAM_PATIENCE = 2
+# What a CTranslate2 user needs beside model.bin: the tokenizer, and the decoding with its suppressed tokens;
+# the model card too, where the export step wrote one.
 COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 MODEL_CARD = "README.md"
 

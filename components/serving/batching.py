@@ -1,10 +1,13 @@
 """Dynamic batching: the requests that arrive together and decode alike become one ``generate`` call.
 
 A request is queued (a bounded queue: a full one refuses at once, :class:`Overloaded`); one thread
-takes the oldest, waits up to ``max_wait`` seconds for more with the same decoding, up to
-``max_batch_size`` texts, and generates them together. The others keep their turn. Batching costs a
-request at most ``max_wait`` while the engine is idle; under load it is what multiplies throughput.
-``max_batch_size`` 1 serves one request at a time (the comparison of benchmarks/serving.py).
+takes the oldest and every request queued behind it, up to ``max_batch_size``, and generates those
+with the oldest's decoding together. The others keep their turn. Under load, the requests that
+arrive while a batch generates form the next one. Clients that send their next request when answered
+would then split into two half batches taking turns; so while fewer requests wait than the last batch
+held, the batch waits up to
+``max_wait`` for them. A lone client's batches hold one request and never wait. ``max_batch_size`` 1
+serves one request at a time (the comparison of benchmarks/openai_server.py).
 
 The thread owns the engine (one ``generate`` at a time), and the event loop never waits on it:
 a request's answer is a ``concurrent.futures.Future``, its streamed tokens a callback from the thread.
@@ -44,10 +47,11 @@ _STOP = object()
 
 
 class DynamicBatcher:
-    def __init__(self, engine: Engine, *, max_batch_size: int = 16, max_wait: float = 0.01, max_queue: int = 64) -> None:
+    def __init__(self, engine: Engine, *, max_batch_size: int = 16, max_wait: float = 0.02, max_queue: int = 64) -> None:
         self.engine, self.max_batch_size, self.max_wait = engine, max_batch_size, max_wait
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._waiting: deque[Pending] = deque()
+        self._expected = 1  # the size of the last batch: its clients, answered, are likely to ask again at once
         self._thread = threading.Thread(target=self._serve, name="dynamic-batcher", daemon=True)
         self.batches: deque[int] = deque(maxlen=1000)  # the sizes of the latest batches generated, for /health
 
@@ -85,24 +89,29 @@ class DynamicBatcher:
                 self._generate(batch)
 
     def _gather(self) -> list[Pending] | None:
-        """The oldest request's decoding: every waiting request with it, and those arriving within ``max_wait``
-        (None once asked to stop). Cancelled requests are dropped."""
+        """The oldest request's decoding: the waiting requests with it, every queued request (up to a batch's worth
+        waiting), and, while there are fewer than the last batch held, those arriving within ``max_wait`` (None once
+        asked to stop). Cancelled requests are dropped."""
         decoding = self._waiting[0].decoding
         deadline = time.monotonic() + self.max_wait
-        while sum(p.decoding == decoding for p in self._waiting) < self.max_batch_size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+        while len(self._waiting) < self.max_batch_size:
             try:
-                item = self._queue.get(timeout=left)
+                item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                left = deadline - time.monotonic()
+                if left <= 0 or sum(p.decoding == decoding for p in self._waiting) >= self._expected:
+                    break
+                try:
+                    item = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
             if item is _STOP:
                 return None
             self._waiting.append(item)
         batch = [p for p in self._waiting if p.decoding == decoding][: self.max_batch_size]
         for pending in batch:
             self._waiting.remove(pending)
+        self._expected = len(batch)
         return [p for p in batch if not p.cancelled.is_set() and p.answer.set_running_or_notify_cancel()]
 
     def _generate(self, batch: list[Pending]) -> None:
