@@ -185,9 +185,8 @@ class OpenAIServer:
     async def read_body(self, request: Request) -> dict:
         self.authorize(request)
         limit = self.limits.max_body_bytes
-        declared = request.headers.get("content-length", "0")
-        if not declared.isdigit():
-            raise ApiError(400, "Content-Length must be a number of bytes.")
+        declared = request.headers.get("content-length", "")
+        declared_bytes = int(declared) if declared.isdigit() else 0  # uvicorn itself refuses a Content-Length that is no number
         data, received = bytearray(), 0
         async for chunk in request.stream():  # an oversized body is read to its end (up to a bound) so that the client gets the 413
             received += len(chunk)
@@ -195,7 +194,7 @@ class OpenAIServer:
                 data += chunk
             elif received > DRAINED_BODY_FACTOR * limit:
                 break
-        if max(received, int(declared)) > limit:
+        if max(received, declared_bytes) > limit:
             raise ApiError(413, f"The body is over {limit} bytes.")
         try:
             body = json.loads(data)
