@@ -32,6 +32,7 @@ from components.decoding import Decoding
 from components.export.ctranslate2_model import convert_to_ctranslate2
 from components.generation import generate_predictions
 from components.modeling import load_finetuned
+from components.serving.batching import Batching
 from components.serving.engines import load_engine
 from components.serving.openai_api import Limits, create_app
 from tools import serve
@@ -171,7 +172,7 @@ def test_concurrent_requests_are_generated_as_one_batch_each_answered_its_own(fo
     want = expected(texts)
     for max_batch_size, batches in ((16, [1, 16]), (1, [1] * 17)):
         engine = GatedEngine(load_engine(folders["ctranslate2"]))
-        app = create_app(engine, model_name=MODEL, max_batch_size=max_batch_size, max_wait=0.05)
+        app = create_app(engine, model_name=MODEL, batching=Batching(max_batch_size, 0.05))
         with serving(app) as base, ThreadPoolExecutor(17) as pool:
             api = client(base)
             first = pool.submit(api.completions.create, model=MODEL, prompt="Привет", max_tokens=MAX_TOKENS, temperature=0)
@@ -190,7 +191,7 @@ def test_a_batch_waits_for_as_many_requests_as_the_last_one_held_and_a_lone_requ
     requests have come: one now, two 0.3 s later, one batch."""
     engine = GatedEngine(load_engine(folders["ctranslate2"]))
     engine.gate.set()
-    app = create_app(engine, model_name=MODEL, max_wait=5.0)
+    app = create_app(engine, model_name=MODEL, batching=Batching(max_wait=5.0))
     batcher = app.state.server.batcher
     texts = [f"Переведи на английский.\nСлово номер {n}" for n in range(3)]
     with serving(app) as base, ThreadPoolExecutor(4) as pool:
@@ -219,7 +220,7 @@ def test_a_batch_waits_for_as_many_requests_as_the_last_one_held_and_a_lone_requ
 
 def test_a_full_queue_answers_429_and_the_requests_taken_are_answered(folders, expected):
     engine = GatedEngine(load_engine(folders["ctranslate2"]))
-    app = create_app(engine, model_name=MODEL, max_batch_size=1, max_queue=2)
+    app = create_app(engine, model_name=MODEL, batching=Batching(max_batch_size=1, max_queue=2))
     with serving(app) as base, ThreadPoolExecutor(3) as pool:
         api = client(base)
         taken = [pool.submit(api.completions.create, model=MODEL, prompt=TEXTS[0], max_tokens=MAX_TOKENS, temperature=0)]
@@ -238,7 +239,7 @@ def test_a_client_that_leaves_mid_stream_is_dropped_and_its_batch_goes_on(folder
     """Two streams wait behind a busy engine; one client reads the stream's first event and leaves. Its text is never
     generated (the server saw it leave), and the other stream is answered in full."""
     engine = GatedEngine(load_engine(folders["ctranslate2"]))
-    app = create_app(engine, model_name=MODEL, max_wait=0.05)
+    app = create_app(engine, model_name=MODEL, batching=Batching(max_wait=0.05))
     with serving(app) as base, ThreadPoolExecutor(2) as pool:
         api = client(base)
         busy = pool.submit(api.completions.create, model=MODEL, prompt="Привет", max_tokens=MAX_TOKENS, temperature=0)
@@ -462,9 +463,7 @@ def test_every_option_reaches_the_engine_the_app_or_uvicorn(monkeypatch, capsys,
         "model_name": "мой",
         "api_key": "from-the-environment",
         "limits": Limits(max_body_bytes=999, max_prompt_chars=88, max_prompts=4, max_tokens=66),
-        "max_batch_size": 5,
-        "max_wait": 0.25,
-        "max_queue": 7,
+        "batching": Batching(max_batch_size=5, max_wait=0.25, max_queue=7),
     }
     assert calls["run"] == ("app", {"host": "0.0.0.0", "port": 9123, "log_level": "info"})
     assert "from-the-environment" not in capsys.readouterr().out

@@ -19,6 +19,7 @@ import os
 
 from cli.options import ArgumentParser
 from components.errors import UserError, errors_end_the_process
+from components.serving.batching import Batching
 from components.serving.engines import ENGINES
 from components.serving.openai_api import Limits
 
@@ -39,11 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--compute-type", default="default", help="CTranslate2's compute type: default (as converted, float32), int8, int8_float16, ..."
     )
     batching = parser.add_argument_group("dynamic batching and limits")
-    batching.add_argument("--max-batch-size", type=int, default=16, help="texts generated together at most; 1 serves one request at a time")
     batching.add_argument(
-        "--max-wait-ms", type=float, default=20.0, help="how long a batch waits for requests while fewer wait than the last batch held"
+        "--max-batch-size", type=int, default=Batching.max_batch_size, help="texts generated together at most; 1 serves one request at a time"
     )
-    batching.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; one more is answered 429")
+    batching.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=Batching.max_wait * 1000,
+        help="how long a batch waits for requests while fewer wait than the last batch held",
+    )
+    batching.add_argument("--max-queue", type=int, default=Batching.max_queue, help="requests waiting at most; one more is answered 429")
     batching.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, help="largest request body (413 above)")
     batching.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars, help="longest prompt in characters (400 above)")
     batching.add_argument("--max-prompts", type=int, default=Limits.max_prompts, help="prompts in one completions request at most")
@@ -72,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             model_name=args.model_name,
             api_key=api_key,
             limits=limits,
-            max_batch_size=args.max_batch_size,
-            max_wait=args.max_wait_ms / 1000,
-            max_queue=args.max_queue,
+            batching=Batching(args.max_batch_size, args.max_wait_ms / 1000, args.max_queue),
         )
         key = f"the API key from {API_KEY_VARIABLE}" if api_key else f"no API key ({API_KEY_VARIABLE} is not set)"
         print(f"Serving {args.model_dir} as {args.model_name!r} with {engine.name} at http://{args.host}:{args.port}/v1, {key}.", flush=True)

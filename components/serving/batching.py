@@ -43,16 +43,26 @@ class Pending:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How requests are batched: texts generated together at most, seconds a batch may wait for the requests of
+    the last one's clients, requests waiting at most (one more is refused)."""
+
+    max_batch_size: int = 16
+    max_wait: float = 0.02
+    max_queue: int = 64
+
+
 _STOP = object()
 
 
 class DynamicBatcher:
-    def __init__(self, engine: Engine, *, max_batch_size: int = 16, max_wait: float = 0.02, max_queue: int = 64) -> None:
-        self.engine, self.max_batch_size, self.max_wait = engine, max_batch_size, max_wait
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+    def __init__(self, engine: Engine, settings: Batching) -> None:
+        self.engine, self.max_batch_size, self.max_wait = engine, settings.max_batch_size, settings.max_wait
+        self._queue: queue.Queue = queue.Queue(maxsize=settings.max_queue)
         self._waiting: deque[Pending] = deque()
         self._expected = 1  # the size of the last batch: its clients, answered, are likely to ask again at once
-        self._thread = threading.Thread(target=self._serve, name="dynamic-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
         self.batches: deque[int] = deque(maxlen=1000)  # the sizes of the latest batches generated, for /health
 
     def start(self) -> None:

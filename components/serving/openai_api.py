@@ -46,7 +46,7 @@ from starlette.routing import Route
 
 from components.data import source_text
 from components.decoding import Decoding
-from components.serving.batching import DynamicBatcher, Overloaded, Pending
+from components.serving.batching import Batching, DynamicBatcher, Overloaded, Pending
 from components.serving.engines import Engine
 
 log = logging.getLogger(__name__)
@@ -359,17 +359,10 @@ class OpenAIServer:
 
 
 def create_app(
-    engine: Engine,
-    *,
-    model_name: str,
-    api_key: str | None = None,
-    limits: Limits = Limits(),
-    max_batch_size: int = 16,
-    max_wait: float = 0.02,
-    max_queue: int = 64,
+    engine: Engine, *, model_name: str, api_key: str | None = None, limits: Limits = Limits(), batching: Batching = Batching()
 ) -> Starlette:
     """The API as a Starlette app; its lifespan starts and stops the batching thread."""
-    batcher = DynamicBatcher(engine, max_batch_size=max_batch_size, max_wait=max_wait, max_queue=max_queue)
+    batcher = DynamicBatcher(engine, batching)
     server = OpenAIServer(engine, batcher, model_name=model_name, api_key=api_key, limits=limits)
 
     @asynccontextmanager
