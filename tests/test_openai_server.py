@@ -41,6 +41,9 @@ MODEL = "rut5-instruct"
 INPUT_LENGTH = TINY_EXPORT_MAX_TOKENS - TINY_EXPORT_PROMPT  # where the tiny export cuts inputs
 TEXTS = ["Переведи на английский.\nкошка", "Сколько будет два плюс два?", "Перескажи кратко.\n" + " ".join(f"слово{n}" for n in range(30))]
 MAX_TOKENS = 10
+# How long a test waits for what takes milliseconds here (a request, a gate, a token): a bound for slow machines that
+# still ends a hung request soon (a broken server fails its test in seconds, not at the client's default of 10 minutes).
+PATIENCE_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def serving(app):
         yield f"http://127.0.0.1:{listening.getsockname()[1]}"
     finally:
         server.should_exit = True
-        thread.join(30)
+        thread.join(PATIENCE_S)
         listening.close()
 
 
@@ -97,7 +100,7 @@ class GatedEngine:
     def generate(self, texts, decoding, on_token=None):
         self.calls.append(list(texts))
         self.inside.set()
-        if not self.gate.wait(timeout=30):
+        if not self.gate.wait(timeout=PATIENCE_S):
             raise TimeoutError("the test never opened the gate")
 
         def watched(index: int, token: int) -> bool:
@@ -112,7 +115,7 @@ class GatedEngine:
 
 
 def client(base: str, **options) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key=options.pop("api_key", "unused"), max_retries=0, **options)
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=options.pop("api_key", "unused"), max_retries=0, timeout=PATIENCE_S, **options)
 
 
 def streamed(stream, chat: bool) -> str:
@@ -176,7 +179,7 @@ def test_concurrent_requests_are_generated_as_one_batch_each_answered_its_own(fo
         with serving(app) as base, ThreadPoolExecutor(17) as pool:
             api = client(base)
             first = pool.submit(api.completions.create, model=MODEL, prompt="Привет", max_tokens=MAX_TOKENS, temperature=0)
-            assert engine.inside.wait(30)
+            assert engine.inside.wait(PATIENCE_S)
             answers = [pool.submit(api.completions.create, model=MODEL, prompt=text, max_tokens=MAX_TOKENS, temperature=0) for text in texts]
             wait_until(lambda: app.state.server.batcher.queued == len(texts))
             engine.gate.set()
@@ -224,7 +227,7 @@ def test_a_full_queue_answers_429_and_the_requests_taken_are_answered(folders, e
     with serving(app) as base, ThreadPoolExecutor(3) as pool:
         api = client(base)
         taken = [pool.submit(api.completions.create, model=MODEL, prompt=TEXTS[0], max_tokens=MAX_TOKENS, temperature=0)]
-        assert engine.inside.wait(30)
+        assert engine.inside.wait(PATIENCE_S)
         taken += [pool.submit(api.completions.create, model=MODEL, prompt=TEXTS[0], max_tokens=MAX_TOKENS, temperature=0) for _ in range(2)]
         wait_until(lambda: app.state.server.batcher.queued == 2)
         with pytest.raises(openai.RateLimitError) as refused:
@@ -243,7 +246,7 @@ def test_a_client_that_leaves_mid_stream_is_dropped_and_its_batch_goes_on(folder
     with serving(app) as base, ThreadPoolExecutor(2) as pool:
         api = client(base)
         busy = pool.submit(api.completions.create, model=MODEL, prompt="Привет", max_tokens=MAX_TOKENS, temperature=0)
-        assert engine.inside.wait(30)
+        assert engine.inside.wait(PATIENCE_S)
         leaving = api.completions.create(model=MODEL, prompt=TEXTS[0], max_tokens=MAX_TOKENS, temperature=0, stream=True)
         staying = pool.submit(
             lambda: streamed(api.completions.create(model=MODEL, prompt=TEXTS[1], max_tokens=MAX_TOKENS, temperature=0, stream=True), False)
@@ -272,8 +275,8 @@ def test_a_client_that_leaves_while_its_text_generates_stops_it(folders):
     def holding(texts, decoding, on_token=None):
         def held(index: int, token: int) -> bool:
             first_token.set()
-            closed.wait(30)
-            deadline = time.monotonic() + 30
+            closed.wait(PATIENCE_S)
+            deadline = time.monotonic() + PATIENCE_S
             while not on_token(index, token) and time.monotonic() < deadline:  # until the server has seen the client leave
                 time.sleep(0.01)
             return on_token(index, token)
@@ -284,23 +287,23 @@ def test_a_client_that_leaves_while_its_text_generates_stops_it(folders):
     with serving(app) as base:
         stream = client(base).completions.create(model=MODEL, prompt=TEXTS[0], max_tokens=MAX_TOKENS, temperature=0, stream=True)
         next(iter(stream))
-        assert first_token.wait(30)
+        assert first_token.wait(PATIENCE_S)
         stream.close()
         closed.set()
-        assert engine.returned.wait(30)
+        assert engine.returned.wait(PATIENCE_S)
         assert engine.stops[-1][2]
         assert {(text, token) for text, token, _ in engine.stops} == {engine.stops[0][:2]}  # one text, one token: the first was its last
 
 
 def get(base: str, path: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
     host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection = http.client.HTTPConnection(host, int(port), timeout=PATIENCE_S)
     connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
     response = connection.getresponse()
     return response.status, response.read().decode()
 
 
-def wait_until(condition, timeout: float = 30) -> None:
+def wait_until(condition, timeout: float = PATIENCE_S) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
