@@ -6,6 +6,7 @@ scores. The assertions recompute what the steps claim from the raw inputs: the t
 references, the trained adapter loaded by hand, the decoding that was asked for.
 """
 
+import hashlib
 import io
 import json
 import struct
@@ -259,8 +260,12 @@ def test_the_registered_model_folder_is_the_trained_adapter_file_by_file(tiny_pi
     assert json.loads((model_dir / "adapter_config.json").read_text()) == {
         "base_model": "tiny",
         "lora_targets": ["q", "v"],
-        **{name: parameters[name] for name in ("lora_rank", "lora_alpha", "lora_dropout", "prompt_length")},
+        **{name: parameters[name] for name in ("lora_rank", "lora_alpha", "lora_dropout", "prompt_length", "max_input_length")},
     }
+    # The evaluation of these very weights, at the length they were trained with.
+    evaluation = json.loads((model_dir / "evaluation.json").read_text())
+    assert evaluation["max_input_length"] == parameters["max_input_length"]
+    assert evaluation["adapter_sha256"] == hashlib.sha256((model_dir / "adapter.safetensors").read_bytes()).hexdigest()
     # The tokenizer is the base model's: the same vocabulary file, the same ids for a text.
     assert (model_dir / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
     text = "Какой знак стоит в конце текста?"
