@@ -264,3 +264,98 @@ def test_with_an_api_key_every_route_but_health_needs_it(engine):
         assert client(base, api_key="s3cret-key").completions.create(model=MODEL, prompt="Привет", max_tokens=3).choices
         assert [m.id for m in client(base, api_key="s3cret-key").models.list()] == [MODEL]
         assert get(base, "/health")[0] == 200
+
+
+def raw_stream(base: str, path: str, body: dict) -> tuple[str, list[dict | str]]:
+    """A streamed answer read as bytes: its content type and its events (JSON objects, and the closing ``[DONE]``)."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    text = response.read().decode()
+    assert text.endswith("\n\n") and all(block.startswith("data: ") for block in text.split("\n\n")[:-1]), text
+    events = [block.removeprefix("data: ") for block in text.split("\n\n")[:-1]]
+    assert "\\u" not in text  # Cyrillic as it is (ensure_ascii off), as OpenAI sends it
+    return response.getheader("content-type"), [event if event == "[DONE]" else json.loads(event) for event in events]
+
+
+def test_the_streams_bytes_are_openais_events_exactly(engine):
+    with serving(create_app(engine, model_name=MODEL)) as base:
+        kind, events = raw_stream(
+            base,
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": "Привет мир"}], "stream": True, "max_completion_tokens": 2},
+        )
+        assert kind.startswith("text/event-stream") and events[-1] == "[DONE]"
+        ident, created = events[0]["id"], events[0]["created"]
+        assert ident.startswith("chatcmpl-") and isinstance(created, int)
+        ids = engine.answer("Привет мир", 2)
+        pieces, sent = [], ""  # what each token adds to the decoded answer (a lone "▁" adds nothing: no event)
+        for n in range(len(ids)):
+            shown = engine.tokenizer.decode(ids[: n + 1], skip_special_tokens=True).strip()
+            if len(shown) > len(sent):
+                pieces, sent = [*pieces, shown[len(sent) :]], shown
+        assert pieces and sent == echoed(engine, "Привет мир", 2)
+
+        def chunk(delta: dict, finish: str | None) -> dict:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": MODEL, "choices": [choice]}
+
+        assert events[:-1] == [chunk({"role": "assistant", "content": ""}, None), *(chunk({"content": p}, None) for p in pieces), chunk({}, "length")]
+        assert engine.calls[-1][1].max_new_tokens == 2  # max_completion_tokens reached the engine
+        _, events = raw_stream(base, "/v1/completions", {"model": MODEL, "prompt": "Привет мир", "stream": True, "max_tokens": 2})
+        first = events[0]
+
+        def text_chunk(text: str, finish: str | None) -> dict:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"id": first["id"], "object": "text_completion", "created": first["created"], "model": MODEL, "choices": [choice]}
+
+        assert events == [text_chunk("", None), *(text_chunk(piece, None) for piece in pieces), text_chunk("", "length"), "[DONE]"]
+
+
+class FailingEngine(ScriptedEngine):
+    """The scripted engine, failing as an engine can (out of memory, say) after its first token."""
+
+    def generate(self, texts, decoding, on_token=None):
+        if on_token:
+            on_token(0, self.answer(texts[0], 1)[0])
+        raise RuntimeError("out of memory")
+
+
+def test_an_engine_that_fails_is_a_500_or_the_streams_last_event_and_the_server_goes_on(tiny_model_dir):
+    failing = FailingEngine(load_tokenizer(str(tiny_model_dir)), DEFAULTS)
+    with serving(create_app(failing, model_name=MODEL)) as base:
+        status, text = get(base, "/v1/completions", "POST", json.dumps({"model": MODEL, "prompt": "Привет"}).encode())
+        assert (status, json.loads(text)) == (
+            500,
+            {"error": {"message": "Generation failed: out of memory", "type": "server_error", "param": None, "code": None}},
+        )
+        _, events = raw_stream(base, "/v1/completions", {"model": MODEL, "prompt": "Привет", "stream": True})
+        assert events[-1] == {"error": {"message": "Generation failed: out of memory", "type": "server_error"}} and "[DONE]" not in events
+        assert json.loads(get(base, "/health")[1]) == {"status": "ok", "model": MODEL, "engine": "scripted", "queued": 0, "largest_recent_batch": 1}
+
+
+def test_the_models_and_health_routes_answer_exactly(engine):
+    with serving(create_app(engine, model_name=MODEL)) as base:
+        assert json.loads(get(base, "/health")[1]) == {"status": "ok", "model": MODEL, "engine": "scripted", "queued": 0, "largest_recent_batch": 0}
+        models = json.loads(get(base, "/v1/models")[1])
+        assert models == {
+            "object": "list",
+            "data": [{"id": MODEL, "object": "model", "created": models["data"][0]["created"], "owned_by": "rut5-peft"}],
+        }
+        assert isinstance(models["data"][0]["created"], int)
+        status, text = get(base, "/v1/completions", "POST", b"{}")
+        assert status == 404 and "retry-after" not in {name.lower() for name in http_headers(base)}  # Retry-After only with a 429
+
+
+def http_headers(base: str) -> list[str]:
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("POST", "/v1/completions", body=b"{}", headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    return [name for name, _ in response.getheaders()]

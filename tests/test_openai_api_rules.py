@@ -96,6 +96,7 @@ def test_fields_the_server_does_not_implement_are_refused_unless_at_their_defaul
         ([{"role": "system", "content": "Переведи."}, {"role": "user", "content": "кошка"}], source_text("Переведи.", "кошка")),
         ([{"role": "developer", "content": "Переведи."}, {"role": "user", "content": "кошка"}], source_text("Переведи.", "кошка")),
         ([{"role": "user", "content": [{"type": "text", "text": "Назови "}, {"type": "text", "text": "столицу."}]}], "Назови столицу."),
+        ([{"role": "user", "content": [{"type": "text", "text": "Назови"}, {"type": "text"}]}], "Назови"),  # a part without text adds none
     ],
 )
 def test_a_conversation_is_the_instruction_and_input_the_model_was_trained_on(messages, source):
@@ -124,3 +125,9 @@ def test_any_other_conversation_is_a_400_saying_what_to_send(messages, message):
     with pytest.raises(ApiError) as refused:
         chat_source(messages)
     assert (refused.value.status, refused.value.param) == (400, "messages") and refused.value.message.startswith(message)
+    assert str(refused.value) == refused.value.message
+    if message == "The model answers one instruction":
+        assert refused.value.message == (
+            "The model answers one instruction: send one user message (the instruction), or a system message (the instruction) "
+            "and one user message (its input); it keeps no earlier turns."
+        )
