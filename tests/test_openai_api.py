@@ -359,3 +359,40 @@ def http_headers(base: str) -> list[str]:
     response = connection.getresponse()
     response.read()
     return [name for name, _ in response.getheaders()]
+
+
+def test_a_streamed_and_a_whole_answer_share_a_batch(engine):
+    """A stream and a plain request that decode alike are one batch: the stream gets its tokens, the other its answer."""
+    gated = GatedEngine(engine)
+    app = create_app(gated, model_name=MODEL)
+    with serving(app) as base, ThreadPoolExecutor(3) as pool:
+        api = client(base)
+        busy = pool.submit(api.completions.create, model=MODEL, prompt="Привет", temperature=0)
+        assert gated.inside.wait(10)
+        stream = pool.submit(lambda: streamed(api.completions.create(model=MODEL, prompt=TEXTS[0], temperature=0, stream=True), False))
+        whole = pool.submit(api.completions.create, model=MODEL, prompt=TEXTS[1], temperature=0)
+        wait_until(lambda: app.state.server.batcher.queued == 2)
+        gated.gate.set()
+        assert (stream.result(), whole.result().choices[0].text) == (echoed(engine, TEXTS[0]), echoed(engine, TEXTS[1]))
+        busy.result()
+        assert list(app.state.server.batcher.batches) == [1, 2]
+
+
+def test_closing_the_batcher_answers_what_came_before_fails_what_is_left_and_its_thread_never_holds_a_process(engine):
+    """Closing while A generates, with B and C (another decoding) queued: A and B, the next batch, are answered; C, left
+    waiting when the stop comes, fails with the server's sentence."""
+    from components.serving.batching import DynamicBatcher, Overloaded
+
+    gated = GatedEngine(engine)
+    batcher = DynamicBatcher(gated, Batching(max_batch_size=2))
+    assert batcher._thread.daemon  # a server that dies without closing it still exits
+    batcher.start()
+    first = batcher.submit(TEXTS[0], DEFAULTS)
+    assert gated.inside.wait(10)
+    alike, other = batcher.submit(TEXTS[1], DEFAULTS), batcher.submit(TEXTS[2], Decoding(max_new_tokens=2))
+    closing = ThreadPoolExecutor(1).submit(batcher.close)
+    gated.gate.set()
+    closing.result(timeout=10)
+    assert [pending.answer.result(timeout=10) for pending in (first, alike)] == [engine.answer(text, 6) for text in TEXTS[:2]]
+    with pytest.raises(Overloaded, match="the server is shutting down"):
+        other.answer.result(timeout=10)

@@ -69,7 +69,7 @@ class DynamicBatcher:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop taking requests; the batch being generated finishes, the queued ones fail."""
+        """Stop: the requests queued before are answered in turn, those left waiting for another batch fail."""
         self._queue.put(_STOP)
         self._thread.join()
 
