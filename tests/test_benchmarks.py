@@ -327,6 +327,7 @@ def test_serving_benchmark_times_each_configuration_in_turns_on_the_work_its_opt
         engine: round(median / medians["transformers_float32"], 2) for engine, median in medians.items()
     }
     assert result["greedy_agreement"] == 0.667  # 2 of the 3 answers the same
+    assert len(result["load_1min_before_after"]) == 2 and all(load >= 0 for load in result["load_1min_before_after"])  # os.getloadavg's readings
 
 
 def test_server_benchmark_loads_both_servers_in_turns_with_the_clients_and_requests_asked_for(tiny_export, tmp_path, monkeypatch):
